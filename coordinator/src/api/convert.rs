@@ -1,0 +1,103 @@
+//! Conversions between the coordinator's domain types and the wire types of
+//! `concord.v1`, in one place rather than scattered through handlers.
+
+use concord_proto::v1 as pb;
+
+use crate::model::{BranchState, BranchView, TxnState, TxnView, VoteKind};
+use crate::protocol::two_phase::Outcome;
+use crate::runtime::Error;
+
+pub fn state(state: TxnState) -> pb::TransactionState {
+    match state {
+        TxnState::Active => pb::TransactionState::Active,
+        TxnState::Preparing => pb::TransactionState::Preparing,
+        TxnState::Committing => pb::TransactionState::Committing,
+        TxnState::Aborting => pb::TransactionState::Aborting,
+        TxnState::Committed => pb::TransactionState::Committed,
+        TxnState::Aborted => pb::TransactionState::Aborted,
+    }
+}
+
+/// A wire state as a domain state; None for UNSPECIFIED or unknown values.
+pub fn state_from_wire(value: i32) -> Option<TxnState> {
+    match pb::TransactionState::try_from(value).ok()? {
+        pb::TransactionState::Unspecified => None,
+        pb::TransactionState::Active => Some(TxnState::Active),
+        pb::TransactionState::Preparing => Some(TxnState::Preparing),
+        pb::TransactionState::Committing => Some(TxnState::Committing),
+        pb::TransactionState::Aborting => Some(TxnState::Aborting),
+        pb::TransactionState::Committed => Some(TxnState::Committed),
+        pb::TransactionState::Aborted => Some(TxnState::Aborted),
+    }
+}
+
+fn branch_state(state: BranchState) -> pb::BranchState {
+    match state {
+        BranchState::Enlisted => pb::BranchState::Enlisted,
+        BranchState::Preparing => pb::BranchState::Preparing,
+        BranchState::Prepared => pb::BranchState::Prepared,
+        BranchState::Committed => pb::BranchState::Committed,
+        BranchState::Aborted => pb::BranchState::Aborted,
+        BranchState::ReadOnly => pb::BranchState::ReadOnly,
+        BranchState::Delivering => pb::BranchState::Delivering,
+    }
+}
+
+fn vote(vote: Option<VoteKind>) -> pb::Vote {
+    match vote {
+        None => pb::Vote::Unspecified,
+        Some(VoteKind::Commit) => pb::Vote::Commit,
+        Some(VoteKind::Abort) => pb::Vote::Abort,
+        Some(VoteKind::ReadOnly) => pb::Vote::ReadOnly,
+    }
+}
+
+pub fn outcome(outcome: &Outcome) -> pb::Outcome {
+    match outcome {
+        Outcome::Committed { .. } => pb::Outcome::Committed,
+        Outcome::Aborted { .. } => pb::Outcome::Aborted,
+    }
+}
+
+fn branch(view: BranchView) -> pb::Branch {
+    pb::Branch {
+        name: view.name,
+        participant: view.participant,
+        state: branch_state(view.state).into(),
+        vote: vote(view.vote).into(),
+        attempts: view.attempts,
+        last_error: view.last_error.unwrap_or_default(),
+        payload_bytes: view.payload_bytes,
+    }
+}
+
+pub fn transaction(view: TxnView) -> pb::Transaction {
+    pb::Transaction {
+        id: view.id.to_string(),
+        state: state(view.state).into(),
+        created_at_ms: view.created_at_ms,
+        decided_at_ms: view.decided_at_ms.unwrap_or(0),
+        ended_at_ms: view.ended_at_ms.unwrap_or(0),
+        deadline_ms: view.deadline_ms,
+        reason: view.reason.unwrap_or_default(),
+        idempotency_key: view.idempotency_key.unwrap_or_default(),
+        description: view.description.unwrap_or_default(),
+        read_only: view.read_only,
+        branches: view.branches.into_iter().map(branch).collect(),
+        branch_count: view.branch_count,
+    }
+}
+
+/// Every runtime error as the one gRPC status that describes it.
+pub fn status(error: Error) -> tonic::Status {
+    let message = error.to_string();
+    match error {
+        Error::NotFound(_) => tonic::Status::not_found(message),
+        Error::Rejected(_) | Error::Finished { .. } => tonic::Status::failed_precondition(message),
+        Error::BranchConflict { .. } => tonic::Status::already_exists(message),
+        Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
+        Error::Unavailable(_) | Error::ShuttingDown | Error::Store(_) => {
+            tonic::Status::unavailable(message)
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The gRPC face of the coordinator: validates every request
+//! ([`validate`]), hands it to the runtime, and maps the answer or error to
+//! the wire ([`convert`]). Also assembles the server with gRPC health and
+//! reflection ([`serve`]).
+
+use std::time::Duration;
+
+use concord_proto::v1 as pb;
+use concord_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::protocol::two_phase::{Decision, Outcome};
+use crate::runtime::{BeginTxn, EnlistBranch, Runtime};
+use crate::store::ListQuery;
+
+pub mod convert;
+pub mod validate;
+
+pub use validate::Limits;
+
+/// The `concord.v1.Coordinator` service.
+pub struct CoordinatorService {
+    runtime: Runtime,
+    limits: Limits,
+}
+
+impl CoordinatorService {
+    pub fn new(runtime: Runtime, limits: Limits) -> Self {
+        Self { runtime, limits }
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn begin(
+        &self,
+        request: Request<pb::BeginRequest>,
+    ) -> Result<Response<pb::BeginResponse>, Status> {
+        let request = request.into_inner();
+        let begin = BeginTxn {
+            timeout: validate::optional_ms(
+                "timeout_ms",
+                request.timeout_ms,
+                validate::MIN_TXN_TIMEOUT_MS,
+                validate::MAX_TXN_TIMEOUT_MS,
+            )?,
+            idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
+            description: validate::text("description", &request.description)?,
+        };
+        let begun = self.runtime.begin(begin).await.map_err(convert::status)?;
+        Ok(Response::new(pb::BeginResponse {
+            transaction_id: begun.id.to_string(),
+            created: begun.created,
+            state: convert::state(begun.state).into(),
+        }))
+    }
+
+    async fn enlist(
+        &self,
+        request: Request<pb::EnlistRequest>,
+    ) -> Result<Response<pb::EnlistResponse>, Status> {
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let participant = validate::endpoint("participant", &request.participant)?;
+        validate::payload(&self.limits, &request.payload)?;
+        let name = validate::branch_name(&request.branch)?;
+        let enlisted = self
+            .runtime
+            .enlist(
+                id,
+                EnlistBranch {
+                    participant,
+                    payload: request.payload,
+                    name,
+                },
+            )
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::EnlistResponse {
+            branch: enlisted.name,
+            created: enlisted.created,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let prepare_timeout = validate::optional_ms(
+            "prepare_timeout_ms",
+            request.prepare_timeout_ms,
+            1,
+            validate::MAX_PREPARE_TIMEOUT_MS,
+        )?;
+        let committed = self
+            .runtime
+            .commit(id, request.wait_for_completion, prepare_timeout)
+            .await
+            .map_err(convert::status)?;
+        let (reason, read_only) = match &committed.outcome {
+            Outcome::Committed { read_only } => (String::new(), *read_only),
+            Outcome::Aborted { reason } => (reason.clone(), false),
+        };
+        Ok(Response::new(pb::CommitResponse {
+            outcome: convert::outcome(&committed.outcome).into(),
+            reason,
+            read_only,
+            state: convert::state(committed.state).into(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let reason = validate::text("reason", &request.reason)?
+            .unwrap_or_else(|| "rolled back by the client".into());
+        let state = self
+            .runtime
+            .rollback(id, reason)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::RollbackResponse {
+            state: convert::state(state).into(),
+        }))
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        let id = validate::txn_id("transaction_id", &request.into_inner().transaction_id)?;
+        let view = self
+            .runtime
+            .transaction(id)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::transaction(view)))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let request = request.into_inner();
+        let mut states = Vec::with_capacity(request.states.len());
+        for value in &request.states {
+            states.push(convert::state_from_wire(*value).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "states holds {value}, which is not a transaction state"
+                ))
+            })?);
+        }
+        let limit = validate::page_size(request.page_size)?;
+        let query = ListQuery {
+            states,
+            before: validate::page_token(&request.page_token)?,
+            limit,
+        };
+        let views = self.runtime.list(&query).await.map_err(convert::status)?;
+        // A full page may have more after it; the last id is the cursor.
+        let next_page_token = match views.last() {
+            Some(last) if views.len() as u32 == limit => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: views.into_iter().map(convert::transaction).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_outcome(
+        &self,
+        request: Request<pb::GetOutcomeRequest>,
+    ) -> Result<Response<pb::GetOutcomeResponse>, Status> {
+        let id = validate::txn_id("transaction_id", &request.into_inner().transaction_id)?;
+        let outcome = match self.runtime.outcome(id).await.map_err(convert::status)? {
+            None => pb::Outcome::Undecided,
+            Some(Decision::Commit) => pb::Outcome::Committed,
+            Some(Decision::Abort) => pb::Outcome::Aborted,
+        };
+        Ok(Response::new(pb::GetOutcomeResponse {
+            outcome: outcome.into(),
+        }))
+    }
+}
+
+/// Headroom over the payload limit for the rest of a request, so that an
+/// oversized payload still decodes and gets the precise "payload is N bytes"
+/// answer rather than a generic one.
+const MESSAGE_OVERHEAD_BYTES: usize = 1024 * 1024;
+
+/// Serves the Coordinator service, gRPC health and reflection on `listener`
+/// until `shutdown` resolves, then stops accepting and lets in-flight calls
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    runtime: Runtime,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let max_message = limits
+        .max_payload_bytes
+        .saturating_add(MESSAGE_OVERHEAD_BYTES)
+        .max(4 * 1024 * 1024);
+    let coordinator = CoordinatorServer::new(CoordinatorService::new(runtime, limits))
+        .max_decoding_message_size(max_message);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| {
+            // The descriptor set is generated at build time; failing to read
+            // it is a build defect, reported rather than panicking.
+            tracing::error!(%error, "gRPC reflection unavailable");
+            error
+        })
+        .ok();
+    let mut router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(coordinator);
+    if let Some(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    let shutdown = async move {
+        shutdown.await;
+        health
+            .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+            .await;
+    };
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

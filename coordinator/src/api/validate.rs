@@ -1,0 +1,226 @@
+//! Checks every request field before anything is touched. Each failure is an
+//! INVALID_ARGUMENT that names the field, says what was wrong and what is
+//! allowed, and changes nothing.
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::model::{TxnId, TxnIdError};
+
+/// Limits on what a request may carry.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes per branch payload (--max-payload-bytes).
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1024 * 1024,
+        }
+    }
+}
+
+pub const MIN_TXN_TIMEOUT_MS: u64 = 10;
+pub const MAX_TXN_TIMEOUT_MS: u64 = 86_400_000;
+pub const MAX_PREPARE_TIMEOUT_MS: u64 = 600_000;
+pub const MAX_KEY_BYTES: usize = 128;
+pub const MAX_TEXT_BYTES: usize = 256;
+pub const MAX_ENDPOINT_BYTES: usize = 512;
+pub const MAX_BRANCH_NAME_BYTES: usize = 128;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+fn invalid(message: String) -> Status {
+    Status::invalid_argument(message)
+}
+
+pub fn txn_id(field: &str, value: &str) -> Result<TxnId, Status> {
+    value.parse().map_err(|error: TxnIdError| {
+        let shown: String = value.chars().take(64).collect();
+        match error {
+            TxnIdError::Empty => invalid(format!("{field} is empty")),
+            TxnIdError::Malformed => invalid(format!("{field} {shown:?} {error}")),
+        }
+    })
+}
+
+/// 0 means the default; otherwise within `min..=max` milliseconds.
+pub fn optional_ms(field: &str, value: u64, min: u64, max: u64) -> Result<Option<Duration>, Status> {
+    if value == 0 {
+        return Ok(None);
+    }
+    if !(min..=max).contains(&value) {
+        return Err(invalid(format!(
+            "{field} must be 0 (the default) or between {min} and {max} ms, got {value}"
+        )));
+    }
+    Ok(Some(Duration::from_millis(value)))
+}
+
+pub fn idempotency_key(value: &str) -> Result<Option<String>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > MAX_KEY_BYTES {
+        return Err(invalid(format!(
+            "idempotency_key is {} bytes; at most {MAX_KEY_BYTES}",
+            value.len()
+        )));
+    }
+    if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(invalid(
+            "idempotency_key must be printable ASCII (0x20 to 0x7e)".into(),
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+pub fn text(field: &str, value: &str) -> Result<Option<String>, Status> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(invalid(format!(
+            "{field} is {} bytes; at most {MAX_TEXT_BYTES}",
+            value.len()
+        )));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+/// An absolute http:// or https:// URI with a host, and no path beyond "/".
+pub fn endpoint(field: &str, value: &str) -> Result<String, Status> {
+    if value.is_empty() {
+        return Err(invalid(format!(
+            "{field} is empty; give the participant's URI, e.g. http://127.0.0.1:7501"
+        )));
+    }
+    if value.len() > MAX_ENDPOINT_BYTES {
+        return Err(invalid(format!(
+            "{field} is {} bytes; at most {MAX_ENDPOINT_BYTES}",
+            value.len()
+        )));
+    }
+    let uri: tonic::codegen::http::Uri = value
+        .parse()
+        .map_err(|e| invalid(format!("{field} {value:?} is not a valid URI: {e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(invalid(format!(
+                "{field} {value:?} must start with http:// or https://"
+            )));
+        }
+    }
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() {
+        return Err(invalid(format!("{field} {value:?} has no host")));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid(format!(
+            "{field} {value:?} must have no path or query: name the server, e.g. http://host:port"
+        )));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+pub fn payload(limits: &Limits, value: &[u8]) -> Result<(), Status> {
+    if value.len() > limits.max_payload_bytes {
+        return Err(invalid(format!(
+            "payload is {} bytes; the limit is {} (--max-payload-bytes)",
+            value.len(),
+            limits.max_payload_bytes
+        )));
+    }
+    Ok(())
+}
+
+pub fn branch_name(value: &str) -> Result<Option<String>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > MAX_BRANCH_NAME_BYTES {
+        return Err(invalid(format!(
+            "branch is {} bytes; at most {MAX_BRANCH_NAME_BYTES}",
+            value.len()
+        )));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    if !value.chars().all(allowed) {
+        return Err(invalid(format!(
+            "branch {value:?} may only hold letters, digits, '-', '_', '.' and ':'"
+        )));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+pub fn page_size(value: u32) -> Result<u32, Status> {
+    match value {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        1..=MAX_PAGE_SIZE => Ok(value),
+        _ => Err(invalid(format!(
+            "page_size must be at most {MAX_PAGE_SIZE}, got {value}"
+        ))),
+    }
+}
+
+pub fn page_token(value: &str) -> Result<Option<TxnId>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid("page_token is not one this service issued".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_absolute_http_uris() {
+        assert_eq!(
+            endpoint("participant", "http://127.0.0.1:7501/").ok().as_deref(),
+            Some("http://127.0.0.1:7501")
+        );
+        assert!(endpoint("participant", "https://bank.internal:443").is_ok());
+        for bad in ["", "127.0.0.1:7501", "ftp://x:1", "http://", "http://h:1/path", "http://h:1?q=1", "not a uri"] {
+            let status = endpoint("participant", bad).expect_err(bad);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(status.message().starts_with("participant"), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn timeouts_are_zero_or_in_range() {
+        assert_eq!(optional_ms("timeout_ms", 0, 10, 100).ok(), Some(None));
+        assert_eq!(
+            optional_ms("timeout_ms", 10, 10, 100).ok(),
+            Some(Some(Duration::from_millis(10)))
+        );
+        assert!(optional_ms("timeout_ms", 9, 10, 100).is_err());
+        assert!(optional_ms("timeout_ms", 101, 10, 100).is_err());
+    }
+
+    #[test]
+    fn keys_and_names_are_checked() {
+        assert_eq!(idempotency_key("").ok(), Some(None));
+        assert!(idempotency_key("order-42").is_ok());
+        assert!(idempotency_key("tab\there").is_err());
+        assert!(idempotency_key(&"k".repeat(129)).is_err());
+        assert!(branch_name("bank-a:alice").is_ok());
+        assert!(branch_name("has space").is_err());
+        assert!(branch_name(&"n".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn payloads_over_the_limit_are_refused() {
+        let limits = Limits {
+            max_payload_bytes: 4,
+        };
+        assert!(payload(&limits, &[0; 4]).is_ok());
+        let status = payload(&limits, &[0; 5]).expect_err("too big");
+        assert!(status.message().contains("limit is 4"));
+    }
+}

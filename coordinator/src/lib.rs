@@ -1,0 +1,26 @@
+//! The Concord coordinator: runs two-phase commit across participant
+//! services over gRPC and records every decision durably, so that after any
+//! crash it finishes what it started (see `docs/design.md`).
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the protocols as pure state machines (events in, effects
+//!   out; no I/O, no clock). Start reading here.
+//! - [`runtime`]: executes the effects — participant calls with deadlines,
+//!   the group-commit log writer, phase-2 retries with backoff, recovery,
+//!   the timeout sweeper.
+//! - [`store`]: the durable log behind a `Store` trait; SQLite by default.
+//! - [`api`]: the `concord.v1.Coordinator` gRPC service: validation, then
+//!   the runtime; health and reflection.
+//! - [`node`]: one running node (store + runtime + server), as started by
+//!   `concord serve`, the tests and the demo.
+//! - [`model`]: the domain's nouns shared by the layers above.
+//!
+//! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`.
+
+pub mod api;
+pub mod model;
+pub mod node;
+pub mod protocol;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,224 @@
+//! The coordinator's nouns, shared by the runtime, the store and the API:
+//! transaction ids, states, and the stored picture of a transaction and its
+//! branches. Wire conversions live in `api::convert`, not here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+/// A transaction id: a UUIDv7, so ids sort by creation time (R7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxnId(Uuid);
+
+impl TxnId {
+    /// Mints a new time-ordered id.
+    pub fn mint() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Why a string is not a transaction id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TxnIdError {
+    #[error("is empty")]
+    Empty,
+    #[error("is not a UUID in canonical form (36 characters, lowercase hex with hyphens)")]
+    Malformed,
+}
+
+impl FromStr for TxnId {
+    type Err = TxnIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(TxnIdError::Empty);
+        }
+        // Only the canonical form, so one transaction has one spelling (ids
+        // are keys in participants' ledgers too).
+        let uuid = Uuid::try_parse(s).map_err(|_| TxnIdError::Malformed)?;
+        if uuid.hyphenated().to_string() != s {
+            return Err(TxnIdError::Malformed);
+        }
+        Ok(Self(uuid))
+    }
+}
+
+/// A transaction's state as operators and clients see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxnState {
+    Active,
+    Preparing,
+    Committing,
+    Aborting,
+    Committed,
+    Aborted,
+}
+
+impl TxnState {
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Active,
+        TxnState::Preparing,
+        TxnState::Committing,
+        TxnState::Aborting,
+        TxnState::Committed,
+        TxnState::Aborted,
+    ];
+
+    /// The name used in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxnState::Active => "active",
+            TxnState::Preparing => "preparing",
+            TxnState::Committing => "committing",
+            TxnState::Aborting => "aborting",
+            TxnState::Committed => "committed",
+            TxnState::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TxnState::Committed | TxnState::Aborted)
+    }
+}
+
+/// A branch's state as operators see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BranchState {
+    Enlisted,
+    Preparing,
+    Prepared,
+    Committed,
+    Aborted,
+    ReadOnly,
+    Delivering,
+}
+
+impl BranchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchState::Enlisted => "enlisted",
+            BranchState::Preparing => "preparing",
+            BranchState::Prepared => "prepared",
+            BranchState::Committed => "committed",
+            BranchState::Aborted => "aborted",
+            BranchState::ReadOnly => "read_only",
+            BranchState::Delivering => "delivering",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            BranchState::Enlisted,
+            BranchState::Preparing,
+            BranchState::Prepared,
+            BranchState::Committed,
+            BranchState::Aborted,
+            BranchState::ReadOnly,
+            BranchState::Delivering,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+/// A participant's vote, as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteKind {
+    Commit,
+    Abort,
+    ReadOnly,
+}
+
+impl VoteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoteKind::Commit => "commit",
+            VoteKind::Abort => "abort",
+            VoteKind::ReadOnly => "read_only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "commit" => Some(VoteKind::Commit),
+            "abort" => Some(VoteKind::Abort),
+            "read_only" => Some(VoteKind::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// One branch as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchView {
+    pub name: String,
+    pub participant: String,
+    pub state: BranchState,
+    pub vote: Option<VoteKind>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub payload_bytes: u64,
+}
+
+/// One transaction as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnView {
+    pub id: TxnId,
+    pub state: TxnState,
+    pub created_at_ms: u64,
+    pub deadline_ms: u64,
+    pub decided_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub reason: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub description: Option<String>,
+    pub read_only: bool,
+    pub branch_count: u32,
+    /// Empty in listings.
+    pub branches: Vec<BranchView>,
+}
+
+/// Milliseconds since the Unix epoch, from the system clock. Only the runtime
+/// and the API call this: the protocol never reads a clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_only_canonical_forms_parse() {
+        let id = TxnId::mint();
+        assert_eq!(id.to_string().parse::<TxnId>(), Ok(id));
+        assert_eq!("".parse::<TxnId>(), Err(TxnIdError::Empty));
+        assert_eq!("nope".parse::<TxnId>(), Err(TxnIdError::Malformed));
+        let upper = id.to_string().to_uppercase();
+        assert_eq!(upper.parse::<TxnId>(), Err(TxnIdError::Malformed));
+        let simple = id.to_string().replace('-', "");
+        assert_eq!(simple.parse::<TxnId>(), Err(TxnIdError::Malformed));
+    }
+
+    #[test]
+    fn minted_ids_are_time_ordered() {
+        let a = TxnId::mint();
+        let b = TxnId::mint();
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+    }
+}

@@ -1,0 +1,134 @@
+//! One running coordinator node: store, runtime and gRPC server wired
+//! together. `concord serve` runs one; tests and the bank demo start them on
+//! `127.0.0.1:0` with a temp data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Limits};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Where the log lives.
+#[derive(Clone, Debug)]
+pub enum StoreLocation {
+    /// `<dir>/concord.db`, SQLite.
+    DataDir(PathBuf),
+    /// A database URL (`sqlite://...`).
+    Url(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub store: StoreLocation,
+    pub runtime: RuntimeConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("unsupported --database-url {0:?}: this build knows sqlite:// only")]
+    UnsupportedUrl(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    runtime: Runtime,
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Node {
+    /// Opens the store (applying migrations), recovers unfinished
+    /// transactions, binds the listener and starts serving.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let store: Arc<dyn Store> = match &config.store {
+            StoreLocation::DataDir(dir) => Arc::new(SqliteStore::open_dir(dir).await?),
+            StoreLocation::Url(url) if url.starts_with("sqlite:") => {
+                Arc::new(SqliteStore::open_url(url).await?)
+            }
+            StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let mut runtime_config = config.runtime;
+        if runtime_config.advertised_url.is_empty() {
+            runtime_config.advertised_url = format!("http://{addr}");
+        }
+        let runtime = Runtime::start(store, runtime_config).await?;
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(api::serve(
+            listener,
+            runtime.clone(),
+            config.limits,
+            stop.clone().cancelled_owned(),
+        ));
+        tracing::info!(%addr, "concord coordinator serving");
+        Ok(Self {
+            addr,
+            runtime,
+            stop,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Stops serving, lets in-flight calls finish, then stops the runtime.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.stop.cancel();
+        let served = self.server.await;
+        self.runtime.shutdown().await;
+        match served {
+            Ok(result) => result.map_err(NodeError::from),
+            Err(join) => {
+                tracing::error!(%join, "gRPC server task failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves when the server stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
+        match (&mut self.server).await {
+            Ok(result) => result.map_err(NodeError::from),
+            Err(_) => Ok(()),
+        }
+    }
+}

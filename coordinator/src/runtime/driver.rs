@@ -1,0 +1,287 @@
+//! The driver: the one task that executes a transaction's effects.
+//!
+//! A transaction has at most one driver at a time. It runs while there is
+//! something to do — calls in flight, a decision to write, deliveries to
+//! retry — and ends when there is nothing; [`dispatch`] starts a new one when
+//! effects arrive for an idle transaction. Calls to branches run concurrently
+//! inside the driver (no task per branch), and each call's answer goes back
+//! into the state machine as an event.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tracing::Instrument;
+
+use crate::model::{TxnState, VoteKind, now_ms};
+use crate::protocol::two_phase::{Decision, Effect, Event, OnePhaseResult, Outcome, Vote};
+use crate::store::Record;
+
+use super::Shared;
+use super::live::{Inner, LiveTxn};
+use super::participants::AbortAnswer;
+
+/// Hands `effects` to the transaction's driver, starting one if none runs.
+/// Called with the transaction's lock held, right after the machine produced
+/// the effects, so they are executed in protocol order.
+pub(super) fn dispatch(
+    shared: &Arc<Shared>,
+    txn: &Arc<LiveTxn>,
+    inner: &mut Inner,
+    effects: Vec<Effect>,
+) {
+    if effects.is_empty() {
+        return;
+    }
+    inner.inbox.extend(effects);
+    if inner.driving {
+        txn.wake.notify_one();
+        return;
+    }
+    inner.driving = true;
+    let span = tracing::info_span!("txn", id = %txn.id);
+    shared
+        .tasks
+        .spawn(drive(Arc::clone(shared), Arc::clone(txn)).instrument(span));
+}
+
+/// Applies an event the driver produced. Such events are never refused (only
+/// client requests can be); a refusal would be a bug, logged, not spread.
+fn apply(txn: &LiveTxn, event: Event) -> Vec<Effect> {
+    match txn.lock().machine.apply(event) {
+        Ok(effects) => effects,
+        Err(rejected) => {
+            tracing::error!(%rejected, "the protocol refused an event from the driver");
+            Vec::new()
+        }
+    }
+}
+
+async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
+    let mut calls: FuturesUnordered<BoxFuture<'static, Event>> = FuturesUnordered::new();
+    let mut queue: VecDeque<Effect> = VecDeque::new();
+    loop {
+        {
+            let mut inner = txn.lock();
+            queue.extend(inner.inbox.drain(..));
+            if queue.is_empty() && calls.is_empty() {
+                // Under the lock: whoever adds effects next sees the driver
+                // gone and starts another.
+                inner.driving = false;
+                return;
+            }
+        }
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::SendPrepare(idx) => calls.push(Box::pin(prepare(Arc::clone(&shared), Arc::clone(&txn), idx))),
+                Effect::SendOnePhase(idx) => {
+                    calls.push(Box::pin(one_phase(Arc::clone(&shared), Arc::clone(&txn), idx)));
+                }
+                Effect::SendCommit(idx) => {
+                    calls.push(Box::pin(deliver(Arc::clone(&shared), Arc::clone(&txn), idx, Decision::Commit)));
+                }
+                Effect::SendAbort(idx) => {
+                    calls.push(Box::pin(deliver(Arc::clone(&shared), Arc::clone(&txn), idx, Decision::Abort)));
+                }
+                Effect::LogDecision => {
+                    let at_ms = now_ms();
+                    txn.lock().decided_at_ms = Some(at_ms);
+                    let record = Record::Decided { id: txn.id, at_ms };
+                    // R1: nothing goes further until the decision is durable.
+                    if !write_until_durable(&shared, vec![record]).await {
+                        return stop(&txn);
+                    }
+                    queue.extend(apply(&txn, Event::DecisionDurable));
+                }
+                Effect::LogAbort { reason } => {
+                    let at_ms = now_ms();
+                    txn.lock().decided_at_ms.get_or_insert(at_ms);
+                    // R2: presumed abort; nobody waits for this record.
+                    drop(shared.log.submit(vec![Record::Aborting {
+                        id: txn.id,
+                        at_ms,
+                        reason,
+                    }]));
+                }
+                Effect::Announce(outcome) => {
+                    txn.outcome.send_replace(Some(outcome));
+                }
+                Effect::LogEnd(outcome) => {
+                    let record = Record::Ended {
+                        id: txn.id,
+                        state: match outcome {
+                            Outcome::Committed { .. } => TxnState::Committed,
+                            Outcome::Aborted { .. } => TxnState::Aborted,
+                        },
+                        at_ms: now_ms(),
+                        read_only: matches!(outcome, Outcome::Committed { read_only: true }),
+                        reason: match &outcome {
+                            Outcome::Aborted { reason } => Some(reason.clone()),
+                            Outcome::Committed { .. } => None,
+                        },
+                        branches: txn.branch_ends(),
+                    };
+                    // Waited for, so that once the transaction leaves memory
+                    // the store shows it ended.
+                    if !write_until_durable(&shared, vec![record]).await {
+                        return stop(&txn);
+                    }
+                    shared.forget(&txn);
+                    txn.ended.send_replace(true);
+                }
+            }
+        }
+        if calls.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return stop(&txn),
+            () = txn.wake.notified() => {}
+            Some(event) = calls.next() => queue.extend(apply(&txn, event)),
+        }
+    }
+}
+
+/// Leaves the transaction for recovery after a restart: the log holds what
+/// it needs (R2, R3).
+fn stop(txn: &LiveTxn) {
+    txn.lock().driving = false;
+    tracing::debug!("driver stopped by shutdown");
+}
+
+/// Writes `records`, retrying with backoff while the store fails. Returns
+/// false only when the coordinator is shutting down.
+async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> bool {
+    let mut delays = shared.config.retry.build();
+    loop {
+        let attempt = shared.log.force(records.clone());
+        let result = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return false,
+            result = attempt => result,
+        };
+        match result {
+            Ok(()) => return true,
+            Err(error) => {
+                let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
+                tracing::warn!(%error, ?delay, "log write failed; retrying");
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn prepare(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize) -> Event {
+    let Some(call) = txn.call(idx) else {
+        return Event::PrepareFailed {
+            branch: idx,
+            reason: format!("no branch {idx}"),
+        };
+    };
+    let name = call.branch.clone();
+    let deadline = txn.lock().prepare_timeout;
+    txn.note_attempt(idx);
+    match shared.participants.prepare(call, deadline).await {
+        Ok(vote) => {
+            txn.note_vote(
+                idx,
+                match &vote {
+                    Vote::Commit => VoteKind::Commit,
+                    Vote::Abort { .. } => VoteKind::Abort,
+                    Vote::ReadOnly => VoteKind::ReadOnly,
+                },
+            );
+            if let Vote::Abort { reason } = &vote {
+                txn.note_error(idx, reason.clone());
+            }
+            Event::Voted { branch: idx, vote }
+        }
+        Err(error) => {
+            let reason = format!("prepare of branch {name} failed: {error}");
+            txn.note_error(idx, reason.clone());
+            Event::PrepareFailed { branch: idx, reason }
+        }
+    }
+}
+
+async fn one_phase(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize) -> Event {
+    let Some(call) = txn.call(idx) else {
+        return Event::OnePhaseFailed {
+            reason: format!("no branch {idx}"),
+        };
+    };
+    let name = call.branch.clone();
+    let deadline = txn.lock().prepare_timeout;
+    txn.note_attempt(idx);
+    match shared.participants.commit_one_phase(call, deadline).await {
+        Ok(result) => {
+            txn.note_vote(
+                idx,
+                match &result {
+                    OnePhaseResult::Committed { read_only: true } => VoteKind::ReadOnly,
+                    OnePhaseResult::Committed { read_only: false } => VoteKind::Commit,
+                    OnePhaseResult::Aborted { .. } => VoteKind::Abort,
+                },
+            );
+            if let OnePhaseResult::Aborted { reason } = &result {
+                txn.note_error(idx, reason.clone());
+            }
+            Event::OnePhaseAnswered(result)
+        }
+        Err(error) => {
+            let reason = format!("one-phase commit of branch {name} failed: {error}");
+            txn.note_error(idx, reason.clone());
+            Event::OnePhaseFailed { reason }
+        }
+    }
+}
+
+/// Delivers the decision to one branch, retrying with exponential backoff,
+/// jitter and a capped delay until it is acknowledged (R3). Only shutdown
+/// stops it; recovery picks it up after the restart.
+async fn deliver(
+    shared: Arc<Shared>,
+    txn: Arc<LiveTxn>,
+    idx: usize,
+    decision: Decision,
+) -> Event {
+    let Some(call) = txn.call(idx) else {
+        return Event::Delivered { branch: idx };
+    };
+    let deadline = shared.config.delivery_timeout;
+    let mut delays = shared.config.retry.build();
+    loop {
+        txn.note_attempt(idx);
+        let result = match decision {
+            Decision::Commit => shared
+                .participants
+                .commit(call.clone(), deadline)
+                .await
+                .map(|()| AbortAnswer::Aborted),
+            Decision::Abort => shared.participants.abort(call.clone(), deadline).await,
+        };
+        match result {
+            Ok(AbortAnswer::AlreadyCommitted) if decision == Decision::Abort => {
+                return Event::FoundCommitted { branch: idx };
+            }
+            Ok(_) => return Event::Delivered { branch: idx },
+            Err(error) => {
+                let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
+                let verb = match decision {
+                    Decision::Commit => "commit",
+                    Decision::Abort => "abort",
+                };
+                tracing::warn!(branch = %call.branch, %error, ?delay, "{verb} delivery failed; retrying");
+                txn.note_error(idx, format!("{verb} delivery failed: {error}"));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! A transaction the coordinator is working on: its protocol state machine,
+//! what the machine does not hold (branch endpoints, payloads, attempts,
+//! errors), and the channels through which waiting clients learn the outcome.
+//!
+//! The machine is only touched under [`LiveTxn::lock`], briefly, never across
+//! an `.await`; the effects it returns are queued for the transaction's
+//! driver (`runtime::driver`) under that same lock, so they run in the order
+//! the protocol produced them.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::model::{BranchState, BranchView, TxnId, TxnState, TxnView, VoteKind};
+use crate::protocol::two_phase::{BranchPhase, Effect, Outcome, Phase, TwoPhase};
+use crate::store::BranchEnd;
+
+use super::participants::BranchCall;
+
+/// What the machine does not know about a branch.
+#[derive(Debug, Clone)]
+pub struct BranchInfo {
+    pub name: String,
+    pub participant: String,
+    pub payload: Vec<u8>,
+    pub vote: Option<VoteKind>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// The mutable part of a live transaction.
+pub struct Inner {
+    pub machine: TwoPhase,
+    pub branches: Vec<BranchInfo>,
+    pub decided_at_ms: Option<u64>,
+    pub prepare_timeout: Duration,
+    /// Effects waiting for the driver.
+    pub inbox: Vec<Effect>,
+    /// True while a driver task runs for this transaction.
+    pub driving: bool,
+}
+
+pub struct LiveTxn {
+    pub id: TxnId,
+    pub created_at_ms: u64,
+    pub deadline_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub description: Option<String>,
+    inner: Mutex<Inner>,
+    /// Wakes the driver when effects land in its inbox.
+    pub wake: Notify,
+    /// The announced outcome, once announced.
+    pub outcome: watch::Sender<Option<Outcome>>,
+    /// True once the transaction ended and its end record is durable.
+    pub ended: watch::Sender<bool>,
+}
+
+impl LiveTxn {
+    pub fn new(
+        id: TxnId,
+        created_at_ms: u64,
+        deadline_ms: u64,
+        idempotency_key: Option<String>,
+        description: Option<String>,
+        machine: TwoPhase,
+        branches: Vec<BranchInfo>,
+        prepare_timeout: Duration,
+    ) -> Self {
+        Self {
+            id,
+            created_at_ms,
+            deadline_ms,
+            idempotency_key,
+            description,
+            inner: Mutex::new(Inner {
+                machine,
+                branches,
+                decided_at_ms: None,
+                prepare_timeout,
+                inbox: Vec::new(),
+                driving: false,
+            }),
+            wake: Notify::new(),
+            outcome: watch::channel(None).0,
+            ended: watch::channel(false).0,
+        }
+    }
+
+    /// The transaction's state. A poisoned lock means a panic while holding
+    /// it, which the protocol code never does on input; recover the data
+    /// rather than spread the panic.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn call(&self, idx: usize) -> Option<BranchCall> {
+        let inner = self.lock();
+        inner.branches.get(idx).map(|b| BranchCall {
+            transaction_id: self.id.to_string(),
+            branch: b.name.clone(),
+            participant: b.participant.clone(),
+            payload: b.payload.clone(),
+        })
+    }
+
+    /// Counts a call made to a branch.
+    pub fn note_attempt(&self, idx: usize) {
+        let mut inner = self.lock();
+        if let Some(branch) = inner.branches.get_mut(idx) {
+            branch.attempts = branch.attempts.saturating_add(1);
+        }
+    }
+
+    /// Remembers the last failure talking to a branch, for operators.
+    pub fn note_error(&self, idx: usize, error: String) {
+        let mut inner = self.lock();
+        if let Some(branch) = inner.branches.get_mut(idx) {
+            branch.last_error = Some(error);
+        }
+    }
+
+    pub fn note_vote(&self, idx: usize, vote: VoteKind) {
+        let mut inner = self.lock();
+        if let Some(branch) = inner.branches.get_mut(idx) {
+            branch.vote = Some(vote);
+        }
+    }
+
+    /// The view clients and operators get.
+    pub fn view(&self, with_branches: bool) -> TxnView {
+        let inner = self.lock();
+        let machine = &inner.machine;
+        TxnView {
+            id: self.id,
+            state: state_of(machine),
+            created_at_ms: self.created_at_ms,
+            deadline_ms: self.deadline_ms,
+            decided_at_ms: inner.decided_at_ms,
+            ended_at_ms: None,
+            reason: machine.reason().map(str::to_owned),
+            idempotency_key: self.idempotency_key.clone(),
+            description: self.description.clone(),
+            read_only: machine.read_only(),
+            branch_count: u32::try_from(inner.branches.len()).unwrap_or(u32::MAX),
+            branches: if with_branches {
+                inner
+                    .branches
+                    .iter()
+                    .zip(machine.branches())
+                    .map(|(info, phase)| BranchView {
+                        name: info.name.clone(),
+                        participant: info.participant.clone(),
+                        state: branch_state(*phase),
+                        vote: info.vote,
+                        attempts: info.attempts,
+                        last_error: info.last_error.clone(),
+                        payload_bytes: info.payload.len() as u64,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// How each branch ended, for the end record.
+    pub fn branch_ends(&self) -> Vec<BranchEnd> {
+        let inner = self.lock();
+        inner
+            .branches
+            .iter()
+            .zip(inner.machine.branches())
+            .enumerate()
+            .map(|(idx, (info, phase))| BranchEnd {
+                idx: u32::try_from(idx).unwrap_or(u32::MAX),
+                state: branch_state(*phase),
+                vote: info.vote,
+                attempts: info.attempts,
+                last_error: info.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The client-visible state of a machine.
+pub fn state_of(machine: &TwoPhase) -> TxnState {
+    match machine.phase() {
+        Phase::Active => TxnState::Active,
+        Phase::Preparing | Phase::Deciding => TxnState::Preparing,
+        Phase::Committing => TxnState::Committing,
+        Phase::Aborting => TxnState::Aborting,
+        Phase::Committed => TxnState::Committed,
+        Phase::Aborted => TxnState::Aborted,
+    }
+}
+
+pub fn branch_state(phase: BranchPhase) -> BranchState {
+    match phase {
+        BranchPhase::Enlisted => BranchState::Enlisted,
+        BranchPhase::Preparing => BranchState::Preparing,
+        BranchPhase::Prepared => BranchState::Prepared,
+        BranchPhase::ReadOnly => BranchState::ReadOnly,
+        BranchPhase::Delivering(_) => BranchState::Delivering,
+        BranchPhase::Committed => BranchState::Committed,
+        BranchPhase::Aborted => BranchState::Aborted,
+    }
+}

@@ -1,0 +1,657 @@
+//! The runtime: executes the protocol's effects against the world.
+//!
+//! [`Runtime`] is what the API calls. It keeps the live transaction table
+//! (`dashmap`), feeds client requests to each transaction's state machine,
+//! and hands the effects to the transaction's driver ([`driver`]), which
+//! calls participants with deadlines, forces decisions through the
+//! group-commit writer ([`log`]) and retries phase 2 with backoff until
+//! acknowledged. At start it loads every unfinished transaction from the
+//! store and finishes it (R2, R3); a sweeper aborts transactions whose
+//! timeout passes even when no client calls (R5).
+//!
+//! Every task it spawns is on one [`TaskTracker`] and stops on one
+//! [`CancellationToken`]: [`Runtime::shutdown`] ends them all.
+//!
+//! - [`live`]: one transaction in memory.
+//! - [`driver`]: the task that executes one transaction's effects.
+//! - [`log`]: the group-commit writer.
+//! - [`participants`]: channels and calls to participants.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::model::{TxnId, TxnState, TxnView, now_ms};
+use crate::protocol::two_phase::{Decision, Event, Outcome, Rejected, TwoPhase};
+use crate::store::{ListQuery, Record, Store, StoreError};
+
+pub mod driver;
+pub mod live;
+pub mod log;
+pub mod participants;
+
+use live::{BranchInfo, LiveTxn};
+use log::LogWriter;
+use participants::Participants;
+
+/// How the runtime behaves; `concord serve` fills it from flags.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Timeout of a transaction whose Begin names none.
+    pub default_txn_timeout: Duration,
+    /// Prepare deadline when Commit names none (R5).
+    pub default_prepare_timeout: Duration,
+    /// Deadline of each Commit or Abort delivery attempt.
+    pub delivery_timeout: Duration,
+    /// Connecting to a participant fails after this long.
+    pub connect_timeout: Duration,
+    /// Phase-2 and log-write retries: first delay, and the cap (R3).
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Exponential backoff with jitter, built from the two delays above.
+    pub retry: ExponentialBuilder,
+    /// How often the sweeper looks for expired transactions.
+    pub sweep_interval: Duration,
+    /// Branches per transaction at most.
+    pub max_branches: usize,
+    /// Recovered transactions driven at once after a restart.
+    pub recovery_concurrency: usize,
+    /// The address participants can reach this coordinator at, sent with
+    /// every call so they know whom to ask about an in-doubt branch.
+    pub advertised_url: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self::with_retry(
+            Duration::from_millis(50),
+            Duration::from_secs(10),
+            RuntimeConfig {
+                default_txn_timeout: Duration::from_secs(30),
+                default_prepare_timeout: Duration::from_secs(5),
+                delivery_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+                retry_min_delay: Duration::ZERO,
+                retry_max_delay: Duration::ZERO,
+                retry: ExponentialBuilder::default(),
+                sweep_interval: Duration::from_millis(100),
+                max_branches: 64,
+                recovery_concurrency: 256,
+                advertised_url: String::new(),
+            },
+        )
+    }
+}
+
+impl RuntimeConfig {
+    /// Sets the retry delays and the backoff built from them: doubling from
+    /// `min` up to `max`, with jitter, and no limit on attempts (R3).
+    pub fn with_retry(min: Duration, max: Duration, mut config: RuntimeConfig) -> Self {
+        config.retry_min_delay = min;
+        config.retry_max_delay = max;
+        config.retry = ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        config
+    }
+}
+
+/// Why a request could not be carried out. Each maps to one gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("transaction {0} not found")]
+    NotFound(TxnId),
+    #[error("{0}")]
+    Rejected(#[from] Rejected),
+    #[error("transaction {id} is {}, not active", .state.as_str())]
+    Finished { id: TxnId, state: TxnState },
+    #[error("branch {name:?} is already enlisted with a different participant or payload")]
+    BranchConflict { name: String },
+    #[error("the transaction already has {limit} branches, the limit (--max-branches)")]
+    TooManyBranches { limit: usize },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the coordinator is shutting down; the transaction's outcome will be in GetTransaction")]
+    ShuttingDown,
+    #[error("store read failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A new or found transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begun {
+    pub id: TxnId,
+    pub created: bool,
+    pub state: TxnState,
+}
+
+/// What Begin asks for.
+#[derive(Debug, Clone, Default)]
+pub struct BeginTxn {
+    pub timeout: Option<Duration>,
+    pub idempotency_key: Option<String>,
+    pub description: Option<String>,
+}
+
+/// What Enlist asks for.
+#[derive(Debug, Clone)]
+pub struct EnlistBranch {
+    pub participant: String,
+    pub payload: Vec<u8>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enlisted {
+    pub name: String,
+    pub created: bool,
+}
+
+/// The answer to Commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub outcome: Outcome,
+    pub state: TxnState,
+}
+
+/// The runtime's shared state; drivers hold an `Arc` of it.
+pub(crate) struct Shared {
+    config: RuntimeConfig,
+    store: Arc<dyn Store>,
+    log: LogWriter,
+    participants: Participants,
+    live: DashMap<TxnId, Arc<LiveTxn>>,
+    /// Idempotency keys of live transactions (R7). Finished ones are found
+    /// in the store.
+    keys: Mutex<HashMap<String, TxnId>>,
+    /// Serialises keyed Begins between looking a key up and claiming it.
+    begin_keys: tokio::sync::Mutex<()>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Drops an ended transaction from memory; the store has its end record.
+    fn forget(&self, txn: &LiveTxn) {
+        self.live.remove(&txn.id);
+        if let Some(key) = &txn.idempotency_key {
+            self.keys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(key);
+        }
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, TxnId>> {
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The coordinator's runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    /// Starts the log writer and the sweeper, loads every unfinished
+    /// transaction from the store and starts finishing them in the
+    /// background. Returns once they are loaded, so that requests about
+    /// them (GetOutcome from a participant, say) get the right answer.
+    pub async fn start(store: Arc<dyn Store>, config: RuntimeConfig) -> Result<Self, StoreError> {
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let log = LogWriter::start(Arc::clone(&store), &tasks, shutdown.clone());
+        let participants = Participants::new(config.connect_timeout, config.advertised_url.clone());
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            log,
+            participants,
+            live: DashMap::new(),
+            keys: Mutex::new(HashMap::new()),
+            begin_keys: tokio::sync::Mutex::new(()),
+            tasks,
+            shutdown,
+        });
+        let runtime = Self { shared };
+        runtime.recover().await?;
+        runtime.shared.tasks.spawn(sweep(Arc::clone(&runtime.shared)));
+        Ok(runtime)
+    }
+
+    /// Stops every task: drivers leave unfinished work to recovery, the log
+    /// writer writes what is queued. Returns when all have ended.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// Transactions in memory (not yet ended).
+    pub fn live_count(&self) -> usize {
+        self.shared.live.len()
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.shared.config
+    }
+
+    /// Begins a transaction, or finds the one begun with the same key (R7).
+    pub async fn begin(&self, request: BeginTxn) -> Result<Begun, Error> {
+        let shared = &self.shared;
+        let _claim = match &request.idempotency_key {
+            Some(key) => {
+                let guard = shared.begin_keys.lock().await;
+                let live = shared.keys().get(key).copied();
+                if let Some(id) = live {
+                    if let Some(txn) = shared.live.get(&id) {
+                        let state = live::state_of(&txn.lock().machine);
+                        return Ok(Begun {
+                            id,
+                            created: false,
+                            state,
+                        });
+                    }
+                }
+                if let Some(view) = shared.store.by_idempotency_key(key).await? {
+                    return Ok(Begun {
+                        id: view.id,
+                        created: false,
+                        state: view.state,
+                    });
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let id = TxnId::mint();
+        let created_at_ms = now_ms();
+        let timeout = request.timeout.unwrap_or(shared.config.default_txn_timeout);
+        let deadline_ms =
+            created_at_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let txn = Arc::new(LiveTxn::new(
+            id,
+            created_at_ms,
+            deadline_ms,
+            request.idempotency_key.clone(),
+            request.description.clone(),
+            TwoPhase::new(),
+            Vec::new(),
+            shared.config.default_prepare_timeout,
+        ));
+        shared.live.insert(id, Arc::clone(&txn));
+        if let Some(key) = &request.idempotency_key {
+            shared.keys().insert(key.clone(), id);
+        }
+        // Queued before anyone can learn the id, so every later record of
+        // this transaction follows it in the log.
+        let durable = shared.log.submit(vec![Record::Begun {
+            id,
+            created_at_ms,
+            deadline_ms,
+            idempotency_key: request.idempotency_key,
+            description: request.description,
+        }]);
+        drop(_claim);
+        if let Err(error) = durable.wait().await {
+            shared.forget(&txn);
+            return Err(Error::Unavailable(format!(
+                "could not record the new transaction: {error}"
+            )));
+        }
+        Ok(Begun {
+            id,
+            created: true,
+            state: TxnState::Active,
+        })
+    }
+
+    /// Enlists a branch; answers once the branch is durable.
+    pub async fn enlist(&self, id: TxnId, branch: EnlistBranch) -> Result<Enlisted, Error> {
+        let shared = &self.shared;
+        let txn = self.live_or_finished(id).await?;
+        let (name, durable) = {
+            let mut inner = txn.lock();
+            if let Some(name) = &branch.name {
+                if let Some(existing) = inner.branches.iter().find(|b| &b.name == name) {
+                    // A retried Enlist: the same branch, not a second one.
+                    if existing.participant == branch.participant
+                        && existing.payload == branch.payload
+                    {
+                        return Ok(Enlisted {
+                            name: name.clone(),
+                            created: false,
+                        });
+                    }
+                    return Err(Error::BranchConflict { name: name.clone() });
+                }
+            }
+            if inner.branches.len() >= shared.config.max_branches {
+                return Err(Error::TooManyBranches {
+                    limit: shared.config.max_branches,
+                });
+            }
+            let idx = inner.machine.enlist()?;
+            let name = match branch.name {
+                Some(name) => name,
+                None => generated_name(&inner.branches, idx),
+            };
+            inner.branches.push(BranchInfo {
+                name: name.clone(),
+                participant: branch.participant.clone(),
+                payload: branch.payload.clone(),
+                vote: None,
+                attempts: 0,
+                last_error: None,
+            });
+            let durable = shared.log.submit(vec![Record::Enlisted {
+                id,
+                idx: u32::try_from(idx).unwrap_or(u32::MAX),
+                name: name.clone(),
+                participant: branch.participant,
+                payload: branch.payload,
+            }]);
+            (name, durable)
+        };
+        if let Err(error) = durable.wait().await {
+            // The branch may or may not be on disk: abort, which is safe
+            // either way (R2), rather than commit with a branch we might forget.
+            let mut inner = txn.lock();
+            let reason = format!("could not record branch {name}: {error}");
+            if let Ok(effects) = inner.machine.apply(Event::RollbackRequested {
+                reason: reason.clone(),
+            }) {
+                driver::dispatch(shared, &txn, &mut inner, effects);
+            }
+            return Err(Error::Unavailable(reason));
+        }
+        Ok(Enlisted {
+            name,
+            created: true,
+        })
+    }
+
+    /// Runs the commit protocol and answers once the decision is durable
+    /// (R1, R4), or once every branch acknowledged it with `wait`.
+    pub async fn commit(
+        &self,
+        id: TxnId,
+        wait: bool,
+        prepare_timeout: Option<Duration>,
+    ) -> Result<Committed, Error> {
+        let shared = &self.shared;
+        let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) else {
+            return self.finished_outcome(id).await;
+        };
+        {
+            let mut inner = txn.lock();
+            if let Some(timeout) = prepare_timeout {
+                inner.prepare_timeout = timeout;
+            }
+            let effects = inner.machine.apply(Event::CommitRequested)?;
+            driver::dispatch(shared, &txn, &mut inner, effects);
+        }
+        let outcome = self.announced(&txn).await?;
+        if wait {
+            self.until_ended(&txn).await?;
+        }
+        let state = live::state_of(&txn.lock().machine);
+        Ok(Committed { outcome, state })
+    }
+
+    /// Rolls back an undecided transaction.
+    pub async fn rollback(&self, id: TxnId, reason: String) -> Result<TxnState, Error> {
+        let shared = &self.shared;
+        let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) else {
+            return match self.finished_outcome(id).await?.outcome {
+                Outcome::Aborted { .. } => Ok(TxnState::Aborted),
+                Outcome::Committed { .. } => Err(Rejected::AlreadyCommitted.into()),
+            };
+        };
+        {
+            let mut inner = txn.lock();
+            let effects = inner.machine.apply(Event::RollbackRequested { reason })?;
+            driver::dispatch(shared, &txn, &mut inner, effects);
+        }
+        // A one-phase commit racing the rollback may have won: say so.
+        match self.announced(&txn).await? {
+            Outcome::Committed { .. } => Err(Rejected::AlreadyCommitted.into()),
+            Outcome::Aborted { .. } => Ok(live::state_of(&txn.lock().machine)),
+        }
+    }
+
+    /// Everything known about one transaction.
+    pub async fn transaction(&self, id: TxnId) -> Result<TxnView, Error> {
+        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
+            return Ok(txn.view(true));
+        }
+        self.shared
+            .store
+            .transaction(&id)
+            .await?
+            .ok_or(Error::NotFound(id))
+    }
+
+    /// A page of transactions, newest first; live ones show their current
+    /// state.
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<TxnView>, Error> {
+        let mut views = self.shared.store.list(query).await?;
+        for view in &mut views {
+            if let Some(txn) = self.shared.live.get(&view.id) {
+                *view = txn.view(false);
+            }
+        }
+        if !query.states.is_empty() {
+            views.retain(|view| query.states.contains(&view.state));
+        }
+        Ok(views)
+    }
+
+    /// The decision, for a participant holding a prepared branch. R2: an
+    /// unknown transaction is aborted.
+    pub async fn outcome(&self, id: TxnId) -> Result<Option<Decision>, Error> {
+        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
+            let inner = txn.lock();
+            return Ok(inner.machine.announced().map(Outcome::decision));
+        }
+        let view = self.shared.store.transaction(&id).await?;
+        Ok(Some(match view.map(|v| v.state) {
+            Some(TxnState::Committed | TxnState::Committing) => Decision::Commit,
+            _ => Decision::Abort,
+        }))
+    }
+
+    async fn live_or_finished(&self, id: TxnId) -> Result<Arc<LiveTxn>, Error> {
+        if let Some(txn) = self.shared.live.get(&id) {
+            return Ok(Arc::clone(&txn));
+        }
+        match self.shared.store.transaction(&id).await? {
+            Some(view) => Err(Error::Finished {
+                id,
+                state: view.state,
+            }),
+            None => Err(Error::NotFound(id)),
+        }
+    }
+
+    /// The outcome of a transaction no longer in memory.
+    async fn finished_outcome(&self, id: TxnId) -> Result<Committed, Error> {
+        let view = self
+            .shared
+            .store
+            .transaction(&id)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        let outcome = match view.state {
+            TxnState::Committed | TxnState::Committing => Outcome::Committed {
+                read_only: view.read_only,
+            },
+            TxnState::Aborted | TxnState::Aborting => Outcome::Aborted {
+                reason: view.reason.unwrap_or_default(),
+            },
+            TxnState::Active | TxnState::Preparing => {
+                return Err(Error::Unavailable(format!(
+                    "transaction {id} is not loaded yet; retry"
+                )));
+            }
+        };
+        Ok(Committed {
+            outcome,
+            state: view.state,
+        })
+    }
+
+    /// Waits for the decision to be announced (after R1's durable write).
+    async fn announced(&self, txn: &LiveTxn) -> Result<Outcome, Error> {
+        let mut outcome = txn.outcome.subscribe();
+        tokio::select! {
+            biased;
+            result = outcome.wait_for(Option::is_some) => match result {
+                Ok(outcome) => Ok(outcome.clone().ok_or(Error::ShuttingDown)?),
+                Err(_) => Err(Error::ShuttingDown),
+            },
+            () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
+        }
+    }
+
+    async fn until_ended(&self, txn: &LiveTxn) -> Result<(), Error> {
+        let mut ended = txn.ended.subscribe();
+        tokio::select! {
+            biased;
+            result = ended.wait_for(|ended| *ended) => result.map(|_| ()).map_err(|_| Error::ShuttingDown),
+            () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Loads every unfinished transaction and starts finishing it: with a
+    /// durable COMMITTED decision, phase 2 again (R3); without, abort (R2).
+    /// At most `recovery_concurrency` are driven at once.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let unfinished = shared.store.unfinished().await?;
+        if unfinished.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(count = unfinished.len(), "recovering unfinished transactions");
+        let mut pending = Vec::with_capacity(unfinished.len());
+        for record in unfinished {
+            let view = record.view;
+            let decision = match view.state {
+                TxnState::Committing => Some(Decision::Commit),
+                TxnState::Aborting => Some(Decision::Abort),
+                _ => None,
+            };
+            let (machine, effects) =
+                TwoPhase::recover(view.branches.len(), decision, view.reason.clone());
+            let branches = view
+                .branches
+                .into_iter()
+                .zip(record.payloads)
+                .map(|(branch, payload)| BranchInfo {
+                    name: branch.name,
+                    participant: branch.participant,
+                    payload,
+                    vote: branch.vote,
+                    attempts: branch.attempts,
+                    last_error: branch.last_error,
+                })
+                .collect();
+            let txn = Arc::new(LiveTxn::new(
+                view.id,
+                view.created_at_ms,
+                view.deadline_ms,
+                view.idempotency_key.clone(),
+                view.description,
+                machine,
+                branches,
+                shared.config.default_prepare_timeout,
+            ));
+            txn.lock().decided_at_ms = view.decided_at_ms;
+            if let Some(announced) = txn.lock().machine.announced().cloned() {
+                txn.outcome.send_replace(Some(announced));
+            }
+            shared.live.insert(view.id, Arc::clone(&txn));
+            if let Some(key) = view.idempotency_key {
+                shared.keys().insert(key, view.id);
+            }
+            pending.push((txn, effects));
+        }
+        // Drive the backlog in the background, a bounded number at a time,
+        // while new requests are served.
+        let permits = Arc::new(Semaphore::new(shared.config.recovery_concurrency.max(1)));
+        let driver_shared = Arc::clone(shared);
+        shared.tasks.spawn(async move {
+            for (txn, effects) in pending {
+                let permit = tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = driver_shared.shutdown.cancelled() => return,
+                };
+                {
+                    let mut inner = txn.lock();
+                    driver::dispatch(&driver_shared, &txn, &mut inner, effects);
+                }
+                // The permit returns when this transaction ends.
+                let mut ended = txn.ended.subscribe();
+                driver_shared.tasks.spawn(async move {
+                    let _permit = permit;
+                    let _ = ended.wait_for(|ended| *ended).await;
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
+/// "b<N>" for the N-th branch, skipping names a client already chose.
+fn generated_name(branches: &[BranchInfo], idx: usize) -> String {
+    let mut n = idx + 1;
+    loop {
+        let name = format!("b{n}");
+        if !branches.iter().any(|b| b.name == name) {
+            return name;
+        }
+        n += 1;
+    }
+}
+
+/// Aborts transactions whose timeout passed before they decided (R5), even
+/// when no client calls.
+async fn sweep(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(shared.config.sweep_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = now_ms();
+        let expired: Vec<Arc<LiveTxn>> = shared
+            .live
+            .iter()
+            .filter(|txn| txn.deadline_ms <= now)
+            .map(|txn| Arc::clone(&txn))
+            .collect();
+        for txn in expired {
+            let mut inner = txn.lock();
+            if let Ok(effects) = inner.machine.apply(Event::Expired) {
+                if !effects.is_empty() {
+                    tracing::info!(id = %txn.id, "transaction timed out before deciding; aborting");
+                }
+                driver::dispatch(&shared, &txn, &mut inner, effects);
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Calls to participants: one reused gRPC channel per endpoint, and the four
+//! Participant RPCs, each bounded by a deadline (R5) that is both sent to the
+//! participant (`grpc-timeout`) and enforced here.
+
+use std::time::Duration;
+
+use concord_proto::v1::participant_client::ParticipantClient;
+use concord_proto::v1::{
+    self as pb, AbortBranchRequest, BranchRef, CommitBranchRequest, CommitOnePhaseRequest,
+    PrepareRequest,
+};
+use dashmap::DashMap;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::protocol::two_phase::{OnePhaseResult, Vote};
+
+/// Why a call to a participant did not get an answer we can use.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("participant endpoint {endpoint:?} is not a valid URI: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
+    #[error("no answer within the {} ms deadline", .0.as_millis())]
+    DeadlineExceeded(Duration),
+    #[error("{code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("participant answered an unknown value: {0}")]
+    BadAnswer(String),
+}
+
+/// What a participant answered to Abort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortAnswer {
+    Aborted,
+    /// It had committed through the one-phase path.
+    AlreadyCommitted,
+}
+
+/// The channels to participants, shared by every transaction.
+pub struct Participants {
+    channels: DashMap<String, Channel>,
+    connect_timeout: Duration,
+    /// Sent in every call so a participant knows whom to ask about an
+    /// in-doubt branch.
+    coordinator_url: String,
+}
+
+impl Participants {
+    pub fn new(connect_timeout: Duration, coordinator_url: String) -> Self {
+        Self {
+            channels: DashMap::new(),
+            connect_timeout,
+            coordinator_url,
+        }
+    }
+
+    fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, CallError> {
+        if let Some(channel) = self.channels.get(endpoint) {
+            return Ok(ParticipantClient::new(channel.clone()));
+        }
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| CallError::BadEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // A lazily connected channel reconnects by itself after the
+            // participant restarts.
+            .connect_lazy();
+        let channel = self
+            .channels
+            .entry(endpoint.to_owned())
+            .or_insert(channel)
+            .clone();
+        Ok(ParticipantClient::new(channel))
+    }
+
+    fn branch_ref(&self, transaction_id: String, branch: String) -> Option<BranchRef> {
+        Some(BranchRef {
+            transaction_id,
+            branch,
+            coordinator: self.coordinator_url.clone(),
+        })
+    }
+
+    pub async fn prepare(&self, call: BranchCall, deadline: Duration) -> Result<Vote, CallError> {
+        let mut client = self.client(&call.participant)?;
+        let request = PrepareRequest {
+            branch: self.branch_ref(call.transaction_id, call.branch),
+            payload: call.payload,
+        };
+        let answer = with_deadline(deadline, client.prepare(request_with(request, deadline))).await?;
+        match pb::Vote::try_from(answer.vote) {
+            Ok(pb::Vote::Commit) => Ok(Vote::Commit),
+            Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
+            Ok(pb::Vote::Abort) => Ok(Vote::Abort {
+                reason: if answer.reason.is_empty() {
+                    "participant voted ABORT".into()
+                } else {
+                    answer.reason
+                },
+            }),
+            Ok(pb::Vote::Unspecified) | Err(_) => {
+                Err(CallError::BadAnswer(format!("vote {}", answer.vote)))
+            }
+        }
+    }
+
+    pub async fn commit_one_phase(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> Result<OnePhaseResult, CallError> {
+        let mut client = self.client(&call.participant)?;
+        let request = CommitOnePhaseRequest {
+            branch: self.branch_ref(call.transaction_id, call.branch),
+            payload: call.payload,
+        };
+        let answer =
+            with_deadline(deadline, client.commit_one_phase(request_with(request, deadline)))
+                .await?;
+        match pb::Outcome::try_from(answer.outcome) {
+            Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
+                read_only: answer.read_only,
+            }),
+            Ok(pb::Outcome::Aborted) => Ok(OnePhaseResult::Aborted {
+                reason: if answer.reason.is_empty() {
+                    "participant refused the one-phase commit".into()
+                } else {
+                    answer.reason
+                },
+            }),
+            _ => Err(CallError::BadAnswer(format!("outcome {}", answer.outcome))),
+        }
+    }
+
+    pub async fn commit(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
+        let mut client = self.client(&call.participant)?;
+        let request = CommitBranchRequest {
+            branch: self.branch_ref(call.transaction_id, call.branch),
+            payload: call.payload,
+        };
+        with_deadline(deadline, client.commit(request_with(request, deadline))).await?;
+        Ok(())
+    }
+
+    pub async fn abort(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> Result<AbortAnswer, CallError> {
+        let mut client = self.client(&call.participant)?;
+        let request = AbortBranchRequest {
+            branch: self.branch_ref(call.transaction_id, call.branch),
+            payload: call.payload,
+        };
+        let answer = with_deadline(deadline, client.abort(request_with(request, deadline))).await?;
+        Ok(if answer.already_committed {
+            AbortAnswer::AlreadyCommitted
+        } else {
+            AbortAnswer::Aborted
+        })
+    }
+}
+
+/// Everything a call to one branch needs.
+#[derive(Debug, Clone)]
+pub struct BranchCall {
+    pub transaction_id: String,
+    pub branch: String,
+    pub participant: String,
+    pub payload: Vec<u8>,
+}
+
+fn request_with<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // R5: the participant sees the deadline too and can stop early.
+    request.set_timeout(deadline);
+    request
+}
+
+async fn with_deadline<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            Err(CallError::DeadlineExceeded(deadline))
+        }
+        Ok(Err(status)) => Err(CallError::Status {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }),
+        Err(_) => Err(CallError::DeadlineExceeded(deadline)),
+    }
+}

@@ -1,0 +1,127 @@
+//! The durable log (DESIGN §5): what the coordinator must never forget.
+//!
+//! The runtime writes [`Record`]s through the group-commit writer
+//! (`runtime::log`), which hands each batch to [`Store::append`] as one
+//! database transaction — one fsync for many transactions' records. Reads
+//! serve `GetTransaction`, `ListTransactions`, idempotency keys and recovery.
+//!
+//! Backends: [`sqlite`] (the embedded default: WAL, `synchronous=FULL`).
+//! Each keeps its schema in `migrations/<backend>/`, applied with
+//! `sqlx::migrate!` at start-up; queries are checked at run time
+//! (`query_as` + `FromRow`) so that building needs no database.
+
+use futures::future::BoxFuture;
+
+use crate::model::{BranchState, TxnId, TxnState, TxnView, VoteKind};
+
+pub mod sqlite;
+
+/// One durable fact about a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A transaction began (forced before Begin answers).
+    Begun {
+        id: TxnId,
+        created_at_ms: u64,
+        deadline_ms: u64,
+        idempotency_key: Option<String>,
+        description: Option<String>,
+    },
+    /// A branch enlisted (forced before Enlist answers, so that after a crash
+    /// the participant is told the outcome).
+    Enlisted {
+        id: TxnId,
+        idx: u32,
+        name: String,
+        participant: String,
+        payload: Vec<u8>,
+    },
+    /// R1: the COMMITTED decision. Forced before anyone hears it.
+    Decided { id: TxnId, at_ms: u64 },
+    /// R2: the ABORTED decision. Written lazily (presumed abort).
+    Aborting {
+        id: TxnId,
+        at_ms: u64,
+        reason: String,
+    },
+    /// The transaction ended: every branch settled.
+    Ended {
+        id: TxnId,
+        state: TxnState,
+        at_ms: u64,
+        read_only: bool,
+        reason: Option<String>,
+        branches: Vec<BranchEnd>,
+    },
+}
+
+/// How a branch ended, recorded with [`Record::Ended`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchEnd {
+    pub idx: u32,
+    pub state: BranchState,
+    pub vote: Option<VoteKind>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A transaction that had not ended when the coordinator stopped, with what
+/// recovery needs to finish it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfinished {
+    pub view: TxnView,
+    /// Branch payloads, in branch order (payloads are not part of views).
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// A page of `ListTransactions`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only these states; empty means all.
+    pub states: Vec<TxnState>,
+    /// Only ids older (smaller) than this one: the paging cursor.
+    pub before: Option<TxnId>,
+    pub limit: u32,
+}
+
+/// Why the store failed. The runtime answers UNAVAILABLE: nothing was decided.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("schema migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the store holds a value it cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// The durable log. Implementations must make [`Store::append`] atomic and
+/// durable: when it returns Ok, every record of the batch survives a crash or
+/// power loss; when it returns Err, none of them was applied.
+pub trait Store: Send + Sync + 'static {
+    /// Applies a batch of records in one database transaction.
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// One transaction with its branches, if known.
+    fn transaction<'a>(
+        &'a self,
+        id: &'a TxnId,
+    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>>;
+
+    /// The transaction begun with this idempotency key, if any.
+    fn by_idempotency_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>>;
+
+    /// Transactions newest first, without branches.
+    fn list<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>>;
+
+    /// Every transaction that has not ended, for recovery.
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>>;
+}

@@ -1,0 +1,548 @@
+//! The embedded default store: one SQLite file in WAL mode with
+//! `synchronous=FULL`, so a committed batch has been fsynced (R1).
+//!
+//! Writes come only from the group-commit writer, one batch per database
+//! transaction; reads run concurrently on the pool's other connections (WAL
+//! lets readers proceed while the writer commits).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+use super::{BranchEnd, ListQuery, Record, Store, StoreError, Unfinished};
+use crate::model::{BranchState, BranchView, TxnId, TxnState, TxnView, VoteKind};
+
+/// The database file inside `--data-dir`.
+pub const DATABASE_FILE: &str = "concord.db";
+
+/// Readers plus the writer's connection.
+const POOL_CONNECTIONS: u32 = 8;
+
+/// How long a statement waits for a lock before failing; only start-up and an
+/// operator's tool ever contend with the single writer.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite-backed log.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/concord.db` and applies
+    /// migrations.
+    pub async fn open_dir(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join(DATABASE_FILE))
+            .create_if_missing(true);
+        Self::open(options).await
+    }
+
+    /// Opens a `sqlite://` URL (as given to `--database-url`).
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
+        Self::open(options).await
+    }
+
+    async fn open(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            // R1: a commit returns only after the WAL is fsynced.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_CONNECTIONS)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for tests that inspect the file directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn append_batch(&self, batch: &[Record]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for record in batch {
+            apply(&mut tx, record).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
+        let row: Option<TxnRow> = sqlx::query_as(
+            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+             FROM transactions t WHERE t.id = ?1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut view = row.into_view()?;
+        let branches: Vec<BranchRow> = sqlx::query_as(
+            "SELECT idx, name, participant, payload, state, vote, attempts, last_error
+             FROM branches WHERE txn_id = ?1 ORDER BY idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        view.branches = branches
+            .into_iter()
+            .map(|b| b.into_view())
+            .collect::<Result<_, _>>()?;
+        Ok(Some(view))
+    }
+
+    async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
+        let id: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM transactions WHERE idempotency_key = ?1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        match id {
+            Some((id,)) => self.load(&parse_id(&id)?).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn load_list(&self, query: &ListQuery) -> Result<Vec<TxnView>, StoreError> {
+        // The state filter travels as one ",a,b," string so the SQL stays a
+        // static statement.
+        let states = if query.states.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
+            format!(",{},", names.join(","))
+        };
+        let before = query.before.map(|id| id.to_string()).unwrap_or_default();
+        let rows: Vec<TxnRow> = sqlx::query_as(
+            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+             FROM transactions t
+             WHERE (?1 = '' OR instr(?1, ',' || t.state || ',') > 0)
+               AND (?2 = '' OR t.id < ?2)
+             ORDER BY t.id DESC
+             LIMIT ?3",
+        )
+        .bind(states)
+        .bind(before)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TxnRow::into_view).collect()
+    }
+
+    async fn load_unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let rows: Vec<TxnRow> = sqlx::query_as(
+            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+             FROM transactions t
+             WHERE t.state IN ('active', 'committing', 'aborting')
+             ORDER BY t.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut unfinished = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut view = row.into_view()?;
+            let branches: Vec<BranchRow> = sqlx::query_as(
+                "SELECT idx, name, participant, payload, state, vote, attempts, last_error
+                 FROM branches WHERE txn_id = ?1 ORDER BY idx",
+            )
+            .bind(view.id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+            let mut payloads = Vec::with_capacity(branches.len());
+            let mut views = Vec::with_capacity(branches.len());
+            for branch in branches {
+                payloads.push(branch.payload.clone());
+                views.push(branch.into_view()?);
+            }
+            view.branches = views;
+            unfinished.push(Unfinished { view, payloads });
+        }
+        Ok(unfinished)
+    }
+}
+
+impl Store for SqliteStore {
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.append_batch(batch).boxed()
+    }
+
+    fn transaction<'a>(
+        &'a self,
+        id: &'a TxnId,
+    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+        self.load(id).boxed()
+    }
+
+    fn by_idempotency_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+        self.load_by_key(key).boxed()
+    }
+
+    fn list<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
+        self.load_list(query).boxed()
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
+        self.load_unfinished().boxed()
+    }
+}
+
+async fn apply(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    record: &Record,
+) -> Result<(), StoreError> {
+    match record {
+        Record::Begun {
+            id,
+            created_at_ms,
+            deadline_ms,
+            idempotency_key,
+            description,
+        } => {
+            sqlx::query(
+                "INSERT INTO transactions
+                   (id, state, created_at_ms, deadline_ms, idempotency_key, description)
+                 VALUES (?1, 'active', ?2, ?3, ?4, ?5)",
+            )
+            .bind(id.to_string())
+            .bind(to_i64(*created_at_ms))
+            .bind(to_i64(*deadline_ms))
+            .bind(idempotency_key.as_deref())
+            .bind(description.as_deref())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Record::Enlisted {
+            id,
+            idx,
+            name,
+            participant,
+            payload,
+        } => {
+            sqlx::query(
+                "INSERT INTO branches (txn_id, idx, name, participant, payload, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'enlisted')",
+            )
+            .bind(id.to_string())
+            .bind(i64::from(*idx))
+            .bind(name.as_str())
+            .bind(participant.as_str())
+            .bind(payload.as_slice())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Record::Decided { id, at_ms } => {
+            sqlx::query(
+                "UPDATE transactions SET state = 'committing', decided_at_ms = ?2
+                 WHERE id = ?1 AND state = 'active'",
+            )
+            .bind(id.to_string())
+            .bind(to_i64(*at_ms))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Record::Aborting { id, at_ms, reason } => {
+            sqlx::query(
+                "UPDATE transactions SET state = 'aborting', decided_at_ms = ?2, reason = ?3
+                 WHERE id = ?1 AND state = 'active'",
+            )
+            .bind(id.to_string())
+            .bind(to_i64(*at_ms))
+            .bind(reason.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Record::Ended {
+            id,
+            state,
+            at_ms,
+            read_only,
+            reason,
+            branches,
+        } => {
+            // The decided_at stamp stays the decision's; an abort decided
+            // and ended in one step gets both.
+            sqlx::query(
+                "UPDATE transactions
+                 SET state = ?2, ended_at_ms = ?3, read_only = ?4, reason = ?5,
+                     decided_at_ms = COALESCE(decided_at_ms, ?3)
+                 WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .bind(state.as_str())
+            .bind(to_i64(*at_ms))
+            .bind(*read_only)
+            .bind(reason.as_deref())
+            .execute(&mut **tx)
+            .await?;
+            for BranchEnd {
+                idx,
+                state,
+                vote,
+                attempts,
+                last_error,
+            } in branches
+            {
+                sqlx::query(
+                    "UPDATE branches SET state = ?3, vote = ?4, attempts = ?5, last_error = ?6
+                     WHERE txn_id = ?1 AND idx = ?2",
+                )
+                .bind(id.to_string())
+                .bind(i64::from(*idx))
+                .bind(state.as_str())
+                .bind(vote.map(VoteKind::as_str))
+                .bind(i64::from(*attempts))
+                .bind(last_error.as_deref())
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Store timestamps are i64; anything past i64::MAX ms is clamped (that is
+/// ~292 million years away).
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn parse_id(id: &str) -> Result<TxnId, StoreError> {
+    id.parse()
+        .map_err(|e| StoreError::Corrupt(format!("transaction id {id:?} {e}")))
+}
+
+#[derive(FromRow)]
+struct TxnRow {
+    id: String,
+    state: String,
+    created_at_ms: i64,
+    deadline_ms: i64,
+    decided_at_ms: Option<i64>,
+    ended_at_ms: Option<i64>,
+    reason: Option<String>,
+    idempotency_key: Option<String>,
+    description: Option<String>,
+    read_only: bool,
+    branch_count: i64,
+}
+
+impl TxnRow {
+    fn into_view(self) -> Result<TxnView, StoreError> {
+        let state = TxnState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("transaction state {:?}", self.state)))?;
+        Ok(TxnView {
+            id: parse_id(&self.id)?,
+            state,
+            created_at_ms: to_u64(self.created_at_ms),
+            deadline_ms: to_u64(self.deadline_ms),
+            decided_at_ms: self.decided_at_ms.map(to_u64),
+            ended_at_ms: self.ended_at_ms.map(to_u64),
+            reason: self.reason,
+            idempotency_key: self.idempotency_key,
+            description: self.description,
+            read_only: self.read_only,
+            branch_count: u32::try_from(self.branch_count).unwrap_or(u32::MAX),
+            branches: Vec::new(),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct BranchRow {
+    #[allow(dead_code)]
+    idx: i64,
+    name: String,
+    participant: String,
+    payload: Vec<u8>,
+    state: String,
+    vote: Option<String>,
+    attempts: i64,
+    last_error: Option<String>,
+}
+
+impl BranchRow {
+    fn into_view(self) -> Result<BranchView, StoreError> {
+        let state = BranchState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("branch state {:?}", self.state)))?;
+        let vote = match self.vote.as_deref() {
+            None => None,
+            Some(v) => Some(
+                VoteKind::parse(v).ok_or_else(|| StoreError::Corrupt(format!("vote {v:?}")))?,
+            ),
+        };
+        Ok(BranchView {
+            name: self.name,
+            participant: self.participant,
+            state,
+            vote,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            last_error: self.last_error,
+            payload_bytes: self.payload.len() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open_dir(dir.path()).await.expect("open store");
+        (dir, store)
+    }
+
+    fn begun(id: TxnId, key: Option<&str>) -> Record {
+        Record::Begun {
+            id,
+            created_at_ms: 1_000,
+            deadline_ms: 31_000,
+            idempotency_key: key.map(str::to_owned),
+            description: Some("test".into()),
+        }
+    }
+
+    fn enlisted(id: TxnId, idx: u32) -> Record {
+        Record::Enlisted {
+            id,
+            idx,
+            name: format!("b{}", idx + 1),
+            participant: "http://127.0.0.1:1".into(),
+            payload: vec![1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_decision_survives_reopening() {
+        let (dir, store) = store().await;
+        let id = TxnId::mint();
+        store
+            .append(&[begun(id, None), enlisted(id, 0), enlisted(id, 1)])
+            .await
+            .expect("append");
+        store
+            .append(&[Record::Decided { id, at_ms: 2_000 }])
+            .await
+            .expect("decide");
+        drop(store);
+
+        let store = SqliteStore::open_dir(dir.path()).await.expect("reopen");
+        let unfinished = store.unfinished().await.expect("unfinished");
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].view.state, TxnState::Committing);
+        assert_eq!(unfinished[0].view.decided_at_ms, Some(2_000));
+        assert_eq!(unfinished[0].payloads, vec![vec![1, 2, 3], vec![1, 2, 3]]);
+    }
+
+    #[tokio::test]
+    async fn an_ended_transaction_is_not_unfinished_and_keeps_its_branches() {
+        let (_dir, store) = store().await;
+        let id = TxnId::mint();
+        store.append(&[begun(id, Some("k1")), enlisted(id, 0)]).await.expect("append");
+        store
+            .append(&[Record::Ended {
+                id,
+                state: TxnState::Aborted,
+                at_ms: 3_000,
+                read_only: false,
+                reason: Some("insufficient funds".into()),
+                branches: vec![BranchEnd {
+                    idx: 0,
+                    state: BranchState::Aborted,
+                    vote: Some(VoteKind::Abort),
+                    attempts: 1,
+                    last_error: None,
+                }],
+            }])
+            .await
+            .expect("end");
+        assert!(store.unfinished().await.expect("unfinished").is_empty());
+        let view = store.transaction(&id).await.expect("get").expect("known");
+        assert_eq!(view.state, TxnState::Aborted);
+        assert_eq!(view.reason.as_deref(), Some("insufficient funds"));
+        assert_eq!(view.branches[0].vote, Some(VoteKind::Abort));
+        assert_eq!(view.branch_count, 1);
+        let by_key = store.by_idempotency_key("k1").await.expect("key").expect("found");
+        assert_eq!(by_key.id, id);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_applies_nothing() {
+        let (_dir, store) = store().await;
+        let id = TxnId::mint();
+        store.append(&[begun(id, None)]).await.expect("append");
+        let other = TxnId::mint();
+        // The second Begun repeats a primary key: the whole batch must fail.
+        let result = store.append(&[begun(other, None), begun(id, None)]).await;
+        assert!(result.is_err());
+        assert!(store.transaction(&other).await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn listing_pages_newest_first_and_filters_by_state() {
+        let (_dir, store) = store().await;
+        let ids: Vec<TxnId> = (0..5).map(|_| TxnId::mint()).collect();
+        let records: Vec<Record> = ids.iter().map(|id| begun(*id, None)).collect();
+        store.append(&records).await.expect("append");
+        store
+            .append(&[Record::Decided {
+                id: ids[1],
+                at_ms: 5,
+            }])
+            .await
+            .expect("decide");
+
+        let page = store
+            .list(&ListQuery {
+                states: vec![],
+                before: None,
+                limit: 2,
+            })
+            .await
+            .expect("list");
+        assert_eq!(page.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+        let next = store
+            .list(&ListQuery {
+                states: vec![],
+                before: Some(ids[3]),
+                limit: 10,
+            })
+            .await
+            .expect("list");
+        assert_eq!(next.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+        let committing = store
+            .list(&ListQuery {
+                states: vec![TxnState::Committing],
+                before: None,
+                limit: 10,
+            })
+            .await
+            .expect("list");
+        assert_eq!(committing.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[1]]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests live under `tests/tests/<area>/`; this crate has no library code.
