@@ -1,1 +1,22 @@
-//! wip
+//! Concord's participant SDK: everything a service needs to take part in
+//! Concord transactions, and everything a client needs to run them.
+//!
+//! # Layout
+//!
+//! - [`client`]: [`CoordinatorClient`] — begin, enlist, commit, rollback,
+//!   outcome; typed errors.
+//! - [`server`]: implement [`TwoPhaseParticipant`] and serve it as the
+//!   `concord.v1.Participant` gRPC service with [`ParticipantService`].
+//! - [`ledger`]: the exactly-once guard in the participant's own SQLite
+//!   database, written in the same local transaction as the business change.
+//!
+//! Any language can be a participant: the proto in `proto/concord/v1` is the
+//! contract; this crate is the Rust way to keep it.
+
+pub mod client;
+pub mod ledger;
+pub mod server;
+
+pub use client::{BeginOptions, Begun, ClientError, CommitOptions, CoordinatorClient, Outcome};
+pub use ledger::LocalTx;
+pub use server::{BranchContext, ParticipantError, ParticipantService, TwoPhaseParticipant, Vote};

@@ -1,0 +1,261 @@
+//! A client for the coordinator: begin, enlist, commit, rollback, and ask a
+//! transaction's outcome. Every call carries a deadline; errors are typed by
+//! what the caller can do about them ([`ClientError`]).
+
+use std::time::Duration;
+
+use concord_proto::v1 as pb;
+use concord_proto::v1::coordinator_client::CoordinatorClient as RawClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Deadline of each call unless [`CoordinatorClient::with_timeout`] says
+/// otherwise. Commit waits for every participant's vote, so it is generous.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call to the coordinator failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator URL could not be used.
+    #[error("invalid coordinator URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// The request was refused as malformed; fix it, do not retry.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No such transaction.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The transaction's state does not allow this (enlisting into a
+    /// committed transaction, rolling back a committed one).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A branch of that name exists with other content.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// A limit was reached (branches per transaction).
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The coordinator could not be reached or could not record; retrying
+    /// (with the same idempotency key) is safe.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// No answer in time; the outcome may still be decided — ask
+    /// [`CoordinatorClient::transaction`].
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    #[error("{code:?}: {message}")]
+    Other { code: tonic::Code, message: String },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::InvalidArgument => Self::InvalidArgument(message),
+            tonic::Code::NotFound => Self::NotFound(message),
+            tonic::Code::FailedPrecondition => Self::FailedPrecondition(message),
+            tonic::Code::AlreadyExists => Self::AlreadyExists(message),
+            tonic::Code::ResourceExhausted => Self::ResourceExhausted(message),
+            tonic::Code::Unavailable => Self::Unavailable(message),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Self::DeadlineExceeded(message)
+            }
+            code => Self::Other { code, message },
+        }
+    }
+}
+
+/// Options of [`CoordinatorClient::begin`].
+#[derive(Debug, Clone, Default)]
+pub struct BeginOptions {
+    /// How long the transaction may stay undecided; None for the
+    /// coordinator's default.
+    pub timeout: Option<Duration>,
+    /// Makes a retried Begin return the same transaction (R7).
+    pub idempotency_key: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Options of [`CoordinatorClient::commit_with`].
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    /// Answer only once every participant acknowledged (R4).
+    pub wait_for_completion: bool,
+    /// Each participant's prepare deadline; None for the coordinator's.
+    pub prepare_timeout: Option<Duration>,
+}
+
+/// A transaction's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed { read_only: bool },
+    Aborted { reason: String },
+    Undecided,
+}
+
+/// A transaction begun on the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begun {
+    pub transaction_id: String,
+    /// False when the idempotency key found an earlier transaction.
+    pub created: bool,
+}
+
+/// A cheap-to-clone client for one coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorClient {
+    raw: RawClient<Channel>,
+    timeout: Duration,
+}
+
+impl CoordinatorClient {
+    /// A client for the coordinator at `url` (e.g. `http://127.0.0.1:7400`).
+    /// Connects on first use and reconnects by itself.
+    pub fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
+        let url = url.into();
+        let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ClientError::BadUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            raw: RawClient::new(channel),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// Sets the deadline of every call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&self) -> RawClient<Channel> {
+        self.raw.clone()
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status.into()),
+            Err(_) => Err(ClientError::DeadlineExceeded(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    pub async fn begin(&self, options: BeginOptions) -> Result<Begun, ClientError> {
+        let request = pb::BeginRequest {
+            timeout_ms: options
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            idempotency_key: options.idempotency_key.unwrap_or_default(),
+            description: options.description.unwrap_or_default(),
+        };
+        let mut raw = self.raw.clone();
+        let answer = self.call(raw.begin(self.request(request))).await?;
+        Ok(Begun {
+            transaction_id: answer.transaction_id,
+            created: answer.created,
+        })
+    }
+
+    /// Enlists the participant at `participant` with `payload`; returns the
+    /// branch name. Give `branch` to make a retried enlist safe.
+    pub async fn enlist(
+        &self,
+        transaction_id: &str,
+        participant: &str,
+        payload: impl Into<Vec<u8>>,
+        branch: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let request = pb::EnlistRequest {
+            transaction_id: transaction_id.to_owned(),
+            participant: participant.to_owned(),
+            payload: payload.into(),
+            branch: branch.unwrap_or_default().to_owned(),
+        };
+        let mut raw = self.raw.clone();
+        Ok(self.call(raw.enlist(self.request(request))).await?.branch)
+    }
+
+    /// Commits; answers once the decision is durable.
+    pub async fn commit(&self, transaction_id: &str) -> Result<Outcome, ClientError> {
+        self.commit_with(transaction_id, CommitOptions::default())
+            .await
+    }
+
+    pub async fn commit_with(
+        &self,
+        transaction_id: &str,
+        options: CommitOptions,
+    ) -> Result<Outcome, ClientError> {
+        let request = pb::CommitRequest {
+            transaction_id: transaction_id.to_owned(),
+            wait_for_completion: options.wait_for_completion,
+            prepare_timeout_ms: options
+                .prepare_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        };
+        let mut raw = self.raw.clone();
+        let answer = self.call(raw.commit(self.request(request))).await?;
+        Ok(match pb::Outcome::try_from(answer.outcome) {
+            Ok(pb::Outcome::Committed) => Outcome::Committed {
+                read_only: answer.read_only,
+            },
+            Ok(pb::Outcome::Aborted) => Outcome::Aborted {
+                reason: answer.reason,
+            },
+            _ => Outcome::Undecided,
+        })
+    }
+
+    pub async fn rollback(&self, transaction_id: &str, reason: &str) -> Result<(), ClientError> {
+        let request = pb::RollbackRequest {
+            transaction_id: transaction_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut raw = self.raw.clone();
+        self.call(raw.rollback(self.request(request))).await?;
+        Ok(())
+    }
+
+    pub async fn transaction(&self, transaction_id: &str) -> Result<pb::Transaction, ClientError> {
+        let request = pb::GetTransactionRequest {
+            transaction_id: transaction_id.to_owned(),
+        };
+        let mut raw = self.raw.clone();
+        self.call(raw.get_transaction(self.request(request))).await
+    }
+
+    /// The decision as a participant sees it: presumed abort for unknown ids.
+    pub async fn outcome(&self, transaction_id: &str) -> Result<Outcome, ClientError> {
+        let request = pb::GetOutcomeRequest {
+            transaction_id: transaction_id.to_owned(),
+        };
+        let mut raw = self.raw.clone();
+        let answer = self.call(raw.get_outcome(self.request(request))).await?;
+        Ok(match pb::Outcome::try_from(answer.outcome) {
+            Ok(pb::Outcome::Committed) => Outcome::Committed { read_only: false },
+            Ok(pb::Outcome::Aborted) => Outcome::Aborted {
+                reason: String::new(),
+            },
+            _ => Outcome::Undecided,
+        })
+    }
+}

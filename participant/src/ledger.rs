@@ -1,0 +1,128 @@
+//! The exactly-once ledger (DESIGN §4), in the participant's own SQLite
+//! database: one row per (transaction, branch, operation), written in the
+//! same local transaction as the business change it guards.
+//!
+//! What it gives the server adapter (`crate::server`):
+//! - a duplicate call finds its row and returns the first answer without
+//!   running the handler again (I5);
+//! - an Abort that arrives before its Prepare leaves a tombstone, and the
+//!   late Prepare is refused ("hanging" prevention);
+//! - a COMMIT vote is durable: its row commits with the reservation it made.
+
+use sqlx::{FromRow, Sqlite, SqlitePool};
+
+/// The local transaction a handler runs in. The ledger row is written in it
+/// too, so the business change and the record of having made it commit or
+/// roll back together.
+pub type LocalTx = sqlx::Transaction<'static, Sqlite>;
+
+/// The operations the ledger records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Prepare,
+    Commit,
+    Abort,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Prepare => "prepare",
+            Op::Commit => "commit",
+            Op::Abort => "abort",
+        }
+    }
+}
+
+/// What a ledger row says happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// For prepare: `commit`, `abort` or `read_only` (the vote). For commit:
+    /// `done` or `one_phase`. For abort: `done` or `tombstone`.
+    pub result: String,
+    pub reason: Option<String>,
+}
+
+/// Creates the ledger table if it is missing. Idempotent; independent of the
+/// application's own migrations.
+pub async fn install(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS concord_ledger (
+            txn_id        TEXT NOT NULL,
+            branch        TEXT NOT NULL,
+            op            TEXT NOT NULL,
+            result        TEXT NOT NULL,
+            reason        TEXT,
+            coordinator   TEXT,
+            created_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (txn_id, branch, op)
+        )",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Starts a local transaction that takes the write lock at once, so two
+/// calls about the same branch are serialised and each sees the other's row.
+pub async fn begin(pool: &SqlitePool) -> Result<LocalTx, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+#[derive(FromRow)]
+struct Row {
+    result: String,
+    reason: Option<String>,
+}
+
+pub async fn find(
+    tx: &mut LocalTx,
+    txn_id: &str,
+    branch: &str,
+    op: Op,
+) -> Result<Option<Entry>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT result, reason FROM concord_ledger WHERE txn_id = ?1 AND branch = ?2 AND op = ?3",
+    )
+    .bind(txn_id)
+    .bind(branch)
+    .bind(op.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| Entry {
+        result: r.result,
+        reason: r.reason,
+    }))
+}
+
+pub async fn record(
+    tx: &mut LocalTx,
+    txn_id: &str,
+    branch: &str,
+    op: Op,
+    result: &str,
+    reason: Option<&str>,
+    coordinator: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO concord_ledger (txn_id, branch, op, result, reason, coordinator, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(txn_id)
+    .bind(branch)
+    .bind(op.as_str())
+    .bind(result)
+    .bind(reason)
+    .bind(coordinator)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

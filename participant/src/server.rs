@@ -1,0 +1,367 @@
+//! The server adapter: turns an implementation of [`TwoPhaseParticipant`]
+//! into the `concord.v1.Participant` gRPC service, with the ledger
+//! (`crate::ledger`) guarding every call so that the handler runs at most
+//! once per (transaction, branch, operation), whatever the network does.
+
+use std::sync::Arc;
+
+use concord_proto::v1 as pb;
+use concord_proto::v1::participant_server::{Participant, ParticipantServer};
+use sqlx::SqlitePool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::ledger::{self, LocalTx, Op};
+
+/// Which branch a call is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchContext {
+    pub transaction_id: String,
+    pub branch: String,
+    /// Where to ask about this transaction's outcome; may be empty.
+    pub coordinator: String,
+}
+
+/// A participant's answer to Prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    /// Prepared: what commit needs is written in the local transaction.
+    Commit,
+    /// A definite "no", with the reason shown to the client. The local
+    /// transaction is rolled back.
+    Abort(String),
+    /// Nothing to commit (the branch only read).
+    ReadOnly,
+}
+
+/// Why a handler failed. A failed Prepare counts as an ABORT vote; a failed
+/// Commit or Abort is retried by the coordinator until it succeeds (R3), so
+/// report passing trouble as [`ParticipantError::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParticipantError {
+    /// The payload does not make sense to this participant.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// A passing failure; the coordinator retries phase 2.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<ParticipantError> for Status {
+    fn from(error: ParticipantError) -> Self {
+        match error {
+            ParticipantError::InvalidPayload(message) => Status::invalid_argument(message),
+            ParticipantError::Unavailable(message) => Status::unavailable(message),
+            ParticipantError::Database(error) => Status::unavailable(format!("database: {error}")),
+        }
+    }
+}
+
+/// What a service implements to take part in two-phase commit. Each method
+/// gets the local database transaction the ledger row will be written in:
+/// make the business change through it and do not commit it yourself.
+///
+/// - `prepare`: check and reserve; vote. A COMMIT vote is a promise to be
+///   able to commit later.
+/// - `commit`: apply what prepare reserved. Called at most once per branch.
+/// - `abort`: release what prepare reserved. Called only for a branch that
+///   voted COMMIT (an abort before prepare never reaches the handler).
+pub trait TwoPhaseParticipant: Send + Sync + 'static {
+    fn prepare(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vote, ParticipantError>> + Send;
+
+    fn commit(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+
+    fn abort(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+/// The `concord.v1.Participant` service around a [`TwoPhaseParticipant`].
+pub struct ParticipantService<P> {
+    handler: Arc<P>,
+    pool: SqlitePool,
+}
+
+impl<P: TwoPhaseParticipant> ParticipantService<P> {
+    /// Installs the ledger table in `pool`'s database (if missing) and wraps
+    /// `handler`.
+    pub async fn new(handler: P, pool: SqlitePool) -> Result<Self, sqlx::Error> {
+        ledger::install(&pool).await?;
+        Ok(Self {
+            handler: Arc::new(handler),
+            pool,
+        })
+    }
+
+    /// The tonic service, ready for `Server::builder().add_service(...)`.
+    pub fn into_server(self) -> ParticipantServer<Self> {
+        ParticipantServer::new(self)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(self.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    async fn prepare(&self, branch: &BranchContext, payload: &[u8]) -> Result<Vote, Status> {
+        let (id, name) = (&branch.transaction_id, &branch.branch);
+        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+            // Hanging prevention: the abort came first and won.
+            return Ok(Vote::Abort("branch was already aborted".into()));
+        }
+        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+            return Ok(recorded_vote(&entry));
+        }
+        let vote = self.handler.prepare(&mut tx, branch, payload).await?;
+        let (result, reason) = match &vote {
+            Vote::Commit => ("commit", None),
+            Vote::ReadOnly => ("read_only", None),
+            Vote::Abort(reason) => {
+                // The refusal undoes whatever the handler wrote; only the
+                // ledger row remains, so a duplicate Prepare gets the same no.
+                tx.rollback().await.map_err(db)?;
+                tx = ledger::begin(&self.pool).await.map_err(db)?;
+                ("abort", Some(reason.as_str()))
+            }
+        };
+        ledger::record(&mut tx, id, name, Op::Prepare, result, reason, &branch.coordinator)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(vote)
+    }
+
+    async fn commit(&self, branch: &BranchContext, payload: &[u8]) -> Result<(), Status> {
+        let (id, name) = (&branch.transaction_id, &branch.branch);
+        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+        if ledger::find(&mut tx, id, name, Op::Commit).await.map_err(db)?.is_some() {
+            return Ok(()); // a duplicate: applied once already (I5)
+        }
+        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "branch {name} of {id} was aborted; it cannot commit"
+            )));
+        }
+        match ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+            None => Err(Status::failed_precondition(format!(
+                "branch {name} of {id} was never prepared here"
+            ))),
+            Some(entry) if entry.result == "read_only" => Ok(()),
+            Some(entry) if entry.result == "abort" => Err(Status::failed_precondition(format!(
+                "branch {name} of {id} voted ABORT; it cannot commit"
+            ))),
+            Some(_) => {
+                self.handler.commit(&mut tx, branch, payload).await?;
+                ledger::record(&mut tx, id, name, Op::Commit, "done", None, &branch.coordinator)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Returns true when the branch had already committed (one-phase).
+    async fn abort(&self, branch: &BranchContext, payload: &[u8]) -> Result<bool, Status> {
+        let (id, name) = (&branch.transaction_id, &branch.branch);
+        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+            return Ok(false);
+        }
+        if ledger::find(&mut tx, id, name, Op::Commit).await.map_err(db)?.is_some() {
+            return Ok(true);
+        }
+        let result = match ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+            // Abort before prepare: a tombstone, so the late Prepare is refused.
+            None => "tombstone",
+            Some(entry) if entry.result == "commit" => {
+                self.handler.abort(&mut tx, branch, payload).await?;
+                "done"
+            }
+            // It voted ABORT or READ_ONLY: nothing of it is held.
+            Some(_) => "done",
+        };
+        ledger::record(&mut tx, id, name, Op::Abort, result, None, &branch.coordinator)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(false)
+    }
+
+    async fn commit_one_phase(
+        &self,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::CommitOnePhaseResponse, Status> {
+        let (id, name) = (&branch.transaction_id, &branch.branch);
+        let committed = |read_only| pb::CommitOnePhaseResponse {
+            outcome: pb::Outcome::Committed.into(),
+            reason: String::new(),
+            read_only,
+        };
+        let aborted = |reason: String| pb::CommitOnePhaseResponse {
+            outcome: pb::Outcome::Aborted.into(),
+            reason,
+            read_only: false,
+        };
+        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+        if ledger::find(&mut tx, id, name, Op::Commit).await.map_err(db)?.is_some() {
+            return Ok(committed(false));
+        }
+        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+            return Ok(aborted("branch was already aborted".into()));
+        }
+        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+            return Ok(match recorded_vote(&entry) {
+                Vote::Abort(reason) => aborted(reason),
+                Vote::ReadOnly => committed(true),
+                Vote::Commit => {
+                    self.handler.commit(&mut tx, branch, payload).await?;
+                    ledger::record(&mut tx, id, name, Op::Commit, "done", None, &branch.coordinator)
+                        .await
+                        .map_err(db)?;
+                    tx.commit().await.map_err(db)?;
+                    committed(false)
+                }
+            });
+        }
+        match self.handler.prepare(&mut tx, branch, payload).await? {
+            Vote::Commit => {
+                // R6: prepare and commit in one local transaction.
+                self.handler.commit(&mut tx, branch, payload).await?;
+                let coordinator = &branch.coordinator;
+                ledger::record(&mut tx, id, name, Op::Prepare, "commit", None, coordinator)
+                    .await
+                    .map_err(db)?;
+                ledger::record(&mut tx, id, name, Op::Commit, "one_phase", None, coordinator)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(committed(false))
+            }
+            Vote::ReadOnly => {
+                ledger::record(&mut tx, id, name, Op::Prepare, "read_only", None, &branch.coordinator)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(committed(true))
+            }
+            Vote::Abort(reason) => {
+                tx.rollback().await.map_err(db)?;
+                let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+                ledger::record(&mut tx, id, name, Op::Prepare, "abort", Some(&reason), &branch.coordinator)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(aborted(reason))
+            }
+        }
+    }
+}
+
+fn recorded_vote(entry: &ledger::Entry) -> Vote {
+    match entry.result.as_str() {
+        "commit" => Vote::Commit,
+        "read_only" => Vote::ReadOnly,
+        _ => Vote::Abort(entry.reason.clone().unwrap_or_else(|| "voted ABORT".into())),
+    }
+}
+
+fn db(error: sqlx::Error) -> Status {
+    Status::unavailable(format!("participant database: {error}"))
+}
+
+/// Checks the branch reference every call carries.
+fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
+    let branch = branch.ok_or_else(|| Status::invalid_argument("branch is missing"))?;
+    if branch.transaction_id.is_empty() || branch.transaction_id.len() > 64 {
+        return Err(Status::invalid_argument(
+            "branch.transaction_id must be 1 to 64 bytes",
+        ));
+    }
+    if branch.branch.is_empty() || branch.branch.len() > 128 {
+        return Err(Status::invalid_argument("branch.branch must be 1 to 128 bytes"));
+    }
+    Ok(BranchContext {
+        transaction_id: branch.transaction_id,
+        branch: branch.branch,
+        coordinator: branch.coordinator,
+    })
+}
+
+#[tonic::async_trait]
+impl<P: TwoPhaseParticipant> Participant for ParticipantService<P> {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let request = request.into_inner();
+        let branch = context(request.branch)?;
+        let vote = ParticipantService::prepare(self, &branch, &request.payload).await?;
+        tracing::debug!(txn = %branch.transaction_id, branch = %branch.branch, ?vote, "prepared");
+        let (vote, reason) = match vote {
+            Vote::Commit => (pb::Vote::Commit, String::new()),
+            Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+            Vote::Abort(reason) => (pb::Vote::Abort, reason),
+        };
+        Ok(Response::new(pb::PrepareResponse {
+            vote: vote.into(),
+            reason,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitBranchRequest>,
+    ) -> Result<Response<pb::CommitBranchResponse>, Status> {
+        let request = request.into_inner();
+        let branch = context(request.branch)?;
+        ParticipantService::commit(self, &branch, &request.payload).await?;
+        Ok(Response::new(pb::CommitBranchResponse {}))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortBranchRequest>,
+    ) -> Result<Response<pb::AbortBranchResponse>, Status> {
+        let request = request.into_inner();
+        let branch = context(request.branch)?;
+        let already_committed = ParticipantService::abort(self, &branch, &request.payload).await?;
+        Ok(Response::new(pb::AbortBranchResponse { already_committed }))
+    }
+
+    async fn commit_one_phase(
+        &self,
+        request: Request<pb::CommitOnePhaseRequest>,
+    ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
+        let request = request.into_inner();
+        let branch = context(request.branch)?;
+        let answer = ParticipantService::commit_one_phase(self, &branch, &request.payload).await?;
+        Ok(Response::new(answer))
+    }
+}
