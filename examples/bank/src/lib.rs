@@ -1,1 +1,289 @@
-//! wip
+//! The bank example: an account service that takes part in Concord's 2PC.
+//!
+//! Each bank is its own process with its own SQLite database of balances.
+//! A branch's payload is JSON `{"account": "alice", "delta": -30}`:
+//! - prepare checks the account and, for a debit, that enough money is
+//!   available, and holds it (votes ABORT on insufficient funds; a zero delta
+//!   changes nothing and votes READ_ONLY);
+//! - commit applies the held change; abort releases it.
+//!
+//! Exactly-once comes from the SDK's ledger: this code has no idempotency
+//! logic of its own.
+
+use std::path::Path;
+
+use concord_participant::{BranchContext, LocalTx, ParticipantError, TwoPhaseParticipant, Vote};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+/// One branch of a transfer: move `delta` (in cents; negative = debit) on
+/// `account`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Movement {
+    pub account: String,
+    pub delta: i64,
+}
+
+impl Movement {
+    pub fn to_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// An account's money.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Account {
+    pub name: String,
+    /// Committed balance, in cents.
+    pub balance: i64,
+    /// Held by prepared debits, not yet committed or released.
+    pub held: i64,
+}
+
+/// Opens (creating if needed) a bank's database, with fsync on commit so a
+/// COMMIT vote survives power loss.
+pub async fn open_db(path: &Path) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS accounts (
+            name    TEXT PRIMARY KEY NOT NULL,
+            balance INTEGER NOT NULL CHECK (balance >= 0),
+            held    INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0)
+        )",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS holds (
+            txn_id  TEXT NOT NULL,
+            branch  TEXT NOT NULL,
+            account TEXT NOT NULL,
+            delta   INTEGER NOT NULL,
+            PRIMARY KEY (txn_id, branch)
+        )",
+    )
+    .execute(&pool)
+    .await?;
+    Ok(pool)
+}
+
+/// Opens an account with a starting balance, or resets it.
+pub async fn open_account(pool: &SqlitePool, name: &str, balance: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (name, balance, held) VALUES (?1, ?2, 0)
+         ON CONFLICT (name) DO UPDATE SET balance = excluded.balance, held = 0",
+    )
+    .bind(name)
+    .bind(balance)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn accounts(pool: &SqlitePool) -> Result<Vec<Account>, sqlx::Error> {
+    sqlx::query_as("SELECT name, balance, held FROM accounts ORDER BY name")
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn account(pool: &SqlitePool, name: &str) -> Result<Option<Account>, sqlx::Error> {
+    sqlx::query_as("SELECT name, balance, held FROM accounts WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Holds of prepared branches not yet decided.
+pub async fn open_holds(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM holds")
+        .fetch_one(pool)
+        .await?;
+    Ok(count)
+}
+
+/// The account service's 2PC handler.
+#[derive(Debug, Clone, Default)]
+pub struct Bank;
+
+fn movement(payload: &[u8]) -> Result<Movement, ParticipantError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        ParticipantError::InvalidPayload(format!(
+            "expected {{\"account\": ..., \"delta\": ...}}: {e}"
+        ))
+    })
+}
+
+#[derive(FromRow)]
+struct Hold {
+    account: String,
+    delta: i64,
+}
+
+async fn take_hold(tx: &mut LocalTx, branch: &BranchContext) -> Result<Option<Hold>, sqlx::Error> {
+    let hold: Option<Hold> =
+        sqlx::query_as("SELECT account, delta FROM holds WHERE txn_id = ?1 AND branch = ?2")
+            .bind(&branch.transaction_id)
+            .bind(&branch.branch)
+            .fetch_optional(&mut **tx)
+            .await?;
+    sqlx::query("DELETE FROM holds WHERE txn_id = ?1 AND branch = ?2")
+        .bind(&branch.transaction_id)
+        .bind(&branch.branch)
+        .execute(&mut **tx)
+        .await?;
+    Ok(hold)
+}
+
+impl TwoPhaseParticipant for Bank {
+    async fn prepare(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<Vote, ParticipantError> {
+        let movement = movement(payload)?;
+        let Some(account): Option<Account> =
+            sqlx::query_as("SELECT name, balance, held FROM accounts WHERE name = ?1")
+                .bind(&movement.account)
+                .fetch_optional(&mut **tx)
+                .await?
+        else {
+            return Ok(Vote::Abort(format!("no account {:?} at this bank", movement.account)));
+        };
+        if movement.delta == 0 {
+            return Ok(Vote::ReadOnly);
+        }
+        if movement.delta < 0 {
+            let available = account.balance - account.held;
+            let needed = movement.delta.saturating_neg();
+            if available < needed {
+                return Ok(Vote::Abort(format!(
+                    "insufficient funds: {} has {available} available, needs {needed}",
+                    account.name
+                )));
+            }
+            sqlx::query("UPDATE accounts SET held = held + ?2 WHERE name = ?1")
+                .bind(&movement.account)
+                .bind(needed)
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO holds (txn_id, branch, account, delta) VALUES (?1, ?2, ?3, ?4)")
+            .bind(&branch.transaction_id)
+            .bind(&branch.branch)
+            .bind(&movement.account)
+            .bind(movement.delta)
+            .execute(&mut **tx)
+            .await?;
+        Ok(Vote::Commit)
+    }
+
+    async fn commit(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        _payload: &[u8],
+    ) -> Result<(), ParticipantError> {
+        // The hold written at prepare is the durable promise; apply it.
+        let Some(hold) = take_hold(tx, branch).await? else {
+            return Err(ParticipantError::Unavailable(format!(
+                "no hold for branch {} of {}",
+                branch.branch, branch.transaction_id
+            )));
+        };
+        let release = if hold.delta < 0 { hold.delta.saturating_neg() } else { 0 };
+        sqlx::query("UPDATE accounts SET balance = balance + ?2, held = held - ?3 WHERE name = ?1")
+            .bind(&hold.account)
+            .bind(hold.delta)
+            .bind(release)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn abort(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        _payload: &[u8],
+    ) -> Result<(), ParticipantError> {
+        if let Some(hold) = take_hold(tx, branch).await? {
+            if hold.delta < 0 {
+                sqlx::query("UPDATE accounts SET held = held - ?2 WHERE name = ?1")
+                    .bind(&hold.account)
+                    .bind(hold.delta.saturating_neg())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A transfer's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub transaction_id: String,
+    pub outcome: concord_participant::Outcome,
+}
+
+/// Moves `amount` cents from `from` at the bank served on `from_bank` to
+/// `to` at `to_bank`, as one 2PC transaction: a debit branch and a credit
+/// branch, committed or aborted together.
+pub async fn transfer(
+    client: &concord_participant::CoordinatorClient,
+    from_bank: &str,
+    from: &str,
+    to_bank: &str,
+    to: &str,
+    amount: i64,
+) -> Result<Transfer, concord_participant::ClientError> {
+    let begun = client
+        .begin(concord_participant::BeginOptions {
+            description: Some(format!("transfer {amount} from {from} to {to}")),
+            ..Default::default()
+        })
+        .await?;
+    let id = begun.transaction_id;
+    let debit = Movement {
+        account: from.to_owned(),
+        delta: amount.saturating_neg(),
+    };
+    let credit = Movement {
+        account: to.to_owned(),
+        delta: amount,
+    };
+    client
+        .enlist(&id, from_bank, debit.to_payload(), Some("debit"))
+        .await?;
+    client
+        .enlist(&id, to_bank, credit.to_payload(), Some("credit"))
+        .await?;
+    let outcome = client.commit(&id).await?;
+    Ok(Transfer {
+        transaction_id: id,
+        outcome,
+    })
+}
+
+/// Serves the account service for the database `pool` on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    pool: SqlitePool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let service = concord_participant::ParticipantService::new(Bank, pool).await?;
+    service.serve(listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `bank-demo`: the whole bank example in one command, on loopback.
+//!
+//! Starts a coordinator (SQLite log in a temp dir) and two banks (each with
+//! its own SQLite file), all serving real gRPC on 127.0.0.1, then makes a
+//! transfer that commits and one that aborts for lack of funds, printing the
+//! balances before and after each.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_participant::{CoordinatorClient, Outcome};
+use sqlx::SqlitePool;
+use tokio_util::sync::CancellationToken;
+
+struct BankProcess {
+    name: &'static str,
+    url: String,
+    pool: SqlitePool,
+}
+
+async fn start_bank(
+    name: &'static str,
+    dir: &std::path::Path,
+    accounts: &[(&str, i64)],
+    stop: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<BankProcess> {
+    let pool = concord_example_bank::open_db(&dir.join(format!("{name}.db"))).await?;
+    for (account, cents) in accounts {
+        concord_example_bank::open_account(&pool, account, *cents).await?;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = stop.clone();
+    let served = pool.clone();
+    tasks.spawn(async move {
+        if let Err(error) =
+            concord_example_bank::serve(served, listener, stop.cancelled_owned()).await
+        {
+            eprintln!("{name} stopped: {error:#}");
+        }
+    });
+    Ok(BankProcess { name, url, pool })
+}
+
+async fn print_balances(banks: &[&BankProcess]) -> anyhow::Result<()> {
+    for bank in banks {
+        for account in concord_example_bank::accounts(&bank.pool).await? {
+            println!(
+                "  {:<7} {:<6} {:>8.2}",
+                bank.name,
+                account.name,
+                account.balance as f64 / 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let stop = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+
+    let node = Node::start(NodeConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: StoreLocation::DataDir(dir.path().join("coordinator")),
+        runtime: Default::default(),
+        limits: Default::default(),
+    })
+    .await
+    .context("starting the coordinator")?;
+    let bank_a = start_bank("bank-a", dir.path(), &[("alice", 10_000)], &stop, &tasks).await?;
+    let bank_b = start_bank("bank-b", dir.path(), &[("bob", 5_000)], &stop, &tasks).await?;
+    println!("coordinator {}  bank-a {}  bank-b {}", node.url(), bank_a.url, bank_b.url);
+    let client = CoordinatorClient::connect(node.url())?;
+
+    println!("\nbalances before:");
+    print_balances(&[&bank_a, &bank_b]).await?;
+
+    for (amount, label) in [(3_000, "30.00"), (50_000, "500.00")] {
+        println!("\ntransfer {label} from alice (bank-a) to bob (bank-b):");
+        let transfer =
+            concord_example_bank::transfer(&client, &bank_a.url, "alice", &bank_b.url, "bob", amount)
+                .await?;
+        match &transfer.outcome {
+            Outcome::Committed { .. } => println!("  {} COMMITTED", transfer.transaction_id),
+            Outcome::Aborted { reason } => {
+                println!("  {} ABORTED: {reason}", transfer.transaction_id)
+            }
+            Outcome::Undecided => println!("  {} undecided", transfer.transaction_id),
+        }
+        // Phase 2 runs after the answer (R4); wait for it before reading.
+        let mut state = client.transaction(&transfer.transaction_id).await?.state;
+        for _ in 0..100 {
+            use concord_proto::v1::TransactionState as S;
+            if state == S::Committed as i32 || state == S::Aborted as i32 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            state = client.transaction(&transfer.transaction_id).await?.state;
+        }
+        println!("balances after:");
+        print_balances(&[&bank_a, &bank_b]).await?;
+    }
+
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    node.shutdown().await?;
+    Ok(())
+}
