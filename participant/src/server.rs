@@ -21,6 +21,9 @@ pub struct BranchContext {
     pub branch: String,
     /// Where to ask about this transaction's outcome; may be empty.
     pub coordinator: String,
+    /// True inside a one-phase commit (R6): prepare and commit run in the
+    /// same local transaction and the participant's commit is the decision.
+    pub one_phase: bool,
 }
 
 /// A participant's answer to Prepare.
@@ -311,6 +314,7 @@ fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
         transaction_id: branch.transaction_id,
         branch: branch.branch,
         coordinator: branch.coordinator,
+        one_phase: false,
     })
 }
 
@@ -360,7 +364,10 @@ impl<P: TwoPhaseParticipant> Participant for ParticipantService<P> {
         request: Request<pb::CommitOnePhaseRequest>,
     ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
         let request = request.into_inner();
-        let branch = context(request.branch)?;
+        let branch = BranchContext {
+            one_phase: true,
+            ..context(request.branch)?
+        };
         let answer = ParticipantService::commit_one_phase(self, &branch, &request.payload).await?;
         Ok(Response::new(answer))
     }

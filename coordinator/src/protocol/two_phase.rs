@@ -312,8 +312,14 @@ impl TwoPhase {
             }
             Event::Voted { branch, vote } => self.voted(branch, vote, &mut effects),
             Event::PrepareFailed { branch, reason } => {
-                // R5: no answer in time is an ABORT vote.
-                self.voted(branch, Vote::Abort { reason }, &mut effects);
+                // R5: no answer in time is an ABORT vote. Unlike a real ABORT
+                // vote, the participant may still finish preparing and hold
+                // its part, so it stays owed an Abort.
+                if self.branches.get(branch) == Some(&BranchPhase::Preparing)
+                    && self.phase == Phase::Preparing
+                {
+                    self.abort(reason, &mut effects);
+                }
             }
             Event::OnePhaseAnswered(result) => self.one_phase_answered(result, &mut effects),
             Event::OnePhaseFailed { reason } => {
@@ -705,7 +711,8 @@ mod tests {
         );
         assert_eq!(txn.phase(), Phase::Aborting);
         assert!(effects.contains(&Effect::SendAbort(0)));
-        assert!(!effects.contains(&Effect::SendAbort(1)));
+        // The silent branch may have prepared after all: it is told too.
+        assert!(effects.contains(&Effect::SendAbort(1)));
         assert!(!effects.contains(&Effect::LogDecision));
     }
 

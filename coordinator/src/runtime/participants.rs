@@ -185,7 +185,14 @@ async fn with_deadline<T>(
 ) -> Result<T, CallError> {
     match tokio::time::timeout(deadline, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+        // A tonic server that enforces the grpc-timeout we sent answers
+        // CANCELLED "Timeout expired": the same missed deadline.
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) =>
+        {
             Err(CallError::DeadlineExceeded(deadline))
         }
         Ok(Err(status)) => Err(CallError::Status {

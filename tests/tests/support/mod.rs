@@ -1,0 +1,268 @@
+//! What the integration tests share: a coordinator node on `127.0.0.1:0`
+//! with its SQLite log in a temp dir, and scripted participants — real gRPC
+//! servers with their own SQLite databases — whose behaviour each branch's
+//! payload chooses.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_coordinator::runtime::RuntimeConfig;
+use concord_participant::{
+    BranchContext, CoordinatorClient, LocalTx, ParticipantError, ParticipantService,
+    TwoPhaseParticipant, Vote,
+};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Runtime settings that keep tests quick: short retry delays and sweeps.
+pub fn quick_config() -> RuntimeConfig {
+    RuntimeConfig::with_retry(
+        Duration::from_millis(10),
+        Duration::from_millis(200),
+        RuntimeConfig {
+            sweep_interval: Duration::from_millis(20),
+            delivery_timeout: Duration::from_secs(2),
+            ..RuntimeConfig::default()
+        },
+    )
+}
+
+pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node {
+    Node::start(NodeConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: StoreLocation::DataDir(data_dir.to_path_buf()),
+        runtime,
+        limits: Default::default(),
+    })
+    .await
+    .expect("coordinator starts")
+}
+
+pub fn client(node: &Node) -> CoordinatorClient {
+    CoordinatorClient::connect(node.url()).expect("client")
+}
+
+/// Polls `check` until it returns Some, for at most 15 s (a bound on a
+/// hang, not a timing assertion).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..750 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+/// A participant whose every branch does what its payload says:
+/// - `commit`: vote COMMIT; `abort`: vote ABORT; `readonly`: vote READ_ONLY;
+/// - `hang`: take 3 s to prepare (past any test's prepare deadline);
+/// - `flaky-commit:N`: vote COMMIT, then fail the first N commit attempts.
+///
+/// Every handler run is written to its own SQLite table `effects`, in the
+/// same local transaction as the ledger row, so the tests see exactly which
+/// effects happened and how often.
+pub struct Scripted {
+    commit_failures: Mutex<HashMap<String, u32>>,
+    /// The coordinator's log: commit checks the decision is durable (R1).
+    coordinator_db: Option<PathBuf>,
+    /// Ignores `flaky-commit`: a participant that was repaired.
+    healthy: bool,
+}
+
+async fn effect(tx: &mut LocalTx, branch: &BranchContext, op: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO effects (txn_id, branch, op) VALUES (?1, ?2, ?3)")
+        .bind(&branch.transaction_id)
+        .bind(&branch.branch)
+        .bind(op)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl TwoPhaseParticipant for Scripted {
+    async fn prepare(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<Vote, ParticipantError> {
+        let script = String::from_utf8_lossy(payload).to_string();
+        if script == "hang" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        effect(tx, branch, "prepare").await?;
+        Ok(match script.as_str() {
+            "abort" => Vote::Abort("scripted refusal".into()),
+            "readonly" => Vote::ReadOnly,
+            _ => Vote::Commit,
+        })
+    }
+
+    async fn commit(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<(), ParticipantError> {
+        let script = String::from_utf8_lossy(payload).to_string();
+        if let Some(n) = script.strip_prefix("flaky-commit:").filter(|_| !self.healthy) {
+            let limit: u32 = n.parse().unwrap_or(0);
+            let mut failures = self.commit_failures.lock().expect("lock");
+            let seen = failures.entry(branch.transaction_id.clone()).or_insert(0);
+            if *seen < limit {
+                *seen += 1;
+                return Err(ParticipantError::Unavailable("scripted commit failure".into()));
+            }
+        }
+        if let Some(db) = self.coordinator_db.as_ref().filter(|_| !branch.one_phase) {
+            // R1: when a participant hears Commit, the decision is on disk.
+            let state = coordinator_state(db, &branch.transaction_id).await;
+            if !matches!(state.as_deref(), Some("committing" | "committed")) {
+                effect(tx, branch, "r1-violation").await?;
+            }
+        }
+        effect(tx, branch, "commit").await?;
+        Ok(())
+    }
+
+    async fn abort(
+        &self,
+        tx: &mut LocalTx,
+        branch: &BranchContext,
+        _payload: &[u8],
+    ) -> Result<(), ParticipantError> {
+        effect(tx, branch, "abort").await?;
+        Ok(())
+    }
+}
+
+/// A transaction's state as the coordinator's SQLite file has it, read
+/// through a separate connection.
+pub async fn coordinator_state(data_dir: &Path, id: &str) -> Option<String> {
+    let options = SqliteConnectOptions::new()
+        .filename(data_dir.join("concord.db"))
+        .read_only(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .ok()?;
+    let row: Option<(String,)> = sqlx::query_as("SELECT state FROM transactions WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .ok()?;
+    pool.close().await;
+    row.map(|(state,)| state)
+}
+
+pub struct TestParticipant {
+    pub url: String,
+    pub pool: SqlitePool,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestParticipant {
+    /// Starts a scripted participant with its database in `dir/<name>.db`.
+    pub async fn start(dir: &Path, name: &str, coordinator_db: Option<&Path>) -> Self {
+        Self::start_on(dir, name, coordinator_db, "127.0.0.1:0").await
+    }
+
+    /// Restarts a participant on `addr` with its old database, repaired: it
+    /// no longer fails commits on purpose.
+    pub async fn restart_healthy(dir: &Path, name: &str, coordinator_db: Option<&Path>, addr: &str) -> Self {
+        Self::start_with(dir, name, coordinator_db, addr, true).await
+    }
+
+    async fn start_on(dir: &Path, name: &str, coordinator_db: Option<&Path>, addr: &str) -> Self {
+        Self::start_with(dir, name, coordinator_db, addr, false).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        name: &str,
+        coordinator_db: Option<&Path>,
+        addr: &str,
+        healthy: bool,
+    ) -> Self {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join(format!("{name}.db")))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .expect("participant database");
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS effects (txn_id TEXT NOT NULL, branch TEXT NOT NULL, op TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .expect("effects table");
+        let handler = Scripted {
+            commit_failures: Mutex::new(HashMap::new()),
+            coordinator_db: coordinator_db.map(Path::to_path_buf),
+            healthy,
+        };
+        let service = ParticipantService::new(handler, pool.clone())
+            .await
+            .expect("ledger");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            service.serve(listener, shutdown).await.expect("participant serves");
+        });
+        Self {
+            url,
+            pool,
+            stop,
+            task,
+        }
+    }
+
+    /// The handler runs for one transaction, in order: "prepare", "commit",
+    /// "abort".
+    pub async fn effects(&self, txn_id: &str) -> Vec<String> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT op FROM effects WHERE txn_id = ?1 ORDER BY rowid")
+                .bind(txn_id)
+                .fetch_all(&self.pool)
+                .await
+                .expect("effects");
+        rows.into_iter().map(|(op,)| op).collect()
+    }
+
+    /// The ledger's rows for one transaction as "op=result".
+    pub async fn ledger(&self, txn_id: &str) -> Vec<String> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT op, result FROM concord_ledger WHERE txn_id = ?1 ORDER BY op",
+        )
+        .bind(txn_id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("ledger");
+        rows.into_iter().map(|(op, result)| format!("{op}={result}")).collect()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
