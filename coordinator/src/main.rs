@@ -15,7 +15,11 @@ use concord_coordinator::runtime::RuntimeConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "concord", version, about = "Concord distributed transaction coordinator")]
+#[command(
+    name = "concord",
+    version,
+    about = "Concord distributed transaction coordinator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,7 +124,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_payload_bytes: usize::try_from(args.max_payload_bytes).unwrap_or(usize::MAX),
         },
     };
-    let mut node = Node::start(config).await.context("starting the coordinator")?;
+    let mut node = Node::start(config)
+        .await
+        .context("starting the coordinator")?;
     tokio::select! {
         result = node.wait() => {
             result.context("the gRPC server stopped")?;

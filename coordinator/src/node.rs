@@ -66,12 +66,13 @@ impl Node {
             }
             StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| NodeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| NodeError::Listen {
             addr: config.listen,
             source,

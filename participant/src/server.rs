@@ -133,11 +133,18 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
     async fn prepare(&self, branch: &BranchContext, payload: &[u8]) -> Result<Vote, Status> {
         let (id, name) = (&branch.transaction_id, &branch.branch);
         let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Abort)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             // Hanging prevention: the abort came first and won.
             return Ok(Vote::Abort("branch was already aborted".into()));
         }
-        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare)
+            .await
+            .map_err(db)?
+        {
             return Ok(recorded_vote(&entry));
         }
         let vote = self.handler.prepare(&mut tx, branch, payload).await?;
@@ -152,9 +159,17 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
                 ("abort", Some(reason.as_str()))
             }
         };
-        ledger::record(&mut tx, id, name, Op::Prepare, result, reason, &branch.coordinator)
-            .await
-            .map_err(db)?;
+        ledger::record(
+            &mut tx,
+            id,
+            name,
+            Op::Prepare,
+            result,
+            reason,
+            &branch.coordinator,
+        )
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(vote)
     }
@@ -162,15 +177,26 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
     async fn commit(&self, branch: &BranchContext, payload: &[u8]) -> Result<(), Status> {
         let (id, name) = (&branch.transaction_id, &branch.branch);
         let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Commit).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Commit)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             return Ok(()); // a duplicate: applied once already (I5)
         }
-        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Abort)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             return Err(Status::failed_precondition(format!(
                 "branch {name} of {id} was aborted; it cannot commit"
             )));
         }
-        match ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+        match ledger::find(&mut tx, id, name, Op::Prepare)
+            .await
+            .map_err(db)?
+        {
             None => Err(Status::failed_precondition(format!(
                 "branch {name} of {id} was never prepared here"
             ))),
@@ -180,9 +206,17 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
             ))),
             Some(_) => {
                 self.handler.commit(&mut tx, branch, payload).await?;
-                ledger::record(&mut tx, id, name, Op::Commit, "done", None, &branch.coordinator)
-                    .await
-                    .map_err(db)?;
+                ledger::record(
+                    &mut tx,
+                    id,
+                    name,
+                    Op::Commit,
+                    "done",
+                    None,
+                    &branch.coordinator,
+                )
+                .await
+                .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(())
             }
@@ -193,13 +227,24 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
     async fn abort(&self, branch: &BranchContext, payload: &[u8]) -> Result<bool, Status> {
         let (id, name) = (&branch.transaction_id, &branch.branch);
         let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Abort)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             return Ok(false);
         }
-        if ledger::find(&mut tx, id, name, Op::Commit).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Commit)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             return Ok(true);
         }
-        let result = match ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+        let result = match ledger::find(&mut tx, id, name, Op::Prepare)
+            .await
+            .map_err(db)?
+        {
             // Abort before prepare: a tombstone, so the late Prepare is refused.
             None => "tombstone",
             Some(entry) if entry.result == "commit" => {
@@ -209,9 +254,17 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
             // It voted ABORT or READ_ONLY: nothing of it is held.
             Some(_) => "done",
         };
-        ledger::record(&mut tx, id, name, Op::Abort, result, None, &branch.coordinator)
-            .await
-            .map_err(db)?;
+        ledger::record(
+            &mut tx,
+            id,
+            name,
+            Op::Abort,
+            result,
+            None,
+            &branch.coordinator,
+        )
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(false)
     }
@@ -233,21 +286,40 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
             read_only: false,
         };
         let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Commit).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Commit)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             return Ok(committed(false));
         }
-        if ledger::find(&mut tx, id, name, Op::Abort).await.map_err(db)?.is_some() {
+        if ledger::find(&mut tx, id, name, Op::Abort)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
             return Ok(aborted("branch was already aborted".into()));
         }
-        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare).await.map_err(db)? {
+        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare)
+            .await
+            .map_err(db)?
+        {
             return Ok(match recorded_vote(&entry) {
                 Vote::Abort(reason) => aborted(reason),
                 Vote::ReadOnly => committed(true),
                 Vote::Commit => {
                     self.handler.commit(&mut tx, branch, payload).await?;
-                    ledger::record(&mut tx, id, name, Op::Commit, "done", None, &branch.coordinator)
-                        .await
-                        .map_err(db)?;
+                    ledger::record(
+                        &mut tx,
+                        id,
+                        name,
+                        Op::Commit,
+                        "done",
+                        None,
+                        &branch.coordinator,
+                    )
+                    .await
+                    .map_err(db)?;
                     tx.commit().await.map_err(db)?;
                     committed(false)
                 }
@@ -261,25 +333,49 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
                 ledger::record(&mut tx, id, name, Op::Prepare, "commit", None, coordinator)
                     .await
                     .map_err(db)?;
-                ledger::record(&mut tx, id, name, Op::Commit, "one_phase", None, coordinator)
-                    .await
-                    .map_err(db)?;
+                ledger::record(
+                    &mut tx,
+                    id,
+                    name,
+                    Op::Commit,
+                    "one_phase",
+                    None,
+                    coordinator,
+                )
+                .await
+                .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(committed(false))
             }
             Vote::ReadOnly => {
-                ledger::record(&mut tx, id, name, Op::Prepare, "read_only", None, &branch.coordinator)
-                    .await
-                    .map_err(db)?;
+                ledger::record(
+                    &mut tx,
+                    id,
+                    name,
+                    Op::Prepare,
+                    "read_only",
+                    None,
+                    &branch.coordinator,
+                )
+                .await
+                .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(committed(true))
             }
             Vote::Abort(reason) => {
                 tx.rollback().await.map_err(db)?;
                 let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-                ledger::record(&mut tx, id, name, Op::Prepare, "abort", Some(&reason), &branch.coordinator)
-                    .await
-                    .map_err(db)?;
+                ledger::record(
+                    &mut tx,
+                    id,
+                    name,
+                    Op::Prepare,
+                    "abort",
+                    Some(&reason),
+                    &branch.coordinator,
+                )
+                .await
+                .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(aborted(reason))
             }
@@ -308,7 +404,9 @@ fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
         ));
     }
     if branch.branch.is_empty() || branch.branch.len() > 128 {
-        return Err(Status::invalid_argument("branch.branch must be 1 to 128 bytes"));
+        return Err(Status::invalid_argument(
+            "branch.branch must be 1 to 128 bytes",
+        ));
     }
     Ok(BranchContext {
         transaction_id: branch.transaction_id,

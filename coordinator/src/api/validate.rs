@@ -48,7 +48,12 @@ pub fn txn_id(field: &str, value: &str) -> Result<TxnId, Status> {
 }
 
 /// 0 means the default; otherwise within `min..=max` milliseconds.
-pub fn optional_ms(field: &str, value: u64, min: u64, max: u64) -> Result<Option<Duration>, Status> {
+pub fn optional_ms(
+    field: &str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> Result<Option<Duration>, Status> {
     if value == 0 {
         return Ok(None);
     }
@@ -181,14 +186,28 @@ mod tests {
     #[test]
     fn endpoints_must_be_absolute_http_uris() {
         assert_eq!(
-            endpoint("participant", "http://127.0.0.1:7501/").ok().as_deref(),
+            endpoint("participant", "http://127.0.0.1:7501/")
+                .ok()
+                .as_deref(),
             Some("http://127.0.0.1:7501")
         );
         assert!(endpoint("participant", "https://bank.internal:443").is_ok());
-        for bad in ["", "127.0.0.1:7501", "ftp://x:1", "http://", "http://h:1/path", "http://h:1?q=1", "not a uri"] {
+        for bad in [
+            "",
+            "127.0.0.1:7501",
+            "ftp://x:1",
+            "http://",
+            "http://h:1/path",
+            "http://h:1?q=1",
+            "not a uri",
+        ] {
             let status = endpoint("participant", bad).expect_err(bad);
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
-            assert!(status.message().starts_with("participant"), "{}", status.message());
+            assert!(
+                status.message().starts_with("participant"),
+                "{}",
+                status.message()
+            );
         }
     }
 

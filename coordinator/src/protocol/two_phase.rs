@@ -139,7 +139,9 @@ pub enum Effect {
     /// [`Event::DecisionDurable`] (R1).
     LogDecision,
     /// Record the abort lazily: presumed abort needs no forced write (R2).
-    LogAbort { reason: String },
+    LogAbort {
+        reason: String,
+    },
     /// Tell whoever waits for the decision what it is.
     Announce(Outcome),
     SendCommit(BranchIdx),
@@ -396,9 +398,10 @@ impl TwoPhase {
         if self.phase != Phase::Preparing {
             return;
         }
-        let all_voted = self.branches.iter().all(|b| {
-            matches!(b, BranchPhase::Prepared | BranchPhase::ReadOnly)
-        });
+        let all_voted = self
+            .branches
+            .iter()
+            .all(|b| matches!(b, BranchPhase::Prepared | BranchPhase::ReadOnly));
         if !all_voted {
             return;
         }
@@ -721,9 +724,15 @@ mod tests {
         let mut txn = active(2);
         apply(&mut txn, Event::CommitRequested);
         apply(&mut txn, vote(0, Vote::ReadOnly));
-        assert_eq!(apply(&mut txn, vote(1, Vote::Commit)), vec![Effect::LogDecision]);
+        assert_eq!(
+            apply(&mut txn, vote(1, Vote::Commit)),
+            vec![Effect::LogDecision]
+        );
         let effects = apply(&mut txn, Event::DecisionDurable);
-        assert_eq!(effects, vec![Effect::Announce(committed()), Effect::SendCommit(1)]);
+        assert_eq!(
+            effects,
+            vec![Effect::Announce(committed()), Effect::SendCommit(1)]
+        );
         let effects = apply(&mut txn, Event::Delivered { branch: 1 });
         assert_eq!(effects, vec![Effect::LogEnd(committed())]);
     }
@@ -843,13 +852,15 @@ mod tests {
             vec![Effect::Announce(outcome.clone()), Effect::LogEnd(outcome)]
         );
         // The one-phase answer arriving after the abort settled changes nothing.
-        assert!(apply(
-            &mut txn,
-            Event::OnePhaseAnswered(OnePhaseResult::Aborted {
-                reason: "refused: already aborted".into()
-            })
-        )
-        .is_empty());
+        assert!(
+            apply(
+                &mut txn,
+                Event::OnePhaseAnswered(OnePhaseResult::Aborted {
+                    reason: "refused: already aborted".into()
+                })
+            )
+            .is_empty()
+        );
         assert_eq!(txn.phase(), Phase::Aborted);
     }
 
@@ -866,7 +877,15 @@ mod tests {
         assert!(effects.contains(&Effect::SendAbort(1)));
         assert_eq!(txn.phase(), Phase::Aborting);
         // Rolling back again is harmless.
-        assert!(apply(&mut txn, Event::RollbackRequested { reason: "again".into() }).is_empty());
+        assert!(
+            apply(
+                &mut txn,
+                Event::RollbackRequested {
+                    reason: "again".into()
+                }
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -875,7 +894,9 @@ mod tests {
         apply(&mut txn, Event::CommitRequested);
         apply(&mut txn, vote(0, Vote::Commit));
         apply(&mut txn, vote(1, Vote::Commit));
-        let rollback = Event::RollbackRequested { reason: "late".into() };
+        let rollback = Event::RollbackRequested {
+            reason: "late".into(),
+        };
         assert_eq!(txn.apply(rollback.clone()), Err(Rejected::AlreadyCommitted));
         apply(&mut txn, Event::DecisionDurable);
         assert_eq!(txn.apply(rollback), Err(Rejected::AlreadyCommitted));

@@ -76,15 +76,33 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
         }
         while let Some(effect) = queue.pop_front() {
             match effect {
-                Effect::SendPrepare(idx) => calls.push(Box::pin(prepare(Arc::clone(&shared), Arc::clone(&txn), idx))),
+                Effect::SendPrepare(idx) => calls.push(Box::pin(prepare(
+                    Arc::clone(&shared),
+                    Arc::clone(&txn),
+                    idx,
+                ))),
                 Effect::SendOnePhase(idx) => {
-                    calls.push(Box::pin(one_phase(Arc::clone(&shared), Arc::clone(&txn), idx)));
+                    calls.push(Box::pin(one_phase(
+                        Arc::clone(&shared),
+                        Arc::clone(&txn),
+                        idx,
+                    )));
                 }
                 Effect::SendCommit(idx) => {
-                    calls.push(Box::pin(deliver(Arc::clone(&shared), Arc::clone(&txn), idx, Decision::Commit)));
+                    calls.push(Box::pin(deliver(
+                        Arc::clone(&shared),
+                        Arc::clone(&txn),
+                        idx,
+                        Decision::Commit,
+                    )));
                 }
                 Effect::SendAbort(idx) => {
-                    calls.push(Box::pin(deliver(Arc::clone(&shared), Arc::clone(&txn), idx, Decision::Abort)));
+                    calls.push(Box::pin(deliver(
+                        Arc::clone(&shared),
+                        Arc::clone(&txn),
+                        idx,
+                        Decision::Abort,
+                    )));
                 }
                 Effect::LogDecision => {
                     let at_ms = now_ms();
@@ -206,7 +224,10 @@ async fn prepare(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize) -> Event {
         Err(error) => {
             let reason = format!("prepare of branch {name} failed: {error}");
             txn.note_error(idx, reason.clone());
-            Event::PrepareFailed { branch: idx, reason }
+            Event::PrepareFailed {
+                branch: idx,
+                reason,
+            }
         }
     }
 }
@@ -246,12 +267,7 @@ async fn one_phase(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize) -> Event 
 /// Delivers the decision to one branch, retrying with exponential backoff,
 /// jitter and a capped delay until it is acknowledged (R3). Only shutdown
 /// stops it; recovery picks it up after the restart.
-async fn deliver(
-    shared: Arc<Shared>,
-    txn: Arc<LiveTxn>,
-    idx: usize,
-    decision: Decision,
-) -> Event {
+async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: Decision) -> Event {
     let Some(call) = txn.call(idx) else {
         return Event::Delivered { branch: idx };
     };

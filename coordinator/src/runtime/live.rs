@@ -91,7 +91,9 @@ impl LiveTxn {
     /// it, which the protocol code never does on input; recover the data
     /// rather than spread the panic.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn call(&self, idx: usize) -> Option<BranchCall> {

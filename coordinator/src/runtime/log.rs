@@ -32,7 +32,6 @@ struct Submission {
     done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
 
-
 /// Why a forced write did not become durable.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {

@@ -120,7 +120,9 @@ pub enum Error {
     TooManyBranches { limit: usize },
     #[error("{0}")]
     Unavailable(String),
-    #[error("the coordinator is shutting down; the transaction's outcome will be in GetTransaction")]
+    #[error(
+        "the coordinator is shutting down; the transaction's outcome will be in GetTransaction"
+    )]
     ShuttingDown,
     #[error("store read failed: {0}")]
     Store(#[from] StoreError),
@@ -192,7 +194,9 @@ impl Shared {
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, TxnId>> {
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -225,7 +229,10 @@ impl Runtime {
         });
         let runtime = Self { shared };
         runtime.recover().await?;
-        runtime.shared.tasks.spawn(sweep(Arc::clone(&runtime.shared)));
+        runtime
+            .shared
+            .tasks
+            .spawn(sweep(Arc::clone(&runtime.shared)));
         Ok(runtime)
     }
 
@@ -542,7 +549,10 @@ impl Runtime {
         if unfinished.is_empty() {
             return Ok(());
         }
-        tracing::info!(count = unfinished.len(), "recovering unfinished transactions");
+        tracing::info!(
+            count = unfinished.len(),
+            "recovering unfinished transactions"
+        );
         let mut pending = Vec::with_capacity(unfinished.len());
         for record in unfinished {
             let view = record.view;

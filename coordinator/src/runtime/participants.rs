@@ -89,7 +89,8 @@ impl Participants {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer = with_deadline(deadline, client.prepare(request_with(request, deadline))).await?;
+        let answer =
+            with_deadline(deadline, client.prepare(request_with(request, deadline))).await?;
         match pb::Vote::try_from(answer.vote) {
             Ok(pb::Vote::Commit) => Ok(Vote::Commit),
             Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
@@ -116,9 +117,11 @@ impl Participants {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer =
-            with_deadline(deadline, client.commit_one_phase(request_with(request, deadline)))
-                .await?;
+        let answer = with_deadline(
+            deadline,
+            client.commit_one_phase(request_with(request, deadline)),
+        )
+        .await?;
         match pb::Outcome::try_from(answer.outcome) {
             Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
                 read_only: answer.read_only,

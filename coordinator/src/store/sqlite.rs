@@ -391,9 +391,9 @@ impl BranchRow {
             .ok_or_else(|| StoreError::Corrupt(format!("branch state {:?}", self.state)))?;
         let vote = match self.vote.as_deref() {
             None => None,
-            Some(v) => Some(
-                VoteKind::parse(v).ok_or_else(|| StoreError::Corrupt(format!("vote {v:?}")))?,
-            ),
+            Some(v) => {
+                Some(VoteKind::parse(v).ok_or_else(|| StoreError::Corrupt(format!("vote {v:?}")))?)
+            }
         };
         Ok(BranchView {
             name: self.name,
@@ -463,7 +463,10 @@ mod tests {
     async fn an_ended_transaction_is_not_unfinished_and_keeps_its_branches() {
         let (_dir, store) = store().await;
         let id = TxnId::mint();
-        store.append(&[begun(id, Some("k1")), enlisted(id, 0)]).await.expect("append");
+        store
+            .append(&[begun(id, Some("k1")), enlisted(id, 0)])
+            .await
+            .expect("append");
         store
             .append(&[Record::Ended {
                 id,
@@ -487,7 +490,11 @@ mod tests {
         assert_eq!(view.reason.as_deref(), Some("insufficient funds"));
         assert_eq!(view.branches[0].vote, Some(VoteKind::Abort));
         assert_eq!(view.branch_count, 1);
-        let by_key = store.by_idempotency_key("k1").await.expect("key").expect("found");
+        let by_key = store
+            .by_idempotency_key("k1")
+            .await
+            .expect("key")
+            .expect("found");
         assert_eq!(by_key.id, id);
     }
 
@@ -525,7 +532,10 @@ mod tests {
             })
             .await
             .expect("list");
-        assert_eq!(page.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+        assert_eq!(
+            page.iter().map(|v| v.id).collect::<Vec<_>>(),
+            vec![ids[4], ids[3]]
+        );
         let next = store
             .list(&ListQuery {
                 states: vec![],
@@ -534,7 +544,10 @@ mod tests {
             })
             .await
             .expect("list");
-        assert_eq!(next.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+        assert_eq!(
+            next.iter().map(|v| v.id).collect::<Vec<_>>(),
+            vec![ids[2], ids[1], ids[0]]
+        );
         let committing = store
             .list(&ListQuery {
                 states: vec![TxnState::Committing],
@@ -543,6 +556,9 @@ mod tests {
             })
             .await
             .expect("list");
-        assert_eq!(committing.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[1]]);
+        assert_eq!(
+            committing.iter().map(|v| v.id).collect::<Vec<_>>(),
+            vec![ids[1]]
+        );
     }
 }

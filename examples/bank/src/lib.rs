@@ -158,7 +158,10 @@ impl TwoPhaseParticipant for Bank {
                 .fetch_optional(&mut **tx)
                 .await?
         else {
-            return Ok(Vote::Abort(format!("no account {:?} at this bank", movement.account)));
+            return Ok(Vote::Abort(format!(
+                "no account {:?} at this bank",
+                movement.account
+            )));
         };
         if movement.delta == 0 {
             return Ok(Vote::ReadOnly);
@@ -201,7 +204,11 @@ impl TwoPhaseParticipant for Bank {
                 branch.branch, branch.transaction_id
             )));
         };
-        let release = if hold.delta < 0 { hold.delta.saturating_neg() } else { 0 };
+        let release = if hold.delta < 0 {
+            hold.delta.saturating_neg()
+        } else {
+            0
+        };
         sqlx::query("UPDATE accounts SET balance = balance + ?2, held = held - ?3 WHERE name = ?1")
             .bind(&hold.account)
             .bind(hold.delta)

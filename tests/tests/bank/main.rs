@@ -1,1 +1,202 @@
-//! fn main placeholder replaced below
+//! The bank example end to end: a coordinator and two account services on
+//! loopback, each bank with its own SQLite file; balances checked in the
+//! banks' databases, not only statuses.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use concord_example_bank::{account, accounts, open_account, open_db, open_holds, transfer};
+use concord_participant::{CoordinatorClient, Outcome};
+use concord_proto::v1 as pb;
+use sqlx::SqlitePool;
+use support::{eventually, quick_config, start_coordinator};
+use tokio_util::sync::CancellationToken;
+
+struct Bank {
+    url: String,
+    pool: SqlitePool,
+}
+
+async fn start_bank(
+    dir: &std::path::Path,
+    name: &str,
+    opening: &[(&str, i64)],
+    stop: &CancellationToken,
+) -> Bank {
+    let pool = open_db(&dir.join(format!("{name}.db")))
+        .await
+        .expect("bank db");
+    for (account, cents) in opening {
+        open_account(&pool, account, *cents)
+            .await
+            .expect("open account");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let served = pool.clone();
+    let stop = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        concord_example_bank::serve(served, listener, stop)
+            .await
+            .expect("bank serves");
+    });
+    Bank { url, pool }
+}
+
+async fn balance(bank: &Bank, name: &str) -> i64 {
+    account(&bank.pool, name)
+        .await
+        .expect("read")
+        .expect("account exists")
+        .balance
+}
+
+async fn until_ended(client: &CoordinatorClient, id: &str) -> pb::TransactionState {
+    eventually(&format!("{id} ends"), || async {
+        let state = client.transaction(id).await.ok()?.state;
+        let state = pb::TransactionState::try_from(state).ok()?;
+        matches!(
+            state,
+            pb::TransactionState::Committed | pb::TransactionState::Aborted
+        )
+        .then_some(state)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn transfers_commit_or_abort_with_correct_balances() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = support::client(&node);
+    let a = start_bank(dir.path(), "bank-a", &[("alice", 10_000)], &stop).await;
+    let b = start_bank(dir.path(), "bank-b", &[("bob", 5_000)], &stop).await;
+
+    let done = transfer(&client, &a.url, "alice", &b.url, "bob", 3_000)
+        .await
+        .expect("transfer");
+    assert_eq!(done.outcome, Outcome::Committed { read_only: false });
+    until_ended(&client, &done.transaction_id).await;
+    assert_eq!(
+        (balance(&a, "alice").await, balance(&b, "bob").await),
+        (7_000, 8_000)
+    );
+
+    let refused = transfer(&client, &a.url, "alice", &b.url, "bob", 50_000)
+        .await
+        .expect("transfer");
+    let Outcome::Aborted { reason } = &refused.outcome else {
+        panic!("expected insufficient funds, got {:?}", refused.outcome);
+    };
+    assert!(reason.contains("insufficient funds"), "{reason}");
+    until_ended(&client, &refused.transaction_id).await;
+    assert_eq!(
+        (balance(&a, "alice").await, balance(&b, "bob").await),
+        (7_000, 8_000)
+    );
+
+    let nobody = transfer(&client, &a.url, "alice", &b.url, "carol", 100)
+        .await
+        .expect("transfer");
+    assert!(
+        matches!(&nobody.outcome, Outcome::Aborted { reason } if reason.contains("no account"))
+    );
+    until_ended(&client, &nobody.transaction_id).await;
+    // Nothing held, nothing pending: the aborted debits were released.
+    for bank in [&a, &b] {
+        assert!(
+            accounts(&bank.pool)
+                .await
+                .expect("accounts")
+                .iter()
+                .all(|acc| acc.held == 0)
+        );
+        assert_eq!(open_holds(&bank.pool).await.expect("holds"), 0);
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn concurrent_transfers_conserve_money() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = support::client(&node);
+    let a = start_bank(
+        dir.path(),
+        "bank-a",
+        &[("alice", 1_000), ("anna", 1_000)],
+        &stop,
+    )
+    .await;
+    let b = start_bank(
+        dir.path(),
+        "bank-b",
+        &[("bob", 1_000), ("bea", 1_000)],
+        &stop,
+    )
+    .await;
+    let total_before = 4_000;
+
+    // 40 transfers at once, both directions, some bound to overdraw.
+    let mut jobs = Vec::new();
+    for i in 0..40i64 {
+        let (from_bank, from, to_bank, to) = match i % 4 {
+            0 => (a.url.clone(), "alice", b.url.clone(), "bob"),
+            1 => (b.url.clone(), "bob", a.url.clone(), "anna"),
+            2 => (a.url.clone(), "anna", b.url.clone(), "bea"),
+            _ => (b.url.clone(), "bea", a.url.clone(), "alice"),
+        };
+        let amount = 50 + (i * 37) % 400;
+        let client = client.clone();
+        jobs.push(tokio::spawn(async move {
+            let done = transfer(&client, &from_bank, from, &to_bank, to, amount).await;
+            (done, from, to, amount)
+        }));
+    }
+    let mut committed = 0;
+    let mut expected: std::collections::HashMap<&str, i64> = [
+        ("alice", 1_000),
+        ("anna", 1_000),
+        ("bob", 1_000),
+        ("bea", 1_000),
+    ]
+    .into();
+    for job in jobs {
+        let (done, from, to, amount) = job.await.expect("join");
+        let done = done.expect("transfer answered");
+        if until_ended(&client, &done.transaction_id).await == pb::TransactionState::Committed {
+            assert!(
+                matches!(done.outcome, Outcome::Committed { .. }),
+                "told {:?}",
+                done.outcome
+            );
+            committed += 1;
+            *expected.get_mut(from).expect("known") -= amount;
+            *expected.get_mut(to).expect("known") += amount;
+        } else {
+            assert!(
+                matches!(done.outcome, Outcome::Aborted { .. }),
+                "told {:?}",
+                done.outcome
+            );
+        }
+    }
+    assert!(committed > 0);
+    // I6: no money created or destroyed, none negative; every transfer the
+    // client was told committed is applied exactly once.
+    let mut total = 0;
+    for bank in [&a, &b] {
+        for acc in accounts(&bank.pool).await.expect("accounts") {
+            assert!(acc.balance >= 0 && acc.held == 0, "{acc:?}");
+            assert_eq!(acc.balance, expected[acc.name.as_str()], "{}", acc.name);
+            total += acc.balance;
+        }
+        assert_eq!(open_holds(&bank.pool).await.expect("holds"), 0);
+    }
+    assert_eq!(total, total_before);
+    stop.cancel();
+}

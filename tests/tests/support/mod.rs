@@ -117,13 +117,18 @@ impl TwoPhaseParticipant for Scripted {
         payload: &[u8],
     ) -> Result<(), ParticipantError> {
         let script = String::from_utf8_lossy(payload).to_string();
-        if let Some(n) = script.strip_prefix("flaky-commit:").filter(|_| !self.healthy) {
+        if let Some(n) = script
+            .strip_prefix("flaky-commit:")
+            .filter(|_| !self.healthy)
+        {
             let limit: u32 = n.parse().unwrap_or(0);
             let mut failures = self.commit_failures.lock().expect("lock");
             let seen = failures.entry(branch.transaction_id.clone()).or_insert(0);
             if *seen < limit {
                 *seen += 1;
-                return Err(ParticipantError::Unavailable("scripted commit failure".into()));
+                return Err(ParticipantError::Unavailable(
+                    "scripted commit failure".into(),
+                ));
             }
         }
         if let Some(db) = self.coordinator_db.as_ref().filter(|_| !branch.one_phase) {
@@ -183,7 +188,12 @@ impl TestParticipant {
 
     /// Restarts a participant on `addr` with its old database, repaired: it
     /// no longer fails commits on purpose.
-    pub async fn restart_healthy(dir: &Path, name: &str, coordinator_db: Option<&Path>, addr: &str) -> Self {
+    pub async fn restart_healthy(
+        dir: &Path,
+        name: &str,
+        coordinator_db: Option<&Path>,
+        addr: &str,
+    ) -> Self {
         Self::start_with(dir, name, coordinator_db, addr, true).await
     }
 
@@ -227,7 +237,10 @@ impl TestParticipant {
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            service.serve(listener, shutdown).await.expect("participant serves");
+            service
+                .serve(listener, shutdown)
+                .await
+                .expect("participant serves");
         });
         Self {
             url,
@@ -251,14 +264,15 @@ impl TestParticipant {
 
     /// The ledger's rows for one transaction as "op=result".
     pub async fn ledger(&self, txn_id: &str) -> Vec<String> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT op, result FROM concord_ledger WHERE txn_id = ?1 ORDER BY op",
-        )
-        .bind(txn_id)
-        .fetch_all(&self.pool)
-        .await
-        .expect("ledger");
-        rows.into_iter().map(|(op, result)| format!("{op}={result}")).collect()
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT op, result FROM concord_ledger WHERE txn_id = ?1 ORDER BY op")
+                .bind(txn_id)
+                .fetch_all(&self.pool)
+                .await
+                .expect("ledger");
+        rows.into_iter()
+            .map(|(op, result)| format!("{op}={result}"))
+            .collect()
     }
 
     pub async fn stop(self) {

@@ -5,12 +5,16 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bad_input;
+
 use std::time::Duration;
 
 use concord_coordinator::node::Node;
 use concord_participant::{BeginOptions, ClientError, CommitOptions, CoordinatorClient, Outcome};
 use concord_proto::v1 as pb;
-use support::{TestParticipant, client, coordinator_state, eventually, quick_config, start_coordinator};
+use support::{
+    TestParticipant, client, coordinator_state, eventually, quick_config, start_coordinator,
+};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -66,13 +70,22 @@ async fn until_state(client: &CoordinatorClient, id: &str, want: pb::Transaction
 async fn commit_applies_at_every_participant_after_the_decision_is_durable() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist a");
-    s.client.enlist(&id, &s.b.url, "commit", None).await.expect("enlist b");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist a");
+    s.client
+        .enlist(&id, &s.b.url, "commit", None)
+        .await
+        .expect("enlist b");
     let outcome = s.client.commit(&id).await.expect("commit");
     assert_eq!(outcome, Outcome::Committed { read_only: false });
     // R1: the decision is on disk by the time the client hears it.
     let on_disk = coordinator_state(&s.coordinator_dir(), &id).await;
-    assert!(matches!(on_disk.as_deref(), Some("committing" | "committed")), "{on_disk:?}");
+    assert!(
+        matches!(on_disk.as_deref(), Some("committing" | "committed")),
+        "{on_disk:?}"
+    );
     until_state(&s.client, &id, pb::TransactionState::Committed).await;
     // Each participant prepared and committed exactly once, and heard
     // Commit only after the decision was durable (no r1-violation).
@@ -80,7 +93,11 @@ async fn commit_applies_at_every_participant_after_the_decision_is_durable() {
     assert_eq!(s.b.effects(&id).await, ["prepare", "commit"]);
     let txn = s.client.transaction(&id).await.expect("get");
     assert_eq!(txn.branches.len(), 2);
-    assert!(txn.branches.iter().all(|b| b.state == pb::BranchState::Committed as i32));
+    assert!(
+        txn.branches
+            .iter()
+            .all(|b| b.state == pb::BranchState::Committed as i32)
+    );
     assert!(txn.decided_at_ms >= txn.created_at_ms && txn.ended_at_ms >= txn.decided_at_ms);
 }
 
@@ -88,8 +105,14 @@ async fn commit_applies_at_every_participant_after_the_decision_is_durable() {
 async fn wait_for_completion_answers_after_every_participant_committed() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "commit", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "commit", None)
+        .await
+        .expect("enlist");
     let options = CommitOptions {
         wait_for_completion: true,
         prepare_timeout: None,
@@ -106,8 +129,14 @@ async fn wait_for_completion_answers_after_every_participant_committed() {
 async fn an_abort_vote_aborts_everywhere() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "abort", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "abort", None)
+        .await
+        .expect("enlist");
     let outcome = s.client.commit(&id).await.expect("commit");
     assert_eq!(
         outcome,
@@ -127,8 +156,14 @@ async fn an_abort_vote_aborts_everywhere() {
 async fn a_participant_that_hangs_past_the_prepare_deadline_votes_abort() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "hang", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "hang", None)
+        .await
+        .expect("enlist");
     let options = CommitOptions {
         wait_for_completion: false,
         prepare_timeout: Some(Duration::from_millis(200)),
@@ -143,7 +178,10 @@ async fn a_participant_that_hangs_past_the_prepare_deadline_votes_abort() {
     // The slow prepare was cut off or refused: nothing of it remains.
     eventually("b settles", || async {
         let ledger = s.b.ledger(&id).await;
-        ledger.iter().any(|row| row.starts_with("abort=")).then_some(())
+        ledger
+            .iter()
+            .any(|row| row.starts_with("abort="))
+            .then_some(())
     })
     .await;
     assert!(!s.b.effects(&id).await.contains(&"commit".to_string()));
@@ -153,9 +191,18 @@ async fn a_participant_that_hangs_past_the_prepare_deadline_votes_abort() {
 async fn client_rollback_aborts_every_enlisted_branch() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "commit", None).await.expect("enlist");
-    s.client.rollback(&id, "changed my mind").await.expect("rollback");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .rollback(&id, "changed my mind")
+        .await
+        .expect("rollback");
     until_state(&s.client, &id, pb::TransactionState::Aborted).await;
     // Never prepared: the aborts left tombstones, and the handler never ran.
     assert_eq!(s.a.ledger(&id).await, ["abort=tombstone"]);
@@ -164,20 +211,32 @@ async fn client_rollback_aborts_every_enlisted_branch() {
     let txn = s.client.transaction(&id).await.expect("get");
     assert_eq!(txn.reason, "changed my mind");
     // Rolling back again is harmless; committing now reports the abort.
-    s.client.rollback(&id, "again").await.expect("second rollback");
-    assert!(matches!(s.client.commit(&id).await, Ok(Outcome::Aborted { .. })));
+    s.client
+        .rollback(&id, "again")
+        .await
+        .expect("second rollback");
+    assert!(matches!(
+        s.client.commit(&id).await,
+        Ok(Outcome::Aborted { .. })
+    ));
 }
 
 #[tokio::test]
 async fn a_single_branch_commits_in_one_phase() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
     let outcome = s.client.commit(&id).await.expect("commit");
     assert_eq!(outcome, Outcome::Committed { read_only: false });
     // R6: one round trip: prepare and commit in one local transaction.
     assert_eq!(s.a.effects(&id).await, ["prepare", "commit"]);
-    assert_eq!(s.a.ledger(&id).await, ["commit=one_phase", "prepare=commit"]);
+    assert_eq!(
+        s.a.ledger(&id).await,
+        ["commit=one_phase", "prepare=commit"]
+    );
     until_state(&s.client, &id, pb::TransactionState::Committed).await;
     // No decision record was forced: the transaction went straight to its end.
     let txn = s.client.transaction(&id).await.expect("get");
@@ -188,8 +247,14 @@ async fn a_single_branch_commits_in_one_phase() {
 async fn read_only_branches_skip_phase_two() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "readonly", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "commit", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "readonly", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "commit", None)
+        .await
+        .expect("enlist");
     let outcome = s.client.commit_with(
         &id,
         CommitOptions {
@@ -197,19 +262,34 @@ async fn read_only_branches_skip_phase_two() {
             prepare_timeout: None,
         },
     );
-    assert_eq!(outcome.await.expect("commit"), Outcome::Committed { read_only: false });
+    assert_eq!(
+        outcome.await.expect("commit"),
+        Outcome::Committed { read_only: false }
+    );
     assert_eq!(s.a.effects(&id).await, ["prepare"]);
     assert_eq!(s.b.effects(&id).await, ["prepare", "commit"]);
 
     let all_read_only = begin(&s.client).await;
-    s.client.enlist(&all_read_only, &s.a.url, "readonly", None).await.expect("enlist");
-    s.client.enlist(&all_read_only, &s.b.url, "readonly", None).await.expect("enlist");
+    s.client
+        .enlist(&all_read_only, &s.a.url, "readonly", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&all_read_only, &s.b.url, "readonly", None)
+        .await
+        .expect("enlist");
     let outcome = s.client.commit(&all_read_only).await.expect("commit");
     assert_eq!(outcome, Outcome::Committed { read_only: true });
     until_state(&s.client, &all_read_only, pb::TransactionState::Committed).await;
     assert_eq!(s.a.effects(&all_read_only).await, ["prepare"]);
     assert_eq!(s.b.effects(&all_read_only).await, ["prepare"]);
-    assert!(s.client.transaction(&all_read_only).await.expect("get").read_only);
+    assert!(
+        s.client
+            .transaction(&all_read_only)
+            .await
+            .expect("get")
+            .read_only
+    );
 }
 
 #[tokio::test]
@@ -246,10 +326,17 @@ async fn the_same_idempotency_key_gives_one_transaction() {
         )
         .await
         .expect("commit");
-    let third = s.client.begin(options()).await.expect("begin after the end");
+    let third = s
+        .client
+        .begin(options())
+        .await
+        .expect("begin after the end");
     assert_eq!(third.transaction_id, first.transaction_id);
     assert!(!third.created);
-    assert_eq!(s.a.effects(&first.transaction_id).await, ["prepare", "commit"]);
+    assert_eq!(
+        s.a.effects(&first.transaction_id).await,
+        ["prepare", "commit"]
+    );
     // A different key is a different transaction.
     let other = s
         .client
@@ -274,23 +361,38 @@ async fn a_transaction_past_its_timeout_aborts_without_any_call() {
         .await
         .expect("begin");
     let id = begun.transaction_id;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
     until_state(&s.client, &id, pb::TransactionState::Aborted).await;
     let txn = s.client.transaction(&id).await.expect("get");
     assert!(txn.reason.contains("timed out"), "{}", txn.reason);
     assert_eq!(s.a.ledger(&id).await, ["abort=tombstone"]);
     // A late commit learns the abort; a late enlist is refused.
-    assert!(matches!(s.client.commit(&id).await, Ok(Outcome::Aborted { .. })));
+    assert!(matches!(
+        s.client.commit(&id).await,
+        Ok(Outcome::Aborted { .. })
+    ));
     let late = s.client.enlist(&id, &s.b.url, "commit", None).await;
-    assert!(matches!(late, Err(ClientError::FailedPrecondition(_))), "{late:?}");
+    assert!(
+        matches!(late, Err(ClientError::FailedPrecondition(_))),
+        "{late:?}"
+    );
 }
 
 #[tokio::test]
 async fn phase_two_is_retried_until_the_participant_acknowledges() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "flaky-commit:3", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "commit", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "flaky-commit:3", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "commit", None)
+        .await
+        .expect("enlist");
     assert_eq!(
         s.client.commit(&id).await.expect("commit"),
         Outcome::Committed { read_only: false }
@@ -298,10 +400,18 @@ async fn phase_two_is_retried_until_the_participant_acknowledges() {
     until_state(&s.client, &id, pb::TransactionState::Committed).await;
     assert_eq!(s.a.effects(&id).await, ["prepare", "commit"]);
     let txn = s.client.transaction(&id).await.expect("get");
-    let flaky = txn.branches.iter().find(|b| b.participant == s.a.url).expect("branch a");
+    let flaky = txn
+        .branches
+        .iter()
+        .find(|b| b.participant == s.a.url)
+        .expect("branch a");
     // One prepare, three failed commits, one that worked.
     assert_eq!(flaky.attempts, 5);
-    assert!(flaky.last_error.contains("scripted commit failure"), "{}", flaky.last_error);
+    assert!(
+        flaky.last_error.contains("scripted commit failure"),
+        "{}",
+        flaky.last_error
+    );
 }
 
 #[tokio::test]
@@ -313,16 +423,31 @@ async fn phase_two_resumes_after_a_coordinator_restart() {
     let node = start_coordinator(&coordinator_dir, quick_config()).await;
     let client = client(&node);
     let id = begin(&client).await;
-    client.enlist(&id, &a.url, "commit", None).await.expect("enlist");
+    client
+        .enlist(&id, &a.url, "commit", None)
+        .await
+        .expect("enlist");
     // b cannot be reached: its address is a stopped participant's.
     let gone = TestParticipant::start(dir.path(), "gone", None).await;
     let gone_url = gone.url.clone();
     gone.stop().await;
-    client.enlist(&id, &b.url, "commit", None).await.expect("enlist");
+    client
+        .enlist(&id, &b.url, "commit", None)
+        .await
+        .expect("enlist");
     let undecided = begin(&client).await;
-    client.enlist(&undecided, &a.url, "commit", None).await.expect("enlist");
-    client.enlist(&undecided, &gone_url, "commit", None).await.expect("enlist");
-    assert!(matches!(client.commit(&id).await, Ok(Outcome::Committed { .. })));
+    client
+        .enlist(&undecided, &a.url, "commit", None)
+        .await
+        .expect("enlist");
+    client
+        .enlist(&undecided, &gone_url, "commit", None)
+        .await
+        .expect("enlist");
+    assert!(matches!(
+        client.commit(&id).await,
+        Ok(Outcome::Committed { .. })
+    ));
     until_state(&client, &id, pb::TransactionState::Committed).await;
     node.shutdown().await.expect("shutdown");
 
@@ -337,7 +462,9 @@ async fn phase_two_resumes_after_a_coordinator_restart() {
     .await;
     assert_eq!(
         client.outcome(&undecided).await.expect("outcome"),
-        Outcome::Aborted { reason: String::new() }
+        Outcome::Aborted {
+            reason: String::new()
+        }
     );
     // The committed one stays committed (I2).
     assert_eq!(state(&client, &id).await, pb::TransactionState::Committed);
@@ -354,13 +481,25 @@ async fn a_committed_decision_is_redelivered_after_a_restart() {
     let node = start_coordinator(&coordinator_dir, quick_config()).await;
     let client = client(&node);
     let id = begin(&client).await;
-    client.enlist(&id, &a.url, "commit", None).await.expect("enlist");
+    client
+        .enlist(&id, &a.url, "commit", None)
+        .await
+        .expect("enlist");
     // b fails its commit many times: phase 2 is still running at shutdown.
-    client.enlist(&id, &b.url, "flaky-commit:1000000", None).await.expect("enlist");
-    assert!(matches!(client.commit(&id).await, Ok(Outcome::Committed { .. })));
+    client
+        .enlist(&id, &b.url, "flaky-commit:1000000", None)
+        .await
+        .expect("enlist");
+    assert!(matches!(
+        client.commit(&id).await,
+        Ok(Outcome::Committed { .. })
+    ));
     eventually("b refused a commit", || async {
         let txn = client.transaction(&id).await.ok()?;
-        txn.branches.iter().any(|b| !b.last_error.is_empty()).then_some(())
+        txn.branches
+            .iter()
+            .any(|b| !b.last_error.is_empty())
+            .then_some(())
     })
     .await;
     node.shutdown().await.expect("shutdown");
@@ -371,7 +510,8 @@ async fn a_committed_decision_is_redelivered_after_a_restart() {
     // b is replaced by a healthy participant on the same database and port.
     let b_addr = b.url.trim_start_matches("http://").to_owned();
     b.stop().await;
-    let b = TestParticipant::restart_healthy(dir.path(), "b", Some(&coordinator_dir), &b_addr).await;
+    let b =
+        TestParticipant::restart_healthy(dir.path(), "b", Some(&coordinator_dir), &b_addr).await;
     let node = start_coordinator(&coordinator_dir, quick_config()).await;
     let client = support::client(&node);
     // R3: the restarted coordinator finishes phase 2.
@@ -388,14 +528,22 @@ async fn unknown_ids_are_not_found_and_presumed_aborted() {
         s.client.transaction(unknown).await.map(|_| ()),
         s.client.commit(unknown).await.map(|_| ()),
         s.client.rollback(unknown, "").await,
-        s.client.enlist(unknown, &s.a.url, "commit", None).await.map(|_| ()),
+        s.client
+            .enlist(unknown, &s.a.url, "commit", None)
+            .await
+            .map(|_| ()),
     ] {
-        assert!(matches!(result, Err(ClientError::NotFound(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(ClientError::NotFound(_))),
+            "{result:?}"
+        );
     }
     // R2: a participant asking about an id nobody knows hears ABORTED.
     assert_eq!(
         s.client.outcome(unknown).await.expect("outcome"),
-        Outcome::Aborted { reason: String::new() }
+        Outcome::Aborted {
+            reason: String::new()
+        }
     );
 }
 
@@ -403,8 +551,14 @@ async fn unknown_ids_are_not_found_and_presumed_aborted() {
 async fn enlisting_into_a_decided_transaction_is_refused() {
     let s = setup().await;
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", None).await.expect("enlist");
-    s.client.enlist(&id, &s.b.url, "commit", None).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "commit", None)
+        .await
+        .expect("enlist");
     s.client
         .commit_with(
             &id,
@@ -416,15 +570,30 @@ async fn enlisting_into_a_decided_transaction_is_refused() {
         .await
         .expect("commit");
     let late = s.client.enlist(&id, &s.a.url, "commit", Some("late")).await;
-    assert!(matches!(late, Err(ClientError::FailedPrecondition(_))), "{late:?}");
+    assert!(
+        matches!(late, Err(ClientError::FailedPrecondition(_))),
+        "{late:?}"
+    );
     let rollback = s.client.rollback(&id, "too late").await;
-    assert!(matches!(rollback, Err(ClientError::FailedPrecondition(_))), "{rollback:?}");
+    assert!(
+        matches!(rollback, Err(ClientError::FailedPrecondition(_))),
+        "{rollback:?}"
+    );
     // A branch name enlisted twice with different content is a conflict.
     let id = begin(&s.client).await;
-    s.client.enlist(&id, &s.a.url, "commit", Some("x")).await.expect("enlist");
+    s.client
+        .enlist(&id, &s.a.url, "commit", Some("x"))
+        .await
+        .expect("enlist");
     let conflict = s.client.enlist(&id, &s.b.url, "commit", Some("x")).await;
-    assert!(matches!(conflict, Err(ClientError::AlreadyExists(_))), "{conflict:?}");
-    assert_eq!(s.client.transaction(&id).await.expect("get").branches.len(), 1);
+    assert!(
+        matches!(conflict, Err(ClientError::AlreadyExists(_))),
+        "{conflict:?}"
+    );
+    assert_eq!(
+        s.client.transaction(&id).await.expect("get").branches.len(),
+        1
+    );
 }
 
 #[tokio::test]

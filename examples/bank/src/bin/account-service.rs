@@ -11,7 +11,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "account-service", about = "A bank taking part in Concord transactions")]
+#[command(
+    name = "account-service",
+    about = "A bank taking part in Concord transactions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,7 +81,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Balances { db } => {
             let pool = concord_example_bank::open_db(&db).await?;
             for account in concord_example_bank::accounts(&pool).await? {
-                println!("{:<12} balance {:>10}  held {:>8}", account.name, account.balance, account.held);
+                println!(
+                    "{:<12} balance {:>10}  held {:>8}",
+                    account.name, account.balance, account.held
+                );
             }
             Ok(())
         }

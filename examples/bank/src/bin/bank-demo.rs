@@ -74,7 +74,12 @@ async fn main() -> anyhow::Result<()> {
     .context("starting the coordinator")?;
     let bank_a = start_bank("bank-a", dir.path(), &[("alice", 10_000)], &stop, &tasks).await?;
     let bank_b = start_bank("bank-b", dir.path(), &[("bob", 5_000)], &stop, &tasks).await?;
-    println!("coordinator {}  bank-a {}  bank-b {}", node.url(), bank_a.url, bank_b.url);
+    println!(
+        "coordinator {}  bank-a {}  bank-b {}",
+        node.url(),
+        bank_a.url,
+        bank_b.url
+    );
     let client = CoordinatorClient::connect(node.url())?;
 
     println!("\nbalances before:");
@@ -82,9 +87,15 @@ async fn main() -> anyhow::Result<()> {
 
     for (amount, label) in [(3_000, "30.00"), (50_000, "500.00")] {
         println!("\ntransfer {label} from alice (bank-a) to bob (bank-b):");
-        let transfer =
-            concord_example_bank::transfer(&client, &bank_a.url, "alice", &bank_b.url, "bob", amount)
-                .await?;
+        let transfer = concord_example_bank::transfer(
+            &client,
+            &bank_a.url,
+            "alice",
+            &bank_b.url,
+            "bob",
+            amount,
+        )
+        .await?;
         match &transfer.outcome {
             Outcome::Committed { .. } => println!("  {} COMMITTED", transfer.transaction_id),
             Outcome::Aborted { reason } => {

@@ -7,7 +7,10 @@ use clap::Parser;
 use concord_participant::{CoordinatorClient, Outcome};
 
 #[derive(Parser, Debug)]
-#[command(name = "transfer", about = "Transfer money between two banks over Concord 2PC")]
+#[command(
+    name = "transfer",
+    about = "Transfer money between two banks over Concord 2PC"
+)]
 struct Args {
     #[arg(long, env = "CONCORD_URL", default_value = "http://127.0.0.1:7400")]
     coordinator: String,

@@ -1,0 +1,302 @@
+//! Bad input of every kind gets INVALID_ARGUMENT (or the precise status its
+//! situation calls for) with a message naming the field, and changes nothing.
+
+use concord_proto::v1 as pb;
+use tonic::Code;
+
+use super::support::{TestParticipant, client, quick_config, start_coordinator};
+
+fn expect(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
+    match result {
+        Ok(value) => panic!("expected {code:?} mentioning {needle:?}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(
+                status.message().contains(needle),
+                "{:?} does not mention {needle:?}",
+                status.message()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_bad_field_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let participant = TestParticipant::start(dir.path(), "p", None).await;
+    let client = client(&node);
+    let mut raw = client.raw();
+    let id = client
+        .begin(Default::default())
+        .await
+        .expect("begin")
+        .transaction_id;
+    let count = |raw: &mut pb::coordinator_client::CoordinatorClient<_>| {
+        let mut raw = raw.clone();
+        async move {
+            raw.list_transactions(pb::ListTransactionsRequest::default())
+                .await
+                .expect("list")
+                .into_inner()
+                .transactions
+                .len()
+        }
+    };
+    let before = count(&mut raw).await;
+
+    let begin = |timeout_ms, key: &str, description: &str| pb::BeginRequest {
+        timeout_ms,
+        idempotency_key: key.into(),
+        description: description.into(),
+    };
+    expect(
+        raw.begin(begin(5, "", "")).await,
+        Code::InvalidArgument,
+        "timeout_ms",
+    );
+    expect(
+        raw.begin(begin(86_400_001, "", "")).await,
+        Code::InvalidArgument,
+        "timeout_ms",
+    );
+    expect(
+        raw.begin(begin(0, &"k".repeat(129), "")).await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    expect(
+        raw.begin(begin(0, "new\nline", "")).await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    expect(
+        raw.begin(begin(0, "", &"d".repeat(257))).await,
+        Code::InvalidArgument,
+        "description",
+    );
+
+    let enlist = |txn: &str, participant: &str, payload: Vec<u8>, branch: &str| pb::EnlistRequest {
+        transaction_id: txn.into(),
+        participant: participant.into(),
+        payload,
+        branch: branch.into(),
+    };
+    let url = participant.url.as_str();
+    for bad_id in [
+        "",
+        "42",
+        "not-a-uuid",
+        &id.to_uppercase(),
+        &format!("{id}x"),
+    ] {
+        expect(
+            raw.enlist(enlist(bad_id, url, vec![], "")).await,
+            Code::InvalidArgument,
+            "transaction_id",
+        );
+    }
+    for bad_endpoint in [
+        "",
+        "localhost:7501",
+        "ftp://h:1",
+        "http://",
+        "http://h:1/x",
+        "http://[::1",
+    ] {
+        expect(
+            raw.enlist(enlist(&id, bad_endpoint, vec![], "")).await,
+            Code::InvalidArgument,
+            "participant",
+        );
+    }
+    expect(
+        raw.enlist(enlist(&id, url, vec![0; 1024 * 1024 + 1], ""))
+            .await,
+        Code::InvalidArgument,
+        "payload is 1048577 bytes",
+    );
+    expect(
+        raw.enlist(enlist(&id, url, vec![], "white space")).await,
+        Code::InvalidArgument,
+        "branch",
+    );
+
+    let commit = |txn: &str, prepare_timeout_ms| pb::CommitRequest {
+        transaction_id: txn.into(),
+        wait_for_completion: false,
+        prepare_timeout_ms,
+    };
+    expect(
+        raw.commit(commit(&id, 600_001)).await,
+        Code::InvalidArgument,
+        "prepare_timeout_ms",
+    );
+    expect(
+        raw.commit(commit("", 0)).await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
+    expect(
+        raw.rollback(pb::RollbackRequest {
+            transaction_id: id.clone(),
+            reason: "r".repeat(257),
+        })
+        .await,
+        Code::InvalidArgument,
+        "reason",
+    );
+    expect(
+        raw.get_transaction(pb::GetTransactionRequest {
+            transaction_id: "x".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
+    expect(
+        raw.get_outcome(pb::GetOutcomeRequest {
+            transaction_id: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
+    let list = |states: Vec<i32>, page_size, page_token: &str| pb::ListTransactionsRequest {
+        states,
+        page_size,
+        page_token: page_token.into(),
+    };
+    expect(
+        raw.list_transactions(list(vec![], 1001, "")).await,
+        Code::InvalidArgument,
+        "page_size",
+    );
+    expect(
+        raw.list_transactions(list(vec![0], 0, "")).await,
+        Code::InvalidArgument,
+        "states",
+    );
+    expect(
+        raw.list_transactions(list(vec![99], 0, "")).await,
+        Code::InvalidArgument,
+        "states",
+    );
+    expect(
+        raw.list_transactions(list(vec![], 0, "garbage")).await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+
+    // Nothing changed: no new transaction, and the one we had is still
+    // active with no branch.
+    assert_eq!(count(&mut raw).await, before);
+    let txn = client.transaction(&id).await.expect("get");
+    assert_eq!(txn.state, pb::TransactionState::Active as i32);
+    assert!(txn.branches.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_protobuf_bytes_do_not_hurt_the_coordinator() {
+    use prost::Message;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = client(&node);
+    let id = client
+        .begin(Default::default())
+        .await
+        .expect("begin")
+        .transaction_id;
+    // Raw bytes that are not a valid EnlistRequest: a field with a length
+    // running past the end, and a wrong wire type for a known field.
+    let garbage: [&[u8]; 3] = [
+        &[0x0a, 0xff, 0x01, 0x41],
+        &[0x08, 0x96],
+        &[0x1a, 0x05, 0x01],
+    ];
+    for bytes in garbage {
+        assert!(pb::EnlistRequest::decode(bytes).is_err());
+        let status = raw_call(&node.url(), "/concord.v1.Coordinator/Enlist", bytes).await;
+        assert_eq!(
+            status,
+            Code::Internal,
+            "a decode failure is reported, not a crash"
+        );
+    }
+    // Still serving, state intact.
+    let txn = client.transaction(&id).await.expect("get after garbage");
+    assert_eq!(txn.state, pb::TransactionState::Active as i32);
+}
+
+/// Sends `body` as one gRPC message to `path` without any typed encoding.
+async fn raw_call(url: &str, path: &'static str, body: &[u8]) -> Code {
+    use tonic::codegen::http;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let codec = BytesCodec;
+    let result = grpc
+        .unary(
+            tonic::Request::new(body.to_vec()),
+            http::uri::PathAndQuery::from_static(path),
+            codec,
+        )
+        .await;
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// A codec that passes bytes through untouched.
+#[derive(Clone, Copy)]
+struct BytesCodec;
+
+impl tonic::codec::Codec for BytesCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for BytesCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for BytesCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
