@@ -420,33 +420,31 @@ impl TwoPhase {
         if !self.one_phase_pending || self.branches.len() != 1 {
             return;
         }
-        match self.phase {
-            Phase::Preparing => {
-                self.one_phase_pending = false;
-                match result {
-                    OnePhaseResult::Committed { read_only } => {
-                        self.read_only = read_only;
-                        self.branches[0] = if read_only {
-                            BranchPhase::ReadOnly
-                        } else {
-                            BranchPhase::Committed
-                        };
-                        self.finish(Outcome::Committed { read_only }, effects);
-                    }
-                    OnePhaseResult::Aborted { reason } => {
-                        self.branches[0] = BranchPhase::Aborted;
-                        self.reason = Some(reason.clone());
-                        effects.push(Effect::LogAbort {
-                            reason: reason.clone(),
-                        });
-                        self.finish(Outcome::Aborted { reason }, effects);
-                    }
-                }
-            }
+        if self.phase != Phase::Preparing {
             // An abort (rollback, timeout) already went out; its answer, not
             // this one, settles the outcome, and the participant's ledger
             // makes the two agree.
-            _ => {}
+            return;
+        }
+        self.one_phase_pending = false;
+        match result {
+            OnePhaseResult::Committed { read_only } => {
+                self.read_only = read_only;
+                self.branches[0] = if read_only {
+                    BranchPhase::ReadOnly
+                } else {
+                    BranchPhase::Committed
+                };
+                self.finish(Outcome::Committed { read_only }, effects);
+            }
+            OnePhaseResult::Aborted { reason } => {
+                self.branches[0] = BranchPhase::Aborted;
+                self.reason = Some(reason.clone());
+                effects.push(Effect::LogAbort {
+                    reason: reason.clone(),
+                });
+                self.finish(Outcome::Aborted { reason }, effects);
+            }
         }
     }
 

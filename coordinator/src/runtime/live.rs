@@ -41,6 +41,16 @@ pub struct Inner {
     pub driving: bool,
 }
 
+/// What a transaction is born with and never changes.
+#[derive(Debug, Clone)]
+pub struct TxnHeader {
+    pub id: TxnId,
+    pub created_at_ms: u64,
+    pub deadline_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub description: Option<String>,
+}
+
 pub struct LiveTxn {
     pub id: TxnId,
     pub created_at_ms: u64,
@@ -58,15 +68,18 @@ pub struct LiveTxn {
 
 impl LiveTxn {
     pub fn new(
-        id: TxnId,
-        created_at_ms: u64,
-        deadline_ms: u64,
-        idempotency_key: Option<String>,
-        description: Option<String>,
+        header: TxnHeader,
         machine: TwoPhase,
         branches: Vec<BranchInfo>,
         prepare_timeout: Duration,
     ) -> Self {
+        let TxnHeader {
+            id,
+            created_at_ms,
+            deadline_ms,
+            idempotency_key,
+            description,
+        } = header;
         Self {
             id,
             created_at_ms,

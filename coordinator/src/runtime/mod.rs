@@ -36,7 +36,7 @@ pub mod live;
 pub mod log;
 pub mod participants;
 
-use live::{BranchInfo, LiveTxn};
+use live::{BranchInfo, LiveTxn, TxnHeader};
 use log::LogWriter;
 use participants::Participants;
 
@@ -260,15 +260,15 @@ impl Runtime {
             Some(key) => {
                 let guard = shared.begin_keys.lock().await;
                 let live = shared.keys().get(key).copied();
-                if let Some(id) = live {
-                    if let Some(txn) = shared.live.get(&id) {
-                        let state = live::state_of(&txn.lock().machine);
-                        return Ok(Begun {
-                            id,
-                            created: false,
-                            state,
-                        });
-                    }
+                if let Some(id) = live
+                    && let Some(txn) = shared.live.get(&id)
+                {
+                    let state = live::state_of(&txn.lock().machine);
+                    return Ok(Begun {
+                        id,
+                        created: false,
+                        state,
+                    });
                 }
                 if let Some(view) = shared.store.by_idempotency_key(key).await? {
                     return Ok(Begun {
@@ -286,12 +286,15 @@ impl Runtime {
         let timeout = request.timeout.unwrap_or(shared.config.default_txn_timeout);
         let deadline_ms =
             created_at_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        let txn = Arc::new(LiveTxn::new(
+        let header = TxnHeader {
             id,
             created_at_ms,
             deadline_ms,
-            request.idempotency_key.clone(),
-            request.description.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            description: request.description.clone(),
+        };
+        let txn = Arc::new(LiveTxn::new(
+            header,
             TwoPhase::new(),
             Vec::new(),
             shared.config.default_prepare_timeout,
@@ -329,19 +332,18 @@ impl Runtime {
         let txn = self.live_or_finished(id).await?;
         let (name, durable) = {
             let mut inner = txn.lock();
-            if let Some(name) = &branch.name {
-                if let Some(existing) = inner.branches.iter().find(|b| &b.name == name) {
-                    // A retried Enlist: the same branch, not a second one.
-                    if existing.participant == branch.participant
-                        && existing.payload == branch.payload
-                    {
-                        return Ok(Enlisted {
-                            name: name.clone(),
-                            created: false,
-                        });
-                    }
-                    return Err(Error::BranchConflict { name: name.clone() });
+            if let Some(name) = &branch.name
+                && let Some(existing) = inner.branches.iter().find(|b| &b.name == name)
+            {
+                // A retried Enlist: the same branch, not a second one.
+                if existing.participant == branch.participant && existing.payload == branch.payload
+                {
+                    return Ok(Enlisted {
+                        name: name.clone(),
+                        created: false,
+                    });
                 }
+                return Err(Error::BranchConflict { name: name.clone() });
             }
             if inner.branches.len() >= shared.config.max_branches {
                 return Err(Error::TooManyBranches {
@@ -576,12 +578,15 @@ impl Runtime {
                     last_error: branch.last_error,
                 })
                 .collect();
+            let header = TxnHeader {
+                id: view.id,
+                created_at_ms: view.created_at_ms,
+                deadline_ms: view.deadline_ms,
+                idempotency_key: view.idempotency_key.clone(),
+                description: view.description,
+            };
             let txn = Arc::new(LiveTxn::new(
-                view.id,
-                view.created_at_ms,
-                view.deadline_ms,
-                view.idempotency_key.clone(),
-                view.description,
+                header,
                 machine,
                 branches,
                 shared.config.default_prepare_timeout,

@@ -224,14 +224,15 @@ impl TwoPhaseParticipant for Bank {
         branch: &BranchContext,
         _payload: &[u8],
     ) -> Result<(), ParticipantError> {
-        if let Some(hold) = take_hold(tx, branch).await? {
-            if hold.delta < 0 {
-                sqlx::query("UPDATE accounts SET held = held - ?2 WHERE name = ?1")
-                    .bind(&hold.account)
-                    .bind(hold.delta.saturating_neg())
-                    .execute(&mut **tx)
-                    .await?;
-            }
+        if let Some(hold) = take_hold(tx, branch).await?
+            && hold.delta < 0
+        {
+            // Only a debit held money at prepare; release it.
+            sqlx::query("UPDATE accounts SET held = held - ?2 WHERE name = ?1")
+                .bind(&hold.account)
+                .bind(hold.delta.saturating_neg())
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }
