@@ -618,11 +618,16 @@ impl Runtime {
                     let mut inner = txn.lock();
                     driver::dispatch(&driver_shared, &txn, &mut inner, effects);
                 }
-                // The permit returns when this transaction ends.
+                // The permit returns when this transaction ends, or at
+                // shutdown (which must not wait for it).
                 let mut ended = txn.ended.subscribe();
+                let shutdown = driver_shared.shutdown.clone();
                 driver_shared.tasks.spawn(async move {
                     let _permit = permit;
-                    let _ = ended.wait_for(|ended| *ended).await;
+                    tokio::select! {
+                        _ = ended.wait_for(|ended| *ended) => {}
+                        () = shutdown.cancelled() => {}
+                    }
                 });
             }
         });

@@ -507,6 +507,20 @@ async fn a_committed_decision_is_redelivered_after_a_restart() {
         coordinator_state(&coordinator_dir, &id).await.as_deref(),
         Some("committing")
     );
+    // Restarted while b still fails: the recovered transaction keeps
+    // retrying, and shutting down does not wait for it to finish.
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let client = support::client(&node);
+    assert_eq!(state(&client, &id).await, pb::TransactionState::Committing);
+    eventually("the recovered delivery is retried", || async {
+        let txn = client.transaction(&id).await.ok()?;
+        txn.branches.iter().any(|b| b.attempts > 2).then_some(())
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(30), node.shutdown())
+        .await
+        .expect("shutdown does not hang on unfinished recovered work")
+        .expect("shutdown");
     // b is replaced by a healthy participant on the same database and port.
     let b_addr = b.url.trim_start_matches("http://").to_owned();
     b.stop().await;
