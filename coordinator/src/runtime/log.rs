@@ -138,3 +138,115 @@ fn take(
         waiters.push(done);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::model::{TxnId, TxnView};
+    use crate::store::{ListQuery, Unfinished};
+
+    /// Records each batch it is handed; each append takes 20 ms, like a
+    /// slow fsync, and can be told to fail.
+    #[derive(Default)]
+    struct SlowStore {
+        batches: Mutex<Vec<usize>>,
+        fail: AtomicBool,
+    }
+
+    impl Store for SlowStore {
+        fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(StoreError::Corrupt("disk on fire".into()));
+                }
+                self.batches.lock().expect("lock").push(batch.len());
+                Ok(())
+            }
+            .boxed()
+        }
+        fn transaction<'a>(
+            &'a self,
+            _: &'a TxnId,
+        ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+            async { Ok(None) }.boxed()
+        }
+        fn by_idempotency_key<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+            async { Ok(None) }.boxed()
+        }
+        fn list<'a>(&'a self, _: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+    }
+
+    fn record() -> Record {
+        Record::Decided {
+            id: TxnId::mint(),
+            at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_queued_during_a_write_share_the_next_batch() {
+        let store = Arc::new(SlowStore::default());
+        let tasks = TaskTracker::new();
+        let log = LogWriter::start(store.clone(), &tasks, CancellationToken::new());
+        // The first record is written at once (no fixed delay)...
+        let first = log.submit(vec![record()]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // ...and the 50 that arrive while it is being written go together.
+        let rest: Vec<Durable> = (0..50).map(|_| log.submit(vec![record()])).collect();
+        first.wait().await.expect("durable");
+        for durable in rest {
+            durable.wait().await.expect("durable");
+        }
+        assert_eq!(*store.batches.lock().expect("lock"), vec![1, 50]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_waiter_in_it() {
+        let store = Arc::new(SlowStore::default());
+        store.fail.store(true, Ordering::SeqCst);
+        let tasks = TaskTracker::new();
+        let log = LogWriter::start(store.clone(), &tasks, CancellationToken::new());
+        let waits: Vec<Durable> = (0..3).map(|_| log.submit(vec![record()])).collect();
+        for durable in waits {
+            assert!(matches!(durable.wait().await, Err(LogError::Store(_))));
+        }
+        assert!(store.batches.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_was_queued_then_refuses_more() {
+        let store = Arc::new(SlowStore::default());
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let log = LogWriter::start(store.clone(), &tasks, shutdown.clone());
+        let queued = log.submit(vec![record(), record()]);
+        shutdown.cancel();
+        queued
+            .wait()
+            .await
+            .expect("queued before shutdown: written");
+        tasks.close();
+        tasks.wait().await;
+        assert!(matches!(
+            log.force(vec![record()]).await,
+            Err(LogError::Stopped)
+        ));
+        assert_eq!(*store.batches.lock().expect("lock"), vec![2]);
+    }
+}

@@ -653,3 +653,53 @@ async fn transactions_are_listed_newest_first_in_pages() {
         .into_inner();
     assert_eq!(active.transactions.len(), 4);
 }
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let s = setup().await;
+    let channel = tonic::transport::Endpoint::from_shared(s._node.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "concord.v1.Coordinator".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"concord.v1.Coordinator".to_string()),
+        "{names:?}"
+    );
+}
