@@ -28,6 +28,7 @@ pub fn state_from_wire(value: i32) -> Option<TxnState> {
         pb::TransactionState::Aborting => Some(TxnState::Aborting),
         pb::TransactionState::Committed => Some(TxnState::Committed),
         pb::TransactionState::Aborted => Some(TxnState::Aborted),
+        _ => None,
     }
 }
 
@@ -85,6 +86,9 @@ pub fn transaction(view: TxnView) -> pb::Transaction {
         read_only: view.read_only,
         branches: view.branches.into_iter().map(branch).collect(),
         branch_count: view.branch_count,
+        kind: pb::TransactionKind::TwoPhase.into(),
+        steps: Vec::new(),
+        needs_attention: false,
     }
 }
 

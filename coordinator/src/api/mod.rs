@@ -175,6 +175,13 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
+    async fn submit_saga(
+        &self,
+        _request: Request<pb::SubmitSagaRequest>,
+    ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
+        Err(Status::unimplemented("sagas are not wired yet"))
+    }
+
     async fn get_outcome(
         &self,
         request: Request<pb::GetOutcomeRequest>,

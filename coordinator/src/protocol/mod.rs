@@ -3,5 +3,7 @@
 //! This is the part a simulation and a reader can hold in their head.
 //!
 //! - [`two_phase`]: two-phase commit with presumed abort (DESIGN §2, R1–R6).
+//! - [`saga`]: compensating sagas over a step graph (DESIGN §3, I4).
 
+pub mod saga;
 pub mod two_phase;
