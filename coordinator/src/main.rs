@@ -80,6 +80,11 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     max_payload_bytes: u64,
 
+    /// Most steps one saga may have.
+    #[arg(long, env = "CONCORD_MAX_SAGA_STEPS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_saga_steps: u64,
+
     /// Most branches one transaction may have.
     #[arg(long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -122,6 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         runtime,
         limits: Limits {
             max_payload_bytes: usize::try_from(args.max_payload_bytes).unwrap_or(usize::MAX),
+            max_saga_steps: usize::try_from(args.max_saga_steps).unwrap_or(usize::MAX),
         },
     };
     let mut node = Node::start(config)

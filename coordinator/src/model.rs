@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
+pub use crate::protocol::saga::{StepKind, StepStatus};
+
 /// A transaction id: a UUIDv7, so ids sort by creation time (R7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxnId(Uuid);
@@ -50,7 +52,8 @@ impl FromStr for TxnId {
     }
 }
 
-/// A transaction's state as operators and clients see it.
+/// A transaction's state as operators and clients see it. The first six
+/// are 2PC's, the last five a saga's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TxnState {
     Active,
@@ -59,16 +62,26 @@ pub enum TxnState {
     Aborting,
     Committed,
     Aborted,
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
 }
 
 impl TxnState {
-    pub const ALL: [TxnState; 6] = [
+    pub const ALL: [TxnState; 11] = [
         TxnState::Active,
         TxnState::Preparing,
         TxnState::Committing,
         TxnState::Aborting,
         TxnState::Committed,
         TxnState::Aborted,
+        TxnState::Running,
+        TxnState::Compensating,
+        TxnState::Completed,
+        TxnState::Compensated,
+        TxnState::Failed,
     ];
 
     /// The name used in the store.
@@ -80,6 +93,11 @@ impl TxnState {
             TxnState::Aborting => "aborting",
             TxnState::Committed => "committed",
             TxnState::Aborted => "aborted",
+            TxnState::Running => "running",
+            TxnState::Compensating => "compensating",
+            TxnState::Completed => "completed",
+            TxnState::Compensated => "compensated",
+            TxnState::Failed => "failed",
         }
     }
 
@@ -88,8 +106,152 @@ impl TxnState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, TxnState::Committed | TxnState::Aborted)
+        matches!(
+            self,
+            TxnState::Committed
+                | TxnState::Aborted
+                | TxnState::Completed
+                | TxnState::Compensated
+                | TxnState::Failed
+        )
     }
+}
+
+/// Two-phase commit or saga.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnKind {
+    TwoPhase,
+    Saga,
+}
+
+impl TxnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxnKind::TwoPhase => "two_phase",
+            TxnKind::Saga => "saga",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "two_phase" => Some(TxnKind::TwoPhase),
+            "saga" => Some(TxnKind::Saga),
+            _ => None,
+        }
+    }
+}
+
+pub fn step_kind_str(kind: StepKind) -> &'static str {
+    match kind {
+        StepKind::Compensatable => "compensatable",
+        StepKind::Pivot => "pivot",
+        StepKind::Retriable => "retriable",
+    }
+}
+
+pub fn parse_step_kind(s: &str) -> Option<StepKind> {
+    [
+        StepKind::Compensatable,
+        StepKind::Pivot,
+        StepKind::Retriable,
+    ]
+    .into_iter()
+    .find(|kind| step_kind_str(*kind) == s)
+}
+
+pub fn step_status_str(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Pending => "pending",
+        StepStatus::Running => "running",
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Failed => "failed",
+        StepStatus::Unknown => "unknown",
+        StepStatus::Compensating => "compensating",
+        StepStatus::Compensated => "compensated",
+        StepStatus::Skipped => "skipped",
+    }
+}
+
+pub fn parse_step_status(s: &str) -> Option<StepStatus> {
+    [
+        StepStatus::Pending,
+        StepStatus::Running,
+        StepStatus::Succeeded,
+        StepStatus::Failed,
+        StepStatus::Unknown,
+        StepStatus::Compensating,
+        StepStatus::Compensated,
+        StepStatus::Skipped,
+    ]
+    .into_iter()
+    .find(|status| step_status_str(*status) == s)
+}
+
+/// How a saga step's calls are retried.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    pub initial_delay: std::time::Duration,
+    pub multiplier: f64,
+    pub max_delay: std::time::Duration,
+    /// Attempts before a compensatable action counts as unknown, or before
+    /// anything else is flagged NEEDS_ATTENTION.
+    pub max_attempts: u32,
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_delay: std::time::Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: std::time::Duration::from_secs(10),
+            max_attempts: 5,
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delays between attempts: exponential, capped, jittered if asked,
+    /// never ending (the caller counts attempts).
+    pub fn delays(&self) -> impl Iterator<Item = std::time::Duration> + use<> {
+        use backon::BackoffBuilder;
+        let mut builder = backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial_delay)
+            .with_factor(self.multiplier as f32)
+            .with_max_delay(self.max_delay)
+            .without_max_times();
+        if self.jitter {
+            builder = builder.with_jitter();
+        }
+        builder.build()
+    }
+}
+
+/// One saga step as submitted and stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SagaStepDef {
+    pub name: String,
+    pub participant: String,
+    pub kind: StepKind,
+    pub action: Vec<u8>,
+    pub compensation: Option<Vec<u8>>,
+    pub depends_on: Vec<usize>,
+    pub attempt_timeout: std::time::Duration,
+    pub retry: RetryPolicy,
+}
+
+/// One saga step as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepView {
+    pub name: String,
+    pub participant: String,
+    pub kind: StepKind,
+    pub status: StepStatus,
+    pub depends_on: Vec<String>,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub last_error: Option<String>,
 }
 
 /// A branch's state as operators see it.
@@ -175,6 +337,7 @@ pub struct BranchView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnView {
     pub id: TxnId,
+    pub kind: TxnKind,
     pub state: TxnState,
     pub created_at_ms: u64,
     pub deadline_ms: u64,
@@ -187,6 +350,9 @@ pub struct TxnView {
     pub branch_count: u32,
     /// Empty in listings.
     pub branches: Vec<BranchView>,
+    /// A saga's steps; empty in listings and for 2PC.
+    pub steps: Vec<StepView>,
+    pub needs_attention: bool,
 }
 
 /// Milliseconds since the Unix epoch, from the system clock. Only the runtime

@@ -243,6 +243,26 @@ impl CoordinatorClient {
         self.call(raw.get_transaction(self.request(request))).await
     }
 
+    /// Submits a saga (see [`crate::saga::Saga`], which builds the request).
+    pub async fn submit_saga(
+        &self,
+        request: pb::SubmitSagaRequest,
+    ) -> Result<crate::saga::SagaStatus, ClientError> {
+        let mut raw = self.raw.clone();
+        let answer = self.call(raw.submit_saga(self.request(request))).await?;
+        let state =
+            crate::saga::SagaState::from_wire(answer.state).ok_or_else(|| ClientError::Other {
+                code: tonic::Code::Internal,
+                message: format!("transaction {} is not a saga", answer.transaction_id),
+            })?;
+        Ok(crate::saga::SagaStatus {
+            transaction_id: answer.transaction_id,
+            created: answer.created,
+            state,
+            reason: answer.reason,
+        })
+    }
+
     /// The decision as a participant sees it: presumed abort for unknown ids.
     pub async fn outcome(&self, transaction_id: &str) -> Result<Outcome, ClientError> {
         let request = pb::GetOutcomeRequest {

@@ -7,7 +7,9 @@
 //!   running the handler again (I5);
 //! - an Abort that arrives before its Prepare leaves a tombstone, and the
 //!   late Prepare is refused ("hanging" prevention);
-//! - a COMMIT vote is durable: its row commits with the reservation it made.
+//! - a COMMIT vote is durable: its row commits with the reservation it made;
+//! - the same for saga steps: an action runs once, a compensation that
+//!   arrives first leaves a tombstone and the late action is refused.
 
 use sqlx::{FromRow, Sqlite, SqlitePool};
 
@@ -22,6 +24,10 @@ pub enum Op {
     Prepare,
     Commit,
     Abort,
+    /// A saga step's action.
+    Action,
+    /// A saga step's compensation.
+    Compensate,
 }
 
 impl Op {
@@ -30,6 +36,8 @@ impl Op {
             Op::Prepare => "prepare",
             Op::Commit => "commit",
             Op::Abort => "abort",
+            Op::Action => "action",
+            Op::Compensate => "compensate",
         }
     }
 }
@@ -38,7 +46,8 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// For prepare: `commit`, `abort` or `read_only` (the vote). For commit:
-    /// `done` or `one_phase`. For abort: `done` or `tombstone`.
+    /// `done` or `one_phase`. For abort and compensate: `done` or
+    /// `tombstone`. For action: `done` or `refused`.
     pub result: String,
     pub reason: Option<String>,
 }

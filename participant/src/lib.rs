@@ -5,8 +5,10 @@
 //!
 //! - [`client`]: [`CoordinatorClient`] — begin, enlist, commit, rollback,
 //!   outcome; typed errors.
-//! - [`server`]: implement [`TwoPhaseParticipant`] and serve it as the
-//!   `concord.v1.Participant` gRPC service with [`ParticipantService`].
+//! - [`server`]: implement [`TwoPhaseParticipant`] and/or [`SagaStep`] and
+//!   serve them as the `concord.v1.Participant` gRPC service with
+//!   [`ParticipantService`].
+//! - [`saga`]: build a saga's step graph and submit it.
 //! - [`ledger`]: the exactly-once guard in the participant's own SQLite
 //!   database, written in the same local transaction as the business change.
 //!
@@ -15,8 +17,12 @@
 
 pub mod client;
 pub mod ledger;
+pub mod saga;
 pub mod server;
 
 pub use client::{BeginOptions, Begun, ClientError, CommitOptions, CoordinatorClient, Outcome};
 pub use ledger::LocalTx;
-pub use server::{BranchContext, ParticipantError, ParticipantService, TwoPhaseParticipant, Vote};
+pub use server::{
+    BranchContext, ParticipantError, ParticipantService, SagaStep, StepResult, TwoPhaseParticipant,
+    Unsupported, Vote,
+};

@@ -1,7 +1,9 @@
 //! The server adapter: turns an implementation of [`TwoPhaseParticipant`]
-//! into the `concord.v1.Participant` gRPC service, with the ledger
-//! (`crate::ledger`) guarding every call so that the handler runs at most
-//! once per (transaction, branch, operation), whatever the network does.
+//! and/or [`SagaStep`] into the `concord.v1.Participant` gRPC service, with
+//! the ledger (`crate::ledger`) guarding every call so that the handler runs
+//! at most once per (transaction, branch, operation), whatever the network
+//! does. A service that implements only one of the two answers the other's
+//! calls with UNIMPLEMENTED ([`Unsupported`]).
 
 use std::sync::Arc;
 
@@ -51,6 +53,9 @@ pub enum ParticipantError {
     Unavailable(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// This participant does not take part in that protocol.
+    #[error("this participant does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl From<ParticipantError> for Status {
@@ -59,6 +64,9 @@ impl From<ParticipantError> for Status {
             ParticipantError::InvalidPayload(message) => Status::invalid_argument(message),
             ParticipantError::Unavailable(message) => Status::unavailable(message),
             ParticipantError::Database(error) => Status::unavailable(format!("database: {error}")),
+            ParticipantError::Unsupported(what) => {
+                Status::unimplemented(format!("this participant does not support {what}"))
+            }
         }
     }
 }
@@ -95,21 +103,133 @@ pub trait TwoPhaseParticipant: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
 }
 
-/// The `concord.v1.Participant` service around a [`TwoPhaseParticipant`].
-pub struct ParticipantService<P> {
+/// What a saga step's action answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepResult {
+    /// Done: the change is written in the local transaction.
+    Done,
+    /// A definite business "no" (sold out, card declined), with the reason.
+    /// The local transaction is rolled back; the saga compensates.
+    Refused(String),
+}
+
+/// What a service implements to be a saga step. Like
+/// [`TwoPhaseParticipant`], each method gets the local database transaction
+/// the ledger row is written in.
+///
+/// - `action`: do the step. Called at most once per (saga, step); never
+///   after the step's compensation.
+/// - `compensate`: undo what `action` did. Called only if the action ran
+///   and was not refused; it must not fail for business reasons (return
+///   [`ParticipantError::Unavailable`] for passing trouble: it is retried).
+pub trait SagaStep: Send + Sync + 'static {
+    fn action(
+        &self,
+        tx: &mut LocalTx,
+        step: &BranchContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<StepResult, ParticipantError>> + Send;
+
+    fn compensate(
+        &self,
+        tx: &mut LocalTx,
+        step: &BranchContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+/// Stands in for the protocol a participant does not implement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unsupported;
+
+impl TwoPhaseParticipant for Unsupported {
+    async fn prepare(
+        &self,
+        _: &mut LocalTx,
+        _: &BranchContext,
+        _: &[u8],
+    ) -> Result<Vote, ParticipantError> {
+        Err(ParticipantError::Unsupported("two-phase commit"))
+    }
+    async fn commit(
+        &self,
+        _: &mut LocalTx,
+        _: &BranchContext,
+        _: &[u8],
+    ) -> Result<(), ParticipantError> {
+        Err(ParticipantError::Unsupported("two-phase commit"))
+    }
+    async fn abort(
+        &self,
+        _: &mut LocalTx,
+        _: &BranchContext,
+        _: &[u8],
+    ) -> Result<(), ParticipantError> {
+        Err(ParticipantError::Unsupported("two-phase commit"))
+    }
+}
+
+impl SagaStep for Unsupported {
+    async fn action(
+        &self,
+        _: &mut LocalTx,
+        _: &BranchContext,
+        _: &[u8],
+    ) -> Result<StepResult, ParticipantError> {
+        Err(ParticipantError::Unsupported("sagas"))
+    }
+    async fn compensate(
+        &self,
+        _: &mut LocalTx,
+        _: &BranchContext,
+        _: &[u8],
+    ) -> Result<(), ParticipantError> {
+        Err(ParticipantError::Unsupported("sagas"))
+    }
+}
+
+/// The `concord.v1.Participant` service around a [`TwoPhaseParticipant`]
+/// (`P`) and a [`SagaStep`] (`S`).
+pub struct ParticipantService<P, S = Unsupported> {
     handler: Arc<P>,
+    steps: Arc<S>,
     pool: SqlitePool,
 }
 
-impl<P: TwoPhaseParticipant> ParticipantService<P> {
-    /// Installs the ledger table in `pool`'s database (if missing) and wraps
-    /// `handler`.
+impl<P: TwoPhaseParticipant> ParticipantService<P, Unsupported> {
+    /// A 2PC participant: installs the ledger table in `pool`'s database (if
+    /// missing) and wraps `handler`.
     pub async fn new(handler: P, pool: SqlitePool) -> Result<Self, sqlx::Error> {
         ledger::install(&pool).await?;
         Ok(Self {
             handler: Arc::new(handler),
+            steps: Arc::new(Unsupported),
             pool,
         })
+    }
+}
+
+impl<S: SagaStep> ParticipantService<Unsupported, S> {
+    /// A saga participant: installs the ledger table in `pool`'s database
+    /// (if missing) and wraps `steps`.
+    pub async fn saga(steps: S, pool: SqlitePool) -> Result<Self, sqlx::Error> {
+        ledger::install(&pool).await?;
+        Ok(Self {
+            handler: Arc::new(Unsupported),
+            steps: Arc::new(steps),
+            pool,
+        })
+    }
+}
+
+impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
+    /// Also serves saga steps with `steps`.
+    pub fn with_saga<S2: SagaStep>(self, steps: S2) -> ParticipantService<P, S2> {
+        ParticipantService {
+            handler: self.handler,
+            steps: Arc::new(steps),
+            pool: self.pool,
+        }
     }
 
     /// The tonic service, ready for `Server::builder().add_service(...)`.
@@ -383,6 +503,95 @@ impl<P: TwoPhaseParticipant> ParticipantService<P> {
     }
 }
 
+impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
+    async fn execute_step(
+        &self,
+        step: &BranchContext,
+        payload: &[u8],
+    ) -> Result<StepResult, Status> {
+        let (id, name) = (&step.transaction_id, &step.branch);
+        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+        if ledger::find(&mut tx, id, name, Op::Compensate)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
+            // Hanging prevention: the compensation came first and won.
+            return Ok(StepResult::Refused("step was already compensated".into()));
+        }
+        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Action)
+            .await
+            .map_err(db)?
+        {
+            return Ok(match entry.result.as_str() {
+                "done" => StepResult::Done,
+                _ => StepResult::Refused(entry.reason.unwrap_or_else(|| "refused".into())),
+            });
+        }
+        let result = self.steps.action(&mut tx, step, payload).await?;
+        let (outcome, reason) = match &result {
+            StepResult::Done => ("done", None),
+            StepResult::Refused(reason) => {
+                tx.rollback().await.map_err(db)?;
+                tx = ledger::begin(&self.pool).await.map_err(db)?;
+                ("refused", Some(reason.as_str()))
+            }
+        };
+        ledger::record(
+            &mut tx,
+            id,
+            name,
+            Op::Action,
+            outcome,
+            reason,
+            &step.coordinator,
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(result)
+    }
+
+    async fn compensate_step(&self, step: &BranchContext, payload: &[u8]) -> Result<(), Status> {
+        let (id, name) = (&step.transaction_id, &step.branch);
+        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
+        if ledger::find(&mut tx, id, name, Op::Compensate)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
+            return Ok(()); // a duplicate (I5)
+        }
+        let result = match ledger::find(&mut tx, id, name, Op::Action)
+            .await
+            .map_err(db)?
+        {
+            // Compensation before the action: a tombstone, so the late
+            // action is refused.
+            None => "tombstone",
+            Some(entry) if entry.result == "done" => {
+                self.steps.compensate(&mut tx, step, payload).await?;
+                "done"
+            }
+            // The action was refused: nothing of it to undo.
+            Some(_) => "done",
+        };
+        ledger::record(
+            &mut tx,
+            id,
+            name,
+            Op::Compensate,
+            result,
+            None,
+            &step.coordinator,
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+}
+
 fn recorded_vote(entry: &ledger::Entry) -> Vote {
     match entry.result.as_str() {
         "commit" => Vote::Commit,
@@ -417,7 +626,35 @@ fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
 }
 
 #[tonic::async_trait]
-impl<P: TwoPhaseParticipant> Participant for ParticipantService<P> {
+impl<P: TwoPhaseParticipant, S: SagaStep> Participant for ParticipantService<P, S> {
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let request = request.into_inner();
+        let step = context(request.branch)?;
+        let result = self.execute_step(&step, &request.payload).await?;
+        tracing::debug!(saga = %step.transaction_id, step = %step.branch, ?result, "executed");
+        let (result, reason) = match result {
+            StepResult::Done => (pb::execute_response::Result::Succeeded, String::new()),
+            StepResult::Refused(reason) => (pb::execute_response::Result::Failed, reason),
+        };
+        Ok(Response::new(pb::ExecuteResponse {
+            result: result.into(),
+            reason,
+        }))
+    }
+
+    async fn compensate(
+        &self,
+        request: Request<pb::CompensateRequest>,
+    ) -> Result<Response<pb::CompensateResponse>, Status> {
+        let request = request.into_inner();
+        let step = context(request.branch)?;
+        self.compensate_step(&step, &request.payload).await?;
+        Ok(Response::new(pb::CompensateResponse {}))
+    }
+
     async fn prepare(
         &self,
         request: Request<pb::PrepareRequest>,

@@ -3,7 +3,9 @@
 
 use concord_proto::v1 as pb;
 
-use crate::model::{BranchState, BranchView, TxnState, TxnView, VoteKind};
+use crate::model::{
+    BranchState, BranchView, StepKind, StepStatus, StepView, TxnKind, TxnState, TxnView, VoteKind,
+};
 use crate::protocol::two_phase::Outcome;
 use crate::runtime::Error;
 
@@ -15,6 +17,45 @@ pub fn state(state: TxnState) -> pb::TransactionState {
         TxnState::Aborting => pb::TransactionState::Aborting,
         TxnState::Committed => pb::TransactionState::Committed,
         TxnState::Aborted => pb::TransactionState::Aborted,
+        TxnState::Running => pb::TransactionState::Running,
+        TxnState::Compensating => pb::TransactionState::Compensating,
+        TxnState::Completed => pb::TransactionState::Completed,
+        TxnState::Compensated => pb::TransactionState::Compensated,
+        TxnState::Failed => pb::TransactionState::Failed,
+    }
+}
+
+pub fn step_kind(kind: StepKind) -> pb::StepKind {
+    match kind {
+        StepKind::Compensatable => pb::StepKind::Compensatable,
+        StepKind::Pivot => pb::StepKind::Pivot,
+        StepKind::Retriable => pb::StepKind::Retriable,
+    }
+}
+
+fn step_state(status: StepStatus) -> pb::StepState {
+    match status {
+        StepStatus::Pending => pb::StepState::Pending,
+        StepStatus::Running => pb::StepState::Running,
+        StepStatus::Succeeded => pb::StepState::Succeeded,
+        StepStatus::Failed => pb::StepState::Failed,
+        StepStatus::Unknown => pb::StepState::Unknown,
+        StepStatus::Compensating => pb::StepState::Compensating,
+        StepStatus::Compensated => pb::StepState::Compensated,
+        StepStatus::Skipped => pb::StepState::Skipped,
+    }
+}
+
+fn step(view: StepView) -> pb::Step {
+    pb::Step {
+        name: view.name,
+        participant: view.participant,
+        kind: step_kind(view.kind).into(),
+        state: step_state(view.status).into(),
+        depends_on: view.depends_on,
+        attempts: view.attempts,
+        compensation_attempts: view.compensation_attempts,
+        last_error: view.last_error.unwrap_or_default(),
     }
 }
 
@@ -28,7 +69,11 @@ pub fn state_from_wire(value: i32) -> Option<TxnState> {
         pb::TransactionState::Aborting => Some(TxnState::Aborting),
         pb::TransactionState::Committed => Some(TxnState::Committed),
         pb::TransactionState::Aborted => Some(TxnState::Aborted),
-        _ => None,
+        pb::TransactionState::Running => Some(TxnState::Running),
+        pb::TransactionState::Compensating => Some(TxnState::Compensating),
+        pb::TransactionState::Completed => Some(TxnState::Completed),
+        pb::TransactionState::Compensated => Some(TxnState::Compensated),
+        pb::TransactionState::Failed => Some(TxnState::Failed),
     }
 }
 
@@ -86,9 +131,13 @@ pub fn transaction(view: TxnView) -> pb::Transaction {
         read_only: view.read_only,
         branches: view.branches.into_iter().map(branch).collect(),
         branch_count: view.branch_count,
-        kind: pb::TransactionKind::TwoPhase.into(),
-        steps: Vec::new(),
-        needs_attention: false,
+        kind: match view.kind {
+            TxnKind::TwoPhase => pb::TransactionKind::TwoPhase,
+            TxnKind::Saga => pb::TransactionKind::Saga,
+        }
+        .into(),
+        steps: view.steps.into_iter().map(step).collect(),
+        needs_attention: view.needs_attention,
     }
 }
 
@@ -97,7 +146,9 @@ pub fn status(error: Error) -> tonic::Status {
     let message = error.to_string();
     match error {
         Error::NotFound(_) => tonic::Status::not_found(message),
-        Error::Rejected(_) | Error::Finished { .. } => tonic::Status::failed_precondition(message),
+        Error::Rejected(_) | Error::Finished { .. } | Error::NotTwoPhase(_) => {
+            tonic::Status::failed_precondition(message)
+        }
         Error::BranchConflict { .. } => tonic::Status::already_exists(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
         Error::Unavailable(_) | Error::ShuttingDown | Error::Store(_) => {

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::protocol::two_phase::{Decision, Outcome};
-use crate::runtime::{BeginTxn, EnlistBranch, Runtime};
+use crate::runtime::{BeginTxn, EnlistBranch, Runtime, SubmitSaga};
 use crate::store::ListQuery;
 
 pub mod convert;
@@ -160,6 +160,7 @@ impl Coordinator for CoordinatorService {
         let limit = validate::page_size(request.page_size)?;
         let query = ListQuery {
             states,
+            needs_attention: request.needs_attention,
             before: validate::page_token(&request.page_token)?,
             limit,
         };
@@ -177,9 +178,26 @@ impl Coordinator for CoordinatorService {
 
     async fn submit_saga(
         &self,
-        _request: Request<pb::SubmitSagaRequest>,
+        request: Request<pb::SubmitSagaRequest>,
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
-        Err(Status::unimplemented("sagas are not wired yet"))
+        let request = request.into_inner();
+        let submit = SubmitSaga {
+            idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
+            description: validate::text("description", &request.description)?,
+            wait: request.wait,
+            steps: validate::saga_steps(&self.limits, request.steps)?,
+        };
+        let accepted = self
+            .runtime
+            .submit_saga(submit)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::SubmitSagaResponse {
+            transaction_id: accepted.id.to_string(),
+            created: accepted.created,
+            state: convert::state(accepted.state).into(),
+            reason: accepted.reason.unwrap_or_default(),
+        }))
     }
 
     async fn get_outcome(

@@ -6,22 +6,34 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use crate::model::{TxnId, TxnIdError};
+use concord_proto::v1 as pb;
+
+use crate::model::{RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError};
+use crate::protocol::saga::{ShapeError, StepShape, check_shapes};
 
 /// Limits on what a request may carry.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Bytes per branch payload (--max-payload-bytes).
+    /// Bytes per branch payload or saga step payload (--max-payload-bytes).
     pub max_payload_bytes: usize,
+    /// Steps per saga (--max-saga-steps).
+    pub max_saga_steps: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_payload_bytes: 1024 * 1024,
+            max_saga_steps: 256,
         }
     }
 }
+
+pub const DEFAULT_ATTEMPT_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_ATTEMPT_TIMEOUT_MS: u64 = 600_000;
+pub const MAX_RETRY_DELAY_MS: u64 = 3_600_000;
+pub const MAX_RETRY_ATTEMPTS: u32 = 1_000;
+pub const MAX_RETRY_MULTIPLIER: f64 = 10.0;
 
 pub const MIN_TXN_TIMEOUT_MS: u64 = 10;
 pub const MAX_TXN_TIMEOUT_MS: u64 = 86_400_000;
@@ -179,6 +191,183 @@ pub fn page_token(value: &str) -> Result<Option<TxnId>, Status> {
         .map_err(|_| invalid("page_token is not one this service issued".into()))
 }
 
+/// Checks a saga's steps and turns them into definitions. Every message
+/// names the step it is about.
+pub fn saga_steps(limits: &Limits, steps: Vec<pb::SagaStep>) -> Result<Vec<SagaStepDef>, Status> {
+    if steps.is_empty() {
+        return Err(invalid(
+            "steps is empty: a saga needs at least one step".into(),
+        ));
+    }
+    if steps.len() > limits.max_saga_steps {
+        return Err(invalid(format!(
+            "the saga has {} steps; the limit is {} (--max-saga-steps)",
+            steps.len(),
+            limits.max_saga_steps
+        )));
+    }
+    // Names first, so dependencies can be resolved and errors name steps.
+    let mut names: Vec<String> = Vec::with_capacity(steps.len());
+    for (idx, step) in steps.iter().enumerate() {
+        let name = branch_name(&step.name)
+            .map_err(|status| invalid(format!("steps[{idx}].name: {}", status.message())))?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "steps[{idx}].name is empty; every step needs a name"
+                ))
+            })?;
+        if let Some(first) = names.iter().position(|n| *n == name) {
+            return Err(invalid(format!(
+                "step {name:?} is declared twice (steps[{first}] and steps[{idx}])"
+            )));
+        }
+        names.push(name);
+    }
+    let mut defs = Vec::with_capacity(steps.len());
+    for (idx, (step, name)) in steps.into_iter().zip(names.iter()).enumerate() {
+        let at = |message: String| invalid(format!("step {name:?}: {message}"));
+        let participant =
+            endpoint("participant", &step.participant).map_err(|s| at(s.message().into()))?;
+        payload(limits, &step.action).map_err(|s| at(format!("action {}", s.message())))?;
+        if let Some(compensation) = &step.compensation {
+            payload(limits, compensation)
+                .map_err(|s| at(format!("compensation {}", s.message())))?;
+        }
+        let kind = match pb::StepKind::try_from(step.kind) {
+            Ok(pb::StepKind::Unspecified | pb::StepKind::Compensatable) => StepKind::Compensatable,
+            Ok(pb::StepKind::Pivot) => StepKind::Pivot,
+            Ok(pb::StepKind::Retriable) => StepKind::Retriable,
+            Err(_) => return Err(at(format!("kind {} is not a step kind", step.kind))),
+        };
+        match (kind, step.compensation.is_some()) {
+            (StepKind::Compensatable, false) => {
+                return Err(at("a compensatable step needs a compensation".into()));
+            }
+            (StepKind::Pivot | StepKind::Retriable, true) => {
+                return Err(at("only compensatable steps have a compensation".into()));
+            }
+            _ => {}
+        }
+        let depends_on = match step.depends_on {
+            None => idx.checked_sub(1).into_iter().collect(),
+            Some(deps) => {
+                let mut resolved = Vec::with_capacity(deps.steps.len());
+                for dep in &deps.steps {
+                    let Some(pos) = names.iter().position(|n| n == dep) else {
+                        return Err(at(format!(
+                            "depends on {dep:?}, which is not a step of this saga"
+                        )));
+                    };
+                    if !resolved.contains(&pos) {
+                        resolved.push(pos);
+                    }
+                }
+                resolved
+            }
+        };
+        let attempt_timeout = optional_ms(
+            "attempt_timeout_ms",
+            step.attempt_timeout_ms,
+            1,
+            MAX_ATTEMPT_TIMEOUT_MS,
+        )
+        .map_err(|s| at(s.message().into()))?
+        .unwrap_or(Duration::from_millis(DEFAULT_ATTEMPT_TIMEOUT_MS));
+        let retry =
+            retry_policy(step.retry.unwrap_or_default()).map_err(|s| at(s.message().into()))?;
+        defs.push(SagaStepDef {
+            name: name.clone(),
+            participant,
+            kind,
+            action: step.action,
+            compensation: step.compensation,
+            depends_on,
+            attempt_timeout,
+            retry,
+        });
+    }
+    let shapes: Vec<StepShape> = defs
+        .iter()
+        .map(|d| StepShape {
+            kind: d.kind,
+            depends_on: d.depends_on.clone(),
+        })
+        .collect();
+    check_shapes(&shapes).map_err(|error| {
+        let name = |idx: &usize| names.get(*idx).map(String::as_str).unwrap_or("?");
+        invalid(match error {
+            ShapeError::UnknownDependency { step, dep } => {
+                format!("step {:?} depends on step #{dep}, which does not exist", name(&step))
+            }
+            ShapeError::SelfDependency(step) => format!("step {:?} depends on itself", name(&step)),
+            ShapeError::Cycle(step) => format!("the steps form a cycle through step {:?}", name(&step)),
+            ShapeError::TwoPivots(a, b) => format!(
+                "steps {:?} and {:?} are both pivots; a saga has at most one",
+                name(&a),
+                name(&b)
+            ),
+            ShapeError::PivotBeforeCompensatable { pivot, step } => format!(
+                "pivot step {:?} must come after compensatable step {:?} (depend on it, directly or not)",
+                name(&pivot),
+                name(&step)
+            ),
+            ShapeError::RetriableTooEarly { retriable, step } => format!(
+                "retriable step {:?} must come after step {:?} (depend on it, directly or not)",
+                name(&retriable),
+                name(&step)
+            ),
+        })
+    })?;
+    Ok(defs)
+}
+
+fn retry_policy(policy: pb::RetryPolicy) -> Result<RetryPolicy, Status> {
+    let defaults = RetryPolicy::default();
+    let initial_delay = optional_ms(
+        "retry.initial_delay_ms",
+        policy.initial_delay_ms,
+        1,
+        MAX_RETRY_DELAY_MS,
+    )?
+    .unwrap_or(defaults.initial_delay);
+    let multiplier = if policy.multiplier == 0.0 {
+        defaults.multiplier
+    } else if (1.0..=MAX_RETRY_MULTIPLIER).contains(&policy.multiplier) {
+        policy.multiplier
+    } else {
+        return Err(invalid(format!(
+            "retry.multiplier must be 0 (the default) or between 1.0 and {MAX_RETRY_MULTIPLIER}, got {}",
+            policy.multiplier
+        )));
+    };
+    let min_cap = u64::try_from(initial_delay.as_millis()).unwrap_or(u64::MAX);
+    let max_delay = match policy.max_delay_ms {
+        0 => defaults.max_delay.max(initial_delay),
+        ms if (min_cap..=MAX_RETRY_DELAY_MS).contains(&ms) => Duration::from_millis(ms),
+        ms => {
+            return Err(invalid(format!(
+                "retry.max_delay_ms must be 0 (the default) or between retry.initial_delay_ms ({min_cap}) and {MAX_RETRY_DELAY_MS}, got {ms}"
+            )));
+        }
+    };
+    let max_attempts = match policy.max_attempts {
+        0 => defaults.max_attempts,
+        n if n <= MAX_RETRY_ATTEMPTS => n,
+        n => {
+            return Err(invalid(format!(
+                "retry.max_attempts must be at most {MAX_RETRY_ATTEMPTS}, got {n}"
+            )));
+        }
+    };
+    Ok(RetryPolicy {
+        initial_delay,
+        multiplier,
+        max_delay,
+        max_attempts,
+        jitter: !policy.disable_jitter,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +426,7 @@ mod tests {
     fn payloads_over_the_limit_are_refused() {
         let limits = Limits {
             max_payload_bytes: 4,
+            ..Limits::default()
         };
         assert!(payload(&limits, &[0; 4]).is_ok());
         let status = payload(&limits, &[0; 5]).expect_err("too big");

@@ -141,6 +141,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                             Outcome::Committed { .. } => None,
                         },
                         branches: txn.branch_ends(),
+                        steps: Vec::new(),
                     };
                     // Waited for, so that once the transaction leaves memory
                     // the store shows it ended.
@@ -173,7 +174,7 @@ fn stop(txn: &LiveTxn) {
 
 /// Writes `records`, retrying with backoff while the store fails. Returns
 /// false only when the coordinator is shutting down.
-async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> bool {
+pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> bool {
     let mut delays = shared.config.retry.build();
     loop {
         let attempt = shared.log.force(records.clone());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::model::{BranchState, BranchView, TxnId, TxnState, TxnView, VoteKind};
+use crate::model::{BranchState, BranchView, TxnId, TxnKind, TxnState, TxnView, VoteKind};
 use crate::protocol::two_phase::{BranchPhase, Effect, Outcome, Phase, TwoPhase};
 use crate::store::BranchEnd;
 
@@ -148,6 +148,7 @@ impl LiveTxn {
         let machine = &inner.machine;
         TxnView {
             id: self.id,
+            kind: TxnKind::TwoPhase,
             state: state_of(machine),
             created_at_ms: self.created_at_ms,
             deadline_ms: self.deadline_ms,
@@ -176,6 +177,8 @@ impl LiveTxn {
             } else {
                 Vec::new()
             },
+            steps: Vec::new(),
+            needs_attention: false,
         }
     }
 

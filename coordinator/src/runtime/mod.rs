@@ -14,6 +14,7 @@
 //!
 //! - [`live`]: one transaction in memory.
 //! - [`driver`]: the task that executes one transaction's effects.
+//! - [`saga`]: a saga in memory and the task that executes its effects.
 //! - [`log`]: the group-commit writer.
 //! - [`participants`]: channels and calls to participants.
 
@@ -27,7 +28,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::{TxnId, TxnState, TxnView, now_ms};
+use crate::model::{SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView, now_ms};
+use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{Decision, Event, Outcome, Rejected, TwoPhase};
 use crate::store::{ListQuery, Record, Store, StoreError};
 
@@ -35,10 +37,12 @@ pub mod driver;
 pub mod live;
 pub mod log;
 pub mod participants;
+pub mod saga;
 
 use live::{BranchInfo, LiveTxn, TxnHeader};
 use log::LogWriter;
 use participants::Participants;
+use saga::LiveSaga;
 
 /// How the runtime behaves; `concord serve` fills it from flags.
 #[derive(Clone, Debug)]
@@ -126,6 +130,27 @@ pub enum Error {
     ShuttingDown,
     #[error("store read failed: {0}")]
     Store(#[from] StoreError),
+    #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
+    NotTwoPhase(TxnId),
+}
+
+/// What SubmitSaga asks for; the steps are validated already.
+#[derive(Debug, Clone)]
+pub struct SubmitSaga {
+    pub steps: Vec<SagaStepDef>,
+    pub idempotency_key: Option<String>,
+    pub description: Option<String>,
+    /// Answer once the saga is terminal.
+    pub wait: bool,
+}
+
+/// The answer to SubmitSaga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaAccepted {
+    pub id: TxnId,
+    pub created: bool,
+    pub state: TxnState,
+    pub reason: Option<String>,
 }
 
 /// A new or found transaction.
@@ -172,8 +197,9 @@ pub(crate) struct Shared {
     log: LogWriter,
     participants: Participants,
     live: DashMap<TxnId, Arc<LiveTxn>>,
-    /// Idempotency keys of live transactions (R7). Finished ones are found
-    /// in the store.
+    sagas: DashMap<TxnId, Arc<LiveSaga>>,
+    /// Idempotency keys of live transactions and sagas (R7). Finished ones
+    /// are found in the store.
     keys: Mutex<HashMap<String, TxnId>>,
     /// Serialises keyed Begins between looking a key up and claiming it.
     begin_keys: tokio::sync::Mutex<()>,
@@ -190,6 +216,14 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(key);
+        }
+    }
+
+    /// Drops an ended saga from memory; the store has its end record.
+    fn forget_saga(&self, saga: &LiveSaga) {
+        self.sagas.remove(&saga.header.id);
+        if let Some(key) = &saga.header.idempotency_key {
+            self.keys().remove(key);
         }
     }
 
@@ -222,6 +256,7 @@ impl Runtime {
             log,
             participants,
             live: DashMap::new(),
+            sagas: DashMap::new(),
             keys: Mutex::new(HashMap::new()),
             begin_keys: tokio::sync::Mutex::new(()),
             tasks,
@@ -259,22 +294,11 @@ impl Runtime {
         let _claim = match &request.idempotency_key {
             Some(key) => {
                 let guard = shared.begin_keys.lock().await;
-                let live = shared.keys().get(key).copied();
-                if let Some(id) = live
-                    && let Some(txn) = shared.live.get(&id)
-                {
-                    let state = live::state_of(&txn.lock().machine);
+                if let Some((id, state)) = self.find_key(key).await? {
                     return Ok(Begun {
                         id,
                         created: false,
                         state,
-                    });
-                }
-                if let Some(view) = shared.store.by_idempotency_key(key).await? {
-                    return Ok(Begun {
-                        id: view.id,
-                        created: false,
-                        state: view.state,
                     });
                 }
                 Some(guard)
@@ -323,6 +347,132 @@ impl Runtime {
             id,
             created: true,
             state: TxnState::Active,
+        })
+    }
+
+    /// The transaction or saga begun with `key`, and its state. Called with
+    /// `begin_keys` held, so that no other request claims the key meanwhile.
+    async fn find_key(&self, key: &str) -> Result<Option<(TxnId, TxnState)>, Error> {
+        let shared = &self.shared;
+        let live = shared.keys().get(key).copied();
+        if let Some(id) = live {
+            if let Some(txn) = shared.live.get(&id) {
+                return Ok(Some((id, live::state_of(&txn.lock().machine))));
+            }
+            if let Some(saga) = shared.sagas.get(&id) {
+                return Ok(Some((id, saga.state())));
+            }
+        }
+        Ok(shared
+            .store
+            .by_idempotency_key(key)
+            .await?
+            .map(|view| (view.id, view.state)))
+    }
+
+    /// Submits a saga: durable before the answer; with `wait`, answers once
+    /// it is terminal. A known idempotency key returns the first saga.
+    pub async fn submit_saga(&self, request: SubmitSaga) -> Result<SagaAccepted, Error> {
+        let shared = &self.shared;
+        let claim = match &request.idempotency_key {
+            Some(key) => {
+                let guard = shared.begin_keys.lock().await;
+                if let Some((id, _)) = self.find_key(key).await? {
+                    drop(guard);
+                    return self.saga_answer(id, false, request.wait).await;
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let id = TxnId::mint();
+        let created_at_ms = now_ms();
+        let shapes: Vec<StepShape> = request
+            .steps
+            .iter()
+            .map(|step| StepShape {
+                kind: step.kind,
+                depends_on: step.depends_on.clone(),
+            })
+            .collect();
+        let header = TxnHeader {
+            id,
+            created_at_ms,
+            deadline_ms: 0,
+            idempotency_key: request.idempotency_key.clone(),
+            description: request.description.clone(),
+        };
+        let progress = vec![saga::Progress::default(); request.steps.len()];
+        let live_saga = Arc::new(LiveSaga::new(
+            header,
+            request.steps.clone(),
+            Saga::new(shapes),
+            progress,
+        ));
+        shared.sagas.insert(id, Arc::clone(&live_saga));
+        if let Some(key) = &request.idempotency_key {
+            shared.keys().insert(key.clone(), id);
+        }
+        // §3: the definition is durable before SubmitSaga answers.
+        let durable = shared.log.submit(vec![Record::SagaSubmitted {
+            id,
+            created_at_ms,
+            idempotency_key: request.idempotency_key,
+            description: request.description,
+            steps: request.steps,
+        }]);
+        drop(claim);
+        if let Err(error) = durable.wait().await {
+            shared.forget_saga(&live_saga);
+            return Err(Error::Unavailable(format!(
+                "could not record the saga: {error}"
+            )));
+        }
+        {
+            let mut inner = live_saga.lock();
+            let effects = inner.machine.apply(saga_protocol::Event::Start);
+            saga::dispatch(shared, &live_saga, &mut inner, effects);
+        }
+        self.saga_answer(id, true, request.wait).await
+    }
+
+    /// A saga's state for SubmitSaga, after waiting for its end if asked.
+    async fn saga_answer(
+        &self,
+        id: TxnId,
+        created: bool,
+        wait: bool,
+    ) -> Result<SagaAccepted, Error> {
+        if let Some(live_saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
+            if wait {
+                let mut ended = live_saga.ended.subscribe();
+                tokio::select! {
+                    biased;
+                    result = ended.wait_for(|ended| *ended) => {
+                        result.map_err(|_| Error::ShuttingDown)?;
+                    }
+                    () = self.shared.shutdown.cancelled() => return Err(Error::ShuttingDown),
+                }
+            }
+            let view = live_saga.view(false);
+            return Ok(SagaAccepted {
+                id,
+                created,
+                state: view.state,
+                reason: view.reason,
+            });
+        }
+        let view = self.transaction(id).await?;
+        if view.kind != TxnKind::Saga {
+            return Err(Error::Unavailable(format!(
+                "idempotency key belongs to transaction {id}, which is not a saga"
+            )));
+        }
+        Ok(SagaAccepted {
+            id,
+            created,
+            state: view.state,
+            reason: view.reason,
         })
     }
 
@@ -444,6 +594,9 @@ impl Runtime {
         if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
             return Ok(txn.view(true));
         }
+        if let Some(saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
+            return Ok(saga.view(true));
+        }
         self.shared
             .store
             .transaction(&id)
@@ -458,10 +611,15 @@ impl Runtime {
         for view in &mut views {
             if let Some(txn) = self.shared.live.get(&view.id) {
                 *view = txn.view(false);
+            } else if let Some(saga) = self.shared.sagas.get(&view.id) {
+                *view = saga.view(false);
             }
         }
         if !query.states.is_empty() {
             views.retain(|view| query.states.contains(&view.state));
+        }
+        if query.needs_attention {
+            views.retain(|view| view.needs_attention);
         }
         Ok(views)
     }
@@ -473,9 +631,14 @@ impl Runtime {
             let inner = txn.lock();
             return Ok(inner.machine.announced().map(Outcome::decision));
         }
+        if self.shared.sagas.contains_key(&id) {
+            return Ok(None);
+        }
         let view = self.shared.store.transaction(&id).await?;
         Ok(Some(match view.map(|v| v.state) {
-            Some(TxnState::Committed | TxnState::Committing) => Decision::Commit,
+            Some(TxnState::Committed | TxnState::Committing | TxnState::Completed) => {
+                Decision::Commit
+            }
             _ => Decision::Abort,
         }))
     }
@@ -485,6 +648,7 @@ impl Runtime {
             return Ok(Arc::clone(&txn));
         }
         match self.shared.store.transaction(&id).await? {
+            Some(view) if view.kind == TxnKind::Saga => Err(Error::NotTwoPhase(id)),
             Some(view) => Err(Error::Finished {
                 id,
                 state: view.state,
@@ -501,6 +665,9 @@ impl Runtime {
             .transaction(&id)
             .await?
             .ok_or(Error::NotFound(id))?;
+        if view.kind == TxnKind::Saga {
+            return Err(Error::NotTwoPhase(id));
+        }
         let outcome = match view.state {
             TxnState::Committed | TxnState::Committing => Outcome::Committed {
                 read_only: view.read_only,
@@ -508,7 +675,7 @@ impl Runtime {
             TxnState::Aborted | TxnState::Aborting => Outcome::Aborted {
                 reason: view.reason.unwrap_or_default(),
             },
-            TxnState::Active | TxnState::Preparing => {
+            _ => {
                 return Err(Error::Unavailable(format!(
                     "transaction {id} is not loaded yet; retry"
                 )));
@@ -542,9 +709,10 @@ impl Runtime {
         }
     }
 
-    /// Loads every unfinished transaction and starts finishing it: with a
-    /// durable COMMITTED decision, phase 2 again (R3); without, abort (R2).
-    /// At most `recovery_concurrency` are driven at once.
+    /// Loads every unfinished transaction and starts finishing it. 2PC: with
+    /// a durable COMMITTED decision, phase 2 again (R3); without, abort (R2).
+    /// Sagas: forward or backward from their step records (§3). At most
+    /// `recovery_concurrency` are driven at once.
     async fn recover(&self) -> Result<(), StoreError> {
         let shared = &self.shared;
         let unfinished = shared.store.unfinished().await?;
@@ -555,9 +723,48 @@ impl Runtime {
             count = unfinished.len(),
             "recovering unfinished transactions"
         );
-        let mut pending = Vec::with_capacity(unfinished.len());
+        let mut pending: Vec<Recovered> = Vec::with_capacity(unfinished.len());
         for record in unfinished {
             let view = record.view;
+            let header = TxnHeader {
+                id: view.id,
+                created_at_ms: view.created_at_ms,
+                deadline_ms: view.deadline_ms,
+                idempotency_key: view.idempotency_key.clone(),
+                description: view.description.clone(),
+            };
+            if let Some(key) = &view.idempotency_key {
+                shared.keys().insert(key.clone(), view.id);
+            }
+            if view.kind == TxnKind::Saga {
+                let shapes = record
+                    .steps
+                    .iter()
+                    .map(|step| StepShape {
+                        kind: step.kind,
+                        depends_on: step.depends_on.clone(),
+                    })
+                    .collect();
+                let recorded: Vec<Option<StepStatus>> = view
+                    .steps
+                    .iter()
+                    .map(|step| (step.status != StepStatus::Pending).then_some(step.status))
+                    .collect();
+                let (machine, effects) = Saga::recover(shapes, &recorded, view.reason.clone());
+                let progress = view
+                    .steps
+                    .iter()
+                    .map(|step| saga::Progress {
+                        attempts: step.attempts,
+                        compensation_attempts: step.compensation_attempts,
+                        last_error: step.last_error.clone(),
+                    })
+                    .collect();
+                let live_saga = Arc::new(LiveSaga::new(header, record.steps, machine, progress));
+                shared.sagas.insert(view.id, Arc::clone(&live_saga));
+                pending.push(Recovered::Saga(live_saga, effects));
+                continue;
+            }
             let decision = match view.state {
                 TxnState::Committing => Some(Decision::Commit),
                 TxnState::Aborting => Some(Decision::Abort),
@@ -578,13 +785,6 @@ impl Runtime {
                     last_error: branch.last_error,
                 })
                 .collect();
-            let header = TxnHeader {
-                id: view.id,
-                created_at_ms: view.created_at_ms,
-                deadline_ms: view.deadline_ms,
-                idempotency_key: view.idempotency_key.clone(),
-                description: view.description,
-            };
             let txn = Arc::new(LiveTxn::new(
                 header,
                 machine,
@@ -596,17 +796,14 @@ impl Runtime {
                 txn.outcome.send_replace(Some(announced));
             }
             shared.live.insert(view.id, Arc::clone(&txn));
-            if let Some(key) = view.idempotency_key {
-                shared.keys().insert(key, view.id);
-            }
-            pending.push((txn, effects));
+            pending.push(Recovered::TwoPhase(txn, effects));
         }
         // Drive the backlog in the background, a bounded number at a time,
         // while new requests are served.
         let permits = Arc::new(Semaphore::new(shared.config.recovery_concurrency.max(1)));
         let driver_shared = Arc::clone(shared);
         shared.tasks.spawn(async move {
-            for (txn, effects) in pending {
+            for recovered in pending {
                 let permit = tokio::select! {
                     permit = Arc::clone(&permits).acquire_owned() => match permit {
                         Ok(permit) => permit,
@@ -614,13 +811,20 @@ impl Runtime {
                     },
                     () = driver_shared.shutdown.cancelled() => return,
                 };
-                {
-                    let mut inner = txn.lock();
-                    driver::dispatch(&driver_shared, &txn, &mut inner, effects);
-                }
+                let mut ended = match recovered {
+                    Recovered::TwoPhase(txn, effects) => {
+                        let mut inner = txn.lock();
+                        driver::dispatch(&driver_shared, &txn, &mut inner, effects);
+                        txn.ended.subscribe()
+                    }
+                    Recovered::Saga(live_saga, effects) => {
+                        let mut inner = live_saga.lock();
+                        saga::dispatch(&driver_shared, &live_saga, &mut inner, effects);
+                        live_saga.ended.subscribe()
+                    }
+                };
                 // The permit returns when this transaction ends, or at
                 // shutdown (which must not wait for it).
-                let mut ended = txn.ended.subscribe();
                 let shutdown = driver_shared.shutdown.clone();
                 driver_shared.tasks.spawn(async move {
                     let _permit = permit;
@@ -633,6 +837,12 @@ impl Runtime {
         });
         Ok(())
     }
+}
+
+/// A transaction loaded by recovery, with the effects that finish it.
+enum Recovered {
+    TwoPhase(Arc<LiveTxn>, Vec<crate::protocol::two_phase::Effect>),
+    Saga(Arc<LiveSaga>, Vec<saga_protocol::Effect>),
 }
 
 /// "b<N>" for the N-th branch, skipping names a client already chose.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::{
     self as pb, AbortBranchRequest, BranchRef, CommitBranchRequest, CommitOnePhaseRequest,
-    PrepareRequest,
+    CompensateRequest, ExecuteRequest, PrepareRequest,
 };
 use dashmap::DashMap;
 use tonic::transport::{Channel, Endpoint};
@@ -33,6 +33,14 @@ pub enum AbortAnswer {
     Aborted,
     /// It had committed through the one-phase path.
     AlreadyCommitted,
+}
+
+/// What a participant answered to a saga step's Execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecuteAnswer {
+    Succeeded,
+    /// A definite business failure.
+    Failed(String),
 }
 
 /// The channels to participants, shared by every transaction.
@@ -163,6 +171,48 @@ impl Participants {
         } else {
             AbortAnswer::Aborted
         })
+    }
+}
+
+impl Participants {
+    /// Runs a saga step's action.
+    pub async fn execute(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> Result<ExecuteAnswer, CallError> {
+        let mut client = self.client(&call.participant)?;
+        let request = ExecuteRequest {
+            branch: self.branch_ref(call.transaction_id, call.branch),
+            payload: call.payload,
+        };
+        let answer =
+            with_deadline(deadline, client.execute(request_with(request, deadline))).await?;
+        match pb::execute_response::Result::try_from(answer.result) {
+            Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
+            Ok(pb::execute_response::Result::Failed) => {
+                Ok(ExecuteAnswer::Failed(if answer.reason.is_empty() {
+                    "the participant refused the step".into()
+                } else {
+                    answer.reason
+                }))
+            }
+            _ => Err(CallError::BadAnswer(format!(
+                "execute result {}",
+                answer.result
+            ))),
+        }
+    }
+
+    /// Runs a saga step's compensation.
+    pub async fn compensate(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
+        let mut client = self.client(&call.participant)?;
+        let request = CompensateRequest {
+            branch: self.branch_ref(call.transaction_id, call.branch),
+            payload: call.payload,
+        };
+        with_deadline(deadline, client.compensate(request_with(request, deadline))).await?;
+        Ok(())
     }
 }
 

@@ -12,12 +12,12 @@
 
 use futures::future::BoxFuture;
 
-use crate::model::{BranchState, TxnId, TxnState, TxnView, VoteKind};
+use crate::model::{BranchState, SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind};
 
 pub mod sqlite;
 
 /// One durable fact about a transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// A transaction began (forced before Begin answers).
     Begun {
@@ -44,7 +44,7 @@ pub enum Record {
         at_ms: u64,
         reason: String,
     },
-    /// The transaction ended: every branch settled.
+    /// The transaction ended: every branch or step settled.
     Ended {
         id: TxnId,
         state: TxnState,
@@ -52,7 +52,36 @@ pub enum Record {
         read_only: bool,
         reason: Option<String>,
         branches: Vec<BranchEnd>,
+        steps: Vec<StepProgress>,
     },
+    /// A saga and its whole definition (forced before SubmitSaga answers).
+    SagaSubmitted {
+        id: TxnId,
+        created_at_ms: u64,
+        idempotency_key: Option<String>,
+        description: Option<String>,
+        steps: Vec<SagaStepDef>,
+    },
+    /// A saga step's status (forced before any step depending on it starts),
+    /// with the saga's state and reason as they are now.
+    StepRecorded {
+        id: TxnId,
+        saga_state: TxnState,
+        reason: Option<String>,
+        step: StepProgress,
+    },
+    /// The saga needs an operator's attention (lazy).
+    NeedsAttention { id: TxnId },
+}
+
+/// Where one saga step got to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepProgress {
+    pub idx: u32,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub last_error: Option<String>,
 }
 
 /// How a branch ended, recorded with [`Record::Ended`].
@@ -67,11 +96,14 @@ pub struct BranchEnd {
 
 /// A transaction that had not ended when the coordinator stopped, with what
 /// recovery needs to finish it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Unfinished {
     pub view: TxnView,
     /// Branch payloads, in branch order (payloads are not part of views).
     pub payloads: Vec<Vec<u8>>,
+    /// A saga's step definitions, in step order; `view.steps` has their
+    /// progress.
+    pub steps: Vec<SagaStepDef>,
 }
 
 /// A page of `ListTransactions`.
@@ -79,6 +111,8 @@ pub struct Unfinished {
 pub struct ListQuery {
     /// Only these states; empty means all.
     pub states: Vec<TxnState>,
+    /// Only transactions flagged NEEDS_ATTENTION.
+    pub needs_attention: bool,
     /// Only ids older (smaller) than this one: the paging cursor.
     pub before: Option<TxnId>,
     pub limit: u32,

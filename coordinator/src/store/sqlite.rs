@@ -14,8 +14,11 @@ use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
-use super::{BranchEnd, ListQuery, Record, Store, StoreError, Unfinished};
-use crate::model::{BranchState, BranchView, TxnId, TxnState, TxnView, VoteKind};
+use super::{BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
+use crate::model::{
+    BranchState, BranchView, RetryPolicy, SagaStepDef, StepView, TxnId, TxnKind, TxnState, TxnView,
+    VoteKind, parse_step_kind, parse_step_status, step_kind_str, step_status_str,
+};
 
 /// The database file inside `--data-dir`.
 pub const DATABASE_FILE: &str = "concord.db";
@@ -106,7 +109,48 @@ impl SqliteStore {
             .into_iter()
             .map(|b| b.into_view())
             .collect::<Result<_, _>>()?;
+        if view.kind == TxnKind::Saga {
+            let (_, steps) = self.load_steps(id).await?;
+            view.steps = steps;
+        }
         Ok(Some(view))
+    }
+
+    /// A saga's step definitions and views, in step order.
+    async fn load_steps(
+        &self,
+        id: &TxnId,
+    ) -> Result<(Vec<SagaStepDef>, Vec<StepView>), StoreError> {
+        let rows: Vec<StepRow> =
+            sqlx::query_as("SELECT * FROM saga_steps WHERE txn_id = ?1 ORDER BY idx")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        let defs = rows
+            .iter()
+            .map(StepRow::def)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            let status = parse_step_status(&row.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("step state {:?}", row.state)))?;
+            let def = row.def()?;
+            views.push(StepView {
+                name: def.name,
+                participant: def.participant,
+                kind: def.kind,
+                status,
+                depends_on: def
+                    .depends_on
+                    .iter()
+                    .filter_map(|dep| defs.get(*dep).map(|d| d.name.clone()))
+                    .collect(),
+                attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                compensation_attempts: u32::try_from(row.compensation_attempts).unwrap_or(u32::MAX),
+                last_error: row.last_error,
+            });
+        }
+        Ok((defs, views))
     }
 
     async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
@@ -136,12 +180,14 @@ impl SqliteStore {
              FROM transactions t
              WHERE (?1 = '' OR instr(?1, ',' || t.state || ',') > 0)
                AND (?2 = '' OR t.id < ?2)
+               AND (?4 = 0 OR t.needs_attention = 1)
              ORDER BY t.id DESC
              LIMIT ?3",
         )
         .bind(states)
         .bind(before)
         .bind(i64::from(query.limit))
+        .bind(query.needs_attention)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(TxnRow::into_view).collect()
@@ -151,7 +197,7 @@ impl SqliteStore {
         let rows: Vec<TxnRow> = sqlx::query_as(
             "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
              FROM transactions t
-             WHERE t.state IN ('active', 'committing', 'aborting')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
              ORDER BY t.id",
         )
         .fetch_all(&self.pool)
@@ -173,7 +219,17 @@ impl SqliteStore {
                 views.push(branch.into_view()?);
             }
             view.branches = views;
-            unfinished.push(Unfinished { view, payloads });
+            let mut steps = Vec::new();
+            if view.kind == TxnKind::Saga {
+                let (defs, step_views) = self.load_steps(&view.id).await?;
+                steps = defs;
+                view.steps = step_views;
+            }
+            unfinished.push(Unfinished {
+                view,
+                payloads,
+                steps,
+            });
         }
         Ok(unfinished)
     }
@@ -279,6 +335,7 @@ async fn apply(
             read_only,
             reason,
             branches,
+            steps,
         } => {
             // The decided_at stamp stays the decision's; an abort decided
             // and ended in one step gets both.
@@ -316,9 +373,103 @@ async fn apply(
                 .execute(&mut **tx)
                 .await?;
             }
+            for step in steps {
+                record_step(tx, id, step).await?;
+            }
+        }
+        Record::SagaSubmitted {
+            id,
+            created_at_ms,
+            idempotency_key,
+            description,
+            steps,
+        } => {
+            sqlx::query(
+                "INSERT INTO transactions
+                   (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
+                 VALUES (?1, 'saga', 'running', ?2, 0, ?3, ?4)",
+            )
+            .bind(id.to_string())
+            .bind(to_i64(*created_at_ms))
+            .bind(idempotency_key.as_deref())
+            .bind(description.as_deref())
+            .execute(&mut **tx)
+            .await?;
+            for (idx, step) in steps.iter().enumerate() {
+                let depends_on: Vec<String> =
+                    step.depends_on.iter().map(ToString::to_string).collect();
+                sqlx::query(
+                    "INSERT INTO saga_steps
+                       (txn_id, idx, name, participant, kind, action, compensation, depends_on,
+                        attempt_timeout_ms, retry_initial_ms, retry_multiplier, retry_max_ms,
+                        retry_max_attempts, retry_jitter)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .bind(id.to_string())
+                .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+                .bind(step.name.as_str())
+                .bind(step.participant.as_str())
+                .bind(step_kind_str(step.kind))
+                .bind(step.action.as_slice())
+                .bind(step.compensation.as_deref())
+                .bind(depends_on.join(","))
+                .bind(duration_ms(step.attempt_timeout))
+                .bind(duration_ms(step.retry.initial_delay))
+                .bind(step.retry.multiplier)
+                .bind(duration_ms(step.retry.max_delay))
+                .bind(i64::from(step.retry.max_attempts))
+                .bind(step.retry.jitter)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Record::StepRecorded {
+            id,
+            saga_state,
+            reason,
+            step,
+        } => {
+            sqlx::query("UPDATE transactions SET state = ?2, reason = ?3 WHERE id = ?1")
+                .bind(id.to_string())
+                .bind(saga_state.as_str())
+                .bind(reason.as_deref())
+                .execute(&mut **tx)
+                .await?;
+            record_step(tx, id, step).await?;
+        }
+        Record::NeedsAttention { id } => {
+            sqlx::query("UPDATE transactions SET needs_attention = 1 WHERE id = ?1")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
         }
     }
     Ok(())
+}
+
+async fn record_step(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    id: &TxnId,
+    step: &StepProgress,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE saga_steps
+         SET state = ?3, attempts = ?4, compensation_attempts = ?5, last_error = ?6
+         WHERE txn_id = ?1 AND idx = ?2",
+    )
+    .bind(id.to_string())
+    .bind(i64::from(step.idx))
+    .bind(step_status_str(step.status))
+    .bind(i64::from(step.attempts))
+    .bind(i64::from(step.compensation_attempts))
+    .bind(step.last_error.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Store timestamps are i64; anything past i64::MAX ms is clamped (that is
@@ -339,6 +490,8 @@ fn parse_id(id: &str) -> Result<TxnId, StoreError> {
 #[derive(FromRow)]
 struct TxnRow {
     id: String,
+    kind: String,
+    needs_attention: bool,
     state: String,
     created_at_ms: i64,
     deadline_ms: i64,
@@ -355,8 +508,11 @@ impl TxnRow {
     fn into_view(self) -> Result<TxnView, StoreError> {
         let state = TxnState::parse(&self.state)
             .ok_or_else(|| StoreError::Corrupt(format!("transaction state {:?}", self.state)))?;
+        let kind = TxnKind::parse(&self.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("transaction kind {:?}", self.kind)))?;
         Ok(TxnView {
             id: parse_id(&self.id)?,
+            kind,
             state,
             created_at_ms: to_u64(self.created_at_ms),
             deadline_ms: to_u64(self.deadline_ms),
@@ -368,6 +524,8 @@ impl TxnRow {
             read_only: self.read_only,
             branch_count: u32::try_from(self.branch_count).unwrap_or(u32::MAX),
             branches: Vec::new(),
+            steps: Vec::new(),
+            needs_attention: self.needs_attention,
         })
     }
 }
@@ -403,6 +561,59 @@ impl BranchRow {
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             last_error: self.last_error,
             payload_bytes: self.payload.len() as u64,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct StepRow {
+    name: String,
+    participant: String,
+    kind: String,
+    action: Vec<u8>,
+    compensation: Option<Vec<u8>>,
+    depends_on: String,
+    attempt_timeout_ms: i64,
+    retry_initial_ms: i64,
+    retry_multiplier: f64,
+    retry_max_ms: i64,
+    retry_max_attempts: i64,
+    retry_jitter: bool,
+    state: String,
+    attempts: i64,
+    compensation_attempts: i64,
+    last_error: Option<String>,
+}
+
+impl StepRow {
+    fn def(&self) -> Result<SagaStepDef, StoreError> {
+        let kind = parse_step_kind(&self.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("step kind {:?}", self.kind)))?;
+        let depends_on = if self.depends_on.is_empty() {
+            Vec::new()
+        } else {
+            self.depends_on
+                .split(',')
+                .map(|dep| dep.parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| StoreError::Corrupt(format!("depends_on {:?}", self.depends_on)))?
+        };
+        let ms = |value: i64| Duration::from_millis(to_u64(value));
+        Ok(SagaStepDef {
+            name: self.name.clone(),
+            participant: self.participant.clone(),
+            kind,
+            action: self.action.clone(),
+            compensation: self.compensation.clone(),
+            depends_on,
+            attempt_timeout: ms(self.attempt_timeout_ms),
+            retry: RetryPolicy {
+                initial_delay: ms(self.retry_initial_ms),
+                multiplier: self.retry_multiplier,
+                max_delay: ms(self.retry_max_ms),
+                max_attempts: u32::try_from(self.retry_max_attempts).unwrap_or(u32::MAX),
+                jitter: self.retry_jitter,
+            },
         })
     }
 }
@@ -481,6 +692,7 @@ mod tests {
                     attempts: 1,
                     last_error: None,
                 }],
+                steps: vec![],
             }])
             .await
             .expect("end");
@@ -527,6 +739,7 @@ mod tests {
         let page = store
             .list(&ListQuery {
                 states: vec![],
+                needs_attention: false,
                 before: None,
                 limit: 2,
             })
@@ -539,6 +752,7 @@ mod tests {
         let next = store
             .list(&ListQuery {
                 states: vec![],
+                needs_attention: false,
                 before: Some(ids[3]),
                 limit: 10,
             })
@@ -551,6 +765,7 @@ mod tests {
         let committing = store
             .list(&ListQuery {
                 states: vec![TxnState::Committing],
+                needs_attention: false,
                 before: None,
                 limit: 10,
             })

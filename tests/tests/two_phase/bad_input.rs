@@ -163,6 +163,7 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
         "transaction_id",
     );
     let list = |states: Vec<i32>, page_size, page_token: &str| pb::ListTransactionsRequest {
+        needs_attention: false,
         states,
         page_size,
         page_token: page_token.into(),

@@ -621,6 +621,7 @@ async fn transactions_are_listed_newest_first_in_pages() {
     let mut raw = s.client.raw();
     let page = raw
         .list_transactions(pb::ListTransactionsRequest {
+            needs_attention: false,
             states: vec![],
             page_size: 3,
             page_token: String::new(),
@@ -632,6 +633,7 @@ async fn transactions_are_listed_newest_first_in_pages() {
     assert_eq!(listed, [ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]);
     let rest = raw
         .list_transactions(pb::ListTransactionsRequest {
+            needs_attention: false,
             states: vec![],
             page_size: 3,
             page_token: page.next_page_token,
@@ -644,6 +646,7 @@ async fn transactions_are_listed_newest_first_in_pages() {
     assert!(rest.next_page_token.is_empty());
     let active = raw
         .list_transactions(pb::ListTransactionsRequest {
+            needs_attention: false,
             states: vec![pb::TransactionState::Active as i32],
             page_size: 0,
             page_token: String::new(),

@@ -1,0 +1,407 @@
+//! Sagas at run time: a saga in memory ([`LiveSaga`]) and the driver task
+//! that executes its effects — step actions and compensations retried per
+//! each step's policy with a deadline per attempt, each step's status forced
+//! to the log before any step depending on it starts (DESIGN §3).
+//!
+//! The pattern is the one of `live` + `driver` for 2PC: the machine is
+//! touched only under the saga's lock; effects are queued for the saga's one
+//! driver, which runs the calls concurrently and feeds their answers back.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::model::{
+    SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState, TxnView, now_ms,
+};
+use crate::protocol::saga::{Effect, Event, Saga, SagaPhase};
+use crate::store::{Record, StepProgress};
+
+use super::Shared;
+use super::driver::write_until_durable;
+use super::live::TxnHeader;
+use super::participants::{BranchCall, ExecuteAnswer};
+
+/// Calls made to one step so far.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub last_error: Option<String>,
+}
+
+pub struct SagaInner {
+    pub machine: Saga,
+    pub progress: Vec<Progress>,
+    inbox: Vec<Effect>,
+    driving: bool,
+}
+
+pub struct LiveSaga {
+    pub header: TxnHeader,
+    pub steps: Vec<SagaStepDef>,
+    inner: Mutex<SagaInner>,
+    wake: Notify,
+    /// True once the saga ended and its end record is durable.
+    pub ended: watch::Sender<bool>,
+}
+
+impl LiveSaga {
+    pub fn new(
+        header: TxnHeader,
+        steps: Vec<SagaStepDef>,
+        machine: Saga,
+        progress: Vec<Progress>,
+    ) -> Self {
+        Self {
+            header,
+            steps,
+            inner: Mutex::new(SagaInner {
+                machine,
+                progress,
+                inbox: Vec::new(),
+                driving: false,
+            }),
+            wake: Notify::new(),
+            ended: watch::channel(false).0,
+        }
+    }
+
+    /// See `LiveTxn::lock`: a poisoned lock's data is still consistent
+    /// because the machine never panics on input.
+    pub fn lock(&self) -> MutexGuard<'_, SagaInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn note(&self, step: usize, compensation: bool, error: Option<String>) {
+        let mut inner = self.lock();
+        if let Some(progress) = inner.progress.get_mut(step) {
+            if compensation {
+                progress.compensation_attempts = progress.compensation_attempts.saturating_add(1);
+            } else {
+                progress.attempts = progress.attempts.saturating_add(1);
+            }
+            if error.is_some() {
+                progress.last_error = error;
+            }
+        }
+    }
+
+    fn note_error(&self, step: usize, error: String) {
+        if let Some(progress) = self.lock().progress.get_mut(step) {
+            progress.last_error = Some(error);
+        }
+    }
+
+    fn step_progress(inner: &SagaInner, step: usize) -> StepProgress {
+        let progress = inner.progress.get(step).cloned().unwrap_or_default();
+        StepProgress {
+            idx: u32::try_from(step).unwrap_or(u32::MAX),
+            status: inner
+                .machine
+                .statuses()
+                .get(step)
+                .copied()
+                .unwrap_or(StepStatus::Pending),
+            attempts: progress.attempts,
+            compensation_attempts: progress.compensation_attempts,
+            last_error: progress.last_error,
+        }
+    }
+
+    pub fn state(&self) -> TxnState {
+        state_of(&self.lock().machine)
+    }
+
+    pub fn view(&self, with_steps: bool) -> TxnView {
+        let inner = self.lock();
+        let steps = if with_steps {
+            self.steps
+                .iter()
+                .enumerate()
+                .map(|(idx, def)| {
+                    let progress = inner.progress.get(idx).cloned().unwrap_or_default();
+                    StepView {
+                        name: def.name.clone(),
+                        participant: def.participant.clone(),
+                        kind: def.kind,
+                        status: inner.machine.statuses()[idx],
+                        depends_on: def
+                            .depends_on
+                            .iter()
+                            .filter_map(|dep| self.steps.get(*dep).map(|d| d.name.clone()))
+                            .collect(),
+                        attempts: progress.attempts,
+                        compensation_attempts: progress.compensation_attempts,
+                        last_error: progress.last_error,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TxnView {
+            id: self.header.id,
+            kind: TxnKind::Saga,
+            state: state_of(&inner.machine),
+            created_at_ms: self.header.created_at_ms,
+            deadline_ms: 0,
+            decided_at_ms: None,
+            ended_at_ms: None,
+            reason: inner.machine.reason().map(str::to_owned),
+            idempotency_key: self.header.idempotency_key.clone(),
+            description: self.header.description.clone(),
+            read_only: false,
+            branch_count: 0,
+            branches: Vec::new(),
+            steps,
+            needs_attention: inner.machine.needs_attention(),
+        }
+    }
+}
+
+pub fn state_of(machine: &Saga) -> TxnState {
+    match machine.phase() {
+        SagaPhase::Running => TxnState::Running,
+        SagaPhase::Compensating => TxnState::Compensating,
+        SagaPhase::Completed => TxnState::Completed,
+        SagaPhase::Compensated => TxnState::Compensated,
+        SagaPhase::Failed => TxnState::Failed,
+    }
+}
+
+/// Hands effects to the saga's driver, starting one if none runs. Called
+/// with the saga's lock held, right after the machine produced them.
+pub(super) fn dispatch(
+    shared: &Arc<Shared>,
+    saga: &Arc<LiveSaga>,
+    inner: &mut SagaInner,
+    effects: Vec<Effect>,
+) {
+    if effects.is_empty() {
+        return;
+    }
+    inner.inbox.extend(effects);
+    if inner.driving {
+        saga.wake.notify_one();
+        return;
+    }
+    inner.driving = true;
+    let span = tracing::info_span!("saga", id = %saga.header.id);
+    shared
+        .tasks
+        .spawn(drive(Arc::clone(shared), Arc::clone(saga)).instrument(span));
+}
+
+async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
+    let mut calls: FuturesUnordered<BoxFuture<'static, Event>> = FuturesUnordered::new();
+    let mut queue: VecDeque<Effect> = VecDeque::new();
+    loop {
+        {
+            let mut inner = saga.lock();
+            queue.extend(inner.inbox.drain(..));
+            if queue.is_empty() && calls.is_empty() {
+                inner.driving = false;
+                return;
+            }
+        }
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Execute {
+                    step,
+                    report_budget,
+                } => calls.push(Box::pin(execute(
+                    Arc::clone(&shared),
+                    Arc::clone(&saga),
+                    step,
+                    report_budget,
+                ))),
+                Effect::Compensate {
+                    step,
+                    report_budget,
+                } => calls.push(Box::pin(compensate(
+                    Arc::clone(&shared),
+                    Arc::clone(&saga),
+                    step,
+                    report_budget,
+                ))),
+                Effect::Record { step, .. } => {
+                    let record = {
+                        let inner = saga.lock();
+                        Record::StepRecorded {
+                            id: saga.header.id,
+                            saga_state: state_of(&inner.machine),
+                            reason: inner.machine.reason().map(str::to_owned),
+                            step: LiveSaga::step_progress(&inner, step),
+                        }
+                    };
+                    // §3: durable before any step depending on it starts.
+                    if !write_until_durable(&shared, vec![record]).await {
+                        return stop(&saga);
+                    }
+                }
+                Effect::FlagAttention => {
+                    tracing::warn!("saga needs attention: a step is past its retry budget");
+                    drop(
+                        shared
+                            .log
+                            .submit(vec![Record::NeedsAttention { id: saga.header.id }]),
+                    );
+                }
+                Effect::End { phase, reason } => {
+                    let steps = {
+                        let inner = saga.lock();
+                        (0..saga.steps.len())
+                            .map(|step| LiveSaga::step_progress(&inner, step))
+                            .collect()
+                    };
+                    let record = Record::Ended {
+                        id: saga.header.id,
+                        state: match phase {
+                            SagaPhase::Completed => TxnState::Completed,
+                            SagaPhase::Compensated => TxnState::Compensated,
+                            _ => TxnState::Failed,
+                        },
+                        at_ms: now_ms(),
+                        read_only: false,
+                        reason,
+                        branches: Vec::new(),
+                        steps,
+                    };
+                    if !write_until_durable(&shared, vec![record]).await {
+                        return stop(&saga);
+                    }
+                    shared.forget_saga(&saga);
+                    saga.ended.send_replace(true);
+                }
+            }
+        }
+        if calls.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return stop(&saga),
+            () = saga.wake.notified() => {}
+            Some(event) = calls.next() => queue.extend(saga.lock().machine.apply(event)),
+        }
+    }
+}
+
+fn stop(saga: &LiveSaga) {
+    saga.lock().driving = false;
+    tracing::debug!("saga driver stopped by shutdown");
+}
+
+fn call(saga: &LiveSaga, step: usize, payload: Vec<u8>) -> BranchCall {
+    let def = &saga.steps[step];
+    BranchCall {
+        transaction_id: saga.header.id.to_string(),
+        branch: def.name.clone(),
+        participant: def.participant.clone(),
+        payload,
+    }
+}
+
+/// Calls a step's action until it answers, per its retry policy.
+async fn execute(
+    shared: Arc<Shared>,
+    saga: Arc<LiveSaga>,
+    step: usize,
+    report_budget: bool,
+) -> Event {
+    let Some(def) = saga.steps.get(step).cloned() else {
+        return Event::ActionFailed {
+            step,
+            reason: format!("no step {step}"),
+        };
+    };
+    let call = call(&saga, step, def.action.clone());
+    let mut delays = def.retry.delays();
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        saga.note(step, false, None);
+        let error = match shared
+            .participants
+            .execute(call.clone(), def.attempt_timeout)
+            .await
+        {
+            Ok(ExecuteAnswer::Succeeded) => return Event::ActionSucceeded(step),
+            Ok(ExecuteAnswer::Failed(reason)) => {
+                saga.note_error(step, reason.clone());
+                return Event::ActionFailed { step, reason };
+            }
+            Err(error) => error,
+        };
+        let message = format!("step {} attempt {attempts} failed: {error}", def.name);
+        saga.note_error(step, message.clone());
+        if !saga.lock().machine.keeps_retrying(step) {
+            // The saga turned back: this step may have run; it will be
+            // compensated.
+            return Event::ActionExhausted {
+                step,
+                reason: format!("stopped retrying as the saga compensates; {message}"),
+            };
+        }
+        if report_budget && attempts >= def.retry.max_attempts {
+            return match def.kind {
+                StepKind::Compensatable => Event::ActionExhausted {
+                    step,
+                    reason: format!("step {} failed {attempts} attempts: {error}", def.name),
+                },
+                StepKind::Pivot | StepKind::Retriable => Event::ActionOverBudget(step),
+            };
+        }
+        let delay = delays.next().unwrap_or(def.retry.max_delay);
+        tracing::debug!(step = %def.name, %error, ?delay, "retrying step");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Calls a step's compensation until it succeeds (§3: never dropped).
+async fn compensate(
+    shared: Arc<Shared>,
+    saga: Arc<LiveSaga>,
+    step: usize,
+    report_budget: bool,
+) -> Event {
+    let Some(def) = saga.steps.get(step).cloned() else {
+        return Event::Compensated(step);
+    };
+    let call = call(&saga, step, def.compensation.clone().unwrap_or_default());
+    let mut delays = def.retry.delays();
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        saga.note(step, true, None);
+        match shared
+            .participants
+            .compensate(call.clone(), def.attempt_timeout)
+            .await
+        {
+            Ok(()) => return Event::Compensated(step),
+            Err(error) => {
+                saga.note_error(
+                    step,
+                    format!(
+                        "compensation of {} attempt {attempts} failed: {error}",
+                        def.name
+                    ),
+                );
+                if report_budget && attempts >= def.retry.max_attempts {
+                    return Event::CompensationOverBudget(step);
+                }
+                let delay = delays.next().unwrap_or(def.retry.max_delay);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
