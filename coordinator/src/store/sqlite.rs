@@ -338,11 +338,13 @@ async fn apply(
             steps,
         } => {
             // The decided_at stamp stays the decision's; an abort decided
-            // and ended in one step gets both.
+            // and ended in one step gets both. A saga that needed attention
+            // while retrying no longer does once it ended, unless it FAILED.
             sqlx::query(
                 "UPDATE transactions
                  SET state = ?2, ended_at_ms = ?3, read_only = ?4, reason = ?5,
-                     decided_at_ms = COALESCE(decided_at_ms, ?3)
+                     decided_at_ms = COALESCE(decided_at_ms, ?3),
+                     needs_attention = (?2 = 'failed')
                  WHERE id = ?1",
             )
             .bind(id.to_string())

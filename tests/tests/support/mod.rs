@@ -280,3 +280,4 @@ impl TestParticipant {
         let _ = self.task.await;
     }
 }
+pub mod saga;
