@@ -1,0 +1,152 @@
+//! `travel-demo`: the travel example in one command, on loopback.
+//!
+//! Starts a coordinator and the five travel services (each with its own
+//! SQLite file in a temp dir, all serving real gRPC on 127.0.0.1) and books
+//! three trips: one where everything books; one where the car is sold out,
+//! so the hotel and the flight are compensated in reverse order; and one
+//! through a flaky hotel service that its retries get past.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_example_travel::{Kind, Services, Trip, available, trip_saga};
+use concord_participant::CoordinatorClient;
+use sqlx::SqlitePool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+async fn start(
+    kind: Kind,
+    flaky: u32,
+    name: &str,
+    dir: &std::path::Path,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<(String, SqlitePool)> {
+    let pool = concord_example_travel::open_db(&dir.join(format!("{name}.db"))).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let served = pool.clone();
+    let stop = stop.clone().cancelled_owned();
+    let name = name.to_owned();
+    tasks.spawn(async move {
+        if let Err(error) = concord_example_travel::serve(kind, flaky, served, listener, stop).await
+        {
+            eprintln!("{name} stopped: {error:#}");
+        }
+    });
+    Ok((url, pool))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let node = Node::start(NodeConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: StoreLocation::DataDir(dir.path().join("coordinator")),
+        runtime: Default::default(),
+        limits: Default::default(),
+    })
+    .await
+    .context("starting the coordinator")?;
+    let client = CoordinatorClient::connect(node.url())?;
+
+    let d = dir.path();
+    let (flight, flights) = start(Kind::Flight, 0, "flight", d, &stop, &tasks).await?;
+    let (hotel, hotels) = start(Kind::Hotel, 0, "hotel", d, &stop, &tasks).await?;
+    let (flaky_hotel, flaky_hotels) =
+        start(Kind::Hotel, 2, "flaky-hotel", d, &stop, &tasks).await?;
+    let (car, cars) = start(Kind::Car, 0, "car", d, &stop, &tasks).await?;
+    let (payment, payments) = start(Kind::Payment, 0, "payment", d, &stop, &tasks).await?;
+    let (email, _) = start(Kind::Email, 0, "email", d, &stop, &tasks).await?;
+    concord_example_travel::stock(&flights, "LH123", 10).await?;
+    concord_example_travel::stock(&hotels, "grand-hotel", 5).await?;
+    concord_example_travel::stock(&flaky_hotels, "grand-hotel", 5).await?;
+    concord_example_travel::stock(&cars, "compact-car", 1).await?;
+    concord_example_travel::fund(&payments, "ada", 200_000).await?;
+    concord_example_travel::fund(&payments, "bob", 200_000).await?;
+    concord_example_travel::fund(&payments, "cy", 200_000).await?;
+
+    let services = Services {
+        flight,
+        hotel,
+        car,
+        payment,
+        email,
+    };
+    let trip = |traveller: &str| Trip {
+        traveller: traveller.into(),
+        flight: "LH123".into(),
+        hotel: "grand-hotel".into(),
+        car: "compact-car".into(),
+        card: traveller.into(),
+        price: 42_000,
+        email: format!("{traveller}@example.com"),
+    };
+    let runs = [
+        (
+            "1. everything books (ada takes the last car)",
+            services.clone(),
+            trip("ada"),
+            1,
+        ),
+        (
+            "2. the car is sold out for bob",
+            services.clone(),
+            trip("bob"),
+            0,
+        ),
+        (
+            "3. cy books through a flaky hotel service (its first 2 attempts fail)",
+            Services {
+                hotel: flaky_hotel,
+                ..services.clone()
+            },
+            trip("cy"),
+            1,
+        ),
+    ];
+    for (title, services, trip, cars_now) in runs {
+        concord_example_travel::stock(&cars, "compact-car", cars_now).await?;
+        println!("\n{title}");
+        let status = trip_saga(&services, &trip).run(&client).await?;
+        println!(
+            "  saga {} -> {:?} {}",
+            status.transaction_id, status.state, status.reason
+        );
+        for step in client.transaction(&status.transaction_id).await?.steps {
+            let state = concord_proto::v1::StepState::try_from(step.state)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("STEP_STATE_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            println!(
+                "    {:<8} {:<12} attempts {}",
+                step.name, state, step.attempts
+            );
+        }
+        println!(
+            "  seats left {}, rooms left {} (flaky hotel {}), cars left {}, {}'s card {:.2}",
+            available(&flights, "LH123").await?.unwrap_or(0),
+            available(&hotels, "grand-hotel").await?.unwrap_or(0),
+            available(&flaky_hotels, "grand-hotel").await?.unwrap_or(0),
+            available(&cars, "compact-car").await?.unwrap_or(0),
+            trip.traveller,
+            concord_example_travel::balance(&payments, &trip.card)
+                .await?
+                .unwrap_or(0) as f64
+                / 100.0,
+        );
+    }
+
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    node.shutdown().await?;
+    Ok(())
+}
