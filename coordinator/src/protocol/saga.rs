@@ -523,13 +523,13 @@ pub fn check_shapes(shapes: &[StepShape]) -> Result<(), ShapeError> {
     let compensatable: Vec<StepIdx> = (0..n)
         .filter(|i| shapes[*i].kind == StepKind::Compensatable)
         .collect();
-    if let Some(pivot) = pivots.first() {
-        if let Some(step) = compensatable.iter().find(|c| !ancestors[*pivot][**c]) {
-            return Err(ShapeError::PivotBeforeCompensatable {
-                pivot: *pivot,
-                step: *step,
-            });
-        }
+    if let Some(pivot) = pivots.first()
+        && let Some(step) = compensatable.iter().find(|c| !ancestors[*pivot][**c])
+    {
+        return Err(ShapeError::PivotBeforeCompensatable {
+            pivot: *pivot,
+            step: *step,
+        });
     }
     for retriable in (0..n).filter(|i| shapes[*i].kind == StepKind::Retriable) {
         let must_follow = compensatable.iter().chain(pivots.iter());

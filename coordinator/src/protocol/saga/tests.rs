@@ -333,7 +333,7 @@ fn recovery_of_a_finished_compensation_ends_it() {
 
 #[test]
 fn shapes_are_checked() {
-    assert_eq!(check_shapes(&trip().shapes().to_vec()), Ok(()));
+    assert_eq!(check_shapes(trip().shapes()), Ok(()));
     assert_eq!(
         check_shapes(&[comp(&[0])]),
         Err(ShapeError::SelfDependency(0))
@@ -404,11 +404,9 @@ fn case() -> impl Strategy<Value = Case> {
         (dep_bits, scripts, over, picks, crash).prop_map(
             move |(dep_bits, scripts, over, picks, crash_after)| {
                 let mut shapes = Vec::with_capacity(n);
-                for i in 0..n {
+                for (i, bits) in dep_bits.iter().enumerate() {
                     let earlier_random = |range: std::ops::Range<usize>| -> Vec<usize> {
-                        range
-                            .filter(|j| dep_bits[i] & (1 << (j % 8)) != 0)
-                            .collect()
+                        range.filter(|j| bits & (1 << (j % 8)) != 0).collect()
                     };
                     let shape = if i < comps {
                         comp(&earlier_random(0..i))
@@ -635,14 +633,13 @@ fn simulate(case: &Case) {
         }
         SagaPhase::Compensated => {
             assert!(!trace.pivot_succeeded, "compensated after the pivot");
-            for step in 0..n {
+            for (step, status) in statuses.iter().enumerate() {
                 // I4: every step that ran or may have run is compensated,
                 // unless it definitely did nothing.
                 if trace.executed[step] {
                     assert!(
-                        matches!(statuses[step], StepStatus::Compensated | StepStatus::Failed),
-                        "step {step} ran but ended {:?}",
-                        statuses[step]
+                        matches!(status, StepStatus::Compensated | StepStatus::Failed),
+                        "step {step} ran but ended {status:?}"
                     );
                 }
             }
