@@ -1,0 +1,223 @@
+//! The participant ledger under duplicated, replayed and reordered calls
+//! (I5): each (transaction, branch, operation) takes effect once, an abort
+//! or compensation that overtakes its prepare or action leaves a tombstone,
+//! and the late call is refused. Calls go over real gRPC to participants
+//! with real SQLite databases; effects are counted in those databases.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use concord_proto::v1 as pb;
+use concord_proto::v1::participant_client::ParticipantClient;
+use support::TestParticipant;
+use support::saga::StepParticipant;
+use tonic::transport::Channel;
+
+fn branch(txn: &str, name: &str) -> Option<pb::BranchRef> {
+    Some(pb::BranchRef {
+        transaction_id: txn.into(),
+        branch: name.into(),
+        coordinator: String::new(),
+    })
+}
+
+async fn connect(url: &str) -> ParticipantClient<Channel> {
+    ParticipantClient::connect(url.to_owned())
+        .await
+        .expect("connect")
+}
+
+async fn prepare(client: &mut ParticipantClient<Channel>, txn: &str) -> pb::Vote {
+    let answer = client
+        .prepare(pb::PrepareRequest {
+            branch: branch(txn, "b1"),
+            payload: b"commit".to_vec(),
+        })
+        .await
+        .expect("prepare")
+        .into_inner();
+    pb::Vote::try_from(answer.vote).expect("vote")
+}
+
+async fn commit(client: &mut ParticipantClient<Channel>, txn: &str) -> Result<(), tonic::Status> {
+    client
+        .commit(pb::CommitBranchRequest {
+            branch: branch(txn, "b1"),
+            payload: b"commit".to_vec(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn abort(client: &mut ParticipantClient<Channel>, txn: &str) -> pb::AbortBranchResponse {
+    client
+        .abort(pb::AbortBranchRequest {
+            branch: branch(txn, "b1"),
+            payload: b"commit".to_vec(),
+        })
+        .await
+        .expect("abort")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_duplicated_prepare_and_commit_take_effect_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let txn = "01890a5d-ac96-774b-bcce-000000000001";
+    assert_eq!(prepare(&mut client, txn).await, pb::Vote::Commit);
+    assert_eq!(
+        prepare(&mut client, txn).await,
+        pb::Vote::Commit,
+        "same answer again"
+    );
+    commit(&mut client, txn).await.expect("commit");
+    commit(&mut client, txn)
+        .await
+        .expect("duplicate commit succeeds");
+    commit(&mut client, txn).await.expect("and again");
+    assert_eq!(p.effects(txn).await, ["prepare", "commit"]);
+}
+
+#[tokio::test]
+async fn an_abort_before_its_prepare_leaves_a_tombstone_and_the_late_prepare_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let txn = "01890a5d-ac96-774b-bcce-000000000002";
+    let answer = abort(&mut client, txn).await;
+    assert!(!answer.already_committed);
+    // The prepare that was overtaken arrives: refused, handler never run.
+    assert_eq!(prepare(&mut client, txn).await, pb::Vote::Abort);
+    assert!(p.effects(txn).await.is_empty());
+    assert_eq!(p.ledger(txn).await, ["abort=tombstone"]);
+    // A commit for it is a protocol violation and changes nothing.
+    let status = commit(&mut client, txn)
+        .await
+        .expect_err("commit after abort");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(p.effects(txn).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_abort_after_prepare_undoes_once_and_a_duplicate_abort_is_a_no_op() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let txn = "01890a5d-ac96-774b-bcce-000000000003";
+    assert_eq!(prepare(&mut client, txn).await, pb::Vote::Commit);
+    abort(&mut client, txn).await;
+    abort(&mut client, txn).await;
+    assert_eq!(p.effects(txn).await, ["prepare", "abort"]);
+    // A late commit cannot undo the abort.
+    assert!(commit(&mut client, txn).await.is_err());
+    assert_eq!(p.effects(txn).await, ["prepare", "abort"]);
+}
+
+#[tokio::test]
+async fn a_one_phase_commit_answers_a_late_abort_with_already_committed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let txn = "01890a5d-ac96-774b-bcce-000000000004";
+    let request = || pb::CommitOnePhaseRequest {
+        branch: branch(txn, "b1"),
+        payload: b"commit".to_vec(),
+    };
+    let first = client
+        .commit_one_phase(request())
+        .await
+        .expect("1pc")
+        .into_inner();
+    let again = client
+        .commit_one_phase(request())
+        .await
+        .expect("1pc again")
+        .into_inner();
+    assert_eq!(first.outcome, pb::Outcome::Committed as i32);
+    assert_eq!(again.outcome, pb::Outcome::Committed as i32);
+    assert!(abort(&mut client, txn).await.already_committed);
+    assert_eq!(p.effects(txn).await, ["prepare", "commit"]);
+}
+
+#[tokio::test]
+async fn saga_steps_run_once_and_a_compensation_that_overtakes_its_action_wins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = StepParticipant::start(dir.path(), "steps").await;
+    let mut client = connect(&p.url).await;
+    let execute = |txn: &str, step: &str| pb::ExecuteRequest {
+        branch: branch(txn, step),
+        payload: b"ok".to_vec(),
+    };
+    let compensate = |txn: &str, step: &str| pb::CompensateRequest {
+        branch: branch(txn, step),
+        payload: b"ok".to_vec(),
+    };
+    let result = |answer: pb::ExecuteResponse| {
+        pb::execute_response::Result::try_from(answer.result).expect("result")
+    };
+
+    // A duplicated action takes effect once; so does a duplicated compensation.
+    let txn = "01890a5d-ac96-774b-bcce-000000000005";
+    for _ in 0..3 {
+        let answer = client
+            .execute(execute(txn, "a"))
+            .await
+            .expect("execute")
+            .into_inner();
+        assert_eq!(result(answer), pb::execute_response::Result::Succeeded);
+    }
+    for _ in 0..2 {
+        client
+            .compensate(compensate(txn, "a"))
+            .await
+            .expect("compensate");
+    }
+    assert_eq!(p.effects(txn).await, ["action:a", "compensate:a"]);
+
+    // A compensation before its action: a tombstone, and the late action is
+    // refused without running.
+    let txn = "01890a5d-ac96-774b-bcce-000000000006";
+    client
+        .compensate(compensate(txn, "a"))
+        .await
+        .expect("compensate first");
+    let late = client
+        .execute(execute(txn, "a"))
+        .await
+        .expect("execute")
+        .into_inner();
+    assert_eq!(result(late), pb::execute_response::Result::Failed);
+    assert!(p.effects(txn).await.is_empty());
+    assert_eq!(
+        p.ledger(txn, "a", "compensate").await.as_deref(),
+        Some("tombstone")
+    );
+}
+
+#[tokio::test]
+async fn malformed_branch_references_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    for branch in [None, branch("", "b1"), branch("t", "")] {
+        let status = client
+            .prepare(pb::PrepareRequest {
+                branch,
+                payload: vec![],
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+    // A 2PC-only participant says so to saga calls.
+    let status = client
+        .execute(pb::ExecuteRequest {
+            branch: branch("t", "s"),
+            payload: vec![],
+        })
+        .await
+        .expect_err("unsupported");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
