@@ -13,6 +13,8 @@
 
 use sqlx::{FromRow, Sqlite, SqlitePool};
 
+use crate::server::BranchContext;
+
 /// The local transaction a handler runs in. The ledger row is written in it
 /// too, so the business change and the record of having made it commit or
 /// roll back together.
@@ -63,6 +65,7 @@ pub async fn install(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             result        TEXT NOT NULL,
             reason        TEXT,
             coordinator   TEXT,
+            payload       BLOB,
             created_at_ms INTEGER NOT NULL,
             PRIMARY KEY (txn_id, branch, op)
         )",
@@ -104,32 +107,85 @@ pub async fn find(
     }))
 }
 
+/// Writes the row for `op` on `branch`. Prepare rows keep the payload and
+/// the coordinator's address, so an in-doubt branch can be resolved after a
+/// restart (`crate::resolver`).
 pub async fn record(
     tx: &mut LocalTx,
-    txn_id: &str,
-    branch: &str,
+    branch: &BranchContext,
     op: Op,
     result: &str,
     reason: Option<&str>,
-    coordinator: &str,
+    payload: Option<&[u8]>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO concord_ledger (txn_id, branch, op, result, reason, coordinator, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO concord_ledger
+           (txn_id, branch, op, result, reason, coordinator, payload, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
-    .bind(txn_id)
-    .bind(branch)
+    .bind(&branch.transaction_id)
+    .bind(&branch.branch)
     .bind(op.as_str())
     .bind(result)
     .bind(reason)
-    .bind(coordinator)
+    .bind(&branch.coordinator)
+    .bind(payload)
     .bind(now_ms())
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-fn now_ms() -> i64 {
+/// A branch that voted COMMIT and has heard neither Commit nor Abort.
+#[derive(Debug, Clone, FromRow)]
+pub struct InDoubt {
+    pub txn_id: String,
+    pub branch: String,
+    pub coordinator: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    pub created_at_ms: i64,
+}
+
+/// Branches prepared at or before `prepared_before_ms` and still undecided.
+pub async fn in_doubt(
+    pool: &SqlitePool,
+    prepared_before_ms: i64,
+) -> Result<Vec<InDoubt>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
+         FROM concord_ledger p
+         WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= ?1
+           AND NOT EXISTS (
+             SELECT 1 FROM concord_ledger d
+             WHERE d.txn_id = p.txn_id AND d.branch = p.branch AND d.op IN ('commit', 'abort'))
+         ORDER BY p.created_at_ms",
+    )
+    .bind(prepared_before_ms)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes the rows of transactions that finished more than `older_than_ms`
+/// ago: every row of a (transaction, branch) whose last operation (commit,
+/// abort, compensate, or an action never compensated) is that old. Prepared
+/// branches still in doubt are never deleted. Returns the rows deleted.
+pub async fn prune(pool: &SqlitePool, older_than_ms: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM concord_ledger
+         WHERE (txn_id, branch) IN (
+             SELECT txn_id, branch FROM concord_ledger
+             GROUP BY txn_id, branch
+             HAVING MAX(created_at_ms) <= ?1
+                AND NOT (SUM(op = 'prepare' AND result = 'commit') > 0
+                         AND SUM(op IN ('commit', 'abort')) = 0))",
+    )
+    .bind(older_than_ms)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

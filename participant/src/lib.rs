@@ -11,17 +11,22 @@
 //! - [`saga`]: build a saga's step graph and submit it.
 //! - [`ledger`]: the exactly-once guard in the participant's own SQLite
 //!   database, written in the same local transaction as the business change.
+//! - [`resolver`]: asks the coordinator about branches prepared but left
+//!   without a decision (after a restart, or a long wait) and applies the
+//!   answer; prunes old ledger rows.
 //!
 //! Any language can be a participant: the proto in `proto/concord/v1` is the
 //! contract; this crate is the Rust way to keep it.
 
 pub mod client;
 pub mod ledger;
+pub mod resolver;
 pub mod saga;
 pub mod server;
 
 pub use client::{BeginOptions, Begun, ClientError, CommitOptions, CoordinatorClient, Outcome};
 pub use ledger::LocalTx;
+pub use resolver::ResolverConfig;
 pub use server::{
     BranchContext, ParticipantError, ParticipantService, SagaStep, StepResult, TwoPhaseParticipant,
     Unsupported, Vote,

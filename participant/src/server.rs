@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::ledger::{self, LocalTx, Op};
+use crate::resolver::{Resolution, Resolver, ResolverConfig};
 
 /// Which branch a call is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +195,7 @@ pub struct ParticipantService<P, S = Unsupported> {
     handler: Arc<P>,
     steps: Arc<S>,
     pool: SqlitePool,
+    resolver: ResolverConfig,
 }
 
 impl<P: TwoPhaseParticipant> ParticipantService<P, Unsupported> {
@@ -205,6 +207,7 @@ impl<P: TwoPhaseParticipant> ParticipantService<P, Unsupported> {
             handler: Arc::new(handler),
             steps: Arc::new(Unsupported),
             pool,
+            resolver: ResolverConfig::default(),
         })
     }
 }
@@ -218,6 +221,7 @@ impl<S: SagaStep> ParticipantService<Unsupported, S> {
             handler: Arc::new(Unsupported),
             steps: Arc::new(steps),
             pool,
+            resolver: ResolverConfig::default(),
         })
     }
 }
@@ -229,25 +233,96 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             handler: self.handler,
             steps: Arc::new(steps),
             pool: self.pool,
+            resolver: self.resolver,
         }
     }
 
+    /// Sets how in-doubt branches are resolved and the ledger is pruned.
+    pub fn with_resolver(mut self, config: ResolverConfig) -> Self {
+        self.resolver = config;
+        self
+    }
+
     /// The tonic service, ready for `Server::builder().add_service(...)`.
+    /// Run [`ParticipantService::maintain`] beside it (as
+    /// [`ParticipantService::serve`] does) to resolve in-doubt branches.
     pub fn into_server(self) -> ParticipantServer<Self> {
         ParticipantServer::new(self)
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener`, and resolves in-doubt branches and prunes the
+    /// ledger beside it, until `shutdown` resolves.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        tonic::transport::Server::builder()
+        let service = Arc::new(self);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(self.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await
+            .add_service(ParticipantServer::from_arc(Arc::clone(&service)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let stop = stop.clone();
+                async move {
+                    shutdown.await;
+                    stop.cancel();
+                }
+            });
+        let (served, ()) = tokio::join!(server, service.maintain(stop.clone().cancelled_owned()));
+        served
+    }
+
+    /// The resolver's loop: every check interval, asks about in-doubt
+    /// branches and applies the answers; now and then prunes the ledger.
+    /// Ends when `shutdown` resolves.
+    pub async fn maintain(&self, shutdown: impl Future<Output = ()> + Send) {
+        let mut resolver = Resolver::new(self.resolver.clone());
+        let mut ticks = tokio::time::interval(resolver.config().check_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticks.tick() => {}
+            }
+            self.resolve_due(&mut resolver).await;
+            resolver.maybe_prune(&self.pool).await;
+        }
+    }
+
+    async fn resolve_due(&self, resolver: &mut Resolver) {
+        let due = match resolver.due(&self.pool).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "looking for in-doubt branches failed");
+                return;
+            }
+        };
+        for in_doubt in due {
+            let Some(resolution) = resolver.ask(&in_doubt).await else {
+                continue;
+            };
+            let branch = BranchContext {
+                transaction_id: in_doubt.txn_id.clone(),
+                branch: in_doubt.branch.clone(),
+                coordinator: in_doubt.coordinator.clone().unwrap_or_default(),
+                one_phase: false,
+            };
+            let payload = in_doubt.payload.clone().unwrap_or_default();
+            // The same ledger-guarded paths as a delivered decision: if the
+            // coordinator's delivery arrives too, it is a duplicate.
+            let applied = match resolution {
+                Resolution::Commit => self.commit(&branch, &payload).await,
+                Resolution::Abort => self.abort(&branch, &payload).await.map(|_| ()),
+            };
+            match applied {
+                Ok(()) => tracing::info!(txn = %branch.transaction_id, branch = %branch.branch,
+                    "resolved an in-doubt branch"),
+                Err(status) => tracing::warn!(txn = %branch.transaction_id, %status,
+                    "applying the resolved outcome failed; will ask again"),
+            }
+        }
     }
 
     async fn prepare(&self, branch: &BranchContext, payload: &[u8]) -> Result<Vote, Status> {
@@ -279,17 +354,9 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
                 ("abort", Some(reason.as_str()))
             }
         };
-        ledger::record(
-            &mut tx,
-            id,
-            name,
-            Op::Prepare,
-            result,
-            reason,
-            &branch.coordinator,
-        )
-        .await
-        .map_err(db)?;
+        ledger::record(&mut tx, branch, Op::Prepare, result, reason, Some(payload))
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(vote)
     }
@@ -326,17 +393,9 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             ))),
             Some(_) => {
                 self.handler.commit(&mut tx, branch, payload).await?;
-                ledger::record(
-                    &mut tx,
-                    id,
-                    name,
-                    Op::Commit,
-                    "done",
-                    None,
-                    &branch.coordinator,
-                )
-                .await
-                .map_err(db)?;
+                ledger::record(&mut tx, branch, Op::Commit, "done", None, None)
+                    .await
+                    .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(())
             }
@@ -374,17 +433,9 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             // It voted ABORT or READ_ONLY: nothing of it is held.
             Some(_) => "done",
         };
-        ledger::record(
-            &mut tx,
-            id,
-            name,
-            Op::Abort,
-            result,
-            None,
-            &branch.coordinator,
-        )
-        .await
-        .map_err(db)?;
+        ledger::record(&mut tx, branch, Op::Abort, result, None, None)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(false)
     }
@@ -429,17 +480,9 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
                 Vote::ReadOnly => committed(true),
                 Vote::Commit => {
                     self.handler.commit(&mut tx, branch, payload).await?;
-                    ledger::record(
-                        &mut tx,
-                        id,
-                        name,
-                        Op::Commit,
-                        "done",
-                        None,
-                        &branch.coordinator,
-                    )
-                    .await
-                    .map_err(db)?;
+                    ledger::record(&mut tx, branch, Op::Commit, "done", None, None)
+                        .await
+                        .map_err(db)?;
                     tx.commit().await.map_err(db)?;
                     committed(false)
                 }
@@ -449,53 +492,28 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             Vote::Commit => {
                 // R6: prepare and commit in one local transaction.
                 self.handler.commit(&mut tx, branch, payload).await?;
-                let coordinator = &branch.coordinator;
-                ledger::record(&mut tx, id, name, Op::Prepare, "commit", None, coordinator)
+                ledger::record(&mut tx, branch, Op::Prepare, "commit", None, Some(payload))
                     .await
                     .map_err(db)?;
-                ledger::record(
-                    &mut tx,
-                    id,
-                    name,
-                    Op::Commit,
-                    "one_phase",
-                    None,
-                    coordinator,
-                )
-                .await
-                .map_err(db)?;
+                ledger::record(&mut tx, branch, Op::Commit, "one_phase", None, None)
+                    .await
+                    .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(committed(false))
             }
             Vote::ReadOnly => {
-                ledger::record(
-                    &mut tx,
-                    id,
-                    name,
-                    Op::Prepare,
-                    "read_only",
-                    None,
-                    &branch.coordinator,
-                )
-                .await
-                .map_err(db)?;
+                ledger::record(&mut tx, branch, Op::Prepare, "read_only", None, None)
+                    .await
+                    .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(committed(true))
             }
             Vote::Abort(reason) => {
                 tx.rollback().await.map_err(db)?;
                 let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-                ledger::record(
-                    &mut tx,
-                    id,
-                    name,
-                    Op::Prepare,
-                    "abort",
-                    Some(&reason),
-                    &branch.coordinator,
-                )
-                .await
-                .map_err(db)?;
+                ledger::record(&mut tx, branch, Op::Prepare, "abort", Some(&reason), None)
+                    .await
+                    .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(aborted(reason))
             }
@@ -537,17 +555,9 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
                 ("refused", Some(reason.as_str()))
             }
         };
-        ledger::record(
-            &mut tx,
-            id,
-            name,
-            Op::Action,
-            outcome,
-            reason,
-            &step.coordinator,
-        )
-        .await
-        .map_err(db)?;
+        ledger::record(&mut tx, step, Op::Action, outcome, reason, None)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(result)
     }
@@ -576,17 +586,9 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             // The action was refused: nothing of it to undo.
             Some(_) => "done",
         };
-        ledger::record(
-            &mut tx,
-            id,
-            name,
-            Op::Compensate,
-            result,
-            None,
-            &step.coordinator,
-        )
-        .await
-        .map_err(db)?;
+        ledger::record(&mut tx, step, Op::Compensate, result, None, None)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(())
     }

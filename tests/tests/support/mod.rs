@@ -186,8 +186,8 @@ impl TestParticipant {
         Self::start_on(dir, name, coordinator_db, "127.0.0.1:0").await
     }
 
-    /// Restarts a participant on `addr` with its old database, repaired: it
-    /// no longer fails commits on purpose.
+    /// Restarts a participant on `addr` (`127.0.0.1:0` for a new port) with
+    /// its old database, repaired: it no longer fails commits on purpose.
     pub async fn restart_healthy(
         dir: &Path,
         name: &str,

@@ -1,0 +1,193 @@
+//! In-doubt resolution (DESIGN §4): a branch that voted COMMIT has promised
+//! to wait for the coordinator's decision. When it has waited too long — or
+//! the participant restarted and phase 2 may have come and gone — the
+//! resolver asks `Coordinator.GetOutcome` (at the address the prepare
+//! carried), with backoff per branch, until it knows; then applies the
+//! outcome through the same ledger-guarded path as a delivered Commit or
+//! Abort, so it takes effect exactly once whichever arrives first.
+//!
+//! The same loop prunes ledger rows of transactions finished longer ago than
+//! the retention.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::client::{CoordinatorClient, Outcome};
+use crate::ledger;
+
+/// How the resolver behaves.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// Where to ask when a prepare carried no coordinator address.
+    pub coordinator: Option<String>,
+    /// A branch prepared by this process waits this long for phase 2 before
+    /// asking on its own. Branches prepared before the process started are
+    /// asked about at once.
+    pub in_doubt_after: Duration,
+    /// How often to look for in-doubt branches.
+    pub check_interval: Duration,
+    /// Deadline of each GetOutcome call.
+    pub call_timeout: Duration,
+    /// Backoff between questions about one branch: first delay and cap.
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Ledger rows of finished transactions are deleted after this long.
+    pub retention: Duration,
+    /// How often to prune.
+    pub prune_interval: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: None,
+            in_doubt_after: Duration::from_secs(10),
+            check_interval: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(5),
+            retry_min_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// When to ask next about one branch.
+struct Pending {
+    next: Instant,
+    delays: backon::ExponentialBackoff,
+}
+
+/// The resolver's memory between checks.
+pub(crate) struct Resolver {
+    config: ResolverConfig,
+    started_at_ms: i64,
+    pending: HashMap<(String, String), Pending>,
+    clients: HashMap<String, CoordinatorClient>,
+    last_prune: Option<Instant>,
+}
+
+/// What the resolver decided for one in-doubt branch.
+pub(crate) enum Resolution {
+    Commit,
+    Abort,
+}
+
+impl Resolver {
+    pub(crate) fn new(config: ResolverConfig) -> Self {
+        Self {
+            config,
+            started_at_ms: ledger::now_ms(),
+            pending: HashMap::new(),
+            clients: HashMap::new(),
+            last_prune: None,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &ResolverConfig {
+        &self.config
+    }
+
+    /// In-doubt branches whose turn to be asked about has come.
+    pub(crate) async fn due(
+        &mut self,
+        pool: &sqlx::SqlitePool,
+    ) -> Result<Vec<ledger::InDoubt>, sqlx::Error> {
+        let waited = i64::try_from(self.config.in_doubt_after.as_millis()).unwrap_or(i64::MAX);
+        let threshold = self
+            .started_at_ms
+            .max(ledger::now_ms().saturating_sub(waited));
+        let now = Instant::now();
+        let found = ledger::in_doubt(pool, threshold).await?;
+        Ok(found
+            .into_iter()
+            .filter(|branch| {
+                self.pending
+                    .get(&(branch.txn_id.clone(), branch.branch.clone()))
+                    .is_none_or(|p| p.next <= now)
+            })
+            .collect())
+    }
+
+    /// Asks the coordinator about one branch. None means "not yet": asked
+    /// again after a backoff.
+    pub(crate) async fn ask(&mut self, branch: &ledger::InDoubt) -> Option<Resolution> {
+        let url = branch
+            .coordinator
+            .clone()
+            .filter(|url| !url.is_empty())
+            .or_else(|| self.config.coordinator.clone());
+        let answer = match url {
+            None => {
+                tracing::warn!(txn = %branch.txn_id, branch = %branch.branch,
+                    "in-doubt branch has no coordinator address to ask; set ResolverConfig::coordinator");
+                None
+            }
+            Some(url) => match self.client(&url) {
+                Some(client) => match client.outcome(&branch.txn_id).await {
+                    Ok(Outcome::Committed { .. }) => Some(Resolution::Commit),
+                    Ok(Outcome::Aborted { .. }) => Some(Resolution::Abort),
+                    Ok(Outcome::Undecided) => None,
+                    Err(error) => {
+                        tracing::warn!(txn = %branch.txn_id, %error, "asking the coordinator failed");
+                        None
+                    }
+                },
+                None => None,
+            },
+        };
+        let key = (branch.txn_id.clone(), branch.branch.clone());
+        if answer.is_some() {
+            self.pending.remove(&key);
+        } else {
+            let (min, max) = (self.config.retry_min_delay, self.config.retry_max_delay);
+            let pending = self.pending.entry(key).or_insert_with(|| Pending {
+                next: Instant::now(),
+                delays: ExponentialBuilder::default()
+                    .with_min_delay(min)
+                    .with_max_delay(max)
+                    .with_jitter()
+                    .without_max_times()
+                    .build(),
+            });
+            pending.next = Instant::now() + pending.delays.next().unwrap_or(max);
+        }
+        answer
+    }
+
+    fn client(&mut self, url: &str) -> Option<CoordinatorClient> {
+        if let Some(client) = self.clients.get(url) {
+            return Some(client.clone());
+        }
+        match CoordinatorClient::connect(url) {
+            Ok(client) => {
+                let client = client.with_timeout(self.config.call_timeout);
+                self.clients.insert(url.to_owned(), client.clone());
+                Some(client)
+            }
+            Err(error) => {
+                tracing::warn!(%url, %error, "cannot ask this coordinator");
+                None
+            }
+        }
+    }
+
+    /// Prunes finished ledger rows when the prune interval has passed.
+    pub(crate) async fn maybe_prune(&mut self, pool: &sqlx::SqlitePool) {
+        if self
+            .last_prune
+            .is_some_and(|at| at.elapsed() < self.config.prune_interval)
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let keep = i64::try_from(self.config.retention.as_millis()).unwrap_or(i64::MAX);
+        match ledger::prune(pool, ledger::now_ms().saturating_sub(keep)).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "pruned finished ledger rows"),
+            Err(error) => tracing::warn!(%error, "ledger pruning failed"),
+        }
+    }
+}
