@@ -15,10 +15,12 @@
 //! - [`node`]: one running node (store + runtime + server), as started by
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
+//! - [`cli`]: the `concord` command line.
 //!
 //! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`.
 
 pub mod api;
+pub mod cli;
 pub mod model;
 pub mod node;
 pub mod protocol;

@@ -9,6 +9,7 @@
 //!   serve them as the `concord.v1.Participant` gRPC service with
 //!   [`ParticipantService`].
 //! - [`saga`]: build a saga's step graph and submit it.
+//! - [`crash`]: crash points for tests (`failpoints` feature).
 //! - [`ledger`]: the exactly-once guard in the participant's own SQLite
 //!   database, written in the same local transaction as the business change.
 //! - [`resolver`]: asks the coordinator about branches prepared but left
@@ -19,6 +20,7 @@
 //! contract; this crate is the Rust way to keep it.
 
 pub mod client;
+pub mod crash;
 pub mod ledger;
 pub mod resolver;
 pub mod saga;

@@ -358,6 +358,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        crate::crash::point("participant-after-prepare");
         Ok(vote)
     }
 
@@ -392,6 +393,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
                 "branch {name} of {id} voted ABORT; it cannot commit"
             ))),
             Some(_) => {
+                crate::crash::point("participant-before-commit");
                 self.handler.commit(&mut tx, branch, payload).await?;
                 ledger::record(&mut tx, branch, Op::Commit, "done", None, None)
                     .await

@@ -21,6 +21,7 @@ use crate::protocol::two_phase::{Decision, Effect, Event, OnePhaseResult, Outcom
 use crate::store::Record;
 
 use super::Shared;
+use super::crash;
 use super::live::{Inner, LiveTxn};
 use super::participants::AbortAnswer;
 
@@ -76,11 +77,14 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
         }
         while let Some(effect) = queue.pop_front() {
             match effect {
-                Effect::SendPrepare(idx) => calls.push(Box::pin(prepare(
-                    Arc::clone(&shared),
-                    Arc::clone(&txn),
-                    idx,
-                ))),
+                Effect::SendPrepare(idx) => {
+                    crash::point("2pc-before-prepare");
+                    calls.push(Box::pin(prepare(
+                        Arc::clone(&shared),
+                        Arc::clone(&txn),
+                        idx,
+                    )));
+                }
                 Effect::SendOnePhase(idx) => {
                     calls.push(Box::pin(one_phase(
                         Arc::clone(&shared),
@@ -105,6 +109,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     )));
                 }
                 Effect::LogDecision => {
+                    crash::point("2pc-before-decision");
                     let at_ms = now_ms();
                     txn.lock().decided_at_ms = Some(at_ms);
                     let record = Record::Decided { id: txn.id, at_ms };
@@ -112,22 +117,29 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     if !write_until_durable(&shared, vec![record]).await {
                         return stop(&txn);
                     }
+                    crash::point("2pc-after-decision");
                     queue.extend(apply(&txn, Event::DecisionDurable));
                 }
                 Effect::LogAbort { reason } => {
                     let at_ms = now_ms();
                     txn.lock().decided_at_ms.get_or_insert(at_ms);
                     // R2: presumed abort; nobody waits for this record.
-                    drop(shared.log.submit(vec![Record::Aborting {
+                    let durable = shared.log.submit(vec![Record::Aborting {
                         id: txn.id,
                         at_ms,
                         reason,
-                    }]));
+                    }]);
+                    if cfg!(feature = "failpoints") {
+                        // Crash tests need the abort on disk to crash after it.
+                        let _ = durable.wait().await;
+                        crash::point("2pc-after-abort-decision");
+                    }
                 }
                 Effect::Announce(outcome) => {
                     txn.outcome.send_replace(Some(outcome));
                 }
                 Effect::LogEnd(outcome) => {
+                    crash::point("2pc-before-end");
                     let record = Record::Ended {
                         id: txn.id,
                         state: match outcome {
@@ -288,7 +300,12 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
             Ok(AbortAnswer::AlreadyCommitted) if decision == Decision::Abort => {
                 return Event::FoundCommitted { branch: idx };
             }
-            Ok(_) => return Event::Delivered { branch: idx },
+            Ok(_) => {
+                if decision == Decision::Commit {
+                    crash::point("2pc-mid-phase-two");
+                }
+                return Event::Delivered { branch: idx };
+            }
             Err(error) => {
                 let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
                 let verb = match decision {

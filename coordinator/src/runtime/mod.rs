@@ -17,6 +17,7 @@
 //! - [`saga`]: a saga in memory and the task that executes its effects.
 //! - [`log`]: the group-commit writer.
 //! - [`participants`]: channels and calls to participants.
+//! - [`crash`]: crash points for tests (`failpoints` feature).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{Decision, Event, Outcome, Rejected, TwoPhase};
 use crate::store::{ListQuery, Record, Store, StoreError};
 
+pub mod crash;
 pub mod driver;
 pub mod live;
 pub mod log;

@@ -23,6 +23,7 @@ use crate::protocol::saga::{Effect, Event, Saga, SagaPhase};
 use crate::store::{Record, StepProgress};
 
 use super::Shared;
+use super::crash;
 use super::driver::write_until_durable;
 use super::live::TxnHeader;
 use super::participants::{BranchCall, ExecuteAnswer};
@@ -232,7 +233,13 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                     step,
                     report_budget,
                 ))),
-                Effect::Record { step, .. } => {
+                Effect::Record { step, status } => {
+                    let compensation = status == StepStatus::Compensated;
+                    crash::point(if compensation {
+                        "saga-before-compensation-record"
+                    } else {
+                        "saga-before-step-record"
+                    });
                     let record = {
                         let inner = saga.lock();
                         Record::StepRecorded {
@@ -246,6 +253,11 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                     if !write_until_durable(&shared, vec![record]).await {
                         return stop(&saga);
                     }
+                    crash::point(if compensation {
+                        "saga-after-compensation-record"
+                    } else {
+                        "saga-after-step-record"
+                    });
                 }
                 Effect::FlagAttention => {
                     tracing::warn!("saga needs attention: a step is past its retry budget");

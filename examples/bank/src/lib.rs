@@ -12,6 +12,8 @@
 
 use std::path::Path;
 
+pub mod cli;
+
 use concord_participant::{BranchContext, LocalTx, ParticipantError, TwoPhaseParticipant, Vote};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -15,6 +15,8 @@
 //! retries at work.
 
 use std::collections::HashMap;
+
+pub mod cli;
 use std::path::Path;
 use std::sync::Mutex;
 

@@ -6,6 +6,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod process;
+
 use concord_participant::{BeginOptions, Outcome};
 use concord_proto::v1 as pb;
 use concord_proto::v1::participant_client::ParticipantClient;

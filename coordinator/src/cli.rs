@@ -1,0 +1,169 @@
+//! The `concord` command line: `concord serve` runs a coordinator node.
+//! Every flag also reads an environment variable (`CONCORD_*`), shown by
+//! `concord serve --help`. The binary's `main` is [`main`]; it lives in the
+//! library so that tests can build the same program with fail points on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::api::Limits;
+use crate::node::{Node, NodeConfig, StoreLocation};
+use crate::runtime::RuntimeConfig;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "concord",
+    version,
+    about = "Concord distributed transaction coordinator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a coordinator node (gRPC on --listen, log in --data-dir).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+
+    /// Directory of the embedded SQLite log (created if missing).
+    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./concord-data")]
+    data_dir: PathBuf,
+
+    /// Database URL overriding --data-dir, e.g. sqlite:///var/lib/concord/log.db.
+    #[arg(long, env = "CONCORD_DATABASE_URL")]
+    database_url: Option<String>,
+
+    /// The URL participants reach this node at, sent with every call so they
+    /// know whom to ask about in-doubt branches. Default: http://<listen>.
+    #[arg(long, env = "CONCORD_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+
+    /// Timeout of a transaction whose Begin names none, in ms.
+    #[arg(long, env = "CONCORD_TXN_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    txn_timeout_ms: u64,
+
+    /// Prepare deadline when Commit names none, in ms (R5).
+    #[arg(long, env = "CONCORD_PREPARE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    prepare_timeout_ms: u64,
+
+    /// Deadline of each phase-2 Commit/Abort delivery attempt, in ms.
+    #[arg(long, env = "CONCORD_DELIVERY_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    delivery_timeout_ms: u64,
+
+    /// First retry delay of phase-2 deliveries, in ms; doubles with jitter.
+    #[arg(long, env = "CONCORD_RETRY_MIN_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    retry_min_ms: u64,
+
+    /// Cap on the phase-2 retry delay, in ms.
+    #[arg(long, env = "CONCORD_RETRY_MAX_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    retry_max_ms: u64,
+
+    /// Largest branch payload accepted, in bytes.
+    #[arg(long, env = "CONCORD_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    max_payload_bytes: u64,
+
+    /// Most steps one saga may have.
+    #[arg(long, env = "CONCORD_MAX_SAGA_STEPS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_saga_steps: u64,
+
+    /// Most branches one transaction may have.
+    #[arg(long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_branches: u64,
+}
+
+/// Runs the command line; returns when the command is done.
+pub fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    // Fail points (tests only): FAILPOINTS="2pc-after-decision=return"
+    // stops the process dead at that log boundary (see `runtime::crash`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ms = Duration::from_millis;
+    let runtime = RuntimeConfig::with_retry(
+        ms(args.retry_min_ms),
+        ms(args.retry_max_ms.max(args.retry_min_ms)),
+        RuntimeConfig {
+            default_txn_timeout: ms(args.txn_timeout_ms),
+            default_prepare_timeout: ms(args.prepare_timeout_ms),
+            delivery_timeout: ms(args.delivery_timeout_ms),
+            max_branches: usize::try_from(args.max_branches).unwrap_or(usize::MAX),
+            advertised_url: args.advertise_url.unwrap_or_default(),
+            ..RuntimeConfig::default()
+        },
+    );
+    let store = match args.database_url {
+        Some(url) => StoreLocation::Url(url),
+        None => StoreLocation::DataDir(args.data_dir),
+    };
+    let config = NodeConfig {
+        listen: args.listen,
+        store,
+        runtime,
+        limits: Limits {
+            max_payload_bytes: usize::try_from(args.max_payload_bytes).unwrap_or(usize::MAX),
+            max_saga_steps: usize::try_from(args.max_saga_steps).unwrap_or(usize::MAX),
+        },
+    };
+    let mut node = Node::start(config)
+        .await
+        .context("starting the coordinator")?;
+    tokio::select! {
+        result = node.wait() => {
+            result.context("the gRPC server stopped")?;
+        }
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            node.shutdown().await.context("shutting down")?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The `account-service` command line: one bank, its own SQLite database of
+//! balances, serving the Concord Participant gRPC service.
+//!
+//!     account-service serve --listen 127.0.0.1:7501 --db bank-a.db --open alice=10000
+//!     account-service balances --db bank-a.db
+//!
+//! It lives in the library so that crash tests can build the same program
+//! with the SDK's fail points on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "account-service",
+    about = "A bank taking part in Concord transactions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the Participant gRPC service.
+    Serve {
+        #[arg(long, env = "BANK_LISTEN", default_value = "127.0.0.1:7501")]
+        listen: SocketAddr,
+        /// The bank's SQLite database (created if missing).
+        #[arg(long, env = "BANK_DB")]
+        db: PathBuf,
+        /// Open (or reset) accounts before serving: NAME=CENTS, repeatable.
+        #[arg(long = "open", value_parser = parse_opening)]
+        open: Vec<(String, i64)>,
+    },
+    /// Print every account's balance and held amount.
+    Balances {
+        #[arg(long, env = "BANK_DB")]
+        db: PathBuf,
+    },
+}
+
+fn parse_opening(value: &str) -> Result<(String, i64), String> {
+    let (name, cents) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=CENTS"))?;
+    let cents: i64 = cents
+        .parse()
+        .map_err(|e| format!("{cents:?} is not a number of cents: {e}"))?;
+    if name.is_empty() || cents < 0 {
+        return Err(format!("{value:?}: need a name and a balance >= 0"));
+    }
+    Ok((name.to_owned(), cents))
+}
+
+/// Runs the `account-service` command line.
+pub fn main() -> anyhow::Result<()> {
+    let _failpoints = concord_participant::crash::arm_from_env();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve { listen, db, open } => {
+            let pool = crate::open_db(&db)
+                .await
+                .with_context(|| format!("opening {}", db.display()))?;
+            for (name, cents) in open {
+                crate::open_account(&pool, &name, cents).await?;
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            tracing::info!(%listen, db = %db.display(), "account service serving");
+            crate::serve(pool, listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        }
+        Command::Balances { db } => {
+            let pool = crate::open_db(&db).await?;
+            for account in crate::accounts(&pool).await? {
+                println!(
+                    "{:<12} balance {:>10}  held {:>8}",
+                    account.name, account.balance, account.held
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The `travel-service` command line: one of the travel example's
+//! services, with its own SQLite database, serving the Concord Participant
+//! gRPC service. It lives in the library so that crash tests can build the
+//! same program with the SDK's fail points on.
+//!
+//!     travel-service --kind flight --listen 127.0.0.1:7601 --db flight.db --stock LH123=10
+//!     travel-service --kind payment --listen 127.0.0.1:7604 --db payment.db --card ada=100000
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::Kind;
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "travel-service",
+    about = "A travel service taking part in Concord sagas"
+)]
+struct Args {
+    #[arg(long, value_enum)]
+    kind: Kind,
+    #[arg(long, default_value = "127.0.0.1:7601")]
+    listen: SocketAddr,
+    /// The service's SQLite database (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// Inventory: ITEM=UNITS, repeatable.
+    #[arg(long = "stock", value_parser = pair)]
+    stock: Vec<(String, i64)>,
+    /// Payment: CARD=CENTS, repeatable.
+    #[arg(long = "card", value_parser = pair)]
+    cards: Vec<(String, i64)>,
+    /// Fail the first N attempts of every call transiently (shows retries).
+    #[arg(long, default_value_t = 0)]
+    flaky: u32,
+}
+
+fn pair(value: &str) -> Result<(String, i64), String> {
+    let (name, n) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=NUMBER"))?;
+    let n: i64 = n.parse().map_err(|e| format!("{n:?}: {e}"))?;
+    if name.is_empty() || n < 0 {
+        return Err(format!("{value:?}: need a name and a number >= 0"));
+    }
+    Ok((name.to_owned(), n))
+}
+
+/// Runs the `travel-service` command line.
+pub fn main() -> anyhow::Result<()> {
+    let _failpoints = concord_participant::crash::arm_from_env();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let pool = crate::open_db(&args.db)
+        .await
+        .with_context(|| format!("opening {}", args.db.display()))?;
+    for (item, units) in &args.stock {
+        crate::stock(&pool, item, *units).await?;
+    }
+    for (card, cents) in &args.cards {
+        crate::fund(&pool, card, *cents).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(kind = ?args.kind, listen = %args.listen, "travel service serving");
+    crate::serve(args.kind, args.flaky, pool, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}

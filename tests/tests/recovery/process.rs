@@ -1,0 +1,501 @@
+//! Process-level crash tests: the real programs (built with fail points on,
+//! see `tests/src/bin`) as child processes, each with its own SQLite files.
+//! A fail point aborts a process at an exact log boundary — as `kill -9`
+//! would at that instant — or the test sends SIGKILL; then the process is
+//! restarted on the same address and data, and the outcome is checked in
+//! every participant's database: balances, bookings, holds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use concord_example_bank::{Movement, account, open_holds};
+use concord_participant::saga::SagaState;
+use concord_participant::{BeginOptions, CoordinatorClient, Outcome};
+use concord_proto::v1 as pb;
+use tokio::process::{Child, Command};
+
+use super::support::eventually;
+
+/// A free loopback address (bound and released; a restart reuses it).
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A child process serving on `addr`.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `exe` and waits until it accepts connections on `addr`.
+    async fn start(
+        name: &str,
+        exe: &str,
+        args: &[String],
+        failpoint: Option<&str>,
+        addr: SocketAddr,
+    ) -> Self {
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env(
+                "FAILPOINTS",
+                failpoint.map(|p| format!("{p}=return")).unwrap_or_default(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        for _ in 0..750 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Self {
+                    name: name.to_owned(),
+                    child,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited before serving: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name} did not start serving on {addr}");
+    }
+
+    /// Waits for the process to die at its fail point; it must not exit
+    /// cleanly.
+    async fn crashed(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not reach its crash point", self.name))
+            .expect("wait");
+        assert!(
+            !status.success(),
+            "{} exited cleanly instead of crashing: {status}",
+            self.name
+        );
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+}
+
+fn coordinator_args(addr: SocketAddr, data: &Path) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--retry-min-ms",
+        "10",
+        "--retry-max-ms",
+        "200",
+        "--delivery-timeout-ms",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+async fn start_coordinator(addr: SocketAddr, data: &Path, failpoint: Option<&str>) -> Proc {
+    let exe = env!("CARGO_BIN_EXE_concord-failpoints");
+    Proc::start(
+        "concord",
+        exe,
+        &coordinator_args(addr, data),
+        failpoint,
+        addr,
+    )
+    .await
+}
+
+/// Two banks and a coordinator, all separate processes.
+struct Banks {
+    dir: tempfile::TempDir,
+    coordinator_addr: SocketAddr,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+}
+
+impl Banks {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            coordinator_addr: free_addr(),
+            a_addr: free_addr(),
+            b_addr: free_addr(),
+        }
+    }
+
+    fn coordinator_data(&self) -> PathBuf {
+        self.dir.path().join("coordinator")
+    }
+
+    fn db(&self, bank: &str) -> PathBuf {
+        self.dir.path().join(format!("{bank}.db"))
+    }
+
+    async fn coordinator(&self, failpoint: Option<&str>) -> Proc {
+        start_coordinator(self.coordinator_addr, &self.coordinator_data(), failpoint).await
+    }
+
+    /// Bank "a" holds alice (10 000 cents at first), bank "b" bob (5 000).
+    async fn bank(&self, bank: &str, failpoint: Option<&str>, first_start: bool) -> Proc {
+        let (addr, opening) = match bank {
+            "a" => (self.a_addr, "alice=10000"),
+            _ => (self.b_addr, "bob=5000"),
+        };
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--db".into(),
+            self.db(bank).display().to_string(),
+        ];
+        if first_start {
+            args.extend(["--open".to_string(), opening.to_string()]);
+        }
+        let exe = env!("CARGO_BIN_EXE_account-service-failpoints");
+        Proc::start(&format!("bank-{bank}"), exe, &args, failpoint, addr).await
+    }
+
+    fn client(&self) -> CoordinatorClient {
+        CoordinatorClient::connect(format!("http://{}", self.coordinator_addr))
+            .expect("client")
+            .with_timeout(Duration::from_secs(10))
+    }
+
+    /// Starts a 3 000-cent transfer from alice to bob; returns its id and
+    /// what Commit answered (an error when the coordinator died first).
+    async fn transfer(&self) -> (String, Option<Outcome>) {
+        let client = self.client();
+        let id = client
+            .begin(BeginOptions::default())
+            .await
+            .expect("begin")
+            .transaction_id;
+        let debit = Movement {
+            account: "alice".into(),
+            delta: -3_000,
+        };
+        let credit = Movement {
+            account: "bob".into(),
+            delta: 3_000,
+        };
+        let a = format!("http://{}", self.a_addr);
+        let b = format!("http://{}", self.b_addr);
+        client
+            .enlist(&id, &a, debit.to_payload(), Some("debit"))
+            .await
+            .expect("enlist");
+        client
+            .enlist(&id, &b, credit.to_payload(), Some("credit"))
+            .await
+            .expect("enlist");
+        let answer = client.commit(&id).await.ok();
+        (id, answer)
+    }
+
+    /// Waits for the transaction to end and checks the money in both
+    /// banks' databases: moved once or not at all, nothing held (I1, I3, I6).
+    async fn settles(&self, id: &str, told: Option<Outcome>, committed: bool) {
+        let client = self.client();
+        let state = eventually(&format!("{id} ends"), || async {
+            let state = client.transaction(id).await.ok()?.state;
+            let state = pb::TransactionState::try_from(state).ok()?;
+            matches!(
+                state,
+                pb::TransactionState::Committed | pb::TransactionState::Aborted
+            )
+            .then_some(state)
+        })
+        .await;
+        let expected = if committed {
+            pb::TransactionState::Committed
+        } else {
+            pb::TransactionState::Aborted
+        };
+        assert_eq!(state, expected);
+        // I2: what the client was told stands.
+        if let Some(told) = told {
+            assert_eq!(
+                matches!(told, Outcome::Committed { .. }),
+                committed,
+                "told {told:?}"
+            );
+        }
+        let a = concord_example_bank::open_db(&self.db("a"))
+            .await
+            .expect("bank a db");
+        let b = concord_example_bank::open_db(&self.db("b"))
+            .await
+            .expect("bank b db");
+        let (alice, bob) = if committed {
+            (7_000, 8_000)
+        } else {
+            (10_000, 5_000)
+        };
+        eventually("both banks settle", || async {
+            let alice_now = account(&a, "alice").await.ok()??;
+            let bob_now = account(&b, "bob").await.ok()??;
+            let holds = open_holds(&a).await.ok()? + open_holds(&b).await.ok()?;
+            (alice_now.balance == alice
+                && bob_now.balance == bob
+                && alice_now.held == 0
+                && bob_now.held == 0
+                && holds == 0)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+/// The coordinator dies at `point` during a transfer; restarted, it must
+/// finish the transfer everywhere as `committed` says.
+async fn coordinator_dies_at(point: &str, committed: bool) {
+    let world = Banks::new();
+    let _a = world.bank("a", None, true).await;
+    let _b = world.bank("b", None, true).await;
+    let coordinator = world.coordinator(Some(point)).await;
+    let (id, told) = world.transfer().await;
+    coordinator.crashed().await;
+    let _coordinator = world.coordinator(None).await;
+    world.settles(&id, told, committed).await;
+}
+
+#[tokio::test]
+async fn coordinator_killed_after_prepare_before_the_decision_aborts_everywhere() {
+    coordinator_dies_at("2pc-before-decision", false).await;
+}
+
+#[tokio::test]
+async fn coordinator_killed_after_the_decision_before_phase_two_commits_everywhere() {
+    coordinator_dies_at("2pc-after-decision", true).await;
+}
+
+#[tokio::test]
+async fn coordinator_killed_mid_phase_two_commits_everywhere_exactly_once() {
+    coordinator_dies_at("2pc-mid-phase-two", true).await;
+}
+
+#[tokio::test]
+async fn participant_killed_after_voting_yes_commits_after_its_restart() {
+    let world = Banks::new();
+    let _a = world.bank("a", None, true).await;
+    let b = world
+        .bank("b", Some("participant-before-commit"), true)
+        .await;
+    let _coordinator = world.coordinator(None).await;
+    let (id, told) = world.transfer().await;
+    assert_eq!(told, Some(Outcome::Committed { read_only: false }));
+    b.crashed().await;
+    let _b = world.bank("b", None, false).await;
+    world.settles(&id, told, true).await;
+}
+
+#[tokio::test]
+async fn participant_killed_before_its_vote_arrived_aborts_after_its_restart() {
+    let world = Banks::new();
+    let _a = world.bank("a", None, true).await;
+    // b's YES vote is on its disk, but b dies before sending it.
+    let b = world
+        .bank("b", Some("participant-after-prepare"), true)
+        .await;
+    let _coordinator = world.coordinator(None).await;
+    let (id, told) = world.transfer().await;
+    assert!(matches!(told, Some(Outcome::Aborted { .. })), "{told:?}");
+    b.crashed().await;
+    let _b = world.bank("b", None, false).await;
+    world.settles(&id, told, false).await;
+}
+
+#[tokio::test]
+async fn a_killed_and_restarted_bank_keeps_every_committed_transfer() {
+    let world = Banks::new();
+    let a = world.bank("a", None, true).await;
+    let _b = world.bank("b", None, true).await;
+    let _coordinator = world.coordinator(None).await;
+    let (id, told) = world.transfer().await;
+    a.kill().await;
+    let _a = world.bank("a", None, false).await;
+    world.settles(&id, told, true).await;
+}
+
+/// The travel services and a coordinator, all separate processes.
+struct Travel {
+    dir: tempfile::TempDir,
+    coordinator_addr: SocketAddr,
+    addrs: Vec<(&'static str, SocketAddr)>,
+}
+
+impl Travel {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            coordinator_addr: free_addr(),
+            addrs: ["flight", "hotel", "car", "payment", "email"]
+                .into_iter()
+                .map(|kind| (kind, free_addr()))
+                .collect(),
+        }
+    }
+
+    fn db(&self, kind: &str) -> PathBuf {
+        self.dir.path().join(format!("{kind}.db"))
+    }
+
+    fn url(&self, kind: &str) -> String {
+        let addr = self
+            .addrs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
+            .expect("kind");
+        format!("http://{addr}")
+    }
+
+    async fn services(&self, cars: i64) -> Vec<Proc> {
+        let mut procs = Vec::new();
+        for (kind, addr) in &self.addrs {
+            let mut args = vec![
+                "--kind".to_string(),
+                kind.to_string(),
+                "--listen".into(),
+                addr.to_string(),
+                "--db".into(),
+                self.db(kind).display().to_string(),
+            ];
+            match *kind {
+                "flight" => args.extend(["--stock".into(), "LH123=10".into()]),
+                "hotel" => args.extend(["--stock".into(), "grand=5".into()]),
+                "car" => args.extend(["--stock".into(), format!("compact={cars}")]),
+                "payment" => args.extend(["--card".into(), "ada=100000".into()]),
+                _ => {}
+            }
+            let exe = env!("CARGO_BIN_EXE_travel-service-failpoints");
+            procs.push(Proc::start(kind, exe, &args, None, *addr).await);
+        }
+        procs
+    }
+
+    async fn coordinator(&self, failpoint: Option<&str>) -> Proc {
+        start_coordinator(
+            self.coordinator_addr,
+            &self.dir.path().join("coordinator"),
+            failpoint,
+        )
+        .await
+    }
+
+    fn client(&self) -> CoordinatorClient {
+        CoordinatorClient::connect(format!("http://{}", self.coordinator_addr))
+            .expect("client")
+            .with_timeout(Duration::from_secs(10))
+    }
+
+    fn saga(&self) -> concord_participant::saga::Saga {
+        let services = concord_example_travel::Services {
+            flight: self.url("flight"),
+            hotel: self.url("hotel"),
+            car: self.url("car"),
+            payment: self.url("payment"),
+            email: self.url("email"),
+        };
+        let trip = concord_example_travel::Trip {
+            traveller: "ada".into(),
+            flight: "LH123".into(),
+            hotel: "grand".into(),
+            car: "compact".into(),
+            card: "ada".into(),
+            price: 42_000,
+            email: "ada@example.com".into(),
+        };
+        concord_example_travel::trip_saga(&services, &trip).idempotency_key("ada-trip")
+    }
+
+    /// The coordinator dies at `point` while the trip runs; after a restart
+    /// the saga must end as `expected`, with inventories to match.
+    async fn coordinator_dies_at(point: &str, cars: i64, expected: SagaState) {
+        let world = Self::new();
+        let _services = world.services(cars).await;
+        let coordinator = world.coordinator(Some(point)).await;
+        // The crash may come before or after the answer; the idempotency
+        // key finds the saga again either way, without running it twice.
+        let _ = world.saga().submit(&world.client()).await;
+        coordinator.crashed().await;
+        let _coordinator = world.coordinator(None).await;
+        let client = world.client();
+        let id = world
+            .saga()
+            .submit(&client)
+            .await
+            .expect("resubmit finds the saga")
+            .transaction_id;
+        let state = eventually("the saga ends", || async {
+            SagaState::from_wire(client.transaction(&id).await.ok()?.state)
+                .filter(|s| s.is_terminal())
+        })
+        .await;
+        assert_eq!(state, expected);
+        let mut dbs = Vec::new();
+        for kind in ["flight", "hotel", "car", "payment", "email"] {
+            dbs.push(
+                concord_example_travel::open_db(&world.db(kind))
+                    .await
+                    .expect("db"),
+            );
+        }
+        let [flights, hotels, cars_db, payments, outbox] = <[_; 5]>::try_from(dbs).expect("five");
+        use concord_example_travel::{available, balance, emails};
+        let completed = expected == SagaState::Completed;
+        // Each booking taken once, or given back; the card charged once or
+        // not at all; one confirmation or none (I4, I5).
+        assert_eq!(
+            available(&flights, "LH123").await.expect("read"),
+            Some(if completed { 9 } else { 10 })
+        );
+        assert_eq!(
+            available(&hotels, "grand").await.expect("read"),
+            Some(if completed { 4 } else { 5 })
+        );
+        assert_eq!(available(&cars_db, "compact").await.expect("read"), Some(0));
+        assert_eq!(
+            balance(&payments, "ada").await.expect("read"),
+            Some(if completed { 58_000 } else { 100_000 })
+        );
+        assert_eq!(
+            emails(&outbox, &id).await.expect("read"),
+            usize::from(completed)
+        );
+    }
+}
+
+#[tokio::test]
+async fn saga_coordinator_killed_mid_forward_completes_the_trip() {
+    Travel::coordinator_dies_at("saga-after-step-record", 1, SagaState::Completed).await;
+}
+
+#[tokio::test]
+async fn saga_coordinator_killed_before_a_step_record_completes_the_trip_once() {
+    Travel::coordinator_dies_at("saga-before-step-record", 1, SagaState::Completed).await;
+}
+
+#[tokio::test]
+async fn saga_coordinator_killed_mid_compensation_gives_everything_back() {
+    Travel::coordinator_dies_at("saga-after-compensation-record", 0, SagaState::Compensated).await;
+}
+
+#[tokio::test]
+async fn saga_coordinator_killed_before_a_compensation_record_gives_everything_back_once() {
+    Travel::coordinator_dies_at("saga-before-compensation-record", 0, SagaState::Compensated).await;
+}
