@@ -185,7 +185,8 @@ pub async fn prune(pool: &SqlitePool, older_than_ms: i64) -> Result<u64, sqlx::E
     Ok(done.rows_affected())
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, as the ledger stamps its rows.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

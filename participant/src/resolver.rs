@@ -191,3 +191,148 @@ impl Resolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    use super::*;
+    use crate::server::BranchContext;
+
+    async fn pool() -> (tempfile::TempDir, sqlx::SqlitePool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("p.db"))
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("pool");
+        ledger::install(&pool).await.expect("ledger");
+        (dir, pool)
+    }
+
+    fn branch(txn: &str) -> BranchContext {
+        BranchContext {
+            transaction_id: txn.into(),
+            branch: "b1".into(),
+            coordinator: "http://127.0.0.1:1".into(),
+            one_phase: false,
+        }
+    }
+
+    /// Writes a row and backdates it by `age_ms`.
+    async fn row(pool: &sqlx::SqlitePool, txn: &str, op: ledger::Op, result: &str, age_ms: i64) {
+        let mut tx = ledger::begin(pool).await.expect("begin");
+        ledger::record(&mut tx, &branch(txn), op, result, None, Some(b"x"))
+            .await
+            .expect("record");
+        tx.commit().await.expect("commit");
+        sqlx::query(
+            "UPDATE concord_ledger SET created_at_ms = created_at_ms - ?1 WHERE txn_id = ?2",
+        )
+        .bind(age_ms)
+        .bind(txn)
+        .execute(pool)
+        .await
+        .expect("backdate");
+    }
+
+    #[tokio::test]
+    async fn branches_prepared_before_the_start_are_due_at_once_later_ones_after_the_wait() {
+        let (_dir, pool) = pool().await;
+        row(&pool, "old", ledger::Op::Prepare, "commit", 60_000).await;
+        row(&pool, "decided", ledger::Op::Prepare, "commit", 60_000).await;
+        row(&pool, "decided", ledger::Op::Commit, "done", 60_000).await;
+        row(&pool, "refused", ledger::Op::Prepare, "abort", 60_000).await;
+        let mut resolver = Resolver::new(ResolverConfig {
+            in_doubt_after: Duration::from_secs(10),
+            ..ResolverConfig::default()
+        });
+        // Prepared after the resolver started, 0 s ago: not due yet.
+        row(&pool, "fresh", ledger::Op::Prepare, "commit", 0).await;
+        let due: Vec<String> = resolver
+            .due(&pool)
+            .await
+            .expect("due")
+            .into_iter()
+            .map(|b| b.txn_id)
+            .collect();
+        assert_eq!(due, ["old"]);
+        // The same branch prepared 20 s ago by this process has waited too
+        // long: it asks on its own.
+        resolver.started_at_ms -= 30_000;
+        sqlx::query("UPDATE concord_ledger SET created_at_ms = created_at_ms - 20000 WHERE txn_id = 'fresh'")
+            .execute(&pool)
+            .await
+            .expect("age");
+        let mut due: Vec<String> = resolver
+            .due(&pool)
+            .await
+            .expect("due")
+            .into_iter()
+            .map(|b| b.txn_id)
+            .collect();
+        due.sort();
+        assert_eq!(due, ["fresh", "old"]);
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_old_finished_rows_and_keeps_in_doubt_ones() {
+        let (_dir, pool) = pool().await;
+        let day = 86_400_000;
+        row(
+            &pool,
+            "finished-long-ago",
+            ledger::Op::Prepare,
+            "commit",
+            10 * day,
+        )
+        .await;
+        row(
+            &pool,
+            "finished-long-ago",
+            ledger::Op::Commit,
+            "done",
+            10 * day,
+        )
+        .await;
+        row(
+            &pool,
+            "finished-recently",
+            ledger::Op::Prepare,
+            "commit",
+            10 * day,
+        )
+        .await;
+        row(&pool, "finished-recently", ledger::Op::Abort, "done", 0).await;
+        row(
+            &pool,
+            "in-doubt-long-ago",
+            ledger::Op::Prepare,
+            "commit",
+            10 * day,
+        )
+        .await;
+        row(
+            &pool,
+            "tombstone-long-ago",
+            ledger::Op::Abort,
+            "tombstone",
+            10 * day,
+        )
+        .await;
+        let deleted = ledger::prune(&pool, ledger::now_ms() - 7 * day)
+            .await
+            .expect("prune");
+        assert_eq!(deleted, 3);
+        let left: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT txn_id FROM concord_ledger ORDER BY txn_id")
+                .fetch_all(&pool)
+                .await
+                .expect("rows");
+        let left: Vec<&str> = left.iter().map(|(t,)| t.as_str()).collect();
+        assert_eq!(left, ["finished-recently", "in-doubt-long-ago"]);
+    }
+}
