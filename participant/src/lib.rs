@@ -10,8 +10,9 @@
 //!   [`ParticipantService`].
 //! - [`saga`]: build a saga's step graph and submit it.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
-//! - [`ledger`]: the exactly-once guard in the participant's own SQLite
-//!   database, written in the same local transaction as the business change.
+//! - [`ledger`]: the exactly-once guard in the participant's own database
+//!   (SQLite or PostgreSQL), written in the same local transaction as the
+//!   business change.
 //! - [`resolver`]: asks the coordinator about branches prepared but left
 //!   without a decision (after a restart, or a long wait) and applies the
 //!   answer; prunes old ledger rows.
@@ -27,7 +28,7 @@ pub mod saga;
 pub mod server;
 
 pub use client::{BeginOptions, Begun, ClientError, CommitOptions, CoordinatorClient, Outcome};
-pub use ledger::LocalTx;
+pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;
 pub use server::{
     BranchContext, ParticipantError, ParticipantService, SagaStep, StepResult, TwoPhaseParticipant,

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+use sqlx::Pool;
+
 use crate::client::{CoordinatorClient, Outcome};
-use crate::ledger;
+use crate::ledger::{self, LedgerDb};
 
 /// How the resolver behaves.
 #[derive(Debug, Clone)]
@@ -91,16 +93,16 @@ impl Resolver {
     }
 
     /// In-doubt branches whose turn to be asked about has come.
-    pub(crate) async fn due(
+    pub(crate) async fn due<DB: LedgerDb>(
         &mut self,
-        pool: &sqlx::SqlitePool,
+        pool: &Pool<DB>,
     ) -> Result<Vec<ledger::InDoubt>, sqlx::Error> {
         let waited = i64::try_from(self.config.in_doubt_after.as_millis()).unwrap_or(i64::MAX);
         let threshold = self
             .started_at_ms
             .max(ledger::now_ms().saturating_sub(waited));
         let now = Instant::now();
-        let found = ledger::in_doubt(pool, threshold).await?;
+        let found = DB::in_doubt(pool, threshold).await?;
         Ok(found
             .into_iter()
             .filter(|branch| {
@@ -175,7 +177,7 @@ impl Resolver {
     }
 
     /// Prunes finished ledger rows when the prune interval has passed.
-    pub(crate) async fn maybe_prune(&mut self, pool: &sqlx::SqlitePool) {
+    pub(crate) async fn maybe_prune<DB: LedgerDb>(&mut self, pool: &Pool<DB>) {
         if self
             .last_prune
             .is_some_and(|at| at.elapsed() < self.config.prune_interval)
@@ -184,7 +186,7 @@ impl Resolver {
         }
         self.last_prune = Some(Instant::now());
         let keep = i64::try_from(self.config.retention.as_millis()).unwrap_or(i64::MAX);
-        match ledger::prune(pool, ledger::now_ms().saturating_sub(keep)).await {
+        match DB::prune(pool, ledger::now_ms().saturating_sub(keep)).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned finished ledger rows"),
             Err(error) => tracing::warn!(%error, "ledger pruning failed"),
@@ -209,7 +211,7 @@ mod tests {
             .connect_with(options)
             .await
             .expect("pool");
-        ledger::install(&pool).await.expect("ledger");
+        sqlx::Sqlite::install(&pool).await.expect("ledger");
         (dir, pool)
     }
 
@@ -224,8 +226,10 @@ mod tests {
 
     /// Writes a row and backdates it by `age_ms`.
     async fn row(pool: &sqlx::SqlitePool, txn: &str, op: ledger::Op, result: &str, age_ms: i64) {
-        let mut tx = ledger::begin(pool).await.expect("begin");
-        ledger::record(&mut tx, &branch(txn), op, result, None, Some(b"x"))
+        let mut tx = sqlx::Sqlite::begin(pool, &branch(txn))
+            .await
+            .expect("begin");
+        sqlx::Sqlite::record(&mut tx, &branch(txn), op, result, None, Some(b"x"))
             .await
             .expect("record");
         tx.commit().await.expect("commit");
@@ -323,7 +327,7 @@ mod tests {
             10 * day,
         )
         .await;
-        let deleted = ledger::prune(&pool, ledger::now_ms() - 7 * day)
+        let deleted = sqlx::Sqlite::prune(&pool, ledger::now_ms() - 7 * day)
             .await
             .expect("prune");
         assert_eq!(deleted, 3);

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use concord_proto::v1 as pb;
 use concord_proto::v1::participant_server::{Participant, ParticipantServer};
-use sqlx::SqlitePool;
+use sqlx::{Database, Pool, Sqlite};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::ledger::{self, LocalTx, Op};
+use crate::ledger::{Entry, LedgerDb, LocalTxOf, Op};
 use crate::resolver::{Resolution, Resolver, ResolverConfig};
 
 /// Which branch a call is about.
@@ -81,24 +81,24 @@ impl From<ParticipantError> for Status {
 /// - `commit`: apply what prepare reserved. Called at most once per branch.
 /// - `abort`: release what prepare reserved. Called only for a branch that
 ///   voted COMMIT (an abort before prepare never reaches the handler).
-pub trait TwoPhaseParticipant: Send + Sync + 'static {
+pub trait TwoPhaseParticipant<DB: LedgerDb = Sqlite>: Send + Sync + 'static {
     fn prepare(
         &self,
-        tx: &mut LocalTx,
+        tx: &mut LocalTxOf<DB>,
         branch: &BranchContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<Vote, ParticipantError>> + Send;
 
     fn commit(
         &self,
-        tx: &mut LocalTx,
+        tx: &mut LocalTxOf<DB>,
         branch: &BranchContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
 
     fn abort(
         &self,
-        tx: &mut LocalTx,
+        tx: &mut LocalTxOf<DB>,
         branch: &BranchContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
@@ -123,17 +123,17 @@ pub enum StepResult {
 /// - `compensate`: undo what `action` did. Called only if the action ran
 ///   and was not refused; it must not fail for business reasons (return
 ///   [`ParticipantError::Unavailable`] for passing trouble: it is retried).
-pub trait SagaStep: Send + Sync + 'static {
+pub trait SagaStep<DB: LedgerDb = Sqlite>: Send + Sync + 'static {
     fn action(
         &self,
-        tx: &mut LocalTx,
+        tx: &mut LocalTxOf<DB>,
         step: &BranchContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<StepResult, ParticipantError>> + Send;
 
     fn compensate(
         &self,
-        tx: &mut LocalTx,
+        tx: &mut LocalTxOf<DB>,
         step: &BranchContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
@@ -143,10 +143,10 @@ pub trait SagaStep: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unsupported;
 
-impl TwoPhaseParticipant for Unsupported {
+impl<DB: LedgerDb> TwoPhaseParticipant<DB> for Unsupported {
     async fn prepare(
         &self,
-        _: &mut LocalTx,
+        _: &mut LocalTxOf<DB>,
         _: &BranchContext,
         _: &[u8],
     ) -> Result<Vote, ParticipantError> {
@@ -154,7 +154,7 @@ impl TwoPhaseParticipant for Unsupported {
     }
     async fn commit(
         &self,
-        _: &mut LocalTx,
+        _: &mut LocalTxOf<DB>,
         _: &BranchContext,
         _: &[u8],
     ) -> Result<(), ParticipantError> {
@@ -162,7 +162,7 @@ impl TwoPhaseParticipant for Unsupported {
     }
     async fn abort(
         &self,
-        _: &mut LocalTx,
+        _: &mut LocalTxOf<DB>,
         _: &BranchContext,
         _: &[u8],
     ) -> Result<(), ParticipantError> {
@@ -170,10 +170,10 @@ impl TwoPhaseParticipant for Unsupported {
     }
 }
 
-impl SagaStep for Unsupported {
+impl<DB: LedgerDb> SagaStep<DB> for Unsupported {
     async fn action(
         &self,
-        _: &mut LocalTx,
+        _: &mut LocalTxOf<DB>,
         _: &BranchContext,
         _: &[u8],
     ) -> Result<StepResult, ParticipantError> {
@@ -181,7 +181,7 @@ impl SagaStep for Unsupported {
     }
     async fn compensate(
         &self,
-        _: &mut LocalTx,
+        _: &mut LocalTxOf<DB>,
         _: &BranchContext,
         _: &[u8],
     ) -> Result<(), ParticipantError> {
@@ -190,19 +190,20 @@ impl SagaStep for Unsupported {
 }
 
 /// The `concord.v1.Participant` service around a [`TwoPhaseParticipant`]
-/// (`P`) and a [`SagaStep`] (`S`).
-pub struct ParticipantService<P, S = Unsupported> {
+/// (`P`) and a [`SagaStep`] (`S`), with the ledger in database `DB`
+/// (SQLite or PostgreSQL).
+pub struct ParticipantService<P, S = Unsupported, DB: Database = Sqlite> {
     handler: Arc<P>,
     steps: Arc<S>,
-    pool: SqlitePool,
+    pool: Pool<DB>,
     resolver: ResolverConfig,
 }
 
-impl<P: TwoPhaseParticipant> ParticipantService<P, Unsupported> {
+impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>> ParticipantService<P, Unsupported, DB> {
     /// A 2PC participant: installs the ledger table in `pool`'s database (if
     /// missing) and wraps `handler`.
-    pub async fn new(handler: P, pool: SqlitePool) -> Result<Self, sqlx::Error> {
-        ledger::install(&pool).await?;
+    pub async fn new(handler: P, pool: Pool<DB>) -> Result<Self, sqlx::Error> {
+        DB::install(&pool).await?;
         Ok(Self {
             handler: Arc::new(handler),
             steps: Arc::new(Unsupported),
@@ -212,11 +213,11 @@ impl<P: TwoPhaseParticipant> ParticipantService<P, Unsupported> {
     }
 }
 
-impl<S: SagaStep> ParticipantService<Unsupported, S> {
+impl<DB: LedgerDb, S: SagaStep<DB>> ParticipantService<Unsupported, S, DB> {
     /// A saga participant: installs the ledger table in `pool`'s database
     /// (if missing) and wraps `steps`.
-    pub async fn saga(steps: S, pool: SqlitePool) -> Result<Self, sqlx::Error> {
-        ledger::install(&pool).await?;
+    pub async fn saga(steps: S, pool: Pool<DB>) -> Result<Self, sqlx::Error> {
+        DB::install(&pool).await?;
         Ok(Self {
             handler: Arc::new(Unsupported),
             steps: Arc::new(steps),
@@ -226,9 +227,9 @@ impl<S: SagaStep> ParticipantService<Unsupported, S> {
     }
 }
 
-impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
+impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantService<P, S, DB> {
     /// Also serves saga steps with `steps`.
-    pub fn with_saga<S2: SagaStep>(self, steps: S2) -> ParticipantService<P, S2> {
+    pub fn with_saga<S2: SagaStep<DB>>(self, steps: S2) -> ParticipantService<P, S2, DB> {
         ParticipantService {
             handler: self.handler,
             steps: Arc::new(steps),
@@ -326,9 +327,8 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
     }
 
     async fn prepare(&self, branch: &BranchContext, payload: &[u8]) -> Result<Vote, Status> {
-        let (id, name) = (&branch.transaction_id, &branch.branch);
-        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Abort)
+        let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
+        if DB::find(&mut tx, branch, Op::Abort)
             .await
             .map_err(db)?
             .is_some()
@@ -336,10 +336,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             // Hanging prevention: the abort came first and won.
             return Ok(Vote::Abort("branch was already aborted".into()));
         }
-        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare)
-            .await
-            .map_err(db)?
-        {
+        if let Some(entry) = DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
             return Ok(recorded_vote(&entry));
         }
         let vote = self.handler.prepare(&mut tx, branch, payload).await?;
@@ -350,11 +347,11 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
                 // The refusal undoes whatever the handler wrote; only the
                 // ledger row remains, so a duplicate Prepare gets the same no.
                 tx.rollback().await.map_err(db)?;
-                tx = ledger::begin(&self.pool).await.map_err(db)?;
+                tx = DB::begin(&self.pool, branch).await.map_err(db)?;
                 ("abort", Some(reason.as_str()))
             }
         };
-        ledger::record(&mut tx, branch, Op::Prepare, result, reason, Some(payload))
+        DB::record(&mut tx, branch, Op::Prepare, result, reason, Some(payload))
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -364,15 +361,15 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
 
     async fn commit(&self, branch: &BranchContext, payload: &[u8]) -> Result<(), Status> {
         let (id, name) = (&branch.transaction_id, &branch.branch);
-        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Commit)
+        let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
+        if DB::find(&mut tx, branch, Op::Commit)
             .await
             .map_err(db)?
             .is_some()
         {
             return Ok(()); // a duplicate: applied once already (I5)
         }
-        if ledger::find(&mut tx, id, name, Op::Abort)
+        if DB::find(&mut tx, branch, Op::Abort)
             .await
             .map_err(db)?
             .is_some()
@@ -381,10 +378,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
                 "branch {name} of {id} was aborted; it cannot commit"
             )));
         }
-        match ledger::find(&mut tx, id, name, Op::Prepare)
-            .await
-            .map_err(db)?
-        {
+        match DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
             None => Err(Status::failed_precondition(format!(
                 "branch {name} of {id} was never prepared here"
             ))),
@@ -395,7 +389,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             Some(_) => {
                 crate::crash::point("participant-before-commit");
                 self.handler.commit(&mut tx, branch, payload).await?;
-                ledger::record(&mut tx, branch, Op::Commit, "done", None, None)
+                DB::record(&mut tx, branch, Op::Commit, "done", None, None)
                     .await
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
@@ -406,26 +400,22 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
 
     /// Returns true when the branch had already committed (one-phase).
     async fn abort(&self, branch: &BranchContext, payload: &[u8]) -> Result<bool, Status> {
-        let (id, name) = (&branch.transaction_id, &branch.branch);
-        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Abort)
+        let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
+        if DB::find(&mut tx, branch, Op::Abort)
             .await
             .map_err(db)?
             .is_some()
         {
             return Ok(false);
         }
-        if ledger::find(&mut tx, id, name, Op::Commit)
+        if DB::find(&mut tx, branch, Op::Commit)
             .await
             .map_err(db)?
             .is_some()
         {
             return Ok(true);
         }
-        let result = match ledger::find(&mut tx, id, name, Op::Prepare)
-            .await
-            .map_err(db)?
-        {
+        let result = match DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
             // Abort before prepare: a tombstone, so the late Prepare is refused.
             None => "tombstone",
             Some(entry) if entry.result == "commit" => {
@@ -435,7 +425,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             // It voted ABORT or READ_ONLY: nothing of it is held.
             Some(_) => "done",
         };
-        ledger::record(&mut tx, branch, Op::Abort, result, None, None)
+        DB::record(&mut tx, branch, Op::Abort, result, None, None)
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -447,7 +437,6 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
         branch: &BranchContext,
         payload: &[u8],
     ) -> Result<pb::CommitOnePhaseResponse, Status> {
-        let (id, name) = (&branch.transaction_id, &branch.branch);
         let committed = |read_only| pb::CommitOnePhaseResponse {
             outcome: pb::Outcome::Committed.into(),
             reason: String::new(),
@@ -458,31 +447,28 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             reason,
             read_only: false,
         };
-        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Commit)
+        let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
+        if DB::find(&mut tx, branch, Op::Commit)
             .await
             .map_err(db)?
             .is_some()
         {
             return Ok(committed(false));
         }
-        if ledger::find(&mut tx, id, name, Op::Abort)
+        if DB::find(&mut tx, branch, Op::Abort)
             .await
             .map_err(db)?
             .is_some()
         {
             return Ok(aborted("branch was already aborted".into()));
         }
-        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Prepare)
-            .await
-            .map_err(db)?
-        {
+        if let Some(entry) = DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
             return Ok(match recorded_vote(&entry) {
                 Vote::Abort(reason) => aborted(reason),
                 Vote::ReadOnly => committed(true),
                 Vote::Commit => {
                     self.handler.commit(&mut tx, branch, payload).await?;
-                    ledger::record(&mut tx, branch, Op::Commit, "done", None, None)
+                    DB::record(&mut tx, branch, Op::Commit, "done", None, None)
                         .await
                         .map_err(db)?;
                     tx.commit().await.map_err(db)?;
@@ -494,17 +480,17 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             Vote::Commit => {
                 // R6: prepare and commit in one local transaction.
                 self.handler.commit(&mut tx, branch, payload).await?;
-                ledger::record(&mut tx, branch, Op::Prepare, "commit", None, Some(payload))
+                DB::record(&mut tx, branch, Op::Prepare, "commit", None, Some(payload))
                     .await
                     .map_err(db)?;
-                ledger::record(&mut tx, branch, Op::Commit, "one_phase", None, None)
+                DB::record(&mut tx, branch, Op::Commit, "one_phase", None, None)
                     .await
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
                 Ok(committed(false))
             }
             Vote::ReadOnly => {
-                ledger::record(&mut tx, branch, Op::Prepare, "read_only", None, None)
+                DB::record(&mut tx, branch, Op::Prepare, "read_only", None, None)
                     .await
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
@@ -512,8 +498,8 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             }
             Vote::Abort(reason) => {
                 tx.rollback().await.map_err(db)?;
-                let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-                ledger::record(&mut tx, branch, Op::Prepare, "abort", Some(&reason), None)
+                let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
+                DB::record(&mut tx, branch, Op::Prepare, "abort", Some(&reason), None)
                     .await
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
@@ -523,15 +509,14 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
     }
 }
 
-impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
+impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantService<P, S, DB> {
     async fn execute_step(
         &self,
         step: &BranchContext,
         payload: &[u8],
     ) -> Result<StepResult, Status> {
-        let (id, name) = (&step.transaction_id, &step.branch);
-        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Compensate)
+        let mut tx = DB::begin(&self.pool, step).await.map_err(db)?;
+        if DB::find(&mut tx, step, Op::Compensate)
             .await
             .map_err(db)?
             .is_some()
@@ -539,10 +524,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             // Hanging prevention: the compensation came first and won.
             return Ok(StepResult::Refused("step was already compensated".into()));
         }
-        if let Some(entry) = ledger::find(&mut tx, id, name, Op::Action)
-            .await
-            .map_err(db)?
-        {
+        if let Some(entry) = DB::find(&mut tx, step, Op::Action).await.map_err(db)? {
             return Ok(match entry.result.as_str() {
                 "done" => StepResult::Done,
                 _ => StepResult::Refused(entry.reason.unwrap_or_else(|| "refused".into())),
@@ -553,11 +535,11 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             StepResult::Done => ("done", None),
             StepResult::Refused(reason) => {
                 tx.rollback().await.map_err(db)?;
-                tx = ledger::begin(&self.pool).await.map_err(db)?;
+                tx = DB::begin(&self.pool, step).await.map_err(db)?;
                 ("refused", Some(reason.as_str()))
             }
         };
-        ledger::record(&mut tx, step, Op::Action, outcome, reason, None)
+        DB::record(&mut tx, step, Op::Action, outcome, reason, None)
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -565,19 +547,15 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
     }
 
     async fn compensate_step(&self, step: &BranchContext, payload: &[u8]) -> Result<(), Status> {
-        let (id, name) = (&step.transaction_id, &step.branch);
-        let mut tx = ledger::begin(&self.pool).await.map_err(db)?;
-        if ledger::find(&mut tx, id, name, Op::Compensate)
+        let mut tx = DB::begin(&self.pool, step).await.map_err(db)?;
+        if DB::find(&mut tx, step, Op::Compensate)
             .await
             .map_err(db)?
             .is_some()
         {
             return Ok(()); // a duplicate (I5)
         }
-        let result = match ledger::find(&mut tx, id, name, Op::Action)
-            .await
-            .map_err(db)?
-        {
+        let result = match DB::find(&mut tx, step, Op::Action).await.map_err(db)? {
             // Compensation before the action: a tombstone, so the late
             // action is refused.
             None => "tombstone",
@@ -588,7 +566,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
             // The action was refused: nothing of it to undo.
             Some(_) => "done",
         };
-        ledger::record(&mut tx, step, Op::Compensate, result, None, None)
+        DB::record(&mut tx, step, Op::Compensate, result, None, None)
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
@@ -596,7 +574,7 @@ impl<P: TwoPhaseParticipant, S: SagaStep> ParticipantService<P, S> {
     }
 }
 
-fn recorded_vote(entry: &ledger::Entry) -> Vote {
+fn recorded_vote(entry: &Entry) -> Vote {
     match entry.result.as_str() {
         "commit" => Vote::Commit,
         "read_only" => Vote::ReadOnly,
@@ -630,7 +608,9 @@ fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
 }
 
 #[tonic::async_trait]
-impl<P: TwoPhaseParticipant, S: SagaStep> Participant for ParticipantService<P, S> {
+impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
+    for ParticipantService<P, S, DB>
+{
     async fn execute(
         &self,
         request: Request<pb::ExecuteRequest>,
