@@ -254,7 +254,9 @@ mod tests {
             in_doubt_after: Duration::from_secs(10),
             ..ResolverConfig::default()
         });
-        // Prepared after the resolver started, 0 s ago: not due yet.
+        // Prepared after the resolver started (a later millisecond), just
+        // now: not due yet.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         row(&pool, "fresh", ledger::Op::Prepare, "commit", 0).await;
         let due: Vec<String> = resolver
             .due(&pool)
