@@ -7,6 +7,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod postgres;
+
 use concord_proto::v1 as pb;
 use concord_proto::v1::participant_client::ParticipantClient;
 use support::TestParticipant;

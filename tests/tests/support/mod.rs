@@ -280,4 +280,5 @@ impl TestParticipant {
         let _ = self.task.await;
     }
 }
+pub mod postgres;
 pub mod saga;
