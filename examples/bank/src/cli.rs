@@ -1,8 +1,10 @@
 //! The `account-service` command line: one bank, its own SQLite database of
 //! balances, serving the Concord Participant gRPC service.
 //!
-//!     account-service serve --listen 127.0.0.1:7501 --db bank-a.db --open alice=10000
-//!     account-service balances --db bank-a.db
+//! ```text
+//! account-service serve --listen 127.0.0.1:7501 --db bank-a.db --open alice=10000
+//! account-service balances --db bank-a.db
+//! ```
 //!
 //! It lives in the library so that crash tests can build the same program
 //! with the SDK's fail points on.

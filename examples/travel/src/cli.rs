@@ -3,8 +3,10 @@
 //! gRPC service. It lives in the library so that crash tests can build the
 //! same program with the SDK's fail points on.
 //!
-//!     travel-service --kind flight --listen 127.0.0.1:7601 --db flight.db --stock LH123=10
-//!     travel-service --kind payment --listen 127.0.0.1:7604 --db payment.db --card ada=100000
+//! ```text
+//! travel-service --kind flight --listen 127.0.0.1:7601 --db flight.db --stock LH123=10
+//! travel-service --kind payment --listen 127.0.0.1:7604 --db payment.db --card ada=100000
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
