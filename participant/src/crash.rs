@@ -4,7 +4,11 @@
 //! everything here compiles to nothing.
 //!
 //! - `participant-after-prepare`: the COMMIT vote is durable, not yet sent;
-//! - `participant-before-commit`: Commit arrived, not yet applied.
+//! - `participant-before-commit`: Commit arrived, not yet applied;
+//! - `participant-after-commit`: Commit applied, not yet acknowledged;
+//! - `participant-after-action`: a saga action applied, not yet answered;
+//! - `participant-after-compensate`: a compensation applied, not yet
+//!   acknowledged.
 
 /// Arms the fail points named in `FAILPOINTS`; keep the guard alive for as
 /// long as the process runs. A no-op without the `failpoints` feature.

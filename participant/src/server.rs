@@ -393,6 +393,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                     .await
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
+                crate::crash::point("participant-after-commit");
                 Ok(())
             }
         }
@@ -543,6 +544,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        if matches!(result, StepResult::Done) {
+            crate::crash::point("participant-after-action");
+        }
         Ok(result)
     }
 
@@ -570,6 +574,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        crate::crash::point("participant-after-compensate");
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod matrix;
 mod process;
 
 use concord_participant::{BeginOptions, Outcome};

@@ -19,13 +19,13 @@ use tokio::process::{Child, Command};
 use super::support::eventually;
 
 /// A free loopback address (bound and released; a restart reuses it).
-fn free_addr() -> SocketAddr {
+pub(super) fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
 
 /// A child process serving on `addr`.
-struct Proc {
+pub(super) struct Proc {
     name: String,
     child: Child,
 }
@@ -70,7 +70,7 @@ impl Proc {
 
     /// Waits for the process to die at its fail point; it must not exit
     /// cleanly.
-    async fn crashed(mut self) {
+    pub(super) async fn crashed(mut self) {
         let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not reach its crash point", self.name))
@@ -120,7 +120,7 @@ async fn start_coordinator(addr: SocketAddr, data: &Path, failpoint: Option<&str
 }
 
 /// Two banks and a coordinator, all separate processes.
-struct Banks {
+pub(super) struct Banks {
     dir: tempfile::TempDir,
     coordinator_addr: SocketAddr,
     a_addr: SocketAddr,
@@ -128,7 +128,7 @@ struct Banks {
 }
 
 impl Banks {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
             coordinator_addr: free_addr(),
@@ -141,16 +141,21 @@ impl Banks {
         self.dir.path().join("coordinator")
     }
 
-    fn db(&self, bank: &str) -> PathBuf {
+    pub(super) fn db(&self, bank: &str) -> PathBuf {
         self.dir.path().join(format!("{bank}.db"))
     }
 
-    async fn coordinator(&self, failpoint: Option<&str>) -> Proc {
+    pub(super) async fn coordinator(&self, failpoint: Option<&str>) -> Proc {
         start_coordinator(self.coordinator_addr, &self.coordinator_data(), failpoint).await
     }
 
     /// Bank "a" holds alice (10 000 cents at first), bank "b" bob (5 000).
-    async fn bank(&self, bank: &str, failpoint: Option<&str>, first_start: bool) -> Proc {
+    pub(super) async fn bank(
+        &self,
+        bank: &str,
+        failpoint: Option<&str>,
+        first_start: bool,
+    ) -> Proc {
         let (addr, opening) = match bank {
             "a" => (self.a_addr, "alice=10000"),
             _ => (self.b_addr, "bob=5000"),
@@ -169,7 +174,7 @@ impl Banks {
         Proc::start(&format!("bank-{bank}"), exe, &args, failpoint, addr).await
     }
 
-    fn client(&self) -> CoordinatorClient {
+    pub(super) fn client(&self) -> CoordinatorClient {
         CoordinatorClient::connect(format!("http://{}", self.coordinator_addr))
             .expect("client")
             .with_timeout(Duration::from_secs(10))
@@ -178,6 +183,11 @@ impl Banks {
     /// Starts a 3 000-cent transfer from alice to bob; returns its id and
     /// what Commit answered (an error when the coordinator died first).
     async fn transfer(&self) -> (String, Option<Outcome>) {
+        self.transfer_of(3_000).await
+    }
+
+    /// Starts a transfer of `amount` cents from alice to bob.
+    pub(super) async fn transfer_of(&self, amount: i64) -> (String, Option<Outcome>) {
         let client = self.client();
         let id = client
             .begin(BeginOptions::default())
@@ -186,11 +196,11 @@ impl Banks {
             .transaction_id;
         let debit = Movement {
             account: "alice".into(),
-            delta: -3_000,
+            delta: -amount,
         };
         let credit = Movement {
             account: "bob".into(),
-            delta: 3_000,
+            delta: amount,
         };
         let a = format!("http://{}", self.a_addr);
         let b = format!("http://{}", self.b_addr);
@@ -208,7 +218,20 @@ impl Banks {
 
     /// Waits for the transaction to end and checks the money in both
     /// banks' databases: moved once or not at all, nothing held (I1, I3, I6).
-    async fn settles(&self, id: &str, told: Option<Outcome>, committed: bool) {
+    pub(super) async fn settles(&self, id: &str, told: Option<Outcome>, committed: bool) {
+        self.settles_as_decided(id, told, Some(committed)).await;
+    }
+
+    /// Waits for the transfer to end and checks the money in both banks'
+    /// databases against the decision: moved once or not at all, nothing
+    /// held (I1, I3, I6). `must` is the decision required, if only one is
+    /// right. Returns whether it committed.
+    pub(super) async fn settles_as_decided(
+        &self,
+        id: &str,
+        told: Option<Outcome>,
+        must: Option<bool>,
+    ) -> bool {
         let client = self.client();
         let state = eventually(&format!("{id} ends"), || async {
             let state = client.transaction(id).await.ok()?.state;
@@ -220,12 +243,10 @@ impl Banks {
             .then_some(state)
         })
         .await;
-        let expected = if committed {
-            pb::TransactionState::Committed
-        } else {
-            pb::TransactionState::Aborted
-        };
-        assert_eq!(state, expected);
+        let committed = state == pb::TransactionState::Committed;
+        if let Some(must) = must {
+            assert_eq!(committed, must, "{id} ended {state:?}");
+        }
         // I2: what the client was told stands.
         if let Some(told) = told {
             assert_eq!(
@@ -257,6 +278,7 @@ impl Banks {
                 .then_some(())
         })
         .await;
+        committed
     }
 }
 
@@ -332,14 +354,14 @@ async fn a_killed_and_restarted_bank_keeps_every_committed_transfer() {
 }
 
 /// The travel services and a coordinator, all separate processes.
-struct Travel {
+pub(super) struct Travel {
     dir: tempfile::TempDir,
     coordinator_addr: SocketAddr,
     addrs: Vec<(&'static str, SocketAddr)>,
 }
 
 impl Travel {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
             coordinator_addr: free_addr(),
@@ -364,9 +386,36 @@ impl Travel {
         format!("http://{addr}")
     }
 
-    async fn services(&self, cars: i64) -> Vec<Proc> {
+    pub(super) async fn services(&self, cars: i64) -> Vec<Proc> {
+        self.services_armed(cars, None).await
+    }
+
+    /// Starts the five services; `armed` names one and its fail point.
+    pub(super) async fn services_armed(&self, cars: i64, armed: Option<(&str, &str)>) -> Vec<Proc> {
         let mut procs = Vec::new();
-        for (kind, addr) in &self.addrs {
+        for (kind, _) in &self.addrs {
+            let point = armed.filter(|(k, _)| k == kind).map(|(_, p)| p);
+            procs.push(self.service(kind, cars, point, true).await);
+        }
+        procs
+    }
+
+    /// Starts one service; `first_start` stocks it (a restart keeps its
+    /// database as it is).
+    pub(super) async fn service(
+        &self,
+        kind: &str,
+        cars: i64,
+        failpoint: Option<&str>,
+        first_start: bool,
+    ) -> Proc {
+        let addr = self
+            .addrs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
+            .expect("kind");
+        {
             let mut args = vec![
                 "--kind".to_string(),
                 kind.to_string(),
@@ -375,7 +424,8 @@ impl Travel {
                 "--db".into(),
                 self.db(kind).display().to_string(),
             ];
-            match *kind {
+            match kind {
+                _ if !first_start => {}
                 "flight" => args.extend(["--stock".into(), "LH123=10".into()]),
                 "hotel" => args.extend(["--stock".into(), "grand=5".into()]),
                 "car" => args.extend(["--stock".into(), format!("compact={cars}")]),
@@ -383,12 +433,11 @@ impl Travel {
                 _ => {}
             }
             let exe = env!("CARGO_BIN_EXE_travel-service-failpoints");
-            procs.push(Proc::start(kind, exe, &args, None, *addr).await);
+            Proc::start(kind, exe, &args, failpoint, addr).await
         }
-        procs
     }
 
-    async fn coordinator(&self, failpoint: Option<&str>) -> Proc {
+    pub(super) async fn coordinator(&self, failpoint: Option<&str>) -> Proc {
         start_coordinator(
             self.coordinator_addr,
             &self.dir.path().join("coordinator"),
@@ -397,13 +446,13 @@ impl Travel {
         .await
     }
 
-    fn client(&self) -> CoordinatorClient {
+    pub(super) fn client(&self) -> CoordinatorClient {
         CoordinatorClient::connect(format!("http://{}", self.coordinator_addr))
             .expect("client")
             .with_timeout(Duration::from_secs(10))
     }
 
-    fn saga(&self) -> concord_participant::saga::Saga {
+    pub(super) fn saga(&self) -> concord_participant::saga::Saga {
         let services = concord_example_travel::Services {
             flight: self.url("flight"),
             hotel: self.url("hotel"),
@@ -441,40 +490,59 @@ impl Travel {
             .await
             .expect("resubmit finds the saga")
             .transaction_id;
-        let state = eventually("the saga ends", || async {
-            SagaState::from_wire(client.transaction(&id).await.ok()?.state)
+        let state = world.ends(&id).await;
+        assert_eq!(state, expected);
+        world.consistent(&id, state, cars).await;
+    }
+
+    /// Waits for the saga to end.
+    pub(super) async fn ends(&self, id: &str) -> SagaState {
+        let client = self.client();
+        eventually("the saga ends", || async {
+            SagaState::from_wire(client.transaction(id).await.ok()?.state)
                 .filter(|s| s.is_terminal())
         })
-        .await;
-        assert_eq!(state, expected);
+        .await
+    }
+
+    /// Checks every service's database against how the saga ended, `cars`
+    /// having been in stock: each booking taken once or given back, the
+    /// card charged once or not at all, one confirmation or none (I4, I5).
+    pub(super) async fn consistent(&self, id: &str, state: SagaState, cars: i64) {
         let mut dbs = Vec::new();
         for kind in ["flight", "hotel", "car", "payment", "email"] {
             dbs.push(
-                concord_example_travel::open_db(&world.db(kind))
+                concord_example_travel::open_db(&self.db(kind))
                     .await
                     .expect("db"),
             );
         }
         let [flights, hotels, cars_db, payments, outbox] = <[_; 5]>::try_from(dbs).expect("five");
         use concord_example_travel::{available, balance, emails};
-        let completed = expected == SagaState::Completed;
-        // Each booking taken once, or given back; the card charged once or
-        // not at all; one confirmation or none (I4, I5).
+        assert!(
+            matches!(state, SagaState::Completed | SagaState::Compensated),
+            "{state:?}"
+        );
+        let completed = state == SagaState::Completed;
+        let taken = i64::from(completed);
         assert_eq!(
             available(&flights, "LH123").await.expect("read"),
-            Some(if completed { 9 } else { 10 })
+            Some(10 - taken)
         );
         assert_eq!(
             available(&hotels, "grand").await.expect("read"),
-            Some(if completed { 4 } else { 5 })
+            Some(5 - taken)
         );
-        assert_eq!(available(&cars_db, "compact").await.expect("read"), Some(0));
+        assert_eq!(
+            available(&cars_db, "compact").await.expect("read"),
+            Some(cars - taken)
+        );
         assert_eq!(
             balance(&payments, "ada").await.expect("read"),
-            Some(if completed { 58_000 } else { 100_000 })
+            Some(100_000 - 42_000 * taken)
         );
         assert_eq!(
-            emails(&outbox, &id).await.expect("read"),
+            emails(&outbox, id).await.expect("read"),
             usize::from(completed)
         );
     }
