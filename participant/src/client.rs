@@ -56,6 +56,11 @@ impl From<tonic::Status> for ClientError {
             tonic::Code::AlreadyExists => Self::AlreadyExists(message),
             tonic::Code::ResourceExhausted => Self::ResourceExhausted(message),
             tonic::Code::Unavailable => Self::Unavailable(message),
+            // tonic reports a broken connection as UNKNOWN "transport
+            // error": the coordinator may be fine, the call can be retried.
+            tonic::Code::Unknown if message.contains("transport error") => {
+                Self::Unavailable(message)
+            }
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 Self::DeadlineExceeded(message)
             }

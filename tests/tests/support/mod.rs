@@ -281,4 +281,5 @@ impl TestParticipant {
     }
 }
 pub mod postgres;
+pub mod proxy;
 pub mod saga;
