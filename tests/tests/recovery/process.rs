@@ -6,118 +6,15 @@
 //! every participant's database: balances, bookings, holds.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use super::support::eventually;
+use super::support::processes::{Proc, free_addr, start_coordinator};
 use concord_example_bank::{Movement, account, open_holds};
 use concord_participant::saga::SagaState;
 use concord_participant::{BeginOptions, CoordinatorClient, Outcome};
 use concord_proto::v1 as pb;
-use tokio::process::{Child, Command};
-
-use super::support::eventually;
-
-/// A free loopback address (bound and released; a restart reuses it).
-pub(super) fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-/// A child process serving on `addr`.
-pub(super) struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    /// Starts `exe` and waits until it accepts connections on `addr`.
-    async fn start(
-        name: &str,
-        exe: &str,
-        args: &[String],
-        failpoint: Option<&str>,
-        addr: SocketAddr,
-    ) -> Self {
-        let mut command = Command::new(exe);
-        command
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env(
-                "FAILPOINTS",
-                failpoint.map(|p| format!("{p}=return")).unwrap_or_default(),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        for _ in 0..750 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Self {
-                    name: name.to_owned(),
-                    child,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited before serving: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("{name} did not start serving on {addr}");
-    }
-
-    /// Waits for the process to die at its fail point; it must not exit
-    /// cleanly.
-    pub(super) async fn crashed(mut self) {
-        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} did not reach its crash point", self.name))
-            .expect("wait");
-        assert!(
-            !status.success(),
-            "{} exited cleanly instead of crashing: {status}",
-            self.name
-        );
-    }
-
-    /// SIGKILL, and wait for it to be gone.
-    async fn kill(mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        let _ = self.child.wait().await;
-    }
-}
-
-fn coordinator_args(addr: SocketAddr, data: &Path) -> Vec<String> {
-    [
-        "serve",
-        "--listen",
-        &addr.to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--retry-min-ms",
-        "10",
-        "--retry-max-ms",
-        "200",
-        "--delivery-timeout-ms",
-        "1000",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-async fn start_coordinator(addr: SocketAddr, data: &Path, failpoint: Option<&str>) -> Proc {
-    let exe = env!("CARGO_BIN_EXE_concord-failpoints");
-    Proc::start(
-        "concord",
-        exe,
-        &coordinator_args(addr, data),
-        failpoint,
-        addr,
-    )
-    .await
-}
 
 /// Two banks and a coordinator, all separate processes.
 pub(super) struct Banks {

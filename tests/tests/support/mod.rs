@@ -281,5 +281,6 @@ impl TestParticipant {
     }
 }
 pub mod postgres;
+pub mod processes;
 pub mod proxy;
 pub mod saga;

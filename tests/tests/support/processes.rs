@@ -1,0 +1,124 @@
+//! Child processes for crash and chaos tests: the real programs built with
+//! fail points on (`tests/src/bin`), started on a fixed loopback address so
+//! that a restart comes back where its peers expect it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// A free loopback address (bound and released; a restart reuses it).
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A child process serving on `addr`.
+pub struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `exe` and waits until it accepts connections on `addr`.
+    pub async fn start(
+        name: &str,
+        exe: &str,
+        args: &[String],
+        failpoint: Option<&str>,
+        addr: SocketAddr,
+    ) -> Self {
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env(
+                "FAILPOINTS",
+                failpoint.map(|p| format!("{p}=return")).unwrap_or_default(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        for _ in 0..750 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Self {
+                    name: name.to_owned(),
+                    child,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited before serving: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name} did not start serving on {addr}");
+    }
+
+    /// Waits for the process to die at its fail point; it must not exit
+    /// cleanly.
+    pub async fn crashed(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not reach its crash point", self.name))
+            .expect("wait");
+        assert!(
+            !status.success(),
+            "{} exited cleanly instead of crashing: {status}",
+            self.name
+        );
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+}
+
+pub fn coordinator_args(addr: SocketAddr, data: &Path) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--retry-min-ms",
+        "10",
+        "--retry-max-ms",
+        "200",
+        "--delivery-timeout-ms",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts the coordinator with extra flags.
+pub async fn start_coordinator_with(
+    addr: SocketAddr,
+    data: &Path,
+    failpoint: Option<&str>,
+    extra: &[&str],
+) -> Proc {
+    let exe = env!("CARGO_BIN_EXE_concord-failpoints");
+    let mut args = coordinator_args(addr, data);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Proc::start("concord", exe, &args, failpoint, addr).await
+}
+
+pub async fn start_coordinator(addr: SocketAddr, data: &Path, failpoint: Option<&str>) -> Proc {
+    let exe = env!("CARGO_BIN_EXE_concord-failpoints");
+    Proc::start(
+        "concord",
+        exe,
+        &coordinator_args(addr, data),
+        failpoint,
+        addr,
+    )
+    .await
+}
