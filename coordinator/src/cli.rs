@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run a coordinator node (gRPC on --listen, log in --data-dir).
     Serve(ServeArgs),
+    /// Measure throughput and latency against this machine's floor.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +96,7 @@ struct ServeArgs {
 /// Runs the command line; returns when the command is done.
 pub fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -110,6 +113,7 @@ pub fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
         }
     })
 }

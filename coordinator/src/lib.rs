@@ -16,10 +16,13 @@
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
 //! - [`cli`]: the `concord` command line.
+//! - [`bench`]: `concord bench`, the load generator that measures against
+//!   the machine's floor.
 //!
 //! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod model;
 pub mod node;
