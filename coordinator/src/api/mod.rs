@@ -164,15 +164,10 @@ impl Coordinator for CoordinatorService {
             before: validate::page_token(&request.page_token)?,
             limit,
         };
-        let views = self.runtime.list(&query).await.map_err(convert::status)?;
-        // A full page may have more after it; the last id is the cursor.
-        let next_page_token = match views.last() {
-            Some(last) if views.len() as u32 == limit => last.id.to_string(),
-            _ => String::new(),
-        };
+        let page = self.runtime.list(&query).await.map_err(convert::status)?;
         Ok(Response::new(pb::ListTransactionsResponse {
-            transactions: views.into_iter().map(convert::transaction).collect(),
-            next_page_token,
+            transactions: page.views.into_iter().map(convert::transaction).collect(),
+            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
         }))
     }
 

@@ -185,6 +185,24 @@ pub struct Enlisted {
     pub created: bool,
 }
 
+/// The states a transaction is stored in while it is not finished.
+const UNFINISHED: [TxnState; 5] = [
+    TxnState::Active,
+    TxnState::Committing,
+    TxnState::Aborting,
+    TxnState::Running,
+    TxnState::Compensating,
+];
+
+/// One page of `ListTransactions`.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub views: Vec<TxnView>,
+    /// Where the next page starts (the last id the store returned), if the
+    /// store may have more.
+    pub next: Option<TxnId>,
+}
+
 /// The answer to Commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -608,8 +626,26 @@ impl Runtime {
 
     /// A page of transactions, newest first; live ones show their current
     /// state.
-    pub async fn list(&self, query: &ListQuery) -> Result<Vec<TxnView>, Error> {
-        let mut views = self.shared.store.list(query).await?;
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        // A live transaction's stored state can lag its real one (PREPARING
+        // is stored as ACTIVE; a decision or an end becomes visible with its
+        // record). So the store is asked for the requested states plus every
+        // unfinished one, and the live state decides.
+        let mut stored = query.clone();
+        if !stored.states.is_empty() {
+            for state in UNFINISHED {
+                if !stored.states.contains(&state) {
+                    stored.states.push(state);
+                }
+            }
+        }
+        let mut views = self.shared.store.list(&stored).await?;
+        // A full page from the store may have more behind it, whatever the
+        // filter below keeps.
+        let next = match views.last() {
+            Some(last) if views.len() as u32 == query.limit => Some(last.id),
+            _ => None,
+        };
         for view in &mut views {
             if let Some(txn) = self.shared.live.get(&view.id) {
                 *view = txn.view(false);
@@ -623,7 +659,7 @@ impl Runtime {
         if query.needs_attention {
             views.retain(|view| view.needs_attention);
         }
-        Ok(views)
+        Ok(Page { views, next })
     }
 
     /// The decision, for a participant holding a prepared branch. R2: an

@@ -706,3 +706,45 @@ async fn health_and_reflection_are_served() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn a_preparing_transaction_is_listed_as_preparing() {
+    let s = setup().await;
+    let id = begin(&s.client).await;
+    s.client
+        .enlist(&id, &s.a.url, "commit", None)
+        .await
+        .expect("enlist");
+    s.client
+        .enlist(&id, &s.b.url, "hang", None)
+        .await
+        .expect("enlist");
+    // Stored as ACTIVE until decided, the transaction is PREPARING while b
+    // takes its time; a listing by state must see the live state.
+    let commit = {
+        let client = s.client.clone();
+        let id = id.clone();
+        tokio::spawn(async move { client.commit(&id).await })
+    };
+    let listed = eventually("listed as preparing", || async {
+        let page = s
+            .client
+            .raw()
+            .list_transactions(pb::ListTransactionsRequest {
+                states: vec![pb::TransactionState::Preparing as i32],
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        page.transactions.into_iter().find(|t| t.id == id)
+    })
+    .await;
+    assert_eq!(listed.state, pb::TransactionState::Preparing as i32);
+    // It ends one way or the other once b answers or times out.
+    let outcome = commit.await.expect("join").expect("commit");
+    assert!(matches!(
+        outcome,
+        Outcome::Committed { .. } | Outcome::Aborted { .. }
+    ));
+}
