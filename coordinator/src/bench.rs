@@ -211,10 +211,10 @@ where
             let mut micros = Vec::new();
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) && started.elapsed() < duration {
-                if let Some(limit) = limit {
-                    if done.fetch_add(1, Ordering::Relaxed) >= limit {
-                        break;
-                    }
+                if let Some(limit) = limit
+                    && done.fetch_add(1, Ordering::Relaxed) >= limit
+                {
+                    break;
                 }
                 let at = Instant::now();
                 match op(client).await {
