@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// 2PC: enlist each participant with its own Enlist call instead of
+    /// naming them in Begin (one more call and forced write per branch).
+    #[arg(long)]
+    pub enlist_separately: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -365,9 +369,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let (stats, rpcs_per_txn) = match args.workload {
         Workload::TwoPhase => {
-            // Begin + K enlists + Commit from the client; Prepare and Commit
-            // to each participant (one CommitOnePhase when K = 1).
-            let rpcs = if k == 1 { 4 } else { 2 + k + 2 * k };
+            // Begin (+ K Enlists when asked) + Commit from the client;
+            // Prepare and Commit to each participant (one CommitOnePhase
+            // when K = 1).
+            let separately = args.enlist_separately;
+            let client_calls = if separately { 2 + k } else { 2 };
+            let rpcs = client_calls + if k == 1 { 1 } else { 2 * k };
             let stats = drive(
                 args.clients,
                 args.duration,
@@ -377,20 +384,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     let mut raw = CoordinatorClient::new(channels[client as usize].clone());
                     let urls = Arc::clone(&urls);
                     async move {
-                        let id = raw
-                            .begin(pb::BeginRequest::default())
-                            .await?
-                            .into_inner()
-                            .transaction_id;
-                        for i in 0..k {
-                            let participant = urls[(i as usize) % urls.len()].clone();
-                            raw.enlist(pb::EnlistRequest {
-                                transaction_id: id.clone(),
-                                participant,
+                        let specs: Vec<pb::BranchSpec> = (0..k)
+                            .map(|i| pb::BranchSpec {
+                                participant: urls[(i as usize) % urls.len()].clone(),
                                 payload: vec![],
                                 branch: format!("b{i}"),
                             })
-                            .await?;
+                            .collect();
+                        let begin = if separately {
+                            pb::BeginRequest::default()
+                        } else {
+                            pb::BeginRequest {
+                                branches: specs.clone(),
+                                ..Default::default()
+                            }
+                        };
+                        let id = raw.begin(begin).await?.into_inner().transaction_id;
+                        if separately {
+                            for spec in specs {
+                                raw.enlist(pb::EnlistRequest {
+                                    transaction_id: id.clone(),
+                                    participant: spec.participant,
+                                    payload: spec.payload,
+                                    branch: spec.branch,
+                                })
+                                .await?;
+                            }
                         }
                         let answer = raw
                             .commit(pb::CommitRequest {

@@ -78,6 +78,18 @@ pub struct BeginOptions {
     /// Makes a retried Begin return the same transaction (R7).
     pub idempotency_key: Option<String>,
     pub description: Option<String>,
+    /// Branches to enlist with the Begin, in one durable write (saves an
+    /// Enlist call and a forced write per branch).
+    pub branches: Vec<BranchSpec>,
+}
+
+/// A branch to enlist: the participant's URI, its payload, and optionally
+/// its name.
+#[derive(Debug, Clone, Default)]
+pub struct BranchSpec {
+    pub participant: String,
+    pub payload: Vec<u8>,
+    pub name: Option<String>,
 }
 
 /// Options of [`CoordinatorClient::commit_with`].
@@ -103,6 +115,8 @@ pub struct Begun {
     pub transaction_id: String,
     /// False when the idempotency key found an earlier transaction.
     pub created: bool,
+    /// Names of the branches enlisted with the Begin.
+    pub branches: Vec<String>,
 }
 
 /// A cheap-to-clone client for one coordinator.
@@ -170,12 +184,22 @@ impl CoordinatorClient {
                 .unwrap_or(0),
             idempotency_key: options.idempotency_key.unwrap_or_default(),
             description: options.description.unwrap_or_default(),
+            branches: options
+                .branches
+                .into_iter()
+                .map(|b| pb::BranchSpec {
+                    participant: b.participant,
+                    payload: b.payload,
+                    branch: b.name.unwrap_or_default(),
+                })
+                .collect(),
         };
         let mut raw = self.raw.clone();
         let answer = self.call(raw.begin(self.request(request))).await?;
         Ok(Begun {
             transaction_id: answer.transaction_id,
             created: answer.created,
+            branches: answer.branches,
         })
     }
 

@@ -27,7 +27,9 @@ pub mod resolver;
 pub mod saga;
 pub mod server;
 
-pub use client::{BeginOptions, Begun, ClientError, CommitOptions, CoordinatorClient, Outcome};
+pub use client::{
+    BeginOptions, Begun, BranchSpec, ClientError, CommitOptions, CoordinatorClient, Outcome,
+};
 pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;
 pub use server::{

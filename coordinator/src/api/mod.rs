@@ -48,12 +48,14 @@ impl Coordinator for CoordinatorService {
             )?,
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
             description: validate::text("description", &request.description)?,
+            branches: validate::begin_branches(&self.limits, request.branches)?,
         };
         let begun = self.runtime.begin(begin).await.map_err(convert::status)?;
         Ok(Response::new(pb::BeginResponse {
             transaction_id: begun.id.to_string(),
             created: begun.created,
             state: convert::state(begun.state).into(),
+            branches: begun.branches,
         }))
     }
 

@@ -10,6 +10,7 @@ use concord_proto::v1 as pb;
 
 use crate::model::{RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError};
 use crate::protocol::saga::{ShapeError, StepShape, check_shapes};
+use crate::runtime::EnlistBranch;
 
 /// Limits on what a request may carry.
 #[derive(Clone, Debug)]
@@ -189,6 +190,35 @@ pub fn page_token(value: &str) -> Result<Option<TxnId>, Status> {
         .parse()
         .map(Some)
         .map_err(|_| invalid("page_token is not one this service issued".into()))
+}
+
+/// Checks the branches given with Begin, as Enlist would each one; names
+/// must be unique within the request.
+pub fn begin_branches(
+    limits: &Limits,
+    branches: Vec<pb::BranchSpec>,
+) -> Result<Vec<EnlistBranch>, Status> {
+    let mut checked: Vec<EnlistBranch> = Vec::with_capacity(branches.len());
+    for (idx, branch) in branches.into_iter().enumerate() {
+        let participant = endpoint(&format!("branches[{idx}].participant"), &branch.participant)?;
+        payload(limits, &branch.payload)
+            .map_err(|s| invalid(format!("branches[{idx}].{}", s.message())))?;
+        let name = branch_name(&branch.branch)
+            .map_err(|s| invalid(format!("branches[{idx}].{}", s.message())))?;
+        if let Some(name) = &name
+            && checked.iter().any(|b| b.name.as_ref() == Some(name))
+        {
+            return Err(invalid(format!(
+                "branches[{idx}].branch {name:?} is given twice"
+            )));
+        }
+        checked.push(EnlistBranch {
+            participant,
+            payload: branch.payload,
+            name,
+        });
+    }
+    Ok(checked)
 }
 
 /// Checks a saga's steps and turns them into definitions. Every message

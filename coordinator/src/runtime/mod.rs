@@ -161,6 +161,8 @@ pub struct Begun {
     pub id: TxnId,
     pub created: bool,
     pub state: TxnState,
+    /// Names of the branches enlisted with Begin.
+    pub branches: Vec<String>,
 }
 
 /// What Begin asks for.
@@ -169,6 +171,8 @@ pub struct BeginTxn {
     pub timeout: Option<Duration>,
     pub idempotency_key: Option<String>,
     pub description: Option<String>,
+    /// Branches enlisted with the Begin, in one durable write.
+    pub branches: Vec<EnlistBranch>,
 }
 
 /// What Enlist asks for.
@@ -319,6 +323,7 @@ impl Runtime {
                         id,
                         created: false,
                         state,
+                        branches: Vec::new(),
                     });
                 }
                 Some(guard)
@@ -343,19 +348,32 @@ impl Runtime {
             Vec::new(),
             shared.config.default_prepare_timeout,
         ));
+        // Branches given with the Begin are enlisted before anyone can learn
+        // the id, and recorded in the same write.
+        let mut records = vec![Record::Begun {
+            id,
+            created_at_ms,
+            deadline_ms,
+            idempotency_key: request.idempotency_key.clone(),
+            description: request.description,
+        }];
+        let mut names = Vec::with_capacity(request.branches.len());
+        {
+            let mut inner = txn.lock();
+            for branch in request.branches {
+                let (name, record) =
+                    add_branch(&mut inner, id, branch, shared.config.max_branches)?;
+                names.push(name);
+                records.push(record);
+            }
+        }
         shared.live.insert(id, Arc::clone(&txn));
         if let Some(key) = &request.idempotency_key {
             shared.keys().insert(key.clone(), id);
         }
         // Queued before anyone can learn the id, so every later record of
         // this transaction follows it in the log.
-        let durable = shared.log.submit(vec![Record::Begun {
-            id,
-            created_at_ms,
-            deadline_ms,
-            idempotency_key: request.idempotency_key,
-            description: request.description,
-        }]);
+        let durable = shared.log.submit(records);
         drop(_claim);
         if let Err(error) = durable.wait().await {
             shared.forget(&txn);
@@ -367,6 +385,7 @@ impl Runtime {
             id,
             created: true,
             state: TxnState::Active,
+            branches: names,
         })
     }
 
@@ -515,31 +534,8 @@ impl Runtime {
                 }
                 return Err(Error::BranchConflict { name: name.clone() });
             }
-            if inner.branches.len() >= shared.config.max_branches {
-                return Err(Error::TooManyBranches {
-                    limit: shared.config.max_branches,
-                });
-            }
-            let idx = inner.machine.enlist()?;
-            let name = match branch.name {
-                Some(name) => name,
-                None => generated_name(&inner.branches, idx),
-            };
-            inner.branches.push(BranchInfo {
-                name: name.clone(),
-                participant: branch.participant.clone(),
-                payload: branch.payload.clone(),
-                vote: None,
-                attempts: 0,
-                last_error: None,
-            });
-            let durable = shared.log.submit(vec![Record::Enlisted {
-                id,
-                idx: u32::try_from(idx).unwrap_or(u32::MAX),
-                name: name.clone(),
-                participant: branch.participant,
-                payload: branch.payload,
-            }]);
+            let (name, record) = add_branch(&mut inner, id, branch, shared.config.max_branches)?;
+            let durable = shared.log.submit(vec![record]);
             (name, durable)
         };
         if let Err(error) = durable.wait().await {
@@ -881,6 +877,43 @@ impl Runtime {
 enum Recovered {
     TwoPhase(Arc<LiveTxn>, Vec<crate::protocol::two_phase::Effect>),
     Saga(Arc<LiveSaga>, Vec<saga_protocol::Effect>),
+}
+
+/// Adds a branch to a transaction's state machine and branch list; returns
+/// its name and the record that makes it durable (queued by the caller under
+/// the same lock, so records keep protocol order).
+fn add_branch(
+    inner: &mut live::Inner,
+    id: TxnId,
+    branch: EnlistBranch,
+    max_branches: usize,
+) -> Result<(String, Record), Error> {
+    if inner.branches.len() >= max_branches {
+        return Err(Error::TooManyBranches {
+            limit: max_branches,
+        });
+    }
+    let idx = inner.machine.enlist()?;
+    let name = match branch.name {
+        Some(name) => name,
+        None => generated_name(&inner.branches, idx),
+    };
+    inner.branches.push(BranchInfo {
+        name: name.clone(),
+        participant: branch.participant.clone(),
+        payload: branch.payload.clone(),
+        vote: None,
+        attempts: 0,
+        last_error: None,
+    });
+    let record = Record::Enlisted {
+        id,
+        idx: u32::try_from(idx).unwrap_or(u32::MAX),
+        name: name.clone(),
+        participant: branch.participant,
+        payload: branch.payload,
+    };
+    Ok((name, record))
 }
 
 /// "b<N>" for the N-th branch, skipping names a client already chose.

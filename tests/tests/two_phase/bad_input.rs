@@ -49,6 +49,7 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
         timeout_ms,
         idempotency_key: key.into(),
         description: description.into(),
+        branches: vec![],
     };
     expect(
         raw.begin(begin(5, "", "")).await,
@@ -76,13 +77,49 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
         "description",
     );
 
+    // Branches given with Begin are checked like Enlist's, by position.
+    let spec = |participant: &str, branch: &str| pb::BranchSpec {
+        participant: participant.into(),
+        payload: vec![],
+        branch: branch.into(),
+    };
+    let with_branches = |branches| pb::BeginRequest {
+        branches,
+        ..Default::default()
+    };
+    let url = participant.url.as_str();
+    expect(
+        raw.begin(with_branches(vec![spec(url, ""), spec("nope", "")]))
+            .await,
+        Code::InvalidArgument,
+        "branches[1].participant",
+    );
+    expect(
+        raw.begin(with_branches(vec![spec(url, "x"), spec(url, "x")]))
+            .await,
+        Code::InvalidArgument,
+        "branches[1].branch \"x\" is given twice",
+    );
+    expect(
+        raw.begin(with_branches(vec![spec(url, "bad name")])).await,
+        Code::InvalidArgument,
+        "branches[0].branch",
+    );
+    expect(
+        raw.begin(with_branches(
+            (0..65).map(|i| spec(url, &format!("b{i}"))).collect(),
+        ))
+        .await,
+        Code::ResourceExhausted,
+        "limit",
+    );
+
     let enlist = |txn: &str, participant: &str, payload: Vec<u8>, branch: &str| pb::EnlistRequest {
         transaction_id: txn.into(),
         participant: participant.into(),
         payload,
         branch: branch.into(),
     };
-    let url = participant.url.as_str();
     for bad_id in [
         "",
         "42",

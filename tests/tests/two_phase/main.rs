@@ -748,3 +748,52 @@ async fn a_preparing_transaction_is_listed_as_preparing() {
         Outcome::Committed { .. } | Outcome::Aborted { .. }
     ));
 }
+
+#[tokio::test]
+async fn branches_given_with_begin_take_part_like_enlisted_ones() {
+    use concord_participant::BranchSpec;
+    let s = setup().await;
+    let begun = s
+        .client
+        .begin(BeginOptions {
+            branches: vec![
+                BranchSpec {
+                    participant: s.a.url.clone(),
+                    payload: b"commit".to_vec(),
+                    name: Some("debit".into()),
+                },
+                BranchSpec {
+                    participant: s.b.url.clone(),
+                    payload: b"commit".to_vec(),
+                    name: None,
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("begin");
+    assert_eq!(begun.branches, ["debit", "b2"]);
+    let id = begun.transaction_id;
+    // Durable with the Begin: on disk before the answer.
+    let txn = s.client.transaction(&id).await.expect("get");
+    assert_eq!(txn.branches.len(), 2);
+    // More can still enlist; then commit as usual.
+    s.client
+        .enlist(&id, &s.a.url, "readonly", Some("audit"))
+        .await
+        .expect("enlist");
+    let outcome = s
+        .client
+        .commit_with(
+            &id,
+            CommitOptions {
+                wait_for_completion: true,
+                prepare_timeout: None,
+            },
+        )
+        .await
+        .expect("commit");
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    assert_eq!(s.a.effects(&id).await, ["prepare", "prepare", "commit"]);
+    assert_eq!(s.b.effects(&id).await, ["prepare", "commit"]);
+}
