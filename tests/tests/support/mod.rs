@@ -153,6 +153,49 @@ impl TwoPhaseParticipant for Scripted {
     }
 }
 
+/// Opens a participant's SQLite database in `dir` and creates its effects
+/// table with `ddl`.
+pub async fn participant_db(dir: &Path, name: &str, ddl: &'static str) -> SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join(format!("{name}.db")))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("participant database");
+    sqlx::query(ddl)
+        .execute(&pool)
+        .await
+        .expect("effects table");
+    pool
+}
+
+/// Serves a participant service on `addr`; returns its URL, the token
+/// that stops it, and its task.
+pub async fn serve_participant<P, S>(
+    service: ParticipantService<P, S>,
+    addr: &str,
+) -> (String, CancellationToken, JoinHandle<()>)
+where
+    P: concord_participant::TwoPhaseParticipant,
+    S: concord_participant::SagaStep,
+{
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        service
+            .serve(listener, shutdown)
+            .await
+            .expect("participant serves");
+    });
+    (url, stop, task)
+}
+
 /// A transaction's state as the coordinator's SQLite file has it, read
 /// through a separate connection.
 pub async fn coordinator_state(data_dir: &Path, id: &str) -> Option<String> {
@@ -208,22 +251,12 @@ impl TestParticipant {
         addr: &str,
         healthy: bool,
     ) -> Self {
-        let options = SqliteConnectOptions::new()
-            .filename(dir.join(format!("{name}.db")))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .expect("participant database");
-        sqlx::query(
+        let pool = participant_db(
+            dir,
+            name,
             "CREATE TABLE IF NOT EXISTS effects (txn_id TEXT NOT NULL, branch TEXT NOT NULL, op TEXT NOT NULL)",
         )
-        .execute(&pool)
-        .await
-        .expect("effects table");
+        .await;
         let handler = Scripted {
             commit_failures: Mutex::new(HashMap::new()),
             coordinator_db: coordinator_db.map(Path::to_path_buf),
@@ -232,16 +265,7 @@ impl TestParticipant {
         let service = ParticipantService::new(handler, pool.clone())
             .await
             .expect("ledger");
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let stop = CancellationToken::new();
-        let shutdown = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            service
-                .serve(listener, shutdown)
-                .await
-                .expect("participant serves");
-        });
+        let (url, stop, task) = serve_participant(service, addr).await;
         Self {
             url,
             pool,

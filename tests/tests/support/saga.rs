@@ -18,7 +18,6 @@ use concord_participant::{
     BranchContext, LocalTx, ParticipantError, ParticipantService, SagaStep, StepResult,
 };
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -133,22 +132,12 @@ impl StepParticipant {
     }
 
     async fn start_with(dir: &Path, name: &str, addr: &str, healthy: bool) -> Self {
-        let options = SqliteConnectOptions::new()
-            .filename(dir.join(format!("{name}.db")))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .expect("participant database");
-        sqlx::query(
+        let pool = super::participant_db(
+            dir,
+            name,
             "CREATE TABLE IF NOT EXISTS effects (txn_id TEXT NOT NULL, step TEXT NOT NULL, op TEXT NOT NULL)",
         )
-        .execute(&pool)
-        .await
-        .expect("effects table");
+        .await;
         let steps = ScriptedSteps {
             failures: Mutex::new(HashMap::new()),
             barrier: Arc::new(Barrier::new(2)),
@@ -157,16 +146,7 @@ impl StepParticipant {
         let service = ParticipantService::saga(steps, pool.clone())
             .await
             .expect("ledger");
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let stop = CancellationToken::new();
-        let shutdown = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            service
-                .serve(listener, shutdown)
-                .await
-                .expect("participant serves");
-        });
+        let (url, stop, task) = super::serve_participant(service, addr).await;
         Self {
             url,
             pool,
