@@ -91,12 +91,17 @@ async fn a_plain_list_runs_in_order_and_completes() {
 #[tokio::test]
 async fn steps_whose_dependencies_are_done_run_in_parallel() {
     let s = setup().await;
-    // hotel and car each wait for the other inside their action: the saga
-    // can only complete if they run at the same time.
+    // hotel and car each wait inside their action for the other, on two
+    // participants sharing one barrier: the saga can only complete if the
+    // coordinator calls them at the same time (the barrier gives up after
+    // 5 s and refuses).
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let hotels = StepParticipant::start_sharing(s._dir.path(), "hotels", barrier.clone()).await;
+    let cars = StepParticipant::start_sharing(s._dir.path(), "cars", barrier).await;
     let done = Saga::new()
         .step(step(&s.p, "flight", "ok"))
-        .step(step(&s.p, "hotel", "barrier").after(["flight"]))
-        .step(step(&s.p, "car", "barrier").after(["flight"]))
+        .step(step(&hotels, "hotel", "barrier").after(["flight"]))
+        .step(step(&cars, "car", "barrier").after(["flight"]))
         .step(
             Step::new("payment", &s.p.url)
                 .action("ok")
@@ -108,9 +113,13 @@ async fn steps_whose_dependencies_are_done_run_in_parallel() {
         .await
         .expect("saga");
     assert_eq!(done.state, SagaState::Completed, "{}", done.reason);
-    let effects = s.p.effects(&done.transaction_id).await;
-    assert_eq!(effects.first().map(String::as_str), Some("action:flight"));
-    assert_eq!(&effects[3..], ["action:payment", "action:email"]);
+    let id = &done.transaction_id;
+    assert_eq!(hotels.effects(id).await, ["action:hotel"]);
+    assert_eq!(cars.effects(id).await, ["action:car"]);
+    assert_eq!(
+        s.p.effects(id).await,
+        ["action:flight", "action:payment", "action:email"]
+    );
 }
 
 #[tokio::test]

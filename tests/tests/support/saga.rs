@@ -5,8 +5,9 @@
 //!
 //! Action payloads: `ok`; `refuse` (a business failure); `flaky:N` (the
 //! first N attempts fail transiently); `hang` (takes 3 s, past any test's
-//! attempt deadline); `barrier` (waits for a second `barrier` step, so it
-//! only succeeds when two steps run in parallel). Compensation payloads:
+//! attempt deadline); `barrier` (waits for a second `barrier` step, on
+//! another participant sharing the barrier, so it only succeeds when two
+//! steps run in parallel). Compensation payloads:
 //! `ok`, `flaky:N`, `stuck` (always fails transiently).
 
 use std::collections::HashMap;
@@ -123,15 +124,29 @@ pub struct StepParticipant {
 
 impl StepParticipant {
     pub async fn start(dir: &Path, name: &str) -> Self {
-        Self::start_with(dir, name, "127.0.0.1:0", false).await
+        Self::start_with(dir, name, "127.0.0.1:0", false, Arc::new(Barrier::new(2))).await
+    }
+
+    /// Starts a participant whose `barrier` steps wait on `barrier`, shared
+    /// with another participant: a SQLite participant runs one handler at a
+    /// time (the ledger's local transaction holds the write lock), so steps
+    /// that must meet run on different participants.
+    pub async fn start_sharing(dir: &Path, name: &str, barrier: Arc<Barrier>) -> Self {
+        Self::start_with(dir, name, "127.0.0.1:0", false, barrier).await
     }
 
     /// Restarts on `addr` with the same database, repaired.
     pub async fn restart_healthy(dir: &Path, name: &str, addr: &str) -> Self {
-        Self::start_with(dir, name, addr, true).await
+        Self::start_with(dir, name, addr, true, Arc::new(Barrier::new(2))).await
     }
 
-    async fn start_with(dir: &Path, name: &str, addr: &str, healthy: bool) -> Self {
+    async fn start_with(
+        dir: &Path,
+        name: &str,
+        addr: &str,
+        healthy: bool,
+        barrier: Arc<Barrier>,
+    ) -> Self {
         let pool = super::participant_db(
             dir,
             name,
@@ -140,7 +155,7 @@ impl StepParticipant {
         .await;
         let steps = ScriptedSteps {
             failures: Mutex::new(HashMap::new()),
-            barrier: Arc::new(Barrier::new(2)),
+            barrier,
             healthy,
         };
         let service = ParticipantService::saga(steps, pool.clone())
