@@ -226,7 +226,10 @@ pub struct TestParticipant {
 impl TestParticipant {
     /// Starts a scripted participant with its database in `dir/<name>.db`.
     pub async fn start(dir: &Path, name: &str, coordinator_db: Option<&Path>) -> Self {
-        Self::start_on(dir, name, coordinator_db, "127.0.0.1:0").await
+        // A reserved port, so that a restart on the same address cannot
+        // find it taken (see `processes::free_addr`).
+        let addr = processes::free_addr().to_string();
+        Self::start_on(dir, name, coordinator_db, &addr).await
     }
 
     /// Restarts a participant on `addr` (`127.0.0.1:0` for a new port) with

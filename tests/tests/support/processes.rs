@@ -5,14 +5,38 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// A free loopback address (bound and released; a restart reuses it).
+/// A free loopback address for a child process, reused when it restarts.
+///
+/// Taken below the OS's ephemeral port range, where `bind(127.0.0.1:0)`
+/// never lands: otherwise, while a crashed process is down, another test's
+/// server could be given its port and answer in its place. Within this test
+/// process every call gets a different port.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u32, ephemeral_low.max(12_000));
+    let span = high - low;
+    // Different test binaries start at different places in the range.
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}");
 }
 
 /// A child process serving on `addr`.
@@ -46,6 +70,12 @@ impl Proc {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         for _ in 0..750 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                // Someone accepts on the address; make sure it is our child
+                // (a child that could not bind exits at once).
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{name} exited at start ({status}); is {addr} taken?");
+                }
                 return Self {
                     name: name.to_owned(),
                     child,

@@ -124,7 +124,8 @@ pub struct StepParticipant {
 
 impl StepParticipant {
     pub async fn start(dir: &Path, name: &str) -> Self {
-        Self::start_with(dir, name, "127.0.0.1:0", false, Arc::new(Barrier::new(2))).await
+        let addr = super::processes::free_addr().to_string();
+        Self::start_with(dir, name, &addr, false, Arc::new(Barrier::new(2))).await
     }
 
     /// Starts a participant whose `barrier` steps wait on `barrier`, shared
@@ -132,7 +133,8 @@ impl StepParticipant {
     /// time (the ledger's local transaction holds the write lock), so steps
     /// that must meet run on different participants.
     pub async fn start_sharing(dir: &Path, name: &str, barrier: Arc<Barrier>) -> Self {
-        Self::start_with(dir, name, "127.0.0.1:0", false, barrier).await
+        let addr = super::processes::free_addr().to_string();
+        Self::start_with(dir, name, &addr, false, barrier).await
     }
 
     /// Restarts on `addr` with the same database, repaired.
