@@ -23,6 +23,7 @@ use crate::store::Record;
 use super::Shared;
 use super::crash;
 use super::live::{Inner, LiveTxn};
+use super::mailbox::Delivery;
 use super::participants::AbortAnswer;
 
 /// Hands `effects` to the transaction's driver, starting one if none runs.
@@ -34,19 +35,16 @@ pub(super) fn dispatch(
     inner: &mut Inner,
     effects: Vec<Effect>,
 ) {
-    if effects.is_empty() {
-        return;
+    match inner.mailbox.post(effects) {
+        Delivery::Nothing => {}
+        Delivery::WakeDriver => txn.wake.notify_one(),
+        Delivery::StartDriver => {
+            let span = tracing::info_span!("txn", id = %txn.id);
+            shared
+                .tasks
+                .spawn(drive(Arc::clone(shared), Arc::clone(txn)).instrument(span));
+        }
     }
-    inner.inbox.extend(effects);
-    if inner.driving {
-        txn.wake.notify_one();
-        return;
-    }
-    inner.driving = true;
-    let span = tracing::info_span!("txn", id = %txn.id);
-    shared
-        .tasks
-        .spawn(drive(Arc::clone(shared), Arc::clone(txn)).instrument(span));
 }
 
 /// Applies an event the driver produced. Such events are never refused (only
@@ -65,15 +63,8 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
     let mut calls: FuturesUnordered<BoxFuture<'static, Event>> = FuturesUnordered::new();
     let mut queue: VecDeque<Effect> = VecDeque::new();
     loop {
-        {
-            let mut inner = txn.lock();
-            queue.extend(inner.inbox.drain(..));
-            if queue.is_empty() && calls.is_empty() {
-                // Under the lock: whoever adds effects next sees the driver
-                // gone and starts another.
-                inner.driving = false;
-                return;
-            }
+        if !txn.lock().mailbox.take(&mut queue, calls.is_empty()) {
+            return;
         }
         while let Some(effect) = queue.pop_front() {
             match effect {
@@ -180,7 +171,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
 /// Leaves the transaction for recovery after a restart: the log holds what
 /// it needs (R2, R3).
 fn stop(txn: &LiveTxn) {
-    txn.lock().driving = false;
+    txn.lock().mailbox.stopped();
     tracing::debug!("driver stopped by shutdown");
 }
 

@@ -16,6 +16,7 @@ use crate::model::{BranchState, BranchView, TxnId, TxnKind, TxnState, TxnView, V
 use crate::protocol::two_phase::{BranchPhase, Effect, Outcome, Phase, TwoPhase};
 use crate::store::BranchEnd;
 
+use super::mailbox::Mailbox;
 use super::participants::BranchCall;
 
 /// What the machine does not know about a branch.
@@ -35,10 +36,8 @@ pub struct Inner {
     pub branches: Vec<BranchInfo>,
     pub decided_at_ms: Option<u64>,
     pub prepare_timeout: Duration,
-    /// Effects waiting for the driver.
-    pub inbox: Vec<Effect>,
-    /// True while a driver task runs for this transaction.
-    pub driving: bool,
+    /// Effects waiting for the transaction's driver.
+    pub mailbox: Mailbox<Effect>,
 }
 
 /// What a transaction is born with and never changes.
@@ -91,8 +90,7 @@ impl LiveTxn {
                 branches,
                 decided_at_ms: None,
                 prepare_timeout,
-                inbox: Vec::new(),
-                driving: false,
+                mailbox: Mailbox::default(),
             }),
             wake: Notify::new(),
             outcome: watch::channel(None).0,

@@ -16,6 +16,7 @@
 //! - [`driver`]: the task that executes one transaction's effects.
 //! - [`saga`]: a saga in memory and the task that executes its effects.
 //! - [`log`]: the group-commit writer.
+//! - [`mailbox`]: the hand-off of effects to a transaction's one driver.
 //! - [`participants`]: channels and calls to participants.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
 
@@ -38,6 +39,7 @@ pub mod crash;
 pub mod driver;
 pub mod live;
 pub mod log;
+pub mod mailbox;
 pub mod participants;
 pub mod saga;
 

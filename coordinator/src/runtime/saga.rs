@@ -26,6 +26,7 @@ use super::Shared;
 use super::crash;
 use super::driver::write_until_durable;
 use super::live::TxnHeader;
+use super::mailbox::{Delivery, Mailbox};
 use super::participants::{BranchCall, ExecuteAnswer};
 
 /// Calls made to one step so far.
@@ -39,8 +40,7 @@ pub struct Progress {
 pub struct SagaInner {
     pub machine: Saga,
     pub progress: Vec<Progress>,
-    inbox: Vec<Effect>,
-    driving: bool,
+    mailbox: Mailbox<Effect>,
 }
 
 pub struct LiveSaga {
@@ -65,8 +65,7 @@ impl LiveSaga {
             inner: Mutex::new(SagaInner {
                 machine,
                 progress,
-                inbox: Vec::new(),
-                driving: false,
+                mailbox: Mailbox::default(),
             }),
             wake: Notify::new(),
             ended: watch::channel(false).0,
@@ -186,32 +185,24 @@ pub(super) fn dispatch(
     inner: &mut SagaInner,
     effects: Vec<Effect>,
 ) {
-    if effects.is_empty() {
-        return;
+    match inner.mailbox.post(effects) {
+        Delivery::Nothing => {}
+        Delivery::WakeDriver => saga.wake.notify_one(),
+        Delivery::StartDriver => {
+            let span = tracing::info_span!("saga", id = %saga.header.id);
+            shared
+                .tasks
+                .spawn(drive(Arc::clone(shared), Arc::clone(saga)).instrument(span));
+        }
     }
-    inner.inbox.extend(effects);
-    if inner.driving {
-        saga.wake.notify_one();
-        return;
-    }
-    inner.driving = true;
-    let span = tracing::info_span!("saga", id = %saga.header.id);
-    shared
-        .tasks
-        .spawn(drive(Arc::clone(shared), Arc::clone(saga)).instrument(span));
 }
 
 async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
     let mut calls: FuturesUnordered<BoxFuture<'static, Event>> = FuturesUnordered::new();
     let mut queue: VecDeque<Effect> = VecDeque::new();
     loop {
-        {
-            let mut inner = saga.lock();
-            queue.extend(inner.inbox.drain(..));
-            if queue.is_empty() && calls.is_empty() {
-                inner.driving = false;
-                return;
-            }
+        if !saga.lock().mailbox.take(&mut queue, calls.is_empty()) {
+            return;
         }
         while let Some(effect) = queue.pop_front() {
             match effect {
@@ -308,7 +299,7 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
 }
 
 fn stop(saga: &LiveSaga) {
-    saga.lock().driving = false;
+    saga.lock().mailbox.stopped();
     tracing::debug!("saga driver stopped by shutdown");
 }
 
