@@ -656,8 +656,47 @@ impl Runtime {
         }
         if query.needs_attention {
             views.retain(|view| view.needs_attention);
+            self.merge_flagged_live(query, &mut views, next);
+            if views.len() > query.limit as usize {
+                views.truncate(query.limit as usize);
+                return Ok(Page {
+                    next: views.last().map(|view| view.id),
+                    views,
+                });
+            }
         }
         Ok(Page { views, next })
+    }
+
+    /// Adds the live sagas flagged NEEDS_ATTENTION that the store does not
+    /// show yet: the flag's record is written without waiting (it decides
+    /// nothing), so an operator's queue must not depend on it having landed.
+    /// Only ids inside this page's range are added, so pages never repeat.
+    fn merge_flagged_live(&self, query: &ListQuery, views: &mut Vec<TxnView>, next: Option<TxnId>) {
+        let in_page = |id: TxnId| {
+            query.before.is_none_or(|before| id < before) && next.is_none_or(|oldest| id > oldest)
+        };
+        let flagged: Vec<TxnView> = self
+            .shared
+            .sagas
+            .iter()
+            .filter(|saga| in_page(saga.header.id))
+            .map(|saga| saga.view(false))
+            .filter(|view| view.needs_attention && !views.iter().any(|v| v.id == view.id))
+            .collect();
+        if flagged.is_empty() {
+            return;
+        }
+        if !query.states.is_empty() {
+            views.extend(
+                flagged
+                    .into_iter()
+                    .filter(|v| query.states.contains(&v.state)),
+            );
+        } else {
+            views.extend(flagged);
+        }
+        views.sort_by_key(|view| std::cmp::Reverse(view.id));
     }
 
     /// The decision, for a participant holding a prepared branch. R2: an
