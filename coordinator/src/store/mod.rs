@@ -5,7 +5,9 @@
 //! database transaction — one fsync for many transactions' records. Reads
 //! serve `GetTransaction`, `ListTransactions`, idempotency keys and recovery.
 //!
-//! Backends: [`sqlite`] (the embedded default: WAL, `synchronous=FULL`).
+//! Backends: [`sqlite`] (the embedded default: WAL, `synchronous=FULL`) and
+//! [`memory`] (deterministic simulation only). Both pass one contract suite
+//! (`contract`).
 //! Each keeps its schema in `migrations/<backend>/`, applied with
 //! `sqlx::migrate!` at start-up; queries are checked at run time
 //! (`query_as` + `FromRow`) so that building needs no database.
@@ -14,7 +16,59 @@ use futures::future::BoxFuture;
 
 use crate::model::{BranchState, SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind};
 
+pub mod memory;
 pub mod sqlite;
+
+#[cfg(test)]
+pub(crate) mod contract;
+
+#[cfg(test)]
+mod contract_tests {
+    //! The store contract, run against every backend this crate has.
+
+    use std::sync::Arc;
+
+    use futures::FutureExt;
+
+    use super::contract::{Open, store_contract};
+    use super::memory::MemoryStore;
+    use super::sqlite::SqliteStore;
+
+    mod sqlite {
+        use super::*;
+
+        async fn open() -> (tempfile::TempDir, Open) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().to_owned();
+            let open: Open = Box::new(move || {
+                let path = path.clone();
+                async move {
+                    let store = SqliteStore::open_dir(&path).await.expect("open store");
+                    Arc::new(store) as Arc<dyn super::super::Store>
+                }
+                .boxed()
+            });
+            (dir, open)
+        }
+
+        store_contract!(open());
+    }
+
+    mod memory {
+        use super::*;
+
+        async fn open() -> ((), Open) {
+            let store = MemoryStore::new();
+            let open: Open = Box::new(move || {
+                let store = store.clone();
+                async move { Arc::new(store) as Arc<dyn super::super::Store> }.boxed()
+            });
+            ((), open)
+        }
+
+        store_contract!(open());
+    }
+}
 
 /// One durable fact about a transaction.
 #[derive(Clone, Debug, PartialEq)]

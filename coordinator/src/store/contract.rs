@@ -1,0 +1,312 @@
+//! The store contract: one suite of tests every backend must pass, so that
+//! the runtime can rely on the same semantics whichever store it runs on.
+//!
+//! Each backend instantiates the suite with [`store_contract!`], giving a
+//! function that opens its store on some storage and can open it again on
+//! the same storage (to check what survives reopening).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{BranchEnd, ListQuery, Record, StepProgress, Store};
+use crate::model::{
+    BranchState, RetryPolicy, SagaStepDef, StepKind, StepStatus, TxnId, TxnState, VoteKind,
+};
+
+/// Opens the store on one storage; calling it again reopens the same one.
+pub type Open = Box<dyn Fn() -> BoxFuture<'static, Arc<dyn Store>>>;
+
+/// Expands to one `#[tokio::test]` per contract test, each calling
+/// `$open()` to get an [`Open`] for fresh storage.
+macro_rules! store_contract {
+    ($open:expr) => {
+        store_contract!(@tests $open;
+            a_committed_decision_survives_reopening,
+            an_ended_transaction_is_not_unfinished_and_keeps_its_branches,
+            a_failed_batch_applies_nothing,
+            a_taken_idempotency_key_fails_the_batch,
+            listing_pages_newest_first_and_filters,
+            a_saga_keeps_its_definition_and_step_progress,
+            a_decision_applies_only_to_an_active_transaction,
+        );
+    };
+    (@tests $open:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_storage, open) = $open.await;
+                $crate::store::contract::$name(open).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_contract;
+
+fn begun(id: TxnId, key: Option<&str>) -> Record {
+    Record::Begun {
+        id,
+        created_at_ms: 1_000,
+        deadline_ms: 31_000,
+        idempotency_key: key.map(str::to_owned),
+        description: Some("test".into()),
+    }
+}
+
+fn enlisted(id: TxnId, idx: u32) -> Record {
+    Record::Enlisted {
+        id,
+        idx,
+        name: format!("b{}", idx + 1),
+        participant: "http://127.0.0.1:1".into(),
+        payload: vec![1, 2, 3],
+    }
+}
+
+fn list(
+    states: Vec<TxnState>,
+    needs_attention: bool,
+    before: Option<TxnId>,
+    limit: u32,
+) -> ListQuery {
+    ListQuery {
+        states,
+        needs_attention,
+        before,
+        limit,
+    }
+}
+
+fn ids(views: &[crate::model::TxnView]) -> Vec<TxnId> {
+    views.iter().map(|v| v.id).collect()
+}
+
+pub async fn a_committed_decision_survives_reopening(open: Open) {
+    let store = open().await;
+    let id = TxnId::mint();
+    store
+        .append(&[begun(id, None), enlisted(id, 0), enlisted(id, 1)])
+        .await
+        .expect("append");
+    store
+        .append(&[Record::Decided { id, at_ms: 2_000 }])
+        .await
+        .expect("decide");
+    drop(store);
+
+    let store = open().await;
+    let unfinished = store.unfinished().await.expect("unfinished");
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].view.state, TxnState::Committing);
+    assert_eq!(unfinished[0].view.decided_at_ms, Some(2_000));
+    assert_eq!(unfinished[0].view.branches.len(), 2);
+    assert_eq!(unfinished[0].payloads, vec![vec![1, 2, 3], vec![1, 2, 3]]);
+}
+
+pub async fn an_ended_transaction_is_not_unfinished_and_keeps_its_branches(open: Open) {
+    let store = open().await;
+    let id = TxnId::mint();
+    store
+        .append(&[begun(id, Some("k1")), enlisted(id, 0)])
+        .await
+        .expect("append");
+    store
+        .append(&[Record::Ended {
+            id,
+            state: TxnState::Aborted,
+            at_ms: 3_000,
+            read_only: false,
+            reason: Some("insufficient funds".into()),
+            branches: vec![BranchEnd {
+                idx: 0,
+                state: BranchState::Aborted,
+                vote: Some(VoteKind::Abort),
+                attempts: 1,
+                last_error: None,
+            }],
+            steps: vec![],
+        }])
+        .await
+        .expect("end");
+    assert!(store.unfinished().await.expect("unfinished").is_empty());
+    let view = store.transaction(&id).await.expect("get").expect("known");
+    assert_eq!(view.state, TxnState::Aborted);
+    assert_eq!(view.reason.as_deref(), Some("insufficient funds"));
+    assert_eq!(
+        view.decided_at_ms,
+        Some(3_000),
+        "an abort ended at once is decided then"
+    );
+    assert_eq!(view.branches[0].vote, Some(VoteKind::Abort));
+    assert_eq!(view.branches[0].state, BranchState::Aborted);
+    assert_eq!(view.branches[0].payload_bytes, 3);
+    assert_eq!(view.branch_count, 1);
+    let by_key = store
+        .by_idempotency_key("k1")
+        .await
+        .expect("key")
+        .expect("found");
+    assert_eq!(by_key.id, id);
+    assert!(store.by_idempotency_key("k2").await.expect("key").is_none());
+}
+
+pub async fn a_failed_batch_applies_nothing(open: Open) {
+    let store = open().await;
+    let id = TxnId::mint();
+    store.append(&[begun(id, None)]).await.expect("append");
+    let other = TxnId::mint();
+    // The second Begun repeats a primary key: the whole batch must fail.
+    let result = store.append(&[begun(other, None), begun(id, None)]).await;
+    assert!(result.is_err());
+    assert!(store.transaction(&other).await.expect("get").is_none());
+}
+
+pub async fn a_taken_idempotency_key_fails_the_batch(open: Open) {
+    let store = open().await;
+    let first = TxnId::mint();
+    store
+        .append(&[begun(first, Some("k"))])
+        .await
+        .expect("append");
+    let second = TxnId::mint();
+    let decided = Record::Decided {
+        id: first,
+        at_ms: 9,
+    };
+    assert!(
+        store
+            .append(&[decided, begun(second, Some("k"))])
+            .await
+            .is_err()
+    );
+    assert!(store.transaction(&second).await.expect("get").is_none());
+    let view = store
+        .transaction(&first)
+        .await
+        .expect("get")
+        .expect("known");
+    assert_eq!(
+        view.state,
+        TxnState::Active,
+        "the batch's other records were not applied"
+    );
+}
+
+pub async fn listing_pages_newest_first_and_filters(open: Open) {
+    let store = open().await;
+    let ids_made: Vec<TxnId> = (0..5).map(|_| TxnId::mint()).collect();
+    let records: Vec<Record> = ids_made.iter().map(|id| begun(*id, None)).collect();
+    store.append(&records).await.expect("append");
+    store
+        .append(&[
+            Record::Decided {
+                id: ids_made[1],
+                at_ms: 5,
+            },
+            enlisted(ids_made[1], 0),
+            Record::NeedsAttention { id: ids_made[2] },
+        ])
+        .await
+        .expect("decide");
+
+    let page = store
+        .list(&list(vec![], false, None, 2))
+        .await
+        .expect("list");
+    assert_eq!(ids(&page), vec![ids_made[4], ids_made[3]]);
+    assert!(page.iter().all(|v| v.branches.is_empty()));
+    let next = store
+        .list(&list(vec![], false, Some(ids_made[3]), 10))
+        .await
+        .expect("list");
+    assert_eq!(ids(&next), vec![ids_made[2], ids_made[1], ids_made[0]]);
+    assert_eq!(next[1].branch_count, 1, "listings count branches");
+    let committing = store
+        .list(&list(vec![TxnState::Committing], false, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(ids(&committing), vec![ids_made[1]]);
+    let flagged = store
+        .list(&list(vec![], true, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(ids(&flagged), vec![ids_made[2]]);
+}
+
+pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {
+    let store = open().await;
+    let id = TxnId::mint();
+    let step = |name: &str, depends_on: Vec<usize>| SagaStepDef {
+        name: name.into(),
+        participant: "http://127.0.0.1:2".into(),
+        kind: StepKind::Compensatable,
+        action: name.as_bytes().to_vec(),
+        compensation: Some(b"undo".to_vec()),
+        depends_on,
+        attempt_timeout: std::time::Duration::from_millis(1_500),
+        retry: RetryPolicy::default(),
+    };
+    let steps = vec![step("flight", vec![]), step("hotel", vec![0])];
+    store
+        .append(&[Record::SagaSubmitted {
+            id,
+            created_at_ms: 7,
+            idempotency_key: Some("trip".into()),
+            description: None,
+            steps: steps.clone(),
+        }])
+        .await
+        .expect("submit");
+    store
+        .append(&[Record::StepRecorded {
+            id,
+            saga_state: TxnState::Compensating,
+            reason: Some("hotel full".into()),
+            step: StepProgress {
+                idx: 0,
+                status: StepStatus::Succeeded,
+                attempts: 2,
+                compensation_attempts: 0,
+                last_error: Some("timeout".into()),
+            },
+        }])
+        .await
+        .expect("step");
+    drop(store);
+
+    let store = open().await;
+    let unfinished = store.unfinished().await.expect("unfinished");
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].steps, steps);
+    let view = &unfinished[0].view;
+    assert_eq!(view.state, TxnState::Compensating);
+    assert_eq!(view.reason.as_deref(), Some("hotel full"));
+    assert_eq!(view.steps[0].status, StepStatus::Succeeded);
+    assert_eq!(view.steps[0].attempts, 2);
+    assert_eq!(view.steps[1].status, StepStatus::Pending);
+    assert_eq!(view.steps[1].depends_on, vec!["flight".to_string()]);
+    let by_key = store.by_idempotency_key("trip").await.expect("key");
+    assert_eq!(by_key.map(|v| v.steps.len()), Some(2));
+}
+
+pub async fn a_decision_applies_only_to_an_active_transaction(open: Open) {
+    let store = open().await;
+    let id = TxnId::mint();
+    store.append(&[begun(id, None)]).await.expect("append");
+    store
+        .append(&[Record::Aborting {
+            id,
+            at_ms: 4,
+            reason: "timed out".into(),
+        }])
+        .await
+        .expect("abort");
+    // A late COMMITTED decision must not flip an abort (I2).
+    store
+        .append(&[Record::Decided { id, at_ms: 5 }])
+        .await
+        .expect("late decide");
+    let view = store.transaction(&id).await.expect("get").expect("known");
+    assert_eq!(view.state, TxnState::Aborting);
+    assert_eq!(view.decided_at_ms, Some(4));
+}

@@ -1,0 +1,400 @@
+//! The in-memory log, for deterministic simulation only (DESIGN §5); never
+//! a default and not reachable from `concord serve`.
+//!
+//! A simulated coordinator host loses its memory when it crashes, but this
+//! store lives outside the host (the simulation holds it), so what was
+//! appended survives like an fsynced file. [`Store::append`] applies a batch
+//! in one step with no await inside, so a crash lands before or after the
+//! whole batch, never in the middle: the same atomicity SQLite gives.
+//!
+//! It keeps the SQLite store's semantics exactly; the store contract tests
+//! (`store::contract`) run against both.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::{BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
+use crate::model::{
+    BranchState, BranchView, SagaStepDef, StepStatus, StepView, TxnId, TxnKind, TxnState, TxnView,
+};
+
+/// The in-memory log. Clones share the same contents.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Ordered by id, which is ordered by creation time (R7).
+    transactions: BTreeMap<TxnId, Row>,
+    keys: HashMap<String, TxnId>,
+    /// Batches appended so far; the simulation reports it.
+    batches: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    view: TxnView,
+    payloads: Vec<Vec<u8>>,
+    steps: Vec<SagaStepDef>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Batches appended since the store was made.
+    pub fn batches(&self) -> u64 {
+        self.lock().batches
+    }
+
+    /// Every transaction with its branches and steps, oldest first: what a
+    /// simulation checks its invariants against.
+    pub fn snapshot(&self) -> Vec<TxnView> {
+        let state = self.lock();
+        state.transactions.keys().map(|id| state.view(id)).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// Refuses a batch that would break a uniqueness rule the SQLite schema
+    /// enforces (primary keys, idempotency keys), before changing anything.
+    fn check(&self, batch: &[Record]) -> Result<(), StoreError> {
+        let mut new_ids = Vec::new();
+        let mut new_keys = Vec::new();
+        let mut new_branches = Vec::new();
+        for record in batch {
+            let (id, key) = match record {
+                Record::Begun {
+                    id,
+                    idempotency_key,
+                    ..
+                }
+                | Record::SagaSubmitted {
+                    id,
+                    idempotency_key,
+                    ..
+                } => (id, idempotency_key),
+                Record::Enlisted { id, idx, .. } => {
+                    let taken = self
+                        .transactions
+                        .get(id)
+                        .is_some_and(|row| row.view.branches.len() > *idx as usize);
+                    if taken || new_branches.contains(&(*id, *idx)) {
+                        return Err(conflict(format!("branch {idx} of {id} exists")));
+                    }
+                    new_branches.push((*id, *idx));
+                    continue;
+                }
+                _ => continue,
+            };
+            if self.transactions.contains_key(id) || new_ids.contains(id) {
+                return Err(conflict(format!("transaction {id} exists")));
+            }
+            new_ids.push(*id);
+            if let Some(key) = key {
+                if self.keys.contains_key(key) || new_keys.contains(key) {
+                    return Err(conflict(format!("idempotency key {key:?} is taken")));
+                }
+                new_keys.push(key.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Begun {
+                id,
+                created_at_ms,
+                deadline_ms,
+                idempotency_key,
+                description,
+            } => self.insert(
+                *id,
+                TxnKind::TwoPhase,
+                TxnState::Active,
+                *created_at_ms,
+                *deadline_ms,
+                idempotency_key,
+                description,
+                Vec::new(),
+            ),
+            Record::SagaSubmitted {
+                id,
+                created_at_ms,
+                idempotency_key,
+                description,
+                steps,
+            } => self.insert(
+                *id,
+                TxnKind::Saga,
+                TxnState::Running,
+                *created_at_ms,
+                0,
+                idempotency_key,
+                description,
+                steps.clone(),
+            ),
+            Record::Enlisted {
+                id,
+                name,
+                participant,
+                payload,
+                ..
+            } => {
+                if let Some(row) = self.transactions.get_mut(id) {
+                    row.view.branches.push(BranchView {
+                        name: name.clone(),
+                        participant: participant.clone(),
+                        state: BranchState::Enlisted,
+                        vote: None,
+                        attempts: 0,
+                        last_error: None,
+                        payload_bytes: payload.len() as u64,
+                    });
+                    row.view.branch_count += 1;
+                    row.payloads.push(payload.clone());
+                }
+            }
+            Record::Decided { id, at_ms } => {
+                if let Some(row) = self.active(id) {
+                    row.view.state = TxnState::Committing;
+                    row.view.decided_at_ms = Some(*at_ms);
+                }
+            }
+            Record::Aborting { id, at_ms, reason } => {
+                if let Some(row) = self.active(id) {
+                    row.view.state = TxnState::Aborting;
+                    row.view.decided_at_ms = Some(*at_ms);
+                    row.view.reason = Some(reason.clone());
+                }
+            }
+            Record::Ended {
+                id,
+                state,
+                at_ms,
+                read_only,
+                reason,
+                branches,
+                steps,
+            } => {
+                let Some(row) = self.transactions.get_mut(id) else {
+                    return;
+                };
+                let view = &mut row.view;
+                view.state = *state;
+                view.ended_at_ms = Some(*at_ms);
+                view.read_only = *read_only;
+                view.reason = reason.clone();
+                view.decided_at_ms = view.decided_at_ms.or(Some(*at_ms));
+                view.needs_attention = *state == TxnState::Failed;
+                for BranchEnd {
+                    idx,
+                    state,
+                    vote,
+                    attempts,
+                    last_error,
+                } in branches
+                {
+                    if let Some(branch) = view.branches.get_mut(*idx as usize) {
+                        branch.state = *state;
+                        branch.vote = *vote;
+                        branch.attempts = *attempts;
+                        branch.last_error = last_error.clone();
+                    }
+                }
+                for step in steps {
+                    record_step(view, step);
+                }
+            }
+            Record::StepRecorded {
+                id,
+                saga_state,
+                reason,
+                step,
+            } => {
+                if let Some(row) = self.transactions.get_mut(id) {
+                    row.view.state = *saga_state;
+                    row.view.reason = reason.clone();
+                    record_step(&mut row.view, step);
+                }
+            }
+            Record::NeedsAttention { id } => {
+                if let Some(row) = self.transactions.get_mut(id) {
+                    row.view.needs_attention = true;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        id: TxnId,
+        kind: TxnKind,
+        state: TxnState,
+        created_at_ms: u64,
+        deadline_ms: u64,
+        idempotency_key: &Option<String>,
+        description: &Option<String>,
+        steps: Vec<SagaStepDef>,
+    ) {
+        if let Some(key) = idempotency_key {
+            self.keys.insert(key.clone(), id);
+        }
+        let step_views = steps
+            .iter()
+            .map(|def| StepView {
+                name: def.name.clone(),
+                participant: def.participant.clone(),
+                kind: def.kind,
+                status: StepStatus::Pending,
+                depends_on: def
+                    .depends_on
+                    .iter()
+                    .filter_map(|dep| steps.get(*dep).map(|d| d.name.clone()))
+                    .collect(),
+                attempts: 0,
+                compensation_attempts: 0,
+                last_error: None,
+            })
+            .collect();
+        let view = TxnView {
+            id,
+            kind,
+            state,
+            created_at_ms,
+            deadline_ms,
+            decided_at_ms: None,
+            ended_at_ms: None,
+            reason: None,
+            idempotency_key: idempotency_key.clone(),
+            description: description.clone(),
+            read_only: false,
+            branch_count: 0,
+            branches: Vec::new(),
+            steps: step_views,
+            needs_attention: false,
+        };
+        self.transactions.insert(
+            id,
+            Row {
+                view,
+                payloads: Vec::new(),
+                steps,
+            },
+        );
+    }
+
+    /// A decision applies only to a transaction still active, as in SQLite.
+    fn active(&mut self, id: &TxnId) -> Option<&mut Row> {
+        self.transactions
+            .get_mut(id)
+            .filter(|row| row.view.state == TxnState::Active)
+    }
+
+    fn view(&self, id: &TxnId) -> TxnView {
+        self.transactions[id].view.clone()
+    }
+
+    /// A listing shows no branches or steps.
+    fn summary(row: &Row) -> TxnView {
+        TxnView {
+            branches: Vec::new(),
+            steps: Vec::new(),
+            ..row.view.clone()
+        }
+    }
+}
+
+fn record_step(view: &mut TxnView, step: &StepProgress) {
+    if let Some(target) = view.steps.get_mut(step.idx as usize) {
+        target.status = step.status;
+        target.attempts = step.attempts;
+        target.compensation_attempts = step.compensation_attempts;
+        target.last_error = step.last_error.clone();
+    }
+}
+
+fn conflict(what: String) -> StoreError {
+    StoreError::Corrupt(format!("constraint violated: {what}"))
+}
+
+impl Store for MemoryStore {
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = {
+            let mut state = self.lock();
+            state.check(batch).map(|()| {
+                for record in batch {
+                    state.apply(record);
+                }
+                state.batches += 1;
+            })
+        };
+        futures::future::ready(result).boxed()
+    }
+
+    fn transaction<'a>(
+        &'a self,
+        id: &'a TxnId,
+    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+        let state = self.lock();
+        let view = state.transactions.contains_key(id).then(|| state.view(id));
+        futures::future::ready(Ok(view)).boxed()
+    }
+
+    fn by_idempotency_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+        let state = self.lock();
+        let view = state.keys.get(key).map(|id| state.view(id));
+        futures::future::ready(Ok(view)).boxed()
+    }
+
+    fn list<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
+        let state = self.lock();
+        let upper = match query.before {
+            Some(before) => std::ops::Bound::Excluded(before),
+            None => std::ops::Bound::Unbounded,
+        };
+        let views = state
+            .transactions
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, row)| row)
+            .filter(|row| query.states.is_empty() || query.states.contains(&row.view.state))
+            .filter(|row| !query.needs_attention || row.view.needs_attention)
+            .take(query.limit as usize)
+            .map(State::summary)
+            .collect();
+        futures::future::ready(Ok(views)).boxed()
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
+        let state = self.lock();
+        let unfinished = state
+            .transactions
+            .values()
+            .filter(|row| !row.view.state.is_terminal())
+            .map(|row| Unfinished {
+                view: row.view.clone(),
+                payloads: row.payloads.clone(),
+                steps: row.steps.clone(),
+            })
+            .collect();
+        futures::future::ready(Ok(unfinished)).boxed()
+    }
+}
