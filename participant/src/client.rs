@@ -138,6 +138,12 @@ impl CoordinatorClient {
         let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            // A connection to a coordinator that vanished (host lost, a
+            // partition that swallowed its packets) is found dead by pings
+            // and dialled again, instead of failing every later call.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
             raw: RawClient::new(channel),

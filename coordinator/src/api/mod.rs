@@ -227,6 +227,27 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_incoming(TcpListenerStream::new(listener), runtime, limits, shutdown).await
+}
+
+/// [`serve`] on any stream of connections: a simulation's network, say.
+pub async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    runtime: Runtime,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let max_message = limits
         .max_payload_bytes
         .saturating_add(MESSAGE_OVERHEAD_BYTES)
@@ -262,6 +283,6 @@ pub async fn serve(
             .await;
     };
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use crate::model::{TxnState, VoteKind, now_ms};
+use crate::model::{TxnState, VoteKind};
 use crate::protocol::two_phase::{Decision, Effect, Event, OnePhaseResult, Outcome, Vote};
 use crate::store::Record;
 
@@ -101,7 +101,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                 }
                 Effect::LogDecision => {
                     crash::point("2pc-before-decision");
-                    let at_ms = now_ms();
+                    let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms = Some(at_ms);
                     let record = Record::Decided { id: txn.id, at_ms };
                     // R1: nothing goes further until the decision is durable.
@@ -112,7 +112,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     queue.extend(apply(&txn, Event::DecisionDurable));
                 }
                 Effect::LogAbort { reason } => {
-                    let at_ms = now_ms();
+                    let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms.get_or_insert(at_ms);
                     // R2: presumed abort; nobody waits for this record.
                     let durable = shared.log.submit(vec![Record::Aborting {
@@ -137,7 +137,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                             Outcome::Committed { .. } => TxnState::Committed,
                             Outcome::Aborted { .. } => TxnState::Aborted,
                         },
-                        at_ms: now_ms(),
+                        at_ms: shared.config.clock.now_ms(),
                         read_only: matches!(outcome, Outcome::Committed { read_only: true }),
                         reason: match &outcome {
                             Outcome::Aborted { reason } => Some(reason.clone()),

@@ -12,6 +12,7 @@
 //! Every task it spawns is on one [`TaskTracker`] and stops on one
 //! [`CancellationToken`]: [`Runtime::shutdown`] ends them all.
 //!
+//! - [`clock`]: the wall clock and id minting, replaceable for simulation.
 //! - [`live`]: one transaction in memory.
 //! - [`driver`]: the task that executes one transaction's effects.
 //! - [`saga`]: a saga in memory and the task that executes its effects.
@@ -30,11 +31,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::{SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView, now_ms};
+use crate::model::{SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView};
 use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{Decision, Event, Outcome, Rejected, TwoPhase};
 use crate::store::{ListQuery, Record, Store, StoreError};
 
+pub mod clock;
 pub mod crash;
 pub mod driver;
 pub mod live;
@@ -43,9 +45,10 @@ pub mod mailbox;
 pub mod participants;
 pub mod saga;
 
+use clock::{Clock, SystemClock};
 use live::{BranchInfo, LiveTxn, TxnHeader};
 use log::LogWriter;
-use participants::Participants;
+use participants::{Dialer, Participants};
 use saga::LiveSaga;
 
 /// How the runtime behaves; `concord serve` fills it from flags.
@@ -73,6 +76,10 @@ pub struct RuntimeConfig {
     /// The address participants can reach this coordinator at, sent with
     /// every call so they know whom to ask about an in-doubt branch.
     pub advertised_url: String,
+    /// The wall clock and id minting.
+    pub clock: Arc<dyn Clock>,
+    /// How channels to participants connect.
+    pub dialer: Dialer,
 }
 
 impl Default for RuntimeConfig {
@@ -92,6 +99,8 @@ impl Default for RuntimeConfig {
                 max_branches: 64,
                 recovery_concurrency: 256,
                 advertised_url: String::new(),
+                clock: Arc::new(SystemClock),
+                dialer: Dialer::default(),
             },
         )
     }
@@ -216,14 +225,19 @@ pub struct Committed {
     pub state: TxnState,
 }
 
+/// The live tables' hasher: fixed keys, so that iterating them (the
+/// sweeper, listings) visits transactions in the same order on every run of
+/// a simulation. Flooding is no concern: the coordinator mints every key.
+type FixedHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 /// The runtime's shared state; drivers hold an `Arc` of it.
 pub(crate) struct Shared {
     config: RuntimeConfig,
     store: Arc<dyn Store>,
     log: LogWriter,
     participants: Participants,
-    live: DashMap<TxnId, Arc<LiveTxn>>,
-    sagas: DashMap<TxnId, Arc<LiveSaga>>,
+    live: DashMap<TxnId, Arc<LiveTxn>, FixedHasher>,
+    sagas: DashMap<TxnId, Arc<LiveSaga>, FixedHasher>,
     /// Idempotency keys of live transactions and sagas (R7). Finished ones
     /// are found in the store.
     keys: Mutex<HashMap<String, TxnId>>,
@@ -275,14 +289,18 @@ impl Runtime {
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let log = LogWriter::start(Arc::clone(&store), &tasks, shutdown.clone());
-        let participants = Participants::new(config.connect_timeout, config.advertised_url.clone());
+        let participants = Participants::new(
+            config.connect_timeout,
+            config.advertised_url.clone(),
+            config.dialer.clone(),
+        );
         let shared = Arc::new(Shared {
             config,
             store,
             log,
             participants,
-            live: DashMap::new(),
-            sagas: DashMap::new(),
+            live: DashMap::default(),
+            sagas: DashMap::default(),
             keys: Mutex::new(HashMap::new()),
             begin_keys: tokio::sync::Mutex::new(()),
             tasks,
@@ -332,8 +350,8 @@ impl Runtime {
             }
             None => None,
         };
-        let id = TxnId::mint();
-        let created_at_ms = now_ms();
+        let id = shared.config.clock.mint();
+        let created_at_ms = shared.config.clock.now_ms();
         let timeout = request.timeout.unwrap_or(shared.config.default_txn_timeout);
         let deadline_ms =
             created_at_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
@@ -426,8 +444,8 @@ impl Runtime {
             }
             None => None,
         };
-        let id = TxnId::mint();
-        let created_at_ms = now_ms();
+        let id = shared.config.clock.mint();
+        let created_at_ms = shared.config.clock.now_ms();
         let shapes: Vec<StepShape> = request
             .steps
             .iter()
@@ -979,7 +997,7 @@ async fn sweep(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let now = now_ms();
+        let now = shared.config.clock.now_ms();
         let expired: Vec<Arc<LiveTxn>> = shared
             .live
             .iter()

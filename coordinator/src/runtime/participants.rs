@@ -2,6 +2,7 @@
 //! Participant RPCs, each bounded by a deadline (R5) that is both sent to the
 //! participant (`grpc-timeout`) and enforced here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::v1::participant_client::ParticipantClient;
@@ -43,9 +44,47 @@ pub enum ExecuteAnswer {
     Failed(String),
 }
 
+/// HTTP/2 pings on channels to participants: how often, and how long an
+/// answer may take before the connection is dropped and dialled again.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a channel to a participant is made from its endpoint. By default,
+/// over TCP; a simulation supplies a dialer over its simulated network.
+/// Channels connect lazily and reconnect by themselves.
+#[derive(Clone, Default)]
+pub struct Dialer(Option<Arc<DialFn>>);
+
+type DialFn = dyn Fn(Endpoint) -> Channel + Send + Sync;
+
+impl Dialer {
+    /// A dialer that makes channels with `dial`.
+    pub fn custom(dial: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(dial)))
+    }
+
+    fn channel(&self, endpoint: Endpoint) -> Channel {
+        match &self.0 {
+            Some(dial) => dial(endpoint),
+            None => endpoint.connect_lazy(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Dialer(custom)"
+        } else {
+            "Dialer(tcp)"
+        })
+    }
+}
+
 /// The channels to participants, shared by every transaction.
 pub struct Participants {
     channels: DashMap<String, Channel>,
+    dialer: Dialer,
     connect_timeout: Duration,
     /// Sent in every call so a participant knows whom to ask about an
     /// in-doubt branch.
@@ -53,9 +92,10 @@ pub struct Participants {
 }
 
 impl Participants {
-    pub fn new(connect_timeout: Duration, coordinator_url: String) -> Self {
+    pub fn new(connect_timeout: Duration, coordinator_url: String, dialer: Dialer) -> Self {
         Self {
             channels: DashMap::new(),
+            dialer,
             connect_timeout,
             coordinator_url,
         }
@@ -65,16 +105,23 @@ impl Participants {
         if let Some(channel) = self.channels.get(endpoint) {
             return Ok(ParticipantClient::new(channel.clone()));
         }
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let settings = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| CallError::BadEndpoint {
                 endpoint: endpoint.to_owned(),
                 reason: e.to_string(),
             })?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
-            // A lazily connected channel reconnects by itself after the
-            // participant restarts.
-            .connect_lazy();
+            // A connection whose peer vanished (host lost, partition that
+            // swallowed its packets) must not hold every later call to that
+            // participant hostage: pings find it dead and the channel
+            // reconnects. Found by the simulation (docs/reliability.md).
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        // A lazily connected channel reconnects by itself after the
+        // participant restarts.
+        let channel = self.dialer.channel(settings);
         let channel = self
             .channels
             .entry(endpoint.to_owned())

@@ -16,9 +16,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::model::{
-    SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState, TxnView, now_ms,
-};
+use crate::model::{SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState, TxnView};
 use crate::protocol::saga::{Effect, Event, Saga, SagaPhase};
 use crate::store::{Record, StepProgress};
 
@@ -272,7 +270,7 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                             SagaPhase::Compensated => TxnState::Compensated,
                             _ => TxnState::Failed,
                         },
-                        at_ms: now_ms(),
+                        at_ms: shared.config.clock.now_ms(),
                         read_only: false,
                         reason,
                         branches: Vec::new(),
