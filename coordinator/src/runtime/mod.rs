@@ -395,8 +395,17 @@ impl Runtime {
         // this transaction follows it in the log.
         let durable = shared.log.submit(records);
         drop(_claim);
-        if let Err(error) = durable.wait().await {
-            shared.forget(&txn);
+        let forget = {
+            let shared = Arc::clone(shared);
+            async move {
+                let written = durable.wait().await;
+                if written.is_err() {
+                    shared.forget(&txn);
+                }
+                written
+            }
+        };
+        if let Err(error) = self.detached(forget).await? {
             return Err(Error::Unavailable(format!(
                 "could not record the new transaction: {error}"
             )));
@@ -407,6 +416,22 @@ impl Runtime {
             state: TxnState::Active,
             branches: names,
         })
+    }
+
+    /// Runs what must follow a forced write to its end even if the request
+    /// that started it goes away: a client's deadline or a dropped
+    /// connection cancels the request's future, and a saga durably accepted
+    /// but never started would wait for the next restart (found by the
+    /// simulation). The caller still gets the result when it waits.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.shared
+            .tasks
+            .spawn(work)
+            .await
+            .map_err(|_| Error::ShuttingDown)
     }
 
     /// The transaction or saga begun with `key`, and its state. Called with
@@ -481,16 +506,25 @@ impl Runtime {
             steps: request.steps,
         }]);
         drop(claim);
-        if let Err(error) = durable.wait().await {
-            shared.forget_saga(&live_saga);
+        let start = {
+            let shared = Arc::clone(shared);
+            async move {
+                let written = durable.wait().await;
+                match &written {
+                    Err(_) => shared.forget_saga(&live_saga),
+                    Ok(()) => {
+                        let mut inner = live_saga.lock();
+                        let effects = inner.machine.apply(saga_protocol::Event::Start);
+                        saga::dispatch(&shared, &live_saga, &mut inner, effects);
+                    }
+                }
+                written
+            }
+        };
+        if let Err(error) = self.detached(start).await? {
             return Err(Error::Unavailable(format!(
                 "could not record the saga: {error}"
             )));
-        }
-        {
-            let mut inner = live_saga.lock();
-            let effects = inner.machine.apply(saga_protocol::Event::Start);
-            saga::dispatch(shared, &live_saga, &mut inner, effects);
         }
         self.saga_answer(id, true, request.wait).await
     }
@@ -558,16 +592,25 @@ impl Runtime {
             let durable = shared.log.submit(vec![record]);
             (name, durable)
         };
-        if let Err(error) = durable.wait().await {
-            // The branch may or may not be on disk: abort, which is safe
-            // either way (R2), rather than commit with a branch we might forget.
-            let mut inner = txn.lock();
-            let reason = format!("could not record branch {name}: {error}");
-            if let Ok(effects) = inner.machine.apply(Event::RollbackRequested {
-                reason: reason.clone(),
-            }) {
-                driver::dispatch(shared, &txn, &mut inner, effects);
+        let settle = {
+            let shared = Arc::clone(shared);
+            let name = name.clone();
+            async move {
+                let error = durable.wait().await.err()?;
+                // The branch may or may not be on disk: abort, which is safe
+                // either way (R2), rather than commit with a branch we might
+                // forget.
+                let mut inner = txn.lock();
+                let reason = format!("could not record branch {name}: {error}");
+                if let Ok(effects) = inner.machine.apply(Event::RollbackRequested {
+                    reason: reason.clone(),
+                }) {
+                    driver::dispatch(&shared, &txn, &mut inner, effects);
+                }
+                Some(reason)
             }
+        };
+        if let Some(reason) = self.detached(settle).await? {
             return Err(Error::Unavailable(reason));
         }
         Ok(Enlisted {
