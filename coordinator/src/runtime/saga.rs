@@ -98,16 +98,17 @@ impl LiveSaga {
         }
     }
 
-    fn step_progress(inner: &SagaInner, step: usize) -> StepProgress {
+    /// A step's progress with `status`, the status its record is for. Not
+    /// the machine's status now: by the time the driver writes a record the
+    /// machine may have moved the step on (an UNKNOWN step is already
+    /// COMPENSATING), and a record of that in-flight status would read as
+    /// "never ran" after a restart, sending the saga forward over a
+    /// compensation already sent (I4; found by the simulation).
+    fn step_progress(inner: &SagaInner, step: usize, status: StepStatus) -> StepProgress {
         let progress = inner.progress.get(step).cloned().unwrap_or_default();
         StepProgress {
             idx: u32::try_from(step).unwrap_or(u32::MAX),
-            status: inner
-                .machine
-                .statuses()
-                .get(step)
-                .copied()
-                .unwrap_or(StepStatus::Pending),
+            status,
             attempts: progress.attempts,
             compensation_attempts: progress.compensation_attempts,
             last_error: progress.last_error,
@@ -235,7 +236,7 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                             id: saga.header.id,
                             saga_state: state_of(&inner.machine),
                             reason: inner.machine.reason().map(str::to_owned),
-                            step: LiveSaga::step_progress(&inner, step),
+                            step: LiveSaga::step_progress(&inner, step, status),
                         }
                     };
                     // §3: durable before any step depending on it starts.
@@ -260,7 +261,15 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                     let steps = {
                         let inner = saga.lock();
                         (0..saga.steps.len())
-                            .map(|step| LiveSaga::step_progress(&inner, step))
+                            .map(|step| {
+                                let status = inner
+                                    .machine
+                                    .statuses()
+                                    .get(step)
+                                    .copied()
+                                    .unwrap_or(StepStatus::Pending);
+                                LiveSaga::step_progress(&inner, step, status)
+                            })
                             .collect()
                     };
                     let record = Record::Ended {
