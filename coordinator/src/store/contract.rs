@@ -29,6 +29,7 @@ macro_rules! store_contract {
             listing_pages_newest_first_and_filters,
             a_saga_keeps_its_definition_and_step_progress,
             a_decision_applies_only_to_an_active_transaction,
+            a_whole_life_in_one_batch_reads_as_if_written_record_by_record,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -309,4 +310,107 @@ pub async fn a_decision_applies_only_to_an_active_transaction(open: Open) {
     let view = store.transaction(&id).await.expect("get").expect("known");
     assert_eq!(view.state, TxnState::Aborting);
     assert_eq!(view.decided_at_ms, Some(4));
+}
+
+/// The group-commit writer puts many records of one transaction in one
+/// batch; a backend that regroups them must end where applying them one by
+/// one would.
+pub async fn a_whole_life_in_one_batch_reads_as_if_written_record_by_record(open: Open) {
+    let store = open().await;
+    let txn = TxnId::mint();
+    let saga = TxnId::mint();
+    let progress = |status, attempts, compensation_attempts| StepProgress {
+        idx: 0,
+        status,
+        attempts,
+        compensation_attempts,
+        last_error: None,
+    };
+    let step = SagaStepDef {
+        name: "only".into(),
+        participant: "http://127.0.0.1:3".into(),
+        kind: StepKind::Compensatable,
+        action: Vec::new(),
+        compensation: None,
+        depends_on: vec![],
+        attempt_timeout: std::time::Duration::from_secs(1),
+        retry: RetryPolicy::default(),
+    };
+    store
+        .append(&[
+            begun(txn, None),
+            Record::Enlisted {
+                id: txn,
+                idx: 0,
+                name: "empty".into(),
+                participant: "http://127.0.0.1:1".into(),
+                payload: Vec::new(),
+            },
+            Record::Decided { id: txn, at_ms: 10 },
+            Record::Ended {
+                id: txn,
+                state: TxnState::Committed,
+                at_ms: 20,
+                read_only: false,
+                reason: None,
+                branches: vec![BranchEnd {
+                    idx: 0,
+                    state: BranchState::Committed,
+                    vote: Some(VoteKind::Commit),
+                    attempts: 1,
+                    last_error: None,
+                }],
+                steps: vec![],
+            },
+            Record::SagaSubmitted {
+                id: saga,
+                created_at_ms: 5,
+                idempotency_key: None,
+                description: None,
+                steps: vec![step.clone()],
+            },
+            Record::StepRecorded {
+                id: saga,
+                saga_state: TxnState::Running,
+                reason: None,
+                step: progress(StepStatus::Unknown, 3, 0),
+            },
+            Record::NeedsAttention { id: saga },
+            Record::StepRecorded {
+                id: saga,
+                saga_state: TxnState::Compensating,
+                reason: Some("gave up".into()),
+                step: progress(StepStatus::Compensated, 3, 1),
+            },
+        ])
+        .await
+        .expect("append");
+
+    let view = store.transaction(&txn).await.expect("get").expect("known");
+    assert_eq!(view.state, TxnState::Committed);
+    assert_eq!(
+        view.decided_at_ms,
+        Some(10),
+        "the decision's stamp, not the end's"
+    );
+    assert_eq!(view.ended_at_ms, Some(20));
+    assert_eq!(view.branches[0].state, BranchState::Committed);
+    assert_eq!(view.branches[0].payload_bytes, 0);
+    let unfinished = store.unfinished().await.expect("unfinished");
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(
+        unfinished[0].steps,
+        vec![step],
+        "an empty action stays empty"
+    );
+    let saga_view = &unfinished[0].view;
+    assert_eq!(saga_view.state, TxnState::Compensating);
+    assert_eq!(saga_view.reason.as_deref(), Some("gave up"));
+    assert!(saga_view.needs_attention);
+    assert_eq!(
+        saga_view.steps[0].status,
+        StepStatus::Compensated,
+        "the last record wins"
+    );
+    assert_eq!(saga_view.steps[0].compensation_attempts, 1);
 }

@@ -3,9 +3,10 @@
 //!
 //! A simulated coordinator host loses its memory when it crashes, but this
 //! store lives outside the host (the simulation holds it), so what was
-//! appended survives like an fsynced file. [`Store::append`] applies a batch
-//! in one step with no await inside, so a crash lands before or after the
-//! whole batch, never in the middle: the same atomicity SQLite gives.
+//! appended survives like an fsynced file. [`Store::append`] waits its write
+//! latency (the fsync), then applies the batch in one step with no await
+//! inside, so a crash lands before or after the whole batch, never in the
+//! middle: the same atomicity SQLite gives.
 //!
 //! It keeps the SQLite store's semantics exactly; the store contract tests
 //! (`store::contract`) run against both.
@@ -25,6 +26,10 @@ use crate::model::{
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
+    /// How long an append takes before it applies, like an fsync: a crash
+    /// in that time loses the batch. Timed with `tokio::time`, which a
+    /// simulation controls.
+    write_latency: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +51,14 @@ struct Row {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose appends take `latency` before they apply.
+    pub fn with_write_latency(latency: std::time::Duration) -> Self {
+        Self {
+            write_latency: latency,
+            ..Self::default()
+        }
     }
 
     /// Batches appended since the store was made.
@@ -334,16 +347,19 @@ fn conflict(what: String) -> StoreError {
 
 impl Store for MemoryStore {
     fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
-        let result = {
+        async move {
+            if !self.write_latency.is_zero() {
+                tokio::time::sleep(self.write_latency).await;
+            }
             let mut state = self.lock();
-            state.check(batch).map(|()| {
-                for record in batch {
-                    state.apply(record);
-                }
-                state.batches += 1;
-            })
-        };
-        futures::future::ready(result).boxed()
+            state.check(batch)?;
+            for record in batch {
+                state.apply(record);
+            }
+            state.batches += 1;
+            Ok(())
+        }
+        .boxed()
     }
 
     fn transaction<'a>(

@@ -14,10 +14,10 @@ use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
-use super::{BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
+use super::{ListQuery, Record, Store, StoreError, Unfinished};
 use crate::model::{
     BranchState, BranchView, RetryPolicy, SagaStepDef, StepView, TxnId, TxnKind, TxnState, TxnView,
-    VoteKind, parse_step_kind, parse_step_status, step_kind_str, step_status_str,
+    VoteKind, parse_step_kind, parse_step_status,
 };
 
 /// The database file inside `--data-dir`.
@@ -29,6 +29,8 @@ const POOL_CONNECTIONS: u32 = 8;
 /// How long a statement waits for a lock before failing; only start-up and an
 /// operator's tool ever contend with the single writer.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod batch;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -80,10 +82,9 @@ impl SqliteStore {
     }
 
     async fn append_batch(&self, batch: &[Record]) -> Result<(), StoreError> {
+        let grouped = batch::Grouped::new(batch);
         let mut tx = self.pool.begin().await?;
-        for record in batch {
-            apply(&mut tx, record).await?;
-        }
+        grouped.write(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -261,213 +262,6 @@ impl Store for SqliteStore {
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.load_unfinished().boxed()
     }
-}
-
-async fn apply(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    record: &Record,
-) -> Result<(), StoreError> {
-    match record {
-        Record::Begun {
-            id,
-            created_at_ms,
-            deadline_ms,
-            idempotency_key,
-            description,
-        } => {
-            sqlx::query(
-                "INSERT INTO transactions
-                   (id, state, created_at_ms, deadline_ms, idempotency_key, description)
-                 VALUES (?1, 'active', ?2, ?3, ?4, ?5)",
-            )
-            .bind(id.to_string())
-            .bind(to_i64(*created_at_ms))
-            .bind(to_i64(*deadline_ms))
-            .bind(idempotency_key.as_deref())
-            .bind(description.as_deref())
-            .execute(&mut **tx)
-            .await?;
-        }
-        Record::Enlisted {
-            id,
-            idx,
-            name,
-            participant,
-            payload,
-        } => {
-            sqlx::query(
-                "INSERT INTO branches (txn_id, idx, name, participant, payload, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'enlisted')",
-            )
-            .bind(id.to_string())
-            .bind(i64::from(*idx))
-            .bind(name.as_str())
-            .bind(participant.as_str())
-            .bind(payload.as_slice())
-            .execute(&mut **tx)
-            .await?;
-        }
-        Record::Decided { id, at_ms } => {
-            sqlx::query(
-                "UPDATE transactions SET state = 'committing', decided_at_ms = ?2
-                 WHERE id = ?1 AND state = 'active'",
-            )
-            .bind(id.to_string())
-            .bind(to_i64(*at_ms))
-            .execute(&mut **tx)
-            .await?;
-        }
-        Record::Aborting { id, at_ms, reason } => {
-            sqlx::query(
-                "UPDATE transactions SET state = 'aborting', decided_at_ms = ?2, reason = ?3
-                 WHERE id = ?1 AND state = 'active'",
-            )
-            .bind(id.to_string())
-            .bind(to_i64(*at_ms))
-            .bind(reason.as_str())
-            .execute(&mut **tx)
-            .await?;
-        }
-        Record::Ended {
-            id,
-            state,
-            at_ms,
-            read_only,
-            reason,
-            branches,
-            steps,
-        } => {
-            // The decided_at stamp stays the decision's; an abort decided
-            // and ended in one step gets both. A saga that needed attention
-            // while retrying no longer does once it ended, unless it FAILED.
-            sqlx::query(
-                "UPDATE transactions
-                 SET state = ?2, ended_at_ms = ?3, read_only = ?4, reason = ?5,
-                     decided_at_ms = COALESCE(decided_at_ms, ?3),
-                     needs_attention = (?2 = 'failed')
-                 WHERE id = ?1",
-            )
-            .bind(id.to_string())
-            .bind(state.as_str())
-            .bind(to_i64(*at_ms))
-            .bind(*read_only)
-            .bind(reason.as_deref())
-            .execute(&mut **tx)
-            .await?;
-            for BranchEnd {
-                idx,
-                state,
-                vote,
-                attempts,
-                last_error,
-            } in branches
-            {
-                sqlx::query(
-                    "UPDATE branches SET state = ?3, vote = ?4, attempts = ?5, last_error = ?6
-                     WHERE txn_id = ?1 AND idx = ?2",
-                )
-                .bind(id.to_string())
-                .bind(i64::from(*idx))
-                .bind(state.as_str())
-                .bind(vote.map(VoteKind::as_str))
-                .bind(i64::from(*attempts))
-                .bind(last_error.as_deref())
-                .execute(&mut **tx)
-                .await?;
-            }
-            for step in steps {
-                record_step(tx, id, step).await?;
-            }
-        }
-        Record::SagaSubmitted {
-            id,
-            created_at_ms,
-            idempotency_key,
-            description,
-            steps,
-        } => {
-            sqlx::query(
-                "INSERT INTO transactions
-                   (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
-                 VALUES (?1, 'saga', 'running', ?2, 0, ?3, ?4)",
-            )
-            .bind(id.to_string())
-            .bind(to_i64(*created_at_ms))
-            .bind(idempotency_key.as_deref())
-            .bind(description.as_deref())
-            .execute(&mut **tx)
-            .await?;
-            for (idx, step) in steps.iter().enumerate() {
-                let depends_on: Vec<String> =
-                    step.depends_on.iter().map(ToString::to_string).collect();
-                sqlx::query(
-                    "INSERT INTO saga_steps
-                       (txn_id, idx, name, participant, kind, action, compensation, depends_on,
-                        attempt_timeout_ms, retry_initial_ms, retry_multiplier, retry_max_ms,
-                        retry_max_attempts, retry_jitter)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                )
-                .bind(id.to_string())
-                .bind(i64::try_from(idx).unwrap_or(i64::MAX))
-                .bind(step.name.as_str())
-                .bind(step.participant.as_str())
-                .bind(step_kind_str(step.kind))
-                .bind(step.action.as_slice())
-                .bind(step.compensation.as_deref())
-                .bind(depends_on.join(","))
-                .bind(duration_ms(step.attempt_timeout))
-                .bind(duration_ms(step.retry.initial_delay))
-                .bind(step.retry.multiplier)
-                .bind(duration_ms(step.retry.max_delay))
-                .bind(i64::from(step.retry.max_attempts))
-                .bind(step.retry.jitter)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        Record::StepRecorded {
-            id,
-            saga_state,
-            reason,
-            step,
-        } => {
-            sqlx::query("UPDATE transactions SET state = ?2, reason = ?3 WHERE id = ?1")
-                .bind(id.to_string())
-                .bind(saga_state.as_str())
-                .bind(reason.as_deref())
-                .execute(&mut **tx)
-                .await?;
-            record_step(tx, id, step).await?;
-        }
-        Record::NeedsAttention { id } => {
-            sqlx::query("UPDATE transactions SET needs_attention = 1 WHERE id = ?1")
-                .bind(id.to_string())
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn record_step(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    id: &TxnId,
-    step: &StepProgress,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE saga_steps
-         SET state = ?3, attempts = ?4, compensation_attempts = ?5, last_error = ?6
-         WHERE txn_id = ?1 AND idx = ?2",
-    )
-    .bind(id.to_string())
-    .bind(i64::from(step.idx))
-    .bind(step_status_str(step.status))
-    .bind(i64::from(step.attempts))
-    .bind(i64::from(step.compensation_attempts))
-    .bind(step.last_error.as_deref())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 fn duration_ms(duration: Duration) -> i64 {

@@ -114,7 +114,8 @@ pub fn run(seed: u64) -> RunResult {
         .rng_seed(seed)
         .build();
 
-    let store = MemoryStore::new();
+    // An fsync of 0.5-5 ms: crashes can land while a batch is being written.
+    let store = MemoryStore::with_write_latency(Duration::from_micros(rng.u64(500..=5_000)));
     let clock = Arc::new(SimClock::default());
     {
         let store = store.clone();
