@@ -71,8 +71,12 @@ pub struct BenchArgs {
     pub json: bool,
     /// 2PC: enlist each participant with its own Enlist call instead of
     /// naming them in Begin (one more call and forced write per branch).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "one_call")]
     pub enlist_separately: bool,
+    /// 2PC: begin and commit in one call (`BeginRequest.commit`), one round
+    /// trip fewer.
+    #[arg(long)]
+    pub one_call: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -373,7 +377,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             // Prepare and Commit to each participant (one CommitOnePhase
             // when K = 1).
             let separately = args.enlist_separately;
-            let client_calls = if separately { 2 + k } else { 2 };
+            let one_call = args.one_call;
+            let client_calls = if separately {
+                2 + k
+            } else if one_call {
+                1
+            } else {
+                2
+            };
             let rpcs = client_calls + if k == 1 { 1 } else { 2 * k };
             let stats = drive(
                 args.clients,
@@ -396,10 +407,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                         } else {
                             pb::BeginRequest {
                                 branches: specs.clone(),
+                                commit: one_call,
                                 ..Default::default()
                             }
                         };
-                        let id = raw.begin(begin).await?.into_inner().transaction_id;
+                        let begun = raw.begin(begin).await?.into_inner();
+                        if let Some(answer) = begun.commit {
+                            if answer.outcome != pb::Outcome::Committed as i32 {
+                                return Err(Status::aborted(answer.reason));
+                            }
+                            return Ok(());
+                        }
+                        let id = begun.transaction_id;
                         if separately {
                             for spec in specs {
                                 raw.enlist(pb::EnlistRequest {

@@ -183,23 +183,7 @@ impl CoordinatorClient {
     }
 
     pub async fn begin(&self, options: BeginOptions) -> Result<Begun, ClientError> {
-        let request = pb::BeginRequest {
-            timeout_ms: options
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
-            idempotency_key: options.idempotency_key.unwrap_or_default(),
-            description: options.description.unwrap_or_default(),
-            branches: options
-                .branches
-                .into_iter()
-                .map(|b| pb::BranchSpec {
-                    participant: b.participant,
-                    payload: b.payload,
-                    branch: b.name.unwrap_or_default(),
-                })
-                .collect(),
-        };
+        let request = begin_request(options);
         let mut raw = self.raw.clone();
         let answer = self.call(raw.begin(self.request(request))).await?;
         Ok(Begun {
@@ -207,6 +191,33 @@ impl CoordinatorClient {
             created: answer.created,
             branches: answer.branches,
         })
+    }
+
+    /// Begins with `options.branches` and commits in the same call: one
+    /// round trip instead of two. Answers once the decision is durable. With
+    /// an idempotency key, a retry commits (or reports) the same transaction.
+    pub async fn begin_and_commit(
+        &self,
+        options: BeginOptions,
+    ) -> Result<(Begun, Outcome), ClientError> {
+        let request = pb::BeginRequest {
+            commit: true,
+            ..begin_request(options)
+        };
+        let mut raw = self.raw.clone();
+        let answer = self.call(raw.begin(self.request(request))).await?;
+        let outcome = answer
+            .commit
+            .as_ref()
+            .map_or(Outcome::Undecided, outcome_of);
+        Ok((
+            Begun {
+                transaction_id: answer.transaction_id,
+                created: answer.created,
+                branches: answer.branches,
+            },
+            outcome,
+        ))
     }
 
     /// Enlists the participant at `participant` with `payload`; returns the
@@ -249,15 +260,7 @@ impl CoordinatorClient {
         };
         let mut raw = self.raw.clone();
         let answer = self.call(raw.commit(self.request(request))).await?;
-        Ok(match pb::Outcome::try_from(answer.outcome) {
-            Ok(pb::Outcome::Committed) => Outcome::Committed {
-                read_only: answer.read_only,
-            },
-            Ok(pb::Outcome::Aborted) => Outcome::Aborted {
-                reason: answer.reason,
-            },
-            _ => Outcome::Undecided,
-        })
+        Ok(outcome_of(&answer))
     }
 
     pub async fn rollback(&self, transaction_id: &str, reason: &str) -> Result<(), ClientError> {
@@ -312,5 +315,39 @@ impl CoordinatorClient {
             },
             _ => Outcome::Undecided,
         })
+    }
+}
+
+fn begin_request(options: BeginOptions) -> pb::BeginRequest {
+    pb::BeginRequest {
+        timeout_ms: options
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        idempotency_key: options.idempotency_key.unwrap_or_default(),
+        description: options.description.unwrap_or_default(),
+        branches: options
+            .branches
+            .into_iter()
+            .map(|b| pb::BranchSpec {
+                participant: b.participant,
+                payload: b.payload,
+                branch: b.name.unwrap_or_default(),
+            })
+            .collect(),
+        commit: false,
+        prepare_timeout_ms: 0,
+    }
+}
+
+fn outcome_of(answer: &pb::CommitResponse) -> Outcome {
+    match pb::Outcome::try_from(answer.outcome) {
+        Ok(pb::Outcome::Committed) => Outcome::Committed {
+            read_only: answer.read_only,
+        },
+        Ok(pb::Outcome::Aborted) => Outcome::Aborted {
+            reason: answer.reason.clone(),
+        },
+        _ => Outcome::Undecided,
     }
 }

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::protocol::two_phase::{Decision, Outcome};
-use crate::runtime::{BeginTxn, EnlistBranch, Runtime, SubmitSaga};
+use crate::runtime::{BeginTxn, Committed, EnlistBranch, Runtime, SubmitSaga};
 use crate::store::ListQuery;
 
 pub mod convert;
@@ -50,12 +50,38 @@ impl Coordinator for CoordinatorService {
             description: validate::text("description", &request.description)?,
             branches: validate::begin_branches(&self.limits, request.branches)?,
         };
+        let prepare_timeout = validate::optional_ms(
+            "prepare_timeout_ms",
+            request.prepare_timeout_ms,
+            1,
+            validate::MAX_PREPARE_TIMEOUT_MS,
+        )?;
+        if request.commit && begin.branches.is_empty() {
+            return Err(Status::invalid_argument(
+                "commit: a transaction committed in its Begin needs at least one branch in \
+                 `branches`",
+            ));
+        }
         let begun = self.runtime.begin(begin).await.map_err(convert::status)?;
+        let mut state = convert::state(begun.state);
+        let commit = if request.commit {
+            let committed = self
+                .runtime
+                .commit(begun.id, false, prepare_timeout)
+                .await
+                .map_err(convert::status)?;
+            let answer = commit_response(&committed);
+            state = answer.state();
+            Some(answer)
+        } else {
+            None
+        };
         Ok(Response::new(pb::BeginResponse {
             transaction_id: begun.id.to_string(),
             created: begun.created,
-            state: convert::state(begun.state).into(),
+            state: state.into(),
             branches: begun.branches,
+            commit,
         }))
     }
 
@@ -103,16 +129,7 @@ impl Coordinator for CoordinatorService {
             .commit(id, request.wait_for_completion, prepare_timeout)
             .await
             .map_err(convert::status)?;
-        let (reason, read_only) = match &committed.outcome {
-            Outcome::Committed { read_only } => (String::new(), *read_only),
-            Outcome::Aborted { reason } => (reason.clone(), false),
-        };
-        Ok(Response::new(pb::CommitResponse {
-            outcome: convert::outcome(&committed.outcome).into(),
-            reason,
-            read_only,
-            state: convert::state(committed.state).into(),
-        }))
+        Ok(Response::new(commit_response(&committed)))
     }
 
     async fn rollback(
@@ -217,6 +234,20 @@ impl Coordinator for CoordinatorService {
 /// oversized payload still decodes and gets the precise "payload is N bytes"
 /// answer rather than a generic one.
 const MESSAGE_OVERHEAD_BYTES: usize = 1024 * 1024;
+
+/// Commit's answer, for Commit and for a Begin that commits.
+fn commit_response(committed: &Committed) -> pb::CommitResponse {
+    let (reason, read_only) = match &committed.outcome {
+        Outcome::Committed { read_only } => (String::new(), *read_only),
+        Outcome::Aborted { reason } => (reason.clone(), false),
+    };
+    pb::CommitResponse {
+        outcome: convert::outcome(&committed.outcome).into(),
+        reason,
+        read_only,
+        state: convert::state(committed.state).into(),
+    }
+}
 
 /// Serves the Coordinator service, gRPC health and reflection on `listener`
 /// until `shutdown` resolves, then stops accepting and lets in-flight calls

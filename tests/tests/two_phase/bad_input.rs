@@ -49,7 +49,7 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
         timeout_ms,
         idempotency_key: key.into(),
         description: description.into(),
-        branches: vec![],
+        ..Default::default()
     };
     expect(
         raw.begin(begin(5, "", "")).await,
@@ -75,6 +75,27 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
         raw.begin(begin(0, "", &"d".repeat(257))).await,
         Code::InvalidArgument,
         "description",
+    );
+
+    // Committing in the Begin needs something to commit, and a sane
+    // prepare deadline.
+    expect(
+        raw.begin(pb::BeginRequest {
+            commit: true,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "commit: a transaction committed in its Begin needs at least one branch",
+    );
+    expect(
+        raw.begin(pb::BeginRequest {
+            prepare_timeout_ms: u64::MAX,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "prepare_timeout_ms",
     );
 
     // Branches given with Begin are checked like Enlist's, by position.

@@ -797,3 +797,57 @@ async fn branches_given_with_begin_take_part_like_enlisted_ones() {
     assert_eq!(s.a.effects(&id).await, ["prepare", "prepare", "commit"]);
     assert_eq!(s.b.effects(&id).await, ["prepare", "commit"]);
 }
+
+#[tokio::test]
+async fn begin_can_commit_in_the_same_call() {
+    use concord_participant::BranchSpec;
+    let s = setup().await;
+    let spec = |url: &str, vote: &str| BranchSpec {
+        participant: url.to_owned(),
+        payload: vote.as_bytes().to_vec(),
+        name: None,
+    };
+    let options = BeginOptions {
+        idempotency_key: Some("one-call".into()),
+        branches: vec![spec(&s.a.url, "commit"), spec(&s.b.url, "commit")],
+        ..Default::default()
+    };
+    let (begun, outcome) = s
+        .client
+        .begin_and_commit(options.clone())
+        .await
+        .expect("begin and commit");
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    let id = begun.transaction_id;
+    // R1: the decision is on disk by the time the client hears it.
+    let on_disk = coordinator_state(&s.coordinator_dir(), &id).await;
+    assert!(
+        matches!(on_disk.as_deref(), Some("committing" | "committed")),
+        "{on_disk:?}"
+    );
+    until_state(&s.client, &id, pb::TransactionState::Committed).await;
+    // A retry with the same key reports the same outcome and runs nothing again.
+    let (again, outcome) = s.client.begin_and_commit(options).await.expect("retried");
+    assert_eq!(
+        (again.transaction_id.as_str(), again.created),
+        (id.as_str(), false)
+    );
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    assert_eq!(s.a.effects(&id).await, ["prepare", "commit"]);
+    assert_eq!(s.b.effects(&id).await, ["prepare", "commit"]);
+
+    // An ABORT vote aborts in the same call, and nothing commits anywhere.
+    let (begun, outcome) = s
+        .client
+        .begin_and_commit(BeginOptions {
+            branches: vec![spec(&s.a.url, "commit"), spec(&s.b.url, "abort")],
+            ..Default::default()
+        })
+        .await
+        .expect("begin and commit");
+    assert!(matches!(outcome, Outcome::Aborted { .. }), "{outcome:?}");
+    let id = begun.transaction_id;
+    until_state(&s.client, &id, pb::TransactionState::Aborted).await;
+    assert!(!s.a.effects(&id).await.contains(&"commit".to_string()));
+    assert!(!s.b.effects(&id).await.contains(&"commit".to_string()));
+}
