@@ -1,11 +1,11 @@
 //! Deterministic simulation (DESIGN §7): the real coordinator runtime and
 //! gRPC API, on the in-memory store, with simulated banks and clients, all
 //! inside turmoil's simulated network and time. Each seed decides one run:
-//! a workload of 2PC transfers, one-phase moves, rollbacks and sagas; a
-//! nemesis that crashes and restarts the coordinator and the banks,
-//! partitions links (both ways and one way) and slows the network past
-//! deadlines; then a heal, and the invariants I1-I6 plus termination within
-//! a bound (I3).
+//! a workload of 2PC transfers (committed by Commit or inside Begin),
+//! one-phase moves, rollbacks and sagas; a nemesis that crashes and
+//! restarts the coordinator and the banks, partitions links (both ways and
+//! one way) and slows the network past deadlines; then a heal, and the
+//! invariants I1-I6 plus termination within a bound (I3).
 //!
 //! `CONCORD_SIM_SEEDS` runs that many seeds (default 1,000) starting at
 //! `CONCORD_SIM_SEED` (default 0); a failing seed is printed with the one

@@ -321,8 +321,9 @@ async fn run_client(client: u64, seed: u64, heard: Arc<Mutex<Vec<Heard>>>) {
     for n in 0..REQUESTS_PER_CLIENT {
         let key = format!("client-{client}-{n}");
         let (txn, told) = match rng.u32(0..10) {
-            0..=4 => transfer(&mut coordinator, &mut rng, &key, false).await,
-            5 => transfer(&mut coordinator, &mut rng, &key, true).await,
+            0..=2 => transfer(&mut coordinator, &mut rng, &key, Finish::Commit).await,
+            3 | 4 => transfer(&mut coordinator, &mut rng, &key, Finish::CommitInBegin).await,
+            5 => transfer(&mut coordinator, &mut rng, &key, Finish::RollBack).await,
             6 => move_within_bank(&mut coordinator, &mut rng, &key).await,
             _ => book(&mut coordinator, &key).await,
         };
@@ -336,26 +337,48 @@ async fn run_client(client: u64, seed: u64, heard: Arc<Mutex<Vec<Heard>>>) {
     }
 }
 
+/// How a client ends a 2PC transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// Begin, then Commit.
+    Commit,
+    /// Begin with `commit`: one call.
+    CommitInBegin,
+    /// Begin, then Rollback.
+    RollBack,
+}
+
 /// Begin (retried with the same idempotency key, R7), then Commit or
 /// Rollback (retried: both answer the decided outcome again).
 async fn two_phase(
     coordinator: &mut CoordinatorClient<Channel>,
     key: &str,
     branches: Vec<pb::BranchSpec>,
-    roll_back: bool,
+    finish: Finish,
 ) -> (Option<String>, Told) {
     let mut txn = None;
     for attempt in 0..3 {
         let begin = pb::BeginRequest {
             timeout_ms: 5_000,
             idempotency_key: key.to_owned(),
-            description: String::new(),
             branches: branches.clone(),
+            commit: finish == Finish::CommitInBegin,
+            ..Default::default()
         };
         let mut client = coordinator.clone();
         if let Some(begun) = call(|d| client.begin(request(begin, d))).await {
+            if let Some(answer) = begun.commit {
+                let told = if answer.outcome == pb::Outcome::Committed as i32 {
+                    Told::Committed
+                } else {
+                    Told::Aborted
+                };
+                return (Some(begun.transaction_id), told);
+            }
             txn = Some(begun.transaction_id);
-            break;
+            if finish != Finish::CommitInBegin {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
     }
@@ -364,7 +387,7 @@ async fn two_phase(
     };
     for attempt in 0..3 {
         let mut client = coordinator.clone();
-        if roll_back {
+        if finish == Finish::RollBack {
             let rollback = pb::RollbackRequest {
                 transaction_id: id.clone(),
                 reason: "the client changed its mind".into(),
@@ -399,7 +422,7 @@ async fn transfer(
     coordinator: &mut CoordinatorClient<Channel>,
     rng: &mut fastrand::Rng,
     key: &str,
-    roll_back: bool,
+    finish: Finish,
 ) -> (Option<String>, Told) {
     let from = rng.usize(..BANKS.len());
     let to = (from + rng.usize(1..BANKS.len())) % BANKS.len();
@@ -417,7 +440,7 @@ async fn transfer(
             branch: "credit".into(),
         },
     ];
-    two_phase(coordinator, key, branches, roll_back).await
+    two_phase(coordinator, key, branches, finish).await
 }
 
 /// One branch: the coordinator takes the one-phase path (R6).
@@ -435,7 +458,7 @@ async fn move_within_bank(
             .encode(),
         branch: "move".into(),
     }];
-    two_phase(coordinator, key, branches, false).await
+    two_phase(coordinator, key, branches, Finish::Commit).await
 }
 
 /// A saga reserving a seat at each bank: two compensatable steps, then the
