@@ -43,7 +43,8 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./concord-data")]
     data_dir: PathBuf,
 
-    /// Database URL overriding --data-dir, e.g. sqlite:///var/lib/concord/log.db.
+    /// Database URL overriding --data-dir: sqlite:///var/lib/concord/log.db,
+    /// or postgres://user:password@host/db (one node per database for now).
     #[arg(long, env = "CONCORD_DATABASE_URL")]
     database_url: Option<String>,
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Limits};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -20,7 +21,7 @@ use crate::store::{Store, StoreError};
 pub enum StoreLocation {
     /// `<dir>/concord.db`, SQLite.
     DataDir(PathBuf),
-    /// A database URL (`sqlite://...`).
+    /// A database URL (`sqlite://...` or `postgres://...`).
     Url(String),
 }
 
@@ -41,7 +42,7 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("unsupported --database-url {0:?}: this build knows sqlite:// only")]
+    #[error("unsupported --database-url {0:?}: give sqlite://... or postgres://...")]
     UnsupportedUrl(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -63,6 +64,11 @@ impl Node {
             StoreLocation::DataDir(dir) => Arc::new(SqliteStore::open_dir(dir).await?),
             StoreLocation::Url(url) if url.starts_with("sqlite:") => {
                 Arc::new(SqliteStore::open_url(url).await?)
+            }
+            StoreLocation::Url(url)
+                if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+            {
+                Arc::new(PostgresStore::open_url(url).await?)
             }
             StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
         };

@@ -1,13 +1,16 @@
 //! The store contract: one suite of tests every backend must pass, so that
 //! the runtime can rely on the same semantics whichever store it runs on.
 //!
-//! Each backend instantiates the suite with [`store_contract!`], giving a
-//! function that opens its store on some storage and can open it again on
-//! the same storage (to check what survives reopening).
+//! Each backend in this crate instantiates the suite with `store_contract!`
+//! (one test per case); backends tested elsewhere run [`ALL`]. Either way a
+//! backend gives a function that opens its store on some storage and can
+//! open it again on the same storage (to check what survives reopening).
+//! Compiled for this crate's tests and, with the `store-contract` feature,
+//! for the integration tests.
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, LocalBoxFuture};
 
 use super::{BranchEnd, ListQuery, Record, StepProgress, Store};
 use crate::model::{
@@ -17,8 +20,43 @@ use crate::model::{
 /// Opens the store on one storage; calling it again reopens the same one.
 pub type Open = Box<dyn Fn() -> BoxFuture<'static, Arc<dyn Store>>>;
 
+/// One contract test.
+pub type Test = fn(Open) -> LocalBoxFuture<'static, ()>;
+
+/// Every contract test by name, for backends tested outside this crate
+/// (PostgreSQL: `tests/tests/store`, against a server the harness starts).
+pub const ALL: &[(&str, Test)] = &[
+    ("a_committed_decision_survives_reopening", |open| {
+        Box::pin(a_committed_decision_survives_reopening(open))
+    }),
+    (
+        "an_ended_transaction_is_not_unfinished_and_keeps_its_branches",
+        |open| Box::pin(an_ended_transaction_is_not_unfinished_and_keeps_its_branches(open)),
+    ),
+    ("a_failed_batch_applies_nothing", |open| {
+        Box::pin(a_failed_batch_applies_nothing(open))
+    }),
+    ("a_taken_idempotency_key_fails_the_batch", |open| {
+        Box::pin(a_taken_idempotency_key_fails_the_batch(open))
+    }),
+    ("listing_pages_newest_first_and_filters", |open| {
+        Box::pin(listing_pages_newest_first_and_filters(open))
+    }),
+    ("a_saga_keeps_its_definition_and_step_progress", |open| {
+        Box::pin(a_saga_keeps_its_definition_and_step_progress(open))
+    }),
+    ("a_decision_applies_only_to_an_active_transaction", |open| {
+        Box::pin(a_decision_applies_only_to_an_active_transaction(open))
+    }),
+    (
+        "a_whole_life_in_one_batch_reads_as_if_written_record_by_record",
+        |open| Box::pin(a_whole_life_in_one_batch_reads_as_if_written_record_by_record(open)),
+    ),
+];
+
 /// Expands to one `#[tokio::test]` per contract test, each calling
 /// `$open()` to get an [`Open`] for fresh storage.
+#[cfg(test)]
 macro_rules! store_contract {
     ($open:expr) => {
         store_contract!(@tests $open;
@@ -42,6 +80,7 @@ macro_rules! store_contract {
         )*
     };
 }
+#[cfg(test)]
 pub(crate) use store_contract;
 
 fn begun(id: TxnId, key: Option<&str>) -> Record {

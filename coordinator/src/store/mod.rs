@@ -5,8 +5,9 @@
 //! database transaction — one fsync for many transactions' records. Reads
 //! serve `GetTransaction`, `ListTransactions`, idempotency keys and recovery.
 //!
-//! Backends: [`sqlite`] (the embedded default: WAL, `synchronous=FULL`) and
-//! [`memory`] (deterministic simulation only). Both pass one contract suite
+//! Backends: [`sqlite`] (the embedded default: WAL, `synchronous=FULL`),
+//! [`postgres`] (`--database-url postgres://...`) and [`memory`]
+//! (deterministic simulation only). All pass one contract suite
 //! (`contract`).
 //! Each keeps its schema in `migrations/<backend>/`, applied with
 //! `sqlx::migrate!` at start-up; queries are checked at run time
@@ -16,11 +17,14 @@ use futures::future::BoxFuture;
 
 use crate::model::{BranchState, SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind};
 
+pub(crate) mod batch;
 pub mod memory;
+pub mod postgres;
+pub(crate) mod rows;
 pub mod sqlite;
 
-#[cfg(test)]
-pub(crate) mod contract;
+#[cfg(any(test, feature = "store-contract"))]
+pub mod contract;
 
 #[cfg(test)]
 mod contract_tests {
@@ -186,6 +190,8 @@ pub enum StoreError {
     },
     #[error("the store holds a value it cannot read: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// The durable log. Implementations must make [`Store::append`] atomic and

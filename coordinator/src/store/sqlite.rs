@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
 
+use super::batch::{Group, Grouped};
+use super::rows::{BranchRow, StepRow, TxnRow, parse_id, steps_from_rows};
 use super::{ListQuery, Record, Store, StoreError, Unfinished};
-use crate::model::{
-    BranchState, BranchView, RetryPolicy, SagaStepDef, StepView, TxnId, TxnKind, TxnState, TxnView,
-    VoteKind, parse_step_kind, parse_step_status,
-};
+use crate::model::{SagaStepDef, StepView, TxnId, TxnKind, TxnView};
 
 /// The database file inside `--data-dir`.
 pub const DATABASE_FILE: &str = "concord.db";
@@ -29,8 +28,6 @@ const POOL_CONNECTIONS: u32 = 8;
 /// How long a statement waits for a lock before failing; only start-up and an
 /// operator's tool ever contend with the single writer.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-mod batch;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -82,9 +79,14 @@ impl SqliteStore {
     }
 
     async fn append_batch(&self, batch: &[Record]) -> Result<(), StoreError> {
-        let grouped = batch::Grouped::new(batch);
+        let groups = Grouped::new(batch).encoded()?;
         let mut tx = self.pool.begin().await?;
-        grouped.write(&mut tx).await?;
+        for (group, rows) in groups {
+            sqlx::query(statement(group))
+                .bind(rows)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -127,31 +129,7 @@ impl SqliteStore {
                 .bind(id.to_string())
                 .fetch_all(&self.pool)
                 .await?;
-        let defs = rows
-            .iter()
-            .map(StepRow::def)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut views = Vec::with_capacity(rows.len());
-        for row in rows {
-            let status = parse_step_status(&row.state)
-                .ok_or_else(|| StoreError::Corrupt(format!("step state {:?}", row.state)))?;
-            let def = row.def()?;
-            views.push(StepView {
-                name: def.name,
-                participant: def.participant,
-                kind: def.kind,
-                status,
-                depends_on: def
-                    .depends_on
-                    .iter()
-                    .filter_map(|dep| defs.get(*dep).map(|d| d.name.clone()))
-                    .collect(),
-                attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-                compensation_attempts: u32::try_from(row.compensation_attempts).unwrap_or(u32::MAX),
-                last_error: row.last_error,
-            });
-        }
-        Ok((defs, views))
+        steps_from_rows(rows)
     }
 
     async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
@@ -264,152 +242,94 @@ impl Store for SqliteStore {
     }
 }
 
-fn duration_ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Store timestamps are i64; anything past i64::MAX ms is clamped (that is
-/// ~292 million years away).
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn parse_id(id: &str) -> Result<TxnId, StoreError> {
-    id.parse()
-        .map_err(|e| StoreError::Corrupt(format!("transaction id {id:?} {e}")))
-}
-
-#[derive(FromRow)]
-struct TxnRow {
-    id: String,
-    kind: String,
-    needs_attention: bool,
-    state: String,
-    created_at_ms: i64,
-    deadline_ms: i64,
-    decided_at_ms: Option<i64>,
-    ended_at_ms: Option<i64>,
-    reason: Option<String>,
-    idempotency_key: Option<String>,
-    description: Option<String>,
-    read_only: bool,
-    branch_count: i64,
-}
-
-impl TxnRow {
-    fn into_view(self) -> Result<TxnView, StoreError> {
-        let state = TxnState::parse(&self.state)
-            .ok_or_else(|| StoreError::Corrupt(format!("transaction state {:?}", self.state)))?;
-        let kind = TxnKind::parse(&self.kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("transaction kind {:?}", self.kind)))?;
-        Ok(TxnView {
-            id: parse_id(&self.id)?,
-            kind,
-            state,
-            created_at_ms: to_u64(self.created_at_ms),
-            deadline_ms: to_u64(self.deadline_ms),
-            decided_at_ms: self.decided_at_ms.map(to_u64),
-            ended_at_ms: self.ended_at_ms.map(to_u64),
-            reason: self.reason,
-            idempotency_key: self.idempotency_key,
-            description: self.description,
-            read_only: self.read_only,
-            branch_count: u32::try_from(self.branch_count).unwrap_or(u32::MAX),
-            branches: Vec::new(),
-            steps: Vec::new(),
-            needs_attention: self.needs_attention,
-        })
+/// The statement that writes one group of a batch (`store::batch`): each
+/// takes the group's rows as one JSON array and spreads it with `json_each`.
+fn statement(group: Group) -> &'static str {
+    match group {
+        Group::Transactions => INSERT_TRANSACTIONS,
+        Group::Branches => INSERT_BRANCHES,
+        Group::Steps => INSERT_STEPS,
+        Group::Decided => DECIDE,
+        Group::Aborting => ABORT,
+        Group::SagaStates => SAGA_STATE,
+        Group::StepProgress => STEP_PROGRESS,
+        Group::Attention => NEEDS_ATTENTION,
+        Group::Ended => END,
+        Group::BranchEnds => BRANCH_END,
     }
 }
 
-#[derive(FromRow)]
-struct BranchRow {
-    #[allow(dead_code)]
-    idx: i64,
-    name: String,
-    participant: String,
-    payload: Vec<u8>,
-    state: String,
-    vote: Option<String>,
-    attempts: i64,
-    last_error: Option<String>,
-}
+const INSERT_TRANSACTIONS: &str = "
+    INSERT INTO transactions
+      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
+    SELECT j.value ->> 'id', j.value ->> 'kind', j.value ->> 'state', j.value ->> 'created',
+           j.value ->> 'deadline', j.value ->> 'key', j.value ->> 'description'
+    FROM json_each(?1) AS j";
 
-impl BranchRow {
-    fn into_view(self) -> Result<BranchView, StoreError> {
-        let state = BranchState::parse(&self.state)
-            .ok_or_else(|| StoreError::Corrupt(format!("branch state {:?}", self.state)))?;
-        let vote = match self.vote.as_deref() {
-            None => None,
-            Some(v) => {
-                Some(VoteKind::parse(v).ok_or_else(|| StoreError::Corrupt(format!("vote {v:?}")))?)
-            }
-        };
-        Ok(BranchView {
-            name: self.name,
-            participant: self.participant,
-            state,
-            vote,
-            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
-            last_error: self.last_error,
-            payload_bytes: self.payload.len() as u64,
-        })
-    }
-}
+// `unhex('')` is NULL, not an empty blob: an empty payload stays empty.
+const INSERT_BRANCHES: &str = "
+    INSERT INTO branches (txn_id, idx, name, participant, payload, state)
+    SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
+           COALESCE(unhex(j.value ->> 'payload'), X''), 'enlisted'
+    FROM json_each(?1) AS j";
 
-#[derive(FromRow)]
-struct StepRow {
-    name: String,
-    participant: String,
-    kind: String,
-    action: Vec<u8>,
-    compensation: Option<Vec<u8>>,
-    depends_on: String,
-    attempt_timeout_ms: i64,
-    retry_initial_ms: i64,
-    retry_multiplier: f64,
-    retry_max_ms: i64,
-    retry_max_attempts: i64,
-    retry_jitter: bool,
-    state: String,
-    attempts: i64,
-    compensation_attempts: i64,
-    last_error: Option<String>,
-}
+const INSERT_STEPS: &str = "
+    INSERT INTO saga_steps
+      (txn_id, idx, name, participant, kind, action, compensation, depends_on,
+       attempt_timeout_ms, retry_initial_ms, retry_multiplier, retry_max_ms,
+       retry_max_attempts, retry_jitter)
+    SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
+           j.value ->> 'kind', COALESCE(unhex(j.value ->> 'action'), X''),
+           CASE WHEN j.value ->> 'compensation' IS NULL THEN NULL
+                ELSE COALESCE(unhex(j.value ->> 'compensation'), X'') END,
+           j.value ->> 'depends_on', j.value ->> 'timeout', j.value ->> 'initial',
+           j.value ->> 'multiplier', j.value ->> 'max', j.value ->> 'attempts',
+           j.value ->> 'jitter'
+    FROM json_each(?1) AS j";
 
-impl StepRow {
-    fn def(&self) -> Result<SagaStepDef, StoreError> {
-        let kind = parse_step_kind(&self.kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("step kind {:?}", self.kind)))?;
-        let depends_on = if self.depends_on.is_empty() {
-            Vec::new()
-        } else {
-            self.depends_on
-                .split(',')
-                .map(|dep| dep.parse::<usize>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| StoreError::Corrupt(format!("depends_on {:?}", self.depends_on)))?
-        };
-        let ms = |value: i64| Duration::from_millis(to_u64(value));
-        Ok(SagaStepDef {
-            name: self.name.clone(),
-            participant: self.participant.clone(),
-            kind,
-            action: self.action.clone(),
-            compensation: self.compensation.clone(),
-            depends_on,
-            attempt_timeout: ms(self.attempt_timeout_ms),
-            retry: RetryPolicy {
-                initial_delay: ms(self.retry_initial_ms),
-                multiplier: self.retry_multiplier,
-                max_delay: ms(self.retry_max_ms),
-                max_attempts: u32::try_from(self.retry_max_attempts).unwrap_or(u32::MAX),
-                jitter: self.retry_jitter,
-            },
-        })
-    }
-}
+// R1/R2: a decision applies only to a transaction still active.
+const DECIDE: &str = "
+    UPDATE transactions SET state = 'committing', decided_at_ms = j.value ->> 'at'
+    FROM json_each(?1) AS j
+    WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
+
+const ABORT: &str = "
+    UPDATE transactions
+    SET state = 'aborting', decided_at_ms = j.value ->> 'at', reason = j.value ->> 'reason'
+    FROM json_each(?1) AS j
+    WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
+
+const SAGA_STATE: &str = "
+    UPDATE transactions SET state = j.value ->> 'state', reason = j.value ->> 'reason'
+    FROM json_each(?1) AS j
+    WHERE transactions.id = j.value ->> 'id'";
+
+const STEP_PROGRESS: &str = "
+    UPDATE saga_steps
+    SET state = j.value ->> 'state', attempts = j.value ->> 'attempts',
+        compensation_attempts = j.value ->> 'compensations', last_error = j.value ->> 'error'
+    FROM json_each(?1) AS j
+    WHERE saga_steps.txn_id = j.value ->> 'txn' AND saga_steps.idx = j.value ->> 'idx'";
+
+const NEEDS_ATTENTION: &str = "
+    UPDATE transactions SET needs_attention = 1
+    WHERE id IN (SELECT value FROM json_each(?1))";
+
+// The decided_at stamp stays the decision's; an abort decided and ended in
+// one step gets both. A saga that needed attention while retrying no longer
+// does once it ended, unless it FAILED.
+const END: &str = "
+    UPDATE transactions
+    SET state = j.value ->> 'state', ended_at_ms = j.value ->> 'at',
+        read_only = j.value ->> 'read_only', reason = j.value ->> 'reason',
+        decided_at_ms = COALESCE(transactions.decided_at_ms, j.value ->> 'at'),
+        needs_attention = (j.value ->> 'state' = 'failed')
+    FROM json_each(?1) AS j
+    WHERE transactions.id = j.value ->> 'id'";
+
+const BRANCH_END: &str = "
+    UPDATE branches
+    SET state = j.value ->> 'state', vote = j.value ->> 'vote',
+        attempts = j.value ->> 'attempts', last_error = j.value ->> 'error'
+    FROM json_each(?1) AS j
+    WHERE branches.txn_id = j.value ->> 'txn' AND branches.idx = j.value ->> 'idx'";

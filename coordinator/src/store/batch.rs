@@ -1,12 +1,14 @@
-//! One batch of records, written with a fixed number of statements.
+//! One batch of records, regrouped so that a SQL backend writes it with a
+//! fixed number of statements.
 //!
-//! Every statement sqlx runs on SQLite is a round trip to the connection's
-//! worker thread, and that round trip — not SQLite's own work — was the
-//! writer's largest cost (~35 µs per statement, seven statements per 2PC
-//! transaction: docs/performance.md). So a batch is regrouped by kind of
-//! row, and each group goes to SQLite as one JSON array that `json_each`
-//! spreads over the rows: a batch of 500 transactions costs the same five or
-//! so statements as a batch of one.
+//! Every statement is a round trip (to sqlx's SQLite worker thread, or to
+//! the PostgreSQL server), and on SQLite that round trip — not SQLite's own
+//! work — was the writer's largest cost (~35 µs per statement, seven
+//! statements per 2PC transaction: docs/performance.md). So a batch is
+//! regrouped by kind of row, and each group goes to the database as one JSON
+//! array that the statement spreads over the rows (`json_each` on SQLite,
+//! `jsonb_array_elements` on PostgreSQL): a batch of 500 transactions costs
+//! the same five or so statements as a batch of one.
 //!
 //! Regrouping keeps the log's meaning because the protocol orders each
 //! transaction's records the same way the statements run: inserts first
@@ -18,13 +20,13 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::super::{BranchEnd, Record, StepProgress, StoreError};
-use super::{duration_ms, to_i64};
+use super::rows::{duration_ms, to_i64};
+use super::{BranchEnd, Record, StepProgress, StoreError};
 use crate::model::{TxnId, VoteKind, step_kind_str, step_status_str};
 
 /// The rows of one batch, grouped by the statement that writes them.
 #[derive(Default)]
-pub(super) struct Grouped {
+pub(crate) struct Grouped {
     transactions: Vec<Value>,
     branches: Vec<Value>,
     steps: Vec<Value>,
@@ -65,7 +67,7 @@ impl<K: std::hash::Hash + Eq> Latest<K> {
 }
 
 impl Grouped {
-    pub(super) fn new(batch: &[Record]) -> Self {
+    pub(crate) fn new(batch: &[Record]) -> Self {
         let mut grouped = Self::default();
         for record in batch {
             grouped.add(record);
@@ -220,34 +222,58 @@ impl Grouped {
         );
     }
 
-    /// Runs the statements of every non-empty group, in the order the module
-    /// documentation gives, inside the caller's database transaction.
-    pub(super) async fn write(
-        self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    ) -> Result<(), StoreError> {
-        let groups: [(&Vec<Value>, &'static str); 10] = [
-            (&self.transactions, INSERT_TRANSACTIONS),
-            (&self.branches, INSERT_BRANCHES),
-            (&self.steps, INSERT_STEPS),
-            (&self.decided, DECIDE),
-            (&self.aborting, ABORT),
-            (&self.saga_states.rows, SAGA_STATE),
-            (&self.step_progress.rows, STEP_PROGRESS),
-            (&self.attention, NEEDS_ATTENTION),
-            (&self.ended, END),
-            (&self.branch_ends, BRANCH_END),
+    /// Every non-empty group as a JSON array, in the order the module
+    /// documentation gives; each backend runs one statement per group.
+    pub(crate) fn encoded(&self) -> Result<Vec<(Group, String)>, StoreError> {
+        let groups: [(Group, &Vec<Value>); 10] = [
+            (Group::Transactions, &self.transactions),
+            (Group::Branches, &self.branches),
+            (Group::Steps, &self.steps),
+            (Group::Decided, &self.decided),
+            (Group::Aborting, &self.aborting),
+            (Group::SagaStates, &self.saga_states.rows),
+            (Group::StepProgress, &self.step_progress.rows),
+            (Group::Attention, &self.attention),
+            (Group::Ended, &self.ended),
+            (Group::BranchEnds, &self.branch_ends),
         ];
-        for (rows, statement) in groups {
+        let mut encoded = Vec::new();
+        for (group, rows) in groups {
             if rows.is_empty() {
                 continue;
             }
-            let rows = serde_json::to_string(rows)
+            let json = serde_json::to_string(rows)
                 .map_err(|e| StoreError::Corrupt(format!("cannot encode a batch: {e}")))?;
-            sqlx::query(statement).bind(rows).execute(&mut **tx).await?;
+            encoded.push((group, json));
         }
-        Ok(())
+        Ok(encoded)
     }
+}
+
+/// What one statement writes; see [`Grouped::encoded`] for their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// New transactions and sagas (`Begun`, `SagaSubmitted`).
+    Transactions,
+    /// New branches (`Enlisted`).
+    Branches,
+    /// New saga steps (`SagaSubmitted`).
+    Steps,
+    /// R1: COMMITTED decisions, applied only to active transactions.
+    Decided,
+    /// R2: ABORTED decisions, applied only to active transactions.
+    Aborting,
+    /// A saga's state and reason, from its latest `StepRecorded`.
+    SagaStates,
+    /// Each step's latest progress (`StepRecorded`, `Ended`).
+    StepProgress,
+    /// NEEDS_ATTENTION flags: a JSON array of ids.
+    Attention,
+    /// Ends; `decided_at` keeps the decision's stamp, `needs_attention`
+    /// stays only for FAILED.
+    Ended,
+    /// Each branch's end (`Ended`).
+    BranchEnds,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -259,78 +285,3 @@ fn hex(bytes: &[u8]) -> String {
     }
     out
 }
-
-const INSERT_TRANSACTIONS: &str = "
-    INSERT INTO transactions
-      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
-    SELECT j.value ->> 'id', j.value ->> 'kind', j.value ->> 'state', j.value ->> 'created',
-           j.value ->> 'deadline', j.value ->> 'key', j.value ->> 'description'
-    FROM json_each(?1) AS j";
-
-// `unhex('')` is NULL, not an empty blob: an empty payload stays empty.
-const INSERT_BRANCHES: &str = "
-    INSERT INTO branches (txn_id, idx, name, participant, payload, state)
-    SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
-           COALESCE(unhex(j.value ->> 'payload'), X''), 'enlisted'
-    FROM json_each(?1) AS j";
-
-const INSERT_STEPS: &str = "
-    INSERT INTO saga_steps
-      (txn_id, idx, name, participant, kind, action, compensation, depends_on,
-       attempt_timeout_ms, retry_initial_ms, retry_multiplier, retry_max_ms,
-       retry_max_attempts, retry_jitter)
-    SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
-           j.value ->> 'kind', COALESCE(unhex(j.value ->> 'action'), X''),
-           CASE WHEN j.value ->> 'compensation' IS NULL THEN NULL
-                ELSE COALESCE(unhex(j.value ->> 'compensation'), X'') END,
-           j.value ->> 'depends_on', j.value ->> 'timeout', j.value ->> 'initial',
-           j.value ->> 'multiplier', j.value ->> 'max', j.value ->> 'attempts',
-           j.value ->> 'jitter'
-    FROM json_each(?1) AS j";
-
-// R1/R2: a decision applies only to a transaction still active.
-const DECIDE: &str = "
-    UPDATE transactions SET state = 'committing', decided_at_ms = j.value ->> 'at'
-    FROM json_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
-
-const ABORT: &str = "
-    UPDATE transactions
-    SET state = 'aborting', decided_at_ms = j.value ->> 'at', reason = j.value ->> 'reason'
-    FROM json_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
-
-const SAGA_STATE: &str = "
-    UPDATE transactions SET state = j.value ->> 'state', reason = j.value ->> 'reason'
-    FROM json_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id'";
-
-const STEP_PROGRESS: &str = "
-    UPDATE saga_steps
-    SET state = j.value ->> 'state', attempts = j.value ->> 'attempts',
-        compensation_attempts = j.value ->> 'compensations', last_error = j.value ->> 'error'
-    FROM json_each(?1) AS j
-    WHERE saga_steps.txn_id = j.value ->> 'txn' AND saga_steps.idx = j.value ->> 'idx'";
-
-const NEEDS_ATTENTION: &str = "
-    UPDATE transactions SET needs_attention = 1
-    WHERE id IN (SELECT value FROM json_each(?1))";
-
-// The decided_at stamp stays the decision's; an abort decided and ended in
-// one step gets both. A saga that needed attention while retrying no longer
-// does once it ended, unless it FAILED.
-const END: &str = "
-    UPDATE transactions
-    SET state = j.value ->> 'state', ended_at_ms = j.value ->> 'at',
-        read_only = j.value ->> 'read_only', reason = j.value ->> 'reason',
-        decided_at_ms = COALESCE(transactions.decided_at_ms, j.value ->> 'at'),
-        needs_attention = (j.value ->> 'state' = 'failed')
-    FROM json_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id'";
-
-const BRANCH_END: &str = "
-    UPDATE branches
-    SET state = j.value ->> 'state', vote = j.value ->> 'vote',
-        attempts = j.value ->> 'attempts', last_error = j.value ->> 'error'
-    FROM json_each(?1) AS j
-    WHERE branches.txn_id = j.value ->> 'txn' AND branches.idx = j.value ->> 'idx'";

@@ -1,0 +1,195 @@
+//! Rows as both SQL backends read them, and the conversions between the
+//! log's values and column values. The SQLite and PostgreSQL schemas use
+//! the same column names and compatible types (64-bit integers, text,
+//! blobs/bytea, booleans), so one set of `FromRow` structs serves both.
+
+use std::time::Duration;
+
+use sqlx::FromRow;
+
+use super::StoreError;
+use crate::model::{
+    BranchState, BranchView, RetryPolicy, SagaStepDef, StepView, TxnId, TxnKind, TxnState, TxnView,
+    VoteKind, parse_step_kind, parse_step_status,
+};
+
+pub(crate) fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Store timestamps are i64; anything past i64::MAX ms is clamped (that is
+/// ~292 million years away).
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+pub(crate) fn parse_id(id: &str) -> Result<TxnId, StoreError> {
+    id.parse()
+        .map_err(|e| StoreError::Corrupt(format!("transaction id {id:?} {e}")))
+}
+
+#[derive(FromRow)]
+pub(crate) struct TxnRow {
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) needs_attention: bool,
+    pub(crate) state: String,
+    pub(crate) created_at_ms: i64,
+    pub(crate) deadline_ms: i64,
+    pub(crate) decided_at_ms: Option<i64>,
+    pub(crate) ended_at_ms: Option<i64>,
+    pub(crate) reason: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) read_only: bool,
+    pub(crate) branch_count: i64,
+}
+
+impl TxnRow {
+    pub(crate) fn into_view(self) -> Result<TxnView, StoreError> {
+        let state = TxnState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("transaction state {:?}", self.state)))?;
+        let kind = TxnKind::parse(&self.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("transaction kind {:?}", self.kind)))?;
+        Ok(TxnView {
+            id: parse_id(&self.id)?,
+            kind,
+            state,
+            created_at_ms: to_u64(self.created_at_ms),
+            deadline_ms: to_u64(self.deadline_ms),
+            decided_at_ms: self.decided_at_ms.map(to_u64),
+            ended_at_ms: self.ended_at_ms.map(to_u64),
+            reason: self.reason,
+            idempotency_key: self.idempotency_key,
+            description: self.description,
+            read_only: self.read_only,
+            branch_count: u32::try_from(self.branch_count).unwrap_or(u32::MAX),
+            branches: Vec::new(),
+            steps: Vec::new(),
+            needs_attention: self.needs_attention,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct BranchRow {
+    #[allow(dead_code)]
+    pub(crate) idx: i64,
+    pub(crate) name: String,
+    pub(crate) participant: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) state: String,
+    pub(crate) vote: Option<String>,
+    pub(crate) attempts: i64,
+    pub(crate) last_error: Option<String>,
+}
+
+impl BranchRow {
+    pub(crate) fn into_view(self) -> Result<BranchView, StoreError> {
+        let state = BranchState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("branch state {:?}", self.state)))?;
+        let vote = match self.vote.as_deref() {
+            None => None,
+            Some(v) => {
+                Some(VoteKind::parse(v).ok_or_else(|| StoreError::Corrupt(format!("vote {v:?}")))?)
+            }
+        };
+        Ok(BranchView {
+            name: self.name,
+            participant: self.participant,
+            state,
+            vote,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            last_error: self.last_error,
+            payload_bytes: self.payload.len() as u64,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct StepRow {
+    pub(crate) name: String,
+    pub(crate) participant: String,
+    pub(crate) kind: String,
+    pub(crate) action: Vec<u8>,
+    pub(crate) compensation: Option<Vec<u8>>,
+    pub(crate) depends_on: String,
+    pub(crate) attempt_timeout_ms: i64,
+    pub(crate) retry_initial_ms: i64,
+    pub(crate) retry_multiplier: f64,
+    pub(crate) retry_max_ms: i64,
+    pub(crate) retry_max_attempts: i64,
+    pub(crate) retry_jitter: bool,
+    pub(crate) state: String,
+    pub(crate) attempts: i64,
+    pub(crate) compensation_attempts: i64,
+    pub(crate) last_error: Option<String>,
+}
+
+impl StepRow {
+    pub(crate) fn def(&self) -> Result<SagaStepDef, StoreError> {
+        let kind = parse_step_kind(&self.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("step kind {:?}", self.kind)))?;
+        let depends_on = if self.depends_on.is_empty() {
+            Vec::new()
+        } else {
+            self.depends_on
+                .split(',')
+                .map(|dep| dep.parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| StoreError::Corrupt(format!("depends_on {:?}", self.depends_on)))?
+        };
+        let ms = |value: i64| Duration::from_millis(to_u64(value));
+        Ok(SagaStepDef {
+            name: self.name.clone(),
+            participant: self.participant.clone(),
+            kind,
+            action: self.action.clone(),
+            compensation: self.compensation.clone(),
+            depends_on,
+            attempt_timeout: ms(self.attempt_timeout_ms),
+            retry: RetryPolicy {
+                initial_delay: ms(self.retry_initial_ms),
+                multiplier: self.retry_multiplier,
+                max_delay: ms(self.retry_max_ms),
+                max_attempts: u32::try_from(self.retry_max_attempts).unwrap_or(u32::MAX),
+                jitter: self.retry_jitter,
+            },
+        })
+    }
+}
+
+/// A saga's step definitions and views, from its step rows in order.
+pub(crate) fn steps_from_rows(
+    rows: Vec<StepRow>,
+) -> Result<(Vec<SagaStepDef>, Vec<StepView>), StoreError> {
+    let defs = rows
+        .iter()
+        .map(StepRow::def)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        let status = parse_step_status(&row.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("step state {:?}", row.state)))?;
+        let def = row.def()?;
+        views.push(StepView {
+            name: def.name,
+            participant: def.participant,
+            kind: def.kind,
+            status,
+            depends_on: def
+                .depends_on
+                .iter()
+                .filter_map(|dep| defs.get(*dep).map(|d| d.name.clone()))
+                .collect(),
+            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+            compensation_attempts: u32::try_from(row.compensation_attempts).unwrap_or(u32::MAX),
+            last_error: row.last_error,
+        });
+    }
+    Ok((defs, views))
+}
