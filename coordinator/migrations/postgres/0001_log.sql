@@ -4,7 +4,9 @@
 -- milliseconds since the Unix epoch.
 
 CREATE TABLE transactions (
-    id              TEXT PRIMARY KEY,   -- UUIDv7, time-ordered
+    -- UUIDv7, time-ordered. Ids compare byte by byte (COLLATE "C"), as in
+    -- SQLite and in the coordinator: paging and recovery rely on that order.
+    id              TEXT COLLATE "C" PRIMARY KEY,
     kind            TEXT NOT NULL DEFAULT 'two_phase',
     -- active | committing | aborting | committed | aborted
     -- | running | compensating | completed | compensated | failed
@@ -25,7 +27,7 @@ CREATE INDEX transactions_unfinished ON transactions (state)
     WHERE state IN ('active', 'committing', 'aborting', 'running', 'compensating');
 
 CREATE TABLE branches (
-    txn_id      TEXT NOT NULL REFERENCES transactions (id),
+    txn_id      TEXT COLLATE "C" NOT NULL REFERENCES transactions (id),
     idx         BIGINT NOT NULL,
     name        TEXT NOT NULL,
     participant TEXT NOT NULL,
@@ -38,7 +40,7 @@ CREATE TABLE branches (
 );
 
 CREATE TABLE saga_steps (
-    txn_id                TEXT NOT NULL REFERENCES transactions (id),
+    txn_id                TEXT COLLATE "C" NOT NULL REFERENCES transactions (id),
     idx                   BIGINT NOT NULL,
     name                  TEXT NOT NULL,
     participant           TEXT NOT NULL,

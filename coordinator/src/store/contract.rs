@@ -52,6 +52,10 @@ pub const ALL: &[(&str, Test)] = &[
         "a_whole_life_in_one_batch_reads_as_if_written_record_by_record",
         |open| Box::pin(a_whole_life_in_one_batch_reads_as_if_written_record_by_record(open)),
     ),
+    (
+        "recovery_gets_each_unfinished_transaction_with_its_own_parts",
+        |open| Box::pin(recovery_gets_each_unfinished_transaction_with_its_own_parts(open)),
+    ),
 ];
 
 /// Expands to one `#[tokio::test]` per contract test, each calling
@@ -68,6 +72,7 @@ macro_rules! store_contract {
             a_saga_keeps_its_definition_and_step_progress,
             a_decision_applies_only_to_an_active_transaction,
             a_whole_life_in_one_batch_reads_as_if_written_record_by_record,
+            recovery_gets_each_unfinished_transaction_with_its_own_parts,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -452,4 +457,76 @@ pub async fn a_whole_life_in_one_batch_reads_as_if_written_record_by_record(open
         "the last record wins"
     );
     assert_eq!(saga_view.steps[0].compensation_attempts, 1);
+}
+
+/// Recovery loads many transactions at once; each must get exactly its own
+/// branches and steps, whatever finished transactions sit between them.
+pub async fn recovery_gets_each_unfinished_transaction_with_its_own_parts(open: Open) {
+    let store = open().await;
+    let mut records = Vec::new();
+    let mut expected = Vec::new();
+    for n in 0..6u32 {
+        let id = TxnId::mint();
+        if n % 3 == 2 {
+            let steps: Vec<SagaStepDef> = (0..n)
+                .map(|i| SagaStepDef {
+                    name: format!("s{i}"),
+                    participant: "http://127.0.0.1:4".into(),
+                    kind: StepKind::Compensatable,
+                    action: vec![n as u8, i as u8],
+                    compensation: Some(vec![]),
+                    depends_on: if i == 0 { vec![] } else { vec![i as usize - 1] },
+                    attempt_timeout: std::time::Duration::from_secs(1),
+                    retry: RetryPolicy::default(),
+                })
+                .collect();
+            records.push(Record::SagaSubmitted {
+                id,
+                created_at_ms: 1,
+                idempotency_key: None,
+                description: None,
+                steps: steps.clone(),
+            });
+            expected.push((id, Vec::new(), steps));
+            continue;
+        }
+        records.push(begun(id, None));
+        let mut payloads = Vec::new();
+        for idx in 0..n {
+            let payload = vec![n as u8; idx as usize + 1];
+            records.push(Record::Enlisted {
+                id,
+                idx,
+                name: format!("b{idx}"),
+                participant: "http://127.0.0.1:1".into(),
+                payload: payload.clone(),
+            });
+            payloads.push(payload);
+        }
+        if n % 3 == 1 {
+            // Finished: recovery must not see it, nor hand its branches on.
+            records.push(Record::Ended {
+                id,
+                state: TxnState::Aborted,
+                at_ms: 2,
+                read_only: false,
+                reason: None,
+                branches: vec![],
+                steps: vec![],
+            });
+        } else {
+            expected.push((id, payloads, Vec::new()));
+        }
+    }
+    store.append(&records).await.expect("append");
+    let unfinished = store.unfinished().await.expect("unfinished");
+    let got: Vec<_> = unfinished
+        .iter()
+        .map(|u| (u.view.id, u.payloads.clone(), u.steps.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    for u in &unfinished {
+        assert_eq!(u.view.branches.len(), u.payloads.len());
+        assert_eq!(u.view.steps.len(), u.steps.len());
+    }
 }

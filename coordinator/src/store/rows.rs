@@ -193,3 +193,66 @@ pub(crate) fn steps_from_rows(
     }
     Ok((defs, views))
 }
+
+/// A branch row with its transaction's id, for loading many at once.
+#[derive(FromRow)]
+pub(crate) struct OwnedBranchRow {
+    pub(crate) txn_id: String,
+    #[sqlx(flatten)]
+    pub(crate) row: BranchRow,
+}
+
+/// A step row with its saga's id, for loading many at once.
+#[derive(FromRow)]
+pub(crate) struct OwnedStepRow {
+    pub(crate) txn_id: String,
+    #[sqlx(flatten)]
+    pub(crate) row: StepRow,
+}
+
+/// Every unfinished transaction from three result sets — transactions,
+/// their branches and their steps, each ordered by transaction id then
+/// index — so that recovery reads the store with three queries, not one or
+/// two per transaction.
+pub(crate) fn assemble_unfinished(
+    rows: Vec<TxnRow>,
+    branches: Vec<OwnedBranchRow>,
+    steps: Vec<OwnedStepRow>,
+) -> Result<Vec<super::Unfinished>, StoreError> {
+    let mut branches = branches.into_iter().peekable();
+    let mut steps = steps.into_iter().peekable();
+    let mut unfinished = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = row.id.clone();
+        let mut view = row.into_view()?;
+        let mut payloads = Vec::new();
+        // Rows of transactions that ended between the queries have no
+        // transaction row here: skip them.
+        while branches.peek().is_some_and(|b| b.txn_id < id) {
+            branches.next();
+        }
+        while let Some(branch) = branches.next_if(|b| b.txn_id == id) {
+            payloads.push(branch.row.payload.clone());
+            view.branches.push(branch.row.into_view()?);
+        }
+        while steps.peek().is_some_and(|s| s.txn_id < id) {
+            steps.next();
+        }
+        let mut step_rows = Vec::new();
+        while let Some(step) = steps.next_if(|s| s.txn_id == id) {
+            step_rows.push(step.row);
+        }
+        let mut defs = Vec::new();
+        if view.kind == TxnKind::Saga {
+            let (step_defs, step_views) = steps_from_rows(step_rows)?;
+            defs = step_defs;
+            view.steps = step_views;
+        }
+        unfinished.push(super::Unfinished {
+            view,
+            payloads,
+            steps: defs,
+        });
+    }
+    Ok(unfinished)
+}

@@ -15,7 +15,10 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::batch::{Group, Grouped};
-use super::rows::{BranchRow, StepRow, TxnRow, parse_id, steps_from_rows};
+use super::rows::{
+    BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble_unfinished, parse_id,
+    steps_from_rows,
+};
 use super::{ListQuery, Record, Store, StoreError, Unfinished};
 use crate::model::{SagaStepDef, StepView, TxnId, TxnKind, TxnView};
 
@@ -172,6 +175,7 @@ impl SqliteStore {
         rows.into_iter().map(TxnRow::into_view).collect()
     }
 
+    /// Three queries, whatever the number of unfinished transactions.
     async fn load_unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
         let rows: Vec<TxnRow> = sqlx::query_as(
             "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
@@ -181,36 +185,23 @@ impl SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut unfinished = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut view = row.into_view()?;
-            let branches: Vec<BranchRow> = sqlx::query_as(
-                "SELECT idx, name, participant, payload, state, vote, attempts, last_error
-                 FROM branches WHERE txn_id = ?1 ORDER BY idx",
-            )
-            .bind(view.id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-            let mut payloads = Vec::with_capacity(branches.len());
-            let mut views = Vec::with_capacity(branches.len());
-            for branch in branches {
-                payloads.push(branch.payload.clone());
-                views.push(branch.into_view()?);
-            }
-            view.branches = views;
-            let mut steps = Vec::new();
-            if view.kind == TxnKind::Saga {
-                let (defs, step_views) = self.load_steps(&view.id).await?;
-                steps = defs;
-                view.steps = step_views;
-            }
-            unfinished.push(Unfinished {
-                view,
-                payloads,
-                steps,
-            });
-        }
-        Ok(unfinished)
+        let branches: Vec<OwnedBranchRow> = sqlx::query_as(
+            "SELECT b.txn_id, b.idx, b.name, b.participant, b.payload, b.state, b.vote,
+                    b.attempts, b.last_error
+             FROM branches b JOIN transactions t ON t.id = b.txn_id
+             WHERE t.state IN ('active', 'committing', 'aborting')
+             ORDER BY b.txn_id, b.idx",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let steps: Vec<OwnedStepRow> = sqlx::query_as(
+            "SELECT s.* FROM saga_steps s JOIN transactions t ON t.id = s.txn_id
+             WHERE t.state IN ('running', 'compensating')
+             ORDER BY s.txn_id, s.idx",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        assemble_unfinished(rows, branches, steps)
     }
 }
 
