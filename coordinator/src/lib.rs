@@ -9,7 +9,8 @@
 //! - [`runtime`]: executes the effects — participant calls with deadlines,
 //!   the group-commit log writer, phase-2 retries with backoff, recovery,
 //!   the timeout sweeper.
-//! - [`store`]: the durable log behind a `Store` trait; SQLite by default.
+//! - [`store`]: the durable log behind a `Store` trait; SQLite by default,
+//!   PostgreSQL by URL, in-memory for deterministic simulation.
 //! - [`api`]: the `concord.v1.Coordinator` gRPC service: validation, then
 //!   the runtime; health and reflection.
 //! - [`node`]: one running node (store + runtime + server), as started by

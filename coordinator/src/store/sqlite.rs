@@ -2,8 +2,9 @@
 //! `synchronous=FULL`, so a committed batch has been fsynced (R1).
 //!
 //! Writes come only from the group-commit writer, one batch per database
-//! transaction; reads run concurrently on the pool's other connections (WAL
-//! lets readers proceed while the writer commits).
+//! transaction, regrouped into a few statements (`store::batch`); reads run
+//! concurrently on the pool's other connections (WAL lets readers proceed
+//! while the writer commits).
 
 use std::path::Path;
 use std::str::FromStr;
