@@ -230,18 +230,24 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                     } else {
                         "saga-before-step-record"
                     });
-                    let record = {
-                        let inner = saga.lock();
-                        Record::StepRecorded {
-                            id: saga.header.id,
-                            saga_state: state_of(&inner.machine),
-                            reason: inner.machine.reason().map(str::to_owned),
-                            step: LiveSaga::step_progress(&inner, step, status),
-                        }
-                    };
                     // §3: durable before any step depending on it starts.
-                    if !write_until_durable(&shared, vec![record]).await {
-                        return stop(&saga);
+                    // When the saga ends right after, nothing depends on it
+                    // and the end record, forced next, carries every step's
+                    // final progress: one forced write instead of two.
+                    let ends_next = matches!(queue.front(), Some(Effect::End { .. }));
+                    if !ends_next {
+                        let record = {
+                            let inner = saga.lock();
+                            Record::StepRecorded {
+                                id: saga.header.id,
+                                saga_state: state_of(&inner.machine),
+                                reason: inner.machine.reason().map(str::to_owned),
+                                step: LiveSaga::step_progress(&inner, step, status),
+                            }
+                        };
+                        if !write_until_durable(&shared, vec![record]).await {
+                            return stop(&saga);
+                        }
                     }
                     crash::point(if compensation {
                         "saga-after-compensation-record"
