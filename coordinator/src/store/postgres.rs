@@ -19,11 +19,11 @@ use tokio::sync::Mutex;
 
 use super::batch::{Group, Grouped};
 use super::rows::{
-    BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble_unfinished, parse_id,
-    steps_from_rows,
+    BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble, assemble_unfinished,
+    parse_id,
 };
 use super::{ListQuery, Record, Store, StoreError, Unfinished};
-use crate::model::{SagaStepDef, StepView, TxnId, TxnKind, TxnView};
+use crate::model::{TxnId, TxnKind, TxnView};
 
 /// Connections in the pool: the writer's plus readers.
 const POOL_CONNECTIONS: u32 = 8;
@@ -111,7 +111,6 @@ impl PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let mut view = row.into_view()?;
         let branches: Vec<BranchRow> = sqlx::query_as(
             "SELECT idx, name, participant, payload, state, vote, attempts, last_error
              FROM branches WHERE txn_id = $1 ORDER BY idx",
@@ -119,28 +118,15 @@ impl PostgresStore {
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        view.branches = branches
-            .into_iter()
-            .map(|b| b.into_view())
-            .collect::<Result<_, _>>()?;
-        if view.kind == TxnKind::Saga {
-            let (_, steps) = self.load_steps(id).await?;
-            view.steps = steps;
-        }
-        Ok(Some(view))
-    }
-
-    /// A saga's step definitions and views, in step order.
-    async fn load_steps(
-        &self,
-        id: &TxnId,
-    ) -> Result<(Vec<SagaStepDef>, Vec<StepView>), StoreError> {
-        let rows: Vec<StepRow> =
+        let steps: Vec<StepRow> = if row.kind == TxnKind::Saga.as_str() {
             sqlx::query_as("SELECT * FROM saga_steps WHERE txn_id = $1 ORDER BY idx")
                 .bind(id.to_string())
                 .fetch_all(&self.pool)
-                .await?;
-        steps_from_rows(rows)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(assemble(row, branches, steps)?.view))
     }
 
     async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {

@@ -89,7 +89,8 @@ pub(crate) struct BranchRow {
 }
 
 impl BranchRow {
-    pub(crate) fn into_view(self) -> Result<BranchView, StoreError> {
+    /// The branch as operators see it, and its payload.
+    pub(crate) fn into_parts(self) -> Result<(BranchView, Vec<u8>), StoreError> {
         let state = BranchState::parse(&self.state)
             .ok_or_else(|| StoreError::Corrupt(format!("branch state {:?}", self.state)))?;
         let vote = match self.vote.as_deref() {
@@ -98,7 +99,7 @@ impl BranchRow {
                 Some(VoteKind::parse(v).ok_or_else(|| StoreError::Corrupt(format!("vote {v:?}")))?)
             }
         };
-        Ok(BranchView {
+        let view = BranchView {
             name: self.name,
             participant: self.participant,
             state,
@@ -106,7 +107,8 @@ impl BranchRow {
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             last_error: self.last_error,
             payload_bytes: self.payload.len() as u64,
-        })
+        };
+        Ok((view, self.payload))
     }
 }
 
@@ -210,6 +212,34 @@ pub(crate) struct OwnedStepRow {
     pub(crate) row: StepRow,
 }
 
+/// One transaction from its row, its branch rows and its step rows (both
+/// in index order): what `Store::transaction` answers (its `view`) and what
+/// recovery needs.
+pub(crate) fn assemble(
+    row: TxnRow,
+    branches: Vec<BranchRow>,
+    steps: Vec<StepRow>,
+) -> Result<super::Unfinished, StoreError> {
+    let mut view = row.into_view()?;
+    let mut payloads = Vec::with_capacity(branches.len());
+    for branch in branches {
+        let (branch, payload) = branch.into_parts()?;
+        view.branches.push(branch);
+        payloads.push(payload);
+    }
+    let mut defs = Vec::new();
+    if view.kind == TxnKind::Saga {
+        let (step_defs, step_views) = steps_from_rows(steps)?;
+        defs = step_defs;
+        view.steps = step_views;
+    }
+    Ok(super::Unfinished {
+        view,
+        payloads,
+        steps: defs,
+    })
+}
+
 /// Every unfinished transaction from three result sets — transactions,
 /// their branches and their steps, each ordered by transaction id then
 /// index — so that recovery reads the store with three queries, not one or
@@ -223,36 +253,23 @@ pub(crate) fn assemble_unfinished(
     let mut steps = steps.into_iter().peekable();
     let mut unfinished = Vec::with_capacity(rows.len());
     for row in rows {
-        let id = row.id.clone();
-        let mut view = row.into_view()?;
-        let mut payloads = Vec::new();
         // Rows of transactions that ended between the queries have no
         // transaction row here: skip them.
-        while branches.peek().is_some_and(|b| b.txn_id < id) {
+        while branches.peek().is_some_and(|b| b.txn_id < row.id) {
             branches.next();
         }
-        while let Some(branch) = branches.next_if(|b| b.txn_id == id) {
-            payloads.push(branch.row.payload.clone());
-            view.branches.push(branch.row.into_view()?);
+        let mut own_branches = Vec::new();
+        while let Some(branch) = branches.next_if(|b| b.txn_id == row.id) {
+            own_branches.push(branch.row);
         }
-        while steps.peek().is_some_and(|s| s.txn_id < id) {
+        while steps.peek().is_some_and(|s| s.txn_id < row.id) {
             steps.next();
         }
-        let mut step_rows = Vec::new();
-        while let Some(step) = steps.next_if(|s| s.txn_id == id) {
-            step_rows.push(step.row);
+        let mut own_steps = Vec::new();
+        while let Some(step) = steps.next_if(|s| s.txn_id == row.id) {
+            own_steps.push(step.row);
         }
-        let mut defs = Vec::new();
-        if view.kind == TxnKind::Saga {
-            let (step_defs, step_views) = steps_from_rows(step_rows)?;
-            defs = step_defs;
-            view.steps = step_views;
-        }
-        unfinished.push(super::Unfinished {
-            view,
-            payloads,
-            steps: defs,
-        });
+        unfinished.push(assemble(row, own_branches, own_steps)?);
     }
     Ok(unfinished)
 }
