@@ -15,7 +15,9 @@ use concord_participant::{BeginOptions, ClientError, CommitOptions, CoordinatorC
 use concord_proto::v1 as pb;
 use support::proxy::Proxy;
 use support::saga::StepParticipant;
-use support::{TestParticipant, client, eventually, quick_config, start_coordinator};
+use support::{
+    TestParticipant, client, coordinator_step_state, eventually, quick_config, start_coordinator,
+};
 
 fn addr(url: &str) -> SocketAddr {
     url.trim_start_matches("http://")
@@ -280,4 +282,45 @@ async fn a_client_that_loses_the_commit_answer_learns_the_outcome_by_asking() {
         .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_step_whose_answers_are_lost_is_recorded_unknown_before_it_is_compensated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let client = client(&node);
+    let p = StepParticipant::start(dir.path(), "steps").await;
+    let proxy = Proxy::start(addr(&p.url)).await;
+    // Requests reach the participant, answers never come back: the action
+    // runs, the coordinator cannot know it did.
+    proxy.partition(false, true);
+    let accepted = Saga::new()
+        .step(
+            Step::new("a", proxy.url())
+                .action("ok")
+                .compensation("stuck")
+                .attempt_timeout(Duration::from_millis(200))
+                .retry(RetryPolicy::attempts(2, Duration::from_millis(10))),
+        )
+        .submit(&client)
+        .await
+        .expect("submit");
+    let id = accepted.transaction_id;
+    let recorded = eventually("step a recorded", || async {
+        coordinator_step_state(&coordinator_dir, &id, 0)
+            .await
+            .filter(|state| state != "pending")
+    })
+    .await;
+    // I4: past its budget the step may have run, and that is what must be
+    // on disk before its compensation goes out. A record saying
+    // "compensating" would read as "never finished" after a restart, and
+    // the saga would go forward over a compensation already sent.
+    assert_eq!(recorded, "unknown");
+    assert_eq!(p.effects(&id).await, ["action:a"]);
+    assert_eq!(
+        state(&client, &id).await,
+        pb::TransactionState::Compensating
+    );
 }

@@ -196,6 +196,28 @@ where
     (url, stop, task)
 }
 
+/// A saga step's recorded state (by index) as the coordinator's SQLite file
+/// has it, read through a separate connection.
+pub async fn coordinator_step_state(data_dir: &Path, id: &str, idx: i64) -> Option<String> {
+    let options = SqliteConnectOptions::new()
+        .filename(data_dir.join("concord.db"))
+        .read_only(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .ok()?;
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT state FROM saga_steps WHERE txn_id = ?1 AND idx = ?2")
+            .bind(id)
+            .bind(idx)
+            .fetch_optional(&pool)
+            .await
+            .ok()?;
+    pool.close().await;
+    row.map(|(state,)| state)
+}
+
 /// A transaction's state as the coordinator's SQLite file has it, read
 /// through a separate connection.
 pub async fn coordinator_state(data_dir: &Path, id: &str) -> Option<String> {
