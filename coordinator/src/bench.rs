@@ -343,6 +343,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 store,
                 runtime: RuntimeConfig::default(),
                 limits: Limits::default(),
+                node_name: None,
+                lease: crate::node::DEFAULT_LEASE,
             })
             .await
             .context("starting the in-process coordinator")?;
@@ -636,6 +638,8 @@ async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
         store: location,
         runtime: RuntimeConfig::default(),
         limits: Limits::default(),
+        node_name: None,
+        lease: crate::node::DEFAULT_LEASE,
     })
     .await
     .context("starting the coordinator")?;

@@ -44,9 +44,23 @@ struct ServeArgs {
     data_dir: PathBuf,
 
     /// Database URL overriding --data-dir: sqlite:///var/lib/concord/log.db,
-    /// or postgres://user:password@host/db (one node per database for now).
+    /// or postgres://user:password@host/db (several nodes may share one
+    /// PostgreSQL database: see --node-name and --lease-ms).
     #[arg(long, env = "CONCORD_DATABASE_URL")]
     database_url: Option<String>,
+
+    /// On PostgreSQL: this node's name among the nodes sharing the database;
+    /// a restart under the same name takes over the previous start's
+    /// transactions at once. Default: the advertised URL.
+    #[arg(long, env = "CONCORD_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// On PostgreSQL: how long a node's lease lasts without renewal, in ms
+    /// (renewed every third of it). A node silent for longer is declared
+    /// gone and its transactions are taken over. Same value on every node.
+    #[arg(long, env = "CONCORD_LEASE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(300..=600_000))]
+    lease_ms: u64,
 
     /// The URL participants reach this node at, sent with every call so they
     /// know whom to ask about in-doubt branches. Default: http://<listen>.
@@ -145,6 +159,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_payload_bytes: usize::try_from(args.max_payload_bytes).unwrap_or(usize::MAX),
             max_saga_steps: usize::try_from(args.max_saga_steps).unwrap_or(usize::MAX),
         },
+        node_name: args.node_name,
+        lease: ms(args.lease_ms),
     };
     let mut node = Node::start(config)
         .await

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Limits};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::postgres::PostgresStore;
+use crate::store::postgres::{Membership, PostgresStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -25,12 +25,21 @@ pub enum StoreLocation {
     Url(String),
 }
 
+/// The lease of a node on a shared store when none is configured.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub listen: SocketAddr,
     pub store: StoreLocation,
     pub runtime: RuntimeConfig,
     pub limits: Limits,
+    /// On PostgreSQL: this node's name among the nodes sharing the database
+    /// (default: its advertised URL). A restart under the same name takes
+    /// over the previous start's transactions at once.
+    pub node_name: Option<String>,
+    /// On PostgreSQL: how long a node's lease lasts without renewal.
+    pub lease: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,11 @@ pub enum NodeError {
     UnsupportedUrl(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(
+        "this node was declared gone by the others (paused or cut off from the database past \
+         its lease); they are finishing its transactions. Restart it to rejoin."
+    )]
+    LeaseLost,
 }
 
 /// A running node.
@@ -60,18 +74,6 @@ impl Node {
     /// Opens the store (applying migrations), recovers unfinished
     /// transactions, binds the listener and starts serving.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
-        let store: Arc<dyn Store> = match &config.store {
-            StoreLocation::DataDir(dir) => Arc::new(SqliteStore::open_dir(dir).await?),
-            StoreLocation::Url(url) if url.starts_with("sqlite:") => {
-                Arc::new(SqliteStore::open_url(url).await?)
-            }
-            StoreLocation::Url(url)
-                if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
-            {
-                Arc::new(PostgresStore::open_url(url).await?)
-            }
-            StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
-        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -87,6 +89,26 @@ impl Node {
         if runtime_config.advertised_url.is_empty() {
             runtime_config.advertised_url = format!("http://{addr}");
         }
+        let store: Arc<dyn Store> = match &config.store {
+            StoreLocation::DataDir(dir) => Arc::new(SqliteStore::open_dir(dir).await?),
+            StoreLocation::Url(url) if url.starts_with("sqlite:") => {
+                Arc::new(SqliteStore::open_url(url).await?)
+            }
+            StoreLocation::Url(url)
+                if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+            {
+                let membership = Membership {
+                    name: config
+                        .node_name
+                        .clone()
+                        .unwrap_or_else(|| runtime_config.advertised_url.clone()),
+                    address: runtime_config.advertised_url.clone(),
+                    lease: config.lease,
+                };
+                Arc::new(PostgresStore::open(url, membership).await?)
+            }
+            StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
+        };
         let runtime = Runtime::start(store, runtime_config).await?;
         let stop = CancellationToken::new();
         let server = tokio::spawn(api::serve(
@@ -131,11 +153,16 @@ impl Node {
         }
     }
 
-    /// Resolves when the server stops by itself (an error).
+    /// Resolves when the node stops by itself: the server failed, or the
+    /// other nodes declared this one gone (then it must not go on serving).
     pub async fn wait(&mut self) -> Result<(), NodeError> {
-        match (&mut self.server).await {
-            Ok(result) => result.map_err(NodeError::from),
-            Err(_) => Ok(()),
+        let lease_lost = self.runtime.lease_lost();
+        tokio::select! {
+            served = &mut self.server => match served {
+                Ok(result) => result.map_err(NodeError::from),
+                Err(_) => Ok(()),
+            },
+            () = lease_lost.cancelled() => Err(NodeError::LeaseLost),
         }
     }
 }

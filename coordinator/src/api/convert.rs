@@ -151,8 +151,15 @@ pub fn status(error: Error) -> tonic::Status {
         }
         Error::BranchConflict { .. } => tonic::Status::already_exists(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
-        Error::Unavailable(_) | Error::ShuttingDown | Error::Store(_) => {
+        Error::Unavailable(_) | Error::ShuttingDown | Error::Store(_) | Error::TakenOver(_) => {
             tonic::Status::unavailable(message)
+        }
+        Error::OwnedElsewhere { address, .. } => {
+            let mut status = tonic::Status::unavailable(message);
+            if let Ok(owner) = address.parse() {
+                status.metadata_mut().insert(super::forward::OWNER, owner);
+            }
+            status
         }
     }
 }

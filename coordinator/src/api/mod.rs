@@ -2,6 +2,9 @@
 //! ([`validate`]), hands it to the runtime, and maps the answer or error to
 //! the wire ([`convert`]). Also assembles the server with gRPC health and
 //! reflection ([`serve`]).
+//!
+//! On a store several nodes share, a call about a transaction another live
+//! node owns is forwarded there, one hop at most ([`forward`], DESIGN §6).
 
 use std::time::Duration;
 
@@ -12,10 +15,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::protocol::two_phase::{Decision, Outcome};
-use crate::runtime::{BeginTxn, Committed, EnlistBranch, Runtime, SubmitSaga};
+use crate::runtime::{BeginTxn, Committed, EnlistBranch, Error, Runtime, SubmitSaga};
 use crate::store::ListQuery;
 
 pub mod convert;
+pub mod forward;
 pub mod validate;
 
 pub use validate::Limits;
@@ -24,11 +28,16 @@ pub use validate::Limits;
 pub struct CoordinatorService {
     runtime: Runtime,
     limits: Limits,
+    forward: forward::Forwarder,
 }
 
 impl CoordinatorService {
     pub fn new(runtime: Runtime, limits: Limits) -> Self {
-        Self { runtime, limits }
+        Self {
+            runtime,
+            limits,
+            forward: forward::Forwarder::default(),
+        }
     }
 }
 
@@ -89,23 +98,30 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::EnlistRequest>,
     ) -> Result<Response<pb::EnlistResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let participant = validate::endpoint("participant", &request.participant)?;
         validate::payload(&self.limits, &request.payload)?;
         let name = validate::branch_name(&request.branch)?;
-        let enlisted = self
+        let result = self
             .runtime
             .enlist(
                 id,
                 EnlistBranch {
                     participant,
-                    payload: request.payload,
+                    payload: request.payload.clone(),
                     name,
                 },
             )
-            .await
-            .map_err(convert::status)?;
+            .await;
+        let enlisted = match result {
+            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                let mut owner = self.forward.client(&address)?;
+                return owner.enlist(hop.request(request)).await;
+            }
+            other => other.map_err(convert::status)?,
+        };
         Ok(Response::new(pb::EnlistResponse {
             branch: enlisted.name,
             created: enlisted.created,
@@ -116,6 +132,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let prepare_timeout = validate::optional_ms(
@@ -124,11 +141,17 @@ impl Coordinator for CoordinatorService {
             1,
             validate::MAX_PREPARE_TIMEOUT_MS,
         )?;
-        let committed = self
+        let result = self
             .runtime
             .commit(id, request.wait_for_completion, prepare_timeout)
-            .await
-            .map_err(convert::status)?;
+            .await;
+        let committed = match result {
+            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                let mut owner = self.forward.client(&address)?;
+                return owner.commit(hop.request(request)).await;
+            }
+            other => other.map_err(convert::status)?,
+        };
         Ok(Response::new(commit_response(&committed)))
     }
 
@@ -136,15 +159,18 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let reason = validate::text("reason", &request.reason)?
             .unwrap_or_else(|| "rolled back by the client".into());
-        let state = self
-            .runtime
-            .rollback(id, reason)
-            .await
-            .map_err(convert::status)?;
+        let state = match self.runtime.rollback(id, reason).await {
+            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                let mut owner = self.forward.client(&address)?;
+                return owner.rollback(hop.request(request)).await;
+            }
+            other => other.map_err(convert::status)?,
+        };
         Ok(Response::new(pb::RollbackResponse {
             state: convert::state(state).into(),
         }))
@@ -218,8 +244,17 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetOutcomeRequest>,
     ) -> Result<Response<pb::GetOutcomeResponse>, Status> {
-        let id = validate::txn_id("transaction_id", &request.into_inner().transaction_id)?;
-        let outcome = match self.runtime.outcome(id).await.map_err(convert::status)? {
+        let hop = forward::Hop::of(&request);
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let decision = match self.runtime.outcome(id).await {
+            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                let mut owner = self.forward.client(&address)?;
+                return owner.get_outcome(hop.request(request)).await;
+            }
+            other => other.map_err(convert::status)?,
+        };
+        let outcome = match decision {
             None => pb::Outcome::Undecided,
             Some(Decision::Commit) => pb::Outcome::Committed,
             Some(Decision::Abort) => pb::Outcome::Aborted,

@@ -23,6 +23,7 @@ use crate::store::Record;
 use super::Shared;
 use super::crash;
 use super::live::{Inner, LiveTxn};
+use super::log::LogError;
 use super::mailbox::Delivery;
 use super::participants::AbortAnswer;
 
@@ -105,8 +106,10 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     txn.lock().decided_at_ms = Some(at_ms);
                     let record = Record::Decided { id: txn.id, at_ms };
                     // R1: nothing goes further until the decision is durable.
-                    if !write_until_durable(&shared, vec![record]).await {
-                        return stop(&txn);
+                    match write_until_durable(&shared, vec![record]).await {
+                        Written::Durable => {}
+                        Written::Stopped => return stop(&txn),
+                        Written::Fenced => return taken_over(&shared, &txn),
                     }
                     crash::point("2pc-after-decision");
                     queue.extend(apply(&txn, Event::DecisionDurable));
@@ -148,8 +151,10 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     };
                     // Waited for, so that once the transaction leaves memory
                     // the store shows it ended.
-                    if !write_until_durable(&shared, vec![record]).await {
-                        return stop(&txn);
+                    match write_until_durable(&shared, vec![record]).await {
+                        Written::Durable => {}
+                        Written::Stopped => return stop(&txn),
+                        Written::Fenced => return taken_over(&shared, &txn),
                     }
                     shared.forget(&txn);
                     txn.ended.send_replace(true);
@@ -175,24 +180,47 @@ fn stop(txn: &LiveTxn) {
     tracing::debug!("driver stopped by shutdown");
 }
 
-/// Writes `records`, retrying with backoff while the store fails. Returns
-/// false only when the coordinator is shutting down.
-pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> bool {
+/// Lets go of a transaction another node took over (DESIGN §6): its write
+/// was refused, so this node must not act on it any further. Clients waiting
+/// here are told to ask for the outcome; the new owner finishes it.
+pub(super) fn taken_over(shared: &Shared, txn: &LiveTxn) {
+    txn.lock().mailbox.stopped();
+    tracing::warn!(
+        "another coordinator node took this transaction over; this node's write was refused \
+         (fencing) and it lets the transaction go"
+    );
+    shared.forget(txn);
+    txn.ended.send_replace(true);
+}
+
+/// How [`write_until_durable`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    Durable,
+    /// The coordinator is shutting down; recovery finishes the transaction.
+    Stopped,
+    /// Another node owns the transaction now; nothing was written.
+    Fenced,
+}
+
+/// Writes `records`, retrying with backoff while the store fails.
+pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> Written {
     let mut delays = shared.config.retry.build();
     loop {
         let attempt = shared.log.force(records.clone());
         let result = tokio::select! {
             biased;
-            () = shared.shutdown.cancelled() => return false,
+            () = shared.shutdown.cancelled() => return Written::Stopped,
             result = attempt => result,
         };
         match result {
-            Ok(()) => return true,
+            Ok(()) => return Written::Durable,
+            Err(LogError::Fenced) => return Written::Fenced,
             Err(error) => {
                 let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
                 tracing::warn!(%error, ?delay, "log write failed; retrying");
                 tokio::select! {
-                    () = shared.shutdown.cancelled() => return false,
+                    () = shared.shutdown.cancelled() => return Written::Stopped,
                     () = tokio::time::sleep(delay) => {}
                 }
             }

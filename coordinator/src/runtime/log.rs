@@ -12,6 +12,10 @@
 //! the returned [`Durable`] resolves once they are on disk (R1). Records
 //! nobody waits for (presumed-abort records, R2) are simply not awaited.
 //!
+//! On a store several nodes share, a record of a transaction another node
+//! has taken over is refused (fencing, DESIGN §6); its waiter gets
+//! [`LogError::Fenced`] while the rest of the batch is written.
+//!
 //! The queue is unbounded: what is in it is bounded by the transactions in
 //! flight, each of which has at most a few records queued at a time.
 
@@ -21,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::model::TxnId;
 use crate::store::{Record, Store, StoreError};
 
 /// Records per database transaction at most. Larger batches amortise the
@@ -29,7 +34,14 @@ pub const MAX_BATCH_RECORDS: usize = 4096;
 
 struct Submission {
     records: Vec<Record>,
-    done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+    done: Option<oneshot::Sender<Result<(), LogError>>>,
+}
+
+/// One caller waiting for its records: the transaction they are about (a
+/// submission's records all are about one) and where to send the answer.
+struct Waiter {
+    txn: Option<TxnId>,
+    done: oneshot::Sender<Result<(), LogError>>,
 }
 
 /// Why a forced write did not become durable.
@@ -39,6 +51,8 @@ pub enum LogError {
     Store(Arc<StoreError>),
     #[error("the log writer has stopped (shutting down)")]
     Stopped,
+    #[error("refused: another coordinator node took this transaction over (fencing)")]
+    Fenced,
 }
 
 /// A handle to the writer task; cheap to clone.
@@ -48,13 +62,12 @@ pub struct LogWriter {
 }
 
 /// Resolves once the records it was returned for are durable.
-pub struct Durable(Result<oneshot::Receiver<Result<(), Arc<StoreError>>>, LogError>);
+pub struct Durable(Result<oneshot::Receiver<Result<(), LogError>>, LogError>);
 
 impl Durable {
     pub async fn wait(self) -> Result<(), LogError> {
         match self.0?.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(LogError::Store(error)),
+            Ok(result) => result,
             Err(_) => Err(LogError::Stopped),
         }
     }
@@ -95,7 +108,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut batch: Vec<Record> = Vec::new();
-    let mut waiters: Vec<oneshot::Sender<Result<(), Arc<StoreError>>>> = Vec::new();
+    let mut waiters: Vec<Waiter> = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -120,23 +133,29 @@ async fn run(
             tracing::error!(%error, records = batch.len(), "log batch failed; nothing in it was applied");
         }
         for waiter in waiters.drain(..) {
+            let answer = match &result {
+                Ok(appended) if waiter.txn.is_some_and(|id| appended.fenced.contains(&id)) => {
+                    Err(LogError::Fenced)
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(LogError::Store(Arc::clone(error))),
+            };
             // A waiter that gave up (its caller was cancelled) is fine to skip.
-            let _ = waiter.send(result.clone());
+            let _ = waiter.done.send(answer);
         }
         batch.clear();
     }
     tracing::debug!("log writer stopped");
 }
 
-fn take(
-    submission: Submission,
-    batch: &mut Vec<Record>,
-    waiters: &mut Vec<oneshot::Sender<Result<(), Arc<StoreError>>>>,
-) {
-    batch.extend(submission.records);
+fn take(submission: Submission, batch: &mut Vec<Record>, waiters: &mut Vec<Waiter>) {
     if let Some(done) = submission.done {
-        waiters.push(done);
+        waiters.push(Waiter {
+            txn: submission.records.first().map(Record::txn_id),
+            done,
+        });
     }
+    batch.extend(submission.records);
 }
 
 #[cfg(test)]
@@ -150,7 +169,7 @@ mod tests {
 
     use super::*;
     use crate::model::{TxnId, TxnView};
-    use crate::store::{ListQuery, Unfinished};
+    use crate::store::{Appended, ListQuery, Unfinished};
 
     /// Records each batch it is handed; each append takes 20 ms, like a
     /// slow fsync, and can be told to fail.
@@ -161,14 +180,17 @@ mod tests {
     }
 
     impl Store for SlowStore {
-        fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+        fn append<'a>(
+            &'a self,
+            batch: &'a [Record],
+        ) -> BoxFuture<'a, Result<Appended, StoreError>> {
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if self.fail.load(Ordering::SeqCst) {
                     return Err(StoreError::Corrupt("disk on fire".into()));
                 }
                 self.batches.lock().expect("lock").push(batch.len());
-                Ok(())
+                Ok(Appended::default())
             }
             .boxed()
         }

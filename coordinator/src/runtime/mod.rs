@@ -20,6 +20,8 @@
 //! - [`mailbox`]: the hand-off of effects to a transaction's one driver.
 //! - [`participants`]: channels and calls to participants.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
+//! - [`lease`]: on a store several nodes share, this node's lease and the
+//!   takeover of gone nodes' transactions (DESIGN §6).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,11 +36,12 @@ use tokio_util::task::TaskTracker;
 use crate::model::{SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView};
 use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{Decision, Event, Outcome, Rejected, TwoPhase};
-use crate::store::{ListQuery, Record, Store, StoreError};
+use crate::store::{ListQuery, Record, Store, StoreError, Unfinished};
 
 pub mod clock;
 pub mod crash;
 pub mod driver;
+pub mod lease;
 pub mod live;
 pub mod log;
 pub mod mailbox;
@@ -145,6 +148,17 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
     NotTwoPhase(TxnId),
+    /// DESIGN §6: another live node owns the transaction; the API forwards
+    /// the call there.
+    #[error("transaction {id} is owned by the coordinator node at {address}; send the call there")]
+    OwnedElsewhere { id: TxnId, address: String },
+    /// DESIGN §6: this node was cut off past its lease and another node took
+    /// the transaction over; its write here was refused (fencing).
+    #[error(
+        "transaction {0} was taken over by another coordinator node while this one was \
+         unreachable past its lease; ask any node for its outcome (GetTransaction)"
+    )]
+    TakenOver(TxnId),
 }
 
 /// What SubmitSaga asks for; the steps are validated already.
@@ -245,6 +259,9 @@ pub(crate) struct Shared {
     begin_keys: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Fired when another node declared this one gone (DESIGN §6): the node
+    /// must stop serving.
+    lease_lost: CancellationToken,
 }
 
 impl Shared {
@@ -305,22 +322,43 @@ impl Runtime {
             begin_keys: tokio::sync::Mutex::new(()),
             tasks,
             shutdown,
+            lease_lost: CancellationToken::new(),
         });
         let runtime = Self { shared };
-        runtime.recover().await?;
+        let unfinished = runtime.shared.store.claim_unfinished().await?;
+        adopt(&runtime.shared, unfinished);
         runtime
             .shared
             .tasks
             .spawn(sweep(Arc::clone(&runtime.shared)));
+        if runtime.shared.store.cluster().is_some() {
+            runtime
+                .shared
+                .tasks
+                .spawn(lease::keep(Arc::clone(&runtime.shared)));
+        }
         Ok(runtime)
     }
 
     /// Stops every task: drivers leave unfinished work to recovery, the log
-    /// writer writes what is queued. Returns when all have ended.
+    /// writer writes what is queued. Returns when all have ended. On a shared
+    /// store the node then gives up its lease, so that the others take over
+    /// what is left at once.
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        if let Some(cluster) = self.shared.store.cluster()
+            && !self.shared.lease_lost.is_cancelled()
+            && let Err(error) = cluster.leave().await
+        {
+            tracing::warn!(%error, "could not give up the lease; the others take over once it expires");
+        }
+    }
+
+    /// Fires when another node declared this one gone: it must stop.
+    pub fn lease_lost(&self) -> CancellationToken {
+        self.shared.lease_lost.clone()
     }
 
     /// Transactions in memory (not yet ended).
@@ -547,6 +585,12 @@ impl Runtime {
                     () = self.shared.shutdown.cancelled() => return Err(Error::ShuttingDown),
                 }
             }
+            if live_saga
+                .taken_over
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(Error::TakenOver(id));
+            }
             let view = live_saga.view(false);
             return Ok(SagaAccepted {
                 id,
@@ -597,6 +641,10 @@ impl Runtime {
             let name = name.clone();
             async move {
                 let error = durable.wait().await.err()?;
+                if matches!(error, log::LogError::Fenced) {
+                    driver::taken_over(&shared, &txn);
+                    return Some(Error::TakenOver(txn.id));
+                }
                 // The branch may or may not be on disk: abort, which is safe
                 // either way (R2), rather than commit with a branch we might
                 // forget.
@@ -607,11 +655,11 @@ impl Runtime {
                 }) {
                     driver::dispatch(&shared, &txn, &mut inner, effects);
                 }
-                Some(reason)
+                Some(Error::Unavailable(reason))
             }
         };
-        if let Some(reason) = self.detached(settle).await? {
-            return Err(Error::Unavailable(reason));
+        if let Some(error) = self.detached(settle).await? {
+            return Err(error);
         }
         Ok(Enlisted {
             name,
@@ -775,8 +823,41 @@ impl Runtime {
             Some(TxnState::Committed | TxnState::Committing | TxnState::Completed) => {
                 Decision::Commit
             }
+            // Active in the store but not in memory here: on a shared store
+            // another node may be deciding it right now, so only the owner
+            // may answer (DESIGN §6). On a node's own store it cannot be
+            // live anywhere: presumed abort (R2).
+            Some(TxnState::Active) if self.shared.store.cluster().is_some() => {
+                return Err(self.elsewhere(id).await);
+            }
+            Some(TxnState::Running | TxnState::Compensating) => return Ok(None),
             _ => Decision::Abort,
         }))
+    }
+
+    /// Why a transaction unfinished in the store is not in memory here, as
+    /// the error to answer: on a shared store, where it is being driven.
+    async fn elsewhere(&self, id: TxnId) -> Error {
+        let not_loaded =
+            || Error::Unavailable(format!("transaction {id} is not loaded yet; retry"));
+        let Some(cluster) = self.shared.store.cluster() else {
+            return not_loaded();
+        };
+        match cluster.owner_of(&id).await {
+            Ok(None) => Error::NotFound(id),
+            Ok(Some(owner)) if owner.is_self => not_loaded(),
+            Ok(Some(owner)) if owner.live && !owner.address.is_empty() => Error::OwnedElsewhere {
+                id,
+                address: owner.address,
+            },
+            Ok(Some(owner)) => Error::Unavailable(format!(
+                "transaction {id} belongs to coordinator node {}, which is gone; a live node \
+                 takes it over within one lease ({} ms); retry",
+                owner.node,
+                cluster.lease().as_millis()
+            )),
+            Err(error) => Error::Store(error),
+        }
     }
 
     async fn live_or_finished(&self, id: TxnId) -> Result<Arc<LiveTxn>, Error> {
@@ -785,6 +866,7 @@ impl Runtime {
         }
         match self.shared.store.transaction(&id).await? {
             Some(view) if view.kind == TxnKind::Saga => Err(Error::NotTwoPhase(id)),
+            Some(view) if view.state == TxnState::Active => Err(self.elsewhere(id).await),
             Some(view) => Err(Error::Finished {
                 id,
                 state: view.state,
@@ -811,11 +893,7 @@ impl Runtime {
             TxnState::Aborted | TxnState::Aborting => Outcome::Aborted {
                 reason: view.reason.unwrap_or_default(),
             },
-            _ => {
-                return Err(Error::Unavailable(format!(
-                    "transaction {id} is not loaded yet; retry"
-                )));
-            }
+            _ => return Err(self.elsewhere(id).await),
         };
         Ok(Committed {
             outcome,
@@ -824,13 +902,19 @@ impl Runtime {
     }
 
     /// Waits for the decision to be announced (after R1's durable write).
+    /// A transaction that ends unannounced was taken over by another node.
     async fn announced(&self, txn: &LiveTxn) -> Result<Outcome, Error> {
         let mut outcome = txn.outcome.subscribe();
+        let mut ended = txn.ended.subscribe();
         tokio::select! {
             biased;
             result = outcome.wait_for(Option::is_some) => match result {
                 Ok(outcome) => Ok(outcome.clone().ok_or(Error::ShuttingDown)?),
                 Err(_) => Err(Error::ShuttingDown),
+            },
+            _ = ended.wait_for(|ended| *ended) => match txn.outcome.borrow().clone() {
+                Some(outcome) => Ok(outcome),
+                None => Err(Error::TakenOver(txn.id)),
             },
             () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
@@ -844,135 +928,137 @@ impl Runtime {
             () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
     }
+}
 
-    /// Loads every unfinished transaction and starts finishing it. 2PC: with
-    /// a durable COMMITTED decision, phase 2 again (R3); without, abort (R2).
-    /// Sagas: forward or backward from their step records (§3). At most
-    /// `recovery_concurrency` are driven at once.
-    async fn recover(&self) -> Result<(), StoreError> {
-        let shared = &self.shared;
-        let unfinished = shared.store.unfinished().await?;
-        if unfinished.is_empty() {
-            return Ok(());
+/// Takes unfinished transactions into memory and starts finishing them: at
+/// start every one this node must finish (recovery), later those it took
+/// over from gone nodes (DESIGN §6). 2PC: with a durable COMMITTED decision,
+/// phase 2 again (R3); without, abort (R2). Sagas: forward or backward from
+/// their step records (§3). At most `recovery_concurrency` are driven at
+/// once, in the background, while new requests are served.
+fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
+    if unfinished.is_empty() {
+        return;
+    }
+    tracing::info!(
+        count = unfinished.len(),
+        "recovering unfinished transactions"
+    );
+    let mut pending: Vec<Recovered> = Vec::with_capacity(unfinished.len());
+    for record in unfinished {
+        let view = record.view;
+        if shared.live.contains_key(&view.id) || shared.sagas.contains_key(&view.id) {
+            continue;
         }
-        tracing::info!(
-            count = unfinished.len(),
-            "recovering unfinished transactions"
-        );
-        let mut pending: Vec<Recovered> = Vec::with_capacity(unfinished.len());
-        for record in unfinished {
-            let view = record.view;
-            let header = TxnHeader {
-                id: view.id,
-                created_at_ms: view.created_at_ms,
-                deadline_ms: view.deadline_ms,
-                idempotency_key: view.idempotency_key.clone(),
-                description: view.description.clone(),
-            };
-            if let Some(key) = &view.idempotency_key {
-                shared.keys().insert(key.clone(), view.id);
-            }
-            if view.kind == TxnKind::Saga {
-                let shapes = record
-                    .steps
-                    .iter()
-                    .map(|step| StepShape {
-                        kind: step.kind,
-                        depends_on: step.depends_on.clone(),
-                    })
-                    .collect();
-                let recorded: Vec<Option<StepStatus>> = view
-                    .steps
-                    .iter()
-                    .map(|step| (step.status != StepStatus::Pending).then_some(step.status))
-                    .collect();
-                let (machine, effects) = Saga::recover(shapes, &recorded, view.reason.clone());
-                let progress = view
-                    .steps
-                    .iter()
-                    .map(|step| saga::Progress {
-                        attempts: step.attempts,
-                        compensation_attempts: step.compensation_attempts,
-                        last_error: step.last_error.clone(),
-                    })
-                    .collect();
-                let live_saga = Arc::new(LiveSaga::new(header, record.steps, machine, progress));
-                shared.sagas.insert(view.id, Arc::clone(&live_saga));
-                pending.push(Recovered::Saga(live_saga, effects));
-                continue;
-            }
-            let decision = match view.state {
-                TxnState::Committing => Some(Decision::Commit),
-                TxnState::Aborting => Some(Decision::Abort),
-                _ => None,
-            };
-            let (machine, effects) =
-                TwoPhase::recover(view.branches.len(), decision, view.reason.clone());
-            let branches = view
-                .branches
-                .into_iter()
-                .zip(record.payloads)
-                .map(|(branch, payload)| BranchInfo {
-                    name: branch.name,
-                    participant: branch.participant,
-                    payload,
-                    vote: branch.vote,
-                    attempts: branch.attempts,
-                    last_error: branch.last_error,
+        let header = TxnHeader {
+            id: view.id,
+            created_at_ms: view.created_at_ms,
+            deadline_ms: view.deadline_ms,
+            idempotency_key: view.idempotency_key.clone(),
+            description: view.description.clone(),
+        };
+        if let Some(key) = &view.idempotency_key {
+            shared.keys().insert(key.clone(), view.id);
+        }
+        if view.kind == TxnKind::Saga {
+            let shapes = record
+                .steps
+                .iter()
+                .map(|step| StepShape {
+                    kind: step.kind,
+                    depends_on: step.depends_on.clone(),
                 })
                 .collect();
-            let txn = Arc::new(LiveTxn::new(
-                header,
-                machine,
-                branches,
-                shared.config.default_prepare_timeout,
-            ));
-            txn.lock().decided_at_ms = view.decided_at_ms;
-            if let Some(announced) = txn.lock().machine.announced().cloned() {
-                txn.outcome.send_replace(Some(announced));
-            }
-            shared.live.insert(view.id, Arc::clone(&txn));
-            pending.push(Recovered::TwoPhase(txn, effects));
+            let recorded: Vec<Option<StepStatus>> = view
+                .steps
+                .iter()
+                .map(|step| (step.status != StepStatus::Pending).then_some(step.status))
+                .collect();
+            let (machine, effects) = Saga::recover(shapes, &recorded, view.reason.clone());
+            let progress = view
+                .steps
+                .iter()
+                .map(|step| saga::Progress {
+                    attempts: step.attempts,
+                    compensation_attempts: step.compensation_attempts,
+                    last_error: step.last_error.clone(),
+                })
+                .collect();
+            let live_saga = Arc::new(LiveSaga::new(header, record.steps, machine, progress));
+            shared.sagas.insert(view.id, Arc::clone(&live_saga));
+            pending.push(Recovered::Saga(live_saga, effects));
+            continue;
         }
-        // Drive the backlog in the background, a bounded number at a time,
-        // while new requests are served.
-        let permits = Arc::new(Semaphore::new(shared.config.recovery_concurrency.max(1)));
-        let driver_shared = Arc::clone(shared);
-        shared.tasks.spawn(async move {
-            for recovered in pending {
-                let permit = tokio::select! {
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                    () = driver_shared.shutdown.cancelled() => return,
-                };
-                let mut ended = match recovered {
-                    Recovered::TwoPhase(txn, effects) => {
-                        let mut inner = txn.lock();
-                        driver::dispatch(&driver_shared, &txn, &mut inner, effects);
-                        txn.ended.subscribe()
-                    }
-                    Recovered::Saga(live_saga, effects) => {
-                        let mut inner = live_saga.lock();
-                        saga::dispatch(&driver_shared, &live_saga, &mut inner, effects);
-                        live_saga.ended.subscribe()
-                    }
-                };
-                // The permit returns when this transaction ends, or at
-                // shutdown (which must not wait for it).
-                let shutdown = driver_shared.shutdown.clone();
-                driver_shared.tasks.spawn(async move {
-                    let _permit = permit;
-                    tokio::select! {
-                        _ = ended.wait_for(|ended| *ended) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Ok(())
+        let decision = match view.state {
+            TxnState::Committing => Some(Decision::Commit),
+            TxnState::Aborting => Some(Decision::Abort),
+            _ => None,
+        };
+        let (machine, effects) =
+            TwoPhase::recover(view.branches.len(), decision, view.reason.clone());
+        let branches = view
+            .branches
+            .into_iter()
+            .zip(record.payloads)
+            .map(|(branch, payload)| BranchInfo {
+                name: branch.name,
+                participant: branch.participant,
+                payload,
+                vote: branch.vote,
+                attempts: branch.attempts,
+                last_error: branch.last_error,
+            })
+            .collect();
+        let txn = Arc::new(LiveTxn::new(
+            header,
+            machine,
+            branches,
+            shared.config.default_prepare_timeout,
+        ));
+        txn.lock().decided_at_ms = view.decided_at_ms;
+        if let Some(announced) = txn.lock().machine.announced().cloned() {
+            txn.outcome.send_replace(Some(announced));
+        }
+        shared.live.insert(view.id, Arc::clone(&txn));
+        pending.push(Recovered::TwoPhase(txn, effects));
     }
+    // Drive the backlog in the background, a bounded number at a time,
+    // while new requests are served.
+    let permits = Arc::new(Semaphore::new(shared.config.recovery_concurrency.max(1)));
+    let driver_shared = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        for recovered in pending {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = driver_shared.shutdown.cancelled() => return,
+            };
+            let mut ended = match recovered {
+                Recovered::TwoPhase(txn, effects) => {
+                    let mut inner = txn.lock();
+                    driver::dispatch(&driver_shared, &txn, &mut inner, effects);
+                    txn.ended.subscribe()
+                }
+                Recovered::Saga(live_saga, effects) => {
+                    let mut inner = live_saga.lock();
+                    saga::dispatch(&driver_shared, &live_saga, &mut inner, effects);
+                    live_saga.ended.subscribe()
+                }
+            };
+            // The permit returns when this transaction ends, or at
+            // shutdown (which must not wait for it).
+            let shutdown = driver_shared.shutdown.clone();
+            driver_shared.tasks.spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = ended.wait_for(|ended| *ended) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+    });
 }
 
 /// A transaction loaded by recovery, with the effects that finish it.

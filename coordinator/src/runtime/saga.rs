@@ -22,7 +22,7 @@ use crate::store::{Record, StepProgress};
 
 use super::Shared;
 use super::crash;
-use super::driver::write_until_durable;
+use super::driver::{Written, write_until_durable};
 use super::live::TxnHeader;
 use super::mailbox::{Delivery, Mailbox};
 use super::participants::{BranchCall, ExecuteAnswer};
@@ -46,8 +46,11 @@ pub struct LiveSaga {
     pub steps: Vec<SagaStepDef>,
     inner: Mutex<SagaInner>,
     wake: Notify,
-    /// True once the saga ended and its end record is durable.
+    /// True once the saga ended and its end record is durable, or once
+    /// another node took it over.
     pub ended: watch::Sender<bool>,
+    /// Another node took the saga over (its records were fenced).
+    pub taken_over: std::sync::atomic::AtomicBool,
 }
 
 impl LiveSaga {
@@ -67,6 +70,7 @@ impl LiveSaga {
             }),
             wake: Notify::new(),
             ended: watch::channel(false).0,
+            taken_over: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -245,8 +249,10 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                                 step: LiveSaga::step_progress(&inner, step, status),
                             }
                         };
-                        if !write_until_durable(&shared, vec![record]).await {
-                            return stop(&saga);
+                        match write_until_durable(&shared, vec![record]).await {
+                            Written::Durable => {}
+                            Written::Stopped => return stop(&saga),
+                            Written::Fenced => return taken_over(&shared, &saga),
                         }
                     }
                     crash::point(if compensation {
@@ -291,8 +297,10 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                         branches: Vec::new(),
                         steps,
                     };
-                    if !write_until_durable(&shared, vec![record]).await {
-                        return stop(&saga);
+                    match write_until_durable(&shared, vec![record]).await {
+                        Written::Durable => {}
+                        Written::Stopped => return stop(&saga),
+                        Written::Fenced => return taken_over(&shared, &saga),
                     }
                     shared.forget_saga(&saga);
                     saga.ended.send_replace(true);
@@ -309,6 +317,20 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
             Some(event) = calls.next() => queue.extend(saga.lock().machine.apply(event)),
         }
     }
+}
+
+/// Lets go of a saga another node took over (DESIGN §6): its step or end
+/// record was refused, and the new owner resumes it from its records.
+fn taken_over(shared: &Shared, saga: &LiveSaga) {
+    saga.lock().mailbox.stopped();
+    tracing::warn!(
+        "another coordinator node took this saga over; this node's write was refused (fencing) \
+         and it lets the saga go"
+    );
+    shared.forget_saga(saga);
+    saga.taken_over
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    saga.ended.send_replace(true);
 }
 
 fn stop(saga: &LiveSaga) {

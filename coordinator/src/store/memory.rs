@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
+use super::{Appended, BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
 use crate::model::{
     BranchState, BranchView, SagaStepDef, StepStatus, StepView, TxnId, TxnKind, TxnState, TxnView,
 };
@@ -346,7 +346,7 @@ fn conflict(what: String) -> StoreError {
 }
 
 impl Store for MemoryStore {
-    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<Appended, StoreError>> {
         async move {
             if !self.write_latency.is_zero() {
                 tokio::time::sleep(self.write_latency).await;
@@ -357,7 +357,7 @@ impl Store for MemoryStore {
                 state.apply(record);
             }
             state.batches += 1;
-            Ok(())
+            Ok(Appended::default())
         }
         .boxed()
     }

@@ -194,12 +194,76 @@ pub enum StoreError {
     InUse(String),
 }
 
+/// What [`Store::append`] did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Transactions whose records were refused because another node owns
+    /// them now (DESIGN §6: fencing). Everything else in the batch was
+    /// applied. Always empty on single-node backends.
+    pub fenced: Vec<TxnId>,
+}
+
+/// A node that owns a transaction, as the shared store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The owning node's incarnation id (`nodes.id`).
+    pub node: String,
+    /// Where clients reach it (`--advertise`).
+    pub address: String,
+    /// Whether it holds its lease; a node that lost it is being taken over.
+    pub live: bool,
+    /// Whether that node is this one.
+    pub is_self: bool,
+}
+
+/// What renewing a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Renewed: this node owns its transactions for another lease period.
+    Held,
+    /// Another node declared this one gone and took over its transactions
+    /// (it was paused or cut off past its lease), or a newer start of the
+    /// same node name replaced it. Its writes are fenced; it must stop.
+    Lost,
+}
+
+/// The side of a shared store that lets several coordinator nodes use it
+/// at once (DESIGN §6): leases, ownership and takeover. Single-node
+/// backends (SQLite, memory) have none.
+pub trait Cluster: Send + Sync {
+    /// This node's incarnation id.
+    fn node_id(&self) -> &str;
+
+    /// The lease duration nodes agree on.
+    fn lease(&self) -> std::time::Duration;
+
+    /// Extends this node's lease by one lease period.
+    fn renew(&self) -> BoxFuture<'_, Result<Lease, StoreError>>;
+
+    /// Declares every node whose lease has expired gone, so that
+    /// [`Store::claim_unfinished`] takes over its transactions. Returns how
+    /// many were declared gone. Only a node that has itself held its lease
+    /// for a whole lease period may call it (the runtime's rule): after a
+    /// database outage every lease looks expired, and the others must get
+    /// the chance to renew first.
+    fn expire_others(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Who owns `id`, if it exists and has an owner.
+    fn owner_of<'a>(&'a self, id: &'a TxnId) -> BoxFuture<'a, Result<Option<Owner>, StoreError>>;
+
+    /// Gives up the lease on a clean shutdown, so that other nodes take over
+    /// what is left at once rather than after the lease runs out.
+    fn leave(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
 /// The durable log. Implementations must make [`Store::append`] atomic and
 /// durable: when it returns Ok, every record of the batch survives a crash or
 /// power loss; when it returns Err, none of them was applied.
 pub trait Store: Send + Sync + 'static {
-    /// Applies a batch of records in one database transaction.
-    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Applies a batch of records in one database transaction. On a shared
+    /// store, records of transactions this node no longer owns are refused
+    /// and named in [`Appended::fenced`]; the rest is applied.
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<Appended, StoreError>>;
 
     /// One transaction with its branches, if known.
     fn transaction<'a>(
@@ -218,4 +282,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every transaction that has not ended, for recovery.
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>>;
+
+    /// The unfinished transactions this node must finish: on a single-node
+    /// backend every one ([`Store::unfinished`]); on a shared store those
+    /// whose owner is gone (a previous start of this node, a node that left
+    /// or was declared gone), which this call makes this node's by raising
+    /// their epoch (DESIGN §6).
+    fn claim_unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
+        self.unfinished()
+    }
+
+    /// Leases and ownership, on a store several nodes share.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+}
+
+impl Record {
+    /// The transaction this record is about.
+    pub fn txn_id(&self) -> TxnId {
+        match self {
+            Record::Begun { id, .. }
+            | Record::Enlisted { id, .. }
+            | Record::Decided { id, .. }
+            | Record::Aborting { id, .. }
+            | Record::Ended { id, .. }
+            | Record::SagaSubmitted { id, .. }
+            | Record::StepRecorded { id, .. }
+            | Record::NeedsAttention { id } => *id,
+        }
+    }
+
+    /// Whether this record creates its transaction's row.
+    pub fn creates(&self) -> bool {
+        matches!(self, Record::Begun { .. } | Record::SagaSubmitted { .. })
+    }
 }

@@ -9,20 +9,22 @@
 //! `jsonb_array_elements`), and the same contract tests, run against a real
 //! server started by the test harness (`tests/tests/store`).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use std::sync::Arc;
-
+use serde_json::json;
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::Mutex;
 
 use super::batch::{Group, Grouped};
 use super::rows::{
     BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble, assemble_unfinished,
     parse_id,
 };
-use super::{ListQuery, Record, Store, StoreError, Unfinished};
+use super::{Appended, Cluster, Lease, ListQuery, Owner, Record, Store, StoreError, Unfinished};
 use crate::model::{TxnId, TxnKind, TxnView};
 
 /// Connections in the pool: the writer's plus readers.
@@ -30,58 +32,87 @@ const POOL_CONNECTIONS: u32 = 8;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The advisory lock a node holds on its database for as long as it runs.
-const OWNER_LOCK: i64 = 0x636f_6e63_6f72_6401; // "concord" + 1
+/// Who this node is among the nodes sharing the database (DESIGN §6).
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// `--node-name`: stable across restarts. A start under a name replaces
+    /// the previous start of that name at once (it is dead or stale).
+    pub name: String,
+    /// Where clients reach this node (`--advertise`).
+    pub address: String,
+    /// How long a lease lasts without renewal (`--lease-ms`); every node on
+    /// one database should use the same value.
+    pub lease: Duration,
+}
 
-/// How long a starting node waits for the lock before refusing to start.
-const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+impl Membership {
+    /// A node named `name` with the default 10 s lease and no address.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            address: String::new(),
+            lease: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The PostgreSQL-backed log.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// The session holding [`OWNER_LOCK`]. Until several nodes coordinate
-    /// through leases and epochs (DESIGN §6, not built yet), two nodes on
-    /// one database would both recover and drive the same transactions, so
-    /// a second node is refused at start.
-    _owner: Arc<Mutex<PgConnection>>,
+    /// This start of this node: `nodes.id`, the owner of what it writes.
+    node_id: String,
+    membership: Membership,
+    /// The epoch of each transaction this node claimed from another owner
+    /// (or from its own previous start); transactions it began itself are
+    /// at epoch 0 and not listed. Entries leave with the transaction's end.
+    epochs: Arc<Mutex<HashMap<TxnId, i64>>>,
 }
 
 impl PostgresStore {
-    /// Connects to a `postgres://` URL and applies migrations.
-    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+    /// Connects to a `postgres://` URL, applies migrations and joins the
+    /// nodes sharing the database as `membership`: a new start of that
+    /// name, which replaces any previous one.
+    pub async fn open(url: &str, membership: Membership) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let mut owner = PgConnection::connect(url).await?;
-        // A node restarting right after its previous process died may find
-        // that process's session not yet gone: wait for it a little.
-        let started = std::time::Instant::now();
-        let locked = loop {
-            let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-                .bind(OWNER_LOCK)
-                .fetch_one(&mut owner)
-                .await?;
-            if locked || started.elapsed() >= OWNER_WAIT {
-                break locked;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
-        if !locked {
-            return Err(StoreError::InUse(
-                "another coordinator node is using this PostgreSQL database; \
-                 several nodes on one database need leases and fencing, which \
-                 this build does not have yet"
-                    .into(),
-            ));
+        let node_id = format!("{}/{}", membership.name, uuid::Uuid::now_v7());
+        let mut tx = pool.begin().await?;
+        sqlx::query(JOIN)
+            .bind(&node_id)
+            .bind(&membership.name)
+            .bind(&membership.address)
+            .bind(lease_ms(membership.lease))
+            .execute(&mut *tx)
+            .await?;
+        let replaced = sqlx::query(REPLACE_SAME_NAME)
+            .bind(&node_id)
+            .bind(&membership.name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        if replaced > 0 {
+            tracing::info!(
+                name = %membership.name,
+                "replaced this node's previous start; its unfinished transactions are taken over"
+            );
         }
         Ok(Self {
             pool,
-            _owner: Arc::new(Mutex::new(owner)),
+            node_id,
+            membership,
+            epochs: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// [`PostgresStore::open`] as a node named "concord".
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, Membership::named("concord")).await
     }
 
     /// The underlying pool, for tests that inspect the database directly.
@@ -89,17 +120,110 @@ impl PostgresStore {
         &self.pool
     }
 
-    async fn append_batch(&self, batch: &[Record]) -> Result<(), StoreError> {
-        let groups = Grouped::new(batch).encoded()?;
+    fn epochs(&self) -> std::sync::MutexGuard<'_, HashMap<TxnId, i64>> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One database transaction: first locks the rows of the transactions
+    /// the batch writes to, keeping those this node still owns at the epoch
+    /// it knows (fencing, DESIGN §6); then writes the records of those and of
+    /// the transactions the batch creates. The row locks make a concurrent
+    /// takeover wait for this commit, or this batch see the takeover.
+    async fn append_batch(&self, batch: &[Record]) -> Result<Appended, StoreError> {
+        let created: HashSet<TxnId> = batch
+            .iter()
+            .filter(|record| record.creates())
+            .map(Record::txn_id)
+            .collect();
+        let mut fence: Vec<TxnId> = batch
+            .iter()
+            .map(Record::txn_id)
+            .filter(|id| !created.contains(id))
+            .collect();
+        fence.sort_unstable();
+        fence.dedup();
         let mut tx = self.pool.begin().await?;
-        for (group, rows) in groups {
-            sqlx::query(statement(group))
-                .bind(rows)
-                .execute(&mut *tx)
+        let mut fenced = Vec::new();
+        if !fence.is_empty() {
+            let expected = {
+                let epochs = self.epochs();
+                let rows: Vec<_> = fence
+                    .iter()
+                    .map(|id| json!({"id": id.to_string(), "epoch": epochs.get(id).copied().unwrap_or(0)}))
+                    .collect();
+                serde_json::Value::Array(rows).to_string()
+            };
+            let owned: Vec<(String,)> = sqlx::query_as(FENCE)
+                .bind(expected)
+                .bind(&self.node_id)
+                .fetch_all(&mut *tx)
                 .await?;
+            let owned: HashSet<String> = owned.into_iter().map(|(id,)| id).collect();
+            fenced = fence
+                .into_iter()
+                .filter(|id| !owned.contains(&id.to_string()))
+                .collect();
+        }
+        let kept: Vec<Record>;
+        let batch = if fenced.is_empty() {
+            batch
+        } else {
+            tracing::warn!(
+                count = fenced.len(),
+                "refused records of transactions another node owns now (fenced)"
+            );
+            kept = batch
+                .iter()
+                .filter(|record| !fenced.contains(&record.txn_id()))
+                .cloned()
+                .collect();
+            &kept
+        };
+        for (group, rows) in Grouped::new(batch).encoded()? {
+            let statement = sqlx::query(statement(group)).bind(rows);
+            let statement = match group {
+                Group::Transactions => statement.bind(&self.node_id),
+                _ => statement,
+            };
+            statement.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        let mut epochs = self.epochs();
+        if !epochs.is_empty() {
+            for record in batch {
+                if let Record::Ended { id, .. } = record {
+                    epochs.remove(id);
+                }
+            }
+            for id in &fenced {
+                epochs.remove(id);
+            }
+        }
+        Ok(Appended { fenced })
+    }
+
+    /// Takes over the unfinished transactions whose owner is gone, raising
+    /// each one's epoch, and loads them.
+    async fn claim(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let claimed: Vec<(String, i64)> = sqlx::query_as(CLAIM)
+            .bind(&self.node_id)
+            .fetch_all(&self.pool)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(claimed.len());
+        {
+            let mut epochs = self.epochs();
+            for (id, epoch) in claimed {
+                epochs.insert(parse_id(&id)?, epoch);
+                ids.push(id);
+            }
+        }
+        tracing::info!(count = ids.len(), "took over unfinished transactions");
+        self.load_unfinished(Some(ids)).await
     }
 
     async fn load(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
@@ -169,14 +293,20 @@ impl PostgresStore {
         rows.into_iter().map(TxnRow::into_view).collect()
     }
 
-    /// Three queries, whatever the number of unfinished transactions.
-    async fn load_unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+    /// Three queries, whatever the number of unfinished transactions: all
+    /// of them, or those among `only`.
+    async fn load_unfinished(
+        &self,
+        only: Option<Vec<String>>,
+    ) -> Result<Vec<Unfinished>, StoreError> {
         let rows: Vec<TxnRow> = sqlx::query_as(
             "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
              FROM transactions t
              WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+               AND ($1::text[] IS NULL OR t.id = ANY($1))
              ORDER BY t.id",
         )
+        .bind(&only)
         .fetch_all(&self.pool)
         .await?;
         let branches: Vec<OwnedBranchRow> = sqlx::query_as(
@@ -184,15 +314,19 @@ impl PostgresStore {
                     b.attempts, b.last_error
              FROM branches b JOIN transactions t ON t.id = b.txn_id
              WHERE t.state IN ('active', 'committing', 'aborting')
+               AND ($1::text[] IS NULL OR t.id = ANY($1))
              ORDER BY b.txn_id, b.idx",
         )
+        .bind(&only)
         .fetch_all(&self.pool)
         .await?;
         let steps: Vec<OwnedStepRow> = sqlx::query_as(
             "SELECT s.* FROM saga_steps s JOIN transactions t ON t.id = s.txn_id
              WHERE t.state IN ('running', 'compensating')
+               AND ($1::text[] IS NULL OR t.id = ANY($1))
              ORDER BY s.txn_id, s.idx",
         )
+        .bind(&only)
         .fetch_all(&self.pool)
         .await?;
         assemble_unfinished(rows, branches, steps)
@@ -200,7 +334,7 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<Appended, StoreError>> {
         self.append_batch(batch).boxed()
     }
 
@@ -223,9 +357,147 @@ impl Store for PostgresStore {
     }
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
-        self.load_unfinished().boxed()
+        self.load_unfinished(None).boxed()
+    }
+
+    fn claim_unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
+        self.claim().boxed()
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
     }
 }
+
+impl Cluster for PostgresStore {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn lease(&self) -> Duration {
+        self.membership.lease
+    }
+
+    fn renew(&self) -> BoxFuture<'_, Result<Lease, StoreError>> {
+        async move {
+            let renewed = sqlx::query(RENEW)
+                .bind(&self.node_id)
+                .bind(lease_ms(self.membership.lease))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            Ok(if renewed == 1 {
+                Lease::Held
+            } else {
+                Lease::Lost
+            })
+        }
+        .boxed()
+    }
+
+    fn expire_others(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let expired = sqlx::query(EXPIRE)
+                .bind(&self.node_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            sqlx::query(FORGET_GONE_NODES).execute(&self.pool).await?;
+            Ok(expired)
+        }
+        .boxed()
+    }
+
+    fn owner_of<'a>(&'a self, id: &'a TxnId) -> BoxFuture<'a, Result<Option<Owner>, StoreError>> {
+        async move {
+            let row: Option<(String, Option<String>, Option<bool>)> = sqlx::query_as(
+                "SELECT t.owner, n.address, n.state = 'live'
+                 FROM transactions t LEFT JOIN nodes n ON n.id = t.owner
+                 WHERE t.id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|(node, address, live)| Owner {
+                is_self: node == self.node_id,
+                node,
+                address: address.unwrap_or_default(),
+                live: live.unwrap_or(false),
+            }))
+        }
+        .boxed()
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            sqlx::query(
+                "UPDATE nodes SET state = 'gone', gone_reason = 'left on shutdown'
+                 WHERE id = $1",
+            )
+            .bind(&self.node_id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+// Leases are measured on the database's clock, in milliseconds.
+const JOIN: &str = "
+    INSERT INTO nodes (id, name, address, started_at_ms, lease_expires_ms, state)
+    VALUES ($1, $2, $3, (extract(epoch from clock_timestamp()) * 1000)::bigint,
+            (extract(epoch from clock_timestamp()) * 1000)::bigint + $4, 'live')";
+
+const REPLACE_SAME_NAME: &str = "
+    UPDATE nodes SET state = 'gone', gone_reason = 'replaced by a newer start of this node name'
+    WHERE name = $2 AND id <> $1 AND state = 'live'";
+
+// A node declared gone stays gone: renewing fails and the node stops.
+const RENEW: &str = "
+    UPDATE nodes
+    SET lease_expires_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2
+    WHERE id = $1 AND state = 'live'";
+
+const EXPIRE: &str = "
+    UPDATE nodes SET state = 'gone', gone_reason = 'lease expired'
+    WHERE state = 'live' AND id <> $1
+      AND lease_expires_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+// Gone nodes are kept for a day after their lease ended (operators read
+// them), then removed once they own nothing unfinished.
+const FORGET_GONE_NODES: &str = "
+    DELETE FROM nodes AS n
+    WHERE n.state = 'gone'
+      AND n.lease_expires_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint - 86400000
+      AND NOT EXISTS (
+          SELECT 1 FROM transactions t
+          WHERE t.owner = n.id
+            AND t.state IN ('active', 'committing', 'aborting', 'running', 'compensating'))";
+
+// Takeover: every unfinished transaction whose owner is not a live node.
+// Two nodes claiming at once: the second waits on the row locks, then
+// re-checks the row, now owned by the first (live) node, and skips it.
+const CLAIM: &str = "
+    UPDATE transactions AS t SET owner = $1, epoch = t.epoch + 1
+    WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+      AND t.owner <> $1
+      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = t.owner AND n.state = 'live')
+    RETURNING t.id, t.epoch";
+
+// Fencing: the transactions of a batch still owned by this node at the
+// epoch it knows, locked until the batch commits. Ordered by id so that two
+// writers lock in the same order.
+const FENCE: &str = "
+    SELECT t.id FROM transactions AS t
+    JOIN jsonb_array_elements($1::jsonb) AS j ON t.id = j ->> 'id'
+    WHERE t.owner = $2 AND t.epoch = (j ->> 'epoch')::bigint
+    ORDER BY t.id
+    FOR UPDATE OF t";
 
 /// The statement that writes one group of a batch (`store::batch`): each
 /// takes the group's rows as one JSON array and spreads it with
@@ -247,9 +519,9 @@ fn statement(group: Group) -> &'static str {
 
 const INSERT_TRANSACTIONS: &str = "
     INSERT INTO transactions
-      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
+      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description, owner)
     SELECT j ->> 'id', j ->> 'kind', j ->> 'state', (j ->> 'created')::bigint,
-           (j ->> 'deadline')::bigint, j ->> 'key', j ->> 'description'
+           (j ->> 'deadline')::bigint, j ->> 'key', j ->> 'description', $2
     FROM jsonb_array_elements($1::jsonb) AS j";
 
 const INSERT_BRANCHES: &str = "

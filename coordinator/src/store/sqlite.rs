@@ -20,7 +20,7 @@ use super::rows::{
     BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble, assemble_unfinished,
     parse_id,
 };
-use super::{ListQuery, Record, Store, StoreError, Unfinished};
+use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
 use crate::model::{TxnId, TxnKind, TxnView};
 
 /// The database file inside `--data-dir`.
@@ -82,7 +82,7 @@ impl SqliteStore {
         &self.pool
     }
 
-    async fn append_batch(&self, batch: &[Record]) -> Result<(), StoreError> {
+    async fn append_batch(&self, batch: &[Record]) -> Result<Appended, StoreError> {
         let groups = Grouped::new(batch).encoded()?;
         let mut tx = self.pool.begin().await?;
         for (group, rows) in groups {
@@ -92,7 +92,7 @@ impl SqliteStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Appended::default())
     }
 
     async fn load(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
@@ -193,7 +193,7 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<Appended, StoreError>> {
         self.append_batch(batch).boxed()
     }
 

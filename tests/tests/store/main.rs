@@ -1,16 +1,20 @@
 //! The coordinator's store contract (`concord_coordinator::store::contract`)
 //! against the PostgreSQL store, on a real server started by the harness
 //! (`support::postgres`). SQLite and the in-memory store run the same
-//! cases as unit tests of the coordinator crate.
+//! cases as unit tests of the coordinator crate. Then what only a shared
+//! store has: leases, takeover and fencing (DESIGN §6).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 
-use concord_coordinator::store::Store;
+use std::time::Duration;
+
+use concord_coordinator::model::{TxnId, TxnState};
 use concord_coordinator::store::contract::{ALL, Open};
-use concord_coordinator::store::postgres::PostgresStore;
+use concord_coordinator::store::postgres::{Membership, PostgresStore};
+use concord_coordinator::store::{Cluster, Lease, Record, Store};
 use futures::FutureExt;
 use support::postgres::Postgres;
 
@@ -37,19 +41,171 @@ async fn the_postgres_store_keeps_the_store_contract() {
     }
 }
 
-#[tokio::test]
-async fn a_second_node_on_the_same_database_is_refused() {
-    use concord_coordinator::store::StoreError;
-    let server = Postgres::start().await;
-    let url = server.database("owned").await;
-    let first = PostgresStore::open_url(&url).await.expect("first node");
-    // Until leases and fencing exist, two nodes would drive the same
-    // transactions: the second one must not start.
-    let second = PostgresStore::open_url(&url).await;
-    assert!(matches!(second, Err(StoreError::InUse(_))), "{second:?}");
-    // The lock goes with the first node: a successor starts.
-    drop(first);
-    PostgresStore::open_url(&url)
+/// A node on `url` named `name`, with a short lease so that tests expire it
+/// without waiting long.
+async fn node(url: &str, name: &str) -> PostgresStore {
+    let membership = Membership {
+        name: name.into(),
+        address: format!("http://{name}.invalid:7400"),
+        lease: LEASE,
+    };
+    PostgresStore::open(url, membership).await.expect("join")
+}
+
+const LEASE: Duration = Duration::from_millis(300);
+
+fn begun(id: TxnId) -> Record {
+    Record::Begun {
+        id,
+        created_at_ms: 1_000,
+        deadline_ms: 600_000,
+        idempotency_key: None,
+        description: None,
+    }
+}
+
+fn enlisted(id: TxnId, idx: u32) -> Record {
+    Record::Enlisted {
+        id,
+        idx,
+        name: format!("b{idx}"),
+        participant: "http://127.0.0.1:1".into(),
+        payload: vec![idx as u8],
+    }
+}
+
+async fn state(store: &PostgresStore, id: TxnId) -> TxnState {
+    store
+        .transaction(&id)
         .await
-        .expect("the successor starts once the first node is gone");
+        .expect("read")
+        .expect("exists")
+        .state
+}
+
+#[tokio::test]
+async fn a_node_taken_over_past_its_lease_can_no_longer_write_and_learns_it() {
+    let server = Postgres::start().await;
+    let url = server.database("fencing").await;
+    let a = node(&url, "a").await;
+    let b = node(&url, "b").await;
+    let x = TxnId::mint();
+    a.append(&[begun(x), enlisted(x, 0)])
+        .await
+        .expect("a writes");
+    let owner = b.owner_of(&x).await.expect("read").expect("owned");
+    assert!(owner.live && !owner.is_self);
+    assert_eq!(owner.address, "http://a.invalid:7400");
+
+    // b keeps renewing; a does not (it is "paused"). Past a's lease b
+    // declares it gone and takes its transaction over.
+    tokio::time::sleep(LEASE + Duration::from_millis(200)).await;
+    assert_eq!(b.renew().await.expect("renew"), Lease::Held);
+    assert_eq!(b.expire_others().await.expect("expire"), 1);
+    let claimed = b.claim_unfinished().await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].view.id, x);
+    assert_eq!(claimed[0].payloads, vec![vec![0u8]]);
+    let owner = b.owner_of(&x).await.expect("read").expect("owned");
+    assert!(owner.is_self && owner.live);
+
+    // a wakes up and tries to decide COMMIT, in a batch that also begins a
+    // new transaction: the decision is refused, the new one is written.
+    let y = TxnId::mint();
+    let appended = a
+        .append(&[
+            Record::Decided {
+                id: x,
+                at_ms: 2_000,
+            },
+            begun(y),
+        ])
+        .await
+        .expect("the batch commits");
+    assert_eq!(appended.fenced, vec![x]);
+    assert_eq!(state(&b, x).await, TxnState::Active, "nothing flipped");
+    assert_eq!(state(&b, y).await, TxnState::Active);
+    // ...and renewing tells it it is gone.
+    assert_eq!(a.renew().await.expect("renew"), Lease::Lost);
+
+    // The new owner decides; its writes go through at the raised epoch.
+    let appended = b
+        .append(&[Record::Aborting {
+            id: x,
+            at_ms: 3_000,
+            reason: "taken over undecided".into(),
+        }])
+        .await
+        .expect("b writes");
+    assert!(appended.fenced.is_empty());
+    assert_eq!(state(&b, x).await, TxnState::Aborting);
+    let (epoch,): (i64,) = sqlx::query_as("SELECT epoch FROM transactions WHERE id = $1")
+        .bind(x.to_string())
+        .fetch_one(b.pool())
+        .await
+        .expect("epoch");
+    assert_eq!(epoch, 1);
+}
+
+#[tokio::test]
+async fn a_restart_under_the_same_name_takes_over_at_once_and_fences_the_old_start() {
+    let server = Postgres::start().await;
+    let url = server.database("restart").await;
+    let old = node(&url, "n1").await;
+    let x = TxnId::mint();
+    old.append(&[begun(x), enlisted(x, 0)])
+        .await
+        .expect("write");
+    old.append(&[Record::Decided {
+        id: x,
+        at_ms: 2_000,
+    }])
+    .await
+    .expect("decide");
+
+    // No waiting for the lease: the new start replaces the old one.
+    let new = node(&url, "n1").await;
+    let claimed = new.claim_unfinished().await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].view.state, TxnState::Committing);
+    assert_eq!(old.renew().await.expect("renew"), Lease::Lost);
+    let ended = Record::Ended {
+        id: x,
+        state: TxnState::Committed,
+        at_ms: 3_000,
+        read_only: false,
+        reason: None,
+        branches: Vec::new(),
+        steps: Vec::new(),
+    };
+    assert_eq!(
+        old.append(std::slice::from_ref(&ended))
+            .await
+            .expect("batch")
+            .fenced,
+        vec![x]
+    );
+    assert_eq!(state(&new, x).await, TxnState::Committing);
+    assert!(new.append(&[ended]).await.expect("batch").fenced.is_empty());
+    assert_eq!(state(&new, x).await, TxnState::Committed);
+    // Nothing left to claim; a node that left is taken over at once.
+    assert!(new.claim_unfinished().await.expect("claim").is_empty());
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_hands_its_transactions_over_without_waiting() {
+    let server = Postgres::start().await;
+    let url = server.database("leave").await;
+    let a = node(&url, "a").await;
+    let b = node(&url, "b").await;
+    let x = TxnId::mint();
+    a.append(&[begun(x)]).await.expect("write");
+    assert!(
+        b.claim_unfinished().await.expect("claim").is_empty(),
+        "a is live"
+    );
+    a.leave().await.expect("leave");
+    let claimed = b.claim_unfinished().await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].view.id, x);
 }

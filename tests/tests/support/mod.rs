@@ -40,6 +40,8 @@ pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node 
         store: StoreLocation::DataDir(data_dir.to_path_buf()),
         runtime,
         limits: Default::default(),
+        node_name: None,
+        lease: concord_coordinator::node::DEFAULT_LEASE,
     })
     .await
     .expect("coordinator starts")

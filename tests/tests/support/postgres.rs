@@ -1,7 +1,8 @@
 //! A real PostgreSQL for tests: `initdb` and `postgres` in a temp dir, on a
 //! free loopback port, as an unprivileged user when the tests run as root
 //! (PostgreSQL refuses root). Installed first by `scripts/install-postgres.sh`
-//! if the machine lacks it. Stopped, and its files removed, on drop.
+//! if the machine lacks it. Stopped, and its files removed, on drop;
+//! [`Postgres::restart`] crashes and restarts it on the same port and data.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +12,32 @@ use std::time::Duration;
 pub struct Postgres {
     dir: tempfile::TempDir,
     server: Child,
+    /// Starts the server again on the same data directory and port.
+    launch: Launch,
     pub url: String,
+}
+
+struct Launch {
+    user: Option<(String, String)>,
+    postgres: PathBuf,
+    data: PathBuf,
+    port: u16,
+    socket_dir: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> Child {
+        command(self.user.as_ref(), &self.postgres)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&self.socket_dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres")
+    }
 }
 
 /// Serialises installing, so parallel tests install at most once.
@@ -123,30 +149,48 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let server = command(user.as_ref(), &postgres)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
+        let launch = Launch {
+            user,
+            postgres,
+            data,
+            port,
+            socket_dir: dir.path().to_owned(),
+        };
+        let server = launch.spawn();
         let url = format!("postgres://concord@127.0.0.1:{port}/postgres");
-        let mut this = Self { dir, server, url };
+        let mut this = Self {
+            dir,
+            server,
+            launch,
+            url,
+        };
+        this.until_accepting().await;
+        this
+    }
+
+    async fn until_accepting(&mut self) {
         for _ in 0..300 {
-            if let Ok(pool) = sqlx::PgPool::connect(&this.url).await {
+            if let Ok(pool) = sqlx::PgPool::connect(&self.url).await {
                 pool.close().await;
-                return this;
+                return;
             }
-            if let Ok(Some(status)) = this.server.try_wait() {
+            if let Ok(Some(status)) = self.server.try_wait() {
                 panic!("postgres exited at start: {status}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = this.server.kill();
-        panic!("postgres did not accept connections at {}", this.url);
+        let _ = self.server.kill();
+        panic!("postgres did not accept connections at {}", self.url);
+    }
+
+    /// Crashes the server (SIGQUIT: no checkpoint, every connection cut),
+    /// keeps it down for `down`, and starts it again on the same port and
+    /// data; it replays its WAL like after a power cut.
+    pub async fn restart(&mut self, down: Duration) {
+        self.stop();
+        tokio::time::sleep(down).await;
+        self.server = self.launch.spawn();
+        self.until_accepting().await;
     }
 
     /// A new, empty database on this server, and its URL.
@@ -167,6 +211,12 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Postgres {
+    fn stop(&mut self) {
         // SIGQUIT: immediate shutdown, backends exit with the postmaster.
         let _ = Command::new("kill")
             .args(["-QUIT", &self.server.id().to_string()])

@@ -69,6 +69,8 @@ async fn main() -> anyhow::Result<()> {
         store: StoreLocation::DataDir(dir.path().join("coordinator")),
         runtime: Default::default(),
         limits: Default::default(),
+        node_name: None,
+        lease: concord_coordinator::node::DEFAULT_LEASE,
     })
     .await
     .context("starting the coordinator")?;

@@ -1,0 +1,104 @@
+//! Forwarding between coordinator nodes that share one store (DESIGN §6).
+//!
+//! A client may call any node. A call about a transaction that another live
+//! node owns (Enlist, Commit, Rollback, GetOutcome) is sent on to that node
+//! and its answer returned as is. A forwarded call carries the
+//! `concord-forwarded-by` header and is never forwarded again: if ownership
+//! moved meanwhile, the second node answers UNAVAILABLE with the owner's
+//! address in the `concord-owner` header, and the client retries.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use concord_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+/// Marks a call one node forwarded to another.
+pub const FORWARDED_BY: &str = "concord-forwarded-by";
+
+/// On an UNAVAILABLE answer: where the transaction's owner is.
+pub const OWNER: &str = "concord-owner";
+
+/// Deadline of a forwarded call whose client set none: long enough for a
+/// Commit's prepare round (its own deadline is at most 10 minutes, but a
+/// client without a deadline is rare and is better told to retry).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Channels to the other nodes, one per address, reused.
+#[derive(Default)]
+pub struct Forwarder {
+    clients: Mutex<HashMap<String, CoordinatorClient<Channel>>>,
+}
+
+impl Forwarder {
+    /// A client for the node at `address`. Connecting is lazy: a node that
+    /// is down fails the call, not this.
+    pub fn client(&self, address: &str) -> Result<CoordinatorClient<Channel>, tonic::Status> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(address) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(address.to_owned())
+            .map_err(|error| {
+                tonic::Status::internal(format!(
+                    "the owner node advertises {address:?}, which is not a URL ({error}); \
+                     fix its --advertise-url"
+                ))
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        let client = CoordinatorClient::new(endpoint.connect_lazy());
+        clients.insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// What an incoming call allows: whether it may be forwarded, and the
+/// deadline to pass on.
+pub struct Hop {
+    forwarded: bool,
+    deadline: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Hop {
+    pub fn of<T>(request: &Request<T>) -> Self {
+        Self {
+            forwarded: request.metadata().contains_key(FORWARDED_BY),
+            deadline: request.metadata().get("grpc-timeout").cloned(),
+        }
+    }
+
+    /// One hop at most: a call that was forwarded here is answered here.
+    pub fn may_forward(&self) -> bool {
+        !self.forwarded
+    }
+
+    /// The call to send on, with the client's deadline.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(FORWARDED_BY, MetadataValue::from_static("1"));
+        match &self.deadline {
+            Some(deadline) => {
+                request
+                    .metadata_mut()
+                    .insert("grpc-timeout", deadline.clone());
+            }
+            None => request.set_timeout(DEFAULT_DEADLINE),
+        }
+        request
+    }
+}
