@@ -110,8 +110,10 @@ struct ServeArgs {
 
 /// Runs the command line; returns when the command is done.
 pub fn main() -> anyhow::Result<()> {
+    // Colours only on a terminal: log files and collectors get plain text.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

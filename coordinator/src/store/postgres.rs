@@ -74,9 +74,27 @@ impl PostgresStore {
     /// nodes sharing the database as `membership`: a new start of that
     /// name, which replaces any previous one.
     pub async fn open(url: &str, membership: Membership) -> Result<Self, StoreError> {
+        // A node frozen (SIGSTOP, a long GC-like stall) inside a batch would
+        // hold its row locks, and every takeover of its transactions would
+        // wait on them for as long as it stays frozen. PostgreSQL ends such
+        // a session after half a lease instead; the node's batch then fails
+        // and, retried, is fenced.
+        let idle_limit = format!("{}ms", (membership.lease / 2).as_millis().max(100));
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                let idle_limit = idle_limit.clone();
+                Box::pin(async move {
+                    sqlx::query(
+                        "SELECT set_config('idle_in_transaction_session_timeout', $1, false)",
+                    )
+                    .bind(idle_limit)
+                    .execute(connection)
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;

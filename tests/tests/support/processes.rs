@@ -54,13 +54,38 @@ impl Proc {
         failpoint: Option<&str>,
         addr: SocketAddr,
     ) -> Self {
+        Self::start_logged(name, exe, args, failpoint, addr, None).await
+    }
+
+    /// [`Proc::start`], with the process's log (stderr) written to `log`.
+    pub async fn start_logged(
+        name: &str,
+        exe: &str,
+        args: &[String],
+        failpoint: Option<&str>,
+        addr: SocketAddr,
+        log: Option<&Path>,
+    ) -> Self {
         let mut command = Command::new(exe);
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).expect("log file");
+            command.stderr(file);
+        }
         command
             .args(args)
             .env("RUST_LOG", "warn")
             .env(
                 "FAILPOINTS",
-                failpoint.map(|p| format!("{p}=return")).unwrap_or_default(),
+                // A bare name crashes there; "name=action" is taken as is.
+                failpoint
+                    .map(|p| {
+                        if p.contains('=') {
+                            p.to_owned()
+                        } else {
+                            format!("{p}=return")
+                        }
+                    })
+                    .unwrap_or_default(),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -101,6 +126,32 @@ impl Proc {
             "{} exited cleanly instead of crashing: {status}",
             self.name
         );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends `signal` ("STOP", "CONT", ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn exits(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit", self.name))
+            .expect("wait")
     }
 
     /// SIGKILL, and wait for it to be gone.
