@@ -625,6 +625,11 @@ async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
             store.append(&records).await?;
             left -= chunk;
         }
+        // On a shared store the writer is a node of its own: leaving hands
+        // what it wrote to the coordinator started next, at once.
+        if let Some(cluster) = store.cluster() {
+            cluster.leave().await?;
+        }
     }
     if !args.json {
         eprintln!(

@@ -8,6 +8,15 @@
 //! the same batch regrouping (`store::batch`, spread with
 //! `jsonb_array_elements`), and the same contract tests, run against a real
 //! server started by the test harness (`tests/tests/store`).
+//!
+//! Several nodes share one database (DESIGN §6): each start of a node is a
+//! row of `nodes` holding a lease measured on the database's clock; each
+//! transaction row has an `owner` (a `nodes.id`) and an `epoch`. Every batch
+//! first locks the rows it writes to that this node still owns at the epoch
+//! it knows ([`Store::append`] refuses the rest: fencing); a node takes over
+//! the unfinished transactions of gone nodes by raising their epochs
+//! ([`Store::claim_unfinished`]). The [`Cluster`] side (renew, expire,
+//! owner lookups, leave) is driven by `runtime::lease`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
