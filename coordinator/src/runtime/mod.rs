@@ -23,11 +23,11 @@
 //! - [`lease`]: on a store several nodes share, this node's lease and the
 //!   takeover of gone nodes' transactions (DESIGN §6).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -262,9 +262,28 @@ pub(crate) struct Shared {
     /// Fired when another node declared this one gone (DESIGN §6): the node
     /// must stop serving.
     lease_lost: CancellationToken,
+    /// While the start-up recovery reads the store: the ids of transactions
+    /// begun meanwhile, which its read may include and which it must not
+    /// adopt (they are live here, or may already have ended). `None` once
+    /// the read is taken in.
+    begun_while_recovering: Mutex<Option<HashSet<TxnId>>>,
 }
 
 impl Shared {
+    /// Keeps the start-up recovery from adopting a transaction begun while
+    /// it reads the store. Called before the transaction's first record is
+    /// queued.
+    fn note_begun(&self, id: TxnId) {
+        if let Some(begun) = self
+            .begun_while_recovering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_mut()
+        {
+            begun.insert(id);
+        }
+    }
+
     /// Drops an ended transaction from memory; the store has its end record.
     fn forget(&self, txn: &LiveTxn) {
         self.live.remove(&txn.id);
@@ -298,10 +317,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts the log writer and the sweeper, loads every unfinished
-    /// transaction from the store and starts finishing them in the
-    /// background. Returns once they are loaded, so that requests about
-    /// them (GetOutcome from a participant, say) get the right answer.
+    /// Starts the log writer and the sweeper, and loads every unfinished
+    /// transaction from the store in the background, finishing them while
+    /// new requests are served. Until a transaction is loaded, calls about it
+    /// are answered from the store (GetOutcome: its decision, or presumed
+    /// abort for one that never decided, which recovery will abort) or
+    /// UNAVAILABLE "not loaded yet; retry" (Enlist, Commit, Rollback).
     pub async fn start(store: Arc<dyn Store>, config: RuntimeConfig) -> Result<Self, StoreError> {
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -323,10 +344,13 @@ impl Runtime {
             tasks,
             shutdown,
             lease_lost: CancellationToken::new(),
+            begun_while_recovering: Mutex::new(Some(HashSet::new())),
         });
         let runtime = Self { shared };
-        let unfinished = runtime.shared.store.claim_unfinished().await?;
-        adopt(&runtime.shared, unfinished);
+        runtime
+            .shared
+            .tasks
+            .spawn(recover(Arc::clone(&runtime.shared)));
         runtime
             .shared
             .tasks
@@ -389,6 +413,7 @@ impl Runtime {
             None => None,
         };
         let id = shared.config.clock.mint();
+        shared.note_begun(id);
         let created_at_ms = shared.config.clock.now_ms();
         let timeout = request.timeout.unwrap_or(shared.config.default_txn_timeout);
         let deadline_ms =
@@ -508,6 +533,7 @@ impl Runtime {
             None => None,
         };
         let id = shared.config.clock.mint();
+        shared.note_begun(id);
         let created_at_ms = shared.config.clock.now_ms();
         let shapes: Vec<StepShape> = request
             .steps
@@ -928,6 +954,42 @@ impl Runtime {
             () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
     }
+}
+
+/// The start-up recovery: reads every unfinished transaction this node must
+/// finish (retrying while the store fails) and adopts those not begun since
+/// the start.
+async fn recover(shared: Arc<Shared>) {
+    let mut delays = shared.config.retry.build();
+    let unfinished = loop {
+        let read = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            read = shared.store.claim_unfinished() => read,
+        };
+        match read {
+            Ok(unfinished) => break unfinished,
+            Err(error) => {
+                let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
+                tracing::error!(%error, ?delay, "could not read the unfinished transactions; retrying");
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    // Every transaction begun after this point was begun after the read.
+    let begun = shared
+        .begun_while_recovering
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+        .unwrap_or_default();
+    let unfinished = unfinished
+        .into_iter()
+        .filter(|u| !begun.contains(&u.view.id))
+        .collect();
+    adopt(&shared, unfinished);
 }
 
 /// Takes unfinished transactions into memory and starts finishing them: at
