@@ -659,7 +659,26 @@ async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
         })
         .await?;
     let first_answer = serving + probe.elapsed();
-    while node.runtime().live_count() > 0 {
+    // Finished when the log holds no unfinished transaction (the backlog is
+    // loaded in the background, so memory alone cannot tell).
+    loop {
+        let unfinished = client
+            .list_transactions(pb::ListTransactionsRequest {
+                page_size: 1,
+                states: vec![
+                    pb::TransactionState::Active.into(),
+                    pb::TransactionState::Preparing.into(),
+                    pb::TransactionState::Committing.into(),
+                    pb::TransactionState::Aborting.into(),
+                ],
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .transactions;
+        if unfinished.is_empty() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done = started.elapsed();
