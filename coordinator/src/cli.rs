@@ -62,6 +62,14 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(300..=600_000))]
     lease_ms: u64,
 
+    /// On SIGTERM or SIGINT: how long to keep serving the transactions in
+    /// flight until they have decided, in ms (health reports NOT_SERVING and
+    /// new transactions are refused meanwhile). What is left is finished by
+    /// the next start.
+    #[arg(long, env = "CONCORD_DRAIN_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    drain_timeout_ms: u64,
+
     /// The URL participants reach this node at, sent with every call so they
     /// know whom to ask about in-doubt branches. Default: http://<listen>.
     #[arg(long, env = "CONCORD_ADVERTISE_URL")]
@@ -164,6 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node_name: args.node_name,
         lease: ms(args.lease_ms),
     };
+    let drain = ms(args.drain_timeout_ms);
     let mut node = Node::start(config)
         .await
         .context("starting the coordinator")?;
@@ -173,8 +182,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         signal = shutdown_signal() => {
             signal?;
-            tracing::info!("shutting down");
+            tracing::info!("shutting down: draining the transactions in flight");
+            node.drain(drain).await;
             node.shutdown().await.context("shutting down")?;
+            tracing::info!("stopped");
         }
     }
     Ok(())

@@ -139,7 +139,15 @@ impl Node {
         &self.runtime
     }
 
-    /// Stops serving, lets in-flight calls finish, then stops the runtime.
+    /// Graceful shutdown, first half: health turns NOT_SERVING, new
+    /// transactions are refused, and the decisions in flight are made, for
+    /// at most `within` ([`Runtime::drain`]). Then call [`Node::shutdown`].
+    pub async fn drain(&self, within: std::time::Duration) {
+        self.runtime.drain(within).await;
+    }
+
+    /// Stops serving, lets in-flight calls finish, then stops the runtime
+    /// (the log writer writes what is queued).
     pub async fn shutdown(self) -> Result<(), NodeError> {
         self.stop.cancel();
         let served = self.server.await;

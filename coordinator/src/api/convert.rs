@@ -151,9 +151,11 @@ pub fn status(error: Error) -> tonic::Status {
         }
         Error::BranchConflict { .. } => tonic::Status::already_exists(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
-        Error::Unavailable(_) | Error::ShuttingDown | Error::Store(_) | Error::TakenOver(_) => {
-            tonic::Status::unavailable(message)
-        }
+        Error::Unavailable(_)
+        | Error::ShuttingDown
+        | Error::Draining
+        | Error::Store(_)
+        | Error::TakenOver(_) => tonic::Status::unavailable(message),
         Error::OwnedElsewhere { address, .. } => {
             let mut status = tonic::Status::unavailable(message);
             if let Ok(owner) = address.parse() {

@@ -318,6 +318,7 @@ where
         .max_payload_bytes
         .saturating_add(MESSAGE_OVERHEAD_BYTES)
         .max(4 * 1024 * 1024);
+    let draining = runtime.draining();
     let coordinator = CoordinatorServer::new(CoordinatorService::new(runtime, limits))
         .max_decoding_message_size(max_message);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -342,13 +343,25 @@ where
     if let Some(reflection) = reflection {
         router = router.add_service(reflection);
     }
+    // Load balancers stop sending work once a graceful shutdown begins.
+    let not_serving_on_drain = {
+        let health = health.clone();
+        async move {
+            draining.cancelled().await;
+            health
+                .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+                .await;
+            std::future::pending::<()>().await
+        }
+    };
     let shutdown = async move {
         shutdown.await;
         health
             .set_not_serving::<CoordinatorServer<CoordinatorService>>()
             .await;
     };
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    tokio::select! {
+        served = router.serve_with_incoming_shutdown(incoming, shutdown) => served,
+        () = not_serving_on_drain => Ok(()),
+    }
 }

@@ -144,6 +144,11 @@ pub enum Error {
         "the coordinator is shutting down; the transaction's outcome will be in GetTransaction"
     )]
     ShuttingDown,
+    #[error(
+        "the coordinator is draining for shutdown and takes no new transactions; begin it on \
+         another node or after the restart"
+    )]
+    Draining,
     #[error("store read failed: {0}")]
     Store(#[from] StoreError),
     #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
@@ -262,6 +267,8 @@ pub(crate) struct Shared {
     /// Fired when another node declared this one gone (DESIGN §6): the node
     /// must stop serving.
     lease_lost: CancellationToken,
+    /// Fired when a graceful shutdown begins: no new transactions.
+    draining: CancellationToken,
     /// While the start-up recovery reads the store: the ids of transactions
     /// begun meanwhile, which its read may include and which it must not
     /// adopt (they are live here, or may already have ended). `None` once
@@ -344,6 +351,7 @@ impl Runtime {
             tasks,
             shutdown,
             lease_lost: CancellationToken::new(),
+            draining: CancellationToken::new(),
             begun_while_recovering: Mutex::new(Some(HashSet::new())),
         });
         let runtime = Self { shared };
@@ -380,6 +388,49 @@ impl Runtime {
         }
     }
 
+    /// The first half of a graceful shutdown: takes no new transactions and
+    /// waits, at most `within`, until every transaction in memory has
+    /// decided (its outcome announced after R1's durable write). Clients may
+    /// still enlist, commit and roll back the transactions they hold. What is
+    /// left (phase 2, sagas, anything undecided at the deadline) is in the
+    /// log for the next start (R2, R3).
+    pub async fn drain(&self, within: Duration) {
+        let shared = &self.shared;
+        shared.draining.cancel();
+        let deadline = tokio::time::Instant::now() + within;
+        let undecided = || {
+            shared
+                .live
+                .iter()
+                .filter(|txn| txn.outcome.borrow().is_none())
+                .count()
+        };
+        tracing::info!(undecided = undecided(), "draining: no new transactions");
+        loop {
+            let left = undecided();
+            if left == 0 {
+                tracing::info!("drained: every transaction in memory has decided");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    undecided = left,
+                    "drain deadline reached; the next start aborts what is still undecided (R2)"
+                );
+                return;
+            }
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+
+    /// Fires when a graceful shutdown begins (health turns NOT_SERVING).
+    pub fn draining(&self) -> CancellationToken {
+        self.shared.draining.clone()
+    }
+
     /// Fires when another node declared this one gone: it must stop.
     pub fn lease_lost(&self) -> CancellationToken {
         self.shared.lease_lost.clone()
@@ -397,6 +448,9 @@ impl Runtime {
     /// Begins a transaction, or finds the one begun with the same key (R7).
     pub async fn begin(&self, request: BeginTxn) -> Result<Begun, Error> {
         let shared = &self.shared;
+        if shared.draining.is_cancelled() {
+            return Err(Error::Draining);
+        }
         let _claim = match &request.idempotency_key {
             Some(key) => {
                 let guard = shared.begin_keys.lock().await;
@@ -521,6 +575,9 @@ impl Runtime {
     /// it is terminal. A known idempotency key returns the first saga.
     pub async fn submit_saga(&self, request: SubmitSaga) -> Result<SagaAccepted, Error> {
         let shared = &self.shared;
+        if shared.draining.is_cancelled() {
+            return Err(Error::Draining);
+        }
         let claim = match &request.idempotency_key {
             Some(key) => {
                 let guard = shared.begin_keys.lock().await;

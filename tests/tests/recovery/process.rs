@@ -250,6 +250,101 @@ async fn a_killed_and_restarted_bank_keeps_every_committed_transfer() {
     world.settles(&id, told, true).await;
 }
 
+#[tokio::test]
+async fn sigterm_drains_the_decision_in_flight_refuses_new_work_and_a_restart_finishes_the_rest() {
+    let world = Banks::new();
+    let _a = world.bank("a", None, true).await;
+    // b answers Prepare 1.5 s after its YES vote is durable: the Commit is
+    // in flight when the coordinator is told to stop.
+    let _b = world
+        .bank("b", Some("participant-after-prepare=sleep(1500)"), true)
+        .await;
+    let coordinator = world.coordinator(None).await;
+    let transfer = tokio::spawn({
+        let client = world.client();
+        let (a, b) = (
+            format!("http://{}", world.a_addr),
+            format!("http://{}", world.b_addr),
+        );
+        async move {
+            let id = client
+                .begin(BeginOptions::default())
+                .await
+                .expect("begin")
+                .transaction_id;
+            let debit = Movement {
+                account: "alice".into(),
+                delta: -3_000,
+            };
+            let credit = Movement {
+                account: "bob".into(),
+                delta: 3_000,
+            };
+            client
+                .enlist(&id, &a, debit.to_payload(), Some("debit"))
+                .await
+                .expect("enlist");
+            client
+                .enlist(&id, &b, credit.to_payload(), Some("credit"))
+                .await
+                .expect("enlist");
+            let told = client.commit(&id).await;
+            (id, told)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    coordinator.signal("TERM");
+
+    // Draining: health says NOT_SERVING, and a new transaction is refused
+    // with a status that says why.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", world.coordinator_addr))
+            .expect("endpoint")
+            .connect_lazy();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    eventually("health reports NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "concord.v1.Coordinator".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    let refused = world
+        .client()
+        .begin(BeginOptions::default())
+        .await
+        .expect_err("no new transactions while draining");
+    assert!(refused.to_string().contains("draining"), "{refused}");
+
+    // The decision in flight is made and answered; then the process exits
+    // cleanly.
+    let (id, told) = transfer.await.expect("transfer task");
+    assert_eq!(
+        told.expect("commit answered"),
+        Outcome::Committed { read_only: false }
+    );
+    let status = coordinator.exits(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "a drained coordinator exits cleanly: {status}"
+    );
+
+    // Whatever phase 2 had left, the next start finishes.
+    let _coordinator = world.coordinator(None).await;
+    world
+        .settles(&id, Some(Outcome::Committed { read_only: false }), true)
+        .await;
+}
+
 /// The travel services and a coordinator, all separate processes.
 pub(super) struct Travel {
     dir: tempfile::TempDir,
