@@ -1,4 +1,5 @@
-//! The `concord` command line: `concord serve` runs a coordinator node.
+//! The `concord` command line: `concord serve` runs a coordinator node,
+//! `concord bench` measures, `concord txn` is the operator's tool.
 //! Every flag also reads an environment variable (`CONCORD_*`), shown by
 //! `concord serve --help`. The binary's `main` is [`main`]; it lives in the
 //! library so that tests can build the same program with fail points on.
@@ -31,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Measure throughput and latency against this machine's floor.
     Bench(crate::bench::BenchArgs),
+    /// Operator tools: list, show and retry transactions.
+    Txn(crate::admin::TxnArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,6 +142,7 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
+            Command::Txn(args) => crate::admin::run(args).await,
         }
     })
 }

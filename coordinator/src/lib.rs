@@ -17,11 +17,13 @@
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
 //! - [`cli`]: the `concord` command line.
+//! - [`admin`]: `concord txn`, the operator's tools over the gRPC API.
 //! - [`bench`]: `concord bench`, the load generator that measures against
 //!   the machine's floor.
 //!
 //! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`.
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod cli;

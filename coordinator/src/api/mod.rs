@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use crate::model::{TxnId, TxnKind};
 use crate::protocol::two_phase::{Decision, Outcome};
 use crate::runtime::{BeginTxn, Committed, EnlistBranch, Error, Runtime, SubmitSaga};
 use crate::store::ListQuery;
@@ -203,15 +204,39 @@ impl Coordinator for CoordinatorService {
             })?);
         }
         let limit = validate::page_size(request.page_size)?;
+        let kind = match pb::TransactionKind::try_from(request.kind) {
+            Ok(pb::TransactionKind::Unspecified) => None,
+            Ok(pb::TransactionKind::TwoPhase) => Some(TxnKind::TwoPhase),
+            Ok(pb::TransactionKind::Saga) => Some(TxnKind::Saga),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "kind is {}, which is not a transaction kind",
+                    request.kind
+                )));
+            }
+        };
+        let mut before = validate::page_token(&request.page_token)?;
+        if let Some(age) = validate::min_age_ms(request.min_age_ms)? {
+            // Ids are UUIDv7, ordered by the time they were minted: "begun
+            // at least `age` ago" is "id below the first id of that moment".
+            let now = self.runtime.config().clock.now_ms();
+            let bound = TxnId::from_parts(now.saturating_sub(age), 0);
+            before = Some(before.map_or(bound, |cursor| cursor.min(bound)));
+        }
         let query = ListQuery {
             states,
             needs_attention: request.needs_attention,
-            before: validate::page_token(&request.page_token)?,
+            before,
             limit,
         };
         let page = self.runtime.list(&query).await.map_err(convert::status)?;
         Ok(Response::new(pb::ListTransactionsResponse {
-            transactions: page.views.into_iter().map(convert::transaction).collect(),
+            transactions: page
+                .views
+                .into_iter()
+                .filter(|view| kind.is_none_or(|kind| view.kind == kind))
+                .map(convert::transaction)
+                .collect(),
             next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
         }))
     }
@@ -237,6 +262,26 @@ impl Coordinator for CoordinatorService {
             created: accepted.created,
             state: convert::state(accepted.state).into(),
             reason: accepted.reason.unwrap_or_default(),
+        }))
+    }
+
+    async fn retry_transaction(
+        &self,
+        request: Request<pb::RetryTransactionRequest>,
+    ) -> Result<Response<pb::RetryTransactionResponse>, Status> {
+        let hop = forward::Hop::of(&request);
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let (retried, state) = match self.runtime.retry(id).await {
+            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                let mut owner = self.forward.client(&address)?;
+                return owner.retry_transaction(hop.request(request)).await;
+            }
+            other => other.map_err(convert::status)?,
+        };
+        Ok(Response::new(pb::RetryTransactionResponse {
+            retried,
+            state: convert::state(state).into(),
         }))
     }
 

@@ -182,6 +182,18 @@ pub fn page_size(value: u32) -> Result<u32, Status> {
     }
 }
 
+/// `min_age_ms` of ListTransactions: at most ten years; 0 means any age.
+pub fn min_age_ms(value: u64) -> Result<Option<u64>, Status> {
+    const TEN_YEARS_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+    match value {
+        0 => Ok(None),
+        1..=TEN_YEARS_MS => Ok(Some(value)),
+        _ => Err(invalid(format!(
+            "min_age_ms must be at most {TEN_YEARS_MS} (ten years), got {value}"
+        ))),
+    }
+}
+
 pub fn page_token(value: &str) -> Result<Option<TxnId>, Status> {
     if value.is_empty() {
         return Ok(None);

@@ -333,7 +333,7 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
                 };
                 tracing::warn!(branch = %call.branch, %error, ?delay, "{verb} delivery failed; retrying");
                 txn.note_error(idx, format!("{verb} delivery failed: {error}"));
-                tokio::time::sleep(delay).await;
+                txn.retries.sleep(delay).await;
             }
         }
     }

@@ -63,6 +63,8 @@ pub struct LiveTxn {
     pub outcome: watch::Sender<Option<Outcome>>,
     /// True once the transaction ended and its end record is durable.
     pub ended: watch::Sender<bool>,
+    /// Its phase-2 retries' backoff, which an operator can cut short.
+    pub retries: super::wait::Retries,
 }
 
 impl LiveTxn {
@@ -95,6 +97,7 @@ impl LiveTxn {
             wake: Notify::new(),
             outcome: watch::channel(None).0,
             ended: watch::channel(false).0,
+            retries: super::wait::Retries::default(),
         }
     }
 

@@ -20,6 +20,7 @@
 //! - [`mailbox`]: the hand-off of effects to a transaction's one driver.
 //! - [`participants`]: channels and calls to participants.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
+//! - [`wait`]: backoff sleeps an operator can cut short.
 //! - [`lease`]: on a store several nodes share, this node's lease and the
 //!   takeover of gone nodes' transactions (DESIGN §6).
 
@@ -47,6 +48,7 @@ pub mod log;
 pub mod mailbox;
 pub mod participants;
 pub mod saga;
+pub mod wait;
 
 use clock::{Clock, SystemClock};
 use live::{BranchInfo, LiveTxn, TxnHeader};
@@ -889,6 +891,31 @@ impl Runtime {
             views.extend(flagged);
         }
         views.sort_by_key(|view| std::cmp::Reverse(view.id));
+    }
+
+    /// Makes every retry of the transaction that is waiting out its backoff
+    /// now (`concord txn retry`); returns how many there were and the state.
+    pub async fn retry(&self, id: TxnId) -> Result<(u32, TxnState), Error> {
+        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
+            let retried = txn.retries.now();
+            tracing::info!(%id, retried, "operator: retry now");
+            return Ok((retried, live::state_of(&txn.lock().machine)));
+        }
+        if let Some(saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
+            let retried = saga.retries.now();
+            tracing::info!(%id, retried, "operator: retry now");
+            return Ok((retried, saga.state()));
+        }
+        let view = self
+            .shared
+            .store
+            .transaction(&id)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        if UNFINISHED.contains(&view.state) {
+            return Err(self.elsewhere(id).await);
+        }
+        Ok((0, view.state))
     }
 
     /// The decision, for a participant holding a prepared branch. R2: an

@@ -51,6 +51,9 @@ pub struct LiveSaga {
     pub ended: watch::Sender<bool>,
     /// Another node took the saga over (its records were fenced).
     pub taken_over: std::sync::atomic::AtomicBool,
+    /// Its steps' and compensations' retry backoff, which an operator can
+    /// cut short.
+    pub retries: super::wait::Retries,
 }
 
 impl LiveSaga {
@@ -71,6 +74,7 @@ impl LiveSaga {
             wake: Notify::new(),
             ended: watch::channel(false).0,
             taken_over: std::sync::atomic::AtomicBool::new(false),
+            retries: super::wait::Retries::default(),
         }
     }
 
@@ -400,7 +404,7 @@ async fn execute(
         }
         let delay = delays.next().unwrap_or(def.retry.max_delay);
         tracing::debug!(step = %def.name, %error, ?delay, "retrying step");
-        tokio::time::sleep(delay).await;
+        saga.retries.sleep(delay).await;
     }
 }
 
@@ -438,7 +442,7 @@ async fn compensate(
                     return Event::CompensationOverBudget(step);
                 }
                 let delay = delays.next().unwrap_or(def.retry.max_delay);
-                tokio::time::sleep(delay).await;
+                saga.retries.sleep(delay).await;
             }
         }
     }

@@ -225,7 +225,34 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
         states,
         page_size,
         page_token: page_token.into(),
+        ..Default::default()
     };
+    expect(
+        raw.list_transactions(pb::ListTransactionsRequest {
+            kind: 99,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "kind",
+    );
+    expect(
+        raw.list_transactions(pb::ListTransactionsRequest {
+            min_age_ms: u64::MAX,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "min_age_ms",
+    );
+    expect(
+        raw.retry_transaction(pb::RetryTransactionRequest {
+            transaction_id: "nope".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "transaction_id",
+    );
     expect(
         raw.list_transactions(list(vec![], 1001, "")).await,
         Code::InvalidArgument,

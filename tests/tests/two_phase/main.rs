@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod bad_input;
 
 use std::time::Duration;
@@ -625,6 +626,7 @@ async fn transactions_are_listed_newest_first_in_pages() {
             states: vec![],
             page_size: 3,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -637,6 +639,7 @@ async fn transactions_are_listed_newest_first_in_pages() {
             states: vec![],
             page_size: 3,
             page_token: page.next_page_token,
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -650,6 +653,7 @@ async fn transactions_are_listed_newest_first_in_pages() {
             states: vec![pb::TransactionState::Active as i32],
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list")

@@ -1,0 +1,390 @@
+//! `concord txn ...`: the operator's tools, over the coordinator's gRPC API
+//! (any node of a cluster answers): list transactions by state, kind, age
+//! and NEEDS_ATTENTION; show one with its branches or steps, attempts, last
+//! errors and timeline; and cut a waiting retry short.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use concord_proto::v1 as pb;
+use concord_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::model::now_ms;
+
+#[derive(clap::Args, Debug)]
+pub struct TxnArgs {
+    /// The coordinator to ask: any node of a cluster.
+    #[arg(
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    coordinator: String,
+
+    #[command(subcommand)]
+    command: TxnCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TxnCommand {
+    /// Transactions newest first. Filters combine; --page-token continues.
+    List {
+        /// Only this state (repeatable): active, preparing, committing,
+        /// aborting, committed, aborted, running, compensating, completed,
+        /// compensated, failed.
+        #[arg(long = "state", value_parser = parse_state)]
+        states: Vec<pb::TransactionState>,
+        /// Only this kind: 2pc or saga.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<pb::TransactionKind>,
+        /// Only transactions begun at least this long ago: 90s, 5m, 2h, 1d.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Option<u64>,
+        /// Only sagas flagged NEEDS_ATTENTION.
+        #[arg(long)]
+        needs_attention: bool,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Where the previous page ended (printed under it).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// One transaction: its timeline, branches or steps, attempts, errors.
+    Show {
+        /// The transaction id.
+        id: String,
+    },
+    /// Makes every retry of the transaction that is waiting out its backoff
+    /// (phase-2 deliveries, saga steps, compensations) now.
+    Retry {
+        /// The transaction id.
+        id: String,
+    },
+}
+
+pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.coordinator)?;
+    match args.command {
+        TxnCommand::List {
+            states,
+            kind,
+            older_than,
+            needs_attention,
+            limit,
+            page_token,
+        } => {
+            let page = client
+                .list_transactions(pb::ListTransactionsRequest {
+                    states: states.into_iter().map(Into::into).collect(),
+                    needs_attention,
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                    kind: kind.unwrap_or(pb::TransactionKind::Unspecified).into(),
+                    min_age_ms: older_than.unwrap_or(0),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print!("{}", list_text(&page, now_ms()));
+        }
+        TxnCommand::Show { id } => {
+            let txn = client
+                .get_transaction(pb::GetTransactionRequest { transaction_id: id })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print!("{}", show_text(&txn, now_ms()));
+        }
+        TxnCommand::Retry { id } => {
+            let answer = client
+                .retry_transaction(pb::RetryTransactionRequest {
+                    transaction_id: id.clone(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "{id}: {} waiting retr{} started now; state {}",
+                answer.retried,
+                if answer.retried == 1 { "y" } else { "ies" },
+                state_name(answer.state)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("--coordinator {url:?} is not a URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    Ok(CoordinatorClient::new(endpoint.connect_lazy()))
+}
+
+/// A gRPC failure as the one line an operator needs.
+fn explain(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn parse_state(value: &str) -> Result<pb::TransactionState, String> {
+    let name = format!("TRANSACTION_STATE_{}", value.to_ascii_uppercase());
+    pb::TransactionState::from_str_name(&name)
+        .filter(|state| *state != pb::TransactionState::Unspecified)
+        .ok_or_else(|| format!("{value:?} is not a transaction state"))
+}
+
+fn parse_kind(value: &str) -> Result<pb::TransactionKind, String> {
+    match value {
+        "2pc" | "two-phase" | "two_phase" => Ok(pb::TransactionKind::TwoPhase),
+        "saga" => Ok(pb::TransactionKind::Saga),
+        _ => Err(format!("{value:?} is not a kind: give 2pc or saga")),
+    }
+}
+
+/// "90s", "5m", "2h", "1d", "250ms" as milliseconds.
+fn parse_age(value: &str) -> Result<u64, String> {
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &value[digits.len()..];
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 90s, 5m, 2h or 1d"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{value:?}: the unit must be ms, s, m, h or d")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{value:?} is too long"))
+}
+
+fn state_name(state: i32) -> String {
+    pb::TransactionState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TRANSACTION_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("state {state}"))
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::TransactionKind::try_from(kind) {
+        Ok(pb::TransactionKind::Saga) => "saga",
+        Ok(pb::TransactionKind::TwoPhase) => "2pc",
+        _ => "?",
+    }
+}
+
+/// "3m12s" for a span of milliseconds.
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// An instant (ms since the Unix epoch) in UTC, RFC 3339, and how long ago.
+fn moment(ms: u64, now: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let days = i64::try_from(ms / 86_400_000).unwrap_or(i64::MAX);
+    let rest = ms % 86_400_000;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let when = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        (rest / 60_000) % 60,
+        (rest / 1000) % 60,
+        rest % 1000
+    );
+    if now >= ms {
+        format!("{when} ({} ago)", span(now - ms))
+    } else {
+        format!("{when} (in {})", span(ms - now))
+    }
+}
+
+fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
+    let mut out = format!(
+        "{:<36}  {:<4}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
+        "ID", "KIND", "STATE", "AGE", "PARTS", "ATTN", "REASON"
+    );
+    for txn in &page.transactions {
+        let parts = if txn.kind == i32::from(pb::TransactionKind::Saga) {
+            txn.steps.len().max(txn.branch_count as usize)
+        } else {
+            txn.branch_count as usize
+        };
+        out.push_str(&format!(
+            "{:<36}  {:<4}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
+            txn.id,
+            kind_name(txn.kind),
+            state_name(txn.state),
+            span(now.saturating_sub(txn.created_at_ms)),
+            parts,
+            if txn.needs_attention { "yes" } else { "-" },
+            txn.reason
+        ));
+    }
+    if page.transactions.is_empty() {
+        out.push_str("(none)\n");
+    }
+    if !page.next_page_token.is_empty() {
+        out.push_str(&format!("more: --page-token {}\n", page.next_page_token));
+    }
+    out
+}
+
+fn show_text(txn: &pb::Transaction, now: u64) -> String {
+    let mut out = format!("transaction {}\n", txn.id);
+    let mut field = |name: &str, value: String| {
+        if !value.is_empty() {
+            out.push_str(&format!("  {name:<16}{value}\n"));
+        }
+    };
+    field("kind", kind_name(txn.kind).into());
+    field("state", state_name(txn.state));
+    field(
+        "needs attention",
+        if txn.needs_attention {
+            "YES".into()
+        } else {
+            String::new()
+        },
+    );
+    field("begun", moment(txn.created_at_ms, now));
+    if txn.deadline_ms > 0 {
+        field("deadline", moment(txn.deadline_ms, now));
+    }
+    field("decided", moment(txn.decided_at_ms, now));
+    field("ended", moment(txn.ended_at_ms, now));
+    field("reason", txn.reason.clone());
+    field("description", txn.description.clone());
+    field("idempotency key", txn.idempotency_key.clone());
+    if txn.read_only {
+        field("read only", "yes".into());
+    }
+    if !txn.branches.is_empty() {
+        out.push_str("branches:\n");
+        for branch in &txn.branches {
+            let state = pb::BranchState::try_from(branch.state)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("BRANCH_STATE_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            let vote = pb::Vote::try_from(branch.vote)
+                .ok()
+                .filter(|v| *v != pb::Vote::Unspecified)
+                .map(|v| {
+                    v.as_str_name()
+                        .trim_start_matches("VOTE_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "  {:<16}{:<12} vote {:<9} attempts {:<4} {}\n",
+                branch.name, state, vote, branch.attempts, branch.participant
+            ));
+            if !branch.last_error.is_empty() {
+                out.push_str(&format!("  {:<16}last error: {}\n", "", branch.last_error));
+            }
+        }
+    }
+    if !txn.steps.is_empty() {
+        out.push_str("steps:\n");
+        for step in &txn.steps {
+            let state = pb::StepState::try_from(step.state)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("STEP_STATE_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            let kind = pb::StepKind::try_from(step.kind)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("STEP_KIND_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {:<16}{:<14} {:<13} attempts {:<4} compensations {:<4} {}\n",
+                step.name, state, kind, step.attempts, step.compensation_attempts, step.participant
+            ));
+            if !step.last_error.is_empty() {
+                out.push_str(&format!("  {:<16}last error: {}\n", "", step.last_error));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_the_way_operators_write_them() {
+        assert_eq!(parse_age("90s"), Ok(90_000));
+        assert_eq!(parse_age("5m"), Ok(300_000));
+        assert_eq!(parse_age("2h"), Ok(7_200_000));
+        assert_eq!(parse_age("1d"), Ok(86_400_000));
+        assert_eq!(parse_age("250ms"), Ok(250));
+        assert!(parse_age("5 minutes").is_err());
+        assert!(parse_age("m").is_err());
+        assert!(parse_age("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn states_and_kinds_parse_by_their_short_names() {
+        assert_eq!(
+            parse_state("committing"),
+            Ok(pb::TransactionState::Committing)
+        );
+        assert_eq!(
+            parse_state("NEEDS"),
+            Err("\"NEEDS\" is not a transaction state".into())
+        );
+        assert!(parse_state("unspecified").is_err());
+        assert_eq!(parse_kind("saga"), Ok(pb::TransactionKind::Saga));
+        assert!(parse_kind("xa").is_err());
+    }
+
+    #[test]
+    fn moments_are_utc_and_relative() {
+        // 2025-11-24T01:02:03.004Z
+        let ms = 1_763_946_123_004;
+        assert_eq!(
+            moment(ms, ms + 192_000),
+            "2025-11-24T01:02:03.004Z (3m12s ago)"
+        );
+        assert_eq!(moment(0, ms), "-");
+        assert_eq!(
+            moment(951_782_400_000, 951_782_400_000),
+            "2000-02-29T00:00:00.000Z (0ms ago)"
+        );
+    }
+}

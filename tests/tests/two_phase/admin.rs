@@ -1,0 +1,126 @@
+//! `concord txn`, the operator's tool, run as the real binary against a
+//! coordinator: a transaction stuck waiting out a long phase-2 backoff is
+//! found by `list`, explained by `show`, and finished by `retry` long before
+//! its backoff would have ended.
+
+use std::time::Duration;
+
+use concord_coordinator::runtime::RuntimeConfig;
+use concord_participant::{BeginOptions, Outcome};
+use concord_proto::v1 as pb;
+
+use super::support::{TestParticipant, client, eventually, start_coordinator};
+
+/// Runs `concord txn <args>` against `url`; returns stdout, or panics with
+/// stderr.
+async fn txn(url: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .arg("txn")
+        .args(["--coordinator", url])
+        .args(args)
+        .output()
+        .await
+        .expect("run concord txn");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "concord txn {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn an_operator_finds_a_stuck_transaction_sees_why_and_retries_it_now() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    // Phase-2 retries wait a minute: longer than this test may take.
+    let config = RuntimeConfig::with_retry(
+        Duration::from_secs(60),
+        Duration::from_secs(120),
+        RuntimeConfig::default(),
+    );
+    let node = start_coordinator(&coordinator_dir, config).await;
+    let url = node.url();
+    let client = client(&node);
+    let a = TestParticipant::start(dir.path(), "a", Some(&coordinator_dir)).await;
+    let b = TestParticipant::start(dir.path(), "b", Some(&coordinator_dir)).await;
+    let id = client
+        .begin(BeginOptions::default())
+        .await
+        .expect("begin")
+        .transaction_id;
+    client
+        .enlist(&id, &a.url, "commit", Some("steady"))
+        .await
+        .expect("enlist");
+    client
+        .enlist(&id, &b.url, "flaky-commit:1", Some("flaky"))
+        .await
+        .expect("enlist");
+    assert_eq!(
+        client.commit(&id).await.expect("commit"),
+        Outcome::Committed { read_only: false }
+    );
+    // b refused its first Commit; the next attempt is a minute away.
+    eventually("the flaky branch failed once", || async {
+        let txn = client.transaction(&id).await.ok()?;
+        txn.branches
+            .iter()
+            .any(|b| b.name == "flaky" && !b.last_error.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    let listed = txn(&url, &["list", "--state", "committing"]).await;
+    assert!(listed.contains(&id), "{listed}");
+    assert!(
+        listed.contains("2pc") && listed.contains("committing"),
+        "{listed}"
+    );
+    let shown = txn(&url, &["show", &id]).await;
+    assert!(shown.contains("state           committing"), "{shown}");
+    assert!(
+        shown.contains("flaky") && shown.contains("last error: commit delivery failed"),
+        "{shown}"
+    );
+    assert!(shown.contains("decided"), "{shown}");
+
+    let retried = txn(&url, &["retry", &id]).await;
+    assert!(retried.contains("1 waiting retry started now"), "{retried}");
+    // Well within the minute the backoff would have taken.
+    eventually("the transaction commits after the retry", || async {
+        let state = client.transaction(&id).await.ok()?.state;
+        (state == pb::TransactionState::Committed as i32).then_some(())
+    })
+    .await;
+    assert_eq!(b.effects(&id).await, ["prepare", "commit"]);
+
+    // Filters: nothing of this kind or age, and a clear error for a typo.
+    assert!(
+        txn(&url, &["list", "--kind", "saga"])
+            .await
+            .contains("(none)")
+    );
+    assert!(
+        txn(&url, &["list", "--older-than", "1d"])
+            .await
+            .contains("(none)")
+    );
+    assert!(
+        txn(&url, &["list", "--older-than", "0s", "--kind", "2pc"])
+            .await
+            .contains(&id)
+    );
+    let typo = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["txn", "--coordinator", &url, "show", "not-an-id"])
+        .output()
+        .await
+        .expect("run");
+    assert!(!typo.status.success());
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("transaction_id"),
+        "{stderr}"
+    );
+}
