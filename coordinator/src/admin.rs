@@ -1,7 +1,8 @@
 //! `concord txn ...`: the operator's tools, over the coordinator's gRPC API
 //! (any node of a cluster answers): list transactions by state, kind, age
 //! and NEEDS_ATTENTION; show one with its branches or steps, attempts, last
-//! errors and timeline; and cut a waiting retry short.
+//! errors, timeline and operators' decisions; cut a waiting retry short;
+//! and record an operator's outcome for a branch that cannot answer.
 
 use std::time::Duration;
 
@@ -62,6 +63,27 @@ enum TxnCommand {
         /// The transaction id.
         id: String,
     },
+    /// Records what you established happened at a participant that cannot
+    /// answer, so the transaction can finish: a 2PC branch in phase 2
+    /// (committed or aborted, as the transaction decided), or a saga step
+    /// whose action (committed) or compensation (compensated) keeps
+    /// failing. Recorded with who, when and why; shown forever after.
+    Resolve {
+        /// The transaction id.
+        id: String,
+        /// The branch or step name, as `concord txn show` prints it.
+        #[arg(long)]
+        branch: String,
+        /// committed, aborted or compensated.
+        #[arg(long, value_parser = parse_resolution)]
+        outcome: pb::Resolution,
+        /// Why: what you checked or did (required).
+        #[arg(long)]
+        reason: String,
+        /// Who you are; default: $USER.
+        #[arg(long, env = "CONCORD_OPERATOR")]
+        operator: Option<String>,
+    },
 }
 
 pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
@@ -96,6 +118,34 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
                 .map_err(explain)?
                 .into_inner();
             print!("{}", show_text(&txn, now_ms()));
+        }
+        TxnCommand::Resolve {
+            id,
+            branch,
+            outcome,
+            reason,
+            operator,
+        } => {
+            let operator = operator
+                .or_else(|| std::env::var("USER").ok())
+                .filter(|name| !name.is_empty())
+                .context("say who you are: --operator NAME (or set CONCORD_OPERATOR)")?;
+            let answer = client
+                .resolve_branch(pb::ResolveBranchRequest {
+                    transaction_id: id.clone(),
+                    branch: branch.clone(),
+                    outcome: outcome.into(),
+                    reason,
+                    operator: operator.clone(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "{id}: {branch} resolved {} by {operator}; state {}",
+                resolution_name(outcome.into()),
+                state_name(answer.state)
+            );
         }
         TxnCommand::Retry { id } => {
             let answer = client
@@ -134,6 +184,27 @@ fn parse_state(value: &str) -> Result<pb::TransactionState, String> {
     pb::TransactionState::from_str_name(&name)
         .filter(|state| *state != pb::TransactionState::Unspecified)
         .ok_or_else(|| format!("{value:?} is not a transaction state"))
+}
+
+fn parse_resolution(value: &str) -> Result<pb::Resolution, String> {
+    match value {
+        "committed" => Ok(pb::Resolution::Committed),
+        "aborted" => Ok(pb::Resolution::Aborted),
+        "compensated" => Ok(pb::Resolution::Compensated),
+        _ => Err(format!(
+            "{value:?} is not an outcome: give committed, aborted or compensated"
+        )),
+    }
+}
+
+fn resolution_name(outcome: i32) -> String {
+    pb::Resolution::try_from(outcome)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("RESOLUTION_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("outcome {outcome}"))
 }
 
 fn parse_kind(value: &str) -> Result<pb::TransactionKind, String> {
@@ -311,6 +382,20 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
             if !branch.last_error.is_empty() {
                 out.push_str(&format!("  {:<16}last error: {}\n", "", branch.last_error));
             }
+        }
+    }
+    if !txn.operator_actions.is_empty() {
+        out.push_str("operator decisions:\n");
+        for action in &txn.operator_actions {
+            out.push_str(&format!(
+                "  {:<16}{} by {} at {}\n  {:<16}reason: {}\n",
+                action.branch,
+                resolution_name(action.outcome),
+                action.operator,
+                moment(action.at_ms, now),
+                "",
+                action.reason
+            ));
         }
     }
     if !txn.steps.is_empty() {

@@ -330,6 +330,51 @@ impl VoteKind {
     }
 }
 
+/// What an operator established happened at a participant that cannot
+/// answer (`concord txn resolve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// A 2PC branch committed (the transaction decided COMMIT), or a saga
+    /// step's action completed.
+    Committed,
+    /// A 2PC branch aborted (the transaction decided ABORT).
+    Aborted,
+    /// A saga step's compensation completed.
+    Compensated,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Committed => "committed",
+            Resolution::Aborted => "aborted",
+            Resolution::Compensated => "compensated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "committed" => Some(Resolution::Committed),
+            "aborted" => Some(Resolution::Aborted),
+            "compensated" => Some(Resolution::Compensated),
+            _ => None,
+        }
+    }
+}
+
+/// An operator's decision for one branch or step, recorded durably and
+/// shown with the transaction forever after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorAction {
+    /// The branch (2PC) or step (saga) name.
+    pub branch: String,
+    pub outcome: Resolution,
+    pub reason: String,
+    /// Who: the name the operator gave.
+    pub operator: String,
+    pub at_ms: u64,
+}
+
 /// One branch as the coordinator knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchView {
@@ -362,6 +407,9 @@ pub struct TxnView {
     /// A saga's steps; empty in listings and for 2PC.
     pub steps: Vec<StepView>,
     pub needs_attention: bool,
+    /// Operators' decisions for branches or steps, oldest first. Empty in
+    /// listings.
+    pub operator_actions: Vec<OperatorAction>,
 }
 
 /// Milliseconds since the Unix epoch, from the system clock. Only the runtime

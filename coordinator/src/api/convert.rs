@@ -4,7 +4,8 @@
 use concord_proto::v1 as pb;
 
 use crate::model::{
-    BranchState, BranchView, StepKind, StepStatus, StepView, TxnKind, TxnState, TxnView, VoteKind,
+    BranchState, BranchView, Resolution, StepKind, StepStatus, StepView, TxnKind, TxnState,
+    TxnView, VoteKind,
 };
 use crate::protocol::two_phase::Outcome;
 use crate::runtime::Error;
@@ -138,6 +139,25 @@ pub fn transaction(view: TxnView) -> pb::Transaction {
         .into(),
         steps: view.steps.into_iter().map(step).collect(),
         needs_attention: view.needs_attention,
+        operator_actions: view
+            .operator_actions
+            .into_iter()
+            .map(|action| pb::OperatorAction {
+                branch: action.branch,
+                outcome: resolution(action.outcome).into(),
+                reason: action.reason,
+                operator: action.operator,
+                at_ms: action.at_ms,
+            })
+            .collect(),
+    }
+}
+
+pub fn resolution(outcome: Resolution) -> pb::Resolution {
+    match outcome {
+        Resolution::Committed => pb::Resolution::Committed,
+        Resolution::Aborted => pb::Resolution::Aborted,
+        Resolution::Compensated => pb::Resolution::Compensated,
     }
 }
 
@@ -150,6 +170,8 @@ pub fn status(error: Error) -> tonic::Status {
             tonic::Status::failed_precondition(message)
         }
         Error::BranchConflict { .. } => tonic::Status::already_exists(message),
+        Error::NoSuchBranch { .. } => tonic::Status::not_found(message),
+        Error::CannotResolve(_) => tonic::Status::failed_precondition(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
         Error::Unavailable(_)
         | Error::ShuttingDown

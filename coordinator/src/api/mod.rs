@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::model::{TxnId, TxnKind};
+use crate::model::{OperatorAction, Resolution, TxnId, TxnKind};
 use crate::protocol::two_phase::{Decision, Outcome};
 use crate::runtime::{BeginTxn, Committed, EnlistBranch, Error, Runtime, SubmitSaga};
 use crate::store::ListQuery;
@@ -281,6 +281,44 @@ impl Coordinator for CoordinatorService {
         };
         Ok(Response::new(pb::RetryTransactionResponse {
             retried,
+            state: convert::state(state).into(),
+        }))
+    }
+
+    async fn resolve_branch(
+        &self,
+        request: Request<pb::ResolveBranchRequest>,
+    ) -> Result<Response<pb::ResolveBranchResponse>, Status> {
+        let hop = forward::Hop::of(&request);
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let action = OperatorAction {
+            branch: validate::branch_name(&request.branch)?.ok_or_else(|| {
+                Status::invalid_argument("branch is empty: name the branch or step to resolve")
+            })?,
+            outcome: match pb::Resolution::try_from(request.outcome) {
+                Ok(pb::Resolution::Committed) => Resolution::Committed,
+                Ok(pb::Resolution::Aborted) => Resolution::Aborted,
+                Ok(pb::Resolution::Compensated) => Resolution::Compensated,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "outcome is {}: give COMMITTED, ABORTED or COMPENSATED",
+                        request.outcome
+                    )));
+                }
+            },
+            reason: validate::required_text("reason", &request.reason, 1024)?,
+            operator: validate::required_text("operator", &request.operator, 256)?,
+            at_ms: self.runtime.config().clock.now_ms(),
+        };
+        let state = match self.runtime.resolve(id, action).await {
+            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                let mut owner = self.forward.client(&address)?;
+                return owner.resolve_branch(hop.request(request)).await;
+            }
+            other => other.map_err(convert::status)?,
+        };
+        Ok(Response::new(pb::ResolveBranchResponse {
             state: convert::state(state).into(),
         }))
     }

@@ -106,6 +106,20 @@ pub fn text(field: &str, value: &str) -> Result<Option<String>, Status> {
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
+/// Text that must be given, at most `max` bytes.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, Status> {
+    if value.trim().is_empty() {
+        return Err(invalid(format!("{field} is empty; it is required")));
+    }
+    if value.len() > max {
+        return Err(invalid(format!(
+            "{field} is {} bytes; at most {max}",
+            value.len()
+        )));
+    }
+    Ok(value.to_owned())
+}
+
 /// An absolute http:// or https:// URI with a host, and no path beyond "/".
 pub fn endpoint(field: &str, value: &str) -> Result<String, Status> {
     if value.is_empty() {

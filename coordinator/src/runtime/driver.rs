@@ -306,6 +306,11 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
     let deadline = shared.config.delivery_timeout;
     let mut delays = shared.config.retry.build();
     loop {
+        if txn.resolved(idx) {
+            // An operator established this branch's outcome (it can only be
+            // the decided one): stop calling a participant that cannot answer.
+            return Event::Delivered { branch: idx };
+        }
         txn.note_attempt(idx);
         let result = match decision {
             Decision::Commit => shared

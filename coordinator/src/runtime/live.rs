@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::model::{BranchState, BranchView, TxnId, TxnKind, TxnState, TxnView, VoteKind};
+use crate::model::{
+    BranchState, BranchView, OperatorAction, TxnId, TxnKind, TxnState, TxnView, VoteKind,
+};
 use crate::protocol::two_phase::{BranchPhase, Effect, Outcome, Phase, TwoPhase};
 use crate::store::BranchEnd;
 
@@ -38,6 +40,8 @@ pub struct Inner {
     pub prepare_timeout: Duration,
     /// Effects waiting for the transaction's driver.
     pub mailbox: Mailbox<Effect>,
+    /// Operators' decisions for branches (`concord txn resolve`), durable.
+    pub operator_actions: Vec<OperatorAction>,
 }
 
 /// What a transaction is born with and never changes.
@@ -93,6 +97,7 @@ impl LiveTxn {
                 decided_at_ms: None,
                 prepare_timeout,
                 mailbox: Mailbox::default(),
+                operator_actions: Vec::new(),
             }),
             wake: Notify::new(),
             outcome: watch::channel(None).0,
@@ -180,7 +185,25 @@ impl LiveTxn {
             },
             steps: Vec::new(),
             needs_attention: false,
+            operator_actions: if with_branches {
+                inner.operator_actions.clone()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Whether an operator resolved branch `idx` (`concord txn resolve`):
+    /// its delivery stops as if acknowledged.
+    pub fn resolved(&self, idx: usize) -> bool {
+        let inner = self.lock();
+        let Some(branch) = inner.branches.get(idx) else {
+            return false;
+        };
+        inner
+            .operator_actions
+            .iter()
+            .any(|action| action.branch == branch.name)
     }
 
     /// How each branch ended, for the end record.

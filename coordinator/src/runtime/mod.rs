@@ -34,9 +34,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::{SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView};
+use crate::model::{
+    OperatorAction, Resolution, SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView,
+};
 use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
-use crate::protocol::two_phase::{Decision, Event, Outcome, Rejected, TwoPhase};
+use crate::protocol::two_phase::{BranchPhase, Decision, Event, Outcome, Rejected, TwoPhase};
 use crate::store::{ListQuery, Record, Store, StoreError, Unfinished};
 
 pub mod clock;
@@ -155,6 +157,12 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
     NotTwoPhase(TxnId),
+    #[error("transaction {id} has no branch or step named {name:?}")]
+    NoSuchBranch { id: TxnId, name: String },
+    /// `concord txn resolve` asked for something that would break the
+    /// transaction's rules; the message says which.
+    #[error("{0}")]
+    CannotResolve(String),
     /// DESIGN §6: another live node owns the transaction; the API forwards
     /// the call there.
     #[error("transaction {id} is owned by the coordinator node at {address}; send the call there")]
@@ -918,6 +926,119 @@ impl Runtime {
         Ok((0, view.state))
     }
 
+    /// Records an operator's outcome for a branch or saga step that cannot
+    /// answer (`concord txn resolve`), durably, then lets the transaction go
+    /// on as if the participant had answered it. Refuses anything that
+    /// could leave the transaction half-done (see the proto).
+    pub async fn resolve(&self, id: TxnId, action: OperatorAction) -> Result<TxnState, Error> {
+        let shared = &self.shared;
+        if let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) {
+            let idx = {
+                let inner = txn.lock();
+                let idx = inner
+                    .branches
+                    .iter()
+                    .position(|b| b.name == action.branch)
+                    .ok_or_else(|| Error::NoSuchBranch {
+                        id,
+                        name: action.branch.clone(),
+                    })?;
+                let decided = match inner.machine.announced() {
+                    Some(Outcome::Committed { .. }) => Resolution::Committed,
+                    Some(Outcome::Aborted { .. }) => Resolution::Aborted,
+                    None => {
+                        return Err(Error::CannotResolve(format!(
+                            "transaction {id} has not decided; a branch can be resolved only in \
+                             phase 2 (to give up on an undecided transaction, roll it back)"
+                        )));
+                    }
+                };
+                if action.outcome != decided {
+                    return Err(Error::CannotResolve(format!(
+                        "transaction {id} decided {}; resolving branch {} as {} would leave it \
+                         half-done",
+                        decided.as_str(),
+                        action.branch,
+                        action.outcome.as_str()
+                    )));
+                }
+                if !matches!(
+                    inner.machine.branches().get(idx),
+                    Some(BranchPhase::Delivering(_))
+                ) {
+                    return Err(Error::CannotResolve(format!(
+                        "branch {} of transaction {id} is not waiting for its participant",
+                        action.branch
+                    )));
+                }
+                idx
+            };
+            self.record_action(id, &action).await?;
+            txn.lock().operator_actions.push(action);
+            // The branch's delivery sees the decision at its next attempt.
+            txn.retries.now();
+            tracing::warn!(%id, branch = idx, "operator resolved a branch");
+            return Ok(live::state_of(&txn.lock().machine));
+        }
+        if let Some(saga) = shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
+            let step = saga
+                .steps
+                .iter()
+                .position(|s| s.name == action.branch)
+                .ok_or_else(|| Error::NoSuchBranch {
+                    id,
+                    name: action.branch.clone(),
+                })?;
+            let status = saga.lock().machine.statuses()[step];
+            let fits = matches!(
+                (action.outcome, status),
+                (Resolution::Compensated, StepStatus::Compensating)
+                    | (Resolution::Committed, StepStatus::Running)
+            );
+            if !fits {
+                return Err(Error::CannotResolve(format!(
+                    "step {} of saga {id} is {}: only a step whose action is retrying can be \
+                     resolved committed, and only one whose compensation is retrying can be \
+                     resolved compensated",
+                    action.branch,
+                    crate::model::step_status_str(status)
+                )));
+            }
+            self.record_action(id, &action).await?;
+            saga.lock().operator_actions.push(action);
+            saga.retries.now();
+            tracing::warn!(%id, step, "operator resolved a saga step");
+            return Ok(saga.state());
+        }
+        let view = shared
+            .store
+            .transaction(&id)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        if UNFINISHED.contains(&view.state) {
+            return Err(self.elsewhere(id).await);
+        }
+        Err(Error::CannotResolve(format!(
+            "transaction {id} already ended {}; there is nothing to resolve",
+            view.state.as_str()
+        )))
+    }
+
+    /// Makes an operator's action durable before it takes effect.
+    async fn record_action(&self, id: TxnId, action: &OperatorAction) -> Result<(), Error> {
+        let record = Record::OperatorResolved {
+            id,
+            action: action.clone(),
+        };
+        match self.shared.log.force(vec![record]).await {
+            Ok(()) => Ok(()),
+            Err(log::LogError::Fenced) => Err(Error::TakenOver(id)),
+            Err(error) => Err(Error::Unavailable(format!(
+                "could not record the operator's decision: {error}"
+            ))),
+        }
+    }
+
     /// The decision, for a participant holding a prepared branch. R2: an
     /// unknown transaction is aborted.
     pub async fn outcome(&self, id: TxnId) -> Result<Option<Decision>, Error> {
@@ -1092,10 +1213,13 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
     );
     let mut pending: Vec<Recovered> = Vec::with_capacity(unfinished.len());
     for record in unfinished {
-        let view = record.view;
+        let mut view = record.view;
         if shared.live.contains_key(&view.id) || shared.sagas.contains_key(&view.id) {
             continue;
         }
+        // Operators' decisions hold across restarts: a resolved branch is
+        // not called again.
+        let operator_actions = std::mem::take(&mut view.operator_actions);
         let header = TxnHeader {
             id: view.id,
             created_at_ms: view.created_at_ms,
@@ -1131,6 +1255,7 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
                 })
                 .collect();
             let live_saga = Arc::new(LiveSaga::new(header, record.steps, machine, progress));
+            live_saga.lock().operator_actions = operator_actions;
             shared.sagas.insert(view.id, Arc::clone(&live_saga));
             pending.push(Recovered::Saga(live_saga, effects));
             continue;
@@ -1161,7 +1286,11 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             branches,
             shared.config.default_prepare_timeout,
         ));
-        txn.lock().decided_at_ms = view.decided_at_ms;
+        {
+            let mut inner = txn.lock();
+            inner.decided_at_ms = view.decided_at_ms;
+            inner.operator_actions = operator_actions;
+        }
         if let Some(announced) = txn.lock().machine.announced().cloned() {
             txn.outcome.send_replace(Some(announced));
         }

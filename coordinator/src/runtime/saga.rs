@@ -16,7 +16,10 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::model::{SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState, TxnView};
+use crate::model::{
+    OperatorAction, Resolution, SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState,
+    TxnView,
+};
 use crate::protocol::saga::{Effect, Event, Saga, SagaPhase};
 use crate::store::{Record, StepProgress};
 
@@ -39,6 +42,8 @@ pub struct SagaInner {
     pub machine: Saga,
     pub progress: Vec<Progress>,
     mailbox: Mailbox<Effect>,
+    /// Operators' decisions for steps (`concord txn resolve`), durable.
+    pub operator_actions: Vec<OperatorAction>,
 }
 
 pub struct LiveSaga {
@@ -70,6 +75,7 @@ impl LiveSaga {
                 machine,
                 progress,
                 mailbox: Mailbox::default(),
+                operator_actions: Vec::new(),
             }),
             wake: Notify::new(),
             ended: watch::channel(false).0,
@@ -170,6 +176,11 @@ impl LiveSaga {
             branches: Vec::new(),
             steps,
             needs_attention: inner.machine.needs_attention(),
+            operator_actions: if with_steps {
+                inner.operator_actions.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -352,6 +363,19 @@ fn call(saga: &LiveSaga, step: usize, payload: Vec<u8>) -> BranchCall {
     }
 }
 
+impl LiveSaga {
+    /// The outcome an operator gave step `step`, if any.
+    pub fn resolution(&self, step: usize) -> Option<Resolution> {
+        let name = &self.steps.get(step)?.name;
+        self.lock()
+            .operator_actions
+            .iter()
+            .rev()
+            .find(|action| &action.branch == name)
+            .map(|action| action.outcome)
+    }
+}
+
 /// Calls a step's action until it answers, per its retry policy.
 async fn execute(
     shared: Arc<Shared>,
@@ -369,6 +393,10 @@ async fn execute(
     let mut delays = def.retry.delays();
     let mut attempts = 0u32;
     loop {
+        if saga.resolution(step) == Some(Resolution::Committed) {
+            // An operator established that the action completed.
+            return Event::ActionSucceeded(step);
+        }
         attempts = attempts.saturating_add(1);
         saga.note(step, false, None);
         let error = match shared
@@ -422,6 +450,10 @@ async fn compensate(
     let mut delays = def.retry.delays();
     let mut attempts = 0u32;
     loop {
+        if saga.resolution(step) == Some(Resolution::Compensated) {
+            // An operator established that the compensation completed.
+            return Event::Compensated(step);
+        }
         attempts = attempts.saturating_add(1);
         saga.note(step, true, None);
         match shared

@@ -37,6 +37,7 @@ pub(crate) struct Grouped {
     attention: Vec<Value>,
     ended: Vec<Value>,
     branch_ends: Vec<Value>,
+    operator_actions: Vec<Value>,
 }
 
 /// Rows keyed so that a later one replaces an earlier one.
@@ -168,6 +169,14 @@ impl Grouped {
                 self.progress(id, step);
             }
             Record::NeedsAttention { id } => self.attention.push(json!(id.to_string())),
+            Record::OperatorResolved { id, action } => self.operator_actions.push(json!({
+                "txn": id.to_string(),
+                "at": to_i64(action.at_ms),
+                "branch": action.branch,
+                "outcome": action.outcome.as_str(),
+                "reason": action.reason,
+                "operator": action.operator,
+            })),
             Record::Ended {
                 id,
                 state,
@@ -225,7 +234,7 @@ impl Grouped {
     /// Every non-empty group as a JSON array, in the order the module
     /// documentation gives; each backend runs one statement per group.
     pub(crate) fn encoded(&self) -> Result<Vec<(Group, String)>, StoreError> {
-        let groups: [(Group, &Vec<Value>); 10] = [
+        let groups: [(Group, &Vec<Value>); 11] = [
             (Group::Transactions, &self.transactions),
             (Group::Branches, &self.branches),
             (Group::Steps, &self.steps),
@@ -234,6 +243,7 @@ impl Grouped {
             (Group::SagaStates, &self.saga_states.rows),
             (Group::StepProgress, &self.step_progress.rows),
             (Group::Attention, &self.attention),
+            (Group::OperatorActions, &self.operator_actions),
             (Group::Ended, &self.ended),
             (Group::BranchEnds, &self.branch_ends),
         ];
@@ -269,6 +279,8 @@ pub(crate) enum Group {
     StepProgress,
     /// NEEDS_ATTENTION flags: a JSON array of ids.
     Attention,
+    /// Operators' decisions (`OperatorResolved`), before the end they allow.
+    OperatorActions,
     /// Ends; `decided_at` keeps the decision's stamp, `needs_attention`
     /// stays only for FAILED.
     Ended,

@@ -56,6 +56,9 @@ pub const ALL: &[(&str, Test)] = &[
         "recovery_gets_each_unfinished_transaction_with_its_own_parts",
         |open| Box::pin(recovery_gets_each_unfinished_transaction_with_its_own_parts(open)),
     ),
+    ("operator_actions_are_kept_in_order_and_recovered", |open| {
+        Box::pin(operator_actions_are_kept_in_order_and_recovered(open))
+    }),
 ];
 
 /// Expands to one `#[tokio::test]` per contract test, each calling
@@ -73,6 +76,7 @@ macro_rules! store_contract {
             a_decision_applies_only_to_an_active_transaction,
             a_whole_life_in_one_batch_reads_as_if_written_record_by_record,
             recovery_gets_each_unfinished_transaction_with_its_own_parts,
+            operator_actions_are_kept_in_order_and_recovered,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -529,4 +533,82 @@ pub async fn recovery_gets_each_unfinished_transaction_with_its_own_parts(open: 
         assert_eq!(u.view.branches.len(), u.payloads.len());
         assert_eq!(u.view.steps.len(), u.steps.len());
     }
+}
+
+pub async fn operator_actions_are_kept_in_order_and_recovered(open: Open) {
+    use crate::model::{OperatorAction, Resolution};
+    let store = open().await;
+    let (stuck, other) = (TxnId::mint(), TxnId::mint());
+    let action = |branch: &str, at_ms| OperatorAction {
+        branch: branch.into(),
+        outcome: Resolution::Committed,
+        reason: format!("bank {branch} restored from backup; commit applied by hand"),
+        operator: "alice@ops".into(),
+        at_ms,
+    };
+    store
+        .append(&[
+            begun(stuck, None),
+            enlisted(stuck, 0),
+            enlisted(stuck, 1),
+            begun(other, None),
+        ])
+        .await
+        .expect("append");
+    store
+        .append(&[
+            Record::Decided {
+                id: stuck,
+                at_ms: 2_000,
+            },
+            Record::OperatorResolved {
+                id: stuck,
+                action: action("b1", 3_000),
+            },
+        ])
+        .await
+        .expect("append");
+    store
+        .append(&[Record::OperatorResolved {
+            id: stuck,
+            action: action("b2", 4_000),
+        }])
+        .await
+        .expect("append");
+    // A restart sees them with the unfinished transaction, in order...
+    let store = open().await;
+    let unfinished = store.unfinished().await.expect("unfinished");
+    let recovered = unfinished
+        .iter()
+        .find(|u| u.view.id == stuck)
+        .expect("stuck is unfinished");
+    assert_eq!(
+        recovered.view.operator_actions,
+        vec![action("b1", 3_000), action("b2", 4_000)]
+    );
+    let untouched = unfinished
+        .iter()
+        .find(|u| u.view.id == other)
+        .expect("other");
+    assert!(untouched.view.operator_actions.is_empty());
+    // ...and they stay with it after it ended.
+    store
+        .append(&[Record::Ended {
+            id: stuck,
+            state: TxnState::Committed,
+            at_ms: 5_000,
+            read_only: false,
+            reason: None,
+            branches: Vec::new(),
+            steps: Vec::new(),
+        }])
+        .await
+        .expect("append");
+    let view = store
+        .transaction(&stuck)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(view.operator_actions.len(), 2);
+    assert_eq!(view.operator_actions[0].operator, "alice@ops");
 }

@@ -128,6 +128,11 @@ impl State {
 
     fn apply(&mut self, record: &Record) {
         match record {
+            Record::OperatorResolved { id, action } => {
+                if let Some(row) = self.transactions.get_mut(id) {
+                    row.view.operator_actions.push(action.clone());
+                }
+            }
             Record::Begun {
                 id,
                 created_at_ms,
@@ -300,6 +305,7 @@ impl State {
             branches: Vec::new(),
             steps: step_views,
             needs_attention: false,
+            operator_actions: Vec::new(),
         };
         self.transactions.insert(
             id,
@@ -327,6 +333,7 @@ impl State {
         TxnView {
             branches: Vec::new(),
             steps: Vec::new(),
+            operator_actions: Vec::new(),
             ..row.view.clone()
         }
     }

@@ -15,7 +15,9 @@
 
 use futures::future::BoxFuture;
 
-use crate::model::{BranchState, SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind};
+use crate::model::{
+    BranchState, OperatorAction, SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind,
+};
 
 pub(crate) mod batch;
 pub mod memory;
@@ -130,6 +132,9 @@ pub enum Record {
     },
     /// The saga needs an operator's attention (lazy).
     NeedsAttention { id: TxnId },
+    /// An operator's decision for a branch or step that cannot answer
+    /// (forced before it takes effect; kept forever).
+    OperatorResolved { id: TxnId, action: OperatorAction },
 }
 
 /// Where one saga step got to.
@@ -309,7 +314,8 @@ impl Record {
             | Record::Ended { id, .. }
             | Record::SagaSubmitted { id, .. }
             | Record::StepRecorded { id, .. }
-            | Record::NeedsAttention { id } => *id,
+            | Record::NeedsAttention { id }
+            | Record::OperatorResolved { id, .. } => *id,
         }
     }
 

@@ -30,8 +30,8 @@ use sqlx::postgres::PgPoolOptions;
 
 use super::batch::{Group, Grouped};
 use super::rows::{
-    BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble, assemble_unfinished,
-    parse_id,
+    ActionRow, BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, actions, assemble,
+    assemble_unfinished, attach_actions, parse_id,
 };
 use super::{Appended, Cluster, Lease, ListQuery, Owner, Record, Store, StoreError, Unfinished};
 use crate::model::{TxnId, TxnKind, TxnView};
@@ -277,7 +277,14 @@ impl PostgresStore {
         } else {
             Vec::new()
         };
-        Ok(Some(assemble(row, branches, steps)?.view))
+        let mut view = assemble(row, branches, steps)?.view;
+        let rows: Vec<ActionRow> =
+            sqlx::query_as("SELECT * FROM operator_actions WHERE txn_id = $1 ORDER BY at_ms")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        view.operator_actions = actions(rows)?;
+        Ok(Some(view))
     }
 
     async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
@@ -356,7 +363,18 @@ impl PostgresStore {
         .bind(&only)
         .fetch_all(&self.pool)
         .await?;
-        assemble_unfinished(rows, branches, steps)
+        let mut unfinished = assemble_unfinished(rows, branches, steps)?;
+        let actions: Vec<ActionRow> = sqlx::query_as(
+            "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+               AND ($1::text[] IS NULL OR t.id = ANY($1))
+             ORDER BY a.at_ms",
+        )
+        .bind(&only)
+        .fetch_all(&self.pool)
+        .await?;
+        attach_actions(&mut unfinished, actions)?;
+        Ok(unfinished)
     }
 }
 
@@ -539,6 +557,7 @@ fn statement(group: Group) -> &'static str {
         Group::SagaStates => SAGA_STATE,
         Group::StepProgress => STEP_PROGRESS,
         Group::Attention => NEEDS_ATTENTION,
+        Group::OperatorActions => OPERATOR_ACTIONS,
         Group::Ended => END,
         Group::BranchEnds => BRANCH_END,
     }
@@ -592,6 +611,12 @@ const STEP_PROGRESS: &str = "
         compensation_attempts = (j ->> 'compensations')::bigint, last_error = j ->> 'error'
     FROM jsonb_array_elements($1::jsonb) AS j
     WHERE s.txn_id = j ->> 'txn' AND s.idx = (j ->> 'idx')::bigint";
+
+const OPERATOR_ACTIONS: &str = "
+    INSERT INTO operator_actions (txn_id, at_ms, branch, outcome, reason, operator)
+    SELECT j ->> 'txn', (j ->> 'at')::bigint, j ->> 'branch', j ->> 'outcome', j ->> 'reason',
+           j ->> 'operator'
+    FROM jsonb_array_elements($1::jsonb) AS j";
 
 const NEEDS_ATTENTION: &str = "
     UPDATE transactions SET needs_attention = TRUE

@@ -9,8 +9,8 @@ use sqlx::FromRow;
 
 use super::StoreError;
 use crate::model::{
-    BranchState, BranchView, RetryPolicy, SagaStepDef, StepView, TxnId, TxnKind, TxnState, TxnView,
-    VoteKind, parse_step_kind, parse_step_status,
+    BranchState, BranchView, OperatorAction, Resolution, RetryPolicy, SagaStepDef, StepView, TxnId,
+    TxnKind, TxnState, TxnView, VoteKind, parse_step_kind, parse_step_status,
 };
 
 pub(crate) fn duration_ms(duration: Duration) -> i64 {
@@ -71,6 +71,7 @@ impl TxnRow {
             branches: Vec::new(),
             steps: Vec::new(),
             needs_attention: self.needs_attention,
+            operator_actions: Vec::new(),
         })
     }
 }
@@ -272,4 +273,62 @@ pub(crate) fn assemble_unfinished(
         unfinished.push(assemble(row, own_branches, own_steps)?);
     }
     Ok(unfinished)
+}
+
+/// One row of `operator_actions`.
+#[derive(FromRow)]
+pub(crate) struct ActionRow {
+    pub txn_id: String,
+    pub at_ms: i64,
+    pub branch: String,
+    pub outcome: String,
+    pub reason: String,
+    pub operator: String,
+}
+
+impl ActionRow {
+    fn into_action(self) -> Result<(TxnId, OperatorAction), StoreError> {
+        let outcome = Resolution::parse(&self.outcome).ok_or_else(|| {
+            StoreError::Corrupt(format!("operator action outcome {:?}", self.outcome))
+        })?;
+        Ok((
+            parse_id(&self.txn_id)?,
+            OperatorAction {
+                branch: self.branch,
+                outcome,
+                reason: self.reason,
+                operator: self.operator,
+                at_ms: to_u64(self.at_ms),
+            },
+        ))
+    }
+}
+
+/// The actions of one transaction, in the order given.
+pub(crate) fn actions(rows: Vec<ActionRow>) -> Result<Vec<OperatorAction>, StoreError> {
+    rows.into_iter()
+        .map(|row| row.into_action().map(|(_, action)| action))
+        .collect()
+}
+
+/// Hands each action row (any order) to its unfinished transaction.
+pub(crate) fn attach_actions(
+    unfinished: &mut [super::Unfinished],
+    rows: Vec<ActionRow>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let at: std::collections::HashMap<TxnId, usize> = unfinished
+        .iter()
+        .enumerate()
+        .map(|(idx, u)| (u.view.id, idx))
+        .collect();
+    for row in rows {
+        let (id, action) = row.into_action()?;
+        if let Some(&idx) = at.get(&id) {
+            unfinished[idx].view.operator_actions.push(action);
+        }
+    }
+    Ok(())
 }

@@ -17,8 +17,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::batch::{Group, Grouped};
 use super::rows::{
-    BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, assemble, assemble_unfinished,
-    parse_id,
+    ActionRow, BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, actions, assemble,
+    assemble_unfinished, attach_actions, parse_id,
 };
 use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
 use crate::model::{TxnId, TxnKind, TxnView};
@@ -119,7 +119,15 @@ impl SqliteStore {
         } else {
             Vec::new()
         };
-        Ok(Some(assemble(row, branches, steps)?.view))
+        let mut view = assemble(row, branches, steps)?.view;
+        let rows: Vec<ActionRow> = sqlx::query_as(
+            "SELECT * FROM operator_actions WHERE txn_id = ?1 ORDER BY at_ms, rowid",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        view.operator_actions = actions(rows)?;
+        Ok(Some(view))
     }
 
     async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
@@ -188,7 +196,16 @@ impl SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        assemble_unfinished(rows, branches, steps)
+        let mut unfinished = assemble_unfinished(rows, branches, steps)?;
+        let actions: Vec<ActionRow> = sqlx::query_as(
+            "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+             ORDER BY a.at_ms, a.rowid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        attach_actions(&mut unfinished, actions)?;
+        Ok(unfinished)
     }
 }
 
@@ -232,6 +249,7 @@ fn statement(group: Group) -> &'static str {
         Group::SagaStates => SAGA_STATE,
         Group::StepProgress => STEP_PROGRESS,
         Group::Attention => NEEDS_ATTENTION,
+        Group::OperatorActions => OPERATOR_ACTIONS,
         Group::Ended => END,
         Group::BranchEnds => BRANCH_END,
     }
@@ -288,6 +306,12 @@ const STEP_PROGRESS: &str = "
         compensation_attempts = j.value ->> 'compensations', last_error = j.value ->> 'error'
     FROM json_each(?1) AS j
     WHERE saga_steps.txn_id = j.value ->> 'txn' AND saga_steps.idx = j.value ->> 'idx'";
+
+const OPERATOR_ACTIONS: &str = "
+    INSERT INTO operator_actions (txn_id, at_ms, branch, outcome, reason, operator)
+    SELECT j.value ->> 'txn', j.value ->> 'at', j.value ->> 'branch', j.value ->> 'outcome',
+           j.value ->> 'reason', j.value ->> 'operator'
+    FROM json_each(?1) AS j";
 
 const NEEDS_ATTENTION: &str = "
     UPDATE transactions SET needs_attention = 1

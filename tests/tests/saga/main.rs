@@ -590,3 +590,68 @@ async fn saga_ids_take_no_two_phase_calls() {
         "{enlist:?}"
     );
 }
+
+#[tokio::test]
+async fn an_operator_resolves_a_compensation_that_keeps_failing_and_the_saga_ends_compensated() {
+    let s = setup().await;
+    let accepted = Saga::new()
+        .step(
+            Step::new("a", &s.p.url)
+                .action("ok")
+                .compensation("stuck")
+                .retry(quick(2)),
+        )
+        .step(step(&s.p, "b", "refuse"))
+        .submit(&s.client)
+        .await
+        .expect("saga");
+    let id = accepted.transaction_id;
+    eventually("flagged", || async {
+        s.client
+            .transaction(&id)
+            .await
+            .ok()?
+            .needs_attention
+            .then_some(())
+    })
+    .await;
+    let mut raw = s.client.raw();
+    let resolve = |branch: &str, outcome: pb::Resolution| pb::ResolveBranchRequest {
+        transaction_id: id.clone(),
+        branch: branch.into(),
+        outcome: outcome.into(),
+        reason: "hotel cancelled by phone".into(),
+        operator: "carol".into(),
+    };
+    // Step b never ran its action: nothing of it to resolve.
+    let refused = raw
+        .resolve_branch(resolve("b", pb::Resolution::Compensated))
+        .await
+        .expect_err("b is not compensating");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let answer = raw
+        .resolve_branch(resolve("a", pb::Resolution::Compensated))
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert!(
+        answer.state == pb::TransactionState::Compensating as i32
+            || answer.state == pb::TransactionState::Compensated as i32
+    );
+    eventually("the saga ends compensated", || async {
+        let txn = s.client.transaction(&id).await.ok()?;
+        (txn.state == pb::TransactionState::Compensated as i32).then_some(txn)
+    })
+    .await;
+    let txn = s.client.transaction(&id).await.expect("get");
+    assert!(!txn.needs_attention, "resolved: off the attention queue");
+    assert_eq!(txn.operator_actions.len(), 1);
+    assert_eq!(txn.operator_actions[0].operator, "carol");
+    // The participant's compensation never succeeded; the operator's word
+    // stands for it.
+    assert!(s.p.effects(&id).await == ["action:a"]);
+}

@@ -1,7 +1,8 @@
 //! `concord txn`, the operator's tool, run as the real binary against a
 //! coordinator: a transaction stuck waiting out a long phase-2 backoff is
 //! found by `list`, explained by `show`, and finished by `retry` long before
-//! its backoff would have ended.
+//! its backoff would have ended; a branch whose participant is lost is
+//! resolved by an operator, durably and visibly.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use concord_coordinator::runtime::RuntimeConfig;
 use concord_participant::{BeginOptions, Outcome};
 use concord_proto::v1 as pb;
 
-use super::support::{TestParticipant, client, eventually, start_coordinator};
+use super::support::{TestParticipant, client, eventually, quick_config, start_coordinator};
 
 /// Runs `concord txn <args>` against `url`; returns stdout, or panics with
 /// stderr.
@@ -123,4 +124,168 @@ async fn an_operator_finds_a_stuck_transaction_sees_why_and_retries_it_now() {
         stderr.contains("InvalidArgument") && stderr.contains("transaction_id"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn an_operator_resolves_a_branch_that_cannot_answer_and_the_decision_is_kept_forever() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let url = node.url();
+    let client = client(&node);
+    let a = TestParticipant::start(dir.path(), "a", Some(&coordinator_dir)).await;
+    let b = TestParticipant::start(dir.path(), "b", Some(&coordinator_dir)).await;
+    let id = client
+        .begin(BeginOptions::default())
+        .await
+        .expect("begin")
+        .transaction_id;
+    client
+        .enlist(&id, &a.url, "commit", Some("steady"))
+        .await
+        .expect("enlist");
+    // b votes COMMIT, then refuses every Commit: its bank is "lost".
+    client
+        .enlist(&id, &b.url, "flaky-commit:1000000", Some("lost"))
+        .await
+        .expect("enlist");
+    assert_eq!(
+        client.commit(&id).await.expect("commit"),
+        Outcome::Committed { read_only: false }
+    );
+    eventually("the lost branch keeps failing", || async {
+        let txn = client.transaction(&id).await.ok()?;
+        (txn.branches.iter().any(|b| b.attempts >= 3)).then_some(())
+    })
+    .await;
+
+    // What would leave it half-done, or is not there, is refused.
+    let refused = txn_fails(
+        &url,
+        &[
+            "resolve",
+            &id,
+            "--branch",
+            "lost",
+            "--outcome",
+            "aborted",
+            "--reason",
+            "oops",
+            "--operator",
+            "bob",
+        ],
+    )
+    .await;
+    assert!(
+        refused.contains("FailedPrecondition") && refused.contains("half-done"),
+        "{refused}"
+    );
+    let missing = txn_fails(
+        &url,
+        &[
+            "resolve",
+            &id,
+            "--branch",
+            "nope",
+            "--outcome",
+            "committed",
+            "--reason",
+            "x",
+            "--operator",
+            "bob",
+        ],
+    )
+    .await;
+    assert!(missing.contains("NotFound"), "{missing}");
+    let anonymous = txn_fails(
+        &url,
+        &[
+            "resolve",
+            &id,
+            "--branch",
+            "lost",
+            "--outcome",
+            "committed",
+            "--reason",
+            " ",
+            "--operator",
+            "bob",
+        ],
+    )
+    .await;
+    assert!(anonymous.contains("reason is empty"), "{anonymous}");
+
+    let resolved = txn(
+        &url,
+        &[
+            "resolve",
+            &id,
+            "--branch",
+            "lost",
+            "--outcome",
+            "committed",
+            "--reason",
+            "bank b restored from backup; transfer applied by hand (ticket 4711)",
+            "--operator",
+            "alice@ops",
+        ],
+    )
+    .await;
+    assert!(
+        resolved.contains("lost resolved committed by alice@ops"),
+        "{resolved}"
+    );
+    eventually("the transaction ends committed", || async {
+        let state = client.transaction(&id).await.ok()?.state;
+        (state == pb::TransactionState::Committed as i32).then_some(())
+    })
+    .await;
+    // The participant was not told: the operator's word stands for it.
+    assert_eq!(b.effects(&id).await, ["prepare"]);
+    // Recorded with who, when and why, and shown after the end (from the log).
+    let txn_view = client.transaction(&id).await.expect("get");
+    assert_eq!(txn_view.operator_actions.len(), 1);
+    let action = &txn_view.operator_actions[0];
+    assert_eq!(
+        (action.branch.as_str(), action.operator.as_str()),
+        ("lost", "alice@ops")
+    );
+    assert_eq!(action.outcome, pb::Resolution::Committed as i32);
+    assert!(action.reason.contains("ticket 4711") && action.at_ms > 0);
+    let shown = txn(&url, &["show", &id]).await;
+    assert!(
+        shown.contains("operator decisions") && shown.contains("alice@ops"),
+        "{shown}"
+    );
+    // An ended transaction has nothing left to resolve.
+    let late = txn_fails(
+        &url,
+        &[
+            "resolve",
+            &id,
+            "--branch",
+            "lost",
+            "--outcome",
+            "committed",
+            "--reason",
+            "again",
+            "--operator",
+            "alice",
+        ],
+    )
+    .await;
+    assert!(late.contains("already ended"), "{late}");
+}
+
+/// Runs `concord txn <args>` expecting it to fail; returns its stderr.
+async fn txn_fails(url: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .arg("txn")
+        .args(["--coordinator", url])
+        .args(args)
+        .output()
+        .await
+        .expect("run concord txn");
+    assert!(!output.status.success(), "concord txn {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
