@@ -38,6 +38,12 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// A TOML file of settings: `key = value` for any flag below, named as
+    /// the flag without its dashes (`lease_ms = 5000` or `lease-ms = 5000`).
+    /// Flags and environment variables override it.
+    #[arg(long, env = "CONCORD_CONFIG")]
+    config: Option<PathBuf>,
+
     /// Address to serve gRPC on.
     #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
@@ -64,6 +70,11 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_LEASE_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(300..=600_000))]
     lease_ms: u64,
+
+    /// Serve Prometheus metrics at http://<this address>/metrics (off when
+    /// not given), e.g. 0.0.0.0:9464.
+    #[arg(long, env = "CONCORD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 
     /// On SIGTERM or SIGINT: how long to keep serving the transactions in
     /// flight until they have decided, in ms (health reports NOT_SERVING and
@@ -133,7 +144,7 @@ pub fn main() -> anyhow::Result<()> {
     // stops the process dead at that log boundary (see `runtime::crash`).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
+    let cli = parse_with_config_file(std::env::args_os().collect())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,6 +187,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node_name: args.node_name,
         lease: ms(args.lease_ms),
     };
+    if let Some(listen) = args.metrics_listen {
+        crate::metrics::install(listen).with_context(|| format!("serving metrics on {listen}"))?;
+        tracing::info!(%listen, "serving Prometheus metrics at /metrics");
+    }
     let drain = ms(args.drain_timeout_ms);
     let mut node = Node::start(config)
         .await
@@ -195,6 +210,75 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses the command line; for `serve --config FILE`, the file's settings
+/// fill in every flag that neither the command line nor the environment
+/// gave (precedence: flags, environment, file, built-in defaults).
+fn parse_with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+
+    let command = Cli::command();
+    let matches = command.clone().get_matches_from(argv.clone());
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let Some(path) = serve.get_one::<PathBuf>("config") else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {} as TOML", path.display()))?;
+    let serve_command = command
+        .find_subcommand("serve")
+        .context("the serve command")?;
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let arg = serve_command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(flag.as_str()) && flag != "config")
+            .with_context(|| {
+                let known: Vec<String> = serve_command
+                    .get_arguments()
+                    .filter_map(|arg| arg.get_long())
+                    .filter(|long| *long != "config" && *long != "help")
+                    .map(|long| long.replace('-', "_"))
+                    .collect();
+                format!(
+                    "{}: unknown setting {key:?}; known: {}",
+                    path.display(),
+                    known.join(", ")
+                )
+            })?;
+        let given = matches!(
+            serve.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if given {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Float(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            other => anyhow::bail!(
+                "{}: {key} is {}; give a string, a number or a boolean",
+                path.display(),
+                other.type_str()
+            ),
+        };
+        extra.push(format!("--{flag}={value}").into());
+    }
+    // The file's settings go after the subcommand's own flags; none of them
+    // was given there, so nothing is given twice.
+    let mut argv = argv;
+    argv.extend(extra);
+    let matches = command.try_get_matches_from(argv)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
 /// SIGINT or SIGTERM.
 async fn shutdown_signal() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -204,4 +288,52 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(file: &str, flags: &[&str]) -> anyhow::Result<ServeArgs> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("concord.toml");
+        std::fs::write(&path, file).expect("write");
+        let mut argv: Vec<std::ffi::OsString> = vec!["concord".into(), "serve".into()];
+        argv.push("--config".into());
+        argv.push(path.into_os_string());
+        argv.extend(flags.iter().map(|f| std::ffi::OsString::from(*f)));
+        match parse_with_config_file(argv)?.command {
+            Command::Serve(args) => Ok(args),
+            other => anyhow::bail!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_config_file_fills_in_what_the_flags_do_not_give() {
+        let args = parse(
+            "lease_ms = 5000\nlisten = \"0.0.0.0:7999\"\nnode-name = \"coord-1\"\n",
+            &["--listen", "127.0.0.1:7401"],
+        )
+        .expect("parse");
+        assert_eq!(args.lease_ms, 5000, "from the file");
+        assert_eq!(args.node_name.as_deref(), Some("coord-1"), "from the file");
+        assert_eq!(args.listen.to_string(), "127.0.0.1:7401", "the flag wins");
+        assert_eq!(args.drain_timeout_ms, 10_000, "the built-in default");
+    }
+
+    #[test]
+    fn a_config_file_with_an_unknown_or_bad_setting_is_refused_with_the_reason() {
+        let unknown = parse("lease = 5000\n", &[]).expect_err("unknown key");
+        let message = format!("{unknown:#}");
+        assert!(
+            message.contains("unknown setting \"lease\"") && message.contains("lease_ms"),
+            "{message}"
+        );
+        let range = parse("lease_ms = 5\n", &[]).expect_err("out of range");
+        assert!(format!("{range:#}").contains("lease-ms"), "{range:#}");
+        let table = parse("listen = [1, 2]\n", &[]).expect_err("array");
+        assert!(format!("{table:#}").contains("give a string"), "{table:#}");
+        let syntax = parse("lease_ms = \n", &[]).expect_err("syntax");
+        assert!(format!("{syntax:#}").contains("TOML"), "{syntax:#}");
+    }
 }

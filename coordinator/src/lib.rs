@@ -18,6 +18,7 @@
 //! - [`model`]: the domain's nouns shared by the layers above.
 //! - [`cli`]: the `concord` command line.
 //! - [`admin`]: `concord txn`, the operator's tools over the gRPC API.
+//! - [`metrics`]: the Prometheus metrics the runtime reports.
 //! - [`bench`]: `concord bench`, the load generator that measures against
 //!   the machine's floor.
 //!
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod protocol;

@@ -16,7 +16,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use crate::model::{TxnState, VoteKind};
+use crate::metrics;
+use crate::model::{TxnKind, TxnState, VoteKind};
 use crate::protocol::two_phase::{Decision, Effect, Event, OnePhaseResult, Outcome, Vote};
 use crate::store::Record;
 
@@ -105,12 +106,14 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms = Some(at_ms);
                     let record = Record::Decided { id: txn.id, at_ms };
+                    let started = std::time::Instant::now();
                     // R1: nothing goes further until the decision is durable.
                     match write_until_durable(&shared, vec![record]).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
                     }
+                    metrics::phase("decision_write", started.elapsed().as_secs_f64());
                     crash::point("2pc-after-decision");
                     queue.extend(apply(&txn, Event::DecisionDurable));
                 }
@@ -134,13 +137,15 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                 }
                 Effect::LogEnd(outcome) => {
                     crash::point("2pc-before-end");
+                    let state = match outcome {
+                        Outcome::Committed { .. } => TxnState::Committed,
+                        Outcome::Aborted { .. } => TxnState::Aborted,
+                    };
+                    let at_ms = shared.config.clock.now_ms();
                     let record = Record::Ended {
                         id: txn.id,
-                        state: match outcome {
-                            Outcome::Committed { .. } => TxnState::Committed,
-                            Outcome::Aborted { .. } => TxnState::Aborted,
-                        },
-                        at_ms: shared.config.clock.now_ms(),
+                        state,
+                        at_ms,
                         read_only: matches!(outcome, Outcome::Committed { read_only: true }),
                         reason: match &outcome {
                             Outcome::Aborted { reason } => Some(reason.clone()),
@@ -155,6 +160,11 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
+                    }
+                    metrics::ended(TxnKind::TwoPhase, state);
+                    if let Some(decided) = txn.lock().decided_at_ms {
+                        let ms = at_ms.saturating_sub(decided);
+                        metrics::phase("phase2", ms as f64 / 1000.0);
                     }
                     shared.forget(&txn);
                     txn.ended.send_replace(true);
@@ -217,6 +227,7 @@ pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -
             Ok(()) => return Written::Durable,
             Err(LogError::Fenced) => return Written::Fenced,
             Err(error) => {
+                metrics::retry("log_write");
                 let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
                 tracing::warn!(%error, ?delay, "log write failed; retrying");
                 tokio::select! {
@@ -338,6 +349,7 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
                 };
                 tracing::warn!(branch = %call.branch, %error, ?delay, "{verb} delivery failed; retrying");
                 txn.note_error(idx, format!("{verb} delivery failed: {error}"));
+                metrics::retry("delivery");
                 txn.retries.sleep(delay).await;
             }
         }

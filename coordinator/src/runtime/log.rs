@@ -128,9 +128,19 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = store.append(&batch).await.map_err(Arc::new);
-        if let Err(error) = &result {
-            tracing::error!(%error, records = batch.len(), "log batch failed; nothing in it was applied");
+        match &result {
+            Ok(appended) => {
+                crate::metrics::log_batch(batch.len(), started.elapsed().as_secs_f64());
+                if !appended.fenced.is_empty() {
+                    crate::metrics::fenced(appended.fenced.len());
+                }
+            }
+            Err(error) => {
+                crate::metrics::log_failure();
+                tracing::error!(%error, records = batch.len(), "log batch failed; nothing in it was applied");
+            }
         }
         for waiter in waiters.drain(..) {
             let answer = match &result {

@@ -279,6 +279,8 @@ pub(crate) struct Shared {
     lease_lost: CancellationToken,
     /// Fired when a graceful shutdown begins: no new transactions.
     draining: CancellationToken,
+    /// Transactions adopted by recovery or takeover and not ended yet.
+    recovery_backlog: std::sync::atomic::AtomicUsize,
     /// While the start-up recovery reads the store: the ids of transactions
     /// begun meanwhile, which its read may include and which it must not
     /// adopt (they are live here, or may already have ended). `None` once
@@ -362,6 +364,7 @@ impl Runtime {
             shutdown,
             lease_lost: CancellationToken::new(),
             draining: CancellationToken::new(),
+            recovery_backlog: std::sync::atomic::AtomicUsize::new(0),
             begun_while_recovering: Mutex::new(Some(HashSet::new())),
         });
         let runtime = Self { shared };
@@ -537,6 +540,7 @@ impl Runtime {
                 "could not record the new transaction: {error}"
             )));
         }
+        crate::metrics::begun(TxnKind::TwoPhase);
         Ok(Begun {
             id,
             created: true,
@@ -657,6 +661,7 @@ impl Runtime {
                 "could not record the saga: {error}"
             )));
         }
+        crate::metrics::begun(TxnKind::Saga);
         self.saga_answer(id, true, request.wait).await
     }
 
@@ -780,7 +785,9 @@ impl Runtime {
             let effects = inner.machine.apply(Event::CommitRequested)?;
             driver::dispatch(shared, &txn, &mut inner, effects);
         }
+        let started = std::time::Instant::now();
         let outcome = self.announced(&txn).await?;
+        crate::metrics::phase("commit", started.elapsed().as_secs_f64());
         if wait {
             self.until_ended(&txn).await?;
         }
@@ -1297,6 +1304,9 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
         shared.live.insert(view.id, Arc::clone(&txn));
         pending.push(Recovered::TwoPhase(txn, effects));
     }
+    shared
+        .recovery_backlog
+        .fetch_add(pending.len(), std::sync::atomic::Ordering::Relaxed);
     // Drive the backlog in the background, a bounded number at a time,
     // while new requests are served.
     let permits = Arc::new(Semaphore::new(shared.config.recovery_concurrency.max(1)));
@@ -1325,10 +1335,15 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             // The permit returns when this transaction ends, or at
             // shutdown (which must not wait for it).
             let shutdown = driver_shared.shutdown.clone();
+            let backlog = Arc::clone(&driver_shared);
             driver_shared.tasks.spawn(async move {
                 let _permit = permit;
                 tokio::select! {
-                    _ = ended.wait_for(|ended| *ended) => {}
+                    _ = ended.wait_for(|ended| *ended) => {
+                        backlog
+                            .recovery_backlog
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     () = shutdown.cancelled() => {}
                 }
             });
@@ -1401,6 +1416,17 @@ async fn sweep(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        let phase2_backlog = shared
+            .live
+            .iter()
+            .filter(|txn| txn.outcome.borrow().is_some())
+            .count();
+        crate::metrics::in_flight(shared.live.len(), shared.sagas.len(), phase2_backlog);
+        crate::metrics::recovery_backlog(
+            shared
+                .recovery_backlog
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let now = shared.config.clock.now_ms();
         let expired: Vec<Arc<LiveTxn>> = shared
             .live

@@ -16,6 +16,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
+use crate::metrics;
 use crate::model::{
     OperatorAction, Resolution, SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState,
     TxnView,
@@ -299,14 +300,16 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                             })
                             .collect()
                     };
+                    let state = match phase {
+                        SagaPhase::Completed => TxnState::Completed,
+                        SagaPhase::Compensated => TxnState::Compensated,
+                        _ => TxnState::Failed,
+                    };
+                    let at_ms = shared.config.clock.now_ms();
                     let record = Record::Ended {
                         id: saga.header.id,
-                        state: match phase {
-                            SagaPhase::Completed => TxnState::Completed,
-                            SagaPhase::Compensated => TxnState::Compensated,
-                            _ => TxnState::Failed,
-                        },
-                        at_ms: shared.config.clock.now_ms(),
+                        state,
+                        at_ms,
                         read_only: false,
                         reason,
                         branches: Vec::new(),
@@ -317,6 +320,9 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                         Written::Stopped => return stop(&saga),
                         Written::Fenced => return taken_over(&shared, &saga),
                     }
+                    metrics::ended(TxnKind::Saga, state);
+                    let ms = at_ms.saturating_sub(saga.header.created_at_ms);
+                    metrics::phase("saga", ms as f64 / 1000.0);
                     shared.forget_saga(&saga);
                     saga.ended.send_replace(true);
                 }
@@ -432,6 +438,7 @@ async fn execute(
         }
         let delay = delays.next().unwrap_or(def.retry.max_delay);
         tracing::debug!(step = %def.name, %error, ?delay, "retrying step");
+        metrics::retry("step");
         saga.retries.sleep(delay).await;
     }
 }
@@ -474,6 +481,7 @@ async fn compensate(
                     return Event::CompensationOverBudget(step);
                 }
                 let delay = delays.next().unwrap_or(def.retry.max_delay);
+                metrics::retry("compensation");
                 saga.retries.sleep(delay).await;
             }
         }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::support::eventually;
-use super::support::processes::{Proc, free_addr, start_coordinator};
+use super::support::processes::{Proc, free_addr, start_coordinator, start_coordinator_with};
 use concord_example_bank::{Movement, account, open_holds};
 use concord_participant::saga::SagaState;
 use concord_participant::{BeginOptions, CoordinatorClient, Outcome};
@@ -343,6 +343,78 @@ async fn sigterm_drains_the_decision_in_flight_refuses_new_work_and_a_restart_fi
     world
         .settles(&id, Some(Outcome::Committed { read_only: false }), true)
         .await;
+}
+
+/// GET `path` over plain HTTP/1.1; the body.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_what_happened() {
+    let world = Banks::new();
+    let _a = world.bank("a", None, true).await;
+    let _b = world.bank("b", None, true).await;
+    let metrics = free_addr();
+    let _coordinator = start_coordinator_with(
+        world.coordinator_addr,
+        &world.coordinator_data(),
+        None,
+        &["--metrics-listen", &metrics.to_string()],
+    )
+    .await;
+    let (id, told) = world.transfer().await;
+    world.settles(&id, told, true).await;
+    // A transfer alice cannot pay: bank a votes ABORT.
+    let (id, told) = world.transfer_of(1_000_000).await;
+    assert!(matches!(told, Some(Outcome::Aborted { .. })), "{told:?}");
+    let client = world.client();
+    eventually("the refused transfer ends", || async {
+        let state = client.transaction(&id).await.ok()?.state;
+        (state == pb::TransactionState::Aborted as i32).then_some(())
+    })
+    .await;
+
+    let page = eventually("the sweeper has published the gauges", || async {
+        let page = http_get(metrics, "/metrics").await?;
+        page.contains("concord_in_flight").then_some(page)
+    })
+    .await;
+    let committed = r#"concord_transactions_total{kind="2pc",outcome="committed"}"#;
+    let aborted = r#"concord_transactions_total{kind="2pc",outcome="aborted"}"#;
+    assert_eq!(sample(&page, committed), Some(1.0), "{page}");
+    assert_eq!(sample(&page, aborted), Some(1.0), "{page}");
+    assert_eq!(
+        sample(&page, r#"concord_transactions_begun_total{kind="2pc"}"#),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"concord_in_flight{kind="2pc"}"#),
+        Some(0.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, r#"concord_phase_seconds_count{phase="commit"}"#) >= Some(2.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "concord_log_batch_records_count").unwrap_or(0.0) >= 2.0,
+        "{page}"
+    );
 }
 
 /// The travel services and a coordinator, all separate processes.
