@@ -283,8 +283,7 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn malformed_protobuf_bytes_do_not_hurt_the_coordinator() {
-    use prost::Message;
+async fn malformed_protobuf_bytes_to_every_rpc_do_not_hurt_the_coordinator() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
     let client = client(&node);
@@ -293,25 +292,52 @@ async fn malformed_protobuf_bytes_do_not_hurt_the_coordinator() {
         .await
         .expect("begin")
         .transaction_id;
-    // Raw bytes that are not a valid EnlistRequest: a field with a length
-    // running past the end, and a wrong wire type for a known field.
-    let garbage: [&[u8]; 3] = [
-        &[0x0a, 0xff, 0x01, 0x41],
-        &[0x08, 0x96],
-        &[0x1a, 0x05, 0x01],
+    // Bytes that are not a valid message of any request type: a length
+    // running past the end, a truncated varint, a wrong wire type for field
+    // 1 (a string everywhere it matters), a string that is not UTF-8, an
+    // unknown wire type, and seeded noise.
+    let mut garbage: Vec<Vec<u8>> = vec![
+        vec![0x0a, 0xff, 0x01, 0x41],
+        vec![0x08, 0x96],
+        vec![0x0d, 0x01],
+        vec![0x0a, 0x02, 0xc3, 0x28],
+        vec![0x0f, 0x00],
+        vec![0xff; 32],
     ];
-    for bytes in garbage {
-        assert!(pb::EnlistRequest::decode(bytes).is_err());
-        let status = raw_call(&node.url(), "/concord.v1.Coordinator/Enlist", bytes).await;
-        assert_eq!(
-            status,
-            Code::Internal,
-            "a decode failure is reported, not a crash"
-        );
+    let mut noise = fastrand::Rng::with_seed(11);
+    for len in [1usize, 7, 64, 4096] {
+        garbage.push((0..len).map(|_| noise.u8(..)).collect());
+    }
+    const RPCS: [&str; 10] = [
+        "/concord.v1.Coordinator/Begin",
+        "/concord.v1.Coordinator/Enlist",
+        "/concord.v1.Coordinator/Commit",
+        "/concord.v1.Coordinator/Rollback",
+        "/concord.v1.Coordinator/GetTransaction",
+        "/concord.v1.Coordinator/ListTransactions",
+        "/concord.v1.Coordinator/SubmitSaga",
+        "/concord.v1.Coordinator/GetOutcome",
+        "/concord.v1.Coordinator/RetryTransaction",
+        "/concord.v1.Coordinator/ResolveBranch",
+    ];
+    for rpc in RPCS {
+        for bytes in &garbage {
+            let status = raw_call(&node.url(), rpc, bytes).await;
+            // INTERNAL is gRPC's code for a request that does not parse;
+            // bytes that happen to parse meet the field checks instead.
+            assert!(
+                matches!(
+                    status,
+                    Code::Internal | Code::InvalidArgument | Code::NotFound | Code::Ok
+                ),
+                "{rpc} answered {status:?} to {bytes:?}"
+            );
+        }
     }
     // Still serving, state intact.
     let txn = client.transaction(&id).await.expect("get after garbage");
     assert_eq!(txn.state, pb::TransactionState::Active as i32);
+    assert!(txn.branches.is_empty());
 }
 
 /// Sends `body` as one gRPC message to `path` without any typed encoding.
