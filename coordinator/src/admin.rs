@@ -23,6 +23,10 @@ pub struct TxnArgs {
     )]
     coordinator: String,
 
+    /// The coordinator's admin token, if it requires one (retry, resolve).
+    #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: TxnCommand,
 }
@@ -88,6 +92,7 @@ enum TxnCommand {
 
 pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.coordinator)?;
+    let auth = Auth::new(args.token.as_deref())?;
     match args.command {
         TxnCommand::List {
             states,
@@ -131,13 +136,13 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
                 .filter(|name| !name.is_empty())
                 .context("say who you are: --operator NAME (or set CONCORD_OPERATOR)")?;
             let answer = client
-                .resolve_branch(pb::ResolveBranchRequest {
+                .resolve_branch(auth.request(pb::ResolveBranchRequest {
                     transaction_id: id.clone(),
                     branch: branch.clone(),
                     outcome: outcome.into(),
                     reason,
                     operator: operator.clone(),
-                })
+                }))
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -149,9 +154,9 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
         }
         TxnCommand::Retry { id } => {
             let answer = client
-                .retry_transaction(pb::RetryTransactionRequest {
+                .retry_transaction(auth.request(pb::RetryTransactionRequest {
                     transaction_id: id.clone(),
-                })
+                }))
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -164,6 +169,32 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The admin token as request metadata.
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Auth {
+    fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        match token.filter(|t| !t.is_empty()) {
+            None => Ok(Self(None)),
+            Some(token) => Ok(Self(Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .context("the admin token must be printable ASCII")?,
+            ))),
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
 }
 
 fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {

@@ -71,6 +71,13 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(300..=600_000))]
     lease_ms: u64,
 
+    /// When set, the operator's calls (`concord txn retry` and `resolve`)
+    /// must carry this token (`authorization: Bearer <token>`). Prefer the
+    /// environment variable or the config file to the command line, which
+    /// other local users can read.
+    #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
     /// Serve Prometheus metrics at http://<this address>/metrics (off when
     /// not given), e.g. 0.0.0.0:9464.
     #[arg(long, env = "CONCORD_METRICS_LISTEN")]
@@ -186,6 +193,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         node_name: args.node_name,
         lease: ms(args.lease_ms),
+        admin_token: args.admin_token.filter(|token| !token.is_empty()),
     };
     if let Some(listen) = args.metrics_listen {
         crate::metrics::install(listen).with_context(|| format!("serving metrics on {listen}"))?;

@@ -40,6 +40,9 @@ pub struct NodeConfig {
     pub node_name: Option<String>,
     /// On PostgreSQL: how long a node's lease lasts without renewal.
     pub lease: std::time::Duration,
+    /// When set, the operator's RPCs (RetryTransaction, ResolveBranch)
+    /// require it as `authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,7 @@ impl Node {
             listener,
             runtime.clone(),
             config.limits,
+            config.admin_token.clone(),
             stop.clone().cancelled_owned(),
         ));
         tracing::info!(%addr, "concord coordinator serving");

@@ -70,6 +70,8 @@ impl Forwarder {
 pub struct Hop {
     forwarded: bool,
     deadline: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// The caller's credentials, passed on: the owner checks them too.
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Hop {
@@ -77,6 +79,7 @@ impl Hop {
         Self {
             forwarded: request.metadata().contains_key(FORWARDED_BY),
             deadline: request.metadata().get("grpc-timeout").cloned(),
+            authorization: request.metadata().get("authorization").cloned(),
         }
     }
 
@@ -91,6 +94,11 @@ impl Hop {
         request
             .metadata_mut()
             .insert(FORWARDED_BY, MetadataValue::from_static("1"));
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         match &self.deadline {
             Some(deadline) => {
                 request

@@ -30,16 +30,53 @@ pub struct CoordinatorService {
     runtime: Runtime,
     limits: Limits,
     forward: forward::Forwarder,
+    /// When set, RetryTransaction and ResolveBranch require it
+    /// (`authorization: Bearer <token>`).
+    admin_token: Option<String>,
 }
 
 impl CoordinatorService {
-    pub fn new(runtime: Runtime, limits: Limits) -> Self {
+    pub fn new(runtime: Runtime, limits: Limits, admin_token: Option<String>) -> Self {
         Self {
             runtime,
             limits,
             forward: forward::Forwarder::default(),
+            admin_token,
         }
     }
+
+    /// Checks the caller's admin token, when this node requires one.
+    fn admin<T>(&self, rpc: &str, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.admin_token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match given {
+            None => Err(Status::unauthenticated(format!(
+                "{rpc} is an operator's call and this coordinator requires an admin token: \
+                 send `authorization: Bearer <token>` (concord txn --token, or \
+                 CONCORD_ADMIN_TOKEN)"
+            ))),
+            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(format!(
+                "{rpc}: the admin token does not match this coordinator's"
+            ))),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so that the time
+/// taken says nothing about how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut differ = a.len() ^ b.len();
+    for (x, y) in a.iter().zip(b.iter()) {
+        differ |= usize::from(x ^ y);
+    }
+    differ == 0
 }
 
 #[tonic::async_trait]
@@ -269,6 +306,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RetryTransactionRequest>,
     ) -> Result<Response<pb::RetryTransactionResponse>, Status> {
+        self.admin("RetryTransaction", &request)?;
         let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
@@ -289,6 +327,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ResolveBranchRequest>,
     ) -> Result<Response<pb::ResolveBranchResponse>, Status> {
+        self.admin("ResolveBranch", &request)?;
         let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
@@ -374,9 +413,17 @@ pub async fn serve(
     listener: TcpListener,
     runtime: Runtime,
     limits: Limits,
+    admin_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_incoming(TcpListenerStream::new(listener), runtime, limits, shutdown).await
+    serve_incoming(
+        TcpListenerStream::new(listener),
+        runtime,
+        limits,
+        admin_token,
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`] on any stream of connections: a simulation's network, say.
@@ -384,6 +431,7 @@ pub async fn serve_incoming<I, IO, IE>(
     incoming: I,
     runtime: Runtime,
     limits: Limits,
+    admin_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -402,7 +450,7 @@ where
         .saturating_add(MESSAGE_OVERHEAD_BYTES)
         .max(4 * 1024 * 1024);
     let draining = runtime.draining();
-    let coordinator = CoordinatorServer::new(CoordinatorService::new(runtime, limits))
+    let coordinator = CoordinatorServer::new(CoordinatorService::new(runtime, limits, admin_token))
         .max_decoding_message_size(max_message);
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -140,8 +140,14 @@ pub fn run(seed: u64) -> RunResult {
                 config.sweep_interval = Duration::from_millis(100);
                 let runtime = Runtime::start(Arc::new(store), config).await?;
                 let incoming = net::incoming(7400).await?;
-                api::serve_incoming(incoming, runtime, Limits::default(), std::future::pending())
-                    .await?;
+                api::serve_incoming(
+                    incoming,
+                    runtime,
+                    Limits::default(),
+                    None,
+                    std::future::pending(),
+                )
+                .await?;
                 Ok(())
             }
         });

@@ -289,3 +289,70 @@ async fn txn_fails(url: &str, args: &[&str]) -> String {
     assert!(!output.status.success(), "concord txn {args:?} succeeded");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+#[tokio::test]
+async fn with_an_admin_token_configured_the_operators_calls_need_it() {
+    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Node::start(NodeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        store: StoreLocation::DataDir(dir.path().join("coordinator")),
+        runtime: quick_config(),
+        limits: Default::default(),
+        node_name: None,
+        lease: concord_coordinator::node::DEFAULT_LEASE,
+        admin_token: Some("s3cret-token".into()),
+    })
+    .await
+    .expect("coordinator starts");
+    let url = node.url();
+    let id = client(&node)
+        .begin(BeginOptions::default())
+        .await
+        .expect("begin: not an operator's call")
+        .transaction_id;
+
+    let missing = txn_fails(&url, &["retry", &id]).await;
+    assert!(
+        missing.contains("Unauthenticated") && missing.contains("admin token"),
+        "{missing}"
+    );
+    let wrong = txn_fails(&url, &["--token", "guess", "retry", &id]).await;
+    assert!(wrong.contains("does not match"), "{wrong}");
+    let resolve = txn_fails(
+        &url,
+        &[
+            "resolve",
+            &id,
+            "--branch",
+            "b",
+            "--outcome",
+            "aborted",
+            "--reason",
+            "r",
+            "--operator",
+            "o",
+        ],
+    )
+    .await;
+    assert!(resolve.contains("Unauthenticated"), "{resolve}");
+    // Reading needs no token.
+    assert!(txn(&url, &["show", &id]).await.contains(&id));
+    // The right token, on the command line or from the environment.
+    assert!(
+        txn(&url, &["--token", "s3cret-token", "retry", &id])
+            .await
+            .contains("state active")
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["txn", "--coordinator", &url, "retry", &id])
+        .env("CONCORD_ADMIN_TOKEN", "s3cret-token")
+        .output()
+        .await
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
