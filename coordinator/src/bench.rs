@@ -345,7 +345,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 limits: Limits::default(),
                 node_name: None,
                 lease: crate::node::DEFAULT_LEASE,
-                admin_token: None,
+                access: Default::default(),
             })
             .await
             .context("starting the in-process coordinator")?;
@@ -646,7 +646,7 @@ async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
         limits: Limits::default(),
         node_name: None,
         lease: crate::node::DEFAULT_LEASE,
-        admin_token: None,
+        access: Default::default(),
     })
     .await
     .context("starting the coordinator")?;

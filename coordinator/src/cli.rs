@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a coordinator node (gRPC on --listen, log in --data-dir).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure throughput and latency against this machine's floor.
     Bench(crate::bench::BenchArgs),
     /// Operator tools: list, show and retry transactions.
@@ -77,6 +77,20 @@ struct ServeArgs {
     /// other local users can read.
     #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs
+    /// --tls-key.
+    #[arg(long, env = "CONCORD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CONCORD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: accept only clients whose certificate this CA (PEM)
+    /// signed. Needs --tls-cert.
+    #[arg(long, env = "CONCORD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://<this address>/metrics (off when
     /// not given), e.g. 0.0.0.0:9464.
@@ -158,7 +172,7 @@ pub fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Txn(args) => crate::admin::run(args).await,
         }
@@ -193,7 +207,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         node_name: args.node_name,
         lease: ms(args.lease_ms),
-        admin_token: args.admin_token.filter(|token| !token.is_empty()),
+        access: crate::api::Access {
+            admin_token: args.admin_token.filter(|token| !token.is_empty()),
+            tls: server_tls(&args.tls_cert, &args.tls_key, &args.tls_client_ca)?,
+        },
     };
     if let Some(listen) = args.metrics_listen {
         crate::metrics::install(listen).with_context(|| format!("serving metrics on {listen}"))?;
@@ -216,6 +233,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the TLS files named by the flags, if any.
+fn server_tls(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+) -> anyhow::Result<Option<crate::api::ServerTls>> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading --{flag} {}", path.display()))
+    };
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::api::ServerTls {
+        cert_pem: read("tls-cert", cert)?,
+        key_pem: read("tls-key", key)?,
+        client_ca_pem: client_ca
+            .as_ref()
+            .map(|ca| read("tls-client-ca", ca))
+            .transpose()?,
+    }))
 }
 
 /// Parses the command line; for `serve --config FILE`, the file's settings
@@ -311,7 +350,7 @@ mod tests {
         argv.push(path.into_os_string());
         argv.extend(flags.iter().map(|f| std::ffi::OsString::from(*f)));
         match parse_with_config_file(argv)?.command {
-            Command::Serve(args) => Ok(args),
+            Command::Serve(args) => Ok(*args),
             other => anyhow::bail!("parsed {other:?}"),
         }
     }

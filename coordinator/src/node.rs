@@ -40,9 +40,8 @@ pub struct NodeConfig {
     pub node_name: Option<String>,
     /// On PostgreSQL: how long a node's lease lasts without renewal.
     pub lease: std::time::Duration,
-    /// When set, the operator's RPCs (RetryTransaction, ResolveBranch)
-    /// require it as `authorization: Bearer <token>`.
-    pub admin_token: Option<String>,
+    /// The admin token and TLS.
+    pub access: api::Access,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +117,7 @@ impl Node {
             listener,
             runtime.clone(),
             config.limits,
-            config.admin_token.clone(),
+            config.access.clone(),
             stop.clone().cancelled_owned(),
         ));
         tracing::info!(%addr, "concord coordinator serving");

@@ -18,6 +18,9 @@ pub enum ClientError {
     /// The coordinator URL could not be used.
     #[error("invalid coordinator URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    /// The TLS settings could not be used.
+    #[error("TLS settings for {url:?} cannot be used: {reason}")]
+    BadTls { url: String, reason: String },
     /// The request was refused as malformed; fix it, do not retry.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -119,6 +122,29 @@ pub struct Begun {
     pub branches: Vec<String>,
 }
 
+/// TLS towards the coordinator.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// PEM: the CA that signed the coordinator's certificate.
+    pub ca_pem: Vec<u8>,
+    /// PEM certificate chain and private key of this client, for a
+    /// coordinator that requires mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the coordinator's certificate is checked against, when it
+    /// is not the URL's host (e.g. `localhost` for `https://127.0.0.1:7400`).
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("mutual", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A cheap-to-clone client for one coordinator.
 #[derive(Debug, Clone)]
 pub struct CoordinatorClient {
@@ -130,11 +156,37 @@ impl CoordinatorClient {
     /// A client for the coordinator at `url` (e.g. `http://127.0.0.1:7400`).
     /// Connects on first use and reconnects by itself.
     pub fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
-        let url = url.into();
-        let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ClientError::BadUrl {
+        Self::dial(url.into(), None)
+    }
+
+    /// A client for a coordinator that serves TLS (`https://...`), checking
+    /// its certificate against `tls.ca_pem` and, for mutual TLS, presenting
+    /// `tls.identity`.
+    pub fn connect_tls(url: impl Into<String>, tls: &ClientTls) -> Result<Self, ClientError> {
+        Self::dial(url.into(), Some(tls))
+    }
+
+    fn dial(url: String, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+        let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ClientError::BadUrl {
             url: url.clone(),
             reason: e.to_string(),
         })?;
+        if let Some(tls) = tls {
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| ClientError::BadTls {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
         let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)

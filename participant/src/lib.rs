@@ -28,7 +28,8 @@ pub mod saga;
 pub mod server;
 
 pub use client::{
-    BeginOptions, Begun, BranchSpec, ClientError, CommitOptions, CoordinatorClient, Outcome,
+    BeginOptions, Begun, BranchSpec, ClientError, ClientTls, CommitOptions, CoordinatorClient,
+    Outcome,
 };
 pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;

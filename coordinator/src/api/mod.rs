@@ -25,6 +25,37 @@ pub mod validate;
 
 pub use validate::Limits;
 
+/// Who may call, and how: the admin token and TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// When set, RetryTransaction and ResolveBranch require it
+    /// (`authorization: Bearer <token>`).
+    pub admin_token: Option<String>,
+    /// When set, the node serves gRPC over TLS only.
+    pub tls: Option<ServerTls>,
+}
+
+/// The node's TLS identity and, for mutual TLS, the clients' CA.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// PEM: the node's certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// PEM: its private key.
+    pub key_pem: Vec<u8>,
+    /// PEM: when set, every client must present a certificate this CA
+    /// signed (mutual TLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The `concord.v1.Coordinator` service.
 pub struct CoordinatorService {
     runtime: Runtime,
@@ -413,14 +444,14 @@ pub async fn serve(
     listener: TcpListener,
     runtime: Runtime,
     limits: Limits,
-    admin_token: Option<String>,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     serve_incoming(
         TcpListenerStream::new(listener),
         runtime,
         limits,
-        admin_token,
+        access,
         shutdown,
     )
     .await
@@ -431,7 +462,7 @@ pub async fn serve_incoming<I, IO, IE>(
     incoming: I,
     runtime: Runtime,
     limits: Limits,
-    admin_token: Option<String>,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -450,8 +481,9 @@ where
         .saturating_add(MESSAGE_OVERHEAD_BYTES)
         .max(4 * 1024 * 1024);
     let draining = runtime.draining();
-    let coordinator = CoordinatorServer::new(CoordinatorService::new(runtime, limits, admin_token))
-        .max_decoding_message_size(max_message);
+    let coordinator =
+        CoordinatorServer::new(CoordinatorService::new(runtime, limits, access.admin_token))
+            .max_decoding_message_size(max_message);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
@@ -466,7 +498,17 @@ where
             error
         })
         .ok();
-    let mut router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = access.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem),
+        );
+        if let Some(ca) = tls.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        server = server.tls_config(config)?;
+    }
+    let mut router = server
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)

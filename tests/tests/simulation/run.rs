@@ -144,7 +144,7 @@ pub fn run(seed: u64) -> RunResult {
                     incoming,
                     runtime,
                     Limits::default(),
-                    None,
+                    Default::default(),
                     std::future::pending(),
                 )
                 .await?;

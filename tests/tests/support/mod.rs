@@ -42,7 +42,7 @@ pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node 
         limits: Default::default(),
         node_name: None,
         lease: concord_coordinator::node::DEFAULT_LEASE,
-        admin_token: None,
+        access: Default::default(),
     })
     .await
     .expect("coordinator starts")

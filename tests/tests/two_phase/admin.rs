@@ -301,7 +301,10 @@ async fn with_an_admin_token_configured_the_operators_calls_need_it() {
         limits: Default::default(),
         node_name: None,
         lease: concord_coordinator::node::DEFAULT_LEASE,
-        admin_token: Some("s3cret-token".into()),
+        access: concord_coordinator::api::Access {
+            admin_token: Some("s3cret-token".into()),
+            tls: None,
+        },
     })
     .await
     .expect("coordinator starts");

@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod bad_input;
 mod fuzz;
+mod tls;
 
 use std::time::Duration;
 

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Default::default(),
         node_name: None,
         lease: concord_coordinator::node::DEFAULT_LEASE,
-        admin_token: None,
+        access: Default::default(),
     })
     .await
     .context("starting the coordinator")?;

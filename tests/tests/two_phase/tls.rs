@@ -1,0 +1,142 @@
+//! TLS and mutual TLS between clients and the coordinator, with
+//! certificates made for the test (rcgen): a client that does not present a
+//! certificate the configured CA signed is refused; one that does works.
+
+use concord_coordinator::api::{Access, ServerTls};
+use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_participant::{BeginOptions, ClientTls, CoordinatorClient};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+use super::support::quick_config;
+
+/// A CA, and certificates it signs.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().expect("key");
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA"),
+        }
+    }
+
+    fn pem(&self) -> Vec<u8> {
+        self.issuer.pem().into_bytes()
+    }
+
+    /// A certificate for `names`, and its key, as PEM.
+    fn leaf(&self, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let key = KeyPair::generate().expect("key");
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+    }
+}
+
+async fn tls_node(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> Node {
+    let (cert_pem, key_pem) = ca.leaf(&["localhost"]);
+    Node::start(NodeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        store: StoreLocation::DataDir(dir.join("coordinator")),
+        runtime: quick_config(),
+        limits: Default::default(),
+        node_name: None,
+        lease: concord_coordinator::node::DEFAULT_LEASE,
+        access: Access {
+            admin_token: None,
+            tls: Some(ServerTls {
+                cert_pem,
+                key_pem,
+                client_ca_pem: client_ca.map(Ca::pem),
+            }),
+        },
+    })
+    .await
+    .expect("coordinator starts")
+}
+
+fn https(node: &Node) -> String {
+    format!("https://{}", node.addr())
+}
+
+async fn begins(client: &CoordinatorClient) -> Result<String, String> {
+    client
+        .begin(BeginOptions::default())
+        .await
+        .map(|begun| begun.transaction_id)
+        .map_err(|error| error.to_string())
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_the_ca_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new("concord test CA");
+    let node = tls_node(dir.path(), &ca, None).await;
+    let trusting = ClientTls {
+        ca_pem: ca.pem(),
+        identity: None,
+        domain: Some("localhost".into()),
+    };
+    let client = CoordinatorClient::connect_tls(https(&node), &trusting).expect("client");
+    let id = begins(&client)
+        .await
+        .expect("a client trusting the CA works");
+    assert_eq!(client.transaction(&id).await.expect("get").id, id);
+
+    // Plaintext gets no answer from a TLS port.
+    let plain = CoordinatorClient::connect(node.url()).expect("client");
+    assert!(begins(&plain).await.is_err());
+    // A client that trusts another CA refuses the coordinator.
+    let other = Ca::new("someone else");
+    let wary = ClientTls {
+        ca_pem: other.pem(),
+        ..trusting.clone()
+    };
+    let client = CoordinatorClient::connect_tls(https(&node), &wary).expect("client");
+    assert!(begins(&client).await.is_err());
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server_ca = Ca::new("servers");
+    let client_ca = Ca::new("clients");
+    let node = tls_node(dir.path(), &server_ca, Some(&client_ca)).await;
+    let base = ClientTls {
+        ca_pem: server_ca.pem(),
+        identity: None,
+        domain: Some("localhost".into()),
+    };
+
+    let anonymous = CoordinatorClient::connect_tls(https(&node), &base).expect("client");
+    let refused = begins(&anonymous).await.expect_err("no client certificate");
+    assert!(!refused.is_empty());
+
+    let stranger = ClientTls {
+        identity: Some(Ca::new("strangers").leaf(&["intruder"])),
+        ..base.clone()
+    };
+    let client = CoordinatorClient::connect_tls(https(&node), &stranger).expect("client");
+    begins(&client)
+        .await
+        .expect_err("a certificate from another CA");
+
+    let member = ClientTls {
+        identity: Some(client_ca.leaf(&["bank-a"])),
+        ..base
+    };
+    let client = CoordinatorClient::connect_tls(https(&node), &member).expect("client");
+    let id = begins(&client)
+        .await
+        .expect("a client the client CA signed works");
+    assert_eq!(client.transaction(&id).await.expect("get").id, id);
+}
