@@ -92,6 +92,21 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
 
+    /// TLS for this node's own calls to https:// participants and to other
+    /// nodes: the CA (PEM) that signed their certificates.
+    #[arg(long, env = "CONCORD_PEER_TLS_CA")]
+    peer_tls_ca: Option<PathBuf>,
+
+    /// The certificate chain (PEM) this node presents to https://
+    /// participants and nodes that require mutual TLS; needs
+    /// --peer-tls-key and --peer-tls-ca.
+    #[arg(long, env = "CONCORD_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    peer_tls_cert: Option<PathBuf>,
+
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "CONCORD_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    peer_tls_key: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://<this address>/metrics (off when
     /// not given), e.g. 0.0.0.0:9464.
     #[arg(long, env = "CONCORD_METRICS_LISTEN")]
@@ -189,7 +204,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_prepare_timeout: ms(args.prepare_timeout_ms),
             delivery_timeout: ms(args.delivery_timeout_ms),
             max_branches: usize::try_from(args.max_branches).unwrap_or(usize::MAX),
-            advertised_url: args.advertise_url.unwrap_or_default(),
+            advertised_url: args.advertise_url.clone().unwrap_or_default(),
+            peer_tls: peer_tls(&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key)?,
             ..RuntimeConfig::default()
         },
     );
@@ -233,6 +249,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the peer TLS files named by the flags, if any.
+fn peer_tls(
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> anyhow::Result<Option<crate::runtime::participants::PeerTls>> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading --{flag} {}", path.display()))
+    };
+    let Some(ca) = ca else { return Ok(None) };
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((read("peer-tls-cert", cert)?, read("peer-tls-key", key)?)),
+        _ => None,
+    };
+    Ok(Some(crate::runtime::participants::PeerTls {
+        ca_pem: read("peer-tls-ca", ca)?,
+        identity,
+    }))
 }
 
 /// Reads the TLS files named by the flags, if any.

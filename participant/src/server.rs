@@ -258,9 +258,26 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`ParticipantService::serve`] over TLS when `tls` is given (with a
+    /// client CA, only a coordinator presenting a certificate it signed may
+    /// call: mutual TLS). The coordinator then reaches this participant at
+    /// an `https://` URL.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
         let service = Arc::new(self);
         let stop = tokio_util::sync::CancellationToken::new();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .tcp_nodelay(true)
             .add_service(ParticipantServer::from_arc(Arc::clone(&service)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {

@@ -35,9 +35,18 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct Forwarder {
     clients: Mutex<HashMap<String, CoordinatorClient<Channel>>>,
+    /// TLS towards https:// nodes (the runtime's peer TLS).
+    tls: Option<crate::runtime::participants::PeerTls>,
 }
 
 impl Forwarder {
+    pub fn new(tls: Option<crate::runtime::participants::PeerTls>) -> Self {
+        Self {
+            clients: Mutex::new(HashMap::new()),
+            tls,
+        }
+    }
+
     /// A client for the node at `address`. Connecting is lazy: a node that
     /// is down fails the call, not this.
     pub fn client(&self, address: &str) -> Result<CoordinatorClient<Channel>, tonic::Status> {
@@ -59,6 +68,12 @@ impl Forwarder {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        let endpoint = match &self.tls {
+            Some(tls) if address.starts_with("https://") => endpoint
+                .tls_config(tls.client_config())
+                .map_err(|e| tonic::Status::internal(format!("TLS towards {address}: {e}")))?,
+            _ => endpoint,
+        };
         let client = CoordinatorClient::new(endpoint.connect_lazy());
         clients.insert(address.to_owned(), client.clone());
         Ok(client)

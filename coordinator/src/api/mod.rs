@@ -69,9 +69,9 @@ pub struct CoordinatorService {
 impl CoordinatorService {
     pub fn new(runtime: Runtime, limits: Limits, admin_token: Option<String>) -> Self {
         Self {
+            forward: forward::Forwarder::new(runtime.config().peer_tls.clone()),
             runtime,
             limits,
-            forward: forward::Forwarder::default(),
             admin_token,
         }
     }

@@ -87,6 +87,8 @@ pub struct RuntimeConfig {
     pub clock: Arc<dyn Clock>,
     /// How channels to participants connect.
     pub dialer: Dialer,
+    /// TLS for calls to https:// participants and other nodes.
+    pub peer_tls: Option<participants::PeerTls>,
 }
 
 impl Default for RuntimeConfig {
@@ -108,6 +110,7 @@ impl Default for RuntimeConfig {
                 advertised_url: String::new(),
                 clock: Arc::new(SystemClock),
                 dialer: Dialer::default(),
+                peer_tls: None,
             },
         )
     }
@@ -350,6 +353,7 @@ impl Runtime {
             config.connect_timeout,
             config.advertised_url.clone(),
             config.dialer.clone(),
+            config.peer_tls.clone(),
         );
         let shared = Arc::new(Shared {
             config,

@@ -55,6 +55,37 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub struct Dialer(Option<Arc<DialFn>>);
 
+/// TLS for the coordinator's own calls: to https:// participants and to
+/// other nodes. The CA that signed their certificates and, for peers that
+/// require mutual TLS, this node's identity.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// PEM: the CA that signed the peers' certificates.
+    pub ca_pem: Vec<u8>,
+    /// PEM certificate chain and key this node presents.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl PeerTls {
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
+impl std::fmt::Debug for PeerTls {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("mutual", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 type DialFn = dyn Fn(Endpoint) -> Channel + Send + Sync;
 
 impl Dialer {
@@ -89,15 +120,23 @@ pub struct Participants {
     /// Sent in every call so a participant knows whom to ask about an
     /// in-doubt branch.
     coordinator_url: String,
+    /// TLS for https:// participants.
+    tls: Option<PeerTls>,
 }
 
 impl Participants {
-    pub fn new(connect_timeout: Duration, coordinator_url: String, dialer: Dialer) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        coordinator_url: String,
+        dialer: Dialer,
+        tls: Option<PeerTls>,
+    ) -> Self {
         Self {
             channels: DashMap::new(),
             dialer,
             connect_timeout,
             coordinator_url,
+            tls,
         }
     }
 
@@ -119,6 +158,21 @@ impl Participants {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
+        let settings = match &self.tls {
+            Some(tls) if endpoint.starts_with("https://") => settings
+                .tls_config(tls.client_config())
+                .map_err(|e| CallError::BadEndpoint {
+                    endpoint: endpoint.to_owned(),
+                    reason: format!("TLS: {e}"),
+                })?,
+            None if endpoint.starts_with("https://") => {
+                return Err(CallError::BadEndpoint {
+                    endpoint: endpoint.to_owned(),
+                    reason: "an https participant needs the coordinator's --peer-tls-ca".into(),
+                });
+            }
+            _ => settings,
+        };
         // A lazily connected channel reconnects by itself after the
         // participant restarts.
         let channel = self.dialer.channel(settings);

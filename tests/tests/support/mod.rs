@@ -272,6 +272,46 @@ impl TestParticipant {
         Self::start_with(dir, name, coordinator_db, addr, false).await
     }
 
+    /// A scripted participant serving TLS (mutual TLS when `tls` names a
+    /// client CA) at `https://localhost:<port>`.
+    pub async fn start_tls(dir: &Path, name: &str, tls: tonic::transport::ServerTlsConfig) -> Self {
+        let pool = participant_db(
+            dir,
+            name,
+            "CREATE TABLE IF NOT EXISTS effects (txn_id TEXT NOT NULL, branch TEXT NOT NULL, op TEXT NOT NULL)",
+        )
+        .await;
+        let handler = Scripted {
+            commit_failures: Mutex::new(HashMap::new()),
+            coordinator_db: None,
+            healthy: false,
+        };
+        let service = ParticipantService::new(handler, pool.clone())
+            .await
+            .expect("ledger");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "https://localhost:{}",
+            listener.local_addr().expect("addr").port()
+        );
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            service
+                .serve_tls(listener, Some(tls), shutdown)
+                .await
+                .expect("participant serves");
+        });
+        Self {
+            url,
+            pool,
+            stop,
+            task,
+        }
+    }
+
     async fn start_with(
         dir: &Path,
         name: &str,

@@ -1,13 +1,14 @@
-//! TLS and mutual TLS between clients and the coordinator, with
-//! certificates made for the test (rcgen): a client that does not present a
-//! certificate the configured CA signed is refused; one that does works.
+//! TLS and mutual TLS between clients and the coordinator, and between the
+//! coordinator and participants, with certificates made for the test
+//! (rcgen): a peer that does not present a certificate the configured CA
+//! signed is refused; one that does works.
 
 use concord_coordinator::api::{Access, ServerTls};
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
 use concord_participant::{BeginOptions, ClientTls, CoordinatorClient};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
-use super::support::quick_config;
+use super::support::{TestParticipant, quick_config};
 
 /// A CA, and certificates it signs.
 struct Ca {
@@ -139,4 +140,77 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
         .await
         .expect("a client the client CA signed works");
     assert_eq!(client.transaction(&id).await.expect("get").id, id);
+}
+
+#[tokio::test]
+async fn the_coordinator_reaches_participants_over_mutual_tls_and_only_with_its_certificate() {
+    use concord_coordinator::runtime::participants::PeerTls;
+    use concord_participant::Outcome;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mesh = Ca::new("service mesh");
+    let (cert, key) = mesh.leaf(&["localhost"]);
+    let participant_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(mesh.pem()));
+    let p = TestParticipant::start_tls(dir.path(), "p", participant_tls).await;
+
+    let coordinator = |name: &'static str, identity| {
+        let mut runtime = quick_config();
+        runtime.peer_tls = Some(PeerTls {
+            ca_pem: mesh.pem(),
+            identity,
+        });
+        let data = dir.path().join(name);
+        async move {
+            Node::start(NodeConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                store: StoreLocation::DataDir(data),
+                runtime,
+                limits: Default::default(),
+                node_name: None,
+                lease: concord_coordinator::node::DEFAULT_LEASE,
+                access: Access::default(),
+            })
+            .await
+            .expect("coordinator starts")
+        }
+    };
+    let transfer = |client: CoordinatorClient| {
+        let url = p.url.clone();
+        async move {
+            let spec = |name: &str| concord_participant::BranchSpec {
+                participant: url.clone(),
+                payload: b"commit".to_vec(),
+                name: Some(name.into()),
+            };
+            let id = client
+                .begin(BeginOptions {
+                    branches: vec![spec("x"), spec("y")],
+                    ..BeginOptions::default()
+                })
+                .await
+                .expect("begin")
+                .transaction_id;
+            let outcome = client.commit(&id).await.expect("commit answered");
+            (id, outcome)
+        }
+    };
+
+    // With its certificate: prepared and committed over mutual TLS.
+    let trusted = coordinator("trusted", Some(mesh.leaf(&["coordinator"]))).await;
+    let client = CoordinatorClient::connect(trusted.url()).expect("client");
+    let (id, outcome) = transfer(client).await;
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    super::support::eventually("phase 2 over TLS", || async {
+        (p.effects(&id).await.len() == 4).then_some(())
+    })
+    .await;
+
+    // Without one, the participant refuses the connection: nothing is
+    // prepared, and the transaction aborts.
+    let anonymous = coordinator("anonymous", None).await;
+    let client = CoordinatorClient::connect(anonymous.url()).expect("client");
+    let (id, outcome) = transfer(client).await;
+    assert!(matches!(outcome, Outcome::Aborted { .. }), "{outcome:?}");
+    assert!(p.effects(&id).await.is_empty());
 }
