@@ -27,6 +27,25 @@ pub struct TxnArgs {
     #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// For an https:// coordinator: the CA (PEM) that signed its
+    /// certificate.
+    #[arg(long, env = "CONCORD_TXN_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// For a coordinator that requires mutual TLS: this client's
+    /// certificate chain (PEM); needs --tls-key and --tls-ca.
+    #[arg(long, env = "CONCORD_TXN_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CONCORD_TXN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// The name to check the coordinator's certificate against, when it is
+    /// not the URL's host.
+    #[arg(long, env = "CONCORD_TXN_TLS_DOMAIN", requires = "tls_ca")]
+    tls_domain: Option<String>,
+
     #[command(subcommand)]
     command: TxnCommand,
 }
@@ -91,7 +110,7 @@ enum TxnCommand {
 }
 
 pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.coordinator)?;
+    let mut client = connect(&args)?;
     let auth = Auth::new(args.token.as_deref())?;
     match args.command {
         TxnCommand::List {
@@ -197,11 +216,29 @@ impl Auth {
     }
 }
 
-fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+fn connect(args: &TxnArgs) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let url = &args.coordinator;
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("--coordinator {url:?} is not a URL"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
+    if let Some(ca) = &args.tls_ca {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading --{flag} {}", path.display()))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("tls-ca", ca)?));
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read("tls-cert", cert)?,
+                read("tls-key", key)?,
+            ));
+        }
+        if let Some(domain) = &args.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
     Ok(CoordinatorClient::new(endpoint.connect_lazy()))
 }
 

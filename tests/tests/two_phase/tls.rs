@@ -131,8 +131,9 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
         .await
         .expect_err("a certificate from another CA");
 
+    let (cert, key) = client_ca.leaf(&["bank-a"]);
     let member = ClientTls {
-        identity: Some(client_ca.leaf(&["bank-a"])),
+        identity: Some((cert.clone(), key.clone())),
         ..base
     };
     let client = CoordinatorClient::connect_tls(https(&node), &member).expect("client");
@@ -140,6 +141,31 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
         .await
         .expect("a client the client CA signed works");
     assert_eq!(client.transaction(&id).await.expect("get").id, id);
+
+    // The operator's tool speaks mutual TLS too.
+    let files = |name: &str, pem: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        files("ca.pem", &server_ca.pem()),
+        files("operator.pem", &cert),
+        files("operator.key", &key),
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["txn", "--coordinator", &https(&node)])
+        .args(["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key])
+        .args(["--tls-domain", "localhost", "show", &id])
+        .output()
+        .await
+        .expect("run concord txn");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&id));
 }
 
 #[tokio::test]
