@@ -107,6 +107,14 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_PEER_TLS_KEY", requires = "peer_tls_cert")]
     peer_tls_key: Option<PathBuf>,
 
+    /// Remove finished transactions from the log this many days after they
+    /// ended (checked every minute; each removal is logged and counted).
+    /// Never those an operator resolved a branch of, nor those flagged
+    /// NEEDS_ATTENTION. 0 keeps everything.
+    #[arg(long, env = "CONCORD_RETENTION_DAYS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    retention_days: u64,
+
     /// Serve Prometheus metrics at http://<this address>/metrics (off when
     /// not given), e.g. 0.0.0.0:9464.
     #[arg(long, env = "CONCORD_METRICS_LISTEN")]
@@ -206,6 +214,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_branches: usize::try_from(args.max_branches).unwrap_or(usize::MAX),
             advertised_url: args.advertise_url.clone().unwrap_or_default(),
             peer_tls: peer_tls(&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key)?,
+            retention: (args.retention_days > 0)
+                .then(|| Duration::from_secs(args.retention_days * 86_400)),
             ..RuntimeConfig::default()
         },
     );

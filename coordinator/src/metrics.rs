@@ -98,3 +98,8 @@ pub(crate) fn in_flight(two_phase: usize, sagas: usize, phase2_backlog: usize) {
 pub(crate) fn recovery_backlog(count: usize) {
     gauge!("concord_recovery_backlog").set(count as f64);
 }
+
+/// Finished transactions removed from the log past the retention.
+pub(crate) fn pruned(count: u64) {
+    counter!("concord_pruned_transactions_total").increment(count);
+}

@@ -89,6 +89,9 @@ pub struct RuntimeConfig {
     pub dialer: Dialer,
     /// TLS for calls to https:// participants and other nodes.
     pub peer_tls: Option<participants::PeerTls>,
+    /// Finished transactions older than this are removed from the log
+    /// (`Store::prune`); None keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -111,6 +114,7 @@ impl Default for RuntimeConfig {
                 clock: Arc::new(SystemClock),
                 dialer: Dialer::default(),
                 peer_tls: None,
+                retention: None,
             },
         )
     }
@@ -380,6 +384,12 @@ impl Runtime {
             .shared
             .tasks
             .spawn(sweep(Arc::clone(&runtime.shared)));
+        if runtime.shared.config.retention.is_some() {
+            runtime
+                .shared
+                .tasks
+                .spawn(prune(Arc::clone(&runtime.shared)));
+        }
         if runtime.shared.store.cluster().is_some() {
             runtime
                 .shared
@@ -1407,6 +1417,50 @@ fn generated_name(branches: &[BranchInfo], idx: usize) -> String {
             return name;
         }
         n += 1;
+    }
+}
+
+/// Removes finished transactions past the retention, a thousand at a time,
+/// once a minute. Every removal is logged and counted: nothing leaves the
+/// log silently.
+async fn prune(shared: Arc<Shared>) {
+    const BATCH: u32 = 1_000;
+    let Some(retention) = shared.config.retention else {
+        return;
+    };
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let cutoff = shared.config.clock.now_ms().saturating_sub(retention_ms);
+        let begun_before = TxnId::from_parts(cutoff, 0);
+        let mut removed = 0u64;
+        loop {
+            match shared.store.prune(&begun_before, cutoff, BATCH).await {
+                Ok(count) => {
+                    removed += count;
+                    if count < u64::from(BATCH) || shared.shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not remove finished transactions; next minute");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            crate::metrics::pruned(removed);
+            tracing::info!(
+                removed,
+                retention_days = retention_ms / 86_400_000,
+                "removed finished transactions past the retention"
+            );
+        }
     }
 }
 

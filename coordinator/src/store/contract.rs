@@ -59,6 +59,10 @@ pub const ALL: &[(&str, Test)] = &[
     ("operator_actions_are_kept_in_order_and_recovered", |open| {
         Box::pin(operator_actions_are_kept_in_order_and_recovered(open))
     }),
+    (
+        "pruning_forgets_only_old_finished_transactions_nobody_can_ask_about",
+        |open| Box::pin(pruning_forgets_only_old_finished_transactions_nobody_can_ask_about(open)),
+    ),
 ];
 
 /// Expands to one `#[tokio::test]` per contract test, each calling
@@ -77,6 +81,7 @@ macro_rules! store_contract {
             a_whole_life_in_one_batch_reads_as_if_written_record_by_record,
             recovery_gets_each_unfinished_transaction_with_its_own_parts,
             operator_actions_are_kept_in_order_and_recovered,
+            pruning_forgets_only_old_finished_transactions_nobody_can_ask_about,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -611,4 +616,79 @@ pub async fn operator_actions_are_kept_in_order_and_recovered(open: Open) {
         .expect("exists");
     assert_eq!(view.operator_actions.len(), 2);
     assert_eq!(view.operator_actions[0].operator, "alice@ops");
+}
+
+pub async fn pruning_forgets_only_old_finished_transactions_nobody_can_ask_about(open: Open) {
+    use crate::model::{OperatorAction, Resolution};
+    let store = open().await;
+    let ended = |id, at_ms| Record::Ended {
+        id,
+        state: TxnState::Committed,
+        at_ms,
+        read_only: false,
+        reason: None,
+        branches: Vec::new(),
+        steps: Vec::new(),
+    };
+    let [old, resolved, recent, unfinished, keyed] = [(); 5].map(|()| TxnId::mint());
+    store
+        .append(&[
+            begun(old, None),
+            enlisted(old, 0),
+            begun(resolved, None),
+            enlisted(resolved, 0),
+            begun(recent, None),
+            begun(unfinished, None),
+            begun(keyed, Some("order-9")),
+        ])
+        .await
+        .expect("append");
+    store
+        .append(&[
+            Record::Decided {
+                id: old,
+                at_ms: 1_500,
+            },
+            ended(old, 2_000),
+            Record::Decided {
+                id: resolved,
+                at_ms: 1_500,
+            },
+            Record::OperatorResolved {
+                id: resolved,
+                action: OperatorAction {
+                    branch: "b1".into(),
+                    outcome: Resolution::Committed,
+                    reason: "applied by hand".into(),
+                    operator: "ops".into(),
+                    at_ms: 1_800,
+                },
+            },
+            ended(resolved, 2_000),
+            ended(recent, 9_000),
+            ended(keyed, 2_000),
+        ])
+        .await
+        .expect("append");
+    let everything = TxnId::mint();
+    let pruned = store.prune(&everything, 5_000, 100).await.expect("prune");
+    assert_eq!(pruned, 2, "the old one and the old keyed one");
+    assert!(store.transaction(&old).await.expect("read").is_none());
+    assert!(store.transaction(&keyed).await.expect("read").is_none());
+    assert!(
+        store
+            .by_idempotency_key("order-9")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    for kept in [resolved, recent, unfinished] {
+        assert!(store.transaction(&kept).await.expect("read").is_some());
+    }
+    // Nothing more to prune; and nothing begun after the bound is touched.
+    assert_eq!(
+        store.prune(&everything, 5_000, 100).await.expect("prune"),
+        0
+    );
+    assert_eq!(store.prune(&old, 99_000, 100).await.expect("prune"), 0);
 }

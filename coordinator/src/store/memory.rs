@@ -406,6 +406,36 @@ impl Store for MemoryStore {
         futures::future::ready(Ok(views)).boxed()
     }
 
+    fn prune<'a>(
+        &'a self,
+        begun_before: &'a TxnId,
+        ended_before_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let mut state = self.lock();
+        let doomed: Vec<TxnId> = state
+            .transactions
+            .range(..*begun_before)
+            .filter(|(_, row)| {
+                let view = &row.view;
+                view.state.is_terminal()
+                    && view.ended_at_ms.is_some_and(|at| at < ended_before_ms)
+                    && !view.needs_attention
+                    && view.operator_actions.is_empty()
+            })
+            .map(|(id, _)| *id)
+            .take(limit as usize)
+            .collect();
+        for id in &doomed {
+            if let Some(row) = state.transactions.remove(id)
+                && let Some(key) = &row.view.idempotency_key
+            {
+                state.keys.remove(key);
+            }
+        }
+        futures::future::ready(Ok(doomed.len() as u64)).boxed()
+    }
+
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         let state = self.lock();
         let unfinished = state

@@ -13,6 +13,7 @@
 //! `sqlx::migrate!` at start-up; queries are checked at run time
 //! (`query_as` + `FromRow`) so that building needs no database.
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::model::{
@@ -300,6 +301,22 @@ pub trait Store: Send + Sync + 'static {
     /// Leases and ownership, on a store several nodes share.
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
+    }
+
+    /// Removes at most `limit` transactions begun before `begun_before`
+    /// that ended before `ended_before_ms` (every participant acknowledged:
+    /// presumed abort lets the coordinator forget them, R2), with their
+    /// branches and steps. Never one an operator resolved a branch of (its
+    /// participant never acknowledged) nor one flagged NEEDS_ATTENTION.
+    /// Returns how many went.
+    fn prune<'a>(
+        &'a self,
+        begun_before: &'a TxnId,
+        ended_before_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = (begun_before, ended_before_ms, limit);
+        futures::future::ready(Ok(0)).boxed()
     }
 }
 

@@ -412,7 +412,51 @@ impl Store for PostgresStore {
     fn cluster(&self) -> Option<&dyn Cluster> {
         Some(self)
     }
+
+    fn prune<'a>(
+        &'a self,
+        begun_before: &'a TxnId,
+        ended_before_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut tx = self.pool.begin().await?;
+            let doomed: Vec<(String,)> = sqlx::query_as(PRUNABLE)
+                .bind(begun_before.to_string())
+                .bind(i64::try_from(ended_before_ms).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            if doomed.is_empty() {
+                return Ok(0);
+            }
+            let ids: Vec<String> = doomed.into_iter().map(|(id,)| id).collect();
+            for statement in [
+                "DELETE FROM branches WHERE txn_id = ANY($1)",
+                "DELETE FROM saga_steps WHERE txn_id = ANY($1)",
+                "DELETE FROM transactions WHERE id = ANY($1)",
+            ] {
+                sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(ids.len() as u64)
+        }
+        .boxed()
+    }
 }
+
+/// Finished transactions old enough to forget (see [`Store::prune`]);
+/// locked so that two nodes pruning at once do not wait on each other.
+const PRUNABLE: &str = "
+    SELECT t.id FROM transactions t
+    WHERE t.id < $1
+      AND t.state IN ('committed', 'aborted', 'completed', 'compensated', 'failed')
+      AND t.ended_at_ms < $2
+      AND NOT t.needs_attention
+      AND NOT EXISTS (SELECT 1 FROM operator_actions a WHERE a.txn_id = t.id)
+    ORDER BY t.id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED";
 
 impl Cluster for PostgresStore {
     fn node_id(&self) -> &str {

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::batch::{Group, Grouped};
 use super::rows::{
     ActionRow, BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, actions, assemble,
-    assemble_unfinished, attach_actions, parse_id,
+    assemble_unfinished, attach_actions, parse_id, to_i64,
 };
 use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
 use crate::model::{TxnId, TxnKind, TxnView};
@@ -235,7 +235,50 @@ impl Store for SqliteStore {
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.load_unfinished().boxed()
     }
+
+    fn prune<'a>(
+        &'a self,
+        begun_before: &'a TxnId,
+        ended_before_ms: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut tx = self.pool.begin().await?;
+            let doomed: Vec<(String,)> = sqlx::query_as(PRUNABLE)
+                .bind(begun_before.to_string())
+                .bind(to_i64(ended_before_ms))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            if doomed.is_empty() {
+                return Ok(0);
+            }
+            let ids = serde_json::to_string(&doomed.iter().map(|(id,)| id).collect::<Vec<_>>())
+                .map_err(|e| StoreError::Corrupt(format!("cannot encode ids: {e}")))?;
+            for statement in [
+                "DELETE FROM branches WHERE txn_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM saga_steps WHERE txn_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM transactions WHERE id IN (SELECT value FROM json_each(?1))",
+            ] {
+                sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(doomed.len() as u64)
+        }
+        .boxed()
+    }
 }
+
+/// Finished transactions old enough to forget (see [`Store::prune`]).
+const PRUNABLE: &str = "
+    SELECT t.id FROM transactions t
+    WHERE t.id < ?1
+      AND t.state IN ('committed', 'aborted', 'completed', 'compensated', 'failed')
+      AND t.ended_at_ms < ?2
+      AND t.needs_attention = 0
+      AND NOT EXISTS (SELECT 1 FROM operator_actions a WHERE a.txn_id = t.id)
+    ORDER BY t.id
+    LIMIT ?3";
 
 /// The statement that writes one group of a batch (`store::batch`): each
 /// takes the group's rows as one JSON array and spreads it with `json_each`.

@@ -359,3 +359,61 @@ async fn with_an_admin_token_configured_the_operators_calls_need_it() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn with_a_retention_finished_transactions_leave_the_log_and_unfinished_ones_stay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let client = client(&node);
+    let p = TestParticipant::start(dir.path(), "p", Some(&coordinator_dir)).await;
+    let finished = client
+        .begin(BeginOptions::default())
+        .await
+        .expect("begin")
+        .transaction_id;
+    client
+        .enlist(&finished, &p.url, "commit", None)
+        .await
+        .expect("enlist");
+    client.commit(&finished).await.expect("commit");
+    eventually("it ends", || async {
+        let state = client.transaction(&finished).await.ok()?.state;
+        (state == pb::TransactionState::Committed as i32).then_some(())
+    })
+    .await;
+    let open = client
+        .begin(BeginOptions {
+            timeout: Some(Duration::from_secs(600)),
+            ..BeginOptions::default()
+        })
+        .await
+        .expect("begin")
+        .transaction_id;
+    // Its participant is gone: after the restart its abort (R2) cannot be
+    // delivered, so it stays unfinished.
+    client
+        .enlist(&open, "http://127.0.0.1:1", "commit", None)
+        .await
+        .expect("enlist");
+    node.shutdown().await.expect("shutdown");
+
+    // Restarted with a retention of a millisecond: the pruner runs at once.
+    let mut config = quick_config();
+    config.retention = Some(Duration::from_millis(1));
+    let node = start_coordinator(&coordinator_dir, config).await;
+    let client = super::support::client(&node);
+    eventually("the finished transaction is removed", || async {
+        client.transaction(&finished).await.is_err().then_some(())
+    })
+    .await;
+    let error = client.transaction(&finished).await.expect_err("gone");
+    assert!(error.to_string().contains("not found"), "{error}");
+    // The unfinished one stays (recovery aborts it, R2, but cannot tell its
+    // participant).
+    eventually("the unfinished one is recovered and kept", || async {
+        let state = client.transaction(&open).await.ok()?.state;
+        (state == pb::TransactionState::Aborting as i32).then_some(())
+    })
+    .await;
+}
