@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use concord_proto::v1 as pb;
 use concord_proto::v1::participant_server::{Participant, ParticipantServer};
 use sqlx::{Database, Pool, Sqlite};
@@ -608,6 +610,13 @@ fn db(error: sqlx::Error) -> Status {
     Status::unavailable(format!("participant database: {error}"))
 }
 
+/// The span of one call about a branch: the transaction id under the same
+/// field name as the coordinator's spans (`txn`), so that one grep (or one
+/// log query) follows a transaction through both.
+fn span(branch: &BranchContext, op: &'static str) -> tracing::Span {
+    tracing::info_span!("branch", txn = %branch.transaction_id, branch = %branch.branch, op)
+}
+
 /// Checks the branch reference every call carries.
 fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
     let branch = branch.ok_or_else(|| Status::invalid_argument("branch is missing"))?;
@@ -639,7 +648,10 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let request = request.into_inner();
         let step = context(request.branch)?;
-        let result = self.execute_step(&step, &request.payload).await?;
+        let result = self
+            .execute_step(&step, &request.payload)
+            .instrument(span(&step, "execute"))
+            .await?;
         tracing::debug!(saga = %step.transaction_id, step = %step.branch, ?result, "executed");
         let (result, reason) = match result {
             StepResult::Done => (pb::execute_response::Result::Succeeded, String::new()),
@@ -657,7 +669,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         let request = request.into_inner();
         let step = context(request.branch)?;
-        self.compensate_step(&step, &request.payload).await?;
+        self.compensate_step(&step, &request.payload)
+            .instrument(span(&step, "compensate"))
+            .await?;
         Ok(Response::new(pb::CompensateResponse {}))
     }
 
@@ -667,7 +681,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let request = request.into_inner();
         let branch = context(request.branch)?;
-        let vote = ParticipantService::prepare(self, &branch, &request.payload).await?;
+        let vote = ParticipantService::prepare(self, &branch, &request.payload)
+            .instrument(span(&branch, "prepare"))
+            .await?;
         tracing::debug!(txn = %branch.transaction_id, branch = %branch.branch, ?vote, "prepared");
         let (vote, reason) = match vote {
             Vote::Commit => (pb::Vote::Commit, String::new()),
@@ -686,7 +702,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     ) -> Result<Response<pb::CommitBranchResponse>, Status> {
         let request = request.into_inner();
         let branch = context(request.branch)?;
-        ParticipantService::commit(self, &branch, &request.payload).await?;
+        ParticipantService::commit(self, &branch, &request.payload)
+            .instrument(span(&branch, "commit"))
+            .await?;
         Ok(Response::new(pb::CommitBranchResponse {}))
     }
 
@@ -696,7 +714,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     ) -> Result<Response<pb::AbortBranchResponse>, Status> {
         let request = request.into_inner();
         let branch = context(request.branch)?;
-        let already_committed = ParticipantService::abort(self, &branch, &request.payload).await?;
+        let already_committed = ParticipantService::abort(self, &branch, &request.payload)
+            .instrument(span(&branch, "abort"))
+            .await?;
         Ok(Response::new(pb::AbortBranchResponse { already_committed }))
     }
 
@@ -709,7 +729,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
             one_phase: true,
             ..context(request.branch)?
         };
-        let answer = ParticipantService::commit_one_phase(self, &branch, &request.payload).await?;
+        let answer = ParticipantService::commit_one_phase(self, &branch, &request.payload)
+            .instrument(span(&branch, "commit_one_phase"))
+            .await?;
         Ok(Response::new(answer))
     }
 }

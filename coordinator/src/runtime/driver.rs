@@ -41,7 +41,7 @@ pub(super) fn dispatch(
         Delivery::Nothing => {}
         Delivery::WakeDriver => txn.wake.notify_one(),
         Delivery::StartDriver => {
-            let span = tracing::info_span!("txn", id = %txn.id);
+            let span = tracing::info_span!("txn", txn = %txn.id);
             shared
                 .tasks
                 .spawn(drive(Arc::clone(shared), Arc::clone(txn)).instrument(span));

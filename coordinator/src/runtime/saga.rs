@@ -208,7 +208,7 @@ pub(super) fn dispatch(
         Delivery::Nothing => {}
         Delivery::WakeDriver => saga.wake.notify_one(),
         Delivery::StartDriver => {
-            let span = tracing::info_span!("saga", id = %saga.header.id);
+            let span = tracing::info_span!("saga", txn = %saga.header.id);
             shared
                 .tasks
                 .spawn(drive(Arc::clone(shared), Arc::clone(saga)).instrument(span));
