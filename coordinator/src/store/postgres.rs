@@ -25,8 +25,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::json;
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgConnection, PgPool};
 
 use super::batch::{Group, Grouped};
 use super::rows::{
@@ -234,23 +234,31 @@ impl PostgresStore {
     /// Takes over the unfinished transactions whose owner is gone, raising
     /// each one's epoch, and loads them.
     async fn claim(&self) -> Result<Vec<Unfinished>, StoreError> {
+        // One database transaction: if loading what was claimed fails, the
+        // claim is undone too, so that no transaction is left owned by this
+        // node without this node driving it.
+        let mut tx = self.pool.begin().await?;
         let claimed: Vec<(String, i64)> = sqlx::query_as(CLAIM)
             .bind(&self.node_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
+        let mut epochs = Vec::with_capacity(claimed.len());
         let mut ids = Vec::with_capacity(claimed.len());
-        {
-            let mut epochs = self.epochs();
-            for (id, epoch) in claimed {
-                epochs.insert(parse_id(&id)?, epoch);
-                ids.push(id);
-            }
+        for (id, epoch) in claimed {
+            epochs.push((parse_id(&id)?, epoch));
+            ids.push(id);
         }
-        tracing::info!(count = ids.len(), "took over unfinished transactions");
-        self.load_unfinished(Some(ids)).await
+        let unfinished = Self::load_unfinished_on(&mut tx, Some(ids)).await?;
+        tx.commit().await?;
+        self.epochs().extend(epochs);
+        tracing::info!(
+            count = unfinished.len(),
+            "took over unfinished transactions"
+        );
+        Ok(unfinished)
     }
 
     async fn load(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
@@ -333,6 +341,16 @@ impl PostgresStore {
         &self,
         only: Option<Vec<String>>,
     ) -> Result<Vec<Unfinished>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        Self::load_unfinished_on(&mut connection, only).await
+    }
+
+    /// [`PostgresStore::load_unfinished`] on one connection (or inside a
+    /// database transaction).
+    async fn load_unfinished_on(
+        connection: &mut PgConnection,
+        only: Option<Vec<String>>,
+    ) -> Result<Vec<Unfinished>, StoreError> {
         let rows: Vec<TxnRow> = sqlx::query_as(
             "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
              FROM transactions t
@@ -341,7 +359,7 @@ impl PostgresStore {
              ORDER BY t.id",
         )
         .bind(&only)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *connection)
         .await?;
         let branches: Vec<OwnedBranchRow> = sqlx::query_as(
             "SELECT b.txn_id, b.idx, b.name, b.participant, b.payload, b.state, b.vote,
@@ -352,7 +370,7 @@ impl PostgresStore {
              ORDER BY b.txn_id, b.idx",
         )
         .bind(&only)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *connection)
         .await?;
         let steps: Vec<OwnedStepRow> = sqlx::query_as(
             "SELECT s.* FROM saga_steps s JOIN transactions t ON t.id = s.txn_id
@@ -361,7 +379,7 @@ impl PostgresStore {
              ORDER BY s.txn_id, s.idx",
         )
         .bind(&only)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *connection)
         .await?;
         let mut unfinished = assemble_unfinished(rows, branches, steps)?;
         let actions: Vec<ActionRow> = sqlx::query_as(
@@ -371,7 +389,7 @@ impl PostgresStore {
              ORDER BY a.at_ms",
         )
         .bind(&only)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *connection)
         .await?;
         attach_actions(&mut unfinished, actions)?;
         Ok(unfinished)
