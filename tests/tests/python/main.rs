@@ -1,0 +1,240 @@
+//! Any language can take part: the Python participant in
+//! `examples/python` (built only from the proto files with grpcio, set up by
+//! its own `setup.sh`) runs as a child process next to the Rust example
+//! services: with the bank in 2PC transactions (one commits, one it
+//! refuses) and with the travel hotel in sagas (one turns back, one
+//! completes). Points, money and rooms are checked in each service's own
+//! database.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use concord_example_bank::Movement;
+use concord_example_travel::{Booking, Kind};
+use concord_participant::saga::{Saga, SagaState, Step};
+use concord_participant::{BeginOptions, BranchSpec, Outcome};
+use support::processes::{Proc, free_addr};
+use support::{client, eventually, quick_config, start_coordinator};
+use tokio_util::sync::CancellationToken;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python")
+}
+
+/// Runs the example's own setup (a virtualenv with grpcio, stubs from the
+/// proto files); quick when already done.
+fn set_up() {
+    let status = std::process::Command::new("bash")
+        .arg(example().join("setup.sh"))
+        .status()
+        .expect("run examples/python/setup.sh");
+    assert!(
+        status.success(),
+        "examples/python/setup.sh failed: {status}"
+    );
+}
+
+fn change(account: &str, delta: i64) -> Vec<u8> {
+    format!(r#"{{"account": "{account}", "delta": {delta}}}"#).into_bytes()
+}
+
+/// ada's balance and the holds left, from the Python service's database.
+async fn points(db: &Path) -> (i64, i64) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("points db");
+    let (balance,): (i64,) = sqlx::query_as("SELECT balance FROM accounts WHERE name = 'ada'")
+        .fetch_one(&pool)
+        .await
+        .expect("ada");
+    let (holds,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM holds")
+        .fetch_one(&pool)
+        .await
+        .expect("holds");
+    pool.close().await;
+    (balance, holds)
+}
+
+#[tokio::test]
+async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
+    set_up();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let client = client(&node).with_timeout(Duration::from_secs(20));
+    let stop = CancellationToken::new();
+    // The bank example: alice has 10,000 cents.
+    let bank_db = concord_example_bank::open_db(&dir.path().join("bank.db"))
+        .await
+        .expect("bank db");
+    concord_example_bank::open_account(&bank_db, "alice", 10_000)
+        .await
+        .expect("alice");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let bank_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let bank = tokio::spawn(concord_example_bank::serve(
+        bank_db.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    // The travel example's hotel: one room, no suite.
+    let hotel_db = concord_example_travel::open_db(&dir.path().join("hotel.db"))
+        .await
+        .expect("hotel db");
+    concord_example_travel::stock(&hotel_db, "room", 1)
+        .await
+        .expect("stock");
+    concord_example_travel::stock(&hotel_db, "suite", 0)
+        .await
+        .expect("stock");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hotel_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let hotel = tokio::spawn(concord_example_travel::serve(
+        Kind::Hotel,
+        0,
+        hotel_db.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let alice = |cents: i64| {
+        Movement {
+            account: "alice".into(),
+            delta: cents,
+        }
+        .to_payload()
+    };
+    let alice_balance = || async {
+        concord_example_bank::account(&bank_db, "alice")
+            .await
+            .expect("read")
+            .expect("alice")
+    };
+
+    let addr = free_addr();
+    let db = dir.path().join("points.db");
+    let python = example().join(".venv/bin/python");
+    let args: Vec<String> = vec![
+        example().join("participant.py").display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--db".into(),
+        db.display().to_string(),
+        "--open".into(),
+        "ada=100".into(),
+    ];
+    let _points = Proc::start(
+        "python-points",
+        &python.display().to_string(),
+        &args,
+        None,
+        addr,
+    )
+    .await;
+    let points_url = format!("http://{addr}");
+    let branch = |url: &str, payload: Vec<u8>, name: &str| BranchSpec {
+        participant: url.to_string(),
+        payload,
+        name: Some(name.into()),
+    };
+
+    // 2PC with the bank: alice pays 500 cents, ada gets 5 points.
+    let id = client
+        .begin(BeginOptions {
+            branches: vec![
+                branch(&points_url, change("ada", 5), "points"),
+                branch(&bank_url, alice(-500), "money"),
+            ],
+            ..BeginOptions::default()
+        })
+        .await
+        .expect("begin")
+        .transaction_id;
+    assert_eq!(
+        client.commit(&id).await.expect("commit"),
+        Outcome::Committed { read_only: false }
+    );
+    eventually("both applied their commit", || async {
+        let alice = alice_balance().await;
+        (points(&db).await == (105, 0) && alice.balance == 9_500 && alice.held == 0).then_some(())
+    })
+    .await;
+
+    // ada cannot spend 1,000 points: the Python service votes ABORT and
+    // alice's money is released.
+    let id = client
+        .begin(BeginOptions {
+            branches: vec![
+                branch(&points_url, change("ada", -1000), "points"),
+                branch(&bank_url, alice(700), "money"),
+            ],
+            ..BeginOptions::default()
+        })
+        .await
+        .expect("begin")
+        .transaction_id;
+    match client.commit(&id).await.expect("commit") {
+        Outcome::Aborted { reason } => {
+            assert!(reason.contains("ada has 105 points"), "{reason}")
+        }
+        other => panic!("expected ABORTED, got {other:?}"),
+    }
+    eventually("nothing moved, nothing held", || async {
+        let alice = alice_balance().await;
+        (points(&db).await == (105, 0) && alice.balance == 9_500 && alice.held == 0).then_some(())
+    })
+    .await;
+
+    // A saga with the hotel: ada spends 3 points on a suite, which is sold
+    // out; the saga turns back and the Python service gives the points back.
+    let booking = |item: &str| {
+        serde_json::to_vec(&Booking {
+            item: item.into(),
+            traveller: "ada".into(),
+        })
+        .expect("json")
+    };
+    let saga = |item: &str| {
+        Saga::new()
+            .step(
+                Step::new("spend", &points_url)
+                    .action(change("ada", -3))
+                    .compensation(change("ada", -3)),
+            )
+            .step(
+                Step::new("room", &hotel_url)
+                    .action(booking(item))
+                    .compensation(booking(item)),
+            )
+    };
+    let status = saga("suite").run(&client).await.expect("saga");
+    assert_eq!(status.state, SagaState::Compensated, "{}", status.reason);
+    assert_eq!(points(&db).await, (105, 0));
+    assert_eq!(
+        concord_example_travel::available(&hotel_db, "suite")
+            .await
+            .expect("read"),
+        Some(0)
+    );
+
+    // And one that completes: the room is booked and the points spent.
+    let status = saga("room").run(&client).await.expect("saga");
+    assert_eq!(status.state, SagaState::Completed, "{}", status.reason);
+    assert_eq!(points(&db).await, (102, 0));
+    assert_eq!(
+        concord_example_travel::available(&hotel_db, "room")
+            .await
+            .expect("read"),
+        Some(0)
+    );
+
+    stop.cancel();
+    let _ = bank.await;
+    let _ = hotel.await;
+}
