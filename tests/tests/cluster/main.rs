@@ -29,6 +29,13 @@ use support::processes::{Proc, free_addr};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The nodes' lease. Short, so that takeovers happen within a test; long
+/// enough that a node starved of CPU by the other tests running alongside
+/// (CI runs them all at once on two cores) still renews in time. If one does
+/// not, it is declared gone and taken over like a dead one (correct, but
+/// then a transaction may change hands twice).
+const LEASE_MS: u64 = 3_000;
+
 /// alice's opening balance at bank a, in cents; bob starts with 5 000.
 const ALICE: i64 = 100_000;
 const BOB: i64 = 5_000;
@@ -378,7 +385,7 @@ async fn ownership(db: &PgPool, id: &str) -> (String, i64, String) {
 
 #[tokio::test]
 async fn a_node_killed_mid_load_has_its_transactions_finished_by_the_others() {
-    let cluster = Cluster::new(2_000).await;
+    let cluster = Cluster::new(LEASE_MS).await;
     let _a = cluster.bank("a", None).await;
     let _b = cluster.bank("b", None).await;
     let _n0 = cluster.node(0).await;
@@ -437,7 +444,9 @@ async fn a_node_killed_mid_load_has_its_transactions_finished_by_the_others() {
             owner == "node0" || owner == "node1",
             "{id} owned by {owner}"
         );
-        assert_eq!(epoch, 1, "{id}: taken over once");
+        // Once, unless a survivor starved past its own lease and was taken
+        // over in turn.
+        assert!(epoch >= 1, "{id}: taken over");
         assert_eq!(state, "aborted");
     }
     // Load goes on over the two survivors for a while.
@@ -454,12 +463,21 @@ async fn a_node_killed_mid_load_has_its_transactions_finished_by_the_others() {
         .fetch_one(&db)
         .await
         .expect("count");
-    eprintln!("transactions taken over from node 2: {taken_over}");
+    eprintln!("transactions taken over: {taken_over}");
+    for node in 0..2 {
+        let log = std::fs::read_to_string(cluster.log(node)).unwrap_or_default();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("gone") || l.contains("took over"))
+        {
+            eprintln!("node{node}: {line}");
+        }
+    }
 }
 
 #[tokio::test]
 async fn a_node_frozen_past_its_lease_is_fenced_on_waking_and_nothing_flips() {
-    let cluster = Cluster::new(2_000).await;
+    let cluster = Cluster::new(LEASE_MS).await;
     let _a = cluster.bank("a", None).await;
     let _b = cluster.bank("b", None).await;
     // Carol's bank answers Prepare 2.5 s after its YES vote is durable: node
@@ -520,7 +538,7 @@ async fn a_node_frozen_past_its_lease_is_fenced_on_waking_and_nothing_flips() {
     })
     .await;
     assert!(owner == "node0" || owner == "node1", "X owned by {owner}");
-    assert_eq!(epoch, 1);
+    assert!(epoch >= 1);
     // Carol's prepare has answered by now; wake node 2 up. Its decision
     // for X (COMMIT: both voted YES) must be refused, and it must stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
