@@ -11,9 +11,9 @@ use std::time::Duration;
 use crate::api::Limits;
 use crate::node::{Node, NodeConfig, StoreLocation};
 use crate::runtime::RuntimeConfig;
+use crate::telemetry::OtlpConfig;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,6 +120,17 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
+    /// Export every span (each transaction's, and each participant call's
+    /// under it) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// http://127.0.0.1:4317, and send participants the W3C `traceparent`.
+    /// Needs a build with the `otlp` cargo feature.
+    #[arg(long, env = "CONCORD_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
+    /// The `service.name` of exported spans.
+    #[arg(long, env = "CONCORD_OTLP_SERVICE_NAME", default_value = "concord")]
+    otlp_service_name: String,
+
     /// On SIGTERM or SIGINT: how long to keep serving the transactions in
     /// flight until they have decided, in ms (health reports NOT_SERVING and
     /// new transactions are refused meanwhile). What is left is finished by
@@ -176,14 +187,6 @@ struct ServeArgs {
 
 /// Runs the command line; returns when the command is done.
 pub fn main() -> anyhow::Result<()> {
-    // Colours only on a terminal: log files and collectors get plain text.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     // Fail points (tests only): FAILPOINTS="2pc-after-decision=return"
     // stops the process dead at that log boundary (see `runtime::crash`).
     #[cfg(feature = "failpoints")]
@@ -194,11 +197,23 @@ pub fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        match cli.command {
+        // Tracing starts inside the runtime: the OTLP exporter lives on it.
+        let otlp = match &cli.command {
+            Command::Serve(args) => args.otlp_endpoint.clone().map(|endpoint| OtlpConfig {
+                endpoint,
+                service_name: args.otlp_service_name.clone(),
+                instance: args.node_name.clone(),
+            }),
+            Command::Bench(_) | Command::Txn(_) => None,
+        };
+        let telemetry = crate::telemetry::init(otlp)?;
+        let result = match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Txn(args) => crate::admin::run(args).await,
-        }
+        };
+        telemetry.shutdown().await;
+        result
     })
 }
 

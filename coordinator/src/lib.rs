@@ -19,6 +19,7 @@
 //! - [`cli`]: the `concord` command line.
 //! - [`admin`]: `concord txn`, the operator's tools over the gRPC API.
 //! - [`metrics`]: the Prometheus metrics the runtime reports.
+//! - [`telemetry`]: logs, and OTLP trace export with the `otlp` feature.
 //! - [`bench`]: `concord bench`, the load generator that measures against
 //!   the machine's floor.
 //!
@@ -34,3 +35,4 @@ pub mod node;
 pub mod protocol;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;

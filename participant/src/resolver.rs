@@ -221,6 +221,7 @@ mod tests {
             branch: "b1".into(),
             coordinator: "http://127.0.0.1:1".into(),
             one_phase: false,
+            traceparent: None,
         }
     }
 

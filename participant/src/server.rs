@@ -29,6 +29,10 @@ pub struct BranchContext {
     /// True inside a one-phase commit (R6): prepare and commit run in the
     /// same local transaction and the participant's commit is the decision.
     pub one_phase: bool,
+    /// The W3C trace context of the coordinator's call (`traceparent`), when
+    /// the coordinator exports traces: continue it to put this branch's work
+    /// in the transaction's trace. Also recorded on the SDK's span.
+    pub traceparent: Option<String>,
 }
 
 /// A participant's answer to Prepare.
@@ -328,6 +332,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                 branch: in_doubt.branch.clone(),
                 coordinator: in_doubt.coordinator.clone().unwrap_or_default(),
                 one_phase: false,
+                traceparent: None,
             };
             let payload = in_doubt.payload.clone().unwrap_or_default();
             // The same ledger-guarded paths as a delivered decision: if the
@@ -614,11 +619,27 @@ fn db(error: sqlx::Error) -> Status {
 /// field name as the coordinator's spans (`txn`), so that one grep (or one
 /// log query) follows a transaction through both.
 fn span(branch: &BranchContext, op: &'static str) -> tracing::Span {
-    tracing::info_span!("branch", txn = %branch.transaction_id, branch = %branch.branch, op)
+    let span = tracing::info_span!("branch", txn = %branch.transaction_id, branch = %branch.branch, op,
+            traceparent = tracing::field::Empty);
+    if let Some(traceparent) = &branch.traceparent {
+        span.record("traceparent", traceparent.as_str());
+    }
+    span
+}
+
+/// The W3C trace context a coordinator that exports traces sends along.
+fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("traceparent")?.to_str().ok()?;
+    // version-traceid-spanid-flags: 55 visible ASCII characters in version
+    // 00; anything far off that is not a trace context worth keeping.
+    (value.len() <= 128).then(|| value.to_owned())
 }
 
 /// Checks the branch reference every call carries.
-fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
+fn context(
+    branch: Option<pb::BranchRef>,
+    traceparent: Option<String>,
+) -> Result<BranchContext, Status> {
     let branch = branch.ok_or_else(|| Status::invalid_argument("branch is missing"))?;
     if branch.transaction_id.is_empty() || branch.transaction_id.len() > 64 {
         return Err(Status::invalid_argument(
@@ -635,6 +656,7 @@ fn context(branch: Option<pb::BranchRef>) -> Result<BranchContext, Status> {
         branch: branch.branch,
         coordinator: branch.coordinator,
         one_phase: false,
+        traceparent,
     })
 }
 
@@ -646,8 +668,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let step = context(request.branch)?;
+        let step = context(request.branch, traceparent)?;
         let result = self
             .execute_step(&step, &request.payload)
             .instrument(span(&step, "execute"))
@@ -667,8 +690,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         &self,
         request: Request<pb::CompensateRequest>,
     ) -> Result<Response<pb::CompensateResponse>, Status> {
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let step = context(request.branch)?;
+        let step = context(request.branch, traceparent)?;
         self.compensate_step(&step, &request.payload)
             .instrument(span(&step, "compensate"))
             .await?;
@@ -679,8 +703,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let branch = context(request.branch)?;
+        let branch = context(request.branch, traceparent)?;
         let vote = ParticipantService::prepare(self, &branch, &request.payload)
             .instrument(span(&branch, "prepare"))
             .await?;
@@ -700,8 +725,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         &self,
         request: Request<pb::CommitBranchRequest>,
     ) -> Result<Response<pb::CommitBranchResponse>, Status> {
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let branch = context(request.branch)?;
+        let branch = context(request.branch, traceparent)?;
         ParticipantService::commit(self, &branch, &request.payload)
             .instrument(span(&branch, "commit"))
             .await?;
@@ -712,8 +738,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         &self,
         request: Request<pb::AbortBranchRequest>,
     ) -> Result<Response<pb::AbortBranchResponse>, Status> {
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let branch = context(request.branch)?;
+        let branch = context(request.branch, traceparent)?;
         let already_committed = ParticipantService::abort(self, &branch, &request.payload)
             .instrument(span(&branch, "abort"))
             .await?;
@@ -724,10 +751,11 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         &self,
         request: Request<pb::CommitOnePhaseRequest>,
     ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
+        let traceparent = traceparent(&request);
         let request = request.into_inner();
         let branch = BranchContext {
             one_phase: true,
-            ..context(request.branch)?
+            ..context(request.branch, traceparent)?
         };
         let answer = ParticipantService::commit_one_phase(self, &branch, &request.payload)
             .instrument(span(&branch, "commit_one_phase"))

@@ -12,6 +12,7 @@ use concord_proto::v1::{
 };
 use dashmap::DashMap;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 use crate::protocol::two_phase::{OnePhaseResult, Vote};
 
@@ -193,13 +194,18 @@ impl Participants {
     }
 
     pub async fn prepare(&self, call: BranchCall, deadline: Duration) -> Result<Vote, CallError> {
+        let span = call_span("prepare", &call);
         let mut client = self.client(&call.participant)?;
         let request = PrepareRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer =
-            with_deadline(deadline, client.prepare(request_with(request, deadline))).await?;
+        let answer = with_deadline(
+            deadline,
+            client.prepare(request_with(request, deadline, &span)),
+        )
+        .instrument(span)
+        .await?;
         match pb::Vote::try_from(answer.vote) {
             Ok(pb::Vote::Commit) => Ok(Vote::Commit),
             Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
@@ -221,6 +227,7 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<OnePhaseResult, CallError> {
+        let span = call_span("commit_one_phase", &call);
         let mut client = self.client(&call.participant)?;
         let request = CommitOnePhaseRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
@@ -228,8 +235,9 @@ impl Participants {
         };
         let answer = with_deadline(
             deadline,
-            client.commit_one_phase(request_with(request, deadline)),
+            client.commit_one_phase(request_with(request, deadline, &span)),
         )
+        .instrument(span)
         .await?;
         match pb::Outcome::try_from(answer.outcome) {
             Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
@@ -247,12 +255,18 @@ impl Participants {
     }
 
     pub async fn commit(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
+        let span = call_span("commit", &call);
         let mut client = self.client(&call.participant)?;
         let request = CommitBranchRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        with_deadline(deadline, client.commit(request_with(request, deadline))).await?;
+        with_deadline(
+            deadline,
+            client.commit(request_with(request, deadline, &span)),
+        )
+        .instrument(span)
+        .await?;
         Ok(())
     }
 
@@ -261,12 +275,18 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<AbortAnswer, CallError> {
+        let span = call_span("abort", &call);
         let mut client = self.client(&call.participant)?;
         let request = AbortBranchRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer = with_deadline(deadline, client.abort(request_with(request, deadline))).await?;
+        let answer = with_deadline(
+            deadline,
+            client.abort(request_with(request, deadline, &span)),
+        )
+        .instrument(span)
+        .await?;
         Ok(if answer.already_committed {
             AbortAnswer::AlreadyCommitted
         } else {
@@ -282,13 +302,18 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<ExecuteAnswer, CallError> {
+        let span = call_span("execute", &call);
         let mut client = self.client(&call.participant)?;
         let request = ExecuteRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer =
-            with_deadline(deadline, client.execute(request_with(request, deadline))).await?;
+        let answer = with_deadline(
+            deadline,
+            client.execute(request_with(request, deadline, &span)),
+        )
+        .instrument(span)
+        .await?;
         match pb::execute_response::Result::try_from(answer.result) {
             Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
             Ok(pb::execute_response::Result::Failed) => {
@@ -307,12 +332,18 @@ impl Participants {
 
     /// Runs a saga step's compensation.
     pub async fn compensate(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
+        let span = call_span("compensate", &call);
         let mut client = self.client(&call.participant)?;
         let request = CompensateRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        with_deadline(deadline, client.compensate(request_with(request, deadline))).await?;
+        with_deadline(
+            deadline,
+            client.compensate(request_with(request, deadline, &span)),
+        )
+        .instrument(span)
+        .await?;
         Ok(())
     }
 }
@@ -326,10 +357,19 @@ pub struct BranchCall {
     pub payload: Vec<u8>,
 }
 
-fn request_with<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+/// The span of one call to a participant, under the transaction's span;
+/// exported (with the `otlp` feature) under the operation's name.
+fn call_span(op: &'static str, call: &BranchCall) -> tracing::Span {
+    tracing::info_span!("participant_call", otel.name = op, op, branch = %call.branch,
+        participant = %call.participant)
+}
+
+fn request_with<T>(message: T, deadline: Duration, span: &tracing::Span) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     // R5: the participant sees the deadline too and can stop early.
     request.set_timeout(deadline);
+    // The participant's spans join this call's trace (when exported).
+    crate::telemetry::inject(&mut request, span);
     request
 }
 

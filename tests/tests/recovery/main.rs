@@ -8,6 +8,7 @@ mod support;
 
 mod matrix;
 mod process;
+mod traces;
 
 use concord_participant::{BeginOptions, Outcome};
 use concord_proto::v1 as pb;

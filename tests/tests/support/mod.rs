@@ -91,6 +91,15 @@ async fn effect(tx: &mut LocalTx, branch: &BranchContext, op: &str) -> Result<()
         .bind(op)
         .execute(&mut **tx)
         .await?;
+    // A coordinator that exports traces sends its call's trace context.
+    if let Some(traceparent) = &branch.traceparent {
+        sqlx::query("INSERT INTO traced (txn_id, op, traceparent) VALUES (?1, ?2, ?3)")
+            .bind(&branch.transaction_id)
+            .bind(op)
+            .bind(traceparent)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -173,6 +182,11 @@ pub async fn participant_db(dir: &Path, name: &str, ddl: &'static str) -> Sqlite
         .execute(&pool)
         .await
         .expect("effects table");
+    // The trace context each handler run was called with, if any.
+    sqlx::query("CREATE TABLE IF NOT EXISTS traced (txn_id TEXT NOT NULL, op TEXT NOT NULL, traceparent TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("traced table");
     pool
 }
 
@@ -352,6 +366,16 @@ impl TestParticipant {
                 .await
                 .expect("effects");
         rows.into_iter().map(|(op,)| op).collect()
+    }
+
+    /// The trace context each handler run for one transaction was called
+    /// with, as (op, traceparent), in order.
+    pub async fn traced(&self, txn_id: &str) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT op, traceparent FROM traced WHERE txn_id = ?1 ORDER BY rowid")
+            .bind(txn_id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("traced")
     }
 
     /// The ledger's rows for one transaction as "op=result".
