@@ -72,7 +72,7 @@ pub fn init(otlp: Option<OtlpConfig>) -> anyhow::Result<Telemetry> {
         if let Some(otlp) = otlp {
             anyhow::bail!(
                 "--otlp-endpoint {} needs a concord built with the `otlp` feature \
-                 (cargo build --release --features otlp --bin concord)",
+                 (cargo build --release -p concord-coordinator --features otlp)",
                 otlp.endpoint
             );
         }
