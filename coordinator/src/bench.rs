@@ -20,8 +20,8 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient;
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::participant_server::{Participant, ParticipantServer};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -170,9 +170,11 @@ async fn start_no_op(
     let stop = stop.clone();
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(ParticipantServer::new(NoOp))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stop.cancelled_owned(),
+            )
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "no-op participant stopped");

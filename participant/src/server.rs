@@ -13,7 +13,7 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::participant_server::{Participant, ParticipantServer};
 use sqlx::{Database, Pool, Sqlite};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::ledger::{Entry, LedgerDb, LocalTxOf, Op};
@@ -283,10 +283,11 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
+        // TCP_NODELAY on each accepted connection (the builder's flag only
+        // covers listeners tonic binds itself): no 40 ms Nagle stalls.
         let server = builder
-            .tcp_nodelay(true)
             .add_service(ParticipantServer::from_arc(Arc::clone(&service)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
                 let stop = stop.clone();
                 async move {
                     shutdown.await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::model::{OperatorAction, Resolution, TxnId, TxnKind};
@@ -140,7 +140,12 @@ impl Coordinator for CoordinatorService {
                  `branches`",
             ));
         }
-        let begun = self.runtime.begin(begin).await.map_err(convert::status)?;
+        let begun = if request.commit {
+            self.runtime.begin_to_commit(begin).await
+        } else {
+            self.runtime.begin(begin).await
+        }
+        .map_err(convert::status)?;
         let mut state = convert::state(begun.state);
         let commit = if request.commit {
             let committed = self
@@ -448,7 +453,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     serve_incoming(
-        TcpListenerStream::new(listener),
+        // `tcp_nodelay` on the builder applies only to listeners tonic binds
+        // itself; without it a response's second small write waits for the
+        // client's delayed ACK (a 40 ms stall, Nagle).
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
         runtime,
         limits,
         access,
@@ -509,7 +517,6 @@ where
         server = server.tls_config(config)?;
     }
     let mut router = server
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(coordinator);

@@ -102,6 +102,12 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     )));
                 }
                 Effect::LogDecision => {
+                    // The decision must follow the Begun record (R1).
+                    match begin_recorded(&shared, &txn).await {
+                        Written::Durable => {}
+                        Written::Stopped => return stop(&txn),
+                        Written::Fenced => return taken_over(&shared, &txn),
+                    }
                     crash::point("2pc-before-decision");
                     let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms = Some(at_ms);
@@ -121,7 +127,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms.get_or_insert(at_ms);
                     // R2: presumed abort; nobody waits for this record.
-                    let durable = shared.log.submit(vec![Record::Aborting {
+                    let durable = shared.log.submit_lazy(vec![Record::Aborting {
                         id: txn.id,
                         at_ms,
                         reason,
@@ -136,6 +142,12 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     txn.outcome.send_replace(Some(outcome));
                 }
                 Effect::LogEnd(outcome) => {
+                    // A one-phase commit's end too: the log keeps it.
+                    match begin_recorded(&shared, &txn).await {
+                        Written::Durable => {}
+                        Written::Stopped => return stop(&txn),
+                        Written::Fenced => return taken_over(&shared, &txn),
+                    }
                     crash::point("2pc-before-end");
                     let state = match outcome {
                         Outcome::Committed { .. } => TxnState::Committed,
@@ -155,8 +167,9 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                         steps: Vec::new(),
                     };
                     // Waited for, so that once the transaction leaves memory
-                    // the store shows it ended.
-                    match write_until_durable(&shared, vec![record]).await {
+                    // the store shows it ended; lazily, since no one else is
+                    // held up by it (the outcome is announced already).
+                    match write_until_durable_as(&shared, vec![record], Urgency::Lazy).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -213,11 +226,47 @@ pub(super) enum Written {
     Fenced,
 }
 
+/// Waits for the Begun record of a transaction committed in its own Begin
+/// (which did not wait for it, see `Inner::begin_write`), writing it again
+/// if its batch failed.
+async fn begin_recorded(shared: &Shared, txn: &LiveTxn) -> Written {
+    let begin_write = txn.lock().begin_write.take();
+    let Some(begin_write) = begin_write else {
+        return Written::Durable;
+    };
+    match begin_write.wait().await {
+        Ok(()) => Written::Durable,
+        Err(LogError::Stopped) => Written::Stopped,
+        Err(LogError::Fenced) => Written::Fenced,
+        Err(LogError::Store(_)) => write_until_durable(shared, txn.begin_records()).await,
+    }
+}
+
 /// Writes `records`, retrying with backoff while the store fails.
 pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> Written {
+    write_until_durable_as(shared, records, Urgency::Forced).await
+}
+
+/// Whether anyone is held up until a write is durable (see
+/// [`LogWriter::submit_lazy`](super::log::LogWriter::submit_lazy)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Urgency {
+    Forced,
+    Lazy,
+}
+
+async fn write_until_durable_as(
+    shared: &Shared,
+    records: Vec<Record>,
+    urgency: Urgency,
+) -> Written {
     let mut delays = shared.config.retry.build();
     loop {
-        let attempt = shared.log.force(records.clone());
+        let attempt = match urgency {
+            Urgency::Forced => shared.log.submit(records.clone()),
+            Urgency::Lazy => shared.log.submit_lazy(records.clone()),
+        }
+        .wait();
         let result = tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => return Written::Stopped,

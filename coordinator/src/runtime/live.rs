@@ -16,7 +16,7 @@ use crate::model::{
     BranchState, BranchView, OperatorAction, TxnId, TxnKind, TxnState, TxnView, VoteKind,
 };
 use crate::protocol::two_phase::{BranchPhase, Effect, Outcome, Phase, TwoPhase};
-use crate::store::BranchEnd;
+use crate::store::{BranchEnd, Record};
 
 use super::mailbox::Mailbox;
 use super::participants::BranchCall;
@@ -42,6 +42,12 @@ pub struct Inner {
     pub mailbox: Mailbox<Effect>,
     /// Operators' decisions for branches (`concord txn resolve`), durable.
     pub operator_actions: Vec<OperatorAction>,
+    /// The Begun record of a transaction committed in its own Begin, while
+    /// it is being written: prepares go out meanwhile (safe under presumed
+    /// abort, R2: a crash before it is durable leaves an id nobody knows,
+    /// so aborted), and the decision waits for it (the decision must follow
+    /// it in the log, R1).
+    pub begin_write: Option<super::log::Durable>,
 }
 
 /// What a transaction is born with and never changes.
@@ -98,6 +104,7 @@ impl LiveTxn {
                 prepare_timeout,
                 mailbox: Mailbox::default(),
                 operator_actions: Vec::new(),
+                begin_write: None,
             }),
             wake: Notify::new(),
             outcome: watch::channel(None).0,
@@ -113,6 +120,30 @@ impl LiveTxn {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The records a Begin wrote for this transaction (its header and the
+    /// branches it has now), to write them again after a failed write.
+    pub fn begin_records(&self) -> Vec<Record> {
+        let inner = self.lock();
+        let mut records = Vec::with_capacity(1 + inner.branches.len());
+        records.push(Record::Begun {
+            id: self.id,
+            created_at_ms: self.created_at_ms,
+            deadline_ms: self.deadline_ms,
+            idempotency_key: self.idempotency_key.clone(),
+            description: self.description.clone(),
+        });
+        for (idx, branch) in inner.branches.iter().enumerate() {
+            records.push(Record::Enlisted {
+                id: self.id,
+                idx: u32::try_from(idx).unwrap_or(u32::MAX),
+                name: branch.name.clone(),
+                participant: branch.participant.clone(),
+                payload: branch.payload.clone(),
+            });
+        }
+        records
     }
 
     pub fn call(&self, idx: usize) -> Option<BranchCall> {

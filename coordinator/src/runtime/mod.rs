@@ -222,6 +222,14 @@ pub struct BeginTxn {
     pub branches: Vec<EnlistBranch>,
 }
 
+/// When a Begin answers: once its record is durable, or at once with the
+/// decision waiting for the record instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BeginWrite {
+    Wait,
+    BeforeDecision,
+}
+
 /// What Enlist asks for.
 #[derive(Debug, Clone)]
 pub struct EnlistBranch {
@@ -473,7 +481,20 @@ impl Runtime {
     }
 
     /// Begins a transaction, or finds the one begun with the same key (R7).
+    /// Answers once its record is durable.
     pub async fn begin(&self, request: BeginTxn) -> Result<Begun, Error> {
+        self.begin_as(request, BeginWrite::Wait).await
+    }
+
+    /// Begins a transaction that [`Runtime::commit`] is called for at once
+    /// (`BeginRequest.commit`): answers without waiting for its record,
+    /// whose fsync then overlaps the prepares; the decision waits for it
+    /// (see `Inner::begin_write`). One fsync on the commit's path, not two.
+    pub async fn begin_to_commit(&self, request: BeginTxn) -> Result<Begun, Error> {
+        self.begin_as(request, BeginWrite::BeforeDecision).await
+    }
+
+    async fn begin_as(&self, request: BeginTxn, write: BeginWrite) -> Result<Begun, Error> {
         let shared = &self.shared;
         if shared.draining.is_cancelled() {
             return Err(Error::Draining);
@@ -539,6 +560,16 @@ impl Runtime {
         // this transaction follows it in the log.
         let durable = shared.log.submit(records);
         drop(_claim);
+        if write == BeginWrite::BeforeDecision {
+            txn.lock().begin_write = Some(durable);
+            crate::metrics::begun(TxnKind::TwoPhase);
+            return Ok(Begun {
+                id,
+                created: true,
+                state: TxnState::Active,
+                branches: names,
+            });
+        }
         let forget = {
             let shared = Arc::clone(shared);
             async move {
