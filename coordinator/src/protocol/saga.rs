@@ -220,8 +220,12 @@ impl Saga {
         self.reason.as_deref()
     }
 
+    /// Whether an operator should look: a compensation past its budget, or
+    /// a FAILED saga. A saga that ended COMPLETED or COMPENSATED (an
+    /// operator's resolution included) no longer does — the same rule its
+    /// end record applies in the store, so the live view and the log agree.
     pub fn needs_attention(&self) -> bool {
-        self.needs_attention
+        self.needs_attention && !matches!(self.phase, SagaPhase::Completed | SagaPhase::Compensated)
     }
 
     /// Whether the runtime should keep retrying a running action: not a

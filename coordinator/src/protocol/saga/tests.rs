@@ -257,6 +257,12 @@ fn a_compensation_past_its_budget_flags_attention_and_keeps_going() {
         }]
     );
     assert_eq!(saga.phase(), SagaPhase::Compensating);
+    assert!(saga.needs_attention());
+    // Once the compensation goes through, the saga ends COMPENSATED and no
+    // longer needs anyone (as its end record says in the store).
+    saga.apply(Event::Compensated(0));
+    assert_eq!(saga.phase(), SagaPhase::Compensated);
+    assert!(!saga.needs_attention());
 }
 
 #[test]
