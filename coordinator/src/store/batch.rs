@@ -6,7 +6,7 @@
 //! work — was the writer's largest cost (~35 µs per statement, seven
 //! statements per 2PC transaction: docs/performance.md). So a batch is
 //! regrouped by kind of row, and each group goes to the database as one JSON
-//! array that the statement spreads over the rows (`json_each` on SQLite,
+//! array that the statement spreads over the rows (`jsonb_each` on SQLite,
 //! `jsonb_array_elements` on PostgreSQL): a batch of 500 transactions costs
 //! the same five or so statements as a batch of one.
 //!

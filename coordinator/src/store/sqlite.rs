@@ -285,7 +285,10 @@ const PRUNABLE: &str = "
     LIMIT ?3";
 
 /// The statement that writes one group of a batch (`store::batch`): each
-/// takes the group's rows as one JSON array and spreads it with `json_each`.
+/// takes the group's rows as one JSON array and spreads it with
+/// `jsonb_each`, which hands each row to `->>` as JSONB: `json_each` handed
+/// it over as text, parsed again by each `->>` (over a third of the
+/// writer's CPU under load, measured with `perf`).
 fn statement(group: Group) -> &'static str {
     match group {
         Group::Transactions => INSERT_TRANSACTIONS,
@@ -307,14 +310,14 @@ const INSERT_TRANSACTIONS: &str = "
       (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
     SELECT j.value ->> 'id', j.value ->> 'kind', j.value ->> 'state', j.value ->> 'created',
            j.value ->> 'deadline', j.value ->> 'key', j.value ->> 'description'
-    FROM json_each(?1) AS j";
+    FROM jsonb_each(?1) AS j";
 
 // `unhex('')` is NULL, not an empty blob: an empty payload stays empty.
 const INSERT_BRANCHES: &str = "
     INSERT INTO branches (txn_id, idx, name, participant, payload, state)
     SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
            COALESCE(unhex(j.value ->> 'payload'), X''), 'enlisted'
-    FROM json_each(?1) AS j";
+    FROM jsonb_each(?1) AS j";
 
 const INSERT_STEPS: &str = "
     INSERT INTO saga_steps
@@ -328,37 +331,37 @@ const INSERT_STEPS: &str = "
            j.value ->> 'depends_on', j.value ->> 'timeout', j.value ->> 'initial',
            j.value ->> 'multiplier', j.value ->> 'max', j.value ->> 'attempts',
            j.value ->> 'jitter'
-    FROM json_each(?1) AS j";
+    FROM jsonb_each(?1) AS j";
 
 // R1/R2: a decision applies only to a transaction still active.
 const DECIDE: &str = "
     UPDATE transactions SET state = 'committing', decided_at_ms = j.value ->> 'at'
-    FROM json_each(?1) AS j
+    FROM jsonb_each(?1) AS j
     WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
 
 const ABORT: &str = "
     UPDATE transactions
     SET state = 'aborting', decided_at_ms = j.value ->> 'at', reason = j.value ->> 'reason'
-    FROM json_each(?1) AS j
+    FROM jsonb_each(?1) AS j
     WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
 
 const SAGA_STATE: &str = "
     UPDATE transactions SET state = j.value ->> 'state', reason = j.value ->> 'reason'
-    FROM json_each(?1) AS j
+    FROM jsonb_each(?1) AS j
     WHERE transactions.id = j.value ->> 'id'";
 
 const STEP_PROGRESS: &str = "
     UPDATE saga_steps
     SET state = j.value ->> 'state', attempts = j.value ->> 'attempts',
         compensation_attempts = j.value ->> 'compensations', last_error = j.value ->> 'error'
-    FROM json_each(?1) AS j
+    FROM jsonb_each(?1) AS j
     WHERE saga_steps.txn_id = j.value ->> 'txn' AND saga_steps.idx = j.value ->> 'idx'";
 
 const OPERATOR_ACTIONS: &str = "
     INSERT INTO operator_actions (txn_id, at_ms, branch, outcome, reason, operator)
     SELECT j.value ->> 'txn', j.value ->> 'at', j.value ->> 'branch', j.value ->> 'outcome',
            j.value ->> 'reason', j.value ->> 'operator'
-    FROM json_each(?1) AS j";
+    FROM jsonb_each(?1) AS j";
 
 const NEEDS_ATTENTION: &str = "
     UPDATE transactions SET needs_attention = 1
@@ -373,12 +376,12 @@ const END: &str = "
         read_only = j.value ->> 'read_only', reason = j.value ->> 'reason',
         decided_at_ms = COALESCE(transactions.decided_at_ms, j.value ->> 'at'),
         needs_attention = (j.value ->> 'state' = 'failed')
-    FROM json_each(?1) AS j
+    FROM jsonb_each(?1) AS j
     WHERE transactions.id = j.value ->> 'id'";
 
 const BRANCH_END: &str = "
     UPDATE branches
     SET state = j.value ->> 'state', vote = j.value ->> 'vote',
         attempts = j.value ->> 'attempts', last_error = j.value ->> 'error'
-    FROM json_each(?1) AS j
+    FROM jsonb_each(?1) AS j
     WHERE branches.txn_id = j.value ->> 'txn' AND branches.idx = j.value ->> 'idx'";
