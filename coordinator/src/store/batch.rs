@@ -234,21 +234,21 @@ impl Grouped {
     /// Every non-empty group as a JSON array, in the order the module
     /// documentation gives; each backend runs one statement per group.
     pub(crate) fn encoded(&self) -> Result<Vec<(Group, String)>, StoreError> {
-        let groups: [(Group, &Vec<Value>); 11] = [
-            (Group::Transactions, &self.transactions),
-            (Group::Branches, &self.branches),
-            (Group::Steps, &self.steps),
-            (Group::Decided, &self.decided),
-            (Group::Aborting, &self.aborting),
-            (Group::SagaStates, &self.saga_states.rows),
-            (Group::StepProgress, &self.step_progress.rows),
-            (Group::Attention, &self.attention),
-            (Group::OperatorActions, &self.operator_actions),
-            (Group::Ended, &self.ended),
-            (Group::BranchEnds, &self.branch_ends),
-        ];
         let mut encoded = Vec::new();
-        for (group, rows) in groups {
+        for group in Group::ALL {
+            let rows = match group {
+                Group::Transactions => &self.transactions,
+                Group::Branches => &self.branches,
+                Group::Steps => &self.steps,
+                Group::Decided => &self.decided,
+                Group::Aborting => &self.aborting,
+                Group::SagaStates => &self.saga_states.rows,
+                Group::StepProgress => &self.step_progress.rows,
+                Group::Attention => &self.attention,
+                Group::OperatorActions => &self.operator_actions,
+                Group::Ended => &self.ended,
+                Group::BranchEnds => &self.branch_ends,
+            };
             if rows.is_empty() {
                 continue;
             }
@@ -260,7 +260,24 @@ impl Grouped {
     }
 }
 
-/// What one statement writes; see [`Grouped::encoded`] for their order.
+impl Group {
+    /// Every group, in the order their statements run.
+    pub(crate) const ALL: [Group; 11] = [
+        Group::Transactions,
+        Group::Branches,
+        Group::Steps,
+        Group::Decided,
+        Group::Aborting,
+        Group::SagaStates,
+        Group::StepProgress,
+        Group::Attention,
+        Group::OperatorActions,
+        Group::Ended,
+        Group::BranchEnds,
+    ];
+}
+
+/// What one statement writes; see [`Group::ALL`] for their order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Group {
     /// New transactions and sagas (`Begun`, `SagaSubmitted`).
