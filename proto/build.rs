@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Small buffers per call (see `concord_proto::codec`).
+        .codec_path("crate::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

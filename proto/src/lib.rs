@@ -8,6 +8,9 @@
 //!   service that participant services implement.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC
 //!   reflection.
+//! - [`codec`]: the protobuf codec every generated client and server uses.
+
+pub mod codec;
 
 /// Generated code for `concord.v1`.
 pub mod v1 {

@@ -1,0 +1,52 @@
+//! The protobuf codec of every Concord client and server: prost's, with
+//! small per-call buffers. tonic gives each call an 8 KiB buffer to encode
+//! into and another to decode from, and keeps them while the call is in
+//! flight; Concord's messages are a few hundred bytes, and a transaction in
+//! flight holds several calls (the client's, one per branch), so those
+//! buffers were most of the memory an in-flight transaction cost
+//! (docs/performance.md). A larger message grows its buffer as needed.
+
+use std::marker::PhantomData;
+
+use tonic::codec::BufferSettings;
+use tonic_prost::{ProstDecoder, ProstEncoder};
+
+/// Bytes reserved per call for encoding or decoding.
+const BUFFER_BYTES: usize = 1024;
+
+/// Encoded bytes past which a streaming encoder yields (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
+}
+
+/// prost encoding with [`BUFFER_BYTES`] buffers; named by the generated
+/// code (`codec_path` in `build.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Codec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(buffer_settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::new(buffer_settings())
+    }
+}
