@@ -159,6 +159,14 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     delivery_timeout_ms: u64,
 
+    /// Coalesce the Prepare, Commit and Abort calls that wait for one
+    /// participant while an earlier call to it is in flight into one
+    /// `Participant.Batch` call (no added delay; participants that do not
+    /// implement Batch get single calls). `false`: every call alone.
+    #[arg(long, env = "CONCORD_BATCH_CALLS", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    batch_calls: bool,
+
     /// First retry delay of phase-2 deliveries, in ms; doubles with jitter.
     #[arg(long, env = "CONCORD_RETRY_MIN_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -226,6 +234,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_txn_timeout: ms(args.txn_timeout_ms),
             default_prepare_timeout: ms(args.prepare_timeout_ms),
             delivery_timeout: ms(args.delivery_timeout_ms),
+            batch_calls: args.batch_calls,
             max_branches: usize::try_from(args.max_branches).unwrap_or(usize::MAX),
             advertised_url: args.advertise_url.clone().unwrap_or_default(),
             peer_tls: peer_tls(&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key)?,

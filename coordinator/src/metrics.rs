@@ -24,12 +24,21 @@ const RECORDS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
+/// Calls per `Participant.Batch` call: one to the batch limit.
+const CALLS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// Serves `/metrics` on `listen` from now on (for the life of the process).
 pub fn install(listen: SocketAddr) -> Result<(), BuildError> {
     PrometheusBuilder::new()
         .with_http_listener(listen)
         .set_buckets(SECONDS)?
         .set_buckets_for_metric(Matcher::Full("concord_log_batch_records".into()), RECORDS)?
+        .set_buckets_for_metric(
+            Matcher::Full("concord_participant_batch_calls".into()),
+            CALLS,
+        )?
         .install()
 }
 
@@ -68,6 +77,11 @@ pub(crate) fn phase(phase: &'static str, seconds: f64) {
 pub(crate) fn log_batch(records: usize, seconds: f64) {
     histogram!("concord_log_batch_records").record(records as f64);
     histogram!("concord_log_write_seconds").record(seconds);
+}
+
+/// One `Participant.Batch` call went out carrying `calls` calls.
+pub(crate) fn call_batch(calls: usize) {
+    histogram!("concord_participant_batch_calls").record(calls as f64);
 }
 
 /// A log batch failed (the store's error); its records are retried.

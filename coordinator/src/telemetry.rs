@@ -108,6 +108,27 @@ pub fn inject<T>(request: &mut tonic::Request<T>, span: &tracing::Span) {
     let _ = (request, span);
 }
 
+/// `span`'s W3C trace context as the `traceparent` value a call would carry
+/// (for calls inside a `Batch`, which share one call's metadata); empty
+/// unless traces are exported.
+pub fn traceparent(span: &tracing::Span) -> String {
+    #[cfg(feature = "otlp")]
+    {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        otlp::inject(&mut metadata, span);
+        metadata
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = span;
+        String::new()
+    }
+}
+
 #[cfg(feature = "otlp")]
 mod otlp {
     use std::time::Duration;

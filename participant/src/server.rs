@@ -205,6 +205,19 @@ pub struct ParticipantService<P, S = Unsupported, DB: Database = Sqlite> {
     resolver: ResolverConfig,
 }
 
+/// Shares the handlers and the pool (a `Batch` answers each call from a
+/// task of its own).
+impl<P, S, DB: Database> Clone for ParticipantService<P, S, DB> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: Arc::clone(&self.handler),
+            steps: Arc::clone(&self.steps),
+            pool: self.pool.clone(),
+            resolver: self.resolver.clone(),
+        }
+    }
+}
+
 impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>> ParticipantService<P, Unsupported, DB> {
     /// A 2PC participant: installs the ledger table in `pool`'s database (if
     /// missing) and wraps `handler`.
@@ -661,6 +674,110 @@ fn context(
     })
 }
 
+/// Most calls one `Batch` may carry (participant.proto).
+pub const MAX_BATCH_CALLS: usize = 1024;
+
+/// The wire answers of the 2PC calls, shared by single calls and `Batch`
+/// entries so that both take the same ledger-guarded paths.
+impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantService<P, S, DB> {
+    async fn prepare_answer(
+        &self,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::PrepareResponse, Status> {
+        let vote = ParticipantService::prepare(self, branch, payload)
+            .instrument(span(branch, "prepare"))
+            .await?;
+        tracing::debug!(txn = %branch.transaction_id, branch = %branch.branch, ?vote, "prepared");
+        let (vote, reason) = match vote {
+            Vote::Commit => (pb::Vote::Commit, String::new()),
+            Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+            Vote::Abort(reason) => (pb::Vote::Abort, reason),
+        };
+        Ok(pb::PrepareResponse {
+            vote: vote.into(),
+            reason,
+        })
+    }
+
+    async fn commit_answer(
+        &self,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::CommitBranchResponse, Status> {
+        ParticipantService::commit(self, branch, payload)
+            .instrument(span(branch, "commit"))
+            .await?;
+        Ok(pb::CommitBranchResponse {})
+    }
+
+    async fn abort_answer(
+        &self,
+        branch: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::AbortBranchResponse, Status> {
+        let already_committed = ParticipantService::abort(self, branch, payload)
+            .instrument(span(branch, "abort"))
+            .await?;
+        Ok(pb::AbortBranchResponse { already_committed })
+    }
+
+    /// One entry of a `Batch`: handled as its own call, its failure its own.
+    async fn batch_call(&self, call: pb::BatchCall) -> pb::BatchAnswer {
+        use pb::batch_answer::Answer;
+        use pb::batch_call::Call;
+        let traceparent = (!call.traceparent.is_empty() && call.traceparent.len() <= 128)
+            .then_some(call.traceparent);
+        let run = async {
+            match call.call {
+                Some(Call::Prepare(request)) => {
+                    let branch = context(request.branch, traceparent)?;
+                    self.prepare_answer(&branch, &request.payload)
+                        .await
+                        .map(Answer::Prepare)
+                }
+                Some(Call::Commit(request)) => {
+                    let branch = context(request.branch, traceparent)?;
+                    self.commit_answer(&branch, &request.payload)
+                        .await
+                        .map(Answer::Commit)
+                }
+                Some(Call::Abort(request)) => {
+                    let branch = context(request.branch, traceparent)?;
+                    self.abort_answer(&branch, &request.payload)
+                        .await
+                        .map(Answer::Abort)
+                }
+                None => Err(Status::invalid_argument(
+                    "a batch call must set one of prepare, commit or abort",
+                )),
+            }
+        };
+        // R5: the entry's own deadline, as its own call's grpc-timeout would be.
+        let result = match call.timeout_ms {
+            0 => run.await,
+            ms => tokio::time::timeout(std::time::Duration::from_millis(ms.into()), run)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "the call's {ms} ms deadline passed"
+                    )))
+                }),
+        };
+        match result {
+            Ok(answer) => pb::BatchAnswer {
+                answer: Some(answer),
+                ..Default::default()
+            },
+            Err(status) => pb::BatchAnswer {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     for ParticipantService<P, S, DB>
@@ -707,19 +824,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         let traceparent = traceparent(&request);
         let request = request.into_inner();
         let branch = context(request.branch, traceparent)?;
-        let vote = ParticipantService::prepare(self, &branch, &request.payload)
-            .instrument(span(&branch, "prepare"))
-            .await?;
-        tracing::debug!(txn = %branch.transaction_id, branch = %branch.branch, ?vote, "prepared");
-        let (vote, reason) = match vote {
-            Vote::Commit => (pb::Vote::Commit, String::new()),
-            Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
-            Vote::Abort(reason) => (pb::Vote::Abort, reason),
-        };
-        Ok(Response::new(pb::PrepareResponse {
-            vote: vote.into(),
-            reason,
-        }))
+        Ok(Response::new(
+            self.prepare_answer(&branch, &request.payload).await?,
+        ))
     }
 
     async fn commit(
@@ -729,10 +836,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         let traceparent = traceparent(&request);
         let request = request.into_inner();
         let branch = context(request.branch, traceparent)?;
-        ParticipantService::commit(self, &branch, &request.payload)
-            .instrument(span(&branch, "commit"))
-            .await?;
-        Ok(Response::new(pb::CommitBranchResponse {}))
+        Ok(Response::new(
+            self.commit_answer(&branch, &request.payload).await?,
+        ))
     }
 
     async fn abort(
@@ -742,10 +848,40 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         let traceparent = traceparent(&request);
         let request = request.into_inner();
         let branch = context(request.branch, traceparent)?;
-        let already_committed = ParticipantService::abort(self, &branch, &request.payload)
-            .instrument(span(&branch, "abort"))
-            .await?;
-        Ok(Response::new(pb::AbortBranchResponse { already_committed }))
+        Ok(Response::new(
+            self.abort_answer(&branch, &request.payload).await?,
+        ))
+    }
+
+    type BatchStream = futures::stream::BoxStream<'static, Result<pb::BatchAnswer, Status>>;
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        let calls = request.into_inner().calls;
+        if calls.is_empty() || calls.len() > MAX_BATCH_CALLS {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds 1 to {MAX_BATCH_CALLS} calls, not {}",
+                calls.len()
+            )));
+        }
+        // Every call at once, as separate calls would run, each answered
+        // when it is done: one slow branch holds up no other.
+        let answers: futures::stream::FuturesUnordered<_> = calls
+            .into_iter()
+            .zip(0u32..)
+            .map(|(call, index)| {
+                let service = self.clone();
+                async move {
+                    Ok(pb::BatchAnswer {
+                        index,
+                        ..service.batch_call(call).await
+                    })
+                }
+            })
+            .collect();
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn commit_one_phase(

@@ -19,6 +19,7 @@
 //! - [`log`]: the group-commit writer.
 //! - [`mailbox`]: the hand-off of effects to a transaction's one driver.
 //! - [`participants`]: channels and calls to participants.
+//! - [`batch`]: calls to one participant coalesced into `Batch` calls.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
 //! - [`wait`]: backoff sleeps an operator can cut short.
 //! - [`lease`]: on a store several nodes share, this node's lease and the
@@ -41,6 +42,7 @@ use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{BranchPhase, Decision, Event, Outcome, Rejected, TwoPhase};
 use crate::store::{ListQuery, Record, Store, StoreError, Unfinished};
 
+pub mod batch;
 pub mod clock;
 pub mod crash;
 pub mod driver;
@@ -92,6 +94,9 @@ pub struct RuntimeConfig {
     /// Finished transactions older than this are removed from the log
     /// (`Store::prune`); None keeps them forever.
     pub retention: Option<Duration>,
+    /// Coalesce the Prepare, Commit and Abort calls waiting for one
+    /// participant into `Batch` calls ([`batch`]).
+    pub batch_calls: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -115,6 +120,7 @@ impl Default for RuntimeConfig {
                 dialer: Dialer::default(),
                 peer_tls: None,
                 retention: None,
+                batch_calls: true,
             },
         )
     }
@@ -366,7 +372,8 @@ impl Runtime {
             config.advertised_url.clone(),
             config.dialer.clone(),
             config.peer_tls.clone(),
-        );
+        )
+        .with_batching(config.batch_calls, tasks.clone(), shutdown.clone());
         let shared = Arc::new(Shared {
             config,
             store,

@@ -1,6 +1,8 @@
-//! Calls to participants: one reused gRPC channel per endpoint, and the four
+//! Calls to participants: one reused gRPC channel per endpoint, and the
 //! Participant RPCs, each bounded by a deadline (R5) that is both sent to the
-//! participant (`grpc-timeout`) and enforced here.
+//! participant (`grpc-timeout`) and enforced here. Prepare, Commit and Abort
+//! go through [`batch`] when batching is on, and alone otherwise or to a
+//! participant that does not implement `Batch`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +13,12 @@ use concord_proto::v1::{
     CompensateRequest, ExecuteRequest, PrepareRequest,
 };
 use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
+
+use super::batch;
 
 use crate::protocol::two_phase::{OnePhaseResult, Vote};
 
@@ -116,6 +122,12 @@ impl std::fmt::Debug for Dialer {
 /// The channels to participants, shared by every transaction.
 pub struct Participants {
     channels: DashMap<String, Channel>,
+    /// Per endpoint, the calls waiting to go out in a `Batch`; empty when
+    /// batching is off.
+    batches: DashMap<String, Arc<batch::Queue>>,
+    /// Where batch senders run, and what ends them: the runtime's own.
+    /// None: every call goes alone.
+    batching: Option<(TaskTracker, CancellationToken)>,
     dialer: Dialer,
     connect_timeout: Duration,
     /// Sent in every call so a participant knows whom to ask about an
@@ -134,10 +146,65 @@ impl Participants {
     ) -> Self {
         Self {
             channels: DashMap::new(),
+            batches: DashMap::new(),
+            batching: None,
             dialer,
             connect_timeout,
             coordinator_url,
             tls,
+        }
+    }
+
+    /// Coalesces calls into `Batch` calls when `on`, with senders on
+    /// `tasks` that stop at `shutdown`.
+    pub fn with_batching(
+        mut self,
+        on: bool,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        self.batching = on.then_some((tasks, shutdown));
+        self
+    }
+
+    /// Sends `call` in a batch, unless batching is off or the participant
+    /// does not implement it (`Ok(None)`: send it alone).
+    async fn batched(
+        &self,
+        endpoint: &str,
+        call: pb::batch_call::Call,
+        deadline: Duration,
+        span: &tracing::Span,
+    ) -> Result<Option<pb::batch_answer::Answer>, CallError> {
+        let Some((tasks, shutdown)) = &self.batching else {
+            return Ok(None);
+        };
+        let queue = match self.batches.get(endpoint) {
+            Some(queue) => Arc::clone(&queue),
+            None => Arc::clone(&self.batches.entry(endpoint.to_owned()).or_default()),
+        };
+        if queue.unsupported() {
+            return Ok(None);
+        }
+        let call = pb::BatchCall {
+            call: Some(call),
+            timeout_ms: 0,
+            traceparent: crate::telemetry::traceparent(span),
+        };
+        let sender = || {
+            Ok(batch::Sender {
+                client: self.client(endpoint)?,
+                tasks: tasks.clone(),
+                shutdown: shutdown.clone(),
+            })
+        };
+        match queue
+            .call(call, deadline, sender)
+            .instrument(span.clone())
+            .await?
+        {
+            batch::Batched::Answered(answer) => Ok(Some(answer)),
+            batch::Batched::Unsupported => Ok(None),
         }
     }
 
@@ -195,17 +262,31 @@ impl Participants {
 
     pub async fn prepare(&self, call: BranchCall, deadline: Duration) -> Result<Vote, CallError> {
         let span = call_span("prepare", &call);
-        let mut client = self.client(&call.participant)?;
         let request = PrepareRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer = with_deadline(
-            deadline,
-            client.prepare(request_with(request, deadline, &span)),
-        )
-        .instrument(span)
-        .await?;
+        let batched = self
+            .batched(
+                &call.participant,
+                pb::batch_call::Call::Prepare(request.clone()),
+                deadline,
+                &span,
+            )
+            .await?;
+        let answer = match batched {
+            Some(pb::batch_answer::Answer::Prepare(answer)) => answer,
+            Some(other) => return Err(wrong_answer("prepare", &other)),
+            None => {
+                let mut client = self.client(&call.participant)?;
+                with_deadline(
+                    deadline,
+                    client.prepare(request_with(request, deadline, &span)),
+                )
+                .instrument(span)
+                .await?
+            }
+        };
         match pb::Vote::try_from(answer.vote) {
             Ok(pb::Vote::Commit) => Ok(Vote::Commit),
             Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
@@ -256,18 +337,32 @@ impl Participants {
 
     pub async fn commit(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
         let span = call_span("commit", &call);
-        let mut client = self.client(&call.participant)?;
         let request = CommitBranchRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        with_deadline(
-            deadline,
-            client.commit(request_with(request, deadline, &span)),
-        )
-        .instrument(span)
-        .await?;
-        Ok(())
+        let batched = self
+            .batched(
+                &call.participant,
+                pb::batch_call::Call::Commit(request.clone()),
+                deadline,
+                &span,
+            )
+            .await?;
+        match batched {
+            Some(pb::batch_answer::Answer::Commit(_)) => Ok(()),
+            Some(other) => Err(wrong_answer("commit", &other)),
+            None => {
+                let mut client = self.client(&call.participant)?;
+                with_deadline(
+                    deadline,
+                    client.commit(request_with(request, deadline, &span)),
+                )
+                .instrument(span)
+                .await?;
+                Ok(())
+            }
+        }
     }
 
     pub async fn abort(
@@ -276,17 +371,31 @@ impl Participants {
         deadline: Duration,
     ) -> Result<AbortAnswer, CallError> {
         let span = call_span("abort", &call);
-        let mut client = self.client(&call.participant)?;
         let request = AbortBranchRequest {
             branch: self.branch_ref(call.transaction_id, call.branch),
             payload: call.payload,
         };
-        let answer = with_deadline(
-            deadline,
-            client.abort(request_with(request, deadline, &span)),
-        )
-        .instrument(span)
-        .await?;
+        let batched = self
+            .batched(
+                &call.participant,
+                pb::batch_call::Call::Abort(request.clone()),
+                deadline,
+                &span,
+            )
+            .await?;
+        let answer = match batched {
+            Some(pb::batch_answer::Answer::Abort(answer)) => answer,
+            Some(other) => return Err(wrong_answer("abort", &other)),
+            None => {
+                let mut client = self.client(&call.participant)?;
+                with_deadline(
+                    deadline,
+                    client.abort(request_with(request, deadline, &span)),
+                )
+                .instrument(span)
+                .await?
+            }
+        };
         Ok(if answer.already_committed {
             AbortAnswer::AlreadyCommitted
         } else {
@@ -379,20 +488,27 @@ async fn with_deadline<T>(
 ) -> Result<T, CallError> {
     match tokio::time::timeout(deadline, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        // A tonic server that enforces the grpc-timeout we sent answers
-        // CANCELLED "Timeout expired": the same missed deadline.
-        Ok(Err(status))
-            if matches!(
-                status.code(),
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
-        {
-            Err(CallError::DeadlineExceeded(deadline))
-        }
-        Ok(Err(status)) => Err(CallError::Status {
-            code: status.code(),
-            message: status.message().to_owned(),
-        }),
+        Ok(Err(status)) => Err(status_error(status, deadline)),
         Err(_) => Err(CallError::DeadlineExceeded(deadline)),
     }
+}
+
+/// The error a call that ended with `status` counts as.
+pub(super) fn status_error(status: tonic::Status, deadline: Duration) -> CallError {
+    match status.code() {
+        // A tonic server that enforces the grpc-timeout we sent answers
+        // CANCELLED "Timeout expired": the same missed deadline.
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            CallError::DeadlineExceeded(deadline)
+        }
+        code => CallError::Status {
+            code,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
+/// A batch entry answered with another call's answer.
+fn wrong_answer(call: &str, answer: &pb::batch_answer::Answer) -> CallError {
+    CallError::BadAnswer(format!("a batched {call} was answered {answer:?}"))
 }

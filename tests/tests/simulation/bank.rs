@@ -426,4 +426,48 @@ impl Participant for Bank {
         }
         Ok(Response::new(pb::CompensateResponse {}))
     }
+
+    type BatchStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BatchAnswer, Status>>>;
+
+    /// Each call as if it came alone, so the simulation drives the
+    /// coordinator's batched path with the same checks.
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        use pb::batch_answer::Answer;
+        use pb::batch_call::Call;
+        let mut answers = Vec::new();
+        for (call, index) in request.into_inner().calls.into_iter().zip(0u32..) {
+            let answer = match call.call {
+                Some(Call::Prepare(call)) => self
+                    .prepare(Request::new(call))
+                    .await
+                    .map(|r| Answer::Prepare(r.into_inner())),
+                Some(Call::Commit(call)) => self
+                    .commit(Request::new(call))
+                    .await
+                    .map(|r| Answer::Commit(r.into_inner())),
+                Some(Call::Abort(call)) => self
+                    .abort(Request::new(call))
+                    .await
+                    .map(|r| Answer::Abort(r.into_inner())),
+                None => Err(Status::invalid_argument("empty batch call")),
+            };
+            answers.push(Ok(match answer {
+                Ok(answer) => pb::BatchAnswer {
+                    index,
+                    answer: Some(answer),
+                    ..Default::default()
+                },
+                Err(status) => pb::BatchAnswer {
+                    index,
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    answer: None,
+                },
+            }));
+        }
+        Ok(Response::new(futures::stream::iter(answers)))
+    }
 }

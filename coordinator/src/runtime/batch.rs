@@ -1,0 +1,290 @@
+//! Coalesced calls: the Prepare, Commit and Abort calls that pile up for one
+//! participant while earlier calls to it are in flight travel together in
+//! one `Participant.Batch` call (participant.proto).
+//!
+//! The same idea as the log's group commit, applied to the network: no
+//! fixed delay, so at low load every call goes out at once and alone; under
+//! load one round trip and one HTTP/2 stream carry many transactions'
+//! calls, and the calls are most of what a 2PC transaction costs on a loaded
+//! machine (docs/performance.md). Each call keeps its own deadline, counted
+//! from when it was queued (R5), its own answer and its own failure. The
+//! participant streams each answer back as soon as that call is done, so a
+//! slow branch holds up no other call of its batch; and up to
+//! [`MAX_IN_FLIGHT`] batches per participant are out at once, so a stuck
+//! batch holds up no later one. A participant that does not implement
+//! `Batch` (UNIMPLEMENTED) is remembered and sent single calls from then on.
+//!
+//! Per participant endpoint a [`Queue`] holds the waiting calls; one sender
+//! task drains it, spawned on the runtime's task tracker when a call
+//! arrives at an idle queue, and ended when nothing waits or is in flight
+//! (no idle task per endpoint) or when the runtime shuts down.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use concord_proto::v1::{self as pb, participant_client::ParticipantClient};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use super::participants::{CallError, status_error};
+use crate::metrics;
+
+/// Most calls in one batch: the participant's limit (participant.proto).
+pub const MAX_BATCH_CALLS: usize = 1024;
+
+/// Batches out at once to one participant. More than one, so that a batch
+/// stuck on a slow call does not hold up the calls queued after it; few, so
+/// that under load calls wait for a free slot and share it.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// What became of a call handed to [`Queue::call`].
+#[derive(Debug)]
+pub enum Batched {
+    /// The participant's answer to this call.
+    Answered(pb::batch_answer::Answer),
+    /// The participant does not implement `Batch`: send the call alone.
+    Unsupported,
+}
+
+type Answer = oneshot::Sender<Result<Batched, CallError>>;
+
+/// One endpoint's waiting calls.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the sender when a call arrives.
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    waiting: Vec<Waiting>,
+    /// A sender task is draining the queue.
+    sending: bool,
+    /// The participant answered UNIMPLEMENTED to a batch.
+    unsupported: bool,
+}
+
+struct Waiting {
+    call: pb::BatchCall,
+    /// When the call's deadline passes (R5: time in the queue counts).
+    deadline: Instant,
+    answer: Answer,
+}
+
+/// What a sender task needs besides its queue.
+pub struct Sender {
+    pub client: ParticipantClient<Channel>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Queue {
+    /// True once the participant has said it does not implement `Batch`.
+    pub fn unsupported(&self) -> bool {
+        self.lock().unsupported
+    }
+
+    /// Queues `call`, to be answered within `deadline`, and waits for its
+    /// answer, starting a sender (made by `sender`) if none drains the queue.
+    pub async fn call(
+        self: &Arc<Self>,
+        call: pb::BatchCall,
+        deadline: Duration,
+        sender: impl FnOnce() -> Result<Sender, CallError>,
+    ) -> Result<Batched, CallError> {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut state = self.lock();
+            if state.unsupported {
+                return Ok(Batched::Unsupported);
+            }
+            state.waiting.push(Waiting {
+                call,
+                deadline: Instant::now() + deadline,
+                answer,
+            });
+            !std::mem::replace(&mut state.sending, true)
+        };
+        if start {
+            match sender() {
+                Ok(sender) => {
+                    let tasks = sender.tasks.clone();
+                    tasks.spawn(Arc::clone(self).send(sender));
+                }
+                Err(error) => {
+                    // No channel to send on: every waiting call fails alike.
+                    let waiting = {
+                        let mut state = self.lock();
+                        state.sending = false;
+                        std::mem::take(&mut state.waiting)
+                    };
+                    for waiting in waiting {
+                        let _ = waiting.answer.send(Err(error.clone()));
+                    }
+                }
+            }
+        } else {
+            self.arrived.notify_one();
+        }
+        match tokio::time::timeout(deadline, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Status {
+                code: tonic::Code::Unavailable,
+                message: "the coordinator is shutting down".into(),
+            }),
+            Err(_) => Err(CallError::DeadlineExceeded(deadline)),
+        }
+    }
+
+    /// The sender task: sends what waits whenever fewer than
+    /// [`MAX_IN_FLIGHT`] batches are out, until nothing waits or is out.
+    async fn send(self: Arc<Self>, sender: Sender) {
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < MAX_IN_FLIGHT {
+                let Some(batch) = self.take() else { break };
+                in_flight.push(Box::pin(
+                    Arc::clone(&self).run(sender.client.clone(), batch),
+                ));
+            }
+            if in_flight.is_empty() {
+                let mut state = self.lock();
+                if state.waiting.is_empty() || state.unsupported {
+                    state.sending = false;
+                    for waiting in state.waiting.drain(..) {
+                        let _ = waiting.answer.send(Ok(Batched::Unsupported));
+                    }
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                // Callers are told by their dropped answers.
+                () = sender.shutdown.cancelled() => return,
+                Some(()) = in_flight.next() => {}
+                () = self.arrived.notified(), if in_flight.len() < MAX_IN_FLIGHT => {}
+            }
+        }
+    }
+
+    /// The next batch: what waits, up to the limit, less the calls whose
+    /// caller gave up (its deadline passed, or its driver stopped).
+    fn take(&self) -> Option<Vec<Waiting>> {
+        let mut state = self.lock();
+        if state.unsupported {
+            return None;
+        }
+        let now = Instant::now();
+        state
+            .waiting
+            .retain(|waiting| !waiting.answer.is_closed() && waiting.deadline > now);
+        if state.waiting.is_empty() {
+            return None;
+        }
+        let take = state.waiting.len().min(MAX_BATCH_CALLS);
+        Some(state.waiting.drain(..take).collect())
+    }
+
+    /// Sends one batch and hands each answer to its caller as it arrives.
+    async fn run(self: Arc<Self>, mut client: ParticipantClient<Channel>, batch: Vec<Waiting>) {
+        let now = Instant::now();
+        let mut answers: Vec<Option<(Answer, Duration)>> = Vec::with_capacity(batch.len());
+        let mut calls = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            let left = waiting.deadline.saturating_duration_since(now);
+            let mut call = waiting.call;
+            // R5: the participant sees what is left of each call's deadline.
+            call.timeout_ms = u32::try_from(left.as_millis().max(1)).unwrap_or(u32::MAX);
+            calls.push(call);
+            answers.push(Some((waiting.answer, left)));
+        }
+        let longest = answers
+            .iter()
+            .flatten()
+            .map(|(_, left)| *left)
+            .max()
+            .unwrap_or_default();
+        metrics::call_batch(calls.len());
+        let span = tracing::debug_span!("participant_batch", calls = calls.len());
+        let mut request = tonic::Request::new(pb::BatchRequest { calls });
+        request.set_timeout(longest);
+        let streamed = async {
+            let mut stream = client
+                .batch(request)
+                .await
+                .map_err(|status| status_error(status, longest))?
+                .into_inner();
+            while let Some(reply) = stream
+                .message()
+                .await
+                .map_err(|status| status_error(status, longest))?
+            {
+                let slot = usize::try_from(reply.index)
+                    .ok()
+                    .and_then(|index| answers.get_mut(index))
+                    .and_then(Option::take);
+                match slot {
+                    Some((answer, left)) => {
+                        let _ = answer.send(entry_result(reply, left));
+                    }
+                    None => {
+                        return Err(CallError::BadAnswer(format!(
+                            "a batch answer for call {} that is not waiting",
+                            reply.index
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        let ended = match tokio::time::timeout(longest, streamed.instrument(span)).await {
+            Ok(ended) => ended,
+            Err(_) => Err(CallError::DeadlineExceeded(longest)),
+        };
+        let error = match ended {
+            Ok(()) => CallError::BadAnswer("the batch ended without answering this call".into()),
+            Err(CallError::Status {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) => {
+                tracing::info!("participant does not implement Batch; sending it single calls");
+                self.lock().unsupported = true;
+                for (answer, _) in answers.into_iter().flatten() {
+                    let _ = answer.send(Ok(Batched::Unsupported));
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        for (answer, _) in answers.into_iter().flatten() {
+            let _ = answer.send(Err(error.clone()));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One call's answer as the call on its own would have ended.
+fn entry_result(reply: pb::BatchAnswer, deadline: Duration) -> Result<Batched, CallError> {
+    if reply.code != tonic::Code::Ok as i32 {
+        let status = tonic::Status::new(tonic::Code::from_i32(reply.code), reply.message);
+        return Err(status_error(status, deadline));
+    }
+    reply
+        .answer
+        .map(Batched::Answered)
+        .ok_or_else(|| CallError::BadAnswer("a batch answer without its answer".into()))
+}

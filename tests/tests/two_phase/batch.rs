@@ -1,0 +1,303 @@
+//! Coalesced calls (`Participant.Batch`, docs/design.md §9): calls that
+//! wait for one participant while earlier calls to it are in flight share a
+//! batch, each keeps its own outcome, and a participant without `Batch` is
+//! sent single calls.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use concord_participant::{BeginOptions, BranchSpec, Outcome};
+use concord_proto::v1 as pb;
+use concord_proto::v1::participant_server::{Participant, ParticipantServer};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::support::{client, eventually, quick_config, start_coordinator};
+
+/// What the participant saw, per (transaction, branch): the operations in
+/// arrival order, and how each arrived.
+#[derive(Default)]
+struct Seen {
+    ops: HashMap<(String, String), Vec<&'static str>>,
+    batch_sizes: Vec<usize>,
+    single_calls: usize,
+}
+
+/// A participant that holds every call until its gate opens, votes ABORT
+/// for a branch whose payload says "abort", and records what it was sent.
+#[derive(Clone)]
+struct Gated {
+    gate: Arc<Semaphore>,
+    seen: Arc<Mutex<Seen>>,
+    /// Answers Batch with UNIMPLEMENTED, as a participant from before it.
+    without_batch: bool,
+}
+
+impl Gated {
+    fn new(without_batch: bool) -> Self {
+        Self {
+            gate: Arc::new(Semaphore::new(0)),
+            seen: Arc::default(),
+            without_batch,
+        }
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().expect("seen")
+    }
+
+    async fn handle(&self, call: pb::batch_call::Call) -> pb::batch_answer::Answer {
+        use pb::batch_answer::Answer;
+        use pb::batch_call::Call;
+        let _pass = self.gate.acquire().await.expect("gate");
+        let (branch, op) = match &call {
+            Call::Prepare(r) => (r.branch.clone(), "prepare"),
+            Call::Commit(r) => (r.branch.clone(), "commit"),
+            Call::Abort(r) => (r.branch.clone(), "abort"),
+        };
+        let branch = branch.expect("branch ref");
+        self.seen()
+            .ops
+            .entry((branch.transaction_id, branch.branch))
+            .or_default()
+            .push(op);
+        match call {
+            Call::Prepare(r) => Answer::Prepare(pb::PrepareResponse {
+                vote: if r.payload == b"abort" {
+                    pb::Vote::Abort
+                } else {
+                    pb::Vote::Commit
+                }
+                .into(),
+                reason: "said no".into(),
+            }),
+            Call::Commit(_) => Answer::Commit(pb::CommitBranchResponse {}),
+            Call::Abort(_) => Answer::Abort(pb::AbortBranchResponse::default()),
+        }
+    }
+
+    async fn single(&self, call: pb::batch_call::Call) -> pb::batch_answer::Answer {
+        self.seen().single_calls += 1;
+        self.handle(call).await
+    }
+}
+
+#[tonic::async_trait]
+impl Participant for Gated {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        match self
+            .single(pb::batch_call::Call::Prepare(request.into_inner()))
+            .await
+        {
+            pb::batch_answer::Answer::Prepare(answer) => Ok(Response::new(answer)),
+            _ => unreachable!("a prepare is answered with a vote"),
+        }
+    }
+    async fn commit(
+        &self,
+        request: Request<pb::CommitBranchRequest>,
+    ) -> Result<Response<pb::CommitBranchResponse>, Status> {
+        self.single(pb::batch_call::Call::Commit(request.into_inner()))
+            .await;
+        Ok(Response::new(pb::CommitBranchResponse {}))
+    }
+    async fn abort(
+        &self,
+        request: Request<pb::AbortBranchRequest>,
+    ) -> Result<Response<pb::AbortBranchResponse>, Status> {
+        self.single(pb::batch_call::Call::Abort(request.into_inner()))
+            .await;
+        Ok(Response::new(pb::AbortBranchResponse::default()))
+    }
+    async fn commit_one_phase(
+        &self,
+        _: Request<pb::CommitOnePhaseRequest>,
+    ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
+        Err(Status::unimplemented(
+            "every test transaction has two branches",
+        ))
+    }
+    async fn execute(
+        &self,
+        _: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        Err(Status::unimplemented("no sagas here"))
+    }
+    async fn compensate(
+        &self,
+        _: Request<pb::CompensateRequest>,
+    ) -> Result<Response<pb::CompensateResponse>, Status> {
+        Err(Status::unimplemented("no sagas here"))
+    }
+
+    type BatchStream = futures::stream::BoxStream<'static, Result<pb::BatchAnswer, Status>>;
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        if self.without_batch {
+            return Err(Status::unimplemented("no Batch here"));
+        }
+        let calls = request.into_inner().calls;
+        self.seen().batch_sizes.push(calls.len());
+        let this = self.clone();
+        let answers =
+            futures::stream::iter(calls.into_iter().zip(0u32..)).then(move |(call, index)| {
+                let this = this.clone();
+                async move {
+                    let call = call.call.expect("every batch call has its call");
+                    Ok(pb::BatchAnswer {
+                        index,
+                        answer: Some(this.handle(call).await),
+                        ..Default::default()
+                    })
+                }
+            });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+async fn serve(participant: Gated, stop: CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ParticipantServer::new(participant))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.cancelled_owned(),
+            ),
+    );
+    url
+}
+
+/// Runs `count` two-branch transactions at `participant` at once, every
+/// fourth with an ABORT vote on its second branch, holding the
+/// participant's gate shut until its calls have piled up; returns each
+/// transaction's id, whether it was meant to commit, and its outcome.
+async fn run_held_transactions(participant: &Gated, count: usize) -> Vec<(String, bool, Outcome)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let url = serve(participant.clone(), stop.clone()).await;
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = client(&node);
+    let spec = |name: &str, vote: &str| BranchSpec {
+        participant: url.clone(),
+        payload: vote.as_bytes().to_vec(),
+        name: Some(name.to_owned()),
+    };
+    let runs: Vec<_> = (0..count)
+        .map(|i| {
+            let commits = i % 4 != 0;
+            let options = BeginOptions {
+                branches: vec![
+                    spec("first", "commit"),
+                    spec("second", if commits { "commit" } else { "abort" }),
+                ],
+                ..Default::default()
+            };
+            let client = client.clone();
+            tokio::spawn(async move {
+                let (begun, outcome) = client.begin_and_commit(options).await.expect("commit");
+                (begun.transaction_id, commits, outcome)
+            })
+        })
+        .collect();
+    // Every prepare has reached the participant or waits for it: the first
+    // ones are held at the gate, the rest queued behind them.
+    eventually("the first calls reach the participant", || async {
+        let seen = participant.seen();
+        (seen.batch_sizes.len() + seen.single_calls > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    participant.open();
+    let mut outcomes = Vec::new();
+    for run in runs {
+        outcomes.push(run.await.expect("transaction task"));
+    }
+    // Phase 2 is asynchronous (R4): wait until every call has arrived.
+    eventually("every branch hears its decision", || async {
+        (participant.seen().ops.values().flatten().count() == expected_calls(count)).then_some(())
+    })
+    .await;
+    node.shutdown().await.expect("shutdown");
+    stop.cancel();
+    outcomes
+}
+
+/// The calls `count` transactions make: a prepare and a decision per
+/// branch, less the Abort that a branch which voted ABORT is not sent.
+fn expected_calls(count: usize) -> usize {
+    let aborted = count.div_ceil(4);
+    (count - aborted) * 4 + aborted * 3
+}
+
+/// Each transaction's outcome and each branch's calls are what they would be
+/// with single calls: its prepare, and the decision the coordinator
+/// announced (in either order at this participant, which answers calls of
+/// different batches concurrently; the ledger makes an early Abort a
+/// tombstone), except for the branch that voted ABORT, which is told
+/// nothing more.
+fn check_outcomes(participant: &Gated, outcomes: &[(String, bool, Outcome)]) {
+    let seen = participant.seen();
+    let ops = |id: &str, branch: &str| {
+        let mut ops = seen.ops[&(id.to_owned(), branch.to_owned())].clone();
+        ops.sort_unstable();
+        ops
+    };
+    for (id, commits, outcome) in outcomes {
+        if *commits {
+            assert_eq!(*outcome, Outcome::Committed { read_only: false }, "{id}");
+            assert_eq!(ops(id, "first"), ["commit", "prepare"], "{id}");
+            assert_eq!(ops(id, "second"), ["commit", "prepare"], "{id}");
+        } else {
+            assert!(
+                matches!(outcome, Outcome::Aborted { .. }),
+                "{id}: {outcome:?}"
+            );
+            assert_eq!(ops(id, "first"), ["abort", "prepare"], "{id}");
+            assert_eq!(ops(id, "second"), ["prepare"], "{id}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_that_pile_up_for_a_participant_share_batches_and_keep_their_own_outcomes() {
+    let participant = Gated::new(false);
+    let outcomes = run_held_transactions(&participant, 24).await;
+    check_outcomes(&participant, &outcomes);
+    let seen = participant.seen();
+    assert_eq!(seen.single_calls, 0, "every call went in a batch");
+    let calls: usize = seen.batch_sizes.iter().sum();
+    assert_eq!(calls, expected_calls(24));
+    let largest = seen.batch_sizes.iter().max().copied().unwrap_or(0);
+    assert!(
+        largest > 1 && seen.batch_sizes.len() < calls,
+        "calls held up behind the gate were sent together: {:?}",
+        seen.batch_sizes
+    );
+}
+
+#[tokio::test]
+async fn a_participant_without_batch_is_sent_single_calls_with_the_same_outcomes() {
+    let participant = Gated::new(true);
+    let outcomes = run_held_transactions(&participant, 12).await;
+    check_outcomes(&participant, &outcomes);
+    let seen = participant.seen();
+    assert!(seen.batch_sizes.is_empty());
+    assert_eq!(seen.single_calls, expected_calls(12));
+}
