@@ -188,6 +188,17 @@ impl Participant for NoOp {
                         }),
                         Call::Commit(_) => Answer::Commit(pb::CommitBranchResponse {}),
                         Call::Abort(_) => Answer::Abort(pb::AbortBranchResponse::default()),
+                        Call::CommitOnePhase(_) => {
+                            Answer::CommitOnePhase(pb::CommitOnePhaseResponse {
+                                outcome: pb::Outcome::Committed.into(),
+                                ..Default::default()
+                            })
+                        }
+                        Call::Execute(_) => Answer::Execute(pb::ExecuteResponse {
+                            result: pb::execute_response::Result::Succeeded.into(),
+                            reason: String::new(),
+                        }),
+                        Call::Compensate(_) => Answer::Compensate(pb::CompensateResponse {}),
                     }),
                     ..Default::default()
                 })

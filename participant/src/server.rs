@@ -677,8 +677,8 @@ fn context(
 /// Most calls one `Batch` may carry (participant.proto).
 pub const MAX_BATCH_CALLS: usize = 1024;
 
-/// The wire answers of the 2PC calls, shared by single calls and `Batch`
-/// entries so that both take the same ledger-guarded paths.
+/// The wire answer of each call, shared by single calls and `Batch` entries
+/// so that both take the same ledger-guarded paths.
 impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantService<P, S, DB> {
     async fn prepare_answer(
         &self,
@@ -722,6 +722,51 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         Ok(pb::AbortBranchResponse { already_committed })
     }
 
+    async fn commit_one_phase_answer(
+        &self,
+        branch: BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::CommitOnePhaseResponse, Status> {
+        let branch = BranchContext {
+            one_phase: true,
+            ..branch
+        };
+        ParticipantService::commit_one_phase(self, &branch, payload)
+            .instrument(span(&branch, "commit_one_phase"))
+            .await
+    }
+
+    async fn execute_answer(
+        &self,
+        step: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::ExecuteResponse, Status> {
+        let result = self
+            .execute_step(step, payload)
+            .instrument(span(step, "execute"))
+            .await?;
+        tracing::debug!(saga = %step.transaction_id, step = %step.branch, ?result, "executed");
+        let (result, reason) = match result {
+            StepResult::Done => (pb::execute_response::Result::Succeeded, String::new()),
+            StepResult::Refused(reason) => (pb::execute_response::Result::Failed, reason),
+        };
+        Ok(pb::ExecuteResponse {
+            result: result.into(),
+            reason,
+        })
+    }
+
+    async fn compensate_answer(
+        &self,
+        step: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::CompensateResponse, Status> {
+        self.compensate_step(step, payload)
+            .instrument(span(step, "compensate"))
+            .await?;
+        Ok(pb::CompensateResponse {})
+    }
+
     /// One entry of a `Batch`: handled as its own call, its failure its own.
     async fn batch_call(&self, call: pb::BatchCall) -> pb::BatchAnswer {
         use pb::batch_answer::Answer;
@@ -748,8 +793,27 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                         .await
                         .map(Answer::Abort)
                 }
+                Some(Call::CommitOnePhase(request)) => {
+                    let branch = context(request.branch, traceparent)?;
+                    self.commit_one_phase_answer(branch, &request.payload)
+                        .await
+                        .map(Answer::CommitOnePhase)
+                }
+                Some(Call::Execute(request)) => {
+                    let step = context(request.branch, traceparent)?;
+                    self.execute_answer(&step, &request.payload)
+                        .await
+                        .map(Answer::Execute)
+                }
+                Some(Call::Compensate(request)) => {
+                    let step = context(request.branch, traceparent)?;
+                    self.compensate_answer(&step, &request.payload)
+                        .await
+                        .map(Answer::Compensate)
+                }
                 None => Err(Status::invalid_argument(
-                    "a batch call must set one of prepare, commit or abort",
+                    "a batch call must set one of its calls (prepare, commit, abort, \
+                     commit_one_phase, execute, compensate)",
                 )),
             }
         };
@@ -789,19 +853,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         let traceparent = traceparent(&request);
         let request = request.into_inner();
         let step = context(request.branch, traceparent)?;
-        let result = self
-            .execute_step(&step, &request.payload)
-            .instrument(span(&step, "execute"))
-            .await?;
-        tracing::debug!(saga = %step.transaction_id, step = %step.branch, ?result, "executed");
-        let (result, reason) = match result {
-            StepResult::Done => (pb::execute_response::Result::Succeeded, String::new()),
-            StepResult::Refused(reason) => (pb::execute_response::Result::Failed, reason),
-        };
-        Ok(Response::new(pb::ExecuteResponse {
-            result: result.into(),
-            reason,
-        }))
+        Ok(Response::new(
+            self.execute_answer(&step, &request.payload).await?,
+        ))
     }
 
     async fn compensate(
@@ -811,10 +865,9 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
         let traceparent = traceparent(&request);
         let request = request.into_inner();
         let step = context(request.branch, traceparent)?;
-        self.compensate_step(&step, &request.payload)
-            .instrument(span(&step, "compensate"))
-            .await?;
-        Ok(Response::new(pb::CompensateResponse {}))
+        Ok(Response::new(
+            self.compensate_answer(&step, &request.payload).await?,
+        ))
     }
 
     async fn prepare(
@@ -890,13 +943,10 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> Participant
     ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
         let traceparent = traceparent(&request);
         let request = request.into_inner();
-        let branch = BranchContext {
-            one_phase: true,
-            ..context(request.branch, traceparent)?
-        };
-        let answer = ParticipantService::commit_one_phase(self, &branch, &request.payload)
-            .instrument(span(&branch, "commit_one_phase"))
-            .await?;
-        Ok(Response::new(answer))
+        let branch = context(request.branch, traceparent)?;
+        Ok(Response::new(
+            self.commit_one_phase_answer(branch, &request.payload)
+                .await?,
+        ))
     }
 }

@@ -12,7 +12,8 @@
 //! slow branch holds up no other call of its batch; and up to
 //! [`MAX_IN_FLIGHT`] batches per participant are out at once, so a stuck
 //! batch holds up no later one. A participant that does not implement
-//! `Batch` (UNIMPLEMENTED) is remembered and sent single calls from then on.
+//! `Batch` (UNIMPLEMENTED) is sent single calls, and offered a batch again
+//! a minute later.
 //!
 //! Per participant endpoint a [`Queue`] holds the waiting calls; one sender
 //! task drains it, spawned on the runtime's task tracker when a call
@@ -44,6 +45,10 @@ pub const MAX_BATCH_CALLS: usize = 1024;
 /// that under load calls wait for a free slot and share it.
 pub const MAX_IN_FLIGHT: usize = 4;
 
+/// How long a participant that does not implement `Batch` is sent single
+/// calls before it is offered a batch again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
 /// What became of a call handed to [`Queue::call`].
 #[derive(Debug)]
 pub enum Batched {
@@ -68,8 +73,26 @@ struct QueueState {
     waiting: Vec<Waiting>,
     /// A sender task is draining the queue.
     sending: bool,
-    /// The participant answered UNIMPLEMENTED to a batch.
-    unsupported: bool,
+    /// When the participant last answered UNIMPLEMENTED to a batch.
+    unsupported_since: Option<Instant>,
+    /// The participant has answered a batch since.
+    takes_batches: bool,
+}
+
+impl QueueState {
+    /// Whether calls go alone: for a while after the participant said it
+    /// does not implement `Batch`; then it is asked again (it may have been
+    /// upgraded).
+    fn unsupported(&mut self) -> bool {
+        match self.unsupported_since {
+            Some(since) if since.elapsed() < ASK_AGAIN_AFTER => true,
+            Some(_) => {
+                self.unsupported_since = None;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 struct Waiting {
@@ -87,9 +110,14 @@ pub struct Sender {
 }
 
 impl Queue {
-    /// True once the participant has said it does not implement `Batch`.
+    /// True while the participant is taken not to implement `Batch`.
     pub fn unsupported(&self) -> bool {
-        self.lock().unsupported
+        self.lock().unsupported()
+    }
+
+    /// True once the participant has answered a batch.
+    pub fn takes_batches(&self) -> bool {
+        self.lock().takes_batches
     }
 
     /// Queues `call`, to be answered within `deadline`, and waits for its
@@ -103,7 +131,7 @@ impl Queue {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut state = self.lock();
-            if state.unsupported {
+            if state.unsupported() {
                 return Ok(Batched::Unsupported);
             }
             state.waiting.push(Waiting {
@@ -157,7 +185,7 @@ impl Queue {
             }
             if in_flight.is_empty() {
                 let mut state = self.lock();
-                if state.waiting.is_empty() || state.unsupported {
+                if state.waiting.is_empty() || state.unsupported() {
                     state.sending = false;
                     for waiting in state.waiting.drain(..) {
                         let _ = waiting.answer.send(Ok(Batched::Unsupported));
@@ -180,7 +208,7 @@ impl Queue {
     /// caller gave up (its deadline passed, or its driver stopped).
     fn take(&self) -> Option<Vec<Waiting>> {
         let mut state = self.lock();
-        if state.unsupported {
+        if state.unsupported() {
             return None;
         }
         let now = Instant::now();
@@ -223,6 +251,7 @@ impl Queue {
                 .await
                 .map_err(|status| status_error(status, longest))?
                 .into_inner();
+            self.lock().takes_batches = true;
             while let Some(reply) = stream
                 .message()
                 .await
@@ -257,7 +286,10 @@ impl Queue {
                 ..
             }) => {
                 tracing::info!("participant does not implement Batch; sending it single calls");
-                self.lock().unsupported = true;
+                let mut state = self.lock();
+                state.unsupported_since = Some(Instant::now());
+                state.takes_batches = false;
+                drop(state);
                 for (answer, _) in answers.into_iter().flatten() {
                     let _ = answer.send(Ok(Batched::Unsupported));
                 }

@@ -1,12 +1,14 @@
 //! Calls to participants: one reused gRPC channel per endpoint, and the
 //! Participant RPCs, each bounded by a deadline (R5) that is both sent to the
-//! participant (`grpc-timeout`) and enforced here. Prepare, Commit and Abort
-//! go through [`batch`] when batching is on, and alone otherwise or to a
-//! participant that does not implement `Batch`.
+//! participant (`grpc-timeout`) and enforced here. Every call goes through
+//! [`batch`] when batching is on, and alone otherwise or to a participant
+//! that does not implement `Batch`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::v1::batch_answer::Answer;
+use concord_proto::v1::batch_call::Call;
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::{
     self as pb, AbortBranchRequest, BranchRef, CommitBranchRequest, CommitOnePhaseRequest,
@@ -167,45 +169,77 @@ impl Participants {
         self
     }
 
-    /// Sends `call` in a batch, unless batching is off or the participant
-    /// does not implement it (`Ok(None)`: send it alone).
-    async fn batched(
+    /// Makes one call to the participant at `endpoint`: in a batch
+    /// ([`batch`]) when batching is on and the participant takes batches,
+    /// alone otherwise (`alone`).
+    async fn call<Req: Clone, Resp>(
         &self,
         endpoint: &str,
-        call: pb::batch_call::Call,
+        request: Req,
         deadline: Duration,
-        span: &tracing::Span,
-    ) -> Result<Option<pb::batch_answer::Answer>, CallError> {
-        let Some((tasks, shutdown)) = &self.batching else {
-            return Ok(None);
+        span: tracing::Span,
+        entry: Entry<Req, Resp>,
+        alone: impl AsyncFnOnce(
+            ParticipantClient<Channel>,
+            tonic::Request<Req>,
+        ) -> Result<tonic::Response<Resp>, tonic::Status>,
+    ) -> Result<Resp, CallError> {
+        let queue = self.batching.as_ref().map(|(tasks, shutdown)| {
+            let queue = match self.batches.get(endpoint) {
+                Some(queue) => Arc::clone(&queue),
+                None => Arc::clone(&self.batches.entry(endpoint.to_owned()).or_default()),
+            };
+            (queue, tasks, shutdown)
+        });
+        let request = match queue {
+            Some((queue, tasks, shutdown)) if !queue.unsupported() => {
+                // Until the participant has shown it takes batches, keep the
+                // request to send it alone if it does not.
+                let (wrapped, kept) = if queue.takes_batches() {
+                    ((entry.wrap)(request), None)
+                } else {
+                    ((entry.wrap)(request.clone()), Some(request))
+                };
+                let batched = pb::BatchCall {
+                    call: Some(wrapped),
+                    timeout_ms: 0,
+                    traceparent: crate::telemetry::traceparent(&span),
+                };
+                let sender = || {
+                    Ok(batch::Sender {
+                        client: self.client(endpoint)?,
+                        tasks: tasks.clone(),
+                        shutdown: shutdown.clone(),
+                    })
+                };
+                match queue
+                    .call(batched, deadline, sender)
+                    .instrument(span.clone())
+                    .await?
+                {
+                    batch::Batched::Answered(answer) => {
+                        return (entry.unwrap)(answer).map_err(|other| {
+                            CallError::BadAnswer(format!("a batched call was answered {other:?}"))
+                        });
+                    }
+                    batch::Batched::Unsupported => kept.ok_or_else(|| CallError::Status {
+                        // It took batches before (an older version replaced
+                        // it): this call's usual retry or abort path applies,
+                        // and the next call goes alone.
+                        code: tonic::Code::Unavailable,
+                        message: "the participant stopped taking batches".into(),
+                    })?,
+                }
+            }
+            _ => request,
         };
-        let queue = match self.batches.get(endpoint) {
-            Some(queue) => Arc::clone(&queue),
-            None => Arc::clone(&self.batches.entry(endpoint.to_owned()).or_default()),
-        };
-        if queue.unsupported() {
-            return Ok(None);
-        }
-        let call = pb::BatchCall {
-            call: Some(call),
-            timeout_ms: 0,
-            traceparent: crate::telemetry::traceparent(span),
-        };
-        let sender = || {
-            Ok(batch::Sender {
-                client: self.client(endpoint)?,
-                tasks: tasks.clone(),
-                shutdown: shutdown.clone(),
-            })
-        };
-        match queue
-            .call(call, deadline, sender)
-            .instrument(span.clone())
-            .await?
-        {
-            batch::Batched::Answered(answer) => Ok(Some(answer)),
-            batch::Batched::Unsupported => Ok(None),
-        }
+        let client = self.client(endpoint)?;
+        with_deadline(
+            deadline,
+            alone(client, request_with(request, deadline, &span)),
+        )
+        .instrument(span)
+        .await
     }
 
     fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, CallError> {
@@ -261,32 +295,26 @@ impl Participants {
     }
 
     pub async fn prepare(&self, call: BranchCall, deadline: Duration) -> Result<Vote, CallError> {
-        let span = call_span("prepare", &call);
         let request = PrepareRequest {
-            branch: self.branch_ref(call.transaction_id, call.branch),
+            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
             payload: call.payload,
         };
-        let batched = self
-            .batched(
+        let answer = self
+            .call(
                 &call.participant,
-                pb::batch_call::Call::Prepare(request.clone()),
+                request,
                 deadline,
-                &span,
+                call_span("prepare", &call.branch, &call.participant),
+                Entry {
+                    wrap: Call::Prepare,
+                    unwrap: |answer| match answer {
+                        Answer::Prepare(answer) => Ok(answer),
+                        other => Err(other),
+                    },
+                },
+                async |mut client, request| client.prepare(request).await,
             )
             .await?;
-        let answer = match batched {
-            Some(pb::batch_answer::Answer::Prepare(answer)) => answer,
-            Some(other) => return Err(wrong_answer("prepare", &other)),
-            None => {
-                let mut client = self.client(&call.participant)?;
-                with_deadline(
-                    deadline,
-                    client.prepare(request_with(request, deadline, &span)),
-                )
-                .instrument(span)
-                .await?
-            }
-        };
         match pb::Vote::try_from(answer.vote) {
             Ok(pb::Vote::Commit) => Ok(Vote::Commit),
             Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
@@ -308,18 +336,26 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<OnePhaseResult, CallError> {
-        let span = call_span("commit_one_phase", &call);
-        let mut client = self.client(&call.participant)?;
         let request = CommitOnePhaseRequest {
-            branch: self.branch_ref(call.transaction_id, call.branch),
+            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
             payload: call.payload,
         };
-        let answer = with_deadline(
-            deadline,
-            client.commit_one_phase(request_with(request, deadline, &span)),
-        )
-        .instrument(span)
-        .await?;
+        let answer = self
+            .call(
+                &call.participant,
+                request,
+                deadline,
+                call_span("commit_one_phase", &call.branch, &call.participant),
+                Entry {
+                    wrap: Call::CommitOnePhase,
+                    unwrap: |answer| match answer {
+                        Answer::CommitOnePhase(answer) => Ok(answer),
+                        other => Err(other),
+                    },
+                },
+                async |mut client, request| client.commit_one_phase(request).await,
+            )
+            .await?;
         match pb::Outcome::try_from(answer.outcome) {
             Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
                 read_only: answer.read_only,
@@ -336,33 +372,26 @@ impl Participants {
     }
 
     pub async fn commit(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        let span = call_span("commit", &call);
         let request = CommitBranchRequest {
-            branch: self.branch_ref(call.transaction_id, call.branch),
+            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
             payload: call.payload,
         };
-        let batched = self
-            .batched(
-                &call.participant,
-                pb::batch_call::Call::Commit(request.clone()),
-                deadline,
-                &span,
-            )
-            .await?;
-        match batched {
-            Some(pb::batch_answer::Answer::Commit(_)) => Ok(()),
-            Some(other) => Err(wrong_answer("commit", &other)),
-            None => {
-                let mut client = self.client(&call.participant)?;
-                with_deadline(
-                    deadline,
-                    client.commit(request_with(request, deadline, &span)),
-                )
-                .instrument(span)
-                .await?;
-                Ok(())
-            }
-        }
+        self.call(
+            &call.participant,
+            request,
+            deadline,
+            call_span("commit", &call.branch, &call.participant),
+            Entry {
+                wrap: Call::Commit,
+                unwrap: |answer| match answer {
+                    Answer::Commit(answer) => Ok(answer),
+                    other => Err(other),
+                },
+            },
+            async |mut client, request| client.commit(request).await,
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn abort(
@@ -370,59 +399,59 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<AbortAnswer, CallError> {
-        let span = call_span("abort", &call);
         let request = AbortBranchRequest {
-            branch: self.branch_ref(call.transaction_id, call.branch),
+            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
             payload: call.payload,
         };
-        let batched = self
-            .batched(
+        let answer = self
+            .call(
                 &call.participant,
-                pb::batch_call::Call::Abort(request.clone()),
+                request,
                 deadline,
-                &span,
+                call_span("abort", &call.branch, &call.participant),
+                Entry {
+                    wrap: Call::Abort,
+                    unwrap: |answer| match answer {
+                        Answer::Abort(answer) => Ok(answer),
+                        other => Err(other),
+                    },
+                },
+                async |mut client, request| client.abort(request).await,
             )
             .await?;
-        let answer = match batched {
-            Some(pb::batch_answer::Answer::Abort(answer)) => answer,
-            Some(other) => return Err(wrong_answer("abort", &other)),
-            None => {
-                let mut client = self.client(&call.participant)?;
-                with_deadline(
-                    deadline,
-                    client.abort(request_with(request, deadline, &span)),
-                )
-                .instrument(span)
-                .await?
-            }
-        };
         Ok(if answer.already_committed {
             AbortAnswer::AlreadyCommitted
         } else {
             AbortAnswer::Aborted
         })
     }
-}
 
-impl Participants {
     /// Runs a saga step's action.
     pub async fn execute(
         &self,
         call: BranchCall,
         deadline: Duration,
     ) -> Result<ExecuteAnswer, CallError> {
-        let span = call_span("execute", &call);
-        let mut client = self.client(&call.participant)?;
         let request = ExecuteRequest {
-            branch: self.branch_ref(call.transaction_id, call.branch),
+            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
             payload: call.payload,
         };
-        let answer = with_deadline(
-            deadline,
-            client.execute(request_with(request, deadline, &span)),
-        )
-        .instrument(span)
-        .await?;
+        let answer = self
+            .call(
+                &call.participant,
+                request,
+                deadline,
+                call_span("execute", &call.branch, &call.participant),
+                Entry {
+                    wrap: Call::Execute,
+                    unwrap: |answer| match answer {
+                        Answer::Execute(answer) => Ok(answer),
+                        other => Err(other),
+                    },
+                },
+                async |mut client, request| client.execute(request).await,
+            )
+            .await?;
         match pb::execute_response::Result::try_from(answer.result) {
             Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
             Ok(pb::execute_response::Result::Failed) => {
@@ -441,20 +470,33 @@ impl Participants {
 
     /// Runs a saga step's compensation.
     pub async fn compensate(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        let span = call_span("compensate", &call);
-        let mut client = self.client(&call.participant)?;
         let request = CompensateRequest {
-            branch: self.branch_ref(call.transaction_id, call.branch),
+            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
             payload: call.payload,
         };
-        with_deadline(
+        self.call(
+            &call.participant,
+            request,
             deadline,
-            client.compensate(request_with(request, deadline, &span)),
+            call_span("compensate", &call.branch, &call.participant),
+            Entry {
+                wrap: Call::Compensate,
+                unwrap: |answer| match answer {
+                    Answer::Compensate(answer) => Ok(answer),
+                    other => Err(other),
+                },
+            },
+            async |mut client, request| client.compensate(request).await,
         )
-        .instrument(span)
         .await?;
         Ok(())
     }
+}
+
+/// How one RPC's request goes into a `Batch` entry and its answer comes out.
+struct Entry<Req, Resp> {
+    wrap: fn(Req) -> Call,
+    unwrap: fn(Answer) -> Result<Resp, Answer>,
 }
 
 /// Everything a call to one branch needs.
@@ -468,9 +510,8 @@ pub struct BranchCall {
 
 /// The span of one call to a participant, under the transaction's span;
 /// exported (with the `otlp` feature) under the operation's name.
-fn call_span(op: &'static str, call: &BranchCall) -> tracing::Span {
-    tracing::info_span!("participant_call", otel.name = op, op, branch = %call.branch,
-        participant = %call.participant)
+fn call_span(op: &'static str, branch: &str, participant: &str) -> tracing::Span {
+    tracing::info_span!("participant_call", otel.name = op, op, branch, participant)
 }
 
 fn request_with<T>(message: T, deadline: Duration, span: &tracing::Span) -> tonic::Request<T> {
@@ -506,9 +547,4 @@ pub(super) fn status_error(status: tonic::Status, deadline: Duration) -> CallErr
             message: status.message().to_owned(),
         },
     }
-}
-
-/// A batch entry answered with another call's answer.
-fn wrong_answer(call: &str, answer: &pb::batch_answer::Answer) -> CallError {
-    CallError::BadAnswer(format!("a batched {call} was answered {answer:?}"))
 }

@@ -452,6 +452,18 @@ impl Participant for Bank {
                     .abort(Request::new(call))
                     .await
                     .map(|r| Answer::Abort(r.into_inner())),
+                Some(Call::CommitOnePhase(call)) => self
+                    .commit_one_phase(Request::new(call))
+                    .await
+                    .map(|r| Answer::CommitOnePhase(r.into_inner())),
+                Some(Call::Execute(call)) => self
+                    .execute(Request::new(call))
+                    .await
+                    .map(|r| Answer::Execute(r.into_inner())),
+                Some(Call::Compensate(call)) => self
+                    .compensate(Request::new(call))
+                    .await
+                    .map(|r| Answer::Compensate(r.into_inner())),
                 None => Err(Status::invalid_argument("empty batch call")),
             };
             answers.push(Ok(match answer {

@@ -61,6 +61,7 @@ impl Gated {
             Call::Prepare(r) => (r.branch.clone(), "prepare"),
             Call::Commit(r) => (r.branch.clone(), "commit"),
             Call::Abort(r) => (r.branch.clone(), "abort"),
+            other => panic!("a two-branch transaction makes no {other:?}"),
         };
         let branch = branch.expect("branch ref");
         self.seen()
@@ -80,6 +81,7 @@ impl Gated {
             }),
             Call::Commit(_) => Answer::Commit(pb::CommitBranchResponse {}),
             Call::Abort(_) => Answer::Abort(pb::AbortBranchResponse::default()),
+            other => panic!("a two-branch transaction makes no {other:?}"),
         }
     }
 
