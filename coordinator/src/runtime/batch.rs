@@ -43,7 +43,7 @@ pub const MAX_BATCH_CALLS: usize = 1024;
 /// Batches out at once to one participant. More than one, so that a batch
 /// stuck on a slow call does not hold up the calls queued after it; few, so
 /// that under load calls wait for a free slot and share it.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// How long a participant that does not implement `Batch` is sent single
 /// calls before it is offered a batch again.
