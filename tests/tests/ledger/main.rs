@@ -223,3 +223,130 @@ async fn malformed_branch_references_are_refused() {
         .expect_err("unsupported");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
+
+/// Sends one `Batch` and returns its answers in the order of `calls`.
+async fn batch(
+    client: &mut ParticipantClient<Channel>,
+    calls: Vec<Option<pb::batch_call::Call>>,
+) -> Result<Vec<pb::BatchAnswer>, tonic::Status> {
+    let count = calls.len();
+    let calls = calls
+        .into_iter()
+        .map(|call| pb::BatchCall {
+            call,
+            timeout_ms: 5_000,
+            traceparent: String::new(),
+        })
+        .collect();
+    let mut stream = client.batch(pb::BatchRequest { calls }).await?.into_inner();
+    let mut answers: Vec<Option<pb::BatchAnswer>> = vec![None; count];
+    while let Some(answer) = stream.message().await? {
+        let slot = &mut answers[answer.index as usize];
+        assert!(slot.is_none(), "call {} answered twice", answer.index);
+        *slot = Some(answer);
+    }
+    Ok(answers
+        .into_iter()
+        .enumerate()
+        .map(|(index, answer)| answer.unwrap_or_else(|| panic!("call {index} never answered")))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_batch_takes_each_call_through_the_ledger_once_and_fails_only_the_bad_ones() {
+    use pb::batch_answer::Answer;
+    use pb::batch_call::Call;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let prepare_call = |txn: &str| {
+        Some(Call::Prepare(pb::PrepareRequest {
+            branch: branch(txn, "b1"),
+            payload: b"commit".to_vec(),
+        }))
+    };
+    let answers = batch(
+        &mut client,
+        vec![
+            prepare_call("t1"),
+            // A duplicate in the same batch, handled at the same time.
+            prepare_call("t1"),
+            // An abort before any prepare of its branch: a tombstone.
+            Some(Call::Abort(pb::AbortBranchRequest {
+                branch: branch("t2", "b1"),
+                payload: b"commit".to_vec(),
+            })),
+            None,
+            Some(Call::Prepare(pb::PrepareRequest {
+                branch: branch("", "b1"),
+                payload: vec![],
+            })),
+        ],
+    )
+    .await
+    .expect("batch");
+    for index in [0, 1] {
+        assert_eq!(answers[index].code, 0, "{:?}", answers[index]);
+        assert!(
+            matches!(&answers[index].answer, Some(Answer::Prepare(vote)) if vote.vote == pb::Vote::Commit as i32),
+            "{:?}",
+            answers[index]
+        );
+    }
+    assert!(
+        matches!(answers[2].answer, Some(Answer::Abort(_))),
+        "{:?}",
+        answers[2]
+    );
+    for index in [3, 4] {
+        assert_eq!(
+            answers[index].code,
+            tonic::Code::InvalidArgument as i32,
+            "{:?}",
+            answers[index]
+        );
+        assert!(!answers[index].message.is_empty());
+    }
+    assert_eq!(p.effects("t1").await, ["prepare"]);
+
+    // The late prepare of the tombstoned branch is refused; the commit of
+    // t1, sent twice, takes effect once.
+    let commit_call = || {
+        Some(Call::Commit(pb::CommitBranchRequest {
+            branch: branch("t1", "b1"),
+            payload: b"commit".to_vec(),
+        }))
+    };
+    let answers = batch(
+        &mut client,
+        vec![commit_call(), prepare_call("t2"), commit_call()],
+    )
+    .await
+    .expect("batch");
+    assert!(
+        matches!(answers[0].answer, Some(Answer::Commit(_))),
+        "{:?}",
+        answers[0]
+    );
+    assert!(
+        matches!(answers[2].answer, Some(Answer::Commit(_))),
+        "{:?}",
+        answers[2]
+    );
+    assert!(
+        matches!(&answers[1].answer, Some(Answer::Prepare(vote)) if vote.vote == pb::Vote::Abort as i32),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(p.effects("t1").await, ["prepare", "commit"]);
+    assert!(p.effects("t2").await.is_empty());
+
+    // A batch of nothing, or of more than the limit, is refused whole.
+    for count in [0, concord_participant::MAX_BATCH_CALLS + 1] {
+        let status = batch(&mut client, vec![prepare_call("t3"); count])
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    assert!(p.effects("t3").await.is_empty());
+}
