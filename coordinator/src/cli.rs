@@ -159,10 +159,10 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     delivery_timeout_ms: u64,
 
-    /// Coalesce the Prepare, Commit and Abort calls that wait for one
-    /// participant while an earlier call to it is in flight into one
-    /// `Participant.Batch` call (no added delay; participants that do not
-    /// implement Batch get single calls). `false`: every call alone.
+    /// Coalesce the calls that wait for one participant while earlier calls
+    /// to it are in flight into one `Participant.Batch` call (no added
+    /// delay; participants that do not implement Batch get single calls).
+    /// `false`: every call alone.
     #[arg(long, env = "CONCORD_BATCH_CALLS", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     batch_calls: bool,

@@ -205,8 +205,8 @@ pub struct ParticipantService<P, S = Unsupported, DB: Database = Sqlite> {
     resolver: ResolverConfig,
 }
 
-/// Shares the handlers and the pool (a `Batch` answers each call from a
-/// task of its own).
+/// Shares the handlers and the pool: a `Batch`'s answers are a stream that
+/// outlives the call that returned it, so each of its calls holds a clone.
 impl<P, S, DB: Database> Clone for ParticipantService<P, S, DB> {
     fn clone(&self) -> Self {
         Self {

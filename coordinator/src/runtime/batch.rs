@@ -1,6 +1,7 @@
-//! Coalesced calls: the Prepare, Commit and Abort calls that pile up for one
-//! participant while earlier calls to it are in flight travel together in
-//! one `Participant.Batch` call (participant.proto).
+//! Coalesced calls: the calls (Prepare, Commit, Abort, CommitOnePhase,
+//! Execute, Compensate) that pile up for one participant while earlier
+//! calls to it are in flight travel together in one `Participant.Batch`
+//! call (participant.proto).
 //!
 //! The same idea as the log's group commit, applied to the network: no
 //! fixed delay, so at low load every call goes out at once and alone; under

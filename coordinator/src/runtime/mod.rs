@@ -94,8 +94,8 @@ pub struct RuntimeConfig {
     /// Finished transactions older than this are removed from the log
     /// (`Store::prune`); None keeps them forever.
     pub retention: Option<Duration>,
-    /// Coalesce the Prepare, Commit and Abort calls waiting for one
-    /// participant into `Batch` calls ([`batch`]).
+    /// Coalesce the calls waiting for one participant into `Batch` calls
+    /// ([`batch`]).
     pub batch_calls: bool,
 }
 
