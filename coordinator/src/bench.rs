@@ -7,8 +7,9 @@
 //! reports throughput and latency, and beside them the floor: the raw unary
 //! gRPC echo rate on loopback at the same concurrency, the fsync latency of
 //! the disk, and `ratio_to_floor` = throughput ÷ (echo rate ÷ gRPC calls per
-//! transaction). Flags point it at an external coordinator or participants
-//! instead.
+//! transaction), and how many RPCs its own participants served per
+//! transaction (fewer than calls when calls shared `Batch` RPCs). Flags
+//! point it at an external coordinator or participants instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,9 +115,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A participant that says yes to everything at once: the benchmark
-/// measures the coordinator, not a participant's work.
-#[derive(Clone, Copy, Default)]
-struct NoOp;
+/// measures the coordinator, not a participant's work. It counts the RPCs
+/// it serves (a `Batch` is one), shared by all the bench's participants.
+#[derive(Clone, Default)]
+struct NoOp {
+    rpcs: Arc<AtomicU64>,
+}
+
+impl NoOp {
+    fn served(&self) {
+        self.rpcs.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 #[tonic::async_trait]
 impl Participant for NoOp {
@@ -124,6 +134,7 @@ impl Participant for NoOp {
         &self,
         _: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        self.served();
         Ok(Response::new(pb::PrepareResponse {
             vote: pb::Vote::Commit.into(),
             reason: String::new(),
@@ -133,18 +144,21 @@ impl Participant for NoOp {
         &self,
         _: Request<pb::CommitBranchRequest>,
     ) -> Result<Response<pb::CommitBranchResponse>, Status> {
+        self.served();
         Ok(Response::new(pb::CommitBranchResponse {}))
     }
     async fn abort(
         &self,
         _: Request<pb::AbortBranchRequest>,
     ) -> Result<Response<pb::AbortBranchResponse>, Status> {
+        self.served();
         Ok(Response::new(pb::AbortBranchResponse::default()))
     }
     async fn commit_one_phase(
         &self,
         _: Request<pb::CommitOnePhaseRequest>,
     ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
+        self.served();
         Ok(Response::new(pb::CommitOnePhaseResponse {
             outcome: pb::Outcome::Committed.into(),
             ..Default::default()
@@ -154,6 +168,7 @@ impl Participant for NoOp {
         &self,
         _: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        self.served();
         Ok(Response::new(pb::ExecuteResponse {
             result: pb::execute_response::Result::Succeeded.into(),
             reason: String::new(),
@@ -163,6 +178,7 @@ impl Participant for NoOp {
         &self,
         _: Request<pb::CompensateRequest>,
     ) -> Result<Response<pb::CompensateResponse>, Status> {
+        self.served();
         Ok(Response::new(pb::CompensateResponse {}))
     }
     type BatchStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BatchAnswer, Status>>>;
@@ -171,6 +187,7 @@ impl Participant for NoOp {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<Self::BatchStream>, Status> {
+        self.served();
         use pb::batch_answer::Answer;
         use pb::batch_call::Call;
         let answers: Vec<_> = request
@@ -211,13 +228,14 @@ impl Participant for NoOp {
 /// Serves a no-op participant on a loopback port until `stop`.
 async fn start_no_op(
     stop: &CancellationToken,
+    participant: NoOp,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop = stop.clone();
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
-            .add_service(ParticipantServer::new(NoOp))
+            .add_service(ParticipantServer::new(participant))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop.cancelled_owned(),
@@ -378,9 +396,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut participant_urls = args.participant_urls.clone();
     let mut servers = Vec::new();
-    if participant_urls.is_empty() {
+    let no_op = NoOp::default();
+    let own_participants = participant_urls.is_empty();
+    if own_participants {
         for _ in 0..k {
-            let (url, task) = start_no_op(&stop).await?;
+            let (url, task) = start_no_op(&stop, no_op.clone()).await?;
             participant_urls.push(url);
             servers.push(task);
         }
@@ -447,6 +467,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.workload, args.clients
         );
     }
+    let served_before = no_op.rpcs.load(Ordering::Relaxed);
     let (stats, rpcs_per_txn) = match args.workload {
         Workload::TwoPhase => {
             // Begin (+ K Enlists when asked) + Commit from the client;
@@ -565,6 +586,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
+    // What the participants were really sent per transaction: fewer RPCs
+    // than calls when calls shared batches. Only the bench's own no-op
+    // participants count them.
+    let served = no_op.rpcs.load(Ordering::Relaxed) - served_before;
+    let participant_rpcs_per_txn = (own_participants && !stats.micros.is_empty())
+        .then(|| served as f64 / stats.micros.len() as f64);
     let throughput = stats.throughput();
     let echo_rate = echo.throughput();
     let floor = echo_rate / rpcs_per_txn as f64;
@@ -575,7 +602,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if args.json {
         println!(
-            "{{\"workload\":\"{workload}\",\"participants\":{k},\"clients\":{},\"transactions\":{},\"errors\":{},\"seconds\":{:.3},\"throughput_tps\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"rpc_echo_per_s\":{echo_rate:.1},\"rpcs_per_txn\":{rpcs_per_txn},\"rpc_floor_tps\":{floor:.1},\"ratio_to_floor\":{ratio:.3},\"fsync_p50_us\":{fsync_us},\"batch_calls\":{},\"peak_rss_bytes\":{}}}",
+            "{{\"workload\":\"{workload}\",\"participants\":{k},\"clients\":{},\"transactions\":{},\"errors\":{},\"seconds\":{:.3},\"throughput_tps\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"rpc_echo_per_s\":{echo_rate:.1},\"rpcs_per_txn\":{rpcs_per_txn},\"participant_rpcs_per_txn\":{},\"rpc_floor_tps\":{floor:.1},\"ratio_to_floor\":{ratio:.3},\"fsync_p50_us\":{fsync_us},\"batch_calls\":{},\"peak_rss_bytes\":{}}}",
             args.clients,
             stats.micros.len(),
             stats.errors,
@@ -584,6 +611,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             stats.percentile_ms(0.90),
             stats.percentile_ms(0.99),
             stats.percentile_ms(1.0),
+            participant_rpcs_per_txn.map_or("null".to_owned(), |n| format!("{n:.2}")),
             args.batch_calls,
             peak_rss_bytes(),
         );
@@ -611,6 +639,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.clients
         );
         println!("ratio_to_floor  {ratio:.2}");
+        if let Some(rpcs) = participant_rpcs_per_txn {
+            println!(
+                "participants    served {rpcs:.2} RPCs per transaction (batching {})",
+                if args.batch_calls { "on" } else { "off" }
+            );
+        }
         println!("fsync p50       {fsync_us} us");
         println!(
             "peak RSS        {:.1} MiB",
@@ -638,7 +672,7 @@ async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     if participant_urls.is_empty() {
         for _ in 0..args.participants {
-            let (url, task) = start_no_op(&stop).await?;
+            let (url, task) = start_no_op(&stop, NoOp::default()).await?;
             participant_urls.push(url);
             servers.push(task);
         }
