@@ -79,6 +79,17 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     )));
                 }
                 Effect::SendOnePhase(idx) => {
+                    // The participant's one-phase commit is the decision: the
+                    // transaction must be in the log before it can happen, or
+                    // a crash would leave a commit that the log presumes
+                    // aborted and GetOutcome would tell the client ABORTED
+                    // (R1, I2). Recovery then asks the branch (an Abort that
+                    // answers "already committed").
+                    match begin_recorded(&shared, &txn).await {
+                        Written::Durable => {}
+                        Written::Stopped => return stop(&txn),
+                        Written::Fenced => return taken_over(&shared, &txn),
+                    }
                     calls.push(Box::pin(one_phase(
                         Arc::clone(&shared),
                         Arc::clone(&txn),

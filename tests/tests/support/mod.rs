@@ -114,6 +114,17 @@ impl TwoPhaseParticipant for Scripted {
         if script == "hang" {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
+        if let Some(db) = self.coordinator_db.as_ref().filter(|_| branch.one_phase) {
+            // A one-phase commit is the decision: the coordinator's log must
+            // hold the transaction before it happens, or a crash would leave
+            // a commit the log presumes aborted.
+            if coordinator_state(db, &branch.transaction_id)
+                .await
+                .is_none()
+            {
+                effect(tx, branch, "one-phase-before-its-record").await?;
+            }
+        }
         effect(tx, branch, "prepare").await?;
         Ok(match script.as_str() {
             "abort" => Vote::Abort("scripted refusal".into()),

@@ -248,6 +248,33 @@ async fn a_single_branch_commits_in_one_phase() {
 }
 
 #[tokio::test]
+async fn a_single_branch_committed_in_its_begin_commits_only_once_it_is_in_the_log() {
+    use concord_participant::BranchSpec;
+    let s = setup().await;
+    // The participant checks the coordinator's log when the one-phase
+    // commit arrives; several rounds, since the write and the call race.
+    for _ in 0..10 {
+        let (begun, outcome) = s
+            .client
+            .begin_and_commit(BeginOptions {
+                branches: vec![BranchSpec {
+                    participant: s.a.url.clone(),
+                    payload: b"commit".to_vec(),
+                    name: None,
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("begin and commit");
+        assert_eq!(outcome, Outcome::Committed { read_only: false });
+        assert_eq!(
+            s.a.effects(&begun.transaction_id).await,
+            ["prepare", "commit"]
+        );
+    }
+}
+
+#[tokio::test]
 async fn read_only_branches_skip_phase_two() {
     let s = setup().await;
     let id = begin(&s.client).await;
