@@ -497,8 +497,18 @@ impl Runtime {
     /// (`BeginRequest.commit`): answers without waiting for its record,
     /// whose fsync then overlaps the prepares; the decision waits for it
     /// (see `Inner::begin_write`). One fsync on the commit's path, not two.
+    ///
+    /// Not on a store several nodes share: there, a node that finds no
+    /// record of a transaction presumes it aborted (GetOutcome) although
+    /// its owner may still commit it, so the record must be durable before
+    /// any participant can prepare and ask (DESIGN §6).
     pub async fn begin_to_commit(&self, request: BeginTxn) -> Result<Begun, Error> {
-        self.begin_as(request, BeginWrite::BeforeDecision).await
+        let write = if self.shared.store.cluster().is_some() {
+            BeginWrite::Wait
+        } else {
+            BeginWrite::BeforeDecision
+        };
+        self.begin_as(request, write).await
     }
 
     async fn begin_as(&self, request: BeginTxn, write: BeginWrite) -> Result<Begun, Error> {
