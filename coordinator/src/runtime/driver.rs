@@ -113,19 +113,14 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     )));
                 }
                 Effect::LogDecision => {
-                    // The decision must follow the Begun record (R1).
-                    match begin_recorded(&shared, &txn).await {
-                        Written::Durable => {}
-                        Written::Stopped => return stop(&txn),
-                        Written::Fenced => return taken_over(&shared, &txn),
-                    }
                     crash::point("2pc-before-decision");
                     let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms = Some(at_ms);
                     let record = Record::Decided { id: txn.id, at_ms };
                     let started = std::time::Instant::now();
-                    // R1: nothing goes further until the decision is durable.
-                    match write_until_durable(&shared, vec![record]).await {
+                    // R1: nothing goes further until the decision, and the
+                    // Begun record it follows, are durable.
+                    match write_decision(&shared, &txn, record).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -250,6 +245,37 @@ async fn begin_recorded(shared: &Shared, txn: &LiveTxn) -> Written {
         Err(LogError::Stopped) => Written::Stopped,
         Err(LogError::Fenced) => Written::Fenced,
         Err(LogError::Store(_)) => write_until_durable(shared, txn.begin_records()).await,
+    }
+}
+
+/// Writes the COMMITTED decision. For a transaction committed in its own
+/// Begin, the Begun records may still be queued (lazily, see
+/// `Runtime::begin_as`): the decision is queued behind them at once, so
+/// that both usually share one batch and one fsync, and counts as durable
+/// only once both are. If the Begun records' batch failed, they are written
+/// again with the decision, whatever became of the decision's own batch (it
+/// may have found no transaction to update).
+async fn write_decision(shared: &Shared, txn: &LiveTxn, decided: Record) -> Written {
+    let begin_write = txn.lock().begin_write.take();
+    let Some(begin_write) = begin_write else {
+        return write_until_durable(shared, vec![decided]).await;
+    };
+    let decision_write = shared.log.submit(vec![decided.clone()]);
+    let (begun, written) = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => return Written::Stopped,
+        both = async { tokio::join!(begin_write.wait(), decision_write.wait()) } => both,
+    };
+    match (begun, written) {
+        (Ok(()), Ok(())) => Written::Durable,
+        (Err(LogError::Fenced), _) | (_, Err(LogError::Fenced)) => Written::Fenced,
+        (Err(LogError::Stopped), _) | (_, Err(LogError::Stopped)) => Written::Stopped,
+        (Ok(()), Err(LogError::Store(_))) => write_until_durable(shared, vec![decided]).await,
+        (Err(LogError::Store(_)), _) => {
+            let mut records = txn.begin_records();
+            records.push(decided);
+            write_until_durable(shared, records).await
+        }
     }
 }
 

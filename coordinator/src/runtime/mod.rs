@@ -574,8 +574,16 @@ impl Runtime {
             shared.keys().insert(key.clone(), id);
         }
         // Queued before anyone can learn the id, so every later record of
-        // this transaction follows it in the log.
-        let durable = shared.log.submit(records);
+        // this transaction follows it in the log. A transaction that commits
+        // at once with two or more branches queues them lazily: they ride
+        // with its decision, one fsync for both (`driver`'s LogDecision);
+        // with one branch they are forced, since its one-phase commit is
+        // the decision and must follow them.
+        let durable = if write == BeginWrite::BeforeDecision && names.len() > 1 {
+            shared.log.submit_lazy(records)
+        } else {
+            shared.log.submit(records)
+        };
         drop(_claim);
         if write == BeginWrite::BeforeDecision {
             txn.lock().begin_write = Some(durable);
