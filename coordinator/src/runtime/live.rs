@@ -43,10 +43,11 @@ pub struct Inner {
     /// Operators' decisions for branches (`concord txn resolve`), durable.
     pub operator_actions: Vec<OperatorAction>,
     /// The Begun record of a transaction committed in its own Begin, while
-    /// it is being written: prepares go out meanwhile (safe under presumed
-    /// abort, R2: a crash before it is durable leaves an id nobody knows,
-    /// so aborted), and the decision waits for it (the decision must follow
-    /// it in the log, R1).
+    /// it is being written (lazily, with two or more branches): prepares go
+    /// out meanwhile (safe under presumed abort, R2: a crash before it is
+    /// durable leaves an id nobody knows, so aborted), and the decision
+    /// counts only once it is durable too (the decision must follow it in
+    /// the log, R1; `driver::write_decision`).
     pub begin_write: Option<super::log::Durable>,
 }
 

@@ -495,8 +495,9 @@ impl Runtime {
 
     /// Begins a transaction that [`Runtime::commit`] is called for at once
     /// (`BeginRequest.commit`): answers without waiting for its record,
-    /// whose fsync then overlaps the prepares; the decision waits for it
-    /// (see `Inner::begin_write`). One fsync on the commit's path, not two.
+    /// which is written while the prepares are out and, with two or more
+    /// branches, usually in the decision's own batch (see
+    /// `Inner::begin_write`). One fsync on the commit's path, not two.
     ///
     /// Not on a store several nodes share: there, a node that finds no
     /// record of a transaction presumes it aborted (GetOutcome) although
