@@ -644,9 +644,14 @@ fn span(branch: &BranchContext, op: &'static str) -> tracing::Span {
 /// The W3C trace context a coordinator that exports traces sends along.
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
     let value = request.metadata().get("traceparent")?.to_str().ok()?;
-    // version-traceid-spanid-flags: 55 visible ASCII characters in version
-    // 00; anything far off that is not a trace context worth keeping.
-    (value.len() <= 128).then(|| value.to_owned())
+    trace_context(value.to_owned())
+}
+
+/// A `traceparent` value worth keeping: version-traceid-spanid-flags is 55
+/// visible ASCII characters in version 00; anything empty or far off that
+/// is not a trace context.
+fn trace_context(value: String) -> Option<String> {
+    (!value.is_empty() && value.len() <= 128).then_some(value)
 }
 
 /// Checks the branch reference every call carries.
@@ -771,8 +776,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     async fn batch_call(&self, call: pb::BatchCall) -> pb::BatchAnswer {
         use pb::batch_answer::Answer;
         use pb::batch_call::Call;
-        let traceparent = (!call.traceparent.is_empty() && call.traceparent.len() <= 128)
-            .then_some(call.traceparent);
+        let traceparent = trace_context(call.traceparent);
         let run = async {
             match call.call {
                 Some(Call::Prepare(request)) => {

@@ -111,14 +111,12 @@ pub struct Sender {
 }
 
 impl Queue {
-    /// True while the participant is taken not to implement `Batch`.
-    pub fn unsupported(&self) -> bool {
-        self.lock().unsupported()
-    }
-
-    /// True once the participant has answered a batch.
-    pub fn takes_batches(&self) -> bool {
-        self.lock().takes_batches
+    /// What is known of the participant: None while it is taken not to
+    /// implement `Batch` (send alone); Some(true) once it has answered a
+    /// batch, Some(false) before.
+    pub fn takes_batches(&self) -> Option<bool> {
+        let mut state = self.lock();
+        (!state.unsupported()).then_some(state.takes_batches)
     }
 
     /// Queues `call`, to be answered within `deadline`, and waits for its

@@ -160,6 +160,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                         Outcome::Aborted { .. } => TxnState::Aborted,
                     };
                     let at_ms = shared.config.clock.now_ms();
+                    txn.lock().ended_at_ms = Some(at_ms);
                     let record = Record::Ended {
                         id: txn.id,
                         state,

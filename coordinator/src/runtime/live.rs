@@ -37,6 +37,9 @@ pub struct Inner {
     pub machine: TwoPhase,
     pub branches: Vec<BranchInfo>,
     pub decided_at_ms: Option<u64>,
+    /// When the driver took the machine's end in hand: the time its Ended
+    /// record carries.
+    pub ended_at_ms: Option<u64>,
     pub prepare_timeout: Duration,
     /// Effects waiting for the transaction's driver.
     pub mailbox: Mailbox<Effect>,
@@ -102,6 +105,7 @@ impl LiveTxn {
                 machine,
                 branches,
                 decided_at_ms: None,
+                ended_at_ms: None,
                 prepare_timeout,
                 mailbox: Mailbox::default(),
                 operator_actions: Vec::new(),
@@ -184,14 +188,22 @@ impl LiveTxn {
     pub fn view(&self, with_branches: bool) -> TxnView {
         let inner = self.lock();
         let machine = &inner.machine;
+        // A terminal state comes with its end time (types.proto): until the
+        // driver has stamped the end, the transaction shows as still
+        // delivering its outcome.
+        let state = match (state_of(machine), inner.ended_at_ms) {
+            (TxnState::Committed, None) => TxnState::Committing,
+            (TxnState::Aborted, None) => TxnState::Aborting,
+            (state, _) => state,
+        };
         TxnView {
             id: self.id,
             kind: TxnKind::TwoPhase,
-            state: state_of(machine),
+            state,
             created_at_ms: self.created_at_ms,
             deadline_ms: self.deadline_ms,
             decided_at_ms: inner.decided_at_ms,
-            ended_at_ms: None,
+            ended_at_ms: inner.ended_at_ms,
             reason: machine.reason().map(str::to_owned),
             idempotency_key: self.idempotency_key.clone(),
             description: self.description.clone(),

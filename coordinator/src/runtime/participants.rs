@@ -191,11 +191,12 @@ impl Participants {
             };
             (queue, tasks, shutdown)
         });
-        let request = match queue {
-            Some((queue, tasks, shutdown)) if !queue.unsupported() => {
+        let known = queue.as_ref().and_then(|(queue, ..)| queue.takes_batches());
+        let request = match (queue, known) {
+            (Some((queue, tasks, shutdown)), Some(proven)) => {
                 // Until the participant has shown it takes batches, keep the
                 // request to send it alone if it does not.
-                let (wrapped, kept) = if queue.takes_batches() {
+                let (wrapped, kept) = if proven {
                     ((entry.wrap)(request), None)
                 } else {
                     ((entry.wrap)(request.clone()), Some(request))

@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod bad_input;
 mod batch;
+mod decision;
 mod fuzz;
 mod tls;
 
