@@ -275,6 +275,12 @@ impl Group {
         Group::Ended,
         Group::BranchEnds,
     ];
+
+    /// This group's place in [`Group::ALL`] (which lists them in the order
+    /// they are declared in).
+    pub(crate) fn position(self) -> usize {
+        self as usize
+    }
 }
 
 /// What one statement writes; see [`Group::ALL`] for their order.
@@ -313,4 +319,17 @@ fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Group;
+
+    /// The SQLite writer keys its statement texts by `position`.
+    #[test]
+    fn positions_follow_the_statement_order() {
+        for (idx, group) in Group::ALL.iter().enumerate() {
+            assert_eq!(group.position(), idx);
+        }
+    }
 }

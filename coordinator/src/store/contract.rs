@@ -39,6 +39,10 @@ pub const ALL: &[(&str, Test)] = &[
     ("a_taken_idempotency_key_fails_the_batch", |open| {
         Box::pin(a_taken_idempotency_key_fails_the_batch(open))
     }),
+    (
+        "a_batch_failing_midway_applies_nothing_and_the_next_one_does",
+        |open| Box::pin(a_batch_failing_midway_applies_nothing_and_the_next_one_does(open)),
+    ),
     ("listing_pages_newest_first_and_filters", |open| {
         Box::pin(listing_pages_newest_first_and_filters(open))
     }),
@@ -75,6 +79,7 @@ macro_rules! store_contract {
             an_ended_transaction_is_not_unfinished_and_keeps_its_branches,
             a_failed_batch_applies_nothing,
             a_taken_idempotency_key_fails_the_batch,
+            a_batch_failing_midway_applies_nothing_and_the_next_one_does,
             listing_pages_newest_first_and_filters,
             a_saga_keeps_its_definition_and_step_progress,
             a_decision_applies_only_to_an_active_transaction,
@@ -244,6 +249,54 @@ pub async fn a_taken_idempotency_key_fails_the_batch(open: Open) {
         TxnState::Active,
         "the batch's other records were not applied"
     );
+}
+
+/// A batch whose later statement fails after an earlier one was applied
+/// (a new transaction inserted, then a branch that repeats a key): nothing
+/// of it stays, and the store goes on writing (SQLite runs a batch as one
+/// text with its BEGIN and COMMIT, so a failure must not leave the
+/// transaction open on a pooled connection).
+pub async fn a_batch_failing_midway_applies_nothing_and_the_next_one_does(open: Open) {
+    let store = open().await;
+    let id = TxnId::mint();
+    store
+        .append(&[begun(id, None), enlisted(id, 0)])
+        .await
+        .expect("append");
+    let other = TxnId::mint();
+    let failed = store
+        .append(&[
+            begun(other, None),
+            enlisted(other, 0),
+            Record::Decided { id, at_ms: 9 },
+            enlisted(id, 0),
+        ])
+        .await;
+    assert!(failed.is_err(), "a branch key was repeated");
+    assert!(store.transaction(&other).await.expect("get").is_none());
+    let view = store.transaction(&id).await.expect("get").expect("known");
+    assert_eq!(view.state, TxnState::Active, "its decision was not applied");
+    assert_eq!(view.branch_count, 1);
+    // Several times over: each batch may get any of the pool's connections.
+    for _ in 0..10 {
+        let next = TxnId::mint();
+        store
+            .append(&[begun(next, None), enlisted(next, 0), enlisted(next, 1)])
+            .await
+            .expect("a batch after the failed one");
+        let view = store
+            .transaction(&next)
+            .await
+            .expect("get")
+            .expect("written");
+        assert_eq!(view.branch_count, 2);
+    }
+    store
+        .append(&[Record::Decided { id, at_ms: 10 }, begun(other, None)])
+        .await
+        .expect("a batch after the failed one");
+    let view = store.transaction(&id).await.expect("get").expect("known");
+    assert_eq!(view.state, TxnState::Committing);
 }
 
 pub async fn listing_pages_newest_first_and_filters(open: Open) {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -99,20 +99,33 @@ impl SqliteStore {
                 .await?;
             return Ok(Appended::default());
         }
-        // Several statements: all of them in one call to SQLite's thread
-        // (each call is a round trip between threads, which cost more than
-        // SQLite's own work under load), absent groups as empty arrays.
-        let mut present = groups.into_iter().peekable();
-        let mut whole = sqlx::query(WHOLE_BATCH.as_str());
-        for group in Group::ALL {
-            let rows = present
-                .next_if(|(g, _)| *g == group)
-                .map_or_else(|| "[]".to_owned(), |(_, rows)| rows);
+        // Several statements: the present groups' statements, with their
+        // BEGIN and COMMIT, in one call to SQLite's thread. Each call is a
+        // round trip between threads, which cost more than SQLite's own
+        // work; sqlx's `begin()` and `commit()` were two more per batch, on
+        // every commit's critical path. An absent group's statement is left
+        // out, not run on an empty array: each statement run is one more
+        // answer handed back across the threads.
+        let present: Vec<Group> = groups.iter().map(|(group, _)| *group).collect();
+        let mut whole = sqlx::query(batch_text(&present));
+        for (_, rows) in groups {
             whole = whole.bind(rows);
         }
-        let mut tx = self.pool.begin().await?;
-        whole.execute(&mut *tx).await?;
-        tx.commit().await?;
+        let mut connection = self.pool.acquire().await?;
+        if let Err(error) = whole.execute(&mut *connection).await {
+            // A statement after BEGIN failed, so the transaction may still
+            // be open: undo it on this connection, or close the connection,
+            // so that nothing of the batch is applied (R1: its waiters hear
+            // it failed) and the next user does not inherit it.
+            if sqlx::query("ROLLBACK")
+                .execute(&mut *connection)
+                .await
+                .is_err()
+            {
+                connection.close_on_drop();
+            }
+            return Err(error.into());
+        }
         Ok(Appended::default())
     }
 
@@ -301,17 +314,30 @@ const PRUNABLE: &str = "
     ORDER BY t.id
     LIMIT ?3";
 
-/// Every group's statement in [`Group::ALL`] order, as one SQL text whose
-/// N-th `?` is the rows of the N-th group. Anonymous `?`, not `?N`: sqlx
-/// binds a multi-statement text's anonymous parameters in order, but skips
-/// a `?N` that follows a gap in the numbering.
-static WHOLE_BATCH: LazyLock<String> = LazyLock::new(|| {
-    Group::ALL
+/// The SQL text of one database transaction that writes `groups` (in
+/// [`Group::ALL`] order) with their statements, the N-th `?` being the rows
+/// of the N-th group; made once per set of groups and kept, so that sqlx's
+/// statement cache (keyed by the text) prepares each set once per
+/// connection. Anonymous `?`, not `?N`: sqlx binds a multi-statement text's
+/// anonymous parameters in order, but skips a `?N` that follows a gap in
+/// the numbering. `BEGIN IMMEDIATE` takes the write lock up front, so a
+/// batch never fails halfway for want of it (an operator's tool or the
+/// retention sweep may hold it for a moment; the busy timeout waits).
+fn batch_text(groups: &[Group]) -> &'static str {
+    static TEXTS: [OnceLock<String>; 1 << Group::ALL.len()] =
+        [const { OnceLock::new() }; 1 << Group::ALL.len()];
+    let set = groups
         .iter()
-        .map(|group| statement(*group).replace("?1", "?"))
-        .collect::<Vec<_>>()
-        .join(";\n")
-});
+        .fold(0usize, |set, group| set | 1 << group.position());
+    TEXTS[set].get_or_init(|| {
+        let statements = groups
+            .iter()
+            .map(|group| statement(*group).replace("?1", "?"))
+            .collect::<Vec<_>>()
+            .join(";\n");
+        format!("BEGIN IMMEDIATE;\n{statements};\nCOMMIT")
+    })
+}
 
 /// The statement that writes one group of a batch (`store::batch`): each
 /// takes the group's rows as one JSON array and spreads it with
