@@ -192,7 +192,10 @@ impl Coordinator for CoordinatorService {
         let enlisted = match result {
             Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
                 let mut owner = self.forward.client(&address)?;
-                return owner.enlist(hop.request(request)).await;
+                // Boxed, here and in each forwarding below: a tonic call's
+                // future is several KiB, and inline it would make every
+                // request's future that large, forwarded or not.
+                return Box::pin(owner.enlist(hop.request(request))).await;
             }
             other => other.map_err(convert::status)?,
         };
@@ -222,7 +225,7 @@ impl Coordinator for CoordinatorService {
         let committed = match result {
             Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
                 let mut owner = self.forward.client(&address)?;
-                return owner.commit(hop.request(request)).await;
+                return Box::pin(owner.commit(hop.request(request))).await;
             }
             other => other.map_err(convert::status)?,
         };
@@ -241,7 +244,7 @@ impl Coordinator for CoordinatorService {
         let state = match self.runtime.rollback(id, reason).await {
             Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
                 let mut owner = self.forward.client(&address)?;
-                return owner.rollback(hop.request(request)).await;
+                return Box::pin(owner.rollback(hop.request(request))).await;
             }
             other => other.map_err(convert::status)?,
         };
@@ -349,7 +352,7 @@ impl Coordinator for CoordinatorService {
         let (retried, state) = match self.runtime.retry(id).await {
             Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
                 let mut owner = self.forward.client(&address)?;
-                return owner.retry_transaction(hop.request(request)).await;
+                return Box::pin(owner.retry_transaction(hop.request(request))).await;
             }
             other => other.map_err(convert::status)?,
         };
@@ -389,7 +392,7 @@ impl Coordinator for CoordinatorService {
         let state = match self.runtime.resolve(id, action).await {
             Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
                 let mut owner = self.forward.client(&address)?;
-                return owner.resolve_branch(hop.request(request)).await;
+                return Box::pin(owner.resolve_branch(hop.request(request))).await;
             }
             other => other.map_err(convert::status)?,
         };
@@ -408,7 +411,7 @@ impl Coordinator for CoordinatorService {
         let decision = match self.runtime.outcome(id).await {
             Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
                 let mut owner = self.forward.client(&address)?;
-                return owner.get_outcome(hop.request(request)).await;
+                return Box::pin(owner.get_outcome(hop.request(request))).await;
             }
             other => other.map_err(convert::status)?,
         };

@@ -548,7 +548,9 @@ impl Runtime {
         let txn = Arc::new(LiveTxn::new(
             header,
             TwoPhase::new(),
-            Vec::new(),
+            // Sized once: grown by doubling, a live transaction's branch
+            // list held twice the memory it used.
+            Vec::with_capacity(request.branches.len()),
             shared.config.default_prepare_timeout,
         ));
         // Branches given with the Begin are enlisted before anyone can learn

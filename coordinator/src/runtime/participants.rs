@@ -235,11 +235,16 @@ impl Participants {
             _ => request,
         };
         let client = self.client(endpoint)?;
-        with_deadline(
-            deadline,
-            alone(client, request_with(request, deadline, &span)),
+        // Boxed: a tonic call's future is several KiB, and inline it would
+        // make every call's future that large, batched or not, for as long
+        // as the call is out (per in-flight memory, docs/performance.md).
+        Box::pin(
+            with_deadline(
+                deadline,
+                alone(client, request_with(request, deadline, &span)),
+            )
+            .instrument(span),
         )
-        .instrument(span)
         .await
     }
 
