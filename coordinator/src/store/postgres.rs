@@ -158,6 +158,12 @@ impl PostgresStore {
     /// it knows (fencing, DESIGN §6); then writes the records of those and of
     /// the transactions the batch creates. The row locks make a concurrent
     /// takeover wait for this commit, or this batch see the takeover.
+    ///
+    /// Usually one round trip: `concord_append` (migrations/postgres/0004)
+    /// fences and writes in one statement that commits on return. Only when
+    /// some transaction was taken over does it write nothing and name them;
+    /// the batch is then written again without their records, in a
+    /// transaction that locks the rest first.
     async fn append_batch(&self, batch: &[Record]) -> Result<Appended, StoreError> {
         let created: HashSet<TxnId> = batch
             .iter()
@@ -171,64 +177,70 @@ impl PostgresStore {
             .collect();
         fence.sort_unstable();
         fence.dedup();
-        let mut tx = self.pool.begin().await?;
-        let mut fenced = Vec::new();
-        if !fence.is_empty() {
-            let expected = {
-                let epochs = self.epochs();
-                let rows: Vec<_> = fence
-                    .iter()
-                    .map(|id| json!({"id": id.to_string(), "epoch": epochs.get(id).copied().unwrap_or(0)}))
-                    .collect();
-                serde_json::Value::Array(rows).to_string()
-            };
-            let owned: Vec<(String,)> = sqlx::query_as(FENCE)
-                .bind(expected)
-                .bind(&self.node_id)
-                .fetch_all(&mut *tx)
-                .await?;
-            let owned: HashSet<String> = owned.into_iter().map(|(id,)| id).collect();
-            fenced = fence
-                .into_iter()
-                .filter(|id| !owned.contains(&id.to_string()))
+        let expected = {
+            let epochs = self.epochs();
+            let rows: Vec<_> = fence
+                .iter()
+                .map(|id| json!({"id": id.to_string(), "epoch": epochs.get(id).copied().unwrap_or(0)}))
                 .collect();
+            serde_json::Value::Array(rows).to_string()
+        };
+        let refused = append(&self.pool, &self.node_id, &expected, batch).await?;
+        if refused.is_empty() {
+            self.forget_epochs(batch, &[]);
+            return Ok(Appended::default());
         }
-        let kept: Vec<Record>;
-        let batch = if fenced.is_empty() {
-            batch
-        } else {
+        let mut tx = self.pool.begin().await?;
+        let owned: Vec<(String,)> = sqlx::query_as(FENCE)
+            .bind(&expected)
+            .bind(&self.node_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let owned: HashSet<String> = owned.into_iter().map(|(id,)| id).collect();
+        let fenced: Vec<TxnId> = fence
+            .into_iter()
+            .filter(|id| !owned.contains(&id.to_string()))
+            .collect();
+        if !fenced.is_empty() {
             tracing::warn!(
                 count = fenced.len(),
                 "refused records of transactions another node owns now (fenced)"
             );
-            kept = batch
-                .iter()
-                .filter(|record| !fenced.contains(&record.txn_id()))
-                .cloned()
-                .collect();
-            &kept
-        };
-        for (group, rows) in Grouped::new(batch).encoded()? {
-            let statement = sqlx::query(statement(group)).bind(rows);
-            let statement = match group {
-                Group::Transactions => statement.bind(&self.node_id),
-                _ => statement,
-            };
-            statement.execute(&mut *tx).await?;
+        }
+        let kept: Vec<Record> = batch
+            .iter()
+            .filter(|record| !fenced.contains(&record.txn_id()))
+            .cloned()
+            .collect();
+        // What is left is locked by this transaction and owned: nothing to
+        // fence again.
+        let refused = append(&mut *tx, &self.node_id, "[]", &kept).await?;
+        if !refused.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "the log refused {} transaction(s) with nothing to fence",
+                refused.len()
+            )));
         }
         tx.commit().await?;
+        self.forget_epochs(&kept, &fenced);
+        Ok(Appended { fenced })
+    }
+
+    /// Once written: the epochs of transactions that ended or were taken
+    /// over are no longer this node's to know.
+    fn forget_epochs(&self, written: &[Record], fenced: &[TxnId]) {
         let mut epochs = self.epochs();
-        if !epochs.is_empty() {
-            for record in batch {
-                if let Record::Ended { id, .. } = record {
-                    epochs.remove(id);
-                }
-            }
-            for id in &fenced {
+        if epochs.is_empty() {
+            return;
+        }
+        for record in written {
+            if let Record::Ended { id, .. } = record {
                 epochs.remove(id);
             }
         }
-        Ok(Appended { fenced })
+        for id in fenced {
+            epochs.remove(id);
+        }
     }
 
     /// Takes over the unfinished transactions whose owner is gone, raising
@@ -606,99 +618,28 @@ const FENCE: &str = "
     ORDER BY t.id
     FOR UPDATE OF t";
 
-/// The statement that writes one group of a batch (`store::batch`): each
-/// takes the group's rows as one JSON array and spreads it with
-/// `jsonb_array_elements`.
-fn statement(group: Group) -> &'static str {
-    match group {
-        Group::Transactions => INSERT_TRANSACTIONS,
-        Group::Branches => INSERT_BRANCHES,
-        Group::Steps => INSERT_STEPS,
-        Group::Decided => DECIDE,
-        Group::Aborting => ABORT,
-        Group::SagaStates => SAGA_STATE,
-        Group::StepProgress => STEP_PROGRESS,
-        Group::Attention => NEEDS_ATTENTION,
-        Group::OperatorActions => OPERATOR_ACTIONS,
-        Group::Ended => END,
-        Group::BranchEnds => BRANCH_END,
+/// Fences and writes one batch (migrations/postgres/0004_append.sql): the
+/// node's id, the transactions to fence as `[{"id", "epoch"}]`, then each
+/// group's rows in [`Group::ALL`] order, an absent group as `[]`. Returns
+/// the ids it refused (another node owns them now), having written nothing;
+/// empty once the batch is written.
+async fn append(
+    executor: impl sqlx::PgExecutor<'_>,
+    node: &str,
+    fence: &str,
+    batch: &[Record],
+) -> Result<Vec<String>, StoreError> {
+    let mut present = Grouped::new(batch).encoded()?.into_iter().peekable();
+    let mut call = sqlx::query_scalar(APPEND).bind(node).bind(fence);
+    for group in Group::ALL {
+        let rows = present
+            .next_if(|(g, _)| *g == group)
+            .map_or_else(|| "[]".to_owned(), |(_, rows)| rows);
+        call = call.bind(rows);
     }
+    Ok(call.fetch_one(executor).await?)
 }
 
-const INSERT_TRANSACTIONS: &str = "
-    INSERT INTO transactions
-      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description, owner)
-    SELECT j ->> 'id', j ->> 'kind', j ->> 'state', (j ->> 'created')::bigint,
-           (j ->> 'deadline')::bigint, j ->> 'key', j ->> 'description', $2
-    FROM jsonb_array_elements($1::jsonb) AS j";
-
-const INSERT_BRANCHES: &str = "
-    INSERT INTO branches (txn_id, idx, name, participant, payload, state)
-    SELECT j ->> 'txn', (j ->> 'idx')::bigint, j ->> 'name', j ->> 'participant',
-           decode(j ->> 'payload', 'hex'), 'enlisted'
-    FROM jsonb_array_elements($1::jsonb) AS j";
-
-const INSERT_STEPS: &str = "
-    INSERT INTO saga_steps
-      (txn_id, idx, name, participant, kind, action, compensation, depends_on,
-       attempt_timeout_ms, retry_initial_ms, retry_multiplier, retry_max_ms,
-       retry_max_attempts, retry_jitter)
-    SELECT j ->> 'txn', (j ->> 'idx')::bigint, j ->> 'name', j ->> 'participant', j ->> 'kind',
-           decode(j ->> 'action', 'hex'), decode(j ->> 'compensation', 'hex'),
-           j ->> 'depends_on', (j ->> 'timeout')::bigint, (j ->> 'initial')::bigint,
-           (j ->> 'multiplier')::double precision, (j ->> 'max')::bigint,
-           (j ->> 'attempts')::bigint, (j ->> 'jitter')::boolean
-    FROM jsonb_array_elements($1::jsonb) AS j";
-
-// R1/R2: a decision applies only to a transaction still active.
-const DECIDE: &str = "
-    UPDATE transactions AS t SET state = 'committing', decided_at_ms = (j ->> 'at')::bigint
-    FROM jsonb_array_elements($1::jsonb) AS j
-    WHERE t.id = j ->> 'id' AND t.state = 'active'";
-
-const ABORT: &str = "
-    UPDATE transactions AS t
-    SET state = 'aborting', decided_at_ms = (j ->> 'at')::bigint, reason = j ->> 'reason'
-    FROM jsonb_array_elements($1::jsonb) AS j
-    WHERE t.id = j ->> 'id' AND t.state = 'active'";
-
-const SAGA_STATE: &str = "
-    UPDATE transactions AS t SET state = j ->> 'state', reason = j ->> 'reason'
-    FROM jsonb_array_elements($1::jsonb) AS j
-    WHERE t.id = j ->> 'id'";
-
-const STEP_PROGRESS: &str = "
-    UPDATE saga_steps AS s
-    SET state = j ->> 'state', attempts = (j ->> 'attempts')::bigint,
-        compensation_attempts = (j ->> 'compensations')::bigint, last_error = j ->> 'error'
-    FROM jsonb_array_elements($1::jsonb) AS j
-    WHERE s.txn_id = j ->> 'txn' AND s.idx = (j ->> 'idx')::bigint";
-
-const OPERATOR_ACTIONS: &str = "
-    INSERT INTO operator_actions (txn_id, at_ms, branch, outcome, reason, operator)
-    SELECT j ->> 'txn', (j ->> 'at')::bigint, j ->> 'branch', j ->> 'outcome', j ->> 'reason',
-           j ->> 'operator'
-    FROM jsonb_array_elements($1::jsonb) AS j";
-
-const NEEDS_ATTENTION: &str = "
-    UPDATE transactions SET needs_attention = TRUE
-    WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))";
-
-// The decided_at stamp stays the decision's; an abort decided and ended in
-// one step gets both. A saga that needed attention while retrying no longer
-// does once it ended, unless it FAILED.
-const END: &str = "
-    UPDATE transactions AS t
-    SET state = j ->> 'state', ended_at_ms = (j ->> 'at')::bigint,
-        read_only = (j ->> 'read_only')::boolean, reason = j ->> 'reason',
-        decided_at_ms = COALESCE(t.decided_at_ms, (j ->> 'at')::bigint),
-        needs_attention = (j ->> 'state' = 'failed')
-    FROM jsonb_array_elements($1::jsonb) AS j
-    WHERE t.id = j ->> 'id'";
-
-const BRANCH_END: &str = "
-    UPDATE branches AS b
-    SET state = j ->> 'state', vote = j ->> 'vote',
-        attempts = (j ->> 'attempts')::bigint, last_error = j ->> 'error'
-    FROM jsonb_array_elements($1::jsonb) AS j
-    WHERE b.txn_id = j ->> 'txn' AND b.idx = (j ->> 'idx')::bigint";
+const APPEND: &str = "
+    SELECT concord_append($1, $2::jsonb, $3::jsonb, $4::jsonb, $5::jsonb, $6::jsonb, $7::jsonb,
+                          $8::jsonb, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb, $13::jsonb)";
