@@ -102,10 +102,13 @@ BEGIN
         WHERE t.id = j ->> 'id' AND (t.state = 'active') IS TRUE;
     END IF;
 
+    -- Most step records leave the saga's state and reason as they were
+    -- (RUNNING, none): such rows are looked up but not rewritten.
     IF jsonb_array_length(saga_state_rows) > 0 THEN
         UPDATE transactions AS t SET state = j ->> 'state', reason = j ->> 'reason'
         FROM jsonb_array_elements(saga_state_rows) AS j
-        WHERE t.id = j ->> 'id';
+        WHERE t.id = j ->> 'id'
+          AND (t.state, t.reason) IS DISTINCT FROM (j ->> 'state', j ->> 'reason');
     END IF;
 
     IF jsonb_array_length(progress_rows) > 0 THEN

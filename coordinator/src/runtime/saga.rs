@@ -45,6 +45,13 @@ pub struct SagaInner {
     mailbox: Mailbox<Effect>,
     /// Operators' decisions for steps (`concord txn resolve`), durable.
     pub operator_actions: Vec<OperatorAction>,
+    /// Each step's progress as this node last made it durable with a step
+    /// record; None where unknown (not written yet, or the saga was loaded
+    /// by recovery). The end record leaves out the steps whose progress is
+    /// already in the log as it is: a completed saga's end rewrites only
+    /// its last step, not every step (fewer rows for the single log writer,
+    /// which bounds saga throughput: docs/performance.md).
+    recorded: Vec<Option<StepProgress>>,
 }
 
 pub struct LiveSaga {
@@ -74,6 +81,7 @@ impl LiveSaga {
             steps,
             inner: Mutex::new(SagaInner {
                 machine,
+                recorded: vec![None; progress.len()],
                 progress,
                 mailbox: Mailbox::default(),
                 operator_actions: Vec::new(),
@@ -256,17 +264,23 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                     // final progress: one forced write instead of two.
                     let ends_next = matches!(queue.front(), Some(Effect::End { .. }));
                     if !ends_next {
-                        let record = {
+                        let (record, progress) = {
                             let inner = saga.lock();
-                            Record::StepRecorded {
+                            let progress = LiveSaga::step_progress(&inner, step, status);
+                            let record = Record::StepRecorded {
                                 id: saga.header.id,
                                 saga_state: state_of(&inner.machine),
                                 reason: inner.machine.reason().map(str::to_owned),
-                                step: LiveSaga::step_progress(&inner, step, status),
-                            }
+                                step: progress.clone(),
+                            };
+                            (record, progress)
                         };
                         match write_until_durable(&shared, vec![record]).await {
-                            Written::Durable => {}
+                            Written::Durable => {
+                                if let Some(recorded) = saga.lock().recorded.get_mut(step) {
+                                    *recorded = Some(progress);
+                                }
+                            }
                             Written::Stopped => return stop(&saga),
                             Written::Fenced => return taken_over(&shared, &saga),
                         }
@@ -297,6 +311,10 @@ async fn drive(shared: Arc<Shared>, saga: Arc<LiveSaga>) {
                                     .copied()
                                     .unwrap_or(StepStatus::Pending);
                                 LiveSaga::step_progress(&inner, step, status)
+                            })
+                            .filter(|progress| {
+                                let step = progress.idx as usize;
+                                inner.recorded.get(step).and_then(Option::as_ref) != Some(progress)
                             })
                             .collect()
                     };

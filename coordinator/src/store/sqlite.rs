@@ -400,10 +400,14 @@ const ABORT: &str = "
     FROM jsonb_each(?1) AS j
     WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
 
+// Most step records leave the saga's state and reason as they were
+// (RUNNING, none): such rows are looked up but not rewritten.
 const SAGA_STATE: &str = "
     UPDATE transactions SET state = j.value ->> 'state', reason = j.value ->> 'reason'
     FROM jsonb_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id'";
+    WHERE transactions.id = j.value ->> 'id'
+      AND (transactions.state, transactions.reason)
+          IS NOT (j.value ->> 'state', j.value ->> 'reason')";
 
 const STEP_PROGRESS: &str = "
     UPDATE saga_steps
