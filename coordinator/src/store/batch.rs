@@ -18,35 +18,139 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::rows::{duration_ms, to_i64};
 use super::{BranchEnd, Record, StepProgress, StoreError};
 use crate::model::{TxnId, VoteKind, step_kind_str, step_status_str};
 
-/// The rows of one batch, grouped by the statement that writes them.
+/// The rows of one batch, grouped by the statement that writes them. Rows
+/// are typed and borrow from the batch: each group is serialised straight
+/// into its JSON array, with none of the per-field maps and strings that
+/// `serde_json::Value` rows cost (the log writer encodes every batch on
+/// its own critical path).
 #[derive(Default)]
-pub(crate) struct Grouped {
-    transactions: Vec<Value>,
-    branches: Vec<Value>,
-    steps: Vec<Value>,
-    decided: Vec<Value>,
-    aborting: Vec<Value>,
-    saga_states: Latest<TxnId>,
-    step_progress: Latest<(TxnId, u32)>,
-    attention: Vec<Value>,
-    ended: Vec<Value>,
-    branch_ends: Vec<Value>,
-    operator_actions: Vec<Value>,
+pub(crate) struct Grouped<'a> {
+    transactions: Vec<TransactionRow<'a>>,
+    branches: Vec<BranchRow<'a>>,
+    steps: Vec<StepRow<'a>>,
+    decided: Vec<DecidedRow>,
+    aborting: Vec<AbortingRow<'a>>,
+    saga_states: Latest<TxnId, SagaStateRow<'a>>,
+    step_progress: Latest<(TxnId, u32), ProgressRow<'a>>,
+    attention: Vec<String>,
+    ended: Vec<EndedRow<'a>>,
+    branch_ends: Vec<BranchEndRow<'a>>,
+    operator_actions: Vec<OperatorActionRow<'a>>,
+}
+
+// One struct per statement's rows; the field names are the keys the
+// statements read (`j.value ->> 'id'`, ...).
+
+#[derive(Serialize)]
+struct TransactionRow<'a> {
+    id: String,
+    kind: &'static str,
+    state: &'static str,
+    created: i64,
+    deadline: i64,
+    key: Option<&'a str>,
+    description: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BranchRow<'a> {
+    txn: String,
+    idx: u32,
+    name: &'a str,
+    participant: &'a str,
+    payload: String,
+}
+
+#[derive(Serialize)]
+struct StepRow<'a> {
+    txn: String,
+    idx: usize,
+    name: &'a str,
+    participant: &'a str,
+    kind: &'static str,
+    action: String,
+    compensation: Option<String>,
+    depends_on: String,
+    timeout: i64,
+    initial: i64,
+    multiplier: f64,
+    max: i64,
+    attempts: u32,
+    jitter: bool,
+}
+
+#[derive(Serialize)]
+struct DecidedRow {
+    id: String,
+    at: i64,
+}
+
+#[derive(Serialize)]
+struct AbortingRow<'a> {
+    id: String,
+    at: i64,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct SagaStateRow<'a> {
+    id: String,
+    state: &'static str,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ProgressRow<'a> {
+    txn: String,
+    idx: u32,
+    state: &'static str,
+    attempts: u32,
+    compensations: u32,
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct OperatorActionRow<'a> {
+    txn: String,
+    at: i64,
+    branch: &'a str,
+    outcome: &'static str,
+    reason: &'a str,
+    operator: &'a str,
+}
+
+#[derive(Serialize)]
+struct EndedRow<'a> {
+    id: String,
+    state: &'static str,
+    at: i64,
+    read_only: bool,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BranchEndRow<'a> {
+    txn: String,
+    idx: u32,
+    state: &'static str,
+    vote: Option<&'static str>,
+    attempts: u32,
+    error: Option<&'a str>,
 }
 
 /// Rows keyed so that a later one replaces an earlier one.
-struct Latest<K> {
-    rows: Vec<Value>,
+struct Latest<K, R> {
+    rows: Vec<R>,
     at: HashMap<K, usize>,
 }
 
-impl<K> Default for Latest<K> {
+impl<K, R> Default for Latest<K, R> {
     fn default() -> Self {
         Self {
             rows: Vec::new(),
@@ -55,8 +159,8 @@ impl<K> Default for Latest<K> {
     }
 }
 
-impl<K: std::hash::Hash + Eq> Latest<K> {
-    fn put(&mut self, key: K, row: Value) {
+impl<K: std::hash::Hash + Eq, R> Latest<K, R> {
+    fn put(&mut self, key: K, row: R) {
         match self.at.get(&key) {
             Some(&idx) => self.rows[idx] = row,
             None => {
@@ -67,8 +171,8 @@ impl<K: std::hash::Hash + Eq> Latest<K> {
     }
 }
 
-impl Grouped {
-    pub(crate) fn new(batch: &[Record]) -> Self {
+impl<'a> Grouped<'a> {
+    pub(crate) fn new(batch: &'a [Record]) -> Self {
         let mut grouped = Self::default();
         for record in batch {
             grouped.add(record);
@@ -76,7 +180,7 @@ impl Grouped {
         grouped
     }
 
-    fn add(&mut self, record: &Record) {
+    fn add(&mut self, record: &'a Record) {
         match record {
             Record::Begun {
                 id,
@@ -84,15 +188,15 @@ impl Grouped {
                 deadline_ms,
                 idempotency_key,
                 description,
-            } => self.transactions.push(json!({
-                "id": id.to_string(),
-                "kind": "two_phase",
-                "state": "active",
-                "created": to_i64(*created_at_ms),
-                "deadline": to_i64(*deadline_ms),
-                "key": idempotency_key,
-                "description": description,
-            })),
+            } => self.transactions.push(TransactionRow {
+                id: id.to_string(),
+                kind: "two_phase",
+                state: "active",
+                created: to_i64(*created_at_ms),
+                deadline: to_i64(*deadline_ms),
+                key: idempotency_key.as_deref(),
+                description: description.as_deref(),
+            }),
             Record::SagaSubmitted {
                 id,
                 created_at_ms,
@@ -100,34 +204,34 @@ impl Grouped {
                 description,
                 steps,
             } => {
-                self.transactions.push(json!({
-                    "id": id.to_string(),
-                    "kind": "saga",
-                    "state": "running",
-                    "created": to_i64(*created_at_ms),
-                    "deadline": 0,
-                    "key": idempotency_key,
-                    "description": description,
-                }));
+                self.transactions.push(TransactionRow {
+                    id: id.to_string(),
+                    kind: "saga",
+                    state: "running",
+                    created: to_i64(*created_at_ms),
+                    deadline: 0,
+                    key: idempotency_key.as_deref(),
+                    description: description.as_deref(),
+                });
                 for (idx, step) in steps.iter().enumerate() {
                     let depends_on: Vec<String> =
                         step.depends_on.iter().map(ToString::to_string).collect();
-                    self.steps.push(json!({
-                        "txn": id.to_string(),
-                        "idx": idx,
-                        "name": step.name,
-                        "participant": step.participant,
-                        "kind": step_kind_str(step.kind),
-                        "action": hex(&step.action),
-                        "compensation": step.compensation.as_deref().map(hex),
-                        "depends_on": depends_on.join(","),
-                        "timeout": duration_ms(step.attempt_timeout),
-                        "initial": duration_ms(step.retry.initial_delay),
-                        "multiplier": step.retry.multiplier,
-                        "max": duration_ms(step.retry.max_delay),
-                        "attempts": step.retry.max_attempts,
-                        "jitter": step.retry.jitter,
-                    }));
+                    self.steps.push(StepRow {
+                        txn: id.to_string(),
+                        idx,
+                        name: &step.name,
+                        participant: &step.participant,
+                        kind: step_kind_str(step.kind),
+                        action: hex(&step.action),
+                        compensation: step.compensation.as_deref().map(hex),
+                        depends_on: depends_on.join(","),
+                        timeout: duration_ms(step.attempt_timeout),
+                        initial: duration_ms(step.retry.initial_delay),
+                        multiplier: step.retry.multiplier,
+                        max: duration_ms(step.retry.max_delay),
+                        attempts: step.retry.max_attempts,
+                        jitter: step.retry.jitter,
+                    });
                 }
             }
             Record::Enlisted {
@@ -136,22 +240,22 @@ impl Grouped {
                 name,
                 participant,
                 payload,
-            } => self.branches.push(json!({
-                "txn": id.to_string(),
-                "idx": idx,
-                "name": name,
-                "participant": participant,
-                "payload": hex(payload),
-            })),
-            Record::Decided { id, at_ms } => self.decided.push(json!({
-                "id": id.to_string(),
-                "at": to_i64(*at_ms),
-            })),
-            Record::Aborting { id, at_ms, reason } => self.aborting.push(json!({
-                "id": id.to_string(),
-                "at": to_i64(*at_ms),
-                "reason": reason,
-            })),
+            } => self.branches.push(BranchRow {
+                txn: id.to_string(),
+                idx: *idx,
+                name,
+                participant,
+                payload: hex(payload),
+            }),
+            Record::Decided { id, at_ms } => self.decided.push(DecidedRow {
+                id: id.to_string(),
+                at: to_i64(*at_ms),
+            }),
+            Record::Aborting { id, at_ms, reason } => self.aborting.push(AbortingRow {
+                id: id.to_string(),
+                at: to_i64(*at_ms),
+                reason,
+            }),
             Record::StepRecorded {
                 id,
                 saga_state,
@@ -160,23 +264,25 @@ impl Grouped {
             } => {
                 self.saga_states.put(
                     *id,
-                    json!({
-                        "id": id.to_string(),
-                        "state": saga_state.as_str(),
-                        "reason": reason,
-                    }),
+                    SagaStateRow {
+                        id: id.to_string(),
+                        state: saga_state.as_str(),
+                        reason: reason.as_deref(),
+                    },
                 );
                 self.progress(id, step);
             }
-            Record::NeedsAttention { id } => self.attention.push(json!(id.to_string())),
-            Record::OperatorResolved { id, action } => self.operator_actions.push(json!({
-                "txn": id.to_string(),
-                "at": to_i64(action.at_ms),
-                "branch": action.branch,
-                "outcome": action.outcome.as_str(),
-                "reason": action.reason,
-                "operator": action.operator,
-            })),
+            Record::NeedsAttention { id } => self.attention.push(id.to_string()),
+            Record::OperatorResolved { id, action } => {
+                self.operator_actions.push(OperatorActionRow {
+                    txn: id.to_string(),
+                    at: to_i64(action.at_ms),
+                    branch: &action.branch,
+                    outcome: action.outcome.as_str(),
+                    reason: &action.reason,
+                    operator: &action.operator,
+                })
+            }
             Record::Ended {
                 id,
                 state,
@@ -186,13 +292,13 @@ impl Grouped {
                 branches,
                 steps,
             } => {
-                self.ended.push(json!({
-                    "id": id.to_string(),
-                    "state": state.as_str(),
-                    "at": to_i64(*at_ms),
-                    "read_only": read_only,
-                    "reason": reason,
-                }));
+                self.ended.push(EndedRow {
+                    id: id.to_string(),
+                    state: state.as_str(),
+                    at: to_i64(*at_ms),
+                    read_only: *read_only,
+                    reason: reason.as_deref(),
+                });
                 for BranchEnd {
                     idx,
                     state,
@@ -201,14 +307,14 @@ impl Grouped {
                     last_error,
                 } in branches
                 {
-                    self.branch_ends.push(json!({
-                        "txn": id.to_string(),
-                        "idx": idx,
-                        "state": state.as_str(),
-                        "vote": vote.map(VoteKind::as_str),
-                        "attempts": attempts,
-                        "error": last_error,
-                    }));
+                    self.branch_ends.push(BranchEndRow {
+                        txn: id.to_string(),
+                        idx: *idx,
+                        state: state.as_str(),
+                        vote: vote.map(VoteKind::as_str),
+                        attempts: *attempts,
+                        error: last_error.as_deref(),
+                    });
                 }
                 for step in steps {
                     self.progress(id, step);
@@ -217,17 +323,17 @@ impl Grouped {
         }
     }
 
-    fn progress(&mut self, id: &TxnId, step: &StepProgress) {
+    fn progress(&mut self, id: &TxnId, step: &'a StepProgress) {
         self.step_progress.put(
             (*id, step.idx),
-            json!({
-                "txn": id.to_string(),
-                "idx": step.idx,
-                "state": step_status_str(step.status),
-                "attempts": step.attempts,
-                "compensations": step.compensation_attempts,
-                "error": step.last_error,
-            }),
+            ProgressRow {
+                txn: id.to_string(),
+                idx: step.idx,
+                state: step_status_str(step.status),
+                attempts: step.attempts,
+                compensations: step.compensation_attempts,
+                error: step.last_error.as_deref(),
+            },
         );
     }
 
@@ -236,28 +342,33 @@ impl Grouped {
     pub(crate) fn encoded(&self) -> Result<Vec<(Group, String)>, StoreError> {
         let mut encoded = Vec::new();
         for group in Group::ALL {
-            let rows = match group {
-                Group::Transactions => &self.transactions,
-                Group::Branches => &self.branches,
-                Group::Steps => &self.steps,
-                Group::Decided => &self.decided,
-                Group::Aborting => &self.aborting,
-                Group::SagaStates => &self.saga_states.rows,
-                Group::StepProgress => &self.step_progress.rows,
-                Group::Attention => &self.attention,
-                Group::OperatorActions => &self.operator_actions,
-                Group::Ended => &self.ended,
-                Group::BranchEnds => &self.branch_ends,
+            let json = match group {
+                Group::Transactions => array(&self.transactions),
+                Group::Branches => array(&self.branches),
+                Group::Steps => array(&self.steps),
+                Group::Decided => array(&self.decided),
+                Group::Aborting => array(&self.aborting),
+                Group::SagaStates => array(&self.saga_states.rows),
+                Group::StepProgress => array(&self.step_progress.rows),
+                Group::Attention => array(&self.attention),
+                Group::OperatorActions => array(&self.operator_actions),
+                Group::Ended => array(&self.ended),
+                Group::BranchEnds => array(&self.branch_ends),
             };
-            if rows.is_empty() {
-                continue;
+            if let Some(json) = json {
+                encoded.push((group, json?));
             }
-            let json = serde_json::to_string(rows)
-                .map_err(|e| StoreError::Corrupt(format!("cannot encode a batch: {e}")))?;
-            encoded.push((group, json));
         }
         Ok(encoded)
     }
+}
+
+/// A group's rows as one JSON array; None for a group with no rows.
+fn array<R: Serialize>(rows: &[R]) -> Option<Result<String, StoreError>> {
+    (!rows.is_empty()).then(|| {
+        serde_json::to_string(rows)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode a batch: {e}")))
+    })
 }
 
 impl Group {
