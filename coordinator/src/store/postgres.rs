@@ -190,16 +190,17 @@ impl PostgresStore {
             self.forget_epochs(batch, &[]);
             return Ok(Appended::default());
         }
+        // Called with no rows inside a transaction, the function only
+        // fences: it locks the rows still this node's (held until commit)
+        // and names the others.
         let mut tx = self.pool.begin().await?;
-        let owned: Vec<(String,)> = sqlx::query_as(FENCE)
-            .bind(&expected)
-            .bind(&self.node_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let owned: HashSet<String> = owned.into_iter().map(|(id,)| id).collect();
+        let refused: HashSet<String> = append(&mut *tx, &self.node_id, &expected, &[])
+            .await?
+            .into_iter()
+            .collect();
         let fenced: Vec<TxnId> = fence
             .into_iter()
-            .filter(|id| !owned.contains(&id.to_string()))
+            .filter(|id| refused.contains(&id.to_string()))
             .collect();
         if !fenced.is_empty() {
             tracing::warn!(
@@ -611,13 +612,6 @@ const CLAIM: &str = "
 // Fencing: the transactions of a batch still owned by this node at the
 // epoch it knows, locked until the batch commits. Ordered by id so that two
 // writers lock in the same order.
-const FENCE: &str = "
-    SELECT t.id FROM transactions AS t
-    JOIN jsonb_array_elements($1::jsonb) AS j ON t.id = j ->> 'id'
-    WHERE t.owner = $2 AND t.epoch = (j ->> 'epoch')::bigint
-    ORDER BY t.id
-    FOR UPDATE OF t";
-
 /// Fences and writes one batch (migrations/postgres/0004_append.sql): the
 /// node's id, the transactions to fence as `[{"id", "epoch"}]`, then each
 /// group's rows in [`Group::ALL`] order, an absent group as `[]`. Returns

@@ -234,6 +234,12 @@ async fn exhausted_retries_count_as_maybe_done_and_are_compensated() {
     // The retry policy's cap: exactly 3 attempts.
     assert_eq!(txn.steps[1].attempts, 3);
     assert_eq!(txn.steps[1].state, pb::StepState::Compensated as i32);
+    // Read back from the log once the saga ended: a's success was recorded
+    // before b ran, and its compensation after; the end record must not
+    // have left the log at the first.
+    assert_eq!(txn.steps[0].state, pb::StepState::Compensated as i32);
+    assert_eq!(txn.steps[0].attempts, 1);
+    assert_eq!(txn.steps[0].compensation_attempts, 1);
     // b's compensation reached the participant, which had nothing to undo:
     // the ledger left a tombstone, and only a's compensation took effect.
     assert_eq!(
