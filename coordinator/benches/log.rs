@@ -38,9 +38,11 @@ fn batch(transactions: usize) -> Vec<Record> {
 fn benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = runtime
-        .block_on(SqliteStore::open_dir(dir.path()))
-        .expect("store");
+    let store = std::sync::Arc::new(
+        runtime
+            .block_on(SqliteStore::open_dir(dir.path()))
+            .expect("store"),
+    );
     let mut group = c.benchmark_group("sqlite append (fsync on)");
     group.sample_size(20);
     for transactions in [1usize, 16, 256] {
@@ -50,7 +52,7 @@ fn benches(c: &mut Criterion) {
             |b, n| {
                 b.to_async(&runtime).iter(|| {
                     let records = batch(*n);
-                    let store = store.clone();
+                    let store = std::sync::Arc::clone(&store);
                     async move { store.append(black_box(&records)).await.expect("append") }
                 })
             },

@@ -1,14 +1,13 @@
-//! One batch of records, regrouped so that a SQL backend writes it with a
-//! fixed number of statements.
+//! One batch of records, regrouped so that the PostgreSQL store writes it
+//! with one call whatever its size.
 //!
-//! Every statement is a round trip (to sqlx's SQLite worker thread, or to
-//! the PostgreSQL server), and on SQLite that round trip — not SQLite's own
-//! work — was the writer's largest cost (~35 µs per statement, seven
-//! statements per 2PC transaction: docs/performance.md). So a batch is
-//! regrouped by kind of row, and each group goes to the database as one JSON
-//! array that the statement spreads over the rows (`jsonb_each` on SQLite,
-//! `jsonb_array_elements` on PostgreSQL): a batch of 500 transactions costs
-//! the same five or so statements as a batch of one.
+//! Every statement is a round trip to the server, which costs more than the
+//! server's work on a row. So a batch is regrouped by kind of row, and each
+//! group goes to the database as one JSON array that `concord_append`
+//! spreads over the rows (`jsonb_array_elements`): a batch of 500
+//! transactions costs the same one call as a batch of one. (The SQLite
+//! store, whose database lives in the process, binds each record's values
+//! to prepared statements instead: `store::sqlite_writer`.)
 //!
 //! Regrouping keeps the log's meaning because the protocol orders each
 //! transaction's records the same way the statements run: inserts first
@@ -386,12 +385,6 @@ impl Group {
         Group::Ended,
         Group::BranchEnds,
     ];
-
-    /// This group's place in [`Group::ALL`] (which lists them in the order
-    /// they are declared in).
-    pub(crate) fn position(self) -> usize {
-        self as usize
-    }
 }
 
 /// What one statement writes; see [`Group::ALL`] for their order.
@@ -430,17 +423,4 @@ fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Group;
-
-    /// The SQLite writer keys its statement texts by `position`.
-    #[test]
-    fn positions_follow_the_statement_order() {
-        for (idx, group) in Group::ALL.iter().enumerate() {
-            assert_eq!(group.position(), idx);
-        }
-    }
 }

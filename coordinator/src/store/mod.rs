@@ -25,6 +25,7 @@ pub mod memory;
 pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
+mod sqlite_writer;
 
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
@@ -187,6 +188,10 @@ pub struct ListQuery {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the log writer's thread has stopped")]
+    WriterStopped,
     #[error("schema migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the data directory {path}: {source}")]

@@ -2,28 +2,24 @@
 //! `synchronous=FULL`, so a committed batch has been fsynced (R1).
 //!
 //! Writes come only from the group-commit writer, one batch per database
-//! transaction, regrouped into a few statements (`store::batch`), on a
-//! connection of its own; reads run concurrently on the pool's connections
-//! (WAL lets readers proceed while the writer commits).
+//! transaction, on a thread and connection of their own
+//! (`store::sqlite_writer`); reads run concurrently on sqlx's pool (WAL lets
+//! readers proceed while the writer commits).
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, SqlitePool};
-use tokio::sync::Mutex;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::batch::{Group, Grouped};
 use super::rows::{
     ActionRow, BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, actions, assemble,
     assemble_unfinished, attach_actions, parse_id, to_i64,
 };
+use super::sqlite_writer::WriterThread;
 use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
 use crate::model::{TxnId, TxnKind, TxnView};
 
@@ -40,19 +36,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The SQLite-backed log.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The log writer's connection, opened on first use and again after a
-    /// failure that may have broken it. Always the same connection, so its
-    /// page cache and prepared statements stay warm: batches on the pool's
-    /// connections went round them in turn (sqlx hands a connection back
-    /// from a spawned task, so the next batch often found it still away),
-    /// and each found its cache outdated by the others' writes, dropped it
-    /// and read the pages again (about a tenth of SQLite's time under load,
-    /// measured with `perf`).
-    writer: Arc<Mutex<Option<SqliteConnection>>>,
-    options: SqliteConnectOptions,
+    /// Every batch goes to the same connection, so its page cache and
+    /// prepared statements stay warm: batches on the pool's connections
+    /// went round them in turn (sqlx hands a connection back from a spawned
+    /// task, so the next batch often found it still away), and each found
+    /// its cache outdated by the others' writes, dropped it and read the
+    /// pages again (about a tenth of SQLite's time under load, `perf`).
+    writer: WriterThread,
 }
 
 impl SqliteStore {
@@ -69,8 +62,16 @@ impl SqliteStore {
         Self::open(options).await
     }
 
-    /// Opens a `sqlite://` URL (as given to `--database-url`).
+    /// Opens a `sqlite://` URL (as given to `--database-url`). An
+    /// in-memory database is refused: it would lose every decision with the
+    /// process (R1).
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::InUse(format!(
+                "{url} is an in-memory database, which loses every decision when the \
+                 process ends; give a file (sqlite:///path/to/log.db)"
+            )));
+        }
         let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
         Self::open(options).await
     }
@@ -90,11 +91,8 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self {
-            pool,
-            writer: Arc::default(),
-            options,
-        })
+        let writer = WriterThread::start(options.get_filename(), BUSY_TIMEOUT).await?;
+        Ok(Self { pool, writer })
     }
 
     /// The underlying pool, for tests that inspect the file directly.
@@ -103,57 +101,9 @@ impl SqliteStore {
     }
 
     async fn append_batch(&self, batch: &[Record]) -> Result<Appended, StoreError> {
-        let groups = Grouped::new(batch).encoded()?;
-        let mut writer = self.writer.lock().await;
-        let connection = match writer.as_mut() {
-            Some(connection) => connection,
-            None => writer.insert(self.options.connect().await?),
-        };
-        if let [(group, rows)] = groups.as_slice() {
-            // One statement is its own transaction (autocommit, fsynced the
-            // same): no BEGIN and COMMIT round trips. A lone decision at low
-            // load is such a batch, on the commit's critical path.
-            let outcome = sqlx::query(statement(*group))
-                .bind(rows.as_str())
-                .execute(&mut *connection)
-                .await;
-            if let Err(error) = outcome {
-                // No transaction is left open; a connection that failed for
-                // any reason but the database's refusal is replaced.
-                if !matches!(error, sqlx::Error::Database(_)) {
-                    *writer = None;
-                }
-                return Err(error.into());
-            }
-            return Ok(Appended::default());
-        }
-        // Several statements: the present groups' statements, with their
-        // BEGIN and COMMIT, in one call to SQLite's thread. Each call is a
-        // round trip between threads, which cost more than SQLite's own
-        // work; sqlx's `begin()` and `commit()` were two more per batch, on
-        // every commit's critical path. An absent group's statement is left
-        // out, not run on an empty array: each statement run is one more
-        // answer handed back across the threads.
-        let present: Vec<Group> = groups.iter().map(|(group, _)| *group).collect();
-        let mut whole = sqlx::query(batch_text(&present));
-        for (_, rows) in groups {
-            whole = whole.bind(rows);
-        }
-        if let Err(error) = whole.execute(&mut *connection).await {
-            // A statement after BEGIN failed, so the transaction may still
-            // be open: undo it on this connection, or replace the
-            // connection, so that nothing of the batch is applied (R1: its
-            // waiters hear it failed) and the next batch does not inherit
-            // it.
-            if sqlx::query("ROLLBACK")
-                .execute(&mut *connection)
-                .await
-                .is_err()
-            {
-                *writer = None;
-            }
-            return Err(error.into());
-        }
+        // The thread needs the records as its own; a copy costs far less
+        // than the JSON the rows used to travel as.
+        self.writer.append(batch.to_vec()).await?;
         Ok(Appended::default())
     }
 
@@ -342,133 +292,15 @@ const PRUNABLE: &str = "
     ORDER BY t.id
     LIMIT ?3";
 
-/// The SQL text of one database transaction that writes `groups` (in
-/// [`Group::ALL`] order) with their statements, the N-th `?` being the rows
-/// of the N-th group; made once per set of groups and kept, so that sqlx's
-/// statement cache (keyed by the text) prepares each set once per
-/// connection. Anonymous `?`, not `?N`: sqlx binds a multi-statement text's
-/// anonymous parameters in order, but skips a `?N` that follows a gap in
-/// the numbering. `BEGIN IMMEDIATE` takes the write lock up front, so a
-/// batch never fails halfway for want of it (an operator's tool or the
-/// retention sweep may hold it for a moment; the busy timeout waits).
-fn batch_text(groups: &[Group]) -> &'static str {
-    static TEXTS: [OnceLock<String>; 1 << Group::ALL.len()] =
-        [const { OnceLock::new() }; 1 << Group::ALL.len()];
-    let set = groups
-        .iter()
-        .fold(0usize, |set, group| set | 1 << group.position());
-    TEXTS[set].get_or_init(|| {
-        let statements = groups
-            .iter()
-            .map(|group| statement(*group).replace("?1", "?"))
-            .collect::<Vec<_>>()
-            .join(";\n");
-        format!("BEGIN IMMEDIATE;\n{statements};\nCOMMIT")
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The statement that writes one group of a batch (`store::batch`): each
-/// takes the group's rows as one JSON array and spreads it with
-/// `jsonb_each`, which hands each row to `->>` as JSONB: `json_each` handed
-/// it over as text, parsed again by each `->>` (over a third of the
-/// writer's CPU under load, measured with `perf`).
-fn statement(group: Group) -> &'static str {
-    match group {
-        Group::Transactions => INSERT_TRANSACTIONS,
-        Group::Branches => INSERT_BRANCHES,
-        Group::Steps => INSERT_STEPS,
-        Group::Decided => DECIDE,
-        Group::Aborting => ABORT,
-        Group::SagaStates => SAGA_STATE,
-        Group::StepProgress => STEP_PROGRESS,
-        Group::Attention => NEEDS_ATTENTION,
-        Group::OperatorActions => OPERATOR_ACTIONS,
-        Group::Ended => END,
-        Group::BranchEnds => BRANCH_END,
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_with_the_reason() {
+        for url in ["sqlite::memory:", "sqlite://log.db?mode=memory"] {
+            let error = SqliteStore::open_url(url).await.expect_err(url);
+            assert!(error.to_string().contains("in-memory"), "{url}: {error}");
+        }
     }
 }
-
-const INSERT_TRANSACTIONS: &str = "
-    INSERT INTO transactions
-      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
-    SELECT j.value ->> 'id', j.value ->> 'kind', j.value ->> 'state', j.value ->> 'created',
-           j.value ->> 'deadline', j.value ->> 'key', j.value ->> 'description'
-    FROM jsonb_each(?1) AS j";
-
-// `unhex('')` is NULL, not an empty blob: an empty payload stays empty.
-const INSERT_BRANCHES: &str = "
-    INSERT INTO branches (txn_id, idx, name, participant, payload, state)
-    SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
-           COALESCE(unhex(j.value ->> 'payload'), X''), 'enlisted'
-    FROM jsonb_each(?1) AS j";
-
-const INSERT_STEPS: &str = "
-    INSERT INTO saga_steps
-      (txn_id, idx, name, participant, kind, action, compensation, depends_on,
-       attempt_timeout_ms, retry_initial_ms, retry_multiplier, retry_max_ms,
-       retry_max_attempts, retry_jitter)
-    SELECT j.value ->> 'txn', j.value ->> 'idx', j.value ->> 'name', j.value ->> 'participant',
-           j.value ->> 'kind', COALESCE(unhex(j.value ->> 'action'), X''),
-           CASE WHEN j.value ->> 'compensation' IS NULL THEN NULL
-                ELSE COALESCE(unhex(j.value ->> 'compensation'), X'') END,
-           j.value ->> 'depends_on', j.value ->> 'timeout', j.value ->> 'initial',
-           j.value ->> 'multiplier', j.value ->> 'max', j.value ->> 'attempts',
-           j.value ->> 'jitter'
-    FROM jsonb_each(?1) AS j";
-
-// R1/R2: a decision applies only to a transaction still active.
-const DECIDE: &str = "
-    UPDATE transactions SET state = 'committing', decided_at_ms = j.value ->> 'at'
-    FROM jsonb_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
-
-const ABORT: &str = "
-    UPDATE transactions
-    SET state = 'aborting', decided_at_ms = j.value ->> 'at', reason = j.value ->> 'reason'
-    FROM jsonb_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id' AND transactions.state = 'active'";
-
-// Most step records leave the saga's state and reason as they were
-// (RUNNING, none): such rows are looked up but not rewritten.
-const SAGA_STATE: &str = "
-    UPDATE transactions SET state = j.value ->> 'state', reason = j.value ->> 'reason'
-    FROM jsonb_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id'
-      AND (transactions.state, transactions.reason)
-          IS NOT (j.value ->> 'state', j.value ->> 'reason')";
-
-const STEP_PROGRESS: &str = "
-    UPDATE saga_steps
-    SET state = j.value ->> 'state', attempts = j.value ->> 'attempts',
-        compensation_attempts = j.value ->> 'compensations', last_error = j.value ->> 'error'
-    FROM jsonb_each(?1) AS j
-    WHERE saga_steps.txn_id = j.value ->> 'txn' AND saga_steps.idx = j.value ->> 'idx'";
-
-const OPERATOR_ACTIONS: &str = "
-    INSERT INTO operator_actions (txn_id, at_ms, branch, outcome, reason, operator)
-    SELECT j.value ->> 'txn', j.value ->> 'at', j.value ->> 'branch', j.value ->> 'outcome',
-           j.value ->> 'reason', j.value ->> 'operator'
-    FROM jsonb_each(?1) AS j";
-
-const NEEDS_ATTENTION: &str = "
-    UPDATE transactions SET needs_attention = 1
-    WHERE id IN (SELECT value FROM json_each(?1))";
-
-// The decided_at stamp stays the decision's; an abort decided and ended in
-// one step gets both. A saga that needed attention while retrying no longer
-// does once it ended, unless it FAILED.
-const END: &str = "
-    UPDATE transactions
-    SET state = j.value ->> 'state', ended_at_ms = j.value ->> 'at',
-        read_only = j.value ->> 'read_only', reason = j.value ->> 'reason',
-        decided_at_ms = COALESCE(transactions.decided_at_ms, j.value ->> 'at'),
-        needs_attention = (j.value ->> 'state' = 'failed')
-    FROM jsonb_each(?1) AS j
-    WHERE transactions.id = j.value ->> 'id'";
-
-const BRANCH_END: &str = "
-    UPDATE branches
-    SET state = j.value ->> 'state', vote = j.value ->> 'vote',
-        attempts = j.value ->> 'attempts', last_error = j.value ->> 'error'
-    FROM jsonb_each(?1) AS j
-    WHERE branches.txn_id = j.value ->> 'txn' AND branches.idx = j.value ->> 'idx'";
