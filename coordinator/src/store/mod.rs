@@ -192,6 +192,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the log writer's thread has stopped")]
     WriterStopped,
+    #[error("cannot start the log writer's thread: {0}")]
+    WriterThread(std::io::Error),
     #[error("schema migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the data directory {path}: {source}")]

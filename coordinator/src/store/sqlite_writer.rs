@@ -5,7 +5,7 @@
 //! Why a thread of its own and not sqlx: the log writer's batch was the
 //! coordinator's serial path, and on sqlx each batch was encoded into JSON
 //! arrays on the runtime, handed to sqlx's worker thread, decoded again by
-//! SQLite's JSON functions and looked up field by field (a quarter of the
+//! SQLite's JSON functions and looked up field by field (a fifth of the
 //! SQLite thread's time, measured with `perf`), with a hand-off between
 //! threads per statement. Here the records travel to the thread as they
 //! are, and each becomes a cached prepared statement with its values bound:
@@ -45,7 +45,7 @@ impl WriterThread {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (ready, opened) = oneshot::channel();
         std::thread::Builder::new()
-            .name("concord-log-sqlite".into())
+            .name("concord-sqlite".into())
             .spawn(move || {
                 let connection = match open(&path, busy_timeout) {
                     Ok(connection) => {
@@ -59,16 +59,11 @@ impl WriterThread {
                 };
                 serve(connection, receiver, busy_timeout);
             })
-            .map_err(|source| StoreError::DataDir {
-                path: "(log writer thread)".into(),
-                source,
-            })?;
+            .map_err(StoreError::WriterThread)?;
         match opened.await {
             Ok(Ok(())) => Ok(Self { jobs }),
             Ok(Err(error)) => Err(error.into()),
-            Err(_) => Err(StoreError::Corrupt(
-                "the SQLite log writer thread stopped while opening".into(),
-            )),
+            Err(_) => Err(StoreError::WriterStopped),
         }
     }
 
@@ -88,10 +83,10 @@ fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // The pool's first connection already put the file in WAL mode, which
-    // is a property of the file; synchronous and foreign keys are per
-    // connection. R1: FULL makes a commit return only after the WAL is
-    // fsynced.
+    // WAL is a property of the file (the pool set it already; asked again
+    // so that this connection can never write in another mode); synchronous
+    // and foreign keys are per connection. R1: FULL makes a commit return
+    // only after the WAL is fsynced.
     connection.pragma_update(None, "journal_mode", "wal")?;
     connection.pragma_update(None, "synchronous", "full")?;
     connection.pragma_update(None, "foreign_keys", "on")?;
