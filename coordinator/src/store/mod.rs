@@ -203,8 +203,10 @@ pub enum StoreError {
     },
     #[error("the store holds a value it cannot read: {0}")]
     Corrupt(String),
+    /// A store the node cannot keep its promises on (an in-memory SQLite
+    /// database would lose every decision: R1).
     #[error("{0}")]
-    InUse(String),
+    Unsafe(String),
 }
 
 /// What [`Store::append`] did with a batch.

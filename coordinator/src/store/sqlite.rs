@@ -67,7 +67,7 @@ impl SqliteStore {
     /// process (R1).
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
-            return Err(StoreError::InUse(format!(
+            return Err(StoreError::Unsafe(format!(
                 "{url} is an in-memory database, which loses every decision when the \
                  process ends; give a file (sqlite:///path/to/log.db)"
             )));
