@@ -295,6 +295,115 @@ const PRUNABLE: &str = "
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{BranchState, StepStatus, TxnState};
+
+    /// A log written before migration 0004 (rowid tables) reads the same
+    /// after it, and takes new records with the same rules.
+    #[tokio::test]
+    async fn a_log_from_before_the_rowid_rebuild_reads_the_same_after_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let earlier = dir.path().join("migrations");
+        std::fs::create_dir(&earlier).expect("dir");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for name in [
+            "0001_transactions.sql",
+            "0002_sagas.sql",
+            "0003_operator_actions.sql",
+        ] {
+            std::fs::copy(shipped.join(name), earlier.join(name)).expect("copy");
+        }
+        let url = format!("sqlite://{}", dir.path().join(DATABASE_FILE).display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let old = SqlitePool::connect_with(options).await.expect("open");
+        sqlx::migrate::Migrator::new(earlier.as_path())
+            .await
+            .expect("migrations")
+            .run(&old)
+            .await
+            .expect("migrate to 0003");
+        let (txn, saga) = (TxnId::mint(), TxnId::mint());
+        for statement in [
+            "INSERT INTO transactions (id, kind, state, created_at_ms, deadline_ms,
+                 decided_at_ms, idempotency_key, description)
+             VALUES (?1, 'two_phase', 'committing', 1, 30001, 5, 'key-1', 'transfer')",
+            "INSERT INTO branches (txn_id, idx, name, participant, payload, state, attempts)
+             VALUES (?1, 0, 'debit', 'http://a', X'0102', 'committed', 1),
+                    (?1, 1, 'credit', 'http://b', X'', 'prepared', 0)",
+            "INSERT INTO operator_actions (txn_id, at_ms, branch, outcome, reason, operator)
+             VALUES (?1, 9, 'credit', 'committed', 'checked by hand', 'ana')",
+            "INSERT INTO transactions (id, kind, state, created_at_ms, deadline_ms, needs_attention)
+             VALUES (?2, 'saga', 'running', 2, 0, 1)",
+            "INSERT INTO saga_steps (txn_id, idx, name, participant, kind, action, compensation,
+                 depends_on, attempt_timeout_ms, retry_initial_ms, retry_multiplier,
+                 retry_max_ms, retry_max_attempts, retry_jitter, state, attempts)
+             VALUES (?2, 0, 'hotel', 'http://h', 'compensatable', X'aa', X'bb', '', 1000, 10,
+                     2.0, 1000, 5, 1, 'succeeded', 2)",
+        ] {
+            sqlx::query(statement)
+                .bind(txn.to_string())
+                .bind(saga.to_string())
+                .execute(&old)
+                .await
+                .expect(statement);
+        }
+        old.close().await;
+
+        let store = SqliteStore::open_dir(dir.path()).await.expect("migrate");
+        let view = store.load(&txn).await.expect("read").expect("found");
+        assert_eq!(view.state, TxnState::Committing);
+        assert_eq!(view.idempotency_key.as_deref(), Some("key-1"));
+        assert_eq!(view.decided_at_ms, Some(5));
+        let states: Vec<BranchState> = view.branches.iter().map(|b| b.state).collect();
+        assert_eq!(states, [BranchState::Committed, BranchState::Prepared]);
+        assert_eq!(view.operator_actions.len(), 1);
+        assert_eq!(
+            store.load_by_key("key-1").await.expect("key").map(|v| v.id),
+            Some(txn)
+        );
+        let saga_view = store.load(&saga).await.expect("read").expect("found");
+        assert!(saga_view.needs_attention);
+        assert_eq!(saga_view.steps[0].status, StepStatus::Succeeded);
+        assert_eq!(saga_view.steps[0].attempts, 2);
+        let unfinished = store.load_unfinished().await.expect("unfinished");
+        assert_eq!(unfinished.len(), 2);
+        assert_eq!(unfinished[0].payloads, [vec![1, 2], Vec::new()]);
+
+        // The rules hold on the rebuilt tables: a taken key fails its batch,
+        // keyless transactions do not collide, a branch needs its parent.
+        let again = Record::Begun {
+            id: TxnId::mint(),
+            created_at_ms: 3,
+            deadline_ms: 4,
+            idempotency_key: Some("key-1".into()),
+            description: None,
+        };
+        assert!(store.append_batch(&[again]).await.is_err());
+        let keyless = |id| Record::Begun {
+            id,
+            created_at_ms: 3,
+            deadline_ms: 4,
+            idempotency_key: None,
+            description: None,
+        };
+        store
+            .append_batch(&[keyless(TxnId::mint()), keyless(TxnId::mint())])
+            .await
+            .expect("keyless transactions");
+        let orphan = Record::Enlisted {
+            id: TxnId::mint(),
+            idx: 0,
+            name: "b".into(),
+            participant: "http://p".into(),
+            payload: Vec::new(),
+        };
+        assert!(store.append_batch(&[orphan]).await.is_err());
+        let rowid = sqlx::query("SELECT rowid FROM transactions")
+            .execute(store.pool())
+            .await;
+        assert!(rowid.is_err(), "transactions is a WITHOUT ROWID table");
+    }
 
     #[tokio::test]
     async fn an_in_memory_database_is_refused_with_the_reason() {
