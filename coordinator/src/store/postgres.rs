@@ -159,7 +159,7 @@ impl PostgresStore {
     /// the transactions the batch creates. The row locks make a concurrent
     /// takeover wait for this commit, or this batch see the takeover.
     ///
-    /// Usually one round trip: `concord_append` (migrations/postgres/0004)
+    /// Usually one round trip: `concord_append` (migrations/postgres/0004, 0005)
     /// fences and writes in one statement that commits on return. Only when
     /// some transaction was taken over does it write nothing and name them;
     /// the batch is then written again without their records, in a
@@ -612,7 +612,7 @@ const CLAIM: &str = "
 // Fencing: the transactions of a batch still owned by this node at the
 // epoch it knows, locked until the batch commits. Ordered by id so that two
 // writers lock in the same order.
-/// Fences and writes one batch (migrations/postgres/0004_append.sql): the
+/// Fences and writes one batch (migrations/postgres/0005_append_by_key.sql): the
 /// node's id, the transactions to fence as `[{"id", "epoch"}]`, then each
 /// group's rows in [`Group::ALL`] order, an absent group as `[]`. Returns
 /// the ids it refused (another node owns them now), having written nothing;
