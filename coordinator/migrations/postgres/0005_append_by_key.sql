@@ -37,11 +37,12 @@ DECLARE
     owned  TEXT[];
     fenced TEXT[];
     ids    TEXT[];
-    epochs BIGINT[];
+    epochs JSONB;
 BEGIN
     IF jsonb_array_length(fence_rows) > 0 THEN
-        -- One pass over the rows, so ids[i] and epochs[i] are one row's.
-        SELECT array_agg(j ->> 'id'), array_agg((j ->> 'epoch')::bigint)
+        -- The ids, and each one's epoch keyed by id (a JSONB object's keys
+        -- are found by binary search: no scan of the list per row).
+        SELECT array_agg(j ->> 'id'), jsonb_object_agg(j ->> 'id', j -> 'epoch')
         INTO ids, epochs
         FROM jsonb_array_elements(fence_rows) AS j;
         -- `id = ANY (ids)` is an index condition whose rows come back in
@@ -50,7 +51,7 @@ BEGIN
             SELECT t.id FROM transactions AS t
             WHERE t.id = ANY (ids)
               AND t.owner = node
-              AND t.epoch = epochs[array_position(ids, t.id)]
+              AND t.epoch = (epochs ->> t.id)::bigint
             ORDER BY t.id
             FOR UPDATE OF t
         ) AS locked;

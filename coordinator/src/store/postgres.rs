@@ -609,14 +609,13 @@ const CLAIM: &str = "
       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = t.owner AND n.state = 'live')
     RETURNING t.id, t.epoch";
 
-// Fencing: the transactions of a batch still owned by this node at the
-// epoch it knows, locked until the batch commits. Ordered by id so that two
-// writers lock in the same order.
-/// Fences and writes one batch (migrations/postgres/0005_append_by_key.sql): the
-/// node's id, the transactions to fence as `[{"id", "epoch"}]`, then each
-/// group's rows in [`Group::ALL`] order, an absent group as `[]`. Returns
-/// the ids it refused (another node owns them now), having written nothing;
-/// empty once the batch is written.
+/// Fences and writes one batch (`concord_append`,
+/// migrations/postgres/0005_append_by_key.sql): the node's id, the
+/// transactions to fence as `[{"id", "epoch"}]` (locked, in id order so
+/// that two writers lock in the same order, while still this node's at the
+/// epoch it knows), then each group's rows in [`Group::ALL`] order, an
+/// absent group as `[]`. Returns the ids it refused (another node owns them
+/// now), having written nothing; empty once the batch is written.
 async fn append(
     executor: impl sqlx::PgExecutor<'_>,
     node: &str,
