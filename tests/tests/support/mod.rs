@@ -369,6 +369,15 @@ impl TestParticipant {
 
     /// The handler runs for one transaction, in order: "prepare", "commit",
     /// "abort".
+    /// Effects of every transaction.
+    pub async fn effect_count(&self) -> i64 {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM effects")
+            .fetch_one(&self.pool)
+            .await
+            .expect("effects");
+        count
+    }
+
     pub async fn effects(&self, txn_id: &str) -> Vec<String> {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT op FROM effects WHERE txn_id = ?1 ORDER BY rowid")
@@ -407,6 +416,7 @@ impl TestParticipant {
         let _ = self.task.await;
     }
 }
+pub mod faulty_store;
 pub mod postgres;
 pub mod processes;
 pub mod proxy;
