@@ -120,7 +120,10 @@ pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, Sta
     Ok(value.to_owned())
 }
 
-/// An absolute http:// or https:// URI with a host, and no path beyond "/".
+/// An absolute http:// or https:// URI with a host and a port (1 to
+/// 65535), no user information, and no path beyond "/" nor query. The
+/// port is required although a scheme implies one: a participant on port
+/// 80 or 443 is rare, and a forgotten port is not (types.proto).
 pub fn endpoint(field: &str, value: &str) -> Result<String, Status> {
     if value.is_empty() {
         return Err(invalid(format!(
@@ -147,6 +150,25 @@ pub fn endpoint(field: &str, value: &str) -> Result<String, Status> {
     let host = uri.host().unwrap_or_default();
     if host.is_empty() {
         return Err(invalid(format!("{field} {value:?} has no host")));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(invalid(format!(
+            "{field} {value:?} has user information (before '@'); name only host and port"
+        )));
+    }
+    let Some(port) = uri.port() else {
+        return Err(invalid(format!(
+            "{field} {value:?} has no port; give the one the participant listens on, e.g. http://{host}:7501"
+        )));
+    };
+    match port.as_str().parse::<u16>() {
+        Ok(1..) => {}
+        _ => {
+            return Err(invalid(format!(
+                "{field} {value:?} has port {}; a port is between 1 and 65535",
+                port.as_str()
+            )));
+        }
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(invalid(format!(
@@ -437,6 +459,9 @@ mod tests {
             Some("http://127.0.0.1:7501")
         );
         assert!(endpoint("participant", "https://bank.internal:443").is_ok());
+        assert!(endpoint("participant", "http://[::1]:65535").is_ok());
+        let status = endpoint("participant", "http://127.0.0.1").expect_err("port-less");
+        assert!(status.message().contains("no port"), "{}", status.message());
         for bad in [
             "",
             "127.0.0.1:7501",
@@ -445,6 +470,14 @@ mod tests {
             "http://h:1/path",
             "http://h:1?q=1",
             "not a uri",
+            "http://127.0.0.1",
+            "https://bank.internal",
+            "http://127.0.0.1:",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:65536",
+            "http://127.0.0.1:99999999999",
+            "http://user:pw@127.0.0.1:7501",
+            "http://[::1]",
         ] {
             let status = endpoint("participant", bad).expect_err(bad);
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");

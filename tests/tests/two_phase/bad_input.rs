@@ -283,32 +283,34 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn malformed_protobuf_bytes_to_every_rpc_do_not_hurt_the_coordinator() {
+async fn malformed_protobuf_bytes_to_every_rpc_are_invalid_argument_and_change_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let participant = TestParticipant::start(dir.path(), "p", None).await;
     let client = client(&node);
     let id = client
         .begin(Default::default())
         .await
         .expect("begin")
         .transaction_id;
-    // Bytes that are not a valid message of any request type: a length
-    // running past the end, a truncated varint, a wrong wire type for field
-    // 1 (a string everywhere it matters), a string that is not UTF-8, an
-    // unknown wire type, and seeded noise.
-    let mut garbage: Vec<Vec<u8>> = vec![
-        vec![0x0a, 0xff, 0x01, 0x41],
-        vec![0x08, 0x96],
-        vec![0x0d, 0x01],
-        vec![0x0a, 0x02, 0xc3, 0x28],
-        vec![0x0f, 0x00],
-        vec![0xff; 32],
+    // Bytes that no request type parses: a length running past the end,
+    // a truncated varint, an unknown wire type (7), a group end without
+    // its start, and a field number 0.
+    let unparsable: [&[u8]; 5] = [
+        &[0x0a, 0xff, 0x01, 0x41],
+        &[0x08, 0x96],
+        &[0x0f, 0x00],
+        &[0x0c],
+        &[0x00, 0x01],
     ];
+    // Bytes that may parse as some message: a string that is not UTF-8 for
+    // field 1, all ones, and seeded noise.
+    let mut maybe: Vec<Vec<u8>> = vec![vec![0x0a, 0x02, 0xc3, 0x28], vec![0xff; 32]];
     let mut noise = fastrand::Rng::with_seed(11);
     for len in [1usize, 7, 64, 4096] {
-        garbage.push((0..len).map(|_| noise.u8(..)).collect());
+        maybe.push((0..len).map(|_| noise.u8(..)).collect());
     }
-    const RPCS: [&str; 10] = [
+    const COORDINATOR: [&str; 10] = [
         "/concord.v1.Coordinator/Begin",
         "/concord.v1.Coordinator/Enlist",
         "/concord.v1.Coordinator/Commit",
@@ -320,28 +322,63 @@ async fn malformed_protobuf_bytes_to_every_rpc_do_not_hurt_the_coordinator() {
         "/concord.v1.Coordinator/RetryTransaction",
         "/concord.v1.Coordinator/ResolveBranch",
     ];
-    for rpc in RPCS {
-        for bytes in &garbage {
-            let status = raw_call(&node.url(), rpc, bytes).await;
-            // INTERNAL is gRPC's code for a request that does not parse;
-            // bytes that happen to parse meet the field checks instead.
+    // The SDK's Participant service decodes with the same codec.
+    const PARTICIPANT: [&str; 7] = [
+        "/concord.v1.Participant/Prepare",
+        "/concord.v1.Participant/Commit",
+        "/concord.v1.Participant/Abort",
+        "/concord.v1.Participant/CommitOnePhase",
+        "/concord.v1.Participant/Execute",
+        "/concord.v1.Participant/Compensate",
+        "/concord.v1.Participant/Batch",
+    ];
+    let targets = COORDINATOR.iter().map(|rpc| (node.url(), *rpc)).chain(
+        PARTICIPANT
+            .iter()
+            .map(|rpc| (participant.url.clone(), *rpc)),
+    );
+    for (url, rpc) in targets {
+        for bytes in unparsable {
+            let status = raw_call(&url, rpc, bytes).await;
+            // The client's fault, said as such: never INTERNAL (kept for
+            // the service's own faults).
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{rpc} answered {status:?} to {bytes:?}"
+            );
+            assert!(
+                status
+                    .message()
+                    .starts_with("failed to decode Protobuf message"),
+                "{rpc}: {:?}",
+                status.message()
+            );
+        }
+        if !rpc.starts_with("/concord.v1.Coordinator/") {
+            continue;
+        }
+        for bytes in &maybe {
+            // Bytes that happen to parse meet the field checks instead.
+            let code = raw_call(&url, rpc, bytes).await.code();
             assert!(
                 matches!(
-                    status,
-                    Code::Internal | Code::InvalidArgument | Code::NotFound | Code::Ok
+                    code,
+                    Code::InvalidArgument | Code::NotFound | Code::Ok | Code::FailedPrecondition
                 ),
-                "{rpc} answered {status:?} to {bytes:?}"
+                "{rpc} answered {code:?} to {bytes:?}"
             );
         }
     }
-    // Still serving, state intact.
+    // Still serving, state intact, and the participant did nothing.
     let txn = client.transaction(&id).await.expect("get after garbage");
     assert_eq!(txn.state, pb::TransactionState::Active as i32);
     assert!(txn.branches.is_empty());
+    assert_eq!(participant.effect_count().await, 0);
 }
 
 /// Sends `body` as one gRPC message to `path` without any typed encoding.
-async fn raw_call(url: &str, path: &'static str, body: &[u8]) -> Code {
+async fn raw_call(url: &str, path: &'static str, body: &[u8]) -> tonic::Status {
     use tonic::codegen::http;
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .expect("url")
@@ -359,8 +396,8 @@ async fn raw_call(url: &str, path: &'static str, body: &[u8]) -> Code {
         )
         .await;
     match result {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
     }
 }
 
@@ -411,4 +448,72 @@ impl tonic::codec::Decoder for BytesCodec {
         src.copy_to_slice(&mut out);
         Ok(Some(out))
     }
+}
+
+#[tokio::test]
+async fn endpoints_without_a_usable_port_are_refused_where_they_enter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = client(&node);
+    let mut raw = client.raw();
+    let id = client
+        .begin(Default::default())
+        .await
+        .expect("begin")
+        .transaction_id;
+    for (bad, needle) in [
+        ("http://127.0.0.1", "no port"),
+        ("https://bank.internal", "no port"),
+        ("http://127.0.0.1:0", "between 1 and 65535"),
+        ("http://127.0.0.1:65536", "participant"),
+        ("http://127.0.0.1:7501/v1", "no path"),
+        ("http://ops:secret@127.0.0.1:7501", "user information"),
+    ] {
+        expect(
+            raw.enlist(pb::EnlistRequest {
+                transaction_id: id.clone(),
+                participant: bad.into(),
+                payload: b"commit".to_vec(),
+                branch: "a".into(),
+            })
+            .await,
+            Code::InvalidArgument,
+            needle,
+        );
+        let begin = raw
+            .begin(pb::BeginRequest {
+                branches: vec![pb::BranchSpec {
+                    participant: bad.into(),
+                    payload: b"commit".to_vec(),
+                    branch: "a".into(),
+                }],
+                commit: true,
+                ..pb::BeginRequest::default()
+            })
+            .await;
+        expect(begin, Code::InvalidArgument, "branches[0].participant");
+        let saga = raw
+            .submit_saga(pb::SubmitSagaRequest {
+                steps: vec![pb::SagaStep {
+                    name: "pay".into(),
+                    participant: bad.into(),
+                    kind: pb::StepKind::Pivot as i32,
+                    action: b"x".to_vec(),
+                    ..pb::SagaStep::default()
+                }],
+                ..pb::SubmitSagaRequest::default()
+            })
+            .await;
+        expect(saga, Code::InvalidArgument, "step \"pay\": participant");
+    }
+    // Nothing was enlisted and nothing began.
+    let txn = client.transaction(&id).await.expect("get");
+    assert_eq!(txn.state, pb::TransactionState::Active as i32);
+    assert!(txn.branches.is_empty());
+    let listed = raw
+        .list_transactions(pb::ListTransactionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.transactions.len(), 1);
 }

@@ -47,8 +47,19 @@ fn txn_id(known: Vec<String>) -> impl Strategy<Value = String> {
     ]
 }
 
+/// Endpoints that parse as URIs but can never be dialled as given: each
+/// must be INVALID_ARGUMENT wherever it appears (issue 23).
+const UNUSABLE_ENDPOINTS: [&str; 5] = [
+    "http://127.0.0.1",
+    "http://127.0.0.1:0",
+    "http://127.0.0.1:65536",
+    "http://127.0.0.1:7501/v1/participant",
+    "http://user@127.0.0.1:7501",
+];
+
 fn endpoint() -> impl Strategy<Value = String> {
     prop_oneof![
+        proptest::sample::select(UNUSABLE_ENDPOINTS.to_vec()).prop_map(str::to_owned),
         // Refuses connections at once: prepares fail fast.
         Just("http://127.0.0.1:1".to_string()),
         Just("https://example.invalid:7501/".to_string()),
@@ -251,6 +262,25 @@ fn check<T: Debug>(rpc: &str, request: &impl Debug, result: Result<T, tonic::Sta
     );
 }
 
+/// A request naming an unusable endpoint must be refused as such, whatever
+/// else it holds (fields are checked before anything is looked up).
+fn check_endpoints<T: Debug>(
+    rpc: &str,
+    endpoints: &[&str],
+    request: &impl Debug,
+    result: &Result<T, tonic::Status>,
+) {
+    if endpoints.iter().any(|e| UNUSABLE_ENDPOINTS.contains(e)) {
+        let code = result.as_ref().err().map(tonic::Status::code);
+        assert_eq!(
+            code,
+            Some(Code::InvalidArgument),
+            "{rpc} with an unusable endpoint: {:.400}",
+            format!("{request:?}")
+        );
+    }
+}
+
 /// Draws `cases()` values of `strategy`.
 fn draws<S: Strategy>(runner: &mut TestRunner, strategy: S) -> Vec<S::Value> {
     (0..cases())
@@ -306,21 +336,29 @@ async fn any_request_to_any_rpc_gets_a_precise_answer_and_changes_nothing_decide
     );
     let mut raw = client.raw();
     for request in draws(&mut runner, begin(known.clone())) {
-        check("Begin", &request, raw.begin(within(request.clone())).await);
+        let result = raw.begin(within(request.clone())).await;
+        let endpoints: Vec<&str> = request
+            .branches
+            .iter()
+            .map(|b| b.participant.as_str())
+            .collect();
+        check_endpoints("Begin", &endpoints, &request, &result);
+        check("Begin", &request, result);
     }
     for request in draws(&mut runner, enlist(known.clone())) {
-        check(
-            "Enlist",
-            &request,
-            raw.enlist(within(request.clone())).await,
-        );
+        let result = raw.enlist(within(request.clone())).await;
+        check_endpoints("Enlist", &[request.participant.as_str()], &request, &result);
+        check("Enlist", &request, result);
     }
     for request in draws(&mut runner, submit_saga()) {
-        check(
-            "SubmitSaga",
-            &request,
-            raw.submit_saga(within(request.clone())).await,
-        );
+        let result = raw.submit_saga(within(request.clone())).await;
+        let endpoints: Vec<&str> = request
+            .steps
+            .iter()
+            .map(|s| s.participant.as_str())
+            .collect();
+        check_endpoints("SubmitSaga", &endpoints, &request, &result);
+        check("SubmitSaga", &request, result);
     }
     for request in draws(&mut runner, list()) {
         check(
