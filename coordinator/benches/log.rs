@@ -20,6 +20,7 @@ fn batch(transactions: usize) -> Vec<Record> {
             created_at_ms: 1,
             deadline_ms: 30_001,
             idempotency_key: None,
+            request_digest: None,
             description: None,
         });
         for idx in 0..2 {

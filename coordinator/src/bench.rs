@@ -706,6 +706,7 @@ async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
                     created_at_ms: now_ms(),
                     deadline_ms: now_ms() + 3_600_000,
                     idempotency_key: None,
+                    request_digest: None,
                     description: None,
                 });
                 for (idx, url) in participant_urls.iter().enumerate() {

@@ -167,6 +167,14 @@ struct ServeArgs {
           action = clap::ArgAction::Set, value_name = "BOOL")]
     batch_calls: bool,
 
+    /// A forced log write (a decision, an end) that failed this many times
+    /// answers its waiting client UNAVAILABLE with the store's error; the
+    /// node goes on writing it with capped backoff, since a decision
+    /// cannot be dropped, and reports NOT_SERVING until a write succeeds.
+    #[arg(long, env = "CONCORD_LOG_WRITE_ATTEMPTS", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    log_write_attempts: u32,
+
     /// First retry delay of phase-2 deliveries, in ms; doubles with jitter.
     #[arg(long, env = "CONCORD_RETRY_MIN_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -235,6 +243,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_prepare_timeout: ms(args.prepare_timeout_ms),
             delivery_timeout: ms(args.delivery_timeout_ms),
             batch_calls: args.batch_calls,
+            log_write_attempts: args.log_write_attempts,
             max_branches: usize::try_from(args.max_branches).unwrap_or(usize::MAX),
             advertised_url: args.advertise_url.clone().unwrap_or_default(),
             peer_tls: peer_tls(&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key)?,

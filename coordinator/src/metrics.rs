@@ -12,6 +12,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use crate::model::{TxnKind, TxnState};
+use crate::protocol::two_phase::Decision;
 
 /// Latency buckets, in seconds: from a loopback round trip to a slow
 /// participant's deadline.
@@ -84,9 +85,22 @@ pub(crate) fn call_batch(calls: usize) {
     histogram!("concord_participant_batch_calls").record(calls as f64);
 }
 
-/// A log batch failed (the store's error); its records are retried.
-pub(crate) fn log_failure() {
-    counter!("concord_log_failures_total").increment(1);
+/// A write to the log failed (the store's error): nothing in it was
+/// applied, and its callers write again.
+pub(crate) fn log_write_failure() {
+    counter!("concord_log_write_failures_total").increment(1);
+}
+
+/// A recovered transaction sends its decision to a branch: perhaps again,
+/// since a participant's acknowledgement before the restart is not logged
+/// (one write per branch saved on every transaction's path; the ledger
+/// answers a repeat as a duplicate).
+pub(crate) fn redelivery(decision: Decision) {
+    let decision = match decision {
+        Decision::Commit => "commit",
+        Decision::Abort => "abort",
+    };
+    counter!("concord_redeliveries_total", "decision" => decision).increment(1);
 }
 
 /// Records refused because another node owns their transaction now.

@@ -387,6 +387,12 @@ pub struct BranchView {
     pub payload_bytes: u64,
 }
 
+/// The SHA-256 (hex) of what a Begin or SubmitSaga asked for, less its
+/// idempotency key and how it wanted to be answered: two requests with the
+/// same key and different digests are different requests (R7), and the
+/// second is refused (docs/design.md, "Idempotency keys").
+pub type RequestDigest = String;
+
 /// One transaction as the coordinator knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnView {
@@ -399,6 +405,10 @@ pub struct TxnView {
     pub ended_at_ms: Option<u64>,
     pub reason: Option<String>,
     pub idempotency_key: Option<String>,
+    /// With a key: the digest of the request the key was first used with
+    /// ([`RequestDigest`]); None without a key, or from a log written
+    /// before digests were kept.
+    pub request_digest: Option<RequestDigest>,
     pub description: Option<String>,
     pub read_only: bool,
     pub branch_count: u32,

@@ -4,8 +4,8 @@
 use concord_proto::v1 as pb;
 
 use crate::model::{
-    BranchState, BranchView, Resolution, StepKind, StepStatus, StepView, TxnKind, TxnState,
-    TxnView, VoteKind,
+    BranchState, BranchView, RequestDigest, Resolution, StepKind, StepStatus, StepView, TxnKind,
+    TxnState, TxnView, VoteKind,
 };
 use crate::protocol::two_phase::Outcome;
 use crate::runtime::Error;
@@ -162,6 +162,51 @@ pub fn resolution(outcome: Resolution) -> pb::Resolution {
 }
 
 /// Every runtime error as the one gRPC status that describes it.
+/// R7: what a keyed Begin asked for (its timeout, description and
+/// branches), not how it wants to be answered (`commit`,
+/// `prepare_timeout_ms`: a Begin retried to also commit is the same
+/// request). None without a key.
+pub fn begin_digest(request: &pb::BeginRequest) -> Option<RequestDigest> {
+    if request.idempotency_key.is_empty() {
+        return None;
+    }
+    let asked = pb::BeginRequest {
+        timeout_ms: request.timeout_ms,
+        description: request.description.clone(),
+        branches: request.branches.clone(),
+        ..pb::BeginRequest::default()
+    };
+    Some(digest(&asked))
+}
+
+/// R7: what a keyed SubmitSaga asked for (its steps and description), not
+/// whether it waits for the end. None without a key.
+pub fn saga_digest(request: &pb::SubmitSagaRequest) -> Option<RequestDigest> {
+    if request.idempotency_key.is_empty() {
+        return None;
+    }
+    let asked = pb::SubmitSagaRequest {
+        steps: request.steps.clone(),
+        description: request.description.clone(),
+        ..pb::SubmitSagaRequest::default()
+    };
+    Some(digest(&asked))
+}
+
+/// SHA-256 of the message's protobuf encoding, in hex. prost writes fields
+/// in tag order and repeated fields in their order, so the same request
+/// always has the same digest; a field added later is left out while it
+/// holds its default, so older digests stay valid.
+fn digest(message: &impl prost::Message) -> RequestDigest {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(message.encode_to_vec());
+    hash.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Metadata of an ALREADY_EXISTS answer to a reused idempotency key: the
+/// id of the transaction the key began.
+pub const TRANSACTION_ID: &str = "concord-transaction-id";
+
 pub fn status(error: Error) -> tonic::Status {
     let message = error.to_string();
     match error {
@@ -170,6 +215,16 @@ pub fn status(error: Error) -> tonic::Status {
             tonic::Status::failed_precondition(message)
         }
         Error::BranchConflict { .. } => tonic::Status::already_exists(message),
+        Error::KeyReused { id, .. } => {
+            // The first transaction, named in the message and here for
+            // programs (R7, as Stripe and the IETF Idempotency-Key draft
+            // refuse a key reused with another body).
+            let mut status = tonic::Status::already_exists(message);
+            if let Ok(id) = id.to_string().parse() {
+                status.metadata_mut().insert(TRANSACTION_ID, id);
+            }
+            status
+        }
         Error::NoSuchBranch { .. } => tonic::Status::not_found(message),
         Error::CannotResolve(_) => tonic::Status::failed_precondition(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),

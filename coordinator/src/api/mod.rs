@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::model::{OperatorAction, Resolution, TxnId, TxnKind};
 use crate::protocol::two_phase::{Decision, Outcome};
+use crate::runtime::log::LogHealth;
 use crate::runtime::{BeginTxn, Committed, EnlistBranch, Error, Runtime, SubmitSaga};
 use crate::store::ListQuery;
 
@@ -117,6 +118,7 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
         let request = request.into_inner();
+        let request_digest = convert::begin_digest(&request);
         let begin = BeginTxn {
             timeout: validate::optional_ms(
                 "timeout_ms",
@@ -125,6 +127,7 @@ impl Coordinator for CoordinatorService {
                 validate::MAX_TXN_TIMEOUT_MS,
             )?,
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
+            request_digest,
             description: validate::text("description", &request.description)?,
             branches: validate::begin_branches(&self.limits, request.branches)?,
         };
@@ -322,8 +325,10 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::SubmitSagaRequest>,
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
         let request = request.into_inner();
+        let request_digest = convert::saga_digest(&request);
         let submit = SubmitSaga {
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
+            request_digest,
             description: validate::text("description", &request.description)?,
             wait: request.wait,
             steps: validate::saga_steps(&self.limits, request.steps)?,
@@ -492,6 +497,7 @@ where
         .saturating_add(MESSAGE_OVERHEAD_BYTES)
         .max(4 * 1024 * 1024);
     let draining = runtime.draining();
+    let mut log_health = runtime.log_health();
     let coordinator =
         CoordinatorServer::new(CoordinatorService::new(runtime, limits, access.admin_token))
             .max_decoding_message_size(max_message);
@@ -526,10 +532,33 @@ where
     if let Some(reflection) = reflection {
         router = router.add_service(reflection);
     }
-    // Load balancers stop sending work once a graceful shutdown begins.
-    let not_serving_on_drain = {
+    // Load balancers stop sending work once a graceful shutdown begins, and
+    // while the log takes no writes (a full disk, a database that refuses):
+    // this node could decide nothing. It serves again by itself once a
+    // write succeeds.
+    let health_follows = {
         let health = health.clone();
         async move {
+            loop {
+                let writing = matches!(*log_health.borrow_and_update(), LogHealth::Writing);
+                if writing {
+                    health
+                        .set_serving::<CoordinatorServer<CoordinatorService>>()
+                        .await;
+                } else {
+                    health
+                        .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+                        .await;
+                }
+                tokio::select! {
+                    changed = log_health.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    () = draining.cancelled() => break,
+                }
+            }
             draining.cancelled().await;
             health
                 .set_not_serving::<CoordinatorServer<CoordinatorService>>()
@@ -545,6 +574,6 @@ where
     };
     tokio::select! {
         served = router.serve_with_incoming_shutdown(incoming, shutdown) => served,
-        () = not_serving_on_drain => Ok(()),
+        () = health_follows => Ok(()),
     }
 }

@@ -12,7 +12,11 @@
 //! - R1: nobody hears COMMITTED (no [`Effect::Announce`], no
 //!   [`Effect::SendCommit`]) before [`Event::DecisionDurable`].
 //! - R2: an abort needs no forced write ([`Effect::LogAbort`] is lazy), and a
-//!   recovered transaction without a durable decision aborts.
+//!   recovered transaction without a durable decision aborts. Only a branch
+//!   that may hold a prepared part hears the Abort: one that was never sent
+//!   a Prepare (or whose Prepare never left, [`Event::PrepareNotSent`]) holds
+//!   nothing, and asking it would only let an unreachable address keep the
+//!   transaction from ending.
 //! - R5: a prepare error or missed deadline is an ABORT vote; an expired
 //!   transaction that has not decided aborts.
 //! - R6: READ_ONLY voters hear nothing more; an all-read-only transaction logs
@@ -114,13 +118,22 @@ pub enum Event {
     Expired,
     /// A branch answered Prepare.
     Voted { branch: BranchIdx, vote: Vote },
-    /// A Prepare failed or missed its deadline: an ABORT vote (R5).
+    /// A Prepare failed or missed its deadline: an ABORT vote (R5). It may
+    /// have arrived, so the branch is still owed an Abort.
     PrepareFailed { branch: BranchIdx, reason: String },
+    /// A Prepare that certainly never reached the participant (no
+    /// connection could be made, the address cannot be dialled): an ABORT
+    /// vote from a branch that holds nothing and needs no Abort.
+    PrepareNotSent { branch: BranchIdx, reason: String },
     /// The single branch answered the one-phase commit.
     OnePhaseAnswered(OnePhaseResult),
     /// The one-phase commit failed or missed its deadline: its outcome is
     /// unknown until an Abort is acknowledged.
     OnePhaseFailed { reason: String },
+    /// The one-phase commit certainly never reached the participant: it
+    /// cannot have committed, so the transaction aborts at once and the
+    /// branch needs no Abort.
+    OnePhaseNotSent { reason: String },
     /// The COMMITTED decision is durable in the log (R1).
     DecisionDurable,
     /// A branch acknowledged the Commit or Abort delivered to it.
@@ -230,7 +243,8 @@ impl TwoPhase {
 
     /// A transaction read back from the log after a restart. With a durable
     /// COMMITTED decision it re-drives Commit to every branch not known to be
-    /// done (R3); without one it aborts (R2), telling every branch. A single
+    /// done (R3); without one it aborts (R2), telling every branch, since
+    /// any of them may have been sent a Prepare before the crash. A single
     /// branch may have committed through the one-phase path, so its abort
     /// waits for the participant's word before announcing anything.
     pub fn recover(
@@ -239,7 +253,8 @@ impl TwoPhase {
         reason: Option<String>,
     ) -> (Self, Vec<Effect>) {
         let mut txn = Self::new();
-        txn.branches = vec![BranchPhase::Enlisted; branch_count];
+        // No record says which Prepares went out: each may have.
+        txn.branches = vec![BranchPhase::Preparing; branch_count];
         let mut effects = Vec::new();
         match decision {
             Some(Decision::Commit) => {
@@ -323,7 +338,23 @@ impl TwoPhase {
                     self.abort(reason, &mut effects);
                 }
             }
+            Event::PrepareNotSent { branch, reason } => {
+                self.prepare_not_sent(branch, reason, &mut effects);
+            }
             Event::OnePhaseAnswered(result) => self.one_phase_answered(result, &mut effects),
+            Event::OnePhaseNotSent { reason } => {
+                if self.phase == Phase::Preparing
+                    && self.one_phase_pending
+                    && self.branches.first() == Some(&BranchPhase::Preparing)
+                {
+                    // Nothing reached the participant: no commit can have
+                    // happened there, so the abort is known and told now
+                    // instead of at the caller's deadline.
+                    self.one_phase_pending = false;
+                    self.branches[0] = BranchPhase::Aborted;
+                    self.abort(reason, &mut effects);
+                }
+            }
             Event::OnePhaseFailed { reason } => {
                 if self.phase == Phase::Preparing {
                     // The participant may have committed: abort, and let the
@@ -416,6 +447,24 @@ impl TwoPhase {
         }
     }
 
+    fn prepare_not_sent(&mut self, idx: BranchIdx, reason: String, effects: &mut Vec<Effect>) {
+        match self.branches.get(idx).copied() {
+            Some(BranchPhase::Preparing) if self.phase == Phase::Preparing => {
+                // An ABORT vote (R5) from a branch that holds nothing.
+                self.branches[idx] = BranchPhase::Aborted;
+                self.abort(reason, effects);
+            }
+            Some(BranchPhase::Delivering(Decision::Abort)) if !self.one_phase_pending => {
+                // Another branch's vote aborted first and the Abort went out
+                // while this Prepare was still trying to connect. The
+                // Prepare never arrived, so the Abort is owed nothing.
+                self.branches[idx] = BranchPhase::Aborted;
+                self.finish_if_delivered(effects);
+            }
+            _ => {}
+        }
+    }
+
     fn one_phase_answered(&mut self, result: OnePhaseResult, effects: &mut Vec<Effect>) {
         if !self.one_phase_pending || self.branches.len() != 1 {
             return;
@@ -505,14 +554,21 @@ impl TwoPhase {
     }
 
     /// Sends the decision to every branch that may hold work: not to READ_ONLY
-    /// voters (R6) nor to branches that refused.
+    /// voters (R6), nor to branches that refused, nor (for an abort) to
+    /// branches never sent a Prepare: they hold nothing, and presumed abort
+    /// (R2) answers them ABORTED if they ask.
     fn deliver(&mut self, decision: Decision, effects: &mut Vec<Effect>) {
         for idx in 0..self.branches.len() {
+            if decision == Decision::Abort && self.branches[idx] == BranchPhase::Enlisted {
+                // Never sent anything: aborted as it stands.
+                self.branches[idx] = BranchPhase::Aborted;
+                continue;
+            }
             let needs = match decision {
                 Decision::Commit => self.branches[idx] == BranchPhase::Prepared,
                 Decision::Abort => matches!(
                     self.branches[idx],
-                    BranchPhase::Enlisted | BranchPhase::Preparing | BranchPhase::Prepared
+                    BranchPhase::Preparing | BranchPhase::Prepared
                 ),
             };
             if needs {
@@ -863,17 +919,30 @@ mod tests {
     }
 
     #[test]
-    fn rollback_of_an_active_transaction_aborts_every_branch() {
+    fn rollback_before_any_prepare_ends_at_once_and_tells_no_branch() {
         let mut txn = active(2);
+        let reason = "user cancelled".to_string();
         let effects = apply(
             &mut txn,
             Event::RollbackRequested {
-                reason: "user cancelled".into(),
+                reason: reason.clone(),
             },
         );
-        assert!(effects.contains(&Effect::SendAbort(0)));
-        assert!(effects.contains(&Effect::SendAbort(1)));
-        assert_eq!(txn.phase(), Phase::Aborting);
+        // R2: no branch was sent anything, so none holds a part to undo,
+        // and an address that cannot answer cannot hold the end up.
+        let aborted = Outcome::Aborted { reason };
+        assert_eq!(
+            effects,
+            vec![
+                Effect::LogAbort {
+                    reason: "user cancelled".into()
+                },
+                Effect::Announce(aborted.clone()),
+                Effect::LogEnd(aborted),
+            ]
+        );
+        assert_eq!(txn.phase(), Phase::Aborted);
+        assert_eq!(txn.branches(), [BranchPhase::Aborted, BranchPhase::Aborted]);
         // Rolling back again is harmless.
         assert!(
             apply(
@@ -919,9 +988,100 @@ mod tests {
         assert_eq!(txn.phase(), Phase::Deciding);
 
         let mut txn = active(2);
+        apply(&mut txn, Event::CommitRequested);
         let effects = apply(&mut txn, Event::Expired);
         assert_eq!(txn.phase(), Phase::Aborting);
         assert!(effects.contains(&Effect::SendAbort(0)));
+        assert!(effects.contains(&Effect::SendAbort(1)));
+    }
+
+    #[test]
+    fn a_prepare_that_never_left_is_an_abort_vote_owed_nothing() {
+        let mut txn = active(3);
+        apply(&mut txn, Event::CommitRequested);
+        apply(&mut txn, vote(0, Vote::Commit));
+        let effects = apply(
+            &mut txn,
+            Event::PrepareNotSent {
+                branch: 1,
+                reason: "connection refused".into(),
+            },
+        );
+        // The prepared branch and the one still preparing (its Prepare may
+        // have arrived) hear the Abort; the one never reached does not.
+        assert!(effects.contains(&Effect::SendAbort(0)));
+        assert!(!effects.contains(&Effect::SendAbort(1)));
+        assert!(effects.contains(&Effect::SendAbort(2)));
+        assert_eq!(txn.branches()[1], BranchPhase::Aborted);
+        apply(&mut txn, Event::Delivered { branch: 0 });
+        let effects = apply(&mut txn, Event::Delivered { branch: 2 });
+        assert_eq!(txn.phase(), Phase::Aborted);
+        assert!(matches!(
+            effects.last(),
+            Some(Effect::LogEnd(Outcome::Aborted { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_prepare_found_never_sent_after_the_abort_went_out_settles_its_branch() {
+        let mut txn = active(2);
+        apply(&mut txn, Event::CommitRequested);
+        // Branch 0 refuses first; branch 1's Prepare is still connecting,
+        // so it is sent an Abort it may be owed.
+        let effects = apply(&mut txn, vote(0, abort_vote("no funds")));
+        assert!(effects.contains(&Effect::SendAbort(1)));
+        // Its connection then fails: it was never sent anything, and the
+        // Abort to an address that may never answer is not waited for.
+        let effects = apply(
+            &mut txn,
+            Event::PrepareNotSent {
+                branch: 1,
+                reason: "connection refused".into(),
+            },
+        );
+        assert_eq!(txn.phase(), Phase::Aborted);
+        assert!(matches!(
+            effects.last(),
+            Some(Effect::LogEnd(Outcome::Aborted { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_one_phase_commit_that_never_left_aborts_at_once() {
+        let mut txn = active(1);
+        apply(&mut txn, Event::CommitRequested);
+        let effects = apply(
+            &mut txn,
+            Event::OnePhaseNotSent {
+                reason: "connection refused".into(),
+            },
+        );
+        // No commit can have happened: announced now, no Abort owed.
+        assert!(effects.contains(&Effect::Announce(Outcome::Aborted {
+            reason: "connection refused".into()
+        })));
+        assert!(!effects.iter().any(|e| matches!(e, Effect::SendAbort(_))));
+        assert_eq!(txn.phase(), Phase::Aborted);
+        // A one-phase commit that may have arrived is still in doubt.
+        let mut txn = active(1);
+        apply(&mut txn, Event::CommitRequested);
+        let effects = apply(
+            &mut txn,
+            Event::OnePhaseFailed {
+                reason: "deadline".into(),
+            },
+        );
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Announce(_))));
+        assert_eq!(effects.last(), Some(&Effect::SendAbort(0)));
+    }
+
+    #[test]
+    fn recovery_without_a_decision_tells_every_branch() {
+        // No record says which Prepares went out before the crash.
+        let (txn, effects) = TwoPhase::recover(2, None, None);
+        assert!(effects.contains(&Effect::SendAbort(0)));
+        assert!(effects.contains(&Effect::SendAbort(1)));
+        assert_eq!(txn.phase(), Phase::Aborting);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::crash;
 use super::live::{Inner, LiveTxn};
 use super::log::LogError;
 use super::mailbox::Delivery;
-use super::participants::AbortAnswer;
+use super::participants::{AbortAnswer, CallError};
 
 /// Hands `effects` to the transaction's driver, starting one if none runs.
 /// Called with the transaction's lock held, right after the machine produced
@@ -176,7 +176,9 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     // Waited for, so that once the transaction leaves memory
                     // the store shows it ended; lazily, since no one else is
                     // held up by it (the outcome is announced already).
-                    match write_until_durable_as(&shared, vec![record], Urgency::Lazy).await {
+                    match write_until_durable_as(&shared, vec![record], Urgency::Lazy, Some(&txn))
+                        .await
+                    {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -245,7 +247,9 @@ async fn begin_recorded(shared: &Shared, txn: &LiveTxn) -> Written {
         Ok(()) => Written::Durable,
         Err(LogError::Stopped) => Written::Stopped,
         Err(LogError::Fenced) => Written::Fenced,
-        Err(LogError::Store(_)) => write_until_durable(shared, txn.begin_records()).await,
+        Err(LogError::Store(_)) => {
+            write_until_durable_as(shared, txn.begin_records(), Urgency::Forced, Some(txn)).await
+        }
     }
 }
 
@@ -259,7 +263,7 @@ async fn begin_recorded(shared: &Shared, txn: &LiveTxn) -> Written {
 async fn write_decision(shared: &Shared, txn: &LiveTxn, decided: Record) -> Written {
     let begin_write = txn.lock().begin_write.take();
     let Some(begin_write) = begin_write else {
-        return write_until_durable(shared, vec![decided]).await;
+        return write_until_durable_as(shared, vec![decided], Urgency::Forced, Some(txn)).await;
     };
     let decision_write = shared.log.submit(vec![decided.clone()]);
     let (begun, written) = tokio::select! {
@@ -271,18 +275,20 @@ async fn write_decision(shared: &Shared, txn: &LiveTxn, decided: Record) -> Writ
         (Ok(()), Ok(())) => Written::Durable,
         (Err(LogError::Fenced), _) | (_, Err(LogError::Fenced)) => Written::Fenced,
         (Err(LogError::Stopped), _) | (_, Err(LogError::Stopped)) => Written::Stopped,
-        (Ok(()), Err(LogError::Store(_))) => write_until_durable(shared, vec![decided]).await,
+        (Ok(()), Err(LogError::Store(_))) => {
+            write_until_durable_as(shared, vec![decided], Urgency::Forced, Some(txn)).await
+        }
         (Err(LogError::Store(_)), _) => {
             let mut records = txn.begin_records();
             records.push(decided);
-            write_until_durable(shared, records).await
+            write_until_durable_as(shared, records, Urgency::Forced, Some(txn)).await
         }
     }
 }
 
-/// Writes `records`, retrying with backoff while the store fails.
+/// Writes `records`, retrying with capped backoff while the store fails.
 pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> Written {
-    write_until_durable_as(shared, records, Urgency::Forced).await
+    write_until_durable_as(shared, records, Urgency::Forced, None).await
 }
 
 /// Whether anyone is held up until a write is durable (see
@@ -293,12 +299,21 @@ pub(super) enum Urgency {
     Lazy,
 }
 
+/// Writes `records` until they are durable: the decision or end of a
+/// transaction cannot be dropped (R1, R3), so a failing store is retried
+/// with capped backoff and jitter for as long as it fails. Not silently:
+/// each failure is counted (`concord_log_write_failures_total`) and makes
+/// the node NOT_SERVING (`LogWriter::health`), and after
+/// `log_write_attempts` failures the clients waiting on `txn` are answered
+/// UNAVAILABLE with the store's error (`LiveTxn::report_undurable`).
 async fn write_until_durable_as(
     shared: &Shared,
     records: Vec<Record>,
     urgency: Urgency,
+    txn: Option<&LiveTxn>,
 ) -> Written {
     let mut delays = shared.config.retry.build();
+    let mut failures: u32 = 0;
     loop {
         let attempt = match urgency {
             Urgency::Forced => shared.log.submit(records.clone()),
@@ -311,9 +326,21 @@ async fn write_until_durable_as(
             result = attempt => result,
         };
         match result {
-            Ok(()) => return Written::Durable,
+            Ok(()) => {
+                if let Some(txn) = txn.filter(|_| failures >= shared.config.log_write_attempts) {
+                    txn.undurable
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                return Written::Durable;
+            }
             Err(LogError::Fenced) => return Written::Fenced,
             Err(error) => {
+                failures = failures.saturating_add(1);
+                if failures == shared.config.log_write_attempts
+                    && let Some(txn) = txn
+                {
+                    txn.report_undurable(failures, &error.to_string());
+                }
                 metrics::retry("log_write");
                 let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
                 tracing::warn!(%error, ?delay, "log write failed; retrying");
@@ -354,9 +381,16 @@ async fn prepare(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize) -> Event {
         Err(error) => {
             let reason = format!("prepare of branch {name} failed: {error}");
             txn.note_error(idx, reason.clone());
-            Event::PrepareFailed {
-                branch: idx,
-                reason,
+            if error.never_sent() {
+                Event::PrepareNotSent {
+                    branch: idx,
+                    reason,
+                }
+            } else {
+                Event::PrepareFailed {
+                    branch: idx,
+                    reason,
+                }
             }
         }
     }
@@ -389,7 +423,13 @@ async fn one_phase(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize) -> Event 
         Err(error) => {
             let reason = format!("one-phase commit of branch {name} failed: {error}");
             txn.note_error(idx, reason.clone());
-            Event::OnePhaseFailed { reason }
+            if error.never_sent() {
+                // Certainly not committed there: abort now rather than at
+                // the caller's deadline.
+                Event::OnePhaseNotSent { reason }
+            } else {
+                Event::OnePhaseFailed { reason }
+            }
         }
     }
 }
@@ -403,10 +443,14 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
     };
     let deadline = shared.config.delivery_timeout;
     let mut delays = shared.config.retry.build();
+    if txn.lock().recovered {
+        metrics::redelivery(decision);
+    }
     loop {
-        if txn.resolved(idx) {
+        if txn.resolved(idx) || !txn.owes(idx, decision) {
             // An operator established this branch's outcome (it can only be
-            // the decided one): stop calling a participant that cannot answer.
+            // the decided one), or the protocol learnt the branch holds
+            // nothing (its Prepare never left): stop calling.
             return Event::Delivered { branch: idx };
         }
         txn.note_attempt(idx);
@@ -426,6 +470,12 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
                 if decision == Decision::Commit {
                     crash::point("2pc-mid-phase-two");
                 }
+                return Event::Delivered { branch: idx };
+            }
+            Err(CallError::Undialable { .. }) if decision == Decision::Abort => {
+                // No coordinator could ever dial this address, so nothing
+                // was ever prepared there (recovered from a log written
+                // before endpoints were checked at the door).
                 return Event::Delivered { branch: idx };
             }
             Err(error) => {

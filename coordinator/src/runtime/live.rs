@@ -13,9 +13,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::model::{
-    BranchState, BranchView, OperatorAction, TxnId, TxnKind, TxnState, TxnView, VoteKind,
+    BranchState, BranchView, OperatorAction, RequestDigest, TxnId, TxnKind, TxnState, TxnView,
+    VoteKind,
 };
-use crate::protocol::two_phase::{BranchPhase, Effect, Outcome, Phase, TwoPhase};
+use crate::protocol::two_phase::{BranchPhase, Decision, Effect, Outcome, Phase, TwoPhase};
 use crate::store::{BranchEnd, Record};
 
 use super::mailbox::Mailbox;
@@ -52,6 +53,12 @@ pub struct Inner {
     /// counts only once it is durable too (the decision must follow it in
     /// the log, R1; `driver::write_decision`).
     pub begin_write: Option<super::log::Durable>,
+    /// Loaded from the log by recovery or takeover: its deliveries may
+    /// repeat ones a participant acknowledged before the restart, since
+    /// acknowledgements are not logged (docs/design.md, "Redelivery").
+    pub recovered: bool,
+    /// Why a forced write keeps failing (see [`LiveTxn::undurable`]).
+    pub undurable: Option<String>,
 }
 
 /// What a transaction is born with and never changes.
@@ -61,6 +68,7 @@ pub struct TxnHeader {
     pub created_at_ms: u64,
     pub deadline_ms: u64,
     pub idempotency_key: Option<String>,
+    pub request_digest: Option<RequestDigest>,
     pub description: Option<String>,
 }
 
@@ -69,6 +77,7 @@ pub struct LiveTxn {
     pub created_at_ms: u64,
     pub deadline_ms: u64,
     pub idempotency_key: Option<String>,
+    pub request_digest: Option<RequestDigest>,
     pub description: Option<String>,
     inner: Mutex<Inner>,
     /// Wakes the driver when effects land in its inbox.
@@ -79,6 +88,11 @@ pub struct LiveTxn {
     pub ended: watch::Sender<bool>,
     /// Its phase-2 retries' backoff, which an operator can cut short.
     pub retries: super::wait::Retries,
+    /// Set once a forced write of this transaction failed
+    /// `log_write_attempts` times in a row (the reason is in
+    /// `Inner::undurable`): its waiting clients are answered UNAVAILABLE
+    /// while the driver goes on writing.
+    pub undurable: std::sync::atomic::AtomicBool,
 }
 
 impl LiveTxn {
@@ -93,6 +107,7 @@ impl LiveTxn {
             created_at_ms,
             deadline_ms,
             idempotency_key,
+            request_digest,
             description,
         } = header;
         Self {
@@ -100,6 +115,7 @@ impl LiveTxn {
             created_at_ms,
             deadline_ms,
             idempotency_key,
+            request_digest,
             description,
             inner: Mutex::new(Inner {
                 machine,
@@ -110,11 +126,14 @@ impl LiveTxn {
                 mailbox: Mailbox::default(),
                 operator_actions: Vec::new(),
                 begin_write: None,
+                recovered: false,
+                undurable: None,
             }),
             wake: Notify::new(),
             outcome: watch::channel(None).0,
             ended: watch::channel(false).0,
             retries: super::wait::Retries::default(),
+            undurable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -137,6 +156,7 @@ impl LiveTxn {
             created_at_ms: self.created_at_ms,
             deadline_ms: self.deadline_ms,
             idempotency_key: self.idempotency_key.clone(),
+            request_digest: self.request_digest.clone(),
             description: self.description.clone(),
         });
         for (idx, branch) in inner.branches.iter().enumerate() {
@@ -206,6 +226,7 @@ impl LiveTxn {
             ended_at_ms: inner.ended_at_ms,
             reason: machine.reason().map(str::to_owned),
             idempotency_key: self.idempotency_key.clone(),
+            request_digest: self.request_digest.clone(),
             description: self.description.clone(),
             read_only: machine.read_only(),
             branch_count: u32::try_from(inner.branches.len()).unwrap_or(u32::MAX),
@@ -248,6 +269,38 @@ impl LiveTxn {
             .operator_actions
             .iter()
             .any(|action| action.branch == branch.name)
+    }
+
+    /// Whether branch `idx` is still owed `decision`. A delivery stops once
+    /// it is not: the protocol settled the branch otherwise (its Prepare
+    /// turned out never to have left, `Event::PrepareNotSent`).
+    pub fn owes(&self, idx: usize, decision: Decision) -> bool {
+        self.lock().machine.branches().get(idx) == Some(&BranchPhase::Delivering(decision))
+    }
+
+    /// A forced write of this transaction failed `attempts` times: wake its
+    /// waiting clients to tell them so (they must not wait unbounded on a
+    /// log that takes no writes, nor hear an outcome that is not durable).
+    pub fn report_undurable(&self, attempts: u32, error: &str) {
+        self.lock().undurable = Some(format!(
+            "the log could not record transaction {} after {attempts} attempts: {error}; \
+             the coordinator keeps trying (participants that prepared wait in doubt): ask \
+             GetTransaction for its outcome",
+            self.id
+        ));
+        self.undurable
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Unchanged values, but the waiters look at `undurable` again.
+        self.outcome.send_modify(|_| {});
+        self.ended.send_modify(|_| {});
+    }
+
+    /// Why its log writes keep failing, once reported.
+    pub fn undurable_reason(&self) -> Option<String> {
+        if !self.undurable.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        self.lock().undurable.clone()
     }
 
     /// How each branch ended, for the end record.

@@ -18,6 +18,13 @@
 //! has taken over is refused (fencing, DESIGN §6); its waiter gets
 //! [`LogError::Fenced`] while the rest of the batch is written.
 //!
+//! A batch that fails is applied again one submission at a time, so that a
+//! record the store refuses for itself (a constraint violation: an
+//! idempotency key another node took meanwhile) fails only its own caller
+//! and the others' records are written. While batches fail the writer
+//! reports the log unhealthy ([`LogWriter::health`]; the node answers
+//! NOT_SERVING), and healthy again after the next batch that succeeds.
+//!
 //! The queue is unbounded: what is in it is bounded by the transactions in
 //! flight, each of which has at most a few records queued at a time.
 
@@ -28,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::TxnId;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Appended, Record, Store, StoreError};
 
 /// Records per database transaction at most. Larger batches amortise the
 /// fsync further but hold early waiters longer.
@@ -46,11 +53,21 @@ struct Submission {
     urgent: bool,
 }
 
-/// One caller waiting for its records: the transaction they are about (a
-/// submission's records all are about one) and where to send the answer.
+/// One submission in a batch: the transaction its records are about (they
+/// all are about one), where they sit in the batch, and where to send the
+/// answer.
 struct Waiter {
     txn: Option<TxnId>,
-    done: oneshot::Sender<Result<(), LogError>>,
+    records: std::ops::Range<usize>,
+    done: Option<oneshot::Sender<Result<(), LogError>>>,
+}
+
+/// Whether the log is taking writes: the last batch was durable, or every
+/// write since the last durable one failed, the last with `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogHealth {
+    Writing,
+    Failing { error: String },
 }
 
 /// Why a forced write did not become durable.
@@ -68,6 +85,7 @@ pub enum LogError {
 #[derive(Clone)]
 pub struct LogWriter {
     queue: mpsc::UnboundedSender<Submission>,
+    health: tokio::sync::watch::Receiver<LogHealth>,
 }
 
 /// Resolves once the records it was returned for are durable.
@@ -87,8 +105,17 @@ impl LogWriter {
     /// once every handle is dropped or `shutdown` fires.
     pub fn start(store: Arc<dyn Store>, tasks: &TaskTracker, shutdown: CancellationToken) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tasks.spawn(run(store, receiver, shutdown));
-        Self { queue }
+        let (health, watch) = tokio::sync::watch::channel(LogHealth::Writing);
+        tasks.spawn(run(store, receiver, shutdown, health));
+        Self {
+            queue,
+            health: watch,
+        }
+    }
+
+    /// Follows whether the log is taking writes.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<LogHealth> {
+        self.health.clone()
     }
 
     /// Queues `records` behind everything already queued. Await the answer
@@ -128,6 +155,7 @@ async fn run(
     store: Arc<dyn Store>,
     mut receiver: mpsc::UnboundedReceiver<Submission>,
     shutdown: CancellationToken,
+    health: tokio::sync::watch::Sender<LogHealth>,
 ) {
     let mut batch: Vec<Record> = Vec::new();
     let mut waiters: Vec<Waiter> = Vec::new();
@@ -164,44 +192,105 @@ async fn run(
                 }
             }
         }
-        let started = std::time::Instant::now();
-        let result = store.append(&batch).await.map_err(Arc::new);
-        match &result {
-            Ok(appended) => {
-                crate::metrics::log_batch(batch.len(), started.elapsed().as_secs_f64());
-                if !appended.fenced.is_empty() {
-                    crate::metrics::fenced(appended.fenced.len());
-                }
+        let result = append(store.as_ref(), &batch).await;
+        if let Err(error) = &result
+            && waiters.len() > 1
+        {
+            // One submission's records may be what the store refuses (a
+            // constraint violation): apply each alone, in order, so the
+            // others are written and only the refused one fails. Records
+            // of one transaction in different submissions keep their order,
+            // and a caller that needs an earlier submission durable waits
+            // for that one's answer too (`driver::write_decision`).
+            tracing::warn!(%error, submissions = waiters.len(), "log batch failed; applying its submissions one at a time");
+            let mut any_written = false;
+            for waiter in waiters.drain(..) {
+                let alone = append(store.as_ref(), &batch[waiter.records.clone()]).await;
+                any_written |= alone.is_ok();
+                answer(waiter, &alone);
             }
-            Err(error) => {
-                crate::metrics::log_failure();
-                tracing::error!(%error, records = batch.len(), "log batch failed; nothing in it was applied");
+            report(&health, any_written, &result);
+        } else {
+            report(&health, result.is_ok(), &result);
+            for waiter in waiters.drain(..) {
+                answer(waiter, &result);
             }
-        }
-        for waiter in waiters.drain(..) {
-            let answer = match &result {
-                Ok(appended) if waiter.txn.is_some_and(|id| appended.fenced.contains(&id)) => {
-                    Err(LogError::Fenced)
-                }
-                Ok(_) => Ok(()),
-                Err(error) => Err(LogError::Store(Arc::clone(error))),
-            };
-            // A waiter that gave up (its caller was cancelled) is fine to skip.
-            let _ = waiter.done.send(answer);
         }
         batch.clear();
     }
     tracing::debug!("log writer stopped");
 }
 
+/// Applies `records` as one database transaction, with its metrics.
+async fn append(store: &dyn Store, records: &[Record]) -> Result<Appended, Arc<StoreError>> {
+    let started = std::time::Instant::now();
+    let result = store.append(records).await.map_err(Arc::new);
+    match &result {
+        Ok(appended) => {
+            crate::metrics::log_batch(records.len(), started.elapsed().as_secs_f64());
+            if !appended.fenced.is_empty() {
+                crate::metrics::fenced(appended.fenced.len());
+            }
+        }
+        Err(error) => {
+            crate::metrics::log_write_failure();
+            tracing::error!(%error, records = records.len(), "log write failed; nothing in it was applied");
+        }
+    }
+    result
+}
+
+/// Tells one caller how its records fared.
+fn answer(waiter: Waiter, result: &Result<Appended, Arc<StoreError>>) {
+    let answer = match result {
+        Ok(appended) if waiter.txn.is_some_and(|id| appended.fenced.contains(&id)) => {
+            Err(LogError::Fenced)
+        }
+        Ok(_) => Ok(()),
+        Err(error) => Err(LogError::Store(Arc::clone(error))),
+    };
+    // A waiter that gave up (its caller was cancelled) is fine to skip.
+    if let Some(done) = waiter.done {
+        let _ = done.send(answer);
+    }
+}
+
+/// The log is healthy again as soon as anything was written, and failing
+/// while nothing is.
+fn report(
+    health: &tokio::sync::watch::Sender<LogHealth>,
+    written: bool,
+    result: &Result<Appended, Arc<StoreError>>,
+) {
+    let now = match (written, result) {
+        (true, _) | (false, Ok(_)) => LogHealth::Writing,
+        (false, Err(error)) => LogHealth::Failing {
+            error: error.to_string(),
+        },
+    };
+    health.send_if_modified(|current| {
+        let changed = *current != now;
+        if changed {
+            match &now {
+                LogHealth::Writing => tracing::info!("the log takes writes again"),
+                LogHealth::Failing { error } => {
+                    tracing::error!(%error, "the log takes no writes; answering NOT_SERVING until it does")
+                }
+            }
+            *current = now.clone();
+        }
+        changed
+    });
+}
+
 /// Adds a submission to the batch; true if someone is held up by it.
 fn take(submission: Submission, batch: &mut Vec<Record>, waiters: &mut Vec<Waiter>) -> bool {
-    if let Some(done) = submission.done {
-        waiters.push(Waiter {
-            txn: submission.records.first().map(Record::txn_id),
-            done,
-        });
-    }
+    let start = batch.len();
+    waiters.push(Waiter {
+        txn: submission.records.first().map(Record::txn_id),
+        records: start..start + submission.records.len(),
+        done: submission.done,
+    });
     batch.extend(submission.records);
     submission.urgent
 }
@@ -242,6 +331,9 @@ mod tests {
     struct SlowStore {
         batches: Mutex<Vec<usize>>,
         fail: AtomicBool,
+        /// Any batch holding this transaction's records fails, as a batch
+        /// with a record that breaks a constraint does.
+        poison: Mutex<Option<TxnId>>,
     }
 
     impl Store for SlowStore {
@@ -253,6 +345,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if self.fail.load(Ordering::SeqCst) {
                     return Err(StoreError::Corrupt("disk on fire".into()));
+                }
+                let poison = *self.poison.lock().expect("lock");
+                if batch.iter().any(|r| Some(r.txn_id()) == poison) {
+                    return Err(StoreError::Corrupt("UNIQUE constraint failed".into()));
                 }
                 self.batches.lock().expect("lock").push(batch.len());
                 Ok(Appended::default())
@@ -332,6 +428,52 @@ mod tests {
             assert!(matches!(durable.wait().await, Err(LogError::Store(_))));
         }
         assert!(store.batches.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_record_fails_only_its_caller_and_the_rest_of_its_batch_is_written() {
+        let store = Arc::new(SlowStore::default());
+        let tasks = TaskTracker::new();
+        let log = LogWriter::start(store.clone(), &tasks, CancellationToken::new());
+        let refused = record();
+        *store.poison.lock().expect("lock") = Some(refused.txn_id());
+        // Held behind a first write, so the three below share one batch.
+        let first = log.submit(vec![record()]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let before = log.submit(vec![record()]);
+        let poisoned = log.submit(vec![refused]);
+        let after = log.submit(vec![record(), record()]);
+        first.wait().await.expect("durable");
+        before
+            .wait()
+            .await
+            .expect("written although its batch failed");
+        assert!(matches!(poisoned.wait().await, Err(LogError::Store(_))));
+        after
+            .wait()
+            .await
+            .expect("written although its batch failed");
+        // The first batch, then each good submission of the failed one.
+        assert_eq!(*store.batches.lock().expect("lock"), vec![1, 1, 2]);
+        // Something was written: the log is healthy.
+        assert_eq!(*log.health().borrow(), LogHealth::Writing);
+    }
+
+    #[tokio::test]
+    async fn the_log_is_unhealthy_while_every_write_fails_and_healthy_after_one_succeeds() {
+        let store = Arc::new(SlowStore::default());
+        let tasks = TaskTracker::new();
+        let log = LogWriter::start(store.clone(), &tasks, CancellationToken::new());
+        let mut health = log.health();
+        store.fail.store(true, Ordering::SeqCst);
+        assert!(log.force(vec![record()]).await.is_err());
+        assert!(
+            matches!(&*health.borrow_and_update(), LogHealth::Failing { error } if error.contains("disk on fire"))
+        );
+        store.fail.store(false, Ordering::SeqCst);
+        log.force(vec![record()]).await.expect("durable");
+        assert!(health.has_changed().expect("writer running"));
+        assert_eq!(*health.borrow_and_update(), LogHealth::Writing);
     }
 
     #[tokio::test]

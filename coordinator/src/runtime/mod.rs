@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::{
-    OperatorAction, Resolution, SagaStepDef, StepStatus, TxnId, TxnKind, TxnState, TxnView,
+    OperatorAction, RequestDigest, Resolution, SagaStepDef, StepStatus, TxnId, TxnKind, TxnState,
+    TxnView,
 };
 use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{BranchPhase, Decision, Event, Outcome, Rejected, TwoPhase};
@@ -97,6 +98,9 @@ pub struct RuntimeConfig {
     /// Coalesce the calls waiting for one participant into `Batch` calls
     /// ([`batch`]).
     pub batch_calls: bool,
+    /// Failed attempts of a forced log write after which the client waiting
+    /// on it is answered UNAVAILABLE (the write goes on being retried).
+    pub log_write_attempts: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -121,6 +125,7 @@ impl Default for RuntimeConfig {
                 peer_tls: None,
                 retention: None,
                 batch_calls: true,
+                log_write_attempts: 6,
             },
         )
     }
@@ -168,6 +173,14 @@ pub enum Error {
     Draining,
     #[error("store read failed: {0}")]
     Store(#[from] StoreError),
+    /// R7: an idempotency key names one request. This one differs from the
+    /// one that began `id` with it (other branches, steps, timeout or
+    /// description), so it is neither a retry nor a new transaction.
+    #[error(
+        "idempotency key {key:?} was used with a different request: it began transaction {id}; \
+         retry with the same request, or use a new key for a new transaction"
+    )]
+    KeyReused { key: String, id: TxnId },
     #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
     NotTwoPhase(TxnId),
     #[error("transaction {id} has no branch or step named {name:?}")]
@@ -194,6 +207,8 @@ pub enum Error {
 pub struct SubmitSaga {
     pub steps: Vec<SagaStepDef>,
     pub idempotency_key: Option<String>,
+    /// With a key: what the request asked for ([`RequestDigest`]).
+    pub request_digest: Option<RequestDigest>,
     pub description: Option<String>,
     /// Answer once the saga is terminal.
     pub wait: bool,
@@ -223,6 +238,8 @@ pub struct Begun {
 pub struct BeginTxn {
     pub timeout: Option<Duration>,
     pub idempotency_key: Option<String>,
+    /// With a key: what the request asked for ([`RequestDigest`]).
+    pub request_digest: Option<RequestDigest>,
     pub description: Option<String>,
     /// Branches enlisted with the Begin, in one durable write.
     pub branches: Vec<EnlistBranch>,
@@ -473,6 +490,11 @@ impl Runtime {
         self.shared.draining.clone()
     }
 
+    /// Follows whether the log takes writes (the node's health follows it).
+    pub fn log_health(&self) -> tokio::sync::watch::Receiver<log::LogHealth> {
+        self.shared.log.health()
+    }
+
     /// Fires when another node declared this one gone: it must stop.
     pub fn lease_lost(&self) -> CancellationToken {
         self.shared.lease_lost.clone()
@@ -517,10 +539,16 @@ impl Runtime {
         if shared.draining.is_cancelled() {
             return Err(Error::Draining);
         }
+        let (key, digest) = (
+            request.idempotency_key.clone(),
+            request.request_digest.clone(),
+        );
         let _claim = match &request.idempotency_key {
             Some(key) => {
                 let guard = shared.begin_keys.lock().await;
-                if let Some((id, state)) = self.find_key(key).await? {
+                if let Some((id, state)) =
+                    self.find_key(key, request.request_digest.as_ref()).await?
+                {
                     return Ok(Begun {
                         id,
                         created: false,
@@ -543,6 +571,7 @@ impl Runtime {
             created_at_ms,
             deadline_ms,
             idempotency_key: request.idempotency_key.clone(),
+            request_digest: request.request_digest.clone(),
             description: request.description.clone(),
         };
         let txn = Arc::new(LiveTxn::new(
@@ -560,6 +589,7 @@ impl Runtime {
             created_at_ms,
             deadline_ms,
             idempotency_key: request.idempotency_key.clone(),
+            request_digest: request.request_digest,
             description: request.description,
         }];
         let mut names = Vec::with_capacity(request.branches.len());
@@ -609,6 +639,16 @@ impl Runtime {
             }
         };
         if let Err(error) = self.detached(forget).await? {
+            if let Some(key) = &key
+                && let Some((id, state)) = self.key_taken_meanwhile(key, digest.as_ref()).await?
+            {
+                return Ok(Begun {
+                    id,
+                    created: false,
+                    state,
+                    branches: Vec::new(),
+                });
+            }
             return Err(Error::Unavailable(format!(
                 "could not record the new transaction: {error}"
             )));
@@ -640,22 +680,61 @@ impl Runtime {
 
     /// The transaction or saga begun with `key`, and its state. Called with
     /// `begin_keys` held, so that no other request claims the key meanwhile.
-    async fn find_key(&self, key: &str) -> Result<Option<(TxnId, TxnState)>, Error> {
+    /// A key first used with another request is [`Error::KeyReused`] (R7);
+    /// one whose first request's digest is unknown (begun before digests
+    /// were kept) is taken as the same request, as it always was.
+    async fn find_key(
+        &self,
+        key: &str,
+        digest: Option<&RequestDigest>,
+    ) -> Result<Option<(TxnId, TxnState)>, Error> {
         let shared = &self.shared;
+        let same = |id: TxnId, first: Option<&RequestDigest>| match (first, digest) {
+            (Some(first), Some(digest)) if first != digest => Err(Error::KeyReused {
+                key: key.to_owned(),
+                id,
+            }),
+            _ => Ok(()),
+        };
         let live = shared.keys().get(key).copied();
         if let Some(id) = live {
             if let Some(txn) = shared.live.get(&id) {
+                same(id, txn.request_digest.as_ref())?;
                 return Ok(Some((id, live::state_of(&txn.lock().machine))));
             }
             if let Some(saga) = shared.sagas.get(&id) {
+                same(id, saga.header.request_digest.as_ref())?;
                 return Ok(Some((id, saga.state())));
             }
         }
-        Ok(shared
-            .store
-            .by_idempotency_key(key)
-            .await?
-            .map(|view| (view.id, view.state)))
+        match shared.store.by_idempotency_key(key).await? {
+            Some(view) => {
+                same(view.id, view.request_digest.as_ref())?;
+                Ok(Some((view.id, view.state)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// After a keyed Begin or SubmitSaga failed to record itself: whether
+    /// another node took the key meanwhile (R7 across nodes). Each node
+    /// serialises its own keyed requests, but two nodes sharing a store can
+    /// both find a key free and both write it; the store's unique index
+    /// refuses the second, whose records alone fail (the log writer applies
+    /// a failed batch one submission at a time), and the loser then answers
+    /// with the winner's transaction, as a retry would have.
+    async fn key_taken_meanwhile(
+        &self,
+        key: &str,
+        digest: Option<&RequestDigest>,
+    ) -> Result<Option<(TxnId, TxnState)>, Error> {
+        match self.find_key(key, digest).await {
+            Ok(found) => Ok(found),
+            Err(error @ Error::KeyReused { .. }) => Err(error),
+            // The store that failed the write may fail the read too: the
+            // caller reports the write's error.
+            Err(_) => Ok(None),
+        }
     }
 
     /// Submits a saga: durable before the answer; with `wait`, answers once
@@ -665,10 +744,14 @@ impl Runtime {
         if shared.draining.is_cancelled() {
             return Err(Error::Draining);
         }
+        let (key, digest) = (
+            request.idempotency_key.clone(),
+            request.request_digest.clone(),
+        );
         let claim = match &request.idempotency_key {
             Some(key) => {
                 let guard = shared.begin_keys.lock().await;
-                if let Some((id, _)) = self.find_key(key).await? {
+                if let Some((id, _)) = self.find_key(key, request.request_digest.as_ref()).await? {
                     drop(guard);
                     return self.saga_answer(id, false, request.wait).await;
                 }
@@ -692,6 +775,7 @@ impl Runtime {
             created_at_ms,
             deadline_ms: 0,
             idempotency_key: request.idempotency_key.clone(),
+            request_digest: request.request_digest.clone(),
             description: request.description.clone(),
         };
         let progress = vec![saga::Progress::default(); request.steps.len()];
@@ -710,6 +794,7 @@ impl Runtime {
             id,
             created_at_ms,
             idempotency_key: request.idempotency_key,
+            request_digest: request.request_digest,
             description: request.description,
             steps: request.steps,
         }]);
@@ -730,6 +815,11 @@ impl Runtime {
             }
         };
         if let Err(error) = self.detached(start).await? {
+            if let Some(key) = &key
+                && let Some((id, _)) = self.key_taken_meanwhile(key, digest.as_ref()).await?
+            {
+                return self.saga_answer(id, false, request.wait).await;
+            }
             return Err(Error::Unavailable(format!(
                 "could not record the saga: {error}"
             )));
@@ -1217,10 +1307,16 @@ impl Runtime {
     async fn announced(&self, txn: &LiveTxn) -> Result<Outcome, Error> {
         let mut outcome = txn.outcome.subscribe();
         let mut ended = txn.ended.subscribe();
+        let undurable = || txn.undurable.load(std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
             biased;
-            result = outcome.wait_for(Option::is_some) => match result {
-                Ok(outcome) => Ok(outcome.clone().ok_or(Error::ShuttingDown)?),
+            result = outcome.wait_for(|o| o.is_some() || undurable()) => match result {
+                Ok(outcome) => match outcome.clone() {
+                    Some(outcome) => Ok(outcome),
+                    // Never an outcome that is not durable (R1): say why
+                    // there is none yet.
+                    None => Err(Error::Unavailable(txn.undurable_reason().unwrap_or_default())),
+                },
                 Err(_) => Err(Error::ShuttingDown),
             },
             _ = ended.wait_for(|ended| *ended) => match txn.outcome.borrow().clone() {
@@ -1233,9 +1329,14 @@ impl Runtime {
 
     async fn until_ended(&self, txn: &LiveTxn) -> Result<(), Error> {
         let mut ended = txn.ended.subscribe();
+        let undurable = || txn.undurable.load(std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
             biased;
-            result = ended.wait_for(|ended| *ended) => result.map(|_| ()).map_err(|_| Error::ShuttingDown),
+            result = ended.wait_for(|ended| *ended || undurable()) => match result {
+                Ok(ended) if *ended => Ok(()),
+                Ok(_) => Err(Error::Unavailable(txn.undurable_reason().unwrap_or_default())),
+                Err(_) => Err(Error::ShuttingDown),
+            },
             () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
     }
@@ -1305,6 +1406,7 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             created_at_ms: view.created_at_ms,
             deadline_ms: view.deadline_ms,
             idempotency_key: view.idempotency_key.clone(),
+            request_digest: view.request_digest.clone(),
             description: view.description.clone(),
         };
         if let Some(key) = &view.idempotency_key {
@@ -1370,6 +1472,7 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             let mut inner = txn.lock();
             inner.decided_at_ms = view.decided_at_ms;
             inner.operator_actions = operator_actions;
+            inner.recovered = true;
         }
         if let Some(announced) = txn.lock().machine.announced().cloned() {
             txn.outcome.send_replace(Some(announced));

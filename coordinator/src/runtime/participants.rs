@@ -27,8 +27,16 @@ use crate::protocol::two_phase::{OnePhaseResult, Vote};
 /// Why a call to a participant did not get an answer we can use.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    /// The address itself cannot be dialled by any configuration: nothing
+    /// was ever sent to it, and nothing ever will be.
     #[error("participant endpoint {endpoint:?} is not a valid URI: {reason}")]
+    Undialable { endpoint: String, reason: String },
+    /// This node cannot dial the address as configured (TLS settings).
+    #[error("participant endpoint {endpoint:?} cannot be dialled: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
+    /// No connection could be made, so the request certainly never left.
+    #[error("not sent: {0}")]
+    NotSent(String),
     #[error("no answer within the {} ms deadline", .0.as_millis())]
     DeadlineExceeded(Duration),
     #[error("{code:?}: {message}")]
@@ -96,6 +104,17 @@ impl std::fmt::Debug for PeerTls {
 }
 
 type DialFn = dyn Fn(Endpoint) -> Channel + Send + Sync;
+
+impl CallError {
+    /// True when the call certainly never reached the participant, so it
+    /// cannot have acted on it.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::Undialable { .. } | Self::BadEndpoint { .. } | Self::NotSent(_)
+        )
+    }
+}
 
 impl Dialer {
     /// A dialer that makes channels with `dial`.
@@ -253,7 +272,7 @@ impl Participants {
             return Ok(ParticipantClient::new(channel.clone()));
         }
         let settings = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| CallError::BadEndpoint {
+            .map_err(|e| CallError::Undialable {
                 endpoint: endpoint.to_owned(),
                 reason: e.to_string(),
             })?
@@ -548,9 +567,27 @@ pub(super) fn status_error(status: tonic::Status, deadline: Duration) -> CallErr
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             CallError::DeadlineExceeded(deadline)
         }
+        tonic::Code::Unavailable if connect_failed(&status) => {
+            CallError::NotSent(status.message().to_owned())
+        }
         code => CallError::Status {
             code,
             message: status.message().to_owned(),
         },
     }
+}
+
+/// Whether `status` comes from failing to connect (refused, unreachable,
+/// no name, connect timeout): tonic sends a request only on an established
+/// connection, so such a call never left this process. Anything else (a
+/// reset, a deadline, a status from the peer) may have arrived.
+fn connect_failed(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }

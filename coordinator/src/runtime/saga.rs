@@ -179,6 +179,7 @@ impl LiveSaga {
             ended_at_ms: None,
             reason: inner.machine.reason().map(str::to_owned),
             idempotency_key: self.header.idempotency_key.clone(),
+            request_digest: self.header.request_digest.clone(),
             description: self.header.description.clone(),
             read_only: false,
             branch_count: 0,

@@ -54,6 +54,7 @@ struct TransactionRow<'a> {
     created: i64,
     deadline: i64,
     key: Option<&'a str>,
+    digest: Option<&'a str>,
     description: Option<&'a str>,
 }
 
@@ -186,6 +187,7 @@ impl<'a> Grouped<'a> {
                 created_at_ms,
                 deadline_ms,
                 idempotency_key,
+                request_digest,
                 description,
             } => self.transactions.push(TransactionRow {
                 id: id.to_string(),
@@ -194,12 +196,14 @@ impl<'a> Grouped<'a> {
                 created: to_i64(*created_at_ms),
                 deadline: to_i64(*deadline_ms),
                 key: idempotency_key.as_deref(),
+                digest: request_digest.as_deref(),
                 description: description.as_deref(),
             }),
             Record::SagaSubmitted {
                 id,
                 created_at_ms,
                 idempotency_key,
+                request_digest,
                 description,
                 steps,
             } => {
@@ -210,6 +214,7 @@ impl<'a> Grouped<'a> {
                     created: to_i64(*created_at_ms),
                     deadline: 0,
                     key: idempotency_key.as_deref(),
+                    digest: request_digest.as_deref(),
                     description: description.as_deref(),
                 });
                 for (idx, step) in steps.iter().enumerate() {

@@ -108,6 +108,7 @@ fn begun(id: TxnId, key: Option<&str>) -> Record {
         created_at_ms: 1_000,
         deadline_ms: 31_000,
         idempotency_key: key.map(str::to_owned),
+        request_digest: key.map(|k| format!("digest of {k}")),
         description: Some("test".into()),
     }
 }
@@ -206,6 +207,8 @@ pub async fn an_ended_transaction_is_not_unfinished_and_keeps_its_branches(open:
         .expect("key")
         .expect("found");
     assert_eq!(by_key.id, id);
+    // R7: the first request's digest comes back, to refuse another body.
+    assert_eq!(by_key.request_digest.as_deref(), Some("digest of k1"));
     assert!(store.by_idempotency_key("k2").await.expect("key").is_none());
 }
 
@@ -359,6 +362,7 @@ pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {
             id,
             created_at_ms: 7,
             idempotency_key: Some("trip".into()),
+            request_digest: Some("saga-digest".into()),
             description: None,
             steps: steps.clone(),
         }])
@@ -393,7 +397,10 @@ pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {
     assert_eq!(view.steps[1].status, StepStatus::Pending);
     assert_eq!(view.steps[1].depends_on, vec!["flight".to_string()]);
     let by_key = store.by_idempotency_key("trip").await.expect("key");
-    assert_eq!(by_key.map(|v| v.steps.len()), Some(2));
+    assert_eq!(
+        by_key.map(|v| (v.steps.len(), v.request_digest)),
+        Some((2, Some("saga-digest".to_string())))
+    );
 }
 
 pub async fn a_decision_applies_only_to_an_active_transaction(open: Open) {
@@ -472,6 +479,7 @@ pub async fn a_whole_life_in_one_batch_reads_as_if_written_record_by_record(open
                 id: saga,
                 created_at_ms: 5,
                 idempotency_key: None,
+                request_digest: None,
                 description: None,
                 steps: vec![step.clone()],
             },
@@ -546,6 +554,7 @@ pub async fn recovery_gets_each_unfinished_transaction_with_its_own_parts(open: 
                 id,
                 created_at_ms: 1,
                 idempotency_key: None,
+                request_digest: None,
                 description: None,
                 steps: steps.clone(),
             });

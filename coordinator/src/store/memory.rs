@@ -19,7 +19,8 @@ use futures::future::BoxFuture;
 
 use super::{Appended, BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
 use crate::model::{
-    BranchState, BranchView, SagaStepDef, StepStatus, StepView, TxnId, TxnKind, TxnState, TxnView,
+    BranchState, BranchView, RequestDigest, SagaStepDef, StepStatus, StepView, TxnId, TxnKind,
+    TxnState, TxnView,
 };
 
 /// The in-memory log. Clones share the same contents.
@@ -138,14 +139,13 @@ impl State {
                 created_at_ms,
                 deadline_ms,
                 idempotency_key,
+                request_digest,
                 description,
             } => self.insert(
                 *id,
-                TxnKind::TwoPhase,
-                TxnState::Active,
-                *created_at_ms,
-                *deadline_ms,
-                idempotency_key,
+                (TxnKind::TwoPhase, TxnState::Active),
+                (*created_at_ms, *deadline_ms),
+                (idempotency_key, request_digest),
                 description,
                 Vec::new(),
             ),
@@ -153,15 +153,14 @@ impl State {
                 id,
                 created_at_ms,
                 idempotency_key,
+                request_digest,
                 description,
                 steps,
             } => self.insert(
                 *id,
-                TxnKind::Saga,
-                TxnState::Running,
-                *created_at_ms,
-                0,
-                idempotency_key,
+                (TxnKind::Saga, TxnState::Running),
+                (*created_at_ms, 0),
+                (idempotency_key, request_digest),
                 description,
                 steps.clone(),
             ),
@@ -257,15 +256,14 @@ impl State {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Grouped in pairs: what it is and its state; when it was created and
+    /// its deadline; its idempotency key and that request's digest.
     fn insert(
         &mut self,
         id: TxnId,
-        kind: TxnKind,
-        state: TxnState,
-        created_at_ms: u64,
-        deadline_ms: u64,
-        idempotency_key: &Option<String>,
+        (kind, state): (TxnKind, TxnState),
+        (created_at_ms, deadline_ms): (u64, u64),
+        (idempotency_key, request_digest): (&Option<String>, &Option<RequestDigest>),
         description: &Option<String>,
         steps: Vec<SagaStepDef>,
     ) {
@@ -299,6 +297,7 @@ impl State {
             ended_at_ms: None,
             reason: None,
             idempotency_key: idempotency_key.clone(),
+            request_digest: request_digest.clone(),
             description: description.clone(),
             read_only: false,
             branch_count: 0,

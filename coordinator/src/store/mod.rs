@@ -17,7 +17,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::model::{
-    BranchState, OperatorAction, SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind,
+    BranchState, OperatorAction, RequestDigest, SagaStepDef, StepStatus, TxnId, TxnState, TxnView,
+    VoteKind,
 };
 
 pub(crate) mod batch;
@@ -87,6 +88,7 @@ pub enum Record {
         created_at_ms: u64,
         deadline_ms: u64,
         idempotency_key: Option<String>,
+        request_digest: Option<RequestDigest>,
         description: Option<String>,
     },
     /// A branch enlisted (forced before Enlist answers, so that after a crash
@@ -121,6 +123,7 @@ pub enum Record {
         id: TxnId,
         created_at_ms: u64,
         idempotency_key: Option<String>,
+        request_digest: Option<RequestDigest>,
         description: Option<String>,
         steps: Vec<SagaStepDef>,
     },

@@ -377,6 +377,7 @@ mod tests {
             created_at_ms: 3,
             deadline_ms: 4,
             idempotency_key: Some("key-1".into()),
+            request_digest: None,
             description: None,
         };
         assert!(store.append_batch(&[again]).await.is_err());
@@ -385,6 +386,7 @@ mod tests {
             created_at_ms: 3,
             deadline_ms: 4,
             idempotency_key: None,
+            request_digest: None,
             description: None,
         };
         store

@@ -138,6 +138,7 @@ fn apply(db: &Connection, record: &Record) -> rusqlite::Result<()> {
             created_at_ms,
             deadline_ms,
             idempotency_key,
+            request_digest,
             description,
         } => {
             db.prepare_cached(INSERT_TRANSACTION)?.execute(params![
@@ -148,12 +149,14 @@ fn apply(db: &Connection, record: &Record) -> rusqlite::Result<()> {
                 to_i64(*deadline_ms),
                 idempotency_key,
                 description,
+                request_digest,
             ])?;
         }
         Record::SagaSubmitted {
             id,
             created_at_ms,
             idempotency_key,
+            request_digest,
             description,
             steps,
         } => {
@@ -166,6 +169,7 @@ fn apply(db: &Connection, record: &Record) -> rusqlite::Result<()> {
                 0i64,
                 idempotency_key,
                 description,
+                request_digest,
             ])?;
             let mut insert = db.prepare_cached(INSERT_STEP)?;
             for (idx, step) in steps.iter().enumerate() {
@@ -295,8 +299,9 @@ fn progress(db: &Connection, id: &TxnId, step: &StepProgress) -> rusqlite::Resul
 
 const INSERT_TRANSACTION: &str = "
     INSERT INTO transactions
-      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description,
+       request_digest)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const INSERT_BRANCH: &str = "
     INSERT INTO branches (txn_id, idx, name, participant, payload, state)

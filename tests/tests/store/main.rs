@@ -60,6 +60,7 @@ fn begun(id: TxnId) -> Record {
         created_at_ms: 1_000,
         deadline_ms: 600_000,
         idempotency_key: None,
+        request_digest: None,
         description: None,
     }
 }

@@ -14,29 +14,67 @@ use tokio::process::{Child, Command};
 ///
 /// Taken below the OS's ephemeral port range, where `bind(127.0.0.1:0)`
 /// never lands: otherwise, while a crashed process is down, another test's
-/// server could be given its port and answer in its place. Within this test
-/// process every call gets a different port.
+/// server could be given its port and answer in its place. Each port is
+/// reserved for the life of this test process by an exclusive lock on a
+/// file named after it (released by the OS when the process exits, however
+/// it exits): `cargo nextest` runs every test in a process of its own, and
+/// a free port probed by one could otherwise be handed to another before
+/// either server bound it ("is 127.0.0.1:17417 taken?").
 pub fn free_addr() -> SocketAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    reserve(&NEXT)
+}
+
+/// Port locks held by this process; never released before it exits.
+static RESERVED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+fn reserve(next: &AtomicU32) -> SocketAddr {
     let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768);
     let (low, high) = (10_000u32, ephemeral_low.max(12_000));
     let span = high - low;
-    // Different test binaries start at different places in the range.
-    let start = std::process::id() % span;
+    let locks = std::env::temp_dir().join("concord-test-ports");
+    std::fs::create_dir_all(&locks).expect("port lock directory");
+    // Different test processes start at different places in the range
+    // (spread out: nextest's processes have neighbouring ids).
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
     for _ in 0..span {
-        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = low + (start + next.fetch_add(1, Ordering::Relaxed)) % span;
         let Ok(port) = u16::try_from(port) else {
             continue;
         };
+        let Ok(lock) = std::fs::File::create(locks.join(port.to_string())) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            // Another test process holds it.
+            continue;
+        }
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if std::net::TcpListener::bind(addr).is_ok() {
+            RESERVED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(lock);
             return addr;
         }
     }
     panic!("no free loopback port between {low} and {high}");
+}
+
+/// Two test processes whose searches start at the same place (their own
+/// counters, the same process-id offset) must not be handed the same port:
+/// the lock, not the bind probe, keeps them apart. Two counters in one
+/// process stand for the two processes (a flock is per open file, so a
+/// second open of the same lock file conflicts as another process's would).
+#[test]
+fn searches_from_the_same_place_get_different_ports() {
+    let (first, second) = (AtomicU32::new(0), AtomicU32::new(0));
+    let a = reserve(&first);
+    let b = reserve(&second);
+    assert_ne!(a, b);
 }
 
 /// A child process serving on `addr`.

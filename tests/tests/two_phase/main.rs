@@ -10,7 +10,9 @@ mod bad_input;
 mod batch;
 mod decision;
 mod fuzz;
+mod log_failures;
 mod tls;
+mod unreachable;
 
 use std::time::Duration;
 
@@ -193,7 +195,7 @@ async fn a_participant_that_hangs_past_the_prepare_deadline_votes_abort() {
 }
 
 #[tokio::test]
-async fn client_rollback_aborts_every_enlisted_branch() {
+async fn client_rollback_before_commit_aborts_without_calling_any_branch() {
     let s = setup().await;
     let id = begin(&s.client).await;
     s.client
@@ -209,10 +211,20 @@ async fn client_rollback_aborts_every_enlisted_branch() {
         .await
         .expect("rollback");
     until_state(&s.client, &id, pb::TransactionState::Aborted).await;
-    // Never prepared: the aborts left tombstones, and the handler never ran.
-    assert_eq!(s.a.ledger(&id).await, ["abort=tombstone"]);
-    assert_eq!(s.b.ledger(&id).await, ["abort=tombstone"]);
+    // Never sent a Prepare, so holding nothing: presumed abort (R2) sends
+    // them nothing, and a participant asking is told ABORTED.
+    assert!(s.a.ledger(&id).await.is_empty());
+    assert!(s.b.ledger(&id).await.is_empty());
     assert!(s.a.effects(&id).await.is_empty());
+    let mut raw = s.client.raw();
+    let asked = raw
+        .get_outcome(pb::GetOutcomeRequest {
+            transaction_id: id.clone(),
+        })
+        .await
+        .expect("get outcome")
+        .into_inner();
+    assert_eq!(asked.outcome, pb::Outcome::Aborted as i32);
     let txn = s.client.transaction(&id).await.expect("get");
     assert_eq!(txn.reason, "changed my mind");
     // Rolling back again is harmless; committing now reports the abort.
@@ -400,7 +412,8 @@ async fn a_transaction_past_its_timeout_aborts_without_any_call() {
     until_state(&s.client, &id, pb::TransactionState::Aborted).await;
     let txn = s.client.transaction(&id).await.expect("get");
     assert!(txn.reason.contains("timed out"), "{}", txn.reason);
-    assert_eq!(s.a.ledger(&id).await, ["abort=tombstone"]);
+    // Never sent a Prepare: told nothing (R2).
+    assert!(s.a.ledger(&id).await.is_empty());
     // A late commit learns the abort; a late enlist is refused.
     assert!(matches!(
         s.client.commit(&id).await,
