@@ -281,7 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the coordinator")?;
     tokio::select! {
         result = node.wait() => {
-            result.context("the gRPC server stopped")?;
+            result.context("the coordinator stopped")?;
         }
         signal = shutdown_signal() => {
             signal?;

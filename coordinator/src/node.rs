@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Limits};
+use crate::runtime::log::LogHealth;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::postgres::{Membership, PostgresStore};
 use crate::store::sqlite::SqliteStore;
@@ -62,6 +63,10 @@ pub enum NodeError {
          its lease); they are finishing its transactions. Restart it to rejoin."
     )]
     LeaseLost,
+    /// The log may have lost a write (a failed fsync): crash-only, the
+    /// node stops and a restart recovers from what the log holds.
+    #[error("{0}")]
+    LogLost(String),
 }
 
 /// A running node.
@@ -164,16 +169,32 @@ impl Node {
         }
     }
 
-    /// Resolves when the node stops by itself: the server failed, or the
-    /// other nodes declared this one gone (then it must not go on serving).
+    /// Resolves when the node stops by itself: the server failed, the
+    /// other nodes declared this one gone, or the log may have lost a
+    /// write (then it must not go on serving).
     pub async fn wait(&mut self) -> Result<(), NodeError> {
         let lease_lost = self.runtime.lease_lost();
+        let mut log_health = self.runtime.log_health();
+        let log_lost = async {
+            match log_health
+                .wait_for(|health| matches!(health, LogHealth::Lost { .. }))
+                .await
+            {
+                Ok(health) => match &*health {
+                    LogHealth::Lost { error } => error.clone(),
+                    _ => String::new(),
+                },
+                // The writer stopped (shutdown): nothing to report.
+                Err(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             served = &mut self.server => match served {
                 Ok(result) => result.map_err(NodeError::from),
                 Err(_) => Ok(()),
             },
             () = lease_lost.cancelled() => Err(NodeError::LeaseLost),
+            error = log_lost => Err(NodeError::LogLost(error)),
         }
     }
 }

@@ -67,7 +67,14 @@ struct Waiter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogHealth {
     Writing,
-    Failing { error: String },
+    Failing {
+        error: String,
+    },
+    /// A write may have been lost (`StoreError::SyncFailed`): the node must
+    /// stop and recover from the log. Final.
+    Lost {
+        error: String,
+    },
 }
 
 /// Why a forced write did not become durable.
@@ -195,6 +202,7 @@ async fn run(
         let result = append(store.as_ref(), &batch).await;
         if let Err(error) = &result
             && waiters.len() > 1
+            && !matches!(**error, StoreError::SyncFailed { .. })
         {
             // One submission's records may be what the store refuses (a
             // constraint violation): apply each alone, in order, so the
@@ -204,12 +212,16 @@ async fn run(
             // for that one's answer too (`driver::write_decision`).
             tracing::warn!(%error, submissions = waiters.len(), "log batch failed; applying its submissions one at a time");
             let mut any_written = false;
+            let mut lost = None;
             for waiter in waiters.drain(..) {
                 let alone = append(store.as_ref(), &batch[waiter.records.clone()]).await;
                 any_written |= alone.is_ok();
+                if matches!(&alone, Err(e) if matches!(**e, StoreError::SyncFailed { .. })) {
+                    lost = Some(alone.clone());
+                }
                 answer(waiter, &alone);
             }
-            report(&health, any_written, &result);
+            report(&health, any_written, lost.as_ref().unwrap_or(&result));
         } else {
             report(&health, result.is_ok(), &result);
             for waiter in waiters.drain(..) {
@@ -263,19 +275,23 @@ fn report(
     result: &Result<Appended, Arc<StoreError>>,
 ) {
     let now = match (written, result) {
+        (_, Err(error)) if matches!(**error, StoreError::SyncFailed { .. }) => LogHealth::Lost {
+            error: error.to_string(),
+        },
         (true, _) | (false, Ok(_)) => LogHealth::Writing,
         (false, Err(error)) => LogHealth::Failing {
             error: error.to_string(),
         },
     };
     health.send_if_modified(|current| {
-        let changed = *current != now;
+        let changed = *current != now && !matches!(current, LogHealth::Lost { .. });
         if changed {
             match &now {
                 LogHealth::Writing => tracing::info!("the log takes writes again"),
                 LogHealth::Failing { error } => {
                     tracing::error!(%error, "the log takes no writes; answering NOT_SERVING until it does")
                 }
+                LogHealth::Lost { error } => tracing::error!(%error, "the log may have lost a write"),
             }
             *current = now.clone();
         }

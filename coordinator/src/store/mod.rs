@@ -195,6 +195,15 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the log writer's thread has stopped")]
     WriterStopped,
+    /// A commit of the log failed with an I/O error: it may or may not be
+    /// durable, and the file can no longer be trusted to say (a failed
+    /// fsync may drop pages the system had accepted). The node stops
+    /// writing and exits; a restart recovers from what the log holds.
+    #[error(
+        "the log at {path} failed to make a write durable ({cause}); writing again could \
+         report durable what is not, so this node stops: restart it to recover from the log"
+    )]
+    SyncFailed { path: String, cause: String },
     #[error("cannot start the log writer's thread: {0}")]
     WriterThread(std::io::Error),
     #[error("schema migration failed: {0}")]

@@ -13,6 +13,14 @@
 //!
 //! The thread ends when the [`WriterThread`] handle is dropped (the store
 //! with it): it finishes the batch in hand and closes the connection.
+//!
+//! A COMMIT that fails with an I/O error is the end of the thread: the
+//! fsync may have failed, and after a failed fsync the operating system
+//! may have dropped pages it had accepted, so the same write retried on the
+//! same file can report durable what is not (PostgreSQL's "fsyncgate").
+//! The batch is answered [`StoreError::SyncFailed`], every later one
+//! [`StoreError::WriterStopped`], and the node exits (crash-only) so that a
+//! restart recovers from what the log holds (docs/design.md).
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -98,7 +106,19 @@ fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
 /// The thread's loop: one batch at a time, in the order they were sent.
 fn serve(mut connection: Connection, jobs: mpsc::Receiver<Job>, busy_timeout: Duration) {
     while let Ok(Job { batch, done }) = jobs.recv() {
-        let outcome = write(&mut connection, &batch);
+        let outcome = match write(&mut connection, &batch) {
+            Err(Failure::Commit(error)) if is_io_error(&error) => {
+                let path = connection.path().unwrap_or("?").to_owned();
+                let _ = done.send(Err(StoreError::SyncFailed {
+                    path,
+                    cause: error.to_string(),
+                }));
+                // Nothing more on this file from this process (see above).
+                return;
+            }
+            Err(Failure::Apply(error) | Failure::Commit(error)) => Err(error),
+            Ok(()) => Ok(()),
+        };
         if outcome.is_err() && !connection.is_autocommit() {
             // The rollback on drop failed and the transaction is still
             // open: the next batch's BEGIN would fail on it. Try once more,
@@ -121,12 +141,40 @@ fn serve(mut connection: Connection, jobs: mpsc::Receiver<Job>, busy_timeout: Du
 /// write lock up front, so a batch never fails halfway for want of it (an
 /// operator's tool or the retention sweep may hold it for a moment; the
 /// busy timeout waits).
-fn write(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+fn write(connection: &mut Connection, batch: &[Record]) -> Result<(), Failure> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Failure::Apply)?;
     for record in batch {
-        apply(&transaction, record)?;
+        apply(&transaction, record).map_err(Failure::Apply)?;
     }
-    transaction.commit()
+    #[cfg(feature = "failpoints")]
+    if fail::eval("sqlite-commit-io-error", |_| ()).is_some() {
+        // As a failed fsync of the WAL reports itself; the transaction
+        // is rolled back as it is dropped.
+        return Err(Failure::Commit(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+            Some("disk I/O error (injected at sqlite-commit-io-error)".into()),
+        )));
+    }
+    transaction.commit().map_err(Failure::Commit)
+}
+
+/// Where a batch failed: applying its records (nothing written; the next
+/// batch may go on), or committing them.
+enum Failure {
+    Apply(rusqlite::Error),
+    Commit(rusqlite::Error),
+}
+
+/// SQLITE_IOERR and its extended codes (a failed write, fsync, truncate).
+/// A full disk is SQLITE_FULL: nothing was written, and writing again once
+/// there is room is safe.
+fn is_io_error(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::SystemIoFailure
+    )
 }
 
 /// One record's rows. Records apply in the order the protocol produced them,
