@@ -6,6 +6,8 @@
 //! - `participant-after-prepare`: the COMMIT vote is durable, not yet sent;
 //! - `participant-before-commit`: Commit arrived, not yet applied;
 //! - `participant-after-commit`: Commit applied, not yet acknowledged;
+//! - `participant-after-one-phase`: a one-phase commit applied, not yet
+//!   answered;
 //! - `participant-after-action`: a saga action applied, not yet answered;
 //! - `participant-after-compensate`: a compensation applied, not yet
 //!   acknowledged.

@@ -526,6 +526,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                     .await
                     .map_err(db)?;
                 tx.commit().await.map_err(db)?;
+                crate::crash::point("participant-after-one-phase");
                 Ok(committed(false))
             }
             Vote::ReadOnly => {

@@ -6,6 +6,8 @@
 //!
 //! Two-phase commit, in protocol order:
 //! - `2pc-before-prepare`: commit asked, no Prepare sent yet;
+//! - `2pc-before-one-phase`: a single branch's records durable, its
+//!   CommitOnePhase not sent yet;
 //! - `2pc-before-decision`: every vote YES, decision not written;
 //! - `2pc-after-decision`: decision durable, nobody told;
 //! - `2pc-mid-phase-two`: one branch acknowledged Commit, others not yet;

@@ -90,6 +90,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
                     }
+                    crash::point("2pc-before-one-phase");
                     calls.push(Box::pin(one_phase(
                         Arc::clone(&shared),
                         Arc::clone(&txn),

@@ -17,6 +17,10 @@ enum Workload {
     TwoPhaseCommit,
     /// A transfer that aborts (insufficient funds at bank a, bank b votes YES).
     TwoPhaseAbort,
+    /// A single-branch deposit: committed in one phase (R6).
+    OnePhase,
+    /// A transfer begun and committed in one call (`BeginRequest.commit`).
+    BeginAndCommit,
     /// A trip that books.
     SagaCompletes,
     /// A trip whose car is sold out: compensated.
@@ -39,15 +43,28 @@ const MATRIX: &[(&str, Host, &[Workload])] = &[
     (
         "2pc-before-prepare",
         Coordinator,
-        &[TwoPhaseCommit, TwoPhaseAbort],
+        &[TwoPhaseCommit, TwoPhaseAbort, BeginAndCommit],
     ),
-    ("2pc-before-decision", Coordinator, &[TwoPhaseCommit]),
-    ("2pc-after-decision", Coordinator, &[TwoPhaseCommit]),
-    ("2pc-mid-phase-two", Coordinator, &[TwoPhaseCommit]),
+    ("2pc-before-one-phase", Coordinator, &[OnePhase]),
+    (
+        "2pc-before-decision",
+        Coordinator,
+        &[TwoPhaseCommit, BeginAndCommit],
+    ),
+    (
+        "2pc-after-decision",
+        Coordinator,
+        &[TwoPhaseCommit, BeginAndCommit],
+    ),
+    (
+        "2pc-mid-phase-two",
+        Coordinator,
+        &[TwoPhaseCommit, BeginAndCommit],
+    ),
     (
         "2pc-before-end",
         Coordinator,
-        &[TwoPhaseCommit, TwoPhaseAbort],
+        &[TwoPhaseCommit, TwoPhaseAbort, OnePhase, BeginAndCommit],
     ),
     ("2pc-after-abort-decision", Coordinator, &[TwoPhaseAbort]),
     (
@@ -73,10 +90,19 @@ const MATRIX: &[(&str, Host, &[Workload])] = &[
     (
         "participant-after-prepare",
         Participant,
-        &[TwoPhaseCommit, TwoPhaseAbort],
+        &[TwoPhaseCommit, TwoPhaseAbort, BeginAndCommit],
     ),
-    ("participant-before-commit", Participant, &[TwoPhaseCommit]),
-    ("participant-after-commit", Participant, &[TwoPhaseCommit]),
+    (
+        "participant-before-commit",
+        Participant,
+        &[TwoPhaseCommit, BeginAndCommit],
+    ),
+    (
+        "participant-after-commit",
+        Participant,
+        &[TwoPhaseCommit, BeginAndCommit],
+    ),
+    ("participant-after-one-phase", Participant, &[OnePhase]),
     (
         "participant-after-action",
         Participant,
@@ -91,7 +117,57 @@ const MATRIX: &[(&str, Host, &[Workload])] = &[
 
 /// Runs one case; returns how the transaction ended, for the summary.
 async fn run(point: &str, host: Host, workload: Workload) -> String {
+    // A crash before any vote could be counted leaves an abort; after the
+    // decision (or the one-phase commit), a commit.
+    let aborts = matches!(
+        point,
+        "participant-after-prepare"
+            | "2pc-before-prepare"
+            | "2pc-before-decision"
+            | "2pc-before-one-phase"
+    );
     match workload {
+        OnePhase | BeginAndCommit => {
+            let world = Banks::new();
+            let arm = |victim: Host| (host == victim).then_some(point);
+            let _a = world.bank("a", None, true).await;
+            let b = world.bank("b", arm(Participant), true).await;
+            let coordinator = world.coordinator(arm(Coordinator)).await;
+            let (id, told) = if workload == OnePhase {
+                let (id, told) = world.deposit_in_one_phase().await;
+                (Some(id), told)
+            } else {
+                world.transfer_in_begin(3_000).await
+            };
+            let (_b, _coordinator) = match host {
+                Coordinator => {
+                    coordinator.crashed().await;
+                    (b, world.coordinator(None).await)
+                }
+                Participant => {
+                    b.crashed().await;
+                    (world.bank("b", None, false).await, coordinator)
+                }
+            };
+            let id = match id {
+                Some(id) => Some(id),
+                None => world.only_transaction().await,
+            };
+            let Some(id) = id else {
+                // The one-call Begin's records ride with its decision: a
+                // crash before either leaves nothing, and no money moved.
+                assert!(aborts, "{point}: a decided transfer left no record");
+                world.untouched().await;
+                return "never recorded".to_owned();
+            };
+            let on_commit = if workload == OnePhase {
+                (10_000, 8_000)
+            } else {
+                (7_000, 8_000)
+            };
+            let committed = world.settles_to(&id, told, Some(!aborts), on_commit).await;
+            if committed { "committed" } else { "aborted" }.to_owned()
+        }
         TwoPhaseCommit | TwoPhaseAbort => {
             let world = Banks::new();
             let arm = |victim: Host| (host == victim).then_some(point);
@@ -117,16 +193,7 @@ async fn run(point: &str, host: Host, workload: Workload) -> String {
             };
             // An abort must stay an abort; a commit may turn into an abort
             // only when a crash ate a YES vote before the decision.
-            let must = match workload {
-                TwoPhaseAbort => Some(false),
-                _ if point == "participant-after-prepare"
-                    || point == "2pc-before-prepare"
-                    || point == "2pc-before-decision" =>
-                {
-                    Some(false)
-                }
-                _ => Some(true),
-            };
+            let must = Some(workload == TwoPhaseCommit && !aborts);
             let committed = world.settles_as_decided(&id, told, must).await;
             if committed { "committed" } else { "aborted" }.to_owned()
         }

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::support::eventually;
-use super::support::processes::{Proc, free_addr, start_coordinator, start_coordinator_with};
+use super::support::processes::{
+    Proc, coordinator_args, free_addr, start_coordinator, start_coordinator_with,
+};
 use concord_example_bank::{Movement, account, open_holds};
 use concord_participant::saga::SagaState;
 use concord_participant::{BeginOptions, CoordinatorClient, Outcome};
@@ -113,6 +115,96 @@ impl Banks {
         (id, answer)
     }
 
+    /// A 3 000-cent deposit to bob: one branch, so committed in one phase
+    /// (R6). Returns its id and what Commit answered.
+    pub(super) async fn deposit_in_one_phase(&self) -> (String, Option<Outcome>) {
+        let client = self.client();
+        let id = client
+            .begin(BeginOptions::default())
+            .await
+            .expect("begin")
+            .transaction_id;
+        let credit = Movement {
+            account: "bob".into(),
+            delta: 3_000,
+        };
+        client
+            .enlist(
+                &id,
+                &format!("http://{}", self.b_addr),
+                credit.to_payload(),
+                Some("credit"),
+            )
+            .await
+            .expect("enlist");
+        let answer = client.commit(&id).await.ok();
+        (id, answer)
+    }
+
+    /// A transfer of `amount` from alice to bob begun and committed in one
+    /// call (`BeginRequest.commit`). The id is None when the coordinator
+    /// died before answering ([`Banks::only_transaction`] finds it).
+    pub(super) async fn transfer_in_begin(&self, amount: i64) -> (Option<String>, Option<Outcome>) {
+        let branch = |addr: SocketAddr, account: &str, delta: i64, name: &str| {
+            concord_participant::BranchSpec {
+                participant: format!("http://{addr}"),
+                payload: Movement {
+                    account: account.into(),
+                    delta,
+                }
+                .to_payload(),
+                name: Some(name.into()),
+            }
+        };
+        let options = BeginOptions {
+            branches: vec![
+                branch(self.a_addr, "alice", -amount, "debit"),
+                branch(self.b_addr, "bob", amount, "credit"),
+            ],
+            ..BeginOptions::default()
+        };
+        match self.client().begin_and_commit(options).await {
+            Ok((begun, outcome)) => (Some(begun.transaction_id), Some(outcome)),
+            Err(_) => (None, None),
+        }
+    }
+
+    /// The one transaction this world's coordinator knows, if its records
+    /// were written before a crash (a fresh log: nothing else is in it).
+    pub(super) async fn only_transaction(&self) -> Option<String> {
+        let mut raw = self.client().raw();
+        let listed = raw
+            .list_transactions(pb::ListTransactionsRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(listed.transactions.len() <= 1, "{listed:?}");
+        listed.transactions.first().map(|t| t.id.clone())
+    }
+
+    /// Neither bank kept anything of a transaction the coordinator never
+    /// recorded: the in-doubt resolvers were told ABORTED (R2).
+    pub(super) async fn untouched(&self) {
+        let a = concord_example_bank::open_db(&self.db("a"))
+            .await
+            .expect("bank a db");
+        let b = concord_example_bank::open_db(&self.db("b"))
+            .await
+            .expect("bank b db");
+        eventually("both banks are as they began", || async {
+            let alice = account(&a, "alice").await.ok()??;
+            let bob = account(&b, "bob").await.ok()??;
+            let holds = open_holds(&a).await.ok()? + open_holds(&b).await.ok()?;
+            (alice.balance == 10_000
+                && bob.balance == 5_000
+                && alice.held == 0
+                && bob.held == 0
+                && holds == 0)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Waits for the transaction to end and checks the money in both
     /// banks' databases: moved once or not at all, nothing held (I1, I3, I6).
     pub(super) async fn settles(&self, id: &str, told: Option<Outcome>, committed: bool) {
@@ -128,6 +220,19 @@ impl Banks {
         id: &str,
         told: Option<Outcome>,
         must: Option<bool>,
+    ) -> bool {
+        self.settles_to(id, told, must, (7_000, 8_000)).await
+    }
+
+    /// [`Banks::settles_as_decided`] for any movement: `committed` is what
+    /// alice and bob hold if it committed (they hold 10 000 and 5 000 if
+    /// it aborted).
+    pub(super) async fn settles_to(
+        &self,
+        id: &str,
+        told: Option<Outcome>,
+        must: Option<bool>,
+        committed_balances: (i64, i64),
     ) -> bool {
         let client = self.client();
         let state = eventually(&format!("{id} ends"), || async {
@@ -159,7 +264,7 @@ impl Banks {
             .await
             .expect("bank b db");
         let (alice, bob) = if committed {
-            (7_000, 8_000)
+            committed_balances
         } else {
             (10_000, 5_000)
         };
@@ -205,6 +310,55 @@ async fn coordinator_killed_after_the_decision_before_phase_two_commits_everywhe
 #[tokio::test]
 async fn coordinator_killed_mid_phase_two_commits_everywhere_exactly_once() {
     coordinator_dies_at("2pc-mid-phase-two", true).await;
+}
+
+/// fsync failure is fatal (issue 17 item 2; docs/design.md, "A log that
+/// fails"): the decision's COMMIT fails with an I/O error, injected where
+/// SQLite's fsync of the WAL reports it. The coordinator writes nothing
+/// more on that file and exits, naming the log's path and the cause; the
+/// client is not told COMMITTED; restarted, it recovers from what the log
+/// holds (no decision: abort) and both banks end as they began.
+#[tokio::test]
+async fn a_failed_fsync_of_the_decision_stops_the_coordinator_and_a_restart_recovers() {
+    let world = Banks::new();
+    let _a = world.bank("a", None, true).await;
+    let _b = world.bank("b", None, true).await;
+    let log = world.dir.path().join("coordinator.log");
+    // The transfer's fourth commit is its decision (after its Begun and two
+    // Enlisted records).
+    let coordinator = Proc::start_logged(
+        "concord",
+        env!("CARGO_BIN_EXE_concord-failpoints"),
+        &coordinator_args(world.coordinator_addr, &world.coordinator_data()),
+        Some("sqlite-commit-io-error=3*off->return"),
+        world.coordinator_addr,
+        Some(&log),
+    )
+    .await;
+    let (id, told) = world.transfer().await;
+    assert!(
+        !matches!(told, Some(Outcome::Committed { .. })),
+        "told {told:?} though the decision may not be durable"
+    );
+    let status = coordinator.exits(Duration::from_secs(15)).await;
+    assert!(!status.success(), "{status}");
+    let stderr = std::fs::read_to_string(&log).expect("coordinator log");
+    assert!(
+        stderr.contains("failed to make a write durable") && stderr.contains("disk I/O error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            &world
+                .coordinator_data()
+                .join("concord.db")
+                .display()
+                .to_string()
+        ),
+        "the error names the log's path: {stderr}"
+    );
+    let _coordinator = world.coordinator(None).await;
+    world.settles(&id, told, false).await;
 }
 
 #[tokio::test]

@@ -210,3 +210,68 @@ async fn a_node_that_leaves_hands_its_transactions_over_without_waiting() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].view.id, x);
 }
+
+/// R7 across nodes (issue 17 item 4). Each node serialises its own keyed
+/// Begins, but two nodes can both find a key free and both write it: the
+/// race is staged by letting node B's look-up miss the key node A has just
+/// written. B's write is refused by the unique index; only B's Begin fails
+/// (a transaction queued with it is written), and B then answers with A's
+/// transaction, as a retry would have; with another request under the key
+/// it answers ALREADY_EXISTS.
+#[tokio::test]
+async fn two_nodes_racing_one_idempotency_key_answer_with_the_winners_transaction() {
+    use concord_coordinator::runtime::{BeginTxn, Error, Runtime};
+    use support::faulty_store::FaultyStore;
+
+    let server = Postgres::start().await;
+    let url = server.database("key_race").await;
+    let a = node(&url, "a").await;
+    let b = Arc::new(FaultyStore::new(Arc::new(node(&url, "b").await)));
+    let runtime = Runtime::start(Arc::clone(&b) as Arc<dyn Store>, support::quick_config())
+        .await
+        .expect("runtime on node b");
+
+    // Node A wins the key.
+    let winner = TxnId::mint();
+    let keyed = |id: TxnId, digest: &str| Record::Begun {
+        id,
+        created_at_ms: 1_000,
+        deadline_ms: 600_000,
+        idempotency_key: Some("order-9".into()),
+        request_digest: Some(digest.into()),
+        description: None,
+    };
+    a.append(&[keyed(winner, "same")]).await.expect("a writes");
+
+    // Node B looked before A wrote, and writes too, while an unkeyed Begin
+    // is queued with it (usually in the same batch).
+    b.miss_keys(1);
+    let begin = |digest: &str| BeginTxn {
+        idempotency_key: Some("order-9".into()),
+        request_digest: Some(digest.into()),
+        ..BeginTxn::default()
+    };
+    let (raced, other) = tokio::join!(
+        runtime.begin(begin("same")),
+        runtime.begin(BeginTxn::default())
+    );
+    let raced = raced.expect("the loser answers with the winner");
+    assert_eq!((raced.id, raced.created), (winner, false));
+    let other = other.expect("the other Begin is written");
+    assert_eq!(state(&a, other.id).await, TxnState::Active);
+    // One transaction holds the key, and it is A's.
+    let by_key = a
+        .by_idempotency_key("order-9")
+        .await
+        .expect("look up")
+        .expect("found");
+    assert_eq!(by_key.id, winner);
+
+    // The same race with another request under the key.
+    b.miss_keys(1);
+    match runtime.begin(begin("other")).await {
+        Err(Error::KeyReused { id, .. }) => assert_eq!(id, winner),
+        other => panic!("expected KeyReused, got {other:?}"),
+    }
+    runtime.shutdown().await;
+}
