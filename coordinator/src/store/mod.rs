@@ -195,6 +195,13 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the log writer's thread has stopped")]
     WriterStopped,
+    /// A batch of the SQLite log failed and nothing of it was applied (a
+    /// full disk: "database or disk is full"); the next one may succeed.
+    #[error("writing the log at {path} failed: {source}")]
+    LogWrite {
+        path: String,
+        source: rusqlite::Error,
+    },
     /// A commit of the log failed with an I/O error: it may or may not be
     /// durable, and the file can no longer be trusted to say (a failed
     /// fsync may drop pages the system had accepted). The node stops

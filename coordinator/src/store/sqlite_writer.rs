@@ -131,7 +131,10 @@ fn serve(mut connection: Connection, jobs: mpsc::Receiver<Job>, busy_timeout: Du
             }
         }
         // The log writer may have stopped waiting (shutdown); nothing to do.
-        let _ = done.send(outcome.map_err(StoreError::from));
+        let _ = done.send(outcome.map_err(|source| StoreError::LogWrite {
+            path: connection.path().unwrap_or("?").to_owned(),
+            source,
+        }));
     }
 }
 

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod disk;
 mod matrix;
 mod process;
 mod traces;

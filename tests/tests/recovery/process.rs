@@ -40,6 +40,58 @@ impl Banks {
         self.dir.path().join("coordinator")
     }
 
+    /// The world's temp dir (bank databases, logs).
+    pub(super) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The coordinator with its log in `data` and its stderr in `log`.
+    pub(super) async fn coordinator_at(
+        &self,
+        data: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Proc {
+        Proc::start_logged(
+            "concord",
+            env!("CARGO_BIN_EXE_concord-failpoints"),
+            &coordinator_args(self.coordinator_addr, data),
+            None,
+            self.coordinator_addr,
+            Some(log),
+        )
+        .await
+    }
+
+    /// A 10-cent transfer from alice to bob begun and committed in one
+    /// call; the id when it was answered (either outcome).
+    pub(super) async fn small_transfer(
+        &self,
+        client: &CoordinatorClient,
+    ) -> Result<(String, Outcome), String> {
+        let branch =
+            |addr: SocketAddr, account: &str, delta: i64| concord_participant::BranchSpec {
+                participant: format!("http://{addr}"),
+                payload: Movement {
+                    account: account.into(),
+                    delta,
+                }
+                .to_payload(),
+                name: None,
+            };
+        let options = BeginOptions {
+            branches: vec![
+                branch(self.a_addr, "alice", -10),
+                branch(self.b_addr, "bob", 10),
+            ],
+            ..BeginOptions::default()
+        };
+        client
+            .begin_and_commit(options)
+            .await
+            .map(|(begun, outcome)| (begun.transaction_id, outcome))
+            .map_err(|error| error.to_string())
+    }
+
     pub(super) fn db(&self, bank: &str) -> PathBuf {
         self.dir.path().join(format!("{bank}.db"))
     }

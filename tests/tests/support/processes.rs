@@ -111,7 +111,10 @@ impl Proc {
         }
         command
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CONCORD_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env(
                 "FAILPOINTS",
                 // A bare name crashes there; "name=action" is taken as is.
