@@ -111,6 +111,7 @@ impl Proc {
         }
         command
             .args(args)
+            // CONCORD_CHILD_LOG=debug (say) shows more of a child's log.
             .env(
                 "RUST_LOG",
                 std::env::var("CONCORD_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
