@@ -244,14 +244,18 @@ async fn begin_recorded(shared: &Shared, txn: &LiveTxn) -> Written {
     let Some(begin_write) = begin_write else {
         return Written::Durable;
     };
-    match begin_write.wait().await {
+    let written = match begin_write.wait().await {
         Ok(()) => Written::Durable,
         Err(LogError::Stopped) => Written::Stopped,
         Err(LogError::Fenced) => Written::Fenced,
         Err(LogError::Store(_)) => {
             write_until_durable_as(shared, txn.begin_records(), Urgency::Forced, Some(txn)).await
         }
+    };
+    if written == Written::Durable {
+        txn.mark_recorded();
     }
+    written
 }
 
 /// Writes the COMMITTED decision. For a transaction committed in its own
@@ -266,6 +270,21 @@ async fn write_decision(shared: &Shared, txn: &LiveTxn, decided: Record) -> Writ
     let Some(begin_write) = begin_write else {
         return write_until_durable_as(shared, vec![decided], Urgency::Forced, Some(txn)).await;
     };
+    let written = write_decision_after_begin(shared, txn, decided, begin_write).await;
+    if written == Written::Durable {
+        txn.mark_recorded();
+    }
+    written
+}
+
+/// [`write_decision`] for a transaction whose Begun records were queued
+/// lazily and may still be on their way (or have failed).
+async fn write_decision_after_begin(
+    shared: &Shared,
+    txn: &LiveTxn,
+    decided: Record,
+    begin_write: super::log::Durable,
+) -> Written {
     let decision_write = shared.log.submit(vec![decided.clone()]);
     let (begun, written) = tokio::select! {
         biased;

@@ -93,6 +93,9 @@ pub struct LiveTxn {
     /// `Inner::undurable`): its waiting clients are answered UNAVAILABLE
     /// while the driver goes on writing.
     pub undurable: std::sync::atomic::AtomicBool,
+    /// Its Begun record is durable: only then may a Begin retried with its
+    /// key be given its id (R7; a Begin answers once its record is).
+    pub recorded: std::sync::atomic::AtomicBool,
 }
 
 impl LiveTxn {
@@ -134,6 +137,7 @@ impl LiveTxn {
             ended: watch::channel(false).0,
             retries: super::wait::Retries::default(),
             undurable: std::sync::atomic::AtomicBool::new(false),
+            recorded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -293,6 +297,13 @@ impl LiveTxn {
         // Unchanged values, but the waiters look at `undurable` again.
         self.outcome.send_modify(|_| {});
         self.ended.send_modify(|_| {});
+    }
+
+    /// Its Begun record (and those of the branches named with it) is
+    /// durable.
+    pub fn mark_recorded(&self) {
+        self.recorded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Why its log writes keep failing, once reported.

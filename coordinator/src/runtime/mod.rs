@@ -632,8 +632,9 @@ impl Runtime {
             let shared = Arc::clone(shared);
             async move {
                 let written = durable.wait().await;
-                if written.is_err() {
-                    shared.forget(&txn);
+                match &written {
+                    Ok(()) => txn.mark_recorded(),
+                    Err(_) => shared.forget(&txn),
                 }
                 written
             }
@@ -698,12 +699,27 @@ impl Runtime {
         };
         let live = shared.keys().get(key).copied();
         if let Some(id) = live {
+            let recording = || {
+                Error::Unavailable(format!(
+                    "the request first made with idempotency key {key:?} is still being \
+                     recorded; retry"
+                ))
+            };
+            let recorded = std::sync::atomic::Ordering::SeqCst;
             if let Some(txn) = shared.live.get(&id) {
                 same(id, txn.request_digest.as_ref())?;
+                // Not an id the log may never hold (R7, R1).
+                if !txn.recorded.load(recorded) {
+                    return Err(recording());
+                }
                 return Ok(Some((id, live::state_of(&txn.lock().machine))));
             }
             if let Some(saga) = shared.sagas.get(&id) {
                 same(id, saga.header.request_digest.as_ref())?;
+                // §3: accepted means durable.
+                if !saga.recorded.load(recorded) {
+                    return Err(recording());
+                }
                 return Ok(Some((id, saga.state())));
             }
         }
@@ -806,6 +822,9 @@ impl Runtime {
                 match &written {
                     Err(_) => shared.forget_saga(&live_saga),
                     Ok(()) => {
+                        live_saga
+                            .recorded
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
                         let mut inner = live_saga.lock();
                         let effects = inner.machine.apply(saga_protocol::Event::Start);
                         saga::dispatch(&shared, &live_saga, &mut inner, effects);
@@ -1438,6 +1457,9 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
                 .collect();
             let live_saga = Arc::new(LiveSaga::new(header, record.steps, machine, progress));
             live_saga.lock().operator_actions = operator_actions;
+            live_saga
+                .recorded
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             shared.sagas.insert(view.id, Arc::clone(&live_saga));
             pending.push(Recovered::Saga(live_saga, effects));
             continue;
@@ -1473,6 +1495,7 @@ fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             inner.decided_at_ms = view.decided_at_ms;
             inner.operator_actions = operator_actions;
             inner.recovered = true;
+            txn.mark_recorded();
         }
         if let Some(announced) = txn.lock().machine.announced().cloned() {
             txn.outcome.send_replace(Some(announced));

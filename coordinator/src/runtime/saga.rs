@@ -64,6 +64,9 @@ pub struct LiveSaga {
     pub ended: watch::Sender<bool>,
     /// Another node took the saga over (its records were fenced).
     pub taken_over: std::sync::atomic::AtomicBool,
+    /// Its definition is durable (§3): only then may a SubmitSaga retried
+    /// with its key be told it was accepted.
+    pub recorded: std::sync::atomic::AtomicBool,
     /// Its steps' and compensations' retry backoff, which an operator can
     /// cut short.
     pub retries: super::wait::Retries,
@@ -89,6 +92,7 @@ impl LiveSaga {
             wake: Notify::new(),
             ended: watch::channel(false).0,
             taken_over: std::sync::atomic::AtomicBool::new(false),
+            recorded: std::sync::atomic::AtomicBool::new(false),
             retries: super::wait::Retries::default(),
         }
     }

@@ -10,8 +10,15 @@
 //!
 //! It keeps the SQLite store's semantics exactly; the store contract tests
 //! (`store::contract`) run against both.
+//!
+//! A simulation's nemesis can also make it misbehave as a disk does
+//! ([`MemoryStore::faults`]): fail every write for a while (a full disk),
+//! write slowly, or fail one commit as a failed fsync reports itself —
+//! applied or not, nobody can tell — after which it takes no write until
+//! the coordinator restarts (`StoreError::SyncFailed`, crash-only).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::FutureExt;
@@ -31,6 +38,30 @@ pub struct MemoryStore {
     /// in that time loses the batch. Timed with `tokio::time`, which a
     /// simulation controls.
     write_latency: std::time::Duration,
+    faults: Arc<StoreFaults>,
+}
+
+/// Faults a simulation injects into a [`MemoryStore`]; shared by clones.
+#[derive(Debug, Default)]
+pub struct StoreFaults {
+    /// Every write fails, applying nothing (a full disk).
+    pub failing: AtomicBool,
+    /// Added to every write's latency, in microseconds (a slow disk).
+    pub extra_latency_us: AtomicU64,
+    /// The next write fails as a failed fsync does; whether it was applied
+    /// is decided by the batch count (deterministic, and either way).
+    pub lose_next: AtomicBool,
+    /// A write was lost: nothing is written until [`StoreFaults::reopen`]
+    /// (the coordinator must restart, as `concord serve` exits).
+    pub lost: AtomicBool,
+}
+
+impl StoreFaults {
+    /// A restarted coordinator opens the log anew.
+    pub fn reopen(&self) {
+        self.lose_next.store(false, Ordering::SeqCst);
+        self.lost.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +91,11 @@ impl MemoryStore {
             write_latency: latency,
             ..Self::default()
         }
+    }
+
+    /// The faults this store can be told to show.
+    pub fn faults(&self) -> &StoreFaults {
+        &self.faults
     }
 
     /// Batches appended since the store was made.
@@ -354,15 +390,36 @@ fn conflict(what: String) -> StoreError {
 impl Store for MemoryStore {
     fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<Appended, StoreError>> {
         async move {
-            if !self.write_latency.is_zero() {
-                tokio::time::sleep(self.write_latency).await;
+            let faults = &self.faults;
+            let latency = self.write_latency
+                + std::time::Duration::from_micros(faults.extra_latency_us.load(Ordering::SeqCst));
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if faults.lost.load(Ordering::SeqCst) {
+                return Err(StoreError::WriterStopped);
+            }
+            if faults.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Corrupt(
+                    "database or disk is full (injected)".into(),
+                ));
             }
             let mut state = self.lock();
-            state.check(batch)?;
-            for record in batch {
-                state.apply(record);
+            let lose = faults.lose_next.swap(false, Ordering::SeqCst);
+            if !lose || state.batches % 2 == 0 {
+                state.check(batch)?;
+                for record in batch {
+                    state.apply(record);
+                }
+                state.batches += 1;
             }
-            state.batches += 1;
+            if lose {
+                faults.lost.store(true, Ordering::SeqCst);
+                return Err(StoreError::SyncFailed {
+                    path: "memory".into(),
+                    cause: "fsync failed (injected)".into(),
+                });
+            }
             Ok(Appended::default())
         }
         .boxed()

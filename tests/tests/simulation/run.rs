@@ -100,6 +100,14 @@ enum Fault {
     Partitioned(&'static str, &'static str),
     OneWay(&'static str, &'static str),
     Slow,
+    /// The log's every write fails (a full disk).
+    StoreFails,
+    /// The log's writes take 50-500 ms longer.
+    StoreSlow,
+    /// One write of the log fails as a failed fsync does, applied or not;
+    /// the coordinator stops at once (crash-only, as `concord serve` does)
+    /// and restarts at the heal.
+    StoreLost,
 }
 
 pub fn run(seed: u64) -> RunResult {
@@ -189,6 +197,7 @@ pub fn run(seed: u64) -> RunResult {
     let mut next_fault = Duration::from_millis(rng.u64(0..500));
     let mut in_force: Vec<(Duration, Fault)> = Vec::new();
     let mut healed_at: Option<Duration> = None;
+    let mut lost_crashed = false;
     let mut steps: u64 = 0;
     loop {
         let clients_done = match sim.step() {
@@ -207,13 +216,30 @@ pub fn run(seed: u64) -> RunResult {
             .partition(|(until, _)| heal_all || *until <= now);
         in_force = rest;
         for (_, fault) in due {
-            heal(&mut sim, &fault);
+            heal(&mut sim, &fault, &store);
+            if matches!(fault, Fault::StoreLost) {
+                lost_crashed = false;
+            }
         }
         if heal_all {
             healed_at = Some(now);
         }
+        // A coordinator whose log lost a write exits (`Node::wait`): here,
+        // at the first step after, until its StoreLost fault heals.
+        if store
+            .faults()
+            .lost
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && !in_force
+                .iter()
+                .any(|(_, f)| matches!(f, Fault::Crashed(COORDINATOR)))
+            && !lost_crashed
+        {
+            sim.crash(COORDINATOR);
+            lost_crashed = true;
+        }
         if healed_at.is_none() && now >= next_fault {
-            if let Some(fault) = inject(&mut sim, &mut rng, &in_force) {
+            if let Some(fault) = inject(&mut sim, &mut rng, &in_force, &store) {
                 report.faults += 1;
                 let lasts = Duration::from_millis(rng.u64(50..=2_000));
                 in_force.push((now + lasts, fault));
@@ -260,6 +286,7 @@ fn inject(
     sim: &mut turmoil::Sim<'_>,
     rng: &mut fastrand::Rng,
     in_force: &[(Duration, Fault)],
+    store: &MemoryStore,
 ) -> Option<Fault> {
     let down = |host: &str| {
         in_force
@@ -268,32 +295,60 @@ fn inject(
     };
     let bank = BANKS[rng.usize(..BANKS.len())];
     let client = ["client-0", "client-1", "client-2"][rng.usize(..3)];
-    let fault = match rng.u32(0..10) {
-        0 | 1 if !down(COORDINATOR) => Fault::Crashed(COORDINATOR),
+    let store_fault = |fault: &Fault| {
+        in_force
+            .iter()
+            .any(|(_, f)| std::mem::discriminant(f) == std::mem::discriminant(fault))
+    };
+    let fault = match rng.u32(0..13) {
+        // Not while a lost write may have stopped it already.
+        0 | 1 if !down(COORDINATOR) && !store_fault(&Fault::StoreLost) => {
+            Fault::Crashed(COORDINATOR)
+        }
         2 | 3 if !down(bank) => Fault::Crashed(bank),
         4 | 5 => Fault::Partitioned(COORDINATOR, bank),
         6 => Fault::OneWay(COORDINATOR, bank),
         7 => Fault::OneWay(bank, COORDINATOR),
         8 => Fault::Partitioned(client, COORDINATOR),
         9 => Fault::Slow,
+        10 if !store_fault(&Fault::StoreFails) => Fault::StoreFails,
+        11 if !store_fault(&Fault::StoreSlow) => Fault::StoreSlow,
+        12 if !store_fault(&Fault::StoreLost) && !down(COORDINATOR) => Fault::StoreLost,
         _ => return None,
     };
+    let faults = store.faults();
+    let set = std::sync::atomic::Ordering::SeqCst;
     match &fault {
         Fault::Crashed(host) => sim.crash(*host),
         Fault::Partitioned(a, b) => sim.partition(*a, *b),
         Fault::OneWay(from, to) => sim.partition_oneway(*from, *to),
         // Latency past the prepare and delivery deadlines.
         Fault::Slow => sim.set_max_message_latency(Duration::from_millis(rng.u64(200..=1_500))),
+        Fault::StoreFails => faults.failing.store(true, set),
+        Fault::StoreSlow => faults
+            .extra_latency_us
+            .store(rng.u64(50_000..=500_000), set),
+        Fault::StoreLost => faults.lose_next.store(true, set),
     }
     Some(fault)
 }
 
-fn heal(sim: &mut turmoil::Sim<'_>, fault: &Fault) {
+fn heal(sim: &mut turmoil::Sim<'_>, fault: &Fault, store: &MemoryStore) {
+    let faults = store.faults();
+    let set = std::sync::atomic::Ordering::SeqCst;
     match fault {
         Fault::Crashed(host) => sim.bounce(*host),
         Fault::Partitioned(a, b) => sim.repair(*a, *b),
         Fault::OneWay(from, to) => sim.repair_oneway(*from, *to),
         Fault::Slow => sim.set_max_message_latency(Duration::from_millis(20)),
+        Fault::StoreFails => faults.failing.store(false, set),
+        Fault::StoreSlow => faults.extra_latency_us.store(0, set),
+        Fault::StoreLost => {
+            // Restarted by its supervisor, it opens the log anew and
+            // recovers from what it holds.
+            faults.reopen();
+            sim.bounce(COORDINATOR);
+        }
     }
 }
 
@@ -633,7 +688,12 @@ fn check(
             Told::Committed => {
                 matches!(state, Some(TxnState::Committed | TxnState::Committing))
             }
-            Told::Aborted => matches!(state, Some(TxnState::Aborted | TxnState::Aborting)),
+            // No record is an abort too (R2, presumed abort: GetOutcome
+            // answers ABORTED). A transaction committed in its Begin has
+            // its records ride with its decision; when an abort is told
+            // first and the log then loses writes (a store fault) or the
+            // coordinator restarts, nothing of it may be left.
+            Told::Aborted => matches!(state, None | Some(TxnState::Aborted | TxnState::Aborting)),
             // Accepted means durable (§3): the store must know it.
             Told::Accepted | Told::Unknown => state.is_some(),
         };

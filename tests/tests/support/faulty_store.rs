@@ -20,6 +20,7 @@ pub struct FaultyStore {
     fail_always: AtomicBool,
     stale_key_lookups: AtomicU32,
     appends: AtomicU32,
+    slow_next_ms: AtomicU32,
 }
 
 /// What a full disk answers: ENOSPC.
@@ -35,6 +36,7 @@ impl FaultyStore {
             fail_always: AtomicBool::new(false),
             stale_key_lookups: AtomicU32::new(0),
             appends: AtomicU32::new(0),
+            slow_next_ms: AtomicU32::new(0),
         }
     }
 
@@ -52,6 +54,11 @@ impl FaultyStore {
     /// node wrote the key.
     pub fn miss_keys(&self, n: u32) {
         self.stale_key_lookups.store(n, Ordering::SeqCst);
+    }
+
+    /// The next write takes `ms` longer (a slow fsync).
+    pub fn slow_next(&self, ms: u32) {
+        self.slow_next_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Writes attempted so far, failed or not.
@@ -72,7 +79,14 @@ impl Store for FaultyStore {
         if self.fail_always.load(Ordering::SeqCst) || Self::take(&self.fail_next) {
             return futures::future::ready(Err(disk_full())).boxed();
         }
-        self.inner.append(batch)
+        let slow = self.slow_next_ms.swap(0, Ordering::SeqCst);
+        async move {
+            if slow > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(slow))).await;
+            }
+            self.inner.append(batch).await
+        }
+        .boxed()
     }
 
     fn transaction<'a>(

@@ -215,3 +215,59 @@ async fn a_log_that_takes_no_writes_answers_unavailable_and_not_serving_then_rec
     // Let the sleeps settle before the temp dir goes.
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// §3 and R7 (found by the simulation with store faults): a keyed request
+/// retried while the first one's record is still being written must not be
+/// answered as if it were durable. The retry is UNAVAILABLE ("still being
+/// recorded"), and once the record is durable a retry gets the first one.
+#[tokio::test]
+async fn a_key_retried_while_its_first_request_is_being_recorded_is_not_told_it_is_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Served::start(&dir.path().join("coordinator")).await;
+    let client = CoordinatorClient::connect(node.url.clone()).expect("client");
+    let saga = pb::SubmitSagaRequest {
+        idempotency_key: "trip-9".into(),
+        steps: vec![pb::SagaStep {
+            name: "pay".into(),
+            participant: "http://127.0.0.1:1".into(),
+            kind: pb::StepKind::Pivot as i32,
+            action: b"x".to_vec(),
+            ..pb::SagaStep::default()
+        }],
+        ..pb::SubmitSagaRequest::default()
+    };
+    node.store.slow_next(1_000);
+    let first = tokio::spawn({
+        let (client, saga) = (client.clone(), saga.clone());
+        async move { client.raw().submit_saga(saga).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = client
+        .raw()
+        .submit_saga(saga.clone())
+        .await
+        .expect_err("not accepted before it is durable");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("still being recorded"),
+        "{}",
+        status.message()
+    );
+    let first = first
+        .await
+        .expect("first request")
+        .expect("accepted once durable")
+        .into_inner();
+    assert!(first.created);
+    let again = client
+        .raw()
+        .submit_saga(saga)
+        .await
+        .expect("a retry after it is durable")
+        .into_inner();
+    assert_eq!(
+        (again.transaction_id, again.created),
+        (first.transaction_id, false)
+    );
+    node.stop().await;
+}
