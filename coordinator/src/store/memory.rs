@@ -406,7 +406,7 @@ impl Store for MemoryStore {
             }
             let mut state = self.lock();
             let lose = faults.lose_next.swap(false, Ordering::SeqCst);
-            if !lose || state.batches % 2 == 0 {
+            if !lose || state.batches.is_multiple_of(2) {
                 state.check(batch)?;
                 for record in batch {
                     state.apply(record);
