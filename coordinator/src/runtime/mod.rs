@@ -57,7 +57,7 @@ pub mod wait;
 
 use clock::{Clock, SystemClock};
 use live::{BranchInfo, LiveTxn, TxnHeader};
-use log::LogWriter;
+use log::{LogError, LogWriter};
 use participants::{Dialer, Participants};
 use saga::LiveSaga;
 
@@ -308,6 +308,12 @@ pub(crate) struct Shared {
     /// Idempotency keys of live transactions and sagas (R7). Finished ones
     /// are found in the store.
     keys: Mutex<HashMap<String, TxnId>>,
+    /// Transactions and sagas whose first write failed, so that they were
+    /// forgotten and their client told UNAVAILABLE, but whose records the
+    /// store may hold all the same (a commit whose answer was lost on the
+    /// way back from PostgreSQL). Nobody learned their ids; the sweeper
+    /// ends any the store turns out to hold (see `end_doubtful`).
+    doubtful: Mutex<Vec<TxnId>>,
     /// Serialises keyed Begins between looking a key up and claiming it.
     begin_keys: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
@@ -360,6 +366,13 @@ impl Shared {
         }
     }
 
+    fn note_doubtful(&self, id: TxnId) {
+        self.doubtful
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(id);
+    }
+
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, TxnId>> {
         self.keys
             .lock()
@@ -399,6 +412,7 @@ impl Runtime {
             live: DashMap::default(),
             sagas: DashMap::default(),
             keys: Mutex::new(HashMap::new()),
+            doubtful: Mutex::new(Vec::new()),
             begin_keys: tokio::sync::Mutex::new(()),
             tasks,
             shutdown,
@@ -634,7 +648,10 @@ impl Runtime {
                 let written = durable.wait().await;
                 match &written {
                     Ok(()) => txn.mark_recorded(),
-                    Err(_) => shared.forget(&txn),
+                    Err(_) => {
+                        shared.forget(&txn);
+                        shared.note_doubtful(txn.id);
+                    }
                 }
                 written
             }
@@ -820,7 +837,10 @@ impl Runtime {
             async move {
                 let written = durable.wait().await;
                 match &written {
-                    Err(_) => shared.forget_saga(&live_saga),
+                    Err(_) => {
+                        shared.forget_saga(&live_saga);
+                        shared.note_doubtful(live_saga.header.id);
+                    }
                     Ok(()) => {
                         live_saga
                             .recorded
@@ -1361,6 +1381,78 @@ impl Runtime {
     }
 }
 
+/// How often the sweeper looks for the records of a failed first write.
+const DOUBTFUL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// R2 for a first write that failed ambiguously: the client was told
+/// UNAVAILABLE and nobody learned the id, so nothing was sent to any
+/// participant and no step ran; if the store holds the records all the
+/// same, they are ended here (aborted; a saga compensated with nothing to
+/// undo) instead of waiting, unfinished and owned by a live node, for a
+/// restart. A read or write that fails is tried again at the next check.
+async fn end_doubtful(shared: &Arc<Shared>) {
+    let ids = std::mem::take(
+        &mut *shared
+            .doubtful
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let mut again = Vec::new();
+    for id in ids {
+        let view = match shared.store.transaction(&id).await {
+            Ok(Some(view)) if !view.state.is_terminal() => view,
+            // Never written, or ended already.
+            Ok(_) => continue,
+            Err(_) => {
+                again.push(id);
+                continue;
+            }
+        };
+        tracing::warn!(%id, "a first write reported failed is in the log after all; ending it (R2)");
+        let (state, reason) = match view.kind {
+            TxnKind::TwoPhase => (
+                TxnState::Aborted,
+                "its Begin was answered UNAVAILABLE (the log's answer was lost); presumed aborted",
+            ),
+            TxnKind::Saga => (
+                TxnState::Compensated,
+                "its SubmitSaga was answered UNAVAILABLE (the log's answer was lost); no step ran",
+            ),
+        };
+        let record = Record::Ended {
+            id,
+            state,
+            at_ms: shared.config.clock.now_ms(),
+            read_only: false,
+            reason: Some(reason.into()),
+            branches: view
+                .branches
+                .iter()
+                .enumerate()
+                .map(|(idx, _)| crate::store::BranchEnd {
+                    idx: u32::try_from(idx).unwrap_or(u32::MAX),
+                    state: crate::model::BranchState::Aborted,
+                    vote: None,
+                    attempts: 0,
+                    last_error: None,
+                })
+                .collect(),
+            steps: Vec::new(),
+        };
+        match shared.log.force(vec![record]).await {
+            Ok(()) => crate::metrics::ended(view.kind, state),
+            // Another node took it over (DESIGN §6) and finishes it.
+            Err(LogError::Fenced) => {}
+            Err(_) => again.push(id),
+        }
+    }
+    shared
+        .doubtful
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .extend(again);
+}
+
 /// The start-up recovery: reads every unfinished transaction this node must
 /// finish (retrying while the store fails) and adopts those not begun since
 /// the start.
@@ -1654,10 +1746,15 @@ async fn prune(shared: Arc<Shared>) {
 async fn sweep(shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval(shared.config.sweep_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut doubtful_checked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
+        }
+        if doubtful_checked.elapsed() >= DOUBTFUL_CHECK_EVERY {
+            doubtful_checked = tokio::time::Instant::now();
+            end_doubtful(&shared).await;
         }
         let phase2_backlog = shared
             .live

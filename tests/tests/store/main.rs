@@ -275,3 +275,70 @@ async fn two_nodes_racing_one_idempotency_key_answer_with_the_winners_transactio
     }
     runtime.shutdown().await;
 }
+
+/// R2 for an ambiguous Begin (issue 17 item 5): the commit of a Begin's
+/// records reaches PostgreSQL but its answer is lost, so the node forgets
+/// the transaction and tells its client UNAVAILABLE, while the row stands
+/// ACTIVE, owned by a node that is alive (no takeover will come). The
+/// owner finds it by itself and ends it, aborted, without a restart.
+#[tokio::test]
+async fn a_begin_whose_commit_answer_was_lost_is_aborted_by_its_own_node() {
+    use concord_coordinator::runtime::{BeginTxn, EnlistBranch, Error, Runtime};
+    use support::faulty_store::FaultyStore;
+
+    let server = Postgres::start().await;
+    let url = server.database("lost_answer").await;
+    let observer = node(&url, "observer").await;
+    let store = Arc::new(FaultyStore::new(Arc::new(node(&url, "owner").await)));
+    let runtime = Runtime::start(
+        Arc::clone(&store) as Arc<dyn Store>,
+        support::quick_config(),
+    )
+    .await
+    .expect("runtime");
+
+    store.lose_answers(1);
+    let begun = runtime
+        .begin(BeginTxn {
+            branches: vec![EnlistBranch {
+                participant: "http://127.0.0.1:1".into(),
+                payload: b"debit".to_vec(),
+                name: Some("debit".into()),
+            }],
+            ..BeginTxn::default()
+        })
+        .await;
+    assert!(matches!(begun, Err(Error::Unavailable(_))), "{begun:?}");
+    // The row is there all the same, ACTIVE.
+    let listed = observer
+        .list(&concord_coordinator::store::ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0].id;
+    assert_eq!(listed[0].state, TxnState::Active);
+    // Its own node ends it: aborted, with the reason, its branch too.
+    support::eventually("the orphaned row is aborted", || async {
+        (state(&observer, id).await == TxnState::Aborted).then_some(())
+    })
+    .await;
+    let view = observer
+        .transaction(&id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert!(
+        view.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("presumed aborted")),
+        "{view:?}"
+    );
+    assert_eq!(
+        view.branches.iter().map(|b| b.state).collect::<Vec<_>>(),
+        [concord_coordinator::model::BranchState::Aborted]
+    );
+    runtime.shutdown().await;
+}

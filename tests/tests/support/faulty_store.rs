@@ -21,6 +21,7 @@ pub struct FaultyStore {
     stale_key_lookups: AtomicU32,
     appends: AtomicU32,
     slow_next_ms: AtomicU32,
+    ambiguous_next: AtomicU32,
 }
 
 /// What a full disk answers: ENOSPC.
@@ -37,6 +38,7 @@ impl FaultyStore {
             stale_key_lookups: AtomicU32::new(0),
             appends: AtomicU32::new(0),
             slow_next_ms: AtomicU32::new(0),
+            ambiguous_next: AtomicU32::new(0),
         }
     }
 
@@ -61,6 +63,12 @@ impl FaultyStore {
         self.slow_next_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// The next `n` writes are applied, but answered as failed: a commit
+    /// whose answer was lost on its way back from the database.
+    pub fn lose_answers(&self, n: u32) {
+        self.ambiguous_next.store(n, Ordering::SeqCst);
+    }
+
     /// Writes attempted so far, failed or not.
     pub fn appends(&self) -> u32 {
         self.appends.load(Ordering::SeqCst)
@@ -80,11 +88,18 @@ impl Store for FaultyStore {
             return futures::future::ready(Err(disk_full())).boxed();
         }
         let slow = self.slow_next_ms.swap(0, Ordering::SeqCst);
+        let ambiguous = Self::take(&self.ambiguous_next);
         async move {
             if slow > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(slow))).await;
             }
-            self.inner.append(batch).await
+            let appended = self.inner.append(batch).await?;
+            if ambiguous {
+                return Err(StoreError::Database(sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionReset,
+                ))));
+            }
+            Ok(appended)
         }
         .boxed()
     }
