@@ -77,13 +77,18 @@ impl Cluster {
 
     /// Starts node `node` (named node<N>), its log in [`Cluster::log`].
     async fn node(&self, node: usize) -> Proc {
+        self.node_on(node, &self.url).await
+    }
+
+    /// [`Cluster::node`] on the database at `url` (a fault proxy's).
+    async fn node_on(&self, node: usize, url: &str) -> Proc {
         let addr = self.nodes[node];
         let args: Vec<String> = [
             "serve",
             "--listen",
             &addr.to_string(),
             "--database-url",
-            &self.url,
+            url,
             "--node-name",
             &format!("node{node}"),
             "--lease-ms",
@@ -631,6 +636,77 @@ async fn postgres_crashed_mid_load_loses_no_decision_and_the_nodes_reconnect_by_
         assert!(
             process.running(),
             "node {node} kept running through the outage"
+        );
+    }
+}
+
+/// The link between each node and PostgreSQL under faults (issue 17 item
+/// 6): every node reaches the database through a fault proxy of its own,
+/// and while eight clients transfer money a nemesis, one node's link at a
+/// time, delays it (300 ms a chunk), holds the database's answers (one-way
+/// loss) and then resets the connections with those answers still held
+/// (a batch cut off mid-way: its commit may or may not have happened),
+/// holds the requests for a while, and resets connections abruptly. After
+/// the heal, every transaction ends, what each client was told stands, and
+/// the banks applied exactly the committed transfers, once.
+#[tokio::test]
+async fn the_link_to_postgres_under_faults_loses_nothing_and_decides_nothing_twice() {
+    use support::proxy::Proxy;
+
+    let cluster = Cluster::new(LEASE_MS).await;
+    let _a = cluster.bank("a", None).await;
+    let _b = cluster.bank("b", None).await;
+    let database: SocketAddr = cluster
+        .url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .expect("the database's address in its URL");
+    let mut proxies = Vec::new();
+    let mut nodes = Vec::new();
+    for node in 0..3 {
+        let proxy = Proxy::start(database).await;
+        let url = cluster
+            .url
+            .replace(&database.to_string(), &proxy.addr.to_string());
+        nodes.push(cluster.node_on(node, &url).await);
+        proxies.push(proxy);
+    }
+    let stop = CancellationToken::new();
+    let load = cluster.load(8, &stop);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Each fault is shorter than a lease, so that no node is declared gone
+    // (that case has its own test); a held answer may still be lost.
+    for round in 0..2 {
+        for (node, proxy) in proxies.iter().enumerate() {
+            eprintln!("round {round}, node {node}: delay, lost answers, reset, held requests");
+            proxy.latency(Duration::from_millis(300));
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            proxy.latency(Duration::ZERO);
+            proxy.partition(false, true);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            proxy.drop_connections();
+            proxy.heal();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.partition(true, false);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            proxy.heal();
+            proxy.drop_connections();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // Healed: load goes on for a while, then everything must settle.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.cancel();
+    let transfers = collect(load).await;
+    let report = cluster.verify(&transfers).await;
+    eprintln!("PostgreSQL link faults: {report:?}");
+    assert!(report.committed > 0, "{report:?}");
+    for (node, process) in nodes.iter_mut().enumerate() {
+        assert!(
+            process.running(),
+            "node {node} kept running through the link faults"
         );
     }
 }
