@@ -18,9 +18,9 @@
 //! has taken over is refused (fencing, DESIGN §6); its waiter gets
 //! [`LogError::Fenced`] while the rest of the batch is written.
 //!
-//! A batch that fails is applied again one submission at a time, so that a
-//! record the store refuses for itself (a constraint violation: an
-//! idempotency key another node took meanwhile) fails only its own caller
+//! A batch the store refuses for one of its records (a constraint
+//! violation: an idempotency key another node took meanwhile) is applied
+//! again one submission at a time, so that only that record's caller fails
 //! and the others' records are written. While batches fail the writer
 //! reports the log unhealthy ([`LogWriter::health`]; the node answers
 //! NOT_SERVING), and healthy again after the next batch that succeeds.
@@ -202,11 +202,13 @@ async fn run(
         let result = append(store.as_ref(), &batch).await;
         if let Err(error) = &result
             && waiters.len() > 1
-            && !matches!(**error, StoreError::SyncFailed { .. })
+            && error.is_refused_record()
         {
-            // One submission's records may be what the store refuses (a
+            // One submission's records are what the store refuses (a
             // constraint violation): apply each alone, in order, so the
-            // others are written and only the refused one fails. Records
+            // others are written and only the refused one fails. (Not for
+            // the store's own failures, a full disk or a lost connection:
+            // they would fail each alone too, one wait at a time.) Records
             // of one transaction in different submissions keep their order,
             // and a caller that needs an earlier submission durable waits
             // for that one's answer too (`driver::write_decision`).
@@ -350,6 +352,8 @@ mod tests {
         /// Any batch holding this transaction's records fails, as a batch
         /// with a record that breaks a constraint does.
         poison: Mutex<Option<TxnId>>,
+        /// Appends asked for, failed or not.
+        attempts: std::sync::atomic::AtomicUsize,
     }
 
     impl Store for SlowStore {
@@ -358,13 +362,14 @@ mod tests {
             batch: &'a [Record],
         ) -> BoxFuture<'a, Result<Appended, StoreError>> {
             async move {
+                self.attempts.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if self.fail.load(Ordering::SeqCst) {
                     return Err(StoreError::Corrupt("disk on fire".into()));
                 }
                 let poison = *self.poison.lock().expect("lock");
                 if batch.iter().any(|r| Some(r.txn_id()) == poison) {
-                    return Err(StoreError::Corrupt("UNIQUE constraint failed".into()));
+                    return Err(StoreError::Refused("UNIQUE constraint failed".into()));
                 }
                 self.batches.lock().expect("lock").push(batch.len());
                 Ok(Appended::default())
@@ -444,6 +449,10 @@ mod tests {
             assert!(matches!(durable.wait().await, Err(LogError::Store(_))));
         }
         assert!(store.batches.lock().expect("lock").is_empty());
+        // The store's own failure (not a record's) is not tried again one
+        // submission at a time: each would fail alike, one wait after the
+        // other: the three shared one batch, tried once.
+        assert_eq!(store.attempts.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

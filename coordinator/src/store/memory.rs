@@ -384,7 +384,7 @@ fn record_step(view: &mut TxnView, step: &StepProgress) {
 }
 
 fn conflict(what: String) -> StoreError {
-    StoreError::Corrupt(format!("constraint violated: {what}"))
+    StoreError::Refused(format!("constraint violated: {what}"))
 }
 
 impl Store for MemoryStore {

@@ -222,10 +222,38 @@ pub enum StoreError {
     },
     #[error("the store holds a value it cannot read: {0}")]
     Corrupt(String),
+    /// A record broke one of the store's rules (a key or id already taken,
+    /// a branch of no transaction); nothing of its batch was applied.
+    #[error("the store refused a record: {0}")]
+    Refused(String),
     /// A store the node cannot keep its promises on (an in-memory SQLite
     /// database would lose every decision: R1).
     #[error("{0}")]
     Unsafe(String),
+}
+
+impl StoreError {
+    /// Whether the failure is a record's own (a constraint it breaks), so
+    /// that the same records without it may well be written, as opposed to
+    /// the store's (a full disk, a lost connection), which would fail them
+    /// all alike.
+    pub fn is_refused_record(&self) -> bool {
+        let sqlite = |error: &rusqlite::Error| {
+            matches!(
+                error,
+                rusqlite::Error::SqliteFailure(e, _)
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation
+            )
+        };
+        match self {
+            Self::Refused(_) => true,
+            Self::Database(sqlx::Error::Database(error)) => {
+                !matches!(error.kind(), sqlx::error::ErrorKind::Other)
+            }
+            Self::Sqlite(error) | Self::LogWrite { source: error, .. } => sqlite(error),
+            _ => false,
+        }
+    }
 }
 
 /// What [`Store::append`] did with a batch.
