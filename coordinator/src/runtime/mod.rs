@@ -658,7 +658,8 @@ impl Runtime {
         };
         if let Err(error) = self.detached(forget).await? {
             if let Some(key) = &key
-                && let Some((id, state)) = self.key_taken_meanwhile(key, digest.as_ref()).await?
+                && let Some((id, state)) =
+                    self.key_taken_meanwhile(key, digest.as_ref(), id).await?
             {
                 return Ok(Begun {
                     id,
@@ -756,13 +757,19 @@ impl Runtime {
     /// refuses the second, whose records alone fail (the log writer applies
     /// a failed batch one submission at a time), and the loser then answers
     /// with the winner's transaction, as a retry would have.
+    ///
+    /// The key may also name `own`, the request's own transaction, whose
+    /// write went through although it was reported failed (an answer lost
+    /// on the way back): that one was forgotten and is ended as doubtful
+    /// (`end_doubtful`), so its id is not handed out.
     async fn key_taken_meanwhile(
         &self,
         key: &str,
         digest: Option<&RequestDigest>,
+        own: TxnId,
     ) -> Result<Option<(TxnId, TxnState)>, Error> {
         match self.find_key(key, digest).await {
-            Ok(found) => Ok(found),
+            Ok(found) => Ok(found.filter(|(id, _)| *id != own)),
             Err(error @ Error::KeyReused { .. }) => Err(error),
             // The store that failed the write may fail the read too: the
             // caller reports the write's error.
@@ -855,7 +862,7 @@ impl Runtime {
         };
         if let Err(error) = self.detached(start).await? {
             if let Some(key) = &key
-                && let Some((id, _)) = self.key_taken_meanwhile(key, digest.as_ref()).await?
+                && let Some((id, _)) = self.key_taken_meanwhile(key, digest.as_ref(), id).await?
             {
                 return self.saga_answer(id, false, request.wait).await;
             }
