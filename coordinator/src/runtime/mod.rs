@@ -24,6 +24,12 @@
 //! - [`wait`]: backoff sleeps an operator can cut short.
 //! - [`lease`]: on a store several nodes share, this node's lease and the
 //!   takeover of gone nodes' transactions (DESIGN §6).
+//! - `error`, `requests`: the runtime's error and its requests and answers
+//!   (re-exported here).
+//! - `submit`: SubmitSaga. `operator`: retry and resolve by hand.
+//! - `recovery`: loading and finishing unfinished transactions at start.
+//! - `sweep`: the periodic work (timeouts, gauges, ambiguous first writes,
+//!   retention).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -36,8 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::{
-    OperatorAction, RequestDigest, Resolution, SagaStepDef, StepStatus, TxnId, TxnKind, TxnState,
-    TxnView,
+    OperatorAction, RequestDigest, Resolution, StepStatus, TxnId, TxnKind, TxnState, TxnView,
 };
 use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
 use crate::protocol::two_phase::{BranchPhase, Decision, Event, Outcome, Rejected, TwoPhase};
@@ -54,6 +59,19 @@ pub mod mailbox;
 pub mod participants;
 pub mod saga;
 pub mod wait;
+
+mod error;
+mod operator;
+mod recovery;
+mod requests;
+mod submit;
+mod sweep;
+
+pub use error::Error;
+use requests::BeginWrite;
+pub use requests::{
+    BeginTxn, Begun, Committed, EnlistBranch, Enlisted, Page, SagaAccepted, SubmitSaga,
+};
 
 use clock::{Clock, SystemClock};
 use live::{BranchInfo, LiveTxn, TxnHeader};
@@ -147,126 +165,6 @@ impl RuntimeConfig {
     }
 }
 
-/// Why a request could not be carried out. Each maps to one gRPC status.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("transaction {0} not found")]
-    NotFound(TxnId),
-    #[error("{0}")]
-    Rejected(#[from] Rejected),
-    #[error("transaction {id} is {}, not active", .state.as_str())]
-    Finished { id: TxnId, state: TxnState },
-    #[error("branch {name:?} is already enlisted with a different participant or payload")]
-    BranchConflict { name: String },
-    #[error("the transaction already has {limit} branches, the limit (--max-branches)")]
-    TooManyBranches { limit: usize },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error(
-        "the coordinator is shutting down; the transaction's outcome will be in GetTransaction"
-    )]
-    ShuttingDown,
-    #[error(
-        "the coordinator is draining for shutdown and takes no new transactions; begin it on \
-         another node or after the restart"
-    )]
-    Draining,
-    #[error("store read failed: {0}")]
-    Store(#[from] StoreError),
-    /// R7: an idempotency key names one request. This one differs from the
-    /// one that began `id` with it (other branches, steps, timeout or
-    /// description), so it is neither a retry nor a new transaction.
-    #[error(
-        "idempotency key {key:?} was used with a different request: it began transaction {id}; \
-         retry with the same request, or use a new key for a new transaction"
-    )]
-    KeyReused { key: String, id: TxnId },
-    #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
-    NotTwoPhase(TxnId),
-    #[error("transaction {id} has no branch or step named {name:?}")]
-    NoSuchBranch { id: TxnId, name: String },
-    /// `concord txn resolve` asked for something that would break the
-    /// transaction's rules; the message says which.
-    #[error("{0}")]
-    CannotResolve(String),
-    /// DESIGN §6: another live node owns the transaction; the API forwards
-    /// the call there.
-    #[error("transaction {id} is owned by the coordinator node at {address}; send the call there")]
-    OwnedElsewhere { id: TxnId, address: String },
-    /// DESIGN §6: this node was cut off past its lease and another node took
-    /// the transaction over; its write here was refused (fencing).
-    #[error(
-        "transaction {0} was taken over by another coordinator node while this one was \
-         unreachable past its lease; ask any node for its outcome (GetTransaction)"
-    )]
-    TakenOver(TxnId),
-}
-
-/// What SubmitSaga asks for; the steps are validated already.
-#[derive(Debug, Clone)]
-pub struct SubmitSaga {
-    pub steps: Vec<SagaStepDef>,
-    pub idempotency_key: Option<String>,
-    /// With a key: what the request asked for ([`RequestDigest`]).
-    pub request_digest: Option<RequestDigest>,
-    pub description: Option<String>,
-    /// Answer once the saga is terminal.
-    pub wait: bool,
-}
-
-/// The answer to SubmitSaga.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SagaAccepted {
-    pub id: TxnId,
-    pub created: bool,
-    pub state: TxnState,
-    pub reason: Option<String>,
-}
-
-/// A new or found transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Begun {
-    pub id: TxnId,
-    pub created: bool,
-    pub state: TxnState,
-    /// Names of the branches enlisted with Begin.
-    pub branches: Vec<String>,
-}
-
-/// What Begin asks for.
-#[derive(Debug, Clone, Default)]
-pub struct BeginTxn {
-    pub timeout: Option<Duration>,
-    pub idempotency_key: Option<String>,
-    /// With a key: what the request asked for ([`RequestDigest`]).
-    pub request_digest: Option<RequestDigest>,
-    pub description: Option<String>,
-    /// Branches enlisted with the Begin, in one durable write.
-    pub branches: Vec<EnlistBranch>,
-}
-
-/// When a Begin answers: once its record is durable, or at once with the
-/// decision waiting for the record instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BeginWrite {
-    Wait,
-    BeforeDecision,
-}
-
-/// What Enlist asks for.
-#[derive(Debug, Clone)]
-pub struct EnlistBranch {
-    pub participant: String,
-    pub payload: Vec<u8>,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enlisted {
-    pub name: String,
-    pub created: bool,
-}
-
 /// The states a transaction is stored in while it is not finished.
 const UNFINISHED: [TxnState; 5] = [
     TxnState::Active,
@@ -275,22 +173,6 @@ const UNFINISHED: [TxnState; 5] = [
     TxnState::Running,
     TxnState::Compensating,
 ];
-
-/// One page of `ListTransactions`.
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub views: Vec<TxnView>,
-    /// Where the next page starts (the last id the store returned), if the
-    /// store may have more.
-    pub next: Option<TxnId>,
-}
-
-/// The answer to Commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
-    pub outcome: Outcome,
-    pub state: TxnState,
-}
 
 /// The live tables' hasher: fixed keys, so that iterating them (the
 /// sweeper, listings) visits transactions in the same order on every run of
@@ -425,16 +307,16 @@ impl Runtime {
         runtime
             .shared
             .tasks
-            .spawn(recover(Arc::clone(&runtime.shared)));
+            .spawn(recovery::recover(Arc::clone(&runtime.shared)));
         runtime
             .shared
             .tasks
-            .spawn(sweep(Arc::clone(&runtime.shared)));
+            .spawn(sweep::sweep(Arc::clone(&runtime.shared)));
         if runtime.shared.config.retention.is_some() {
             runtime
                 .shared
                 .tasks
-                .spawn(prune(Arc::clone(&runtime.shared)));
+                .spawn(sweep::prune(Arc::clone(&runtime.shared)));
         }
         if runtime.shared.store.cluster().is_some() {
             runtime
@@ -777,149 +659,6 @@ impl Runtime {
         }
     }
 
-    /// Submits a saga: durable before the answer; with `wait`, answers once
-    /// it is terminal. A known idempotency key returns the first saga.
-    pub async fn submit_saga(&self, request: SubmitSaga) -> Result<SagaAccepted, Error> {
-        let shared = &self.shared;
-        if shared.draining.is_cancelled() {
-            return Err(Error::Draining);
-        }
-        let (key, digest) = (
-            request.idempotency_key.clone(),
-            request.request_digest.clone(),
-        );
-        let claim = match &request.idempotency_key {
-            Some(key) => {
-                let guard = shared.begin_keys.lock().await;
-                if let Some((id, _)) = self.find_key(key, request.request_digest.as_ref()).await? {
-                    drop(guard);
-                    return self.saga_answer(id, false, request.wait).await;
-                }
-                Some(guard)
-            }
-            None => None,
-        };
-        let id = shared.config.clock.mint();
-        shared.note_begun(id);
-        let created_at_ms = shared.config.clock.now_ms();
-        let shapes: Vec<StepShape> = request
-            .steps
-            .iter()
-            .map(|step| StepShape {
-                kind: step.kind,
-                depends_on: step.depends_on.clone(),
-            })
-            .collect();
-        let header = TxnHeader {
-            id,
-            created_at_ms,
-            deadline_ms: 0,
-            idempotency_key: request.idempotency_key.clone(),
-            request_digest: request.request_digest.clone(),
-            description: request.description.clone(),
-        };
-        let progress = vec![saga::Progress::default(); request.steps.len()];
-        let live_saga = Arc::new(LiveSaga::new(
-            header,
-            request.steps.clone(),
-            Saga::new(shapes),
-            progress,
-        ));
-        shared.sagas.insert(id, Arc::clone(&live_saga));
-        if let Some(key) = &request.idempotency_key {
-            shared.keys().insert(key.clone(), id);
-        }
-        // §3: the definition is durable before SubmitSaga answers.
-        let durable = shared.log.submit(vec![Record::SagaSubmitted {
-            id,
-            created_at_ms,
-            idempotency_key: request.idempotency_key,
-            request_digest: request.request_digest,
-            description: request.description,
-            steps: request.steps,
-        }]);
-        drop(claim);
-        let start = {
-            let shared = Arc::clone(shared);
-            async move {
-                let written = durable.wait().await;
-                match &written {
-                    Err(_) => {
-                        shared.forget_saga(&live_saga);
-                        shared.note_doubtful(live_saga.header.id);
-                    }
-                    Ok(()) => {
-                        live_saga
-                            .recorded
-                            .store(true, std::sync::atomic::Ordering::SeqCst);
-                        let mut inner = live_saga.lock();
-                        let effects = inner.machine.apply(saga_protocol::Event::Start);
-                        saga::dispatch(&shared, &live_saga, &mut inner, effects);
-                    }
-                }
-                written
-            }
-        };
-        if let Err(error) = self.detached(start).await? {
-            if let Some(key) = &key
-                && let Some((id, _)) = self.key_taken_meanwhile(key, digest.as_ref(), id).await?
-            {
-                return self.saga_answer(id, false, request.wait).await;
-            }
-            return Err(Error::Unavailable(format!(
-                "could not record the saga: {error}"
-            )));
-        }
-        crate::metrics::begun(TxnKind::Saga);
-        self.saga_answer(id, true, request.wait).await
-    }
-
-    /// A saga's state for SubmitSaga, after waiting for its end if asked.
-    async fn saga_answer(
-        &self,
-        id: TxnId,
-        created: bool,
-        wait: bool,
-    ) -> Result<SagaAccepted, Error> {
-        if let Some(live_saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
-            if wait {
-                let mut ended = live_saga.ended.subscribe();
-                tokio::select! {
-                    biased;
-                    result = ended.wait_for(|ended| *ended) => {
-                        result.map_err(|_| Error::ShuttingDown)?;
-                    }
-                    () = self.shared.shutdown.cancelled() => return Err(Error::ShuttingDown),
-                }
-            }
-            if live_saga
-                .taken_over
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
-                return Err(Error::TakenOver(id));
-            }
-            let view = live_saga.view(false);
-            return Ok(SagaAccepted {
-                id,
-                created,
-                state: view.state,
-                reason: view.reason,
-            });
-        }
-        let view = self.transaction(id).await?;
-        if view.kind != TxnKind::Saga {
-            return Err(Error::Unavailable(format!(
-                "idempotency key belongs to transaction {id}, which is not a saga"
-            )));
-        }
-        Ok(SagaAccepted {
-            id,
-            created,
-            state: view.state,
-            reason: view.reason,
-        })
-    }
-
     /// Enlists a branch; answers once the branch is durable.
     pub async fn enlist(&self, id: TxnId, branch: EnlistBranch) -> Result<Enlisted, Error> {
         let shared = &self.shared;
@@ -1117,144 +856,6 @@ impl Runtime {
         views.sort_by_key(|view| std::cmp::Reverse(view.id));
     }
 
-    /// Makes every retry of the transaction that is waiting out its backoff
-    /// now (`concord txn retry`); returns how many there were and the state.
-    pub async fn retry(&self, id: TxnId) -> Result<(u32, TxnState), Error> {
-        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
-            let retried = txn.retries.now();
-            tracing::info!(%id, retried, "operator: retry now");
-            return Ok((retried, live::state_of(&txn.lock().machine)));
-        }
-        if let Some(saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
-            let retried = saga.retries.now();
-            tracing::info!(%id, retried, "operator: retry now");
-            return Ok((retried, saga.state()));
-        }
-        let view = self
-            .shared
-            .store
-            .transaction(&id)
-            .await?
-            .ok_or(Error::NotFound(id))?;
-        if UNFINISHED.contains(&view.state) {
-            return Err(self.elsewhere(id).await);
-        }
-        Ok((0, view.state))
-    }
-
-    /// Records an operator's outcome for a branch or saga step that cannot
-    /// answer (`concord txn resolve`), durably, then lets the transaction go
-    /// on as if the participant had answered it. Refuses anything that
-    /// could leave the transaction half-done (see the proto).
-    pub async fn resolve(&self, id: TxnId, action: OperatorAction) -> Result<TxnState, Error> {
-        let shared = &self.shared;
-        if let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) {
-            let idx = {
-                let inner = txn.lock();
-                let idx = inner
-                    .branches
-                    .iter()
-                    .position(|b| b.name == action.branch)
-                    .ok_or_else(|| Error::NoSuchBranch {
-                        id,
-                        name: action.branch.clone(),
-                    })?;
-                let decided = match inner.machine.announced() {
-                    Some(Outcome::Committed { .. }) => Resolution::Committed,
-                    Some(Outcome::Aborted { .. }) => Resolution::Aborted,
-                    None => {
-                        return Err(Error::CannotResolve(format!(
-                            "transaction {id} has not decided; a branch can be resolved only in \
-                             phase 2 (to give up on an undecided transaction, roll it back)"
-                        )));
-                    }
-                };
-                if action.outcome != decided {
-                    return Err(Error::CannotResolve(format!(
-                        "transaction {id} decided {}; resolving branch {} as {} would leave it \
-                         half-done",
-                        decided.as_str(),
-                        action.branch,
-                        action.outcome.as_str()
-                    )));
-                }
-                if !matches!(
-                    inner.machine.branches().get(idx),
-                    Some(BranchPhase::Delivering(_))
-                ) {
-                    return Err(Error::CannotResolve(format!(
-                        "branch {} of transaction {id} is not waiting for its participant",
-                        action.branch
-                    )));
-                }
-                idx
-            };
-            self.record_action(id, &action).await?;
-            txn.lock().operator_actions.push(action);
-            // The branch's delivery sees the decision at its next attempt.
-            txn.retries.now();
-            tracing::warn!(%id, branch = idx, "operator resolved a branch");
-            return Ok(live::state_of(&txn.lock().machine));
-        }
-        if let Some(saga) = shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
-            let step = saga
-                .steps
-                .iter()
-                .position(|s| s.name == action.branch)
-                .ok_or_else(|| Error::NoSuchBranch {
-                    id,
-                    name: action.branch.clone(),
-                })?;
-            let status = saga.lock().machine.statuses()[step];
-            let fits = matches!(
-                (action.outcome, status),
-                (Resolution::Compensated, StepStatus::Compensating)
-                    | (Resolution::Committed, StepStatus::Running)
-            );
-            if !fits {
-                return Err(Error::CannotResolve(format!(
-                    "step {} of saga {id} is {}: only a step whose action is retrying can be \
-                     resolved committed, and only one whose compensation is retrying can be \
-                     resolved compensated",
-                    action.branch,
-                    crate::model::step_status_str(status)
-                )));
-            }
-            self.record_action(id, &action).await?;
-            saga.lock().operator_actions.push(action);
-            saga.retries.now();
-            tracing::warn!(%id, step, "operator resolved a saga step");
-            return Ok(saga.state());
-        }
-        let view = shared
-            .store
-            .transaction(&id)
-            .await?
-            .ok_or(Error::NotFound(id))?;
-        if UNFINISHED.contains(&view.state) {
-            return Err(self.elsewhere(id).await);
-        }
-        Err(Error::CannotResolve(format!(
-            "transaction {id} already ended {}; there is nothing to resolve",
-            view.state.as_str()
-        )))
-    }
-
-    /// Makes an operator's action durable before it takes effect.
-    async fn record_action(&self, id: TxnId, action: &OperatorAction) -> Result<(), Error> {
-        let record = Record::OperatorResolved {
-            id,
-            action: action.clone(),
-        };
-        match self.shared.log.force(vec![record]).await {
-            Ok(()) => Ok(()),
-            Err(log::LogError::Fenced) => Err(Error::TakenOver(id)),
-            Err(error) => Err(Error::Unavailable(format!(
-                "could not record the operator's decision: {error}"
-            ))),
-        }
-    }
-
     /// The decision, for a participant holding a prepared branch. R2: an
     /// unknown transaction is aborted.
     pub async fn outcome(&self, id: TxnId) -> Result<Option<Decision>, Error> {
@@ -1388,273 +989,6 @@ impl Runtime {
     }
 }
 
-/// How often the sweeper looks for the records of a failed first write.
-const DOUBTFUL_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// R2 for a first write that failed ambiguously: the client was told
-/// UNAVAILABLE and nobody learned the id, so nothing was sent to any
-/// participant and no step ran; if the store holds the records all the
-/// same, they are ended here (aborted; a saga compensated with nothing to
-/// undo) instead of waiting, unfinished and owned by a live node, for a
-/// restart. A read or write that fails is tried again at the next check.
-async fn end_doubtful(shared: &Arc<Shared>) {
-    let ids = std::mem::take(
-        &mut *shared
-            .doubtful
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    );
-    let mut again = Vec::new();
-    for id in ids {
-        let view = match shared.store.transaction(&id).await {
-            Ok(Some(view)) if !view.state.is_terminal() => view,
-            // Never written, or ended already.
-            Ok(_) => continue,
-            Err(_) => {
-                again.push(id);
-                continue;
-            }
-        };
-        tracing::warn!(%id, "a first write reported failed is in the log after all; ending it (R2)");
-        let (state, reason) = match view.kind {
-            TxnKind::TwoPhase => (
-                TxnState::Aborted,
-                "its Begin was answered UNAVAILABLE (the log's answer was lost); presumed aborted",
-            ),
-            TxnKind::Saga => (
-                TxnState::Compensated,
-                "its SubmitSaga was answered UNAVAILABLE (the log's answer was lost); no step ran",
-            ),
-        };
-        let record = Record::Ended {
-            id,
-            state,
-            at_ms: shared.config.clock.now_ms(),
-            read_only: false,
-            reason: Some(reason.into()),
-            branches: view
-                .branches
-                .iter()
-                .enumerate()
-                .map(|(idx, _)| crate::store::BranchEnd {
-                    idx: u32::try_from(idx).unwrap_or(u32::MAX),
-                    state: crate::model::BranchState::Aborted,
-                    vote: None,
-                    attempts: 0,
-                    last_error: None,
-                })
-                .collect(),
-            steps: Vec::new(),
-        };
-        match shared.log.force(vec![record]).await {
-            Ok(()) => crate::metrics::ended(view.kind, state),
-            // Another node took it over (DESIGN §6) and finishes it.
-            Err(LogError::Fenced) => {}
-            Err(_) => again.push(id),
-        }
-    }
-    shared
-        .doubtful
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .extend(again);
-}
-
-/// The start-up recovery: reads every unfinished transaction this node must
-/// finish (retrying while the store fails) and adopts those not begun since
-/// the start.
-async fn recover(shared: Arc<Shared>) {
-    let mut delays = shared.config.retry.build();
-    let unfinished = loop {
-        let read = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            read = shared.store.claim_unfinished() => read,
-        };
-        match read {
-            Ok(unfinished) => break unfinished,
-            Err(error) => {
-                let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
-                tracing::error!(%error, ?delay, "could not read the unfinished transactions; retrying");
-                tokio::select! {
-                    () = shared.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    };
-    // Every transaction begun after this point was begun after the read.
-    let begun = shared
-        .begun_while_recovering
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
-        .unwrap_or_default();
-    let unfinished = unfinished
-        .into_iter()
-        .filter(|u| !begun.contains(&u.view.id))
-        .collect();
-    adopt(&shared, unfinished);
-}
-
-/// Takes unfinished transactions into memory and starts finishing them: at
-/// start every one this node must finish (recovery), later those it took
-/// over from gone nodes (DESIGN §6). 2PC: with a durable COMMITTED decision,
-/// phase 2 again (R3); without, abort (R2). Sagas: forward or backward from
-/// their step records (§3). At most `recovery_concurrency` are driven at
-/// once, in the background, while new requests are served.
-fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
-    if unfinished.is_empty() {
-        return;
-    }
-    tracing::info!(
-        count = unfinished.len(),
-        "recovering unfinished transactions"
-    );
-    let mut pending: Vec<Recovered> = Vec::with_capacity(unfinished.len());
-    for record in unfinished {
-        let mut view = record.view;
-        if shared.live.contains_key(&view.id) || shared.sagas.contains_key(&view.id) {
-            continue;
-        }
-        // Operators' decisions hold across restarts: a resolved branch is
-        // not called again.
-        let operator_actions = std::mem::take(&mut view.operator_actions);
-        let header = TxnHeader {
-            id: view.id,
-            created_at_ms: view.created_at_ms,
-            deadline_ms: view.deadline_ms,
-            idempotency_key: view.idempotency_key.clone(),
-            request_digest: view.request_digest.clone(),
-            description: view.description.clone(),
-        };
-        if let Some(key) = &view.idempotency_key {
-            shared.keys().insert(key.clone(), view.id);
-        }
-        if view.kind == TxnKind::Saga {
-            let shapes = record
-                .steps
-                .iter()
-                .map(|step| StepShape {
-                    kind: step.kind,
-                    depends_on: step.depends_on.clone(),
-                })
-                .collect();
-            let recorded: Vec<Option<StepStatus>> = view
-                .steps
-                .iter()
-                .map(|step| (step.status != StepStatus::Pending).then_some(step.status))
-                .collect();
-            let (machine, effects) = Saga::recover(shapes, &recorded, view.reason.clone());
-            let progress = view
-                .steps
-                .iter()
-                .map(|step| saga::Progress {
-                    attempts: step.attempts,
-                    compensation_attempts: step.compensation_attempts,
-                    last_error: step.last_error.clone(),
-                })
-                .collect();
-            let live_saga = Arc::new(LiveSaga::new(header, record.steps, machine, progress));
-            live_saga.lock().operator_actions = operator_actions;
-            live_saga
-                .recorded
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            shared.sagas.insert(view.id, Arc::clone(&live_saga));
-            pending.push(Recovered::Saga(live_saga, effects));
-            continue;
-        }
-        let decision = match view.state {
-            TxnState::Committing => Some(Decision::Commit),
-            TxnState::Aborting => Some(Decision::Abort),
-            _ => None,
-        };
-        let (machine, effects) =
-            TwoPhase::recover(view.branches.len(), decision, view.reason.clone());
-        let branches = view
-            .branches
-            .into_iter()
-            .zip(record.payloads)
-            .map(|(branch, payload)| BranchInfo {
-                name: branch.name,
-                participant: branch.participant,
-                payload,
-                vote: branch.vote,
-                attempts: branch.attempts,
-                last_error: branch.last_error,
-            })
-            .collect();
-        let txn = Arc::new(LiveTxn::new(
-            header,
-            machine,
-            branches,
-            shared.config.default_prepare_timeout,
-        ));
-        {
-            let mut inner = txn.lock();
-            inner.decided_at_ms = view.decided_at_ms;
-            inner.operator_actions = operator_actions;
-            inner.recovered = true;
-            txn.mark_recorded();
-        }
-        if let Some(announced) = txn.lock().machine.announced().cloned() {
-            txn.outcome.send_replace(Some(announced));
-        }
-        shared.live.insert(view.id, Arc::clone(&txn));
-        pending.push(Recovered::TwoPhase(txn, effects));
-    }
-    shared
-        .recovery_backlog
-        .fetch_add(pending.len(), std::sync::atomic::Ordering::Relaxed);
-    // Drive the backlog in the background, a bounded number at a time,
-    // while new requests are served.
-    let permits = Arc::new(Semaphore::new(shared.config.recovery_concurrency.max(1)));
-    let driver_shared = Arc::clone(shared);
-    shared.tasks.spawn(async move {
-        for recovered in pending {
-            let permit = tokio::select! {
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-                () = driver_shared.shutdown.cancelled() => return,
-            };
-            let mut ended = match recovered {
-                Recovered::TwoPhase(txn, effects) => {
-                    let mut inner = txn.lock();
-                    driver::dispatch(&driver_shared, &txn, &mut inner, effects);
-                    txn.ended.subscribe()
-                }
-                Recovered::Saga(live_saga, effects) => {
-                    let mut inner = live_saga.lock();
-                    saga::dispatch(&driver_shared, &live_saga, &mut inner, effects);
-                    live_saga.ended.subscribe()
-                }
-            };
-            // The permit returns when this transaction ends, or at
-            // shutdown (which must not wait for it).
-            let shutdown = driver_shared.shutdown.clone();
-            let backlog = Arc::clone(&driver_shared);
-            driver_shared.tasks.spawn(async move {
-                let _permit = permit;
-                tokio::select! {
-                    _ = ended.wait_for(|ended| *ended) => {
-                        backlog
-                            .recovery_backlog
-                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    () = shutdown.cancelled() => {}
-                }
-            });
-        }
-    });
-}
-
-/// A transaction loaded by recovery, with the effects that finish it.
-enum Recovered {
-    TwoPhase(Arc<LiveTxn>, Vec<crate::protocol::two_phase::Effect>),
-    Saga(Arc<LiveSaga>, Vec<saga_protocol::Effect>),
-}
-
 /// Adds a branch to a transaction's state machine and branch list; returns
 /// its name and the record that makes it durable (queued by the caller under
 /// the same lock, so records keep protocol order).
@@ -1701,94 +1035,5 @@ fn generated_name(branches: &[BranchInfo], idx: usize) -> String {
             return name;
         }
         n += 1;
-    }
-}
-
-/// Removes finished transactions past the retention, a thousand at a time,
-/// once a minute. Every removal is logged and counted: nothing leaves the
-/// log silently.
-async fn prune(shared: Arc<Shared>) {
-    const BATCH: u32 = 1_000;
-    let Some(retention) = shared.config.retention else {
-        return;
-    };
-    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
-    let mut ticks = tokio::time::interval(Duration::from_secs(60));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let cutoff = shared.config.clock.now_ms().saturating_sub(retention_ms);
-        let begun_before = TxnId::from_parts(cutoff, 0);
-        let mut removed = 0u64;
-        loop {
-            match shared.store.prune(&begun_before, cutoff, BATCH).await {
-                Ok(count) => {
-                    removed += count;
-                    if count < u64::from(BATCH) || shared.shutdown.is_cancelled() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "could not remove finished transactions; next minute");
-                    break;
-                }
-            }
-        }
-        if removed > 0 {
-            crate::metrics::pruned(removed);
-            tracing::info!(
-                removed,
-                retention_days = retention_ms / 86_400_000,
-                "removed finished transactions past the retention"
-            );
-        }
-    }
-}
-
-/// Aborts transactions whose timeout passed before they decided (R5), even
-/// when no client calls.
-async fn sweep(shared: Arc<Shared>) {
-    let mut ticks = tokio::time::interval(shared.config.sweep_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut doubtful_checked = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        if doubtful_checked.elapsed() >= DOUBTFUL_CHECK_EVERY {
-            doubtful_checked = tokio::time::Instant::now();
-            end_doubtful(&shared).await;
-        }
-        let phase2_backlog = shared
-            .live
-            .iter()
-            .filter(|txn| txn.outcome.borrow().is_some())
-            .count();
-        crate::metrics::in_flight(shared.live.len(), shared.sagas.len(), phase2_backlog);
-        crate::metrics::recovery_backlog(
-            shared
-                .recovery_backlog
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        let now = shared.config.clock.now_ms();
-        let expired: Vec<Arc<LiveTxn>> = shared
-            .live
-            .iter()
-            .filter(|txn| txn.deadline_ms <= now)
-            .map(|txn| Arc::clone(&txn))
-            .collect();
-        for txn in expired {
-            let mut inner = txn.lock();
-            if let Ok(effects) = inner.machine.apply(Event::Expired) {
-                if !effects.is_empty() {
-                    tracing::info!(id = %txn.id, "transaction timed out before deciding; aborting");
-                }
-                driver::dispatch(&shared, &txn, &mut inner, effects);
-            }
-        }
     }
 }
