@@ -237,24 +237,7 @@ impl Banks {
     /// Neither bank kept anything of a transaction the coordinator never
     /// recorded: the in-doubt resolvers were told ABORTED (R2).
     pub(super) async fn untouched(&self) {
-        let a = concord_example_bank::open_db(&self.db("a"))
-            .await
-            .expect("bank a db");
-        let b = concord_example_bank::open_db(&self.db("b"))
-            .await
-            .expect("bank b db");
-        eventually("both banks are as they began", || async {
-            let alice = account(&a, "alice").await.ok()??;
-            let bob = account(&b, "bob").await.ok()??;
-            let holds = open_holds(&a).await.ok()? + open_holds(&b).await.ok()?;
-            (alice.balance == 10_000
-                && bob.balance == 5_000
-                && alice.held == 0
-                && bob.held == 0
-                && holds == 0)
-                .then_some(())
-        })
-        .await;
+        self.balances_settle_at(10_000, 5_000).await;
     }
 
     /// Waits for the transaction to end and checks the money in both
@@ -309,17 +292,24 @@ impl Banks {
                 "told {told:?}"
             );
         }
+        let (alice, bob) = if committed {
+            committed_balances
+        } else {
+            (10_000, 5_000)
+        };
+        self.balances_settle_at(alice, bob).await;
+        committed
+    }
+
+    /// Waits until alice holds `alice` and bob `bob`, with nothing held
+    /// anywhere (I3, I6).
+    pub(super) async fn balances_settle_at(&self, alice: i64, bob: i64) {
         let a = concord_example_bank::open_db(&self.db("a"))
             .await
             .expect("bank a db");
         let b = concord_example_bank::open_db(&self.db("b"))
             .await
             .expect("bank b db");
-        let (alice, bob) = if committed {
-            committed_balances
-        } else {
-            (10_000, 5_000)
-        };
         eventually("both banks settle", || async {
             let alice_now = account(&a, "alice").await.ok()??;
             let bob_now = account(&b, "bob").await.ok()??;
@@ -332,7 +322,6 @@ impl Banks {
                 .then_some(())
         })
         .await;
-        committed
     }
 }
 
