@@ -16,18 +16,15 @@
 //! - [`node`]: one running node (store + runtime + server), as started by
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
-//! - [`cli`]: the `concord` command line.
-//! - [`admin`]: `concord txn`, the operator's tools over the gRPC API.
+//! - [`cli`]: the `concord` command line, with `concord txn` (the
+//!   operator's tools over the gRPC API) and `concord bench` (the load
+//!   generator that measures against the machine's floor) under it.
 //! - [`metrics`]: the Prometheus metrics the runtime reports.
 //! - [`telemetry`]: logs, and OTLP trace export with the `otlp` feature.
-//! - [`bench`]: `concord bench`, the load generator that measures against
-//!   the machine's floor.
 //!
 //! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`.
 
-pub mod admin;
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod metrics;
 pub mod model;

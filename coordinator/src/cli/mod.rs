@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod admin;
+pub mod bench;
+
 use crate::api::Limits;
 use crate::node::{Node, NodeConfig, StoreLocation};
 use crate::runtime::RuntimeConfig;
@@ -31,9 +34,9 @@ enum Command {
     /// Run a coordinator node (gRPC on --listen, log in --data-dir).
     Serve(Box<ServeArgs>),
     /// Measure throughput and latency against this machine's floor.
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Operator tools: list, show and retry transactions.
-    Txn(crate::admin::TxnArgs),
+    Txn(admin::TxnArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,8 +228,8 @@ pub fn main() -> anyhow::Result<()> {
         let telemetry = crate::telemetry::init(otlp)?;
         let result = match cli.command {
             Command::Serve(args) => serve(*args).await,
-            Command::Bench(args) => crate::bench::run(args).await,
-            Command::Txn(args) => crate::admin::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Txn(args) => admin::run(args).await,
         };
         telemetry.shutdown().await;
         result
