@@ -22,7 +22,10 @@
 //! - [`metrics`]: the Prometheus metrics the runtime reports.
 //! - [`telemetry`]: logs, and OTLP trace export with the `otlp` feature.
 //!
-//! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`.
+//! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`
+//! (the API takes the few protocol and store types it needs from the
+//! runtime's re-exports); [`model`] is shared by all, and [`node`] and
+//! [`cli`] assemble a store, a runtime and the API.
 
 pub mod api;
 pub mod cli;

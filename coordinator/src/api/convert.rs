@@ -7,8 +7,7 @@ use crate::model::{
     BranchState, BranchView, RequestDigest, Resolution, StepKind, StepStatus, StepView, TxnKind,
     TxnState, TxnView, VoteKind,
 };
-use crate::protocol::two_phase::Outcome;
-use crate::runtime::Error;
+use crate::runtime::{Error, Outcome};
 
 pub fn state(state: TxnState) -> pb::TransactionState {
     match state {

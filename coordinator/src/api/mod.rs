@@ -15,10 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::model::{OperatorAction, Resolution, TxnId, TxnKind};
-use crate::protocol::two_phase::{Decision, Outcome};
 use crate::runtime::log::LogHealth;
-use crate::runtime::{BeginTxn, Committed, EnlistBranch, Error, Runtime, SubmitSaga};
-use crate::store::ListQuery;
+use crate::runtime::{
+    BeginTxn, Committed, Decision, EnlistBranch, Error, ListQuery, Outcome, Runtime, SubmitSaga,
+};
 
 pub mod convert;
 pub mod forward;

@@ -9,8 +9,8 @@ use tonic::Status;
 use concord_proto::v1 as pb;
 
 use crate::model::{RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError};
-use crate::protocol::saga::{ShapeError, StepShape, check_shapes};
 use crate::runtime::EnlistBranch;
+use crate::runtime::{ShapeError, StepShape, check_shapes};
 
 /// Limits on what a request may carry.
 #[derive(Clone, Debug)]

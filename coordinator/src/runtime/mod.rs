@@ -44,9 +44,17 @@ use tokio_util::task::TaskTracker;
 use crate::model::{
     OperatorAction, RequestDigest, Resolution, StepStatus, TxnId, TxnKind, TxnState, TxnView,
 };
-use crate::protocol::saga::{self as saga_protocol, Saga, StepShape};
-use crate::protocol::two_phase::{BranchPhase, Decision, Event, Outcome, Rejected, TwoPhase};
-use crate::store::{ListQuery, Record, Store, StoreError, Unfinished};
+use crate::protocol::saga::{self as saga_protocol, Saga};
+use crate::protocol::two_phase::{BranchPhase, Event, Rejected, TwoPhase};
+use crate::store::{Record, Store, StoreError, Unfinished};
+
+// What the API works with from the layers below, so that `api` depends on
+// the runtime alone (DESIGN §1: api -> runtime -> protocol, runtime ->
+// store): a transaction's decision and outcome, a saga's shape rules, and
+// a listing's query.
+pub use crate::protocol::saga::{ShapeError, StepShape, check_shapes};
+pub use crate::protocol::two_phase::{Decision, Outcome};
+pub use crate::store::ListQuery;
 
 pub mod batch;
 pub mod clock;
