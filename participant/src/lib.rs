@@ -7,7 +7,11 @@
 //!   outcome; typed errors.
 //! - [`server`]: implement [`TwoPhaseParticipant`] and/or [`SagaStep`] and
 //!   serve them as the `concord.v1.Participant` gRPC service with
-//!   [`ParticipantService`].
+//!   [`ParticipantService`] (`server/guarded.rs`: the ledger-guarded paths;
+//!   `answers.rs`: each call's wire answer, single or batched; `grpc.rs`:
+//!   the tonic service).
+//! - [`branch`]: [`BranchContext`], the branch a call is about, shared by
+//!   the server, the ledger and the resolver.
 //! - [`saga`]: build a saga's step graph and submit it.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
 //! - [`ledger`]: the exactly-once guard in the participant's own database
@@ -20,6 +24,7 @@
 //! Any language can be a participant: the proto in `proto/concord/v1` is the
 //! contract; this crate is the Rust way to keep it.
 
+pub mod branch;
 pub mod client;
 pub mod crash;
 pub mod ledger;

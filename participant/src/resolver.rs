@@ -199,7 +199,7 @@ mod tests {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     use super::*;
-    use crate::server::BranchContext;
+    use crate::branch::BranchContext;
 
     async fn pool() -> (tempfile::TempDir, sqlx::SqlitePool) {
         let dir = tempfile::tempdir().expect("temp dir");

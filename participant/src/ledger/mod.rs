@@ -18,7 +18,7 @@
 
 use sqlx::{Database, FromRow, Pool, Sqlite, Transaction};
 
-use crate::server::BranchContext;
+use crate::branch::BranchContext;
 
 pub mod postgres;
 pub mod sqlite;

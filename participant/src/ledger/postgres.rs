@@ -6,7 +6,7 @@
 use sqlx::{Pool, Postgres};
 
 use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op, now_ms};
-use crate::server::BranchContext;
+use crate::branch::BranchContext;
 
 impl LedgerDb for Postgres {
     async fn install(pool: &Pool<Self>) -> Result<(), sqlx::Error> {

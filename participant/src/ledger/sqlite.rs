@@ -4,7 +4,7 @@
 use sqlx::{Pool, Sqlite};
 
 use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op, now_ms};
-use crate::server::BranchContext;
+use crate::branch::BranchContext;
 
 impl LedgerDb for Sqlite {
     async fn install(pool: &Pool<Self>) -> Result<(), sqlx::Error> {
