@@ -39,7 +39,32 @@ pub struct Forwarder {
     tls: Option<crate::runtime::participants::PeerTls>,
 }
 
+/// Where a call the runtime answered goes on to (DESIGN §6).
+pub enum Route<T> {
+    /// Answered here: the runtime's result.
+    Here(T),
+    /// Another live node owns the transaction: send the call there, once.
+    Owner(CoordinatorClient<Channel>),
+}
+
 impl Forwarder {
+    /// The one rule of every call about a transaction: answered here,
+    /// unless another live node owns it and the call was not forwarded
+    /// already (then it goes there; a second hop would chase a moving
+    /// owner, so the client is told UNAVAILABLE with the owner instead).
+    pub fn route<T>(
+        &self,
+        hop: &Hop,
+        result: Result<T, crate::runtime::Error>,
+    ) -> Result<Route<T>, tonic::Status> {
+        match result {
+            Err(crate::runtime::Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
+                Ok(Route::Owner(self.client(&address)?))
+            }
+            other => other.map(Route::Here).map_err(super::convert::status),
+        }
+    }
+
     pub fn new(tls: Option<crate::runtime::participants::PeerTls>) -> Self {
         Self {
             clients: Mutex::new(HashMap::new()),

@@ -17,8 +17,9 @@ use tonic::{Request, Response, Status};
 use crate::model::{OperatorAction, Resolution, TxnId, TxnKind};
 use crate::runtime::log::LogHealth;
 use crate::runtime::{
-    BeginTxn, Committed, Decision, EnlistBranch, Error, ListQuery, Outcome, Runtime, SubmitSaga,
+    BeginTxn, Committed, Decision, EnlistBranch, ListQuery, Outcome, Runtime, SubmitSaga,
 };
+use forward::Route;
 
 pub mod convert;
 pub mod forward;
@@ -192,15 +193,12 @@ impl Coordinator for CoordinatorService {
                 },
             )
             .await;
-        let enlisted = match result {
-            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                let mut owner = self.forward.client(&address)?;
-                // Boxed, here and in each forwarding below: a tonic call's
-                // future is several KiB, and inline it would make every
-                // request's future that large, forwarded or not.
-                return Box::pin(owner.enlist(hop.request(request))).await;
-            }
-            other => other.map_err(convert::status)?,
+        let enlisted = match self.forward.route(&hop, result)? {
+            // Boxed, here and in each forwarding below: a tonic call's
+            // future is several KiB, and inline it would make every
+            // request's future that large, forwarded or not.
+            Route::Owner(mut owner) => return Box::pin(owner.enlist(hop.request(request))).await,
+            Route::Here(value) => value,
         };
         Ok(Response::new(pb::EnlistResponse {
             branch: enlisted.name,
@@ -225,12 +223,11 @@ impl Coordinator for CoordinatorService {
             .runtime
             .commit(id, request.wait_for_completion, prepare_timeout)
             .await;
-        let committed = match result {
-            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                let mut owner = self.forward.client(&address)?;
+        let committed = match self.forward.route(&hop, result)? {
+            Route::Owner(mut owner) => {
                 return Box::pin(owner.commit(hop.request(request))).await;
             }
-            other => other.map_err(convert::status)?,
+            Route::Here(value) => value,
         };
         Ok(Response::new(commit_response(&committed)))
     }
@@ -244,12 +241,14 @@ impl Coordinator for CoordinatorService {
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let reason = validate::text("reason", &request.reason)?
             .unwrap_or_else(|| "rolled back by the client".into());
-        let state = match self.runtime.rollback(id, reason).await {
-            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                let mut owner = self.forward.client(&address)?;
+        let state = match self
+            .forward
+            .route(&hop, self.runtime.rollback(id, reason).await)?
+        {
+            Route::Owner(mut owner) => {
                 return Box::pin(owner.rollback(hop.request(request))).await;
             }
-            other => other.map_err(convert::status)?,
+            Route::Here(value) => value,
         };
         Ok(Response::new(pb::RollbackResponse {
             state: convert::state(state).into(),
@@ -354,12 +353,11 @@ impl Coordinator for CoordinatorService {
         let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
-        let (retried, state) = match self.runtime.retry(id).await {
-            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                let mut owner = self.forward.client(&address)?;
+        let (retried, state) = match self.forward.route(&hop, self.runtime.retry(id).await)? {
+            Route::Owner(mut owner) => {
                 return Box::pin(owner.retry_transaction(hop.request(request))).await;
             }
-            other => other.map_err(convert::status)?,
+            Route::Here(value) => value,
         };
         Ok(Response::new(pb::RetryTransactionResponse {
             retried,
@@ -394,12 +392,14 @@ impl Coordinator for CoordinatorService {
             operator: validate::required_text("operator", &request.operator, 256)?,
             at_ms: self.runtime.config().clock.now_ms(),
         };
-        let state = match self.runtime.resolve(id, action).await {
-            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                let mut owner = self.forward.client(&address)?;
+        let state = match self
+            .forward
+            .route(&hop, self.runtime.resolve(id, action).await)?
+        {
+            Route::Owner(mut owner) => {
                 return Box::pin(owner.resolve_branch(hop.request(request))).await;
             }
-            other => other.map_err(convert::status)?,
+            Route::Here(value) => value,
         };
         Ok(Response::new(pb::ResolveBranchResponse {
             state: convert::state(state).into(),
@@ -413,12 +413,11 @@ impl Coordinator for CoordinatorService {
         let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
-        let decision = match self.runtime.outcome(id).await {
-            Err(Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                let mut owner = self.forward.client(&address)?;
+        let decision = match self.forward.route(&hop, self.runtime.outcome(id).await)? {
+            Route::Owner(mut owner) => {
                 return Box::pin(owner.get_outcome(hop.request(request))).await;
             }
-            other => other.map_err(convert::status)?,
+            Route::Here(value) => value,
         };
         let outcome = match decision {
             None => pb::Outcome::Undecided,
