@@ -160,36 +160,37 @@ pub fn resolution(outcome: Resolution) -> pb::Resolution {
     }
 }
 
-/// Every runtime error as the one gRPC status that describes it.
 /// R7: what a keyed Begin asked for (its timeout, description and
 /// branches), not how it wants to be answered (`commit`,
 /// `prepare_timeout_ms`: a Begin retried to also commit is the same
-/// request). None without a key.
-pub fn begin_digest(request: &pb::BeginRequest) -> Option<RequestDigest> {
+/// request). None without a key. The fields left out are set aside while
+/// the rest is hashed, rather than the rest copied, payloads and all.
+pub fn begin_digest(request: &mut pb::BeginRequest) -> Option<RequestDigest> {
     if request.idempotency_key.is_empty() {
         return None;
     }
-    let asked = pb::BeginRequest {
-        timeout_ms: request.timeout_ms,
-        description: request.description.clone(),
-        branches: request.branches.clone(),
-        ..pb::BeginRequest::default()
-    };
-    Some(digest(&asked))
+    let key = std::mem::take(&mut request.idempotency_key);
+    let commit = std::mem::take(&mut request.commit);
+    let prepare_timeout_ms = std::mem::take(&mut request.prepare_timeout_ms);
+    let digest = digest(&*request);
+    request.idempotency_key = key;
+    request.commit = commit;
+    request.prepare_timeout_ms = prepare_timeout_ms;
+    Some(digest)
 }
 
 /// R7: what a keyed SubmitSaga asked for (its steps and description), not
 /// whether it waits for the end. None without a key.
-pub fn saga_digest(request: &pb::SubmitSagaRequest) -> Option<RequestDigest> {
+pub fn saga_digest(request: &mut pb::SubmitSagaRequest) -> Option<RequestDigest> {
     if request.idempotency_key.is_empty() {
         return None;
     }
-    let asked = pb::SubmitSagaRequest {
-        steps: request.steps.clone(),
-        description: request.description.clone(),
-        ..pb::SubmitSagaRequest::default()
-    };
-    Some(digest(&asked))
+    let key = std::mem::take(&mut request.idempotency_key);
+    let wait = std::mem::take(&mut request.wait);
+    let digest = digest(&*request);
+    request.idempotency_key = key;
+    request.wait = wait;
+    Some(digest)
 }
 
 /// SHA-256 of the message's protobuf encoding, in hex. prost writes fields
@@ -206,6 +207,7 @@ fn digest(message: &impl prost::Message) -> RequestDigest {
 /// id of the transaction the key began.
 pub const TRANSACTION_ID: &str = "concord-transaction-id";
 
+/// Every runtime error as the one gRPC status that describes it.
 pub fn status(error: Error) -> tonic::Status {
     let message = error.to_string();
     match error {

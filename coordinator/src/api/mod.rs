@@ -118,8 +118,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
-        let request = request.into_inner();
-        let request_digest = convert::begin_digest(&request);
+        let mut request = request.into_inner();
+        let request_digest = convert::begin_digest(&mut request);
         let begin = BeginTxn {
             timeout: validate::optional_ms(
                 "timeout_ms",
@@ -323,8 +323,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::SubmitSagaRequest>,
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
-        let request = request.into_inner();
-        let request_digest = convert::saga_digest(&request);
+        let mut request = request.into_inner();
+        let request_digest = convert::saga_digest(&mut request);
         let submit = SubmitSaga {
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
             request_digest,

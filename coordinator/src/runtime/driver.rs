@@ -467,7 +467,7 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
         metrics::redelivery(decision);
     }
     loop {
-        if txn.resolved(idx) || !txn.owes(idx, decision) {
+        if txn.delivery_settled(idx, decision) {
             // An operator established this branch's outcome (it can only be
             // the decided one), or the protocol learnt the branch holds
             // nothing (its Prepare never left): stop calling.

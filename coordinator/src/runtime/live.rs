@@ -262,24 +262,22 @@ impl LiveTxn {
         }
     }
 
-    /// Whether an operator resolved branch `idx` (`concord txn resolve`):
-    /// its delivery stops as if acknowledged.
-    pub fn resolved(&self, idx: usize) -> bool {
+    /// Whether the delivery of `decision` to branch `idx` can stop as if
+    /// acknowledged: an operator resolved the branch (`concord txn
+    /// resolve`), or the protocol no longer owes it the decision (its
+    /// Prepare turned out never to have left, `Event::PrepareNotSent`).
+    /// One lock, taken before each attempt of a phase-2 delivery.
+    pub fn delivery_settled(&self, idx: usize, decision: Decision) -> bool {
         let inner = self.lock();
-        let Some(branch) = inner.branches.get(idx) else {
-            return false;
-        };
-        inner
-            .operator_actions
-            .iter()
-            .any(|action| action.branch == branch.name)
-    }
-
-    /// Whether branch `idx` is still owed `decision`. A delivery stops once
-    /// it is not: the protocol settled the branch otherwise (its Prepare
-    /// turned out never to have left, `Event::PrepareNotSent`).
-    pub fn owes(&self, idx: usize, decision: Decision) -> bool {
-        self.lock().machine.branches().get(idx) == Some(&BranchPhase::Delivering(decision))
+        if inner.machine.branches().get(idx) != Some(&BranchPhase::Delivering(decision)) {
+            return true;
+        }
+        inner.branches.get(idx).is_some_and(|branch| {
+            inner
+                .operator_actions
+                .iter()
+                .any(|action| action.branch == branch.name)
+        })
     }
 
     /// A forced write of this transaction failed `attempts` times: wake its

@@ -320,6 +320,10 @@ impl Runtime {
             .shared
             .tasks
             .spawn(sweep::sweep(Arc::clone(&runtime.shared)));
+        runtime
+            .shared
+            .tasks
+            .spawn(sweep::end_doubtful_writes(Arc::clone(&runtime.shared)));
         if runtime.shared.config.retention.is_some() {
             runtime
                 .shared

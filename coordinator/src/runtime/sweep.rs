@@ -5,16 +5,34 @@
 
 use super::*;
 
-/// How often the sweeper looks for the records of a failed first write.
+/// How often the records of failed first writes are looked for.
 const DOUBTFUL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Looks for the records of failed first writes every
+/// [`DOUBTFUL_CHECK_EVERY`], in a task of its own: its reads wait on the
+/// store, which is likely failing just then, and must not hold up the
+/// sweeper's timeouts (R5).
+pub(super) async fn end_doubtful_writes(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(DOUBTFUL_CHECK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        end_doubtful(&shared).await;
+    }
+}
 
 /// R2 for a first write that failed ambiguously: the client was told
 /// UNAVAILABLE and nobody learned the id, so nothing was sent to any
 /// participant and no step ran; if the store holds the records all the
 /// same, they are ended here (aborted; a saga compensated with nothing to
 /// undo) instead of waiting, unfinished and owned by a live node, for a
-/// restart. A read or write that fails is tried again at the next check.
-pub(super) async fn end_doubtful(shared: &Arc<Shared>) {
+/// restart. A read or write that fails is tried again at the next check,
+/// with every id not looked at yet: the store is failing, and one wait a
+/// check is enough.
+async fn end_doubtful(shared: &Arc<Shared>) {
     let ids = std::mem::take(
         &mut *shared
             .doubtful
@@ -22,14 +40,16 @@ pub(super) async fn end_doubtful(shared: &Arc<Shared>) {
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
     );
     let mut again = Vec::new();
-    for id in ids {
+    let mut ids = ids.into_iter();
+    while let Some(id) = ids.next() {
         let view = match shared.store.transaction(&id).await {
             Ok(Some(view)) if !view.state.is_terminal() => view,
             // Never written, or ended already.
             Ok(_) => continue,
             Err(_) => {
                 again.push(id);
-                continue;
+                again.extend(ids);
+                break;
             }
         };
         tracing::warn!(%id, "a first write reported failed is in the log after all; ending it (R2)");
@@ -67,7 +87,11 @@ pub(super) async fn end_doubtful(shared: &Arc<Shared>) {
             Ok(()) => crate::metrics::ended(view.kind, state),
             // Another node took it over (DESIGN §6) and finishes it.
             Err(LogError::Fenced) => {}
-            Err(_) => again.push(id),
+            Err(_) => {
+                again.push(id);
+                again.extend(ids);
+                break;
+            }
         }
     }
     shared
@@ -126,15 +150,10 @@ pub(super) async fn prune(shared: Arc<Shared>) {
 pub(super) async fn sweep(shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval(shared.config.sweep_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut doubtful_checked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             _ = ticks.tick() => {}
-        }
-        if doubtful_checked.elapsed() >= DOUBTFUL_CHECK_EVERY {
-            doubtful_checked = tokio::time::Instant::now();
-            end_doubtful(&shared).await;
         }
         let phase2_backlog = shared
             .live

@@ -316,3 +316,75 @@ async fn a_key_reused_with_another_request_is_refused_and_names_the_first() {
         (submitted.transaction_id, false)
     );
 }
+
+/// A log written before endpoints were checked at the door may hold an
+/// address no coordinator can dial (not a URI at all). Recovered without a
+/// decision, its transaction aborts; the Abort to that branch can never be
+/// sent, and no Prepare can ever have reached it, so it does not keep the
+/// transaction from ending (it used to be retried forever).
+#[tokio::test]
+async fn a_recovered_branch_at_an_address_no_one_can_dial_does_not_keep_its_transaction_open() {
+    use concord_coordinator::model::TxnId;
+    use concord_coordinator::store::sqlite::SqliteStore;
+    use concord_coordinator::store::{Record, Store};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("coordinator");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let id = TxnId::mint();
+    {
+        let store = SqliteStore::open_dir(&data).await.expect("log");
+        let now = concord_coordinator::model::now_ms();
+        store
+            .append(&[
+                Record::Begun {
+                    id,
+                    created_at_ms: now,
+                    deadline_ms: now + 600_000,
+                    idempotency_key: None,
+                    request_digest: None,
+                    description: None,
+                },
+                Record::Enlisted {
+                    id,
+                    idx: 0,
+                    name: "legacy".into(),
+                    participant: "not a uri".into(),
+                    payload: b"commit".to_vec(),
+                },
+                Record::Enlisted {
+                    id,
+                    idx: 1,
+                    name: "reachable".into(),
+                    participant: p.url.clone(),
+                    payload: b"commit".to_vec(),
+                },
+            ])
+            .await
+            .expect("write the old log");
+    }
+    let node = start_coordinator(&data, quick_config()).await;
+    let client = client(&node);
+    let txn = eventually("the recovered transaction ends", || async {
+        let txn = client.transaction(&id.to_string()).await.ok()?;
+        (txn.state == pb::TransactionState::Aborted as i32).then_some(txn)
+    })
+    .await;
+    assert!(
+        txn.branches
+            .iter()
+            .all(|b| b.state == pb::BranchState::Aborted as i32),
+        "{:?}",
+        txn.branches
+    );
+    // The reachable branch, which may have prepared before the crash, was
+    // told (R2: recovery tells every branch it can).
+    assert!(
+        p.ledger(&id.to_string())
+            .await
+            .iter()
+            .any(|row| row.starts_with("abort=")),
+        "{:?}",
+        p.ledger(&id.to_string()).await
+    );
+}
