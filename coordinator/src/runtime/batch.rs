@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-use super::participants::{CallError, status_error};
+use super::rpc::CallError;
 use crate::metrics;
 
 /// Most calls in one batch: the participant's limit (participant.proto).
@@ -248,13 +248,13 @@ impl Queue {
             let mut stream = client
                 .batch(request)
                 .await
-                .map_err(|status| status_error(status, longest))?
+                .map_err(|status| CallError::from_status(status, longest))?
                 .into_inner();
             self.lock().takes_batches = true;
             while let Some(reply) = stream
                 .message()
                 .await
-                .map_err(|status| status_error(status, longest))?
+                .map_err(|status| CallError::from_status(status, longest))?
             {
                 let slot = usize::try_from(reply.index)
                     .ok()
@@ -312,7 +312,7 @@ impl Queue {
 fn entry_result(reply: pb::BatchAnswer, deadline: Duration) -> Result<Batched, CallError> {
     if reply.code != tonic::Code::Ok as i32 {
         let status = tonic::Status::new(tonic::Code::from_i32(reply.code), reply.message);
-        return Err(status_error(status, deadline));
+        return Err(CallError::from_status(status, deadline));
     }
     reply
         .answer

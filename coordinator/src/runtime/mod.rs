@@ -65,6 +65,7 @@ pub mod live;
 pub mod log;
 pub mod mailbox;
 pub mod participants;
+pub mod rpc;
 pub mod saga;
 pub mod wait;
 

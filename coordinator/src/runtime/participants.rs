@@ -2,18 +2,14 @@
 //! Participant RPCs, each bounded by a deadline (R5) that is both sent to the
 //! participant (`grpc-timeout`) and enforced here. Every call goes through
 //! [`batch`] when batching is on, and alone otherwise or to a participant
-//! that does not implement `Batch`.
+//! that does not implement `Batch`; the six RPCs share one path
+//! ([`rpc::BranchRpc`]) and differ only in how their answer is read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_proto::v1::batch_answer::Answer;
-use concord_proto::v1::batch_call::Call;
 use concord_proto::v1::participant_client::ParticipantClient;
-use concord_proto::v1::{
-    self as pb, AbortBranchRequest, BranchRef, CommitBranchRequest, CommitOnePhaseRequest,
-    CompensateRequest, ExecuteRequest, PrepareRequest,
-};
+use concord_proto::v1::{self as pb, BranchRef};
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,29 +17,10 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::batch;
+pub use super::rpc::CallError;
+use super::rpc::{self, BranchRpc};
 
 use crate::protocol::two_phase::{OnePhaseResult, Vote};
-
-/// Why a call to a participant did not get an answer we can use.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    /// The address itself cannot be dialled by any configuration: nothing
-    /// was ever sent to it, and nothing ever will be.
-    #[error("participant endpoint {endpoint:?} is not a valid URI: {reason}")]
-    Undialable { endpoint: String, reason: String },
-    /// This node cannot dial the address as configured (TLS settings).
-    #[error("participant endpoint {endpoint:?} cannot be dialled: {reason}")]
-    BadEndpoint { endpoint: String, reason: String },
-    /// No connection could be made, so the request certainly never left.
-    #[error("not sent: {0}")]
-    NotSent(String),
-    #[error("no answer within the {} ms deadline", .0.as_millis())]
-    DeadlineExceeded(Duration),
-    #[error("{code:?}: {message}")]
-    Status { code: tonic::Code, message: String },
-    #[error("participant answered an unknown value: {0}")]
-    BadAnswer(String),
-}
 
 /// What a participant answered to Abort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,17 +81,6 @@ impl std::fmt::Debug for PeerTls {
 }
 
 type DialFn = dyn Fn(Endpoint) -> Channel + Send + Sync;
-
-impl CallError {
-    /// True when the call certainly never reached the participant, so it
-    /// cannot have acted on it.
-    pub fn never_sent(&self) -> bool {
-        matches!(
-            self,
-            Self::Undialable { .. } | Self::BadEndpoint { .. } | Self::NotSent(_)
-        )
-    }
-}
 
 impl Dialer {
     /// A dialer that makes channels with `dial`.
@@ -188,21 +154,29 @@ impl Participants {
         self
     }
 
-    /// Makes one call to the participant at `endpoint`: in a batch
-    /// ([`batch`]) when batching is on and the participant takes batches,
-    /// alone otherwise (`alone`).
-    async fn call<Req: Clone, Resp>(
+    /// Makes one call `R` to a branch: in a batch ([`batch`]) when
+    /// batching is on and the participant takes batches, alone otherwise.
+    async fn send<R: BranchRpc>(
         &self,
-        endpoint: &str,
-        request: Req,
+        call: BranchCall,
         deadline: Duration,
-        span: tracing::Span,
-        entry: Entry<Req, Resp>,
-        alone: impl AsyncFnOnce(
-            ParticipantClient<Channel>,
-            tonic::Request<Req>,
-        ) -> Result<tonic::Response<Resp>, tonic::Status>,
-    ) -> Result<Resp, CallError> {
+    ) -> Result<R::Answer, CallError> {
+        let endpoint = call.participant.as_str();
+        let span = tracing::info_span!(
+            "participant_call",
+            otel.name = R::NAME,
+            op = R::NAME,
+            branch = call.branch.as_str(),
+            participant = endpoint
+        );
+        let request = R::request(
+            BranchRef {
+                transaction_id: call.transaction_id,
+                branch: call.branch,
+                coordinator: self.coordinator_url.clone(),
+            },
+            call.payload,
+        );
         let queue = self.batching.as_ref().map(|(tasks, shutdown)| {
             let queue = match self.batches.get(endpoint) {
                 Some(queue) => Arc::clone(&queue),
@@ -216,9 +190,9 @@ impl Participants {
                 // Until the participant has shown it takes batches, keep the
                 // request to send it alone if it does not.
                 let (wrapped, kept) = if proven {
-                    ((entry.wrap)(request), None)
+                    (R::wrap(request), None)
                 } else {
-                    ((entry.wrap)(request.clone()), Some(request))
+                    (R::wrap(request.clone()), Some(request))
                 };
                 let batched = pb::BatchCall {
                     call: Some(wrapped),
@@ -238,7 +212,7 @@ impl Participants {
                     .await?
                 {
                     batch::Batched::Answered(answer) => {
-                        return (entry.unwrap)(answer).map_err(|other| {
+                        return R::unwrap(answer).map_err(|other| {
                             CallError::BadAnswer(format!("a batched call was answered {other:?}"))
                         });
                     }
@@ -254,16 +228,15 @@ impl Participants {
             _ => request,
         };
         let client = self.client(endpoint)?;
-        // Boxed: a tonic call's future is several KiB, and inline it would
-        // make every call's future that large, batched or not, for as long
-        // as the call is out (per in-flight memory, docs/performance.md).
-        Box::pin(
-            with_deadline(
-                deadline,
-                alone(client, request_with(request, deadline, &span)),
-            )
-            .instrument(span),
+        // Boxed (R::send): a tonic call's future is several KiB, and inline
+        // it would make every call's future that large, batched or not, for
+        // as long as the call is out (per in-flight memory,
+        // docs/performance.md).
+        with_deadline(
+            deadline,
+            R::send(client, request_with(request, deadline, &span)),
         )
+        .instrument(span)
         .await
     }
 
@@ -311,35 +284,8 @@ impl Participants {
         Ok(ParticipantClient::new(channel))
     }
 
-    fn branch_ref(&self, transaction_id: String, branch: String) -> Option<BranchRef> {
-        Some(BranchRef {
-            transaction_id,
-            branch,
-            coordinator: self.coordinator_url.clone(),
-        })
-    }
-
     pub async fn prepare(&self, call: BranchCall, deadline: Duration) -> Result<Vote, CallError> {
-        let request = PrepareRequest {
-            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
-            payload: call.payload,
-        };
-        let answer = self
-            .call(
-                &call.participant,
-                request,
-                deadline,
-                call_span("prepare", &call.branch, &call.participant),
-                Entry {
-                    wrap: Call::Prepare,
-                    unwrap: |answer| match answer {
-                        Answer::Prepare(answer) => Ok(answer),
-                        other => Err(other),
-                    },
-                },
-                async |mut client, request| client.prepare(request).await,
-            )
-            .await?;
+        let answer = self.send::<rpc::Prepare>(call, deadline).await?;
         match pb::Vote::try_from(answer.vote) {
             Ok(pb::Vote::Commit) => Ok(Vote::Commit),
             Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
@@ -361,26 +307,7 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<OnePhaseResult, CallError> {
-        let request = CommitOnePhaseRequest {
-            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
-            payload: call.payload,
-        };
-        let answer = self
-            .call(
-                &call.participant,
-                request,
-                deadline,
-                call_span("commit_one_phase", &call.branch, &call.participant),
-                Entry {
-                    wrap: Call::CommitOnePhase,
-                    unwrap: |answer| match answer {
-                        Answer::CommitOnePhase(answer) => Ok(answer),
-                        other => Err(other),
-                    },
-                },
-                async |mut client, request| client.commit_one_phase(request).await,
-            )
-            .await?;
+        let answer = self.send::<rpc::CommitOnePhase>(call, deadline).await?;
         match pb::Outcome::try_from(answer.outcome) {
             Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
                 read_only: answer.read_only,
@@ -397,25 +324,7 @@ impl Participants {
     }
 
     pub async fn commit(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        let request = CommitBranchRequest {
-            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
-            payload: call.payload,
-        };
-        self.call(
-            &call.participant,
-            request,
-            deadline,
-            call_span("commit", &call.branch, &call.participant),
-            Entry {
-                wrap: Call::Commit,
-                unwrap: |answer| match answer {
-                    Answer::Commit(answer) => Ok(answer),
-                    other => Err(other),
-                },
-            },
-            async |mut client, request| client.commit(request).await,
-        )
-        .await?;
+        self.send::<rpc::Commit>(call, deadline).await?;
         Ok(())
     }
 
@@ -424,26 +333,7 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<AbortAnswer, CallError> {
-        let request = AbortBranchRequest {
-            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
-            payload: call.payload,
-        };
-        let answer = self
-            .call(
-                &call.participant,
-                request,
-                deadline,
-                call_span("abort", &call.branch, &call.participant),
-                Entry {
-                    wrap: Call::Abort,
-                    unwrap: |answer| match answer {
-                        Answer::Abort(answer) => Ok(answer),
-                        other => Err(other),
-                    },
-                },
-                async |mut client, request| client.abort(request).await,
-            )
-            .await?;
+        let answer = self.send::<rpc::Abort>(call, deadline).await?;
         Ok(if answer.already_committed {
             AbortAnswer::AlreadyCommitted
         } else {
@@ -457,26 +347,7 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> Result<ExecuteAnswer, CallError> {
-        let request = ExecuteRequest {
-            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
-            payload: call.payload,
-        };
-        let answer = self
-            .call(
-                &call.participant,
-                request,
-                deadline,
-                call_span("execute", &call.branch, &call.participant),
-                Entry {
-                    wrap: Call::Execute,
-                    unwrap: |answer| match answer {
-                        Answer::Execute(answer) => Ok(answer),
-                        other => Err(other),
-                    },
-                },
-                async |mut client, request| client.execute(request).await,
-            )
-            .await?;
+        let answer = self.send::<rpc::Execute>(call, deadline).await?;
         match pb::execute_response::Result::try_from(answer.result) {
             Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
             Ok(pb::execute_response::Result::Failed) => {
@@ -495,33 +366,9 @@ impl Participants {
 
     /// Runs a saga step's compensation.
     pub async fn compensate(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        let request = CompensateRequest {
-            branch: self.branch_ref(call.transaction_id.clone(), call.branch.clone()),
-            payload: call.payload,
-        };
-        self.call(
-            &call.participant,
-            request,
-            deadline,
-            call_span("compensate", &call.branch, &call.participant),
-            Entry {
-                wrap: Call::Compensate,
-                unwrap: |answer| match answer {
-                    Answer::Compensate(answer) => Ok(answer),
-                    other => Err(other),
-                },
-            },
-            async |mut client, request| client.compensate(request).await,
-        )
-        .await?;
+        self.send::<rpc::Compensate>(call, deadline).await?;
         Ok(())
     }
-}
-
-/// How one RPC's request goes into a `Batch` entry and its answer comes out.
-struct Entry<Req, Resp> {
-    wrap: fn(Req) -> Call,
-    unwrap: fn(Answer) -> Result<Resp, Answer>,
 }
 
 /// Everything a call to one branch needs.
@@ -531,12 +378,6 @@ pub struct BranchCall {
     pub branch: String,
     pub participant: String,
     pub payload: Vec<u8>,
-}
-
-/// The span of one call to a participant, under the transaction's span;
-/// exported (with the `otlp` feature) under the operation's name.
-fn call_span(op: &'static str, branch: &str, participant: &str) -> tracing::Span {
-    tracing::info_span!("participant_call", otel.name = op, op, branch, participant)
 }
 
 fn request_with<T>(message: T, deadline: Duration, span: &tracing::Span) -> tonic::Request<T> {
@@ -554,40 +395,7 @@ async fn with_deadline<T>(
 ) -> Result<T, CallError> {
     match tokio::time::timeout(deadline, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(status_error(status, deadline)),
+        Ok(Err(status)) => Err(CallError::from_status(status, deadline)),
         Err(_) => Err(CallError::DeadlineExceeded(deadline)),
     }
-}
-
-/// The error a call that ended with `status` counts as.
-pub(super) fn status_error(status: tonic::Status, deadline: Duration) -> CallError {
-    match status.code() {
-        // A tonic server that enforces the grpc-timeout we sent answers
-        // CANCELLED "Timeout expired": the same missed deadline.
-        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            CallError::DeadlineExceeded(deadline)
-        }
-        tonic::Code::Unavailable if connect_failed(&status) => {
-            CallError::NotSent(status.message().to_owned())
-        }
-        code => CallError::Status {
-            code,
-            message: status.message().to_owned(),
-        },
-    }
-}
-
-/// Whether `status` comes from failing to connect (refused, unreachable,
-/// no name, connect timeout): tonic sends a request only on an established
-/// connection, so such a call never left this process. Anything else (a
-/// reset, a deadline, a status from the peer) may have arrived.
-fn connect_failed(status: &tonic::Status) -> bool {
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
