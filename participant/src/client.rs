@@ -337,15 +337,14 @@ impl CoordinatorClient {
     pub async fn submit_saga(
         &self,
         request: pb::SubmitSagaRequest,
-    ) -> Result<crate::saga::SagaStatus, ClientError> {
+    ) -> Result<SagaStatus, ClientError> {
         let mut raw = self.raw.clone();
         let answer = self.call(raw.submit_saga(self.request(request))).await?;
-        let state =
-            crate::saga::SagaState::from_wire(answer.state).ok_or_else(|| ClientError::Other {
-                code: tonic::Code::Internal,
-                message: format!("transaction {} is not a saga", answer.transaction_id),
-            })?;
-        Ok(crate::saga::SagaStatus {
+        let state = SagaState::from_wire(answer.state).ok_or_else(|| ClientError::Other {
+            code: tonic::Code::Internal,
+            message: format!("transaction {} is not a saga", answer.transaction_id),
+        })?;
+        Ok(SagaStatus {
             transaction_id: answer.transaction_id,
             created: answer.created,
             state,
@@ -402,4 +401,42 @@ fn outcome_of(answer: &pb::CommitResponse) -> Outcome {
         },
         _ => Outcome::Undecided,
     }
+}
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaState {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+}
+
+impl SagaState {
+    pub fn from_wire(state: i32) -> Option<Self> {
+        match pb::TransactionState::try_from(state).ok()? {
+            pb::TransactionState::Running => Some(Self::Running),
+            pb::TransactionState::Compensating => Some(Self::Compensating),
+            pb::TransactionState::Completed => Some(Self::Completed),
+            pb::TransactionState::Compensated => Some(Self::Compensated),
+            pb::TransactionState::Failed => Some(Self::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::Failed)
+    }
+}
+
+/// The answer to a submitted saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaStatus {
+    pub transaction_id: String,
+    /// False when the idempotency key found an earlier saga.
+    pub created: bool,
+    pub state: SagaState,
+    /// Why it compensated or failed.
+    pub reason: String,
 }

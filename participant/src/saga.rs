@@ -21,6 +21,9 @@ use std::time::Duration;
 use concord_proto::v1 as pb;
 
 use crate::client::{ClientError, CoordinatorClient};
+// The answers live with the client that returns them, so that the client
+// needs nothing of this builder; they are a saga's, so they are found here.
+pub use crate::client::{SagaState, SagaStatus};
 
 /// How a step's calls are retried; `None` fields take the coordinator's
 /// defaults (100 ms doubling to 10 s, 5 attempts, with jitter).
@@ -128,44 +131,6 @@ impl Step {
     pub fn into_wire(self) -> pb::SagaStep {
         self.0
     }
-}
-
-/// Where a saga is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SagaState {
-    Running,
-    Compensating,
-    Completed,
-    Compensated,
-    Failed,
-}
-
-impl SagaState {
-    pub fn from_wire(state: i32) -> Option<Self> {
-        match pb::TransactionState::try_from(state).ok()? {
-            pb::TransactionState::Running => Some(Self::Running),
-            pb::TransactionState::Compensating => Some(Self::Compensating),
-            pb::TransactionState::Completed => Some(Self::Completed),
-            pb::TransactionState::Compensated => Some(Self::Compensated),
-            pb::TransactionState::Failed => Some(Self::Failed),
-            _ => None,
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Compensated | Self::Failed)
-    }
-}
-
-/// The answer to a submitted saga.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SagaStatus {
-    pub transaction_id: String,
-    /// False when the idempotency key found an earlier saga.
-    pub created: bool,
-    pub state: SagaState,
-    /// Why it compensated or failed.
-    pub reason: String,
 }
 
 /// A saga being built.
