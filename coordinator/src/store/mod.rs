@@ -24,6 +24,7 @@ use crate::model::{
 pub(crate) mod batch;
 pub mod memory;
 pub mod postgres;
+mod reads;
 pub(crate) mod rows;
 pub mod sqlite;
 mod sqlite_writer;

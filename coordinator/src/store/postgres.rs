@@ -29,12 +29,12 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 
 use super::batch::{Group, Grouped};
+use super::reads::Reads;
 use super::rows::{
-    ActionRow, BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, actions, assemble,
-    assemble_unfinished, attach_actions, parse_id,
+    ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, parse_id,
 };
 use super::{Appended, Cluster, Lease, ListQuery, Owner, Record, Store, StoreError, Unfinished};
-use crate::model::{TxnId, TxnKind, TxnView};
+use crate::model::{TxnId, TxnView};
 
 /// Connections in the pool: the writer's plus readers.
 const POOL_CONNECTIONS: u32 = 8;
@@ -274,80 +274,6 @@ impl PostgresStore {
         Ok(unfinished)
     }
 
-    async fn load(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
-        let row: Option<TxnRow> = sqlx::query_as(
-            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
-             FROM transactions t WHERE t.id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let branches: Vec<BranchRow> = sqlx::query_as(
-            "SELECT idx, name, participant, payload, state, vote, attempts, last_error
-             FROM branches WHERE txn_id = $1 ORDER BY idx",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        let steps: Vec<StepRow> = if row.kind == TxnKind::Saga.as_str() {
-            sqlx::query_as("SELECT * FROM saga_steps WHERE txn_id = $1 ORDER BY idx")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?
-        } else {
-            Vec::new()
-        };
-        let mut view = assemble(row, branches, steps)?.view;
-        let rows: Vec<ActionRow> =
-            sqlx::query_as("SELECT * FROM operator_actions WHERE txn_id = $1 ORDER BY at_ms")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?;
-        view.operator_actions = actions(rows)?;
-        Ok(Some(view))
-    }
-
-    async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
-        let id: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM transactions WHERE idempotency_key = $1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        match id {
-            Some((id,)) => self.load(&parse_id(&id)?).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn load_list(&self, query: &ListQuery) -> Result<Vec<TxnView>, StoreError> {
-        // The state filter travels as one ",a,b," string so the SQL stays a
-        // static statement.
-        let states = if query.states.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
-            format!(",{},", names.join(","))
-        };
-        let before = query.before.map(|id| id.to_string()).unwrap_or_default();
-        let rows: Vec<TxnRow> = sqlx::query_as(
-            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
-             FROM transactions t
-             WHERE ($1 = '' OR position(',' || t.state || ',' in $1) > 0)
-               AND ($2 = '' OR t.id < $2)
-               AND (NOT $4 OR t.needs_attention)
-             ORDER BY t.id DESC
-             LIMIT $3",
-        )
-        .bind(states)
-        .bind(before)
-        .bind(i64::from(query.limit))
-        .bind(query.needs_attention)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(TxnRow::into_view).collect()
-    }
-
     /// Three queries, whatever the number of unfinished transactions: all
     /// of them, or those among `only`.
     async fn load_unfinished(
@@ -399,7 +325,7 @@ impl PostgresStore {
             "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
              WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
                AND ($1::text[] IS NULL OR t.id = ANY($1))
-             ORDER BY a.at_ms",
+             ORDER BY a.at_ms, a.seq",
         )
         .bind(&only)
         .fetch_all(&mut *connection)
@@ -418,18 +344,18 @@ impl Store for PostgresStore {
         &'a self,
         id: &'a TxnId,
     ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
-        self.load(id).boxed()
+        async move { Reads(&self.pool).transaction(id).await }.boxed()
     }
 
     fn by_idempotency_key<'a>(
         &'a self,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
-        self.load_by_key(key).boxed()
+        async move { Reads(&self.pool).by_key(key).await }.boxed()
     }
 
     fn list<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
-        self.load_list(query).boxed()
+        async move { Reads(&self.pool).page(query).await }.boxed()
     }
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {

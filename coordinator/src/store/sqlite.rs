@@ -15,13 +15,13 @@ use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use super::reads::Reads;
 use super::rows::{
-    ActionRow, BranchRow, OwnedBranchRow, OwnedStepRow, StepRow, TxnRow, actions, assemble,
-    assemble_unfinished, attach_actions, parse_id, to_i64,
+    ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, to_i64,
 };
 use super::sqlite_writer::WriterThread;
 use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
-use crate::model::{TxnId, TxnKind, TxnView};
+use crate::model::{TxnId, TxnView};
 
 /// The database file inside `--data-dir`.
 pub const DATABASE_FILE: &str = "concord.db";
@@ -107,81 +107,6 @@ impl SqliteStore {
         Ok(Appended::default())
     }
 
-    async fn load(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
-        let row: Option<TxnRow> = sqlx::query_as(
-            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
-             FROM transactions t WHERE t.id = ?1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let branches: Vec<BranchRow> = sqlx::query_as(
-            "SELECT idx, name, participant, payload, state, vote, attempts, last_error
-             FROM branches WHERE txn_id = ?1 ORDER BY idx",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        let steps: Vec<StepRow> = if row.kind == TxnKind::Saga.as_str() {
-            sqlx::query_as("SELECT * FROM saga_steps WHERE txn_id = ?1 ORDER BY idx")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?
-        } else {
-            Vec::new()
-        };
-        let mut view = assemble(row, branches, steps)?.view;
-        let rows: Vec<ActionRow> = sqlx::query_as(
-            "SELECT * FROM operator_actions WHERE txn_id = ?1 ORDER BY at_ms, rowid",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        view.operator_actions = actions(rows)?;
-        Ok(Some(view))
-    }
-
-    async fn load_by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
-        let id: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM transactions WHERE idempotency_key = ?1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        match id {
-            Some((id,)) => self.load(&parse_id(&id)?).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn load_list(&self, query: &ListQuery) -> Result<Vec<TxnView>, StoreError> {
-        // The state filter travels as one ",a,b," string so the SQL stays a
-        // static statement.
-        let states = if query.states.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
-            format!(",{},", names.join(","))
-        };
-        let before = query.before.map(|id| id.to_string()).unwrap_or_default();
-        let rows: Vec<TxnRow> = sqlx::query_as(
-            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
-             FROM transactions t
-             WHERE (?1 = '' OR instr(?1, ',' || t.state || ',') > 0)
-               AND (?2 = '' OR t.id < ?2)
-               AND (?4 = 0 OR t.needs_attention = 1)
-             ORDER BY t.id DESC
-             LIMIT ?3",
-        )
-        .bind(states)
-        .bind(before)
-        .bind(i64::from(query.limit))
-        .bind(query.needs_attention)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(TxnRow::into_view).collect()
-    }
-
     /// Three queries, whatever the number of unfinished transactions.
     async fn load_unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
         let rows: Vec<TxnRow> = sqlx::query_as(
@@ -230,18 +155,18 @@ impl Store for SqliteStore {
         &'a self,
         id: &'a TxnId,
     ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
-        self.load(id).boxed()
+        async move { Reads(&self.pool).transaction(id).await }.boxed()
     }
 
     fn by_idempotency_key<'a>(
         &'a self,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
-        self.load_by_key(key).boxed()
+        async move { Reads(&self.pool).by_key(key).await }.boxed()
     }
 
     fn list<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
-        self.load_list(query).boxed()
+        async move { Reads(&self.pool).page(query).await }.boxed()
     }
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
@@ -351,7 +276,7 @@ mod tests {
         old.close().await;
 
         let store = SqliteStore::open_dir(dir.path()).await.expect("migrate");
-        let view = store.load(&txn).await.expect("read").expect("found");
+        let view = store.transaction(&txn).await.expect("read").expect("found");
         assert_eq!(view.state, TxnState::Committing);
         assert_eq!(view.idempotency_key.as_deref(), Some("key-1"));
         assert_eq!(view.decided_at_ms, Some(5));
@@ -359,10 +284,18 @@ mod tests {
         assert_eq!(states, [BranchState::Committed, BranchState::Prepared]);
         assert_eq!(view.operator_actions.len(), 1);
         assert_eq!(
-            store.load_by_key("key-1").await.expect("key").map(|v| v.id),
+            store
+                .by_idempotency_key("key-1")
+                .await
+                .expect("key")
+                .map(|v| v.id),
             Some(txn)
         );
-        let saga_view = store.load(&saga).await.expect("read").expect("found");
+        let saga_view = store
+            .transaction(&saga)
+            .await
+            .expect("read")
+            .expect("found");
         assert!(saga_view.needs_attention);
         assert_eq!(saga_view.steps[0].status, StepStatus::Succeeded);
         assert_eq!(saga_view.steps[0].attempts, 2);

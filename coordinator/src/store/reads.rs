@@ -1,0 +1,129 @@
+//! The reads both SQL stores make of the log for callers (one transaction,
+//! by id or by idempotency key, and a page of the listing), written once.
+//! sqlx binds `$N` by its number on SQLite as on PostgreSQL, so the
+//! statements are the same text; [`SqlLog`] holds the one that differs.
+
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+
+use super::rows::{ActionRow, BranchRow, StepRow, TxnRow, actions, assemble, parse_id};
+use super::{ListQuery, StoreError};
+use crate::model::{TxnId, TxnKind, TxnView};
+
+/// A database whose log the reads below run on.
+pub(super) trait SqlLog: Database {
+    /// One transaction's operator actions, oldest first, those of the same
+    /// millisecond in the order they were written.
+    const ACTIONS: &'static str;
+}
+
+impl SqlLog for sqlx::Sqlite {
+    const ACTIONS: &'static str =
+        "SELECT * FROM operator_actions WHERE txn_id = $1 ORDER BY at_ms, rowid";
+}
+
+impl SqlLog for sqlx::Postgres {
+    const ACTIONS: &'static str =
+        "SELECT * FROM operator_actions WHERE txn_id = $1 ORDER BY at_ms, seq";
+}
+
+const TRANSACTION: &str =
+    "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+     FROM transactions t WHERE t.id = $1";
+
+const BRANCHES: &str = "SELECT idx, name, participant, payload, state, vote, attempts, last_error
+     FROM branches WHERE txn_id = $1 ORDER BY idx";
+
+const STEPS: &str = "SELECT * FROM saga_steps WHERE txn_id = $1 ORDER BY idx";
+
+const ID_BY_KEY: &str = "SELECT id FROM transactions WHERE idempotency_key = $1";
+
+/// Newest first, before the cursor. The state filter travels as one
+/// ",a,b," string so the statement stays static (no state name holds a
+/// LIKE wildcard); `needs_attention` is a boolean in PostgreSQL and 0/1 in
+/// SQLite, and `NOT $3 OR t.needs_attention` reads right in both.
+const PAGE: &str =
+    "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+     FROM transactions t
+     WHERE ($1 = '' OR $1 LIKE '%,' || t.state || ',%')
+       AND ($2 = '' OR t.id < $2)
+       AND (NOT $3 OR t.needs_attention)
+     ORDER BY t.id DESC
+     LIMIT $4";
+
+/// The reads, on one store's pool.
+pub(super) struct Reads<'p, DB: Database>(pub &'p Pool<DB>);
+
+impl<DB: SqlLog> Reads<'_, DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> TxnRow: FromRow<'r, DB::Row>,
+    for<'r> BranchRow: FromRow<'r, DB::Row>,
+    for<'r> StepRow: FromRow<'r, DB::Row>,
+    for<'r> ActionRow: FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+{
+    /// One transaction as it was last recorded, with its branches or steps
+    /// and the operators' actions on it.
+    pub async fn transaction(&self, id: &TxnId) -> Result<Option<TxnView>, StoreError> {
+        let id = id.to_string();
+        let row: Option<TxnRow> = sqlx::query_as(TRANSACTION)
+            .bind(id.clone())
+            .fetch_optional(self.0)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let branches: Vec<BranchRow> = sqlx::query_as(BRANCHES)
+            .bind(id.clone())
+            .fetch_all(self.0)
+            .await?;
+        let steps: Vec<StepRow> = if row.kind == TxnKind::Saga.as_str() {
+            sqlx::query_as(STEPS)
+                .bind(id.clone())
+                .fetch_all(self.0)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let mut view = assemble(row, branches, steps)?.view;
+        let rows: Vec<ActionRow> = sqlx::query_as(DB::ACTIONS)
+            .bind(id)
+            .fetch_all(self.0)
+            .await?;
+        view.operator_actions = actions(rows)?;
+        Ok(Some(view))
+    }
+
+    /// The transaction begun with idempotency key `key`.
+    pub async fn by_key(&self, key: &str) -> Result<Option<TxnView>, StoreError> {
+        let id: Option<(String,)> = sqlx::query_as(ID_BY_KEY)
+            .bind(key.to_owned())
+            .fetch_optional(self.0)
+            .await?;
+        match id {
+            Some((id,)) => self.transaction(&parse_id(&id)?).await,
+            None => Ok(None),
+        }
+    }
+
+    /// One page of the listing (see [`ListQuery`]).
+    pub async fn page(&self, query: &ListQuery) -> Result<Vec<TxnView>, StoreError> {
+        let states = if query.states.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
+            format!(",{},", names.join(","))
+        };
+        let before = query.before.map(|id| id.to_string()).unwrap_or_default();
+        let rows: Vec<TxnRow> = sqlx::query_as(PAGE)
+            .bind(states)
+            .bind(before)
+            .bind(query.needs_attention)
+            .bind(i64::from(query.limit))
+            .fetch_all(self.0)
+            .await?;
+        rows.into_iter().map(TxnRow::into_view).collect()
+    }
+}
