@@ -16,7 +16,7 @@
 //! local transaction itself (`BEGIN IMMEDIATE` on SQLite, a transaction-scoped
 //! advisory lock on the branch on PostgreSQL), so each sees the other's row.
 
-use sqlx::{Database, FromRow, Pool, Sqlite, Transaction};
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Sqlite, Transaction, Type};
 
 use crate::branch::BranchContext;
 
@@ -129,4 +129,89 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The statements both databases run as they are: sqlx binds `$N` by its
+/// number on SQLite as on PostgreSQL, so only what really differs (the
+/// table's types, how a call is serialised, pruning's aggregates) is
+/// written per database.
+mod shared {
+
+    pub(super) const FIND: &str =
+        "SELECT result, reason FROM concord_ledger WHERE txn_id = $1 AND branch = $2 AND op = $3";
+
+    pub(super) const RECORD: &str = "INSERT INTO concord_ledger
+           (txn_id, branch, op, result, reason, coordinator, payload, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+    /// Voted COMMIT, at or before $1, and neither committed nor aborted.
+    pub(super) const IN_DOUBT: &str =
+        "SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
+         FROM concord_ledger p
+         WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= $1
+           AND NOT EXISTS (
+             SELECT 1 FROM concord_ledger d
+             WHERE d.txn_id = p.txn_id AND d.branch = p.branch AND d.op IN ('commit', 'abort'))
+         ORDER BY p.created_at_ms";
+}
+
+/// [`LedgerDb::find`], [`LedgerDb::record`] and [`LedgerDb::in_doubt`] on
+/// any database sqlx can bind these columns on.
+pub(crate) struct Statements<DB>(std::marker::PhantomData<DB>);
+
+impl<DB: Database> Statements<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> Entry: FromRow<'r, DB::Row>,
+    for<'r> InDoubt: FromRow<'r, DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    pub(crate) async fn find(
+        tx: &mut LocalTxOf<DB>,
+        branch: &BranchContext,
+        op: Op,
+    ) -> Result<Option<Entry>, sqlx::Error> {
+        sqlx::query_as(shared::FIND)
+            .bind(branch.transaction_id.as_str())
+            .bind(branch.branch.as_str())
+            .bind(op.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+    }
+
+    pub(crate) async fn record(
+        tx: &mut LocalTxOf<DB>,
+        branch: &BranchContext,
+        op: Op,
+        result: &str,
+        reason: Option<&str>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(shared::RECORD)
+            .bind(branch.transaction_id.as_str())
+            .bind(branch.branch.as_str())
+            .bind(op.as_str())
+            .bind(result)
+            .bind(reason)
+            .bind(branch.coordinator.as_str())
+            .bind(payload)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn in_doubt(
+        pool: &Pool<DB>,
+        prepared_before_ms: i64,
+    ) -> Result<Vec<InDoubt>, sqlx::Error> {
+        sqlx::query_as(shared::IN_DOUBT)
+            .bind(prepared_before_ms)
+            .fetch_all(pool)
+            .await
+    }
 }

@@ -5,7 +5,7 @@
 
 use sqlx::{Pool, Postgres};
 
-use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op, now_ms};
+use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op, Statements};
 use crate::branch::BranchContext;
 
 impl LedgerDb for Postgres {
@@ -46,14 +46,7 @@ impl LedgerDb for Postgres {
         branch: &BranchContext,
         op: Op,
     ) -> Result<Option<Entry>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT result, reason FROM concord_ledger WHERE txn_id = $1 AND branch = $2 AND op = $3",
-        )
-        .bind(&branch.transaction_id)
-        .bind(&branch.branch)
-        .bind(op.as_str())
-        .fetch_optional(&mut **tx)
-        .await
+        Statements::find(tx, branch, op).await
     }
 
     async fn record(
@@ -64,40 +57,14 @@ impl LedgerDb for Postgres {
         reason: Option<&str>,
         payload: Option<&[u8]>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO concord_ledger
-               (txn_id, branch, op, result, reason, coordinator, payload, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&branch.transaction_id)
-        .bind(&branch.branch)
-        .bind(op.as_str())
-        .bind(result)
-        .bind(reason)
-        .bind(&branch.coordinator)
-        .bind(payload)
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        Statements::record(tx, branch, op, result, reason, payload).await
     }
 
     async fn in_doubt(
         pool: &Pool<Self>,
         prepared_before_ms: i64,
     ) -> Result<Vec<InDoubt>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
-             FROM concord_ledger p
-             WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= $1
-               AND NOT EXISTS (
-                 SELECT 1 FROM concord_ledger d
-                 WHERE d.txn_id = p.txn_id AND d.branch = p.branch AND d.op IN ('commit', 'abort'))
-             ORDER BY p.created_at_ms",
-        )
-        .bind(prepared_before_ms)
-        .fetch_all(pool)
-        .await
+        Statements::in_doubt(pool, prepared_before_ms).await
     }
 
     async fn prune(pool: &Pool<Self>, older_than_ms: i64) -> Result<u64, sqlx::Error> {
