@@ -21,6 +21,10 @@
 //!   transaction that has not decided aborts.
 //! - R6: READ_ONLY voters hear nothing more; an all-read-only transaction logs
 //!   no decision; a single branch gets one-phase commit.
+//!
+//! Over 600 lines on purpose: the events, the effects and every transition
+//! are one machine, read together to check a rule (the tests are in
+//! `two_phase/tests.rs`).
 
 use std::fmt;
 

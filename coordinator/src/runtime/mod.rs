@@ -18,7 +18,8 @@
 //! - [`saga`]: a saga in memory and the task that executes its effects.
 //! - [`log`]: the group-commit writer.
 //! - [`mailbox`]: the hand-off of effects to a transaction's one driver.
-//! - [`participants`]: channels and calls to participants.
+//! - [`participants`]: channels and calls to participants; [`rpc`]: the six
+//!   Participant RPCs as one trait, and what a failed call counts as.
 //! - [`batch`]: calls to one participant coalesced into `Batch` calls.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
 //! - [`wait`]: backoff sleeps an operator can cut short.
@@ -26,6 +27,8 @@
 //!   takeover of gone nodes' transactions (DESIGN §6).
 //! - `error`, `requests`: the runtime's error and its requests and answers
 //!   (re-exported here).
+//! - `begin`: Begin, and idempotency keys found again (R7). `views`: what
+//!   callers read (one transaction, a listing page, a decision for GetOutcome).
 //! - `submit`: SubmitSaga. `operator`: retry and resolve by hand.
 //! - `recovery`: loading and finishing unfinished transactions at start.
 //! - `sweep`: the periodic work (timeouts, gauges, ambiguous first writes,
@@ -69,13 +72,16 @@ pub mod rpc;
 pub mod saga;
 pub mod wait;
 
+mod begin;
 mod error;
 mod operator;
 mod recovery;
 mod requests;
 mod submit;
 mod sweep;
+mod views;
 
+use begin::add_branch;
 pub use error::Error;
 use requests::BeginWrite;
 pub use requests::{
@@ -418,164 +424,6 @@ impl Runtime {
         &self.shared.config
     }
 
-    /// Begins a transaction, or finds the one begun with the same key (R7).
-    /// Answers once its record is durable.
-    pub async fn begin(&self, request: BeginTxn) -> Result<Begun, Error> {
-        self.begin_as(request, BeginWrite::Wait).await
-    }
-
-    /// Begins a transaction that [`Runtime::commit`] is called for at once
-    /// (`BeginRequest.commit`): answers without waiting for its record,
-    /// which is written while the prepares are out and, with two or more
-    /// branches, usually in the decision's own batch (see
-    /// `Inner::begin_write`). One fsync on the commit's path, not two.
-    ///
-    /// Not on a store several nodes share: there, a node that finds no
-    /// record of a transaction presumes it aborted (GetOutcome) although
-    /// its owner may still commit it, so the record must be durable before
-    /// any participant can prepare and ask (DESIGN §6).
-    pub async fn begin_to_commit(&self, request: BeginTxn) -> Result<Begun, Error> {
-        let write = if self.shared.store.cluster().is_some() {
-            BeginWrite::Wait
-        } else {
-            BeginWrite::BeforeDecision
-        };
-        self.begin_as(request, write).await
-    }
-
-    async fn begin_as(&self, request: BeginTxn, write: BeginWrite) -> Result<Begun, Error> {
-        let shared = &self.shared;
-        if shared.draining.is_cancelled() {
-            return Err(Error::Draining);
-        }
-        let (key, digest) = (
-            request.idempotency_key.clone(),
-            request.request_digest.clone(),
-        );
-        let _claim = match &request.idempotency_key {
-            Some(key) => {
-                let guard = shared.begin_keys.lock().await;
-                if let Some((id, state)) =
-                    self.find_key(key, request.request_digest.as_ref()).await?
-                {
-                    return Ok(Begun {
-                        id,
-                        created: false,
-                        state,
-                        branches: Vec::new(),
-                    });
-                }
-                Some(guard)
-            }
-            None => None,
-        };
-        let id = shared.config.clock.mint();
-        shared.note_begun(id);
-        let created_at_ms = shared.config.clock.now_ms();
-        let timeout = request.timeout.unwrap_or(shared.config.default_txn_timeout);
-        let deadline_ms =
-            created_at_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        let header = TxnHeader {
-            id,
-            created_at_ms,
-            deadline_ms,
-            idempotency_key: request.idempotency_key.clone(),
-            request_digest: request.request_digest.clone(),
-            description: request.description.clone(),
-        };
-        let txn = Arc::new(LiveTxn::new(
-            header,
-            TwoPhase::new(),
-            // Sized once: grown by doubling, a live transaction's branch
-            // list held twice the memory it used.
-            Vec::with_capacity(request.branches.len()),
-            shared.config.default_prepare_timeout,
-        ));
-        // Branches given with the Begin are enlisted before anyone can learn
-        // the id, and recorded in the same write.
-        let mut records = vec![Record::Begun {
-            id,
-            created_at_ms,
-            deadline_ms,
-            idempotency_key: request.idempotency_key.clone(),
-            request_digest: request.request_digest,
-            description: request.description,
-        }];
-        let mut names = Vec::with_capacity(request.branches.len());
-        {
-            let mut inner = txn.lock();
-            for branch in request.branches {
-                let (name, record) =
-                    add_branch(&mut inner, id, branch, shared.config.max_branches)?;
-                names.push(name);
-                records.push(record);
-            }
-        }
-        shared.live.insert(id, Arc::clone(&txn));
-        if let Some(key) = &request.idempotency_key {
-            shared.keys().insert(key.clone(), id);
-        }
-        // Queued before anyone can learn the id, so every later record of
-        // this transaction follows it in the log. A transaction that commits
-        // at once with two or more branches queues them lazily: they ride
-        // with its decision, one fsync for both (`driver`'s LogDecision);
-        // with one branch they are forced, since its one-phase commit is
-        // the decision and must follow them.
-        let durable = if write == BeginWrite::BeforeDecision && names.len() > 1 {
-            shared.log.submit_lazy(records)
-        } else {
-            shared.log.submit(records)
-        };
-        drop(_claim);
-        if write == BeginWrite::BeforeDecision {
-            txn.lock().begin_write = Some(durable);
-            crate::metrics::begun(TxnKind::TwoPhase);
-            return Ok(Begun {
-                id,
-                created: true,
-                state: TxnState::Active,
-                branches: names,
-            });
-        }
-        let forget = {
-            let shared = Arc::clone(shared);
-            async move {
-                let written = durable.wait().await;
-                match &written {
-                    Ok(()) => txn.mark_recorded(),
-                    Err(_) => {
-                        shared.forget(&txn);
-                        shared.note_doubtful(txn.id);
-                    }
-                }
-                written
-            }
-        };
-        if let Err(error) = self.detached(forget).await? {
-            if let Some(key) = &key
-                && let Some((id, state)) =
-                    self.key_taken_meanwhile(key, digest.as_ref(), id).await?
-            {
-                return Ok(Begun {
-                    id,
-                    created: false,
-                    state,
-                    branches: Vec::new(),
-                });
-            }
-            return Err(Error::Unavailable(format!(
-                "could not record the new transaction: {error}"
-            )));
-        }
-        crate::metrics::begun(TxnKind::TwoPhase);
-        Ok(Begun {
-            id,
-            created: true,
-            state: TxnState::Active,
-            branches: names,
-        })
-    }
-
     /// Runs what must follow a forced write to its end even if the request
     /// that started it goes away: a client's deadline or a dropped
     /// connection cancels the request's future, and a saga durably accepted
@@ -590,86 +438,6 @@ impl Runtime {
             .spawn(work)
             .await
             .map_err(|_| Error::ShuttingDown)
-    }
-
-    /// The transaction or saga begun with `key`, and its state. Called with
-    /// `begin_keys` held, so that no other request claims the key meanwhile.
-    /// A key first used with another request is [`Error::KeyReused`] (R7);
-    /// one whose first request's digest is unknown (begun before digests
-    /// were kept) is taken as the same request, as it always was.
-    async fn find_key(
-        &self,
-        key: &str,
-        digest: Option<&RequestDigest>,
-    ) -> Result<Option<(TxnId, TxnState)>, Error> {
-        let shared = &self.shared;
-        let same = |id: TxnId, first: Option<&RequestDigest>| match (first, digest) {
-            (Some(first), Some(digest)) if first != digest => Err(Error::KeyReused {
-                key: key.to_owned(),
-                id,
-            }),
-            _ => Ok(()),
-        };
-        let live = shared.keys().get(key).copied();
-        if let Some(id) = live {
-            let recording = || {
-                Error::Unavailable(format!(
-                    "the request first made with idempotency key {key:?} is still being \
-                     recorded; retry"
-                ))
-            };
-            let recorded = std::sync::atomic::Ordering::SeqCst;
-            if let Some(txn) = shared.live.get(&id) {
-                same(id, txn.request_digest.as_ref())?;
-                // Not an id the log may never hold (R7, R1).
-                if !txn.recorded.load(recorded) {
-                    return Err(recording());
-                }
-                return Ok(Some((id, live::state_of(&txn.lock().machine))));
-            }
-            if let Some(saga) = shared.sagas.get(&id) {
-                same(id, saga.header.request_digest.as_ref())?;
-                // §3: accepted means durable.
-                if !saga.recorded.load(recorded) {
-                    return Err(recording());
-                }
-                return Ok(Some((id, saga.state())));
-            }
-        }
-        match shared.store.by_idempotency_key(key).await? {
-            Some(view) => {
-                same(view.id, view.request_digest.as_ref())?;
-                Ok(Some((view.id, view.state)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// After a keyed Begin or SubmitSaga failed to record itself: whether
-    /// another node took the key meanwhile (R7 across nodes). Each node
-    /// serialises its own keyed requests, but two nodes sharing a store can
-    /// both find a key free and both write it; the store's unique index
-    /// refuses the second, whose records alone fail (the log writer applies
-    /// a failed batch one submission at a time), and the loser then answers
-    /// with the winner's transaction, as a retry would have.
-    ///
-    /// The key may also name `own`, the request's own transaction, whose
-    /// write went through although it was reported failed (an answer lost
-    /// on the way back): that one was forgotten and is ended as doubtful
-    /// (`end_doubtful`), so its id is not handed out.
-    async fn key_taken_meanwhile(
-        &self,
-        key: &str,
-        digest: Option<&RequestDigest>,
-        own: TxnId,
-    ) -> Result<Option<(TxnId, TxnState)>, Error> {
-        match self.find_key(key, digest).await {
-            Ok(found) => Ok(found.filter(|(id, _)| *id != own)),
-            Err(error @ Error::KeyReused { .. }) => Err(error),
-            // The store that failed the write may fail the read too: the
-            // caller reports the write's error.
-            Err(_) => Ok(None),
-        }
     }
 
     /// Enlists a branch; answers once the branch is durable.
@@ -777,191 +545,6 @@ impl Runtime {
         }
     }
 
-    /// Everything known about one transaction.
-    pub async fn transaction(&self, id: TxnId) -> Result<TxnView, Error> {
-        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
-            return Ok(txn.view(true));
-        }
-        if let Some(saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
-            return Ok(saga.view(true));
-        }
-        self.shared
-            .store
-            .transaction(&id)
-            .await?
-            .ok_or(Error::NotFound(id))
-    }
-
-    /// A page of transactions, newest first; live ones show their current
-    /// state.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
-        // A live transaction's stored state can lag its real one (PREPARING
-        // is stored as ACTIVE; a decision or an end becomes visible with its
-        // record). So the store is asked for the requested states plus every
-        // unfinished one, and the live state decides.
-        let mut stored = query.clone();
-        if !stored.states.is_empty() {
-            for state in UNFINISHED {
-                if !stored.states.contains(&state) {
-                    stored.states.push(state);
-                }
-            }
-        }
-        let mut views = self.shared.store.list(&stored).await?;
-        // A full page from the store may have more behind it, whatever the
-        // filter below keeps.
-        let next = match views.last() {
-            Some(last) if views.len() as u32 == query.limit => Some(last.id),
-            _ => None,
-        };
-        for view in &mut views {
-            if let Some(txn) = self.shared.live.get(&view.id) {
-                *view = txn.view(false);
-            } else if let Some(saga) = self.shared.sagas.get(&view.id) {
-                *view = saga.view(false);
-            }
-        }
-        if !query.states.is_empty() {
-            views.retain(|view| query.states.contains(&view.state));
-        }
-        if query.needs_attention {
-            views.retain(|view| view.needs_attention);
-            self.merge_flagged_live(query, &mut views, next);
-            if views.len() > query.limit as usize {
-                views.truncate(query.limit as usize);
-                return Ok(Page {
-                    next: views.last().map(|view| view.id),
-                    views,
-                });
-            }
-        }
-        Ok(Page { views, next })
-    }
-
-    /// Adds the live sagas flagged NEEDS_ATTENTION that the store does not
-    /// show yet: the flag's record is written without waiting (it decides
-    /// nothing), so an operator's queue must not depend on it having landed.
-    /// Only ids inside this page's range are added, so pages never repeat.
-    fn merge_flagged_live(&self, query: &ListQuery, views: &mut Vec<TxnView>, next: Option<TxnId>) {
-        let in_page = |id: TxnId| {
-            query.before.is_none_or(|before| id < before) && next.is_none_or(|oldest| id > oldest)
-        };
-        let flagged: Vec<TxnView> = self
-            .shared
-            .sagas
-            .iter()
-            .filter(|saga| in_page(saga.header.id))
-            .map(|saga| saga.view(false))
-            .filter(|view| view.needs_attention && !views.iter().any(|v| v.id == view.id))
-            .collect();
-        if flagged.is_empty() {
-            return;
-        }
-        if !query.states.is_empty() {
-            views.extend(
-                flagged
-                    .into_iter()
-                    .filter(|v| query.states.contains(&v.state)),
-            );
-        } else {
-            views.extend(flagged);
-        }
-        views.sort_by_key(|view| std::cmp::Reverse(view.id));
-    }
-
-    /// The decision, for a participant holding a prepared branch. R2: an
-    /// unknown transaction is aborted.
-    pub async fn outcome(&self, id: TxnId) -> Result<Option<Decision>, Error> {
-        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
-            let inner = txn.lock();
-            return Ok(inner.machine.announced().map(Outcome::decision));
-        }
-        if self.shared.sagas.contains_key(&id) {
-            return Ok(None);
-        }
-        let view = self.shared.store.transaction(&id).await?;
-        Ok(Some(match view.map(|v| v.state) {
-            Some(TxnState::Committed | TxnState::Committing | TxnState::Completed) => {
-                Decision::Commit
-            }
-            // Active in the store but not in memory here: on a shared store
-            // another node may be deciding it right now, so only the owner
-            // may answer (DESIGN §6). On a node's own store it cannot be
-            // live anywhere: presumed abort (R2).
-            Some(TxnState::Active) if self.shared.store.cluster().is_some() => {
-                return Err(self.elsewhere(id).await);
-            }
-            Some(TxnState::Running | TxnState::Compensating) => return Ok(None),
-            _ => Decision::Abort,
-        }))
-    }
-
-    /// Why a transaction unfinished in the store is not in memory here, as
-    /// the error to answer: on a shared store, where it is being driven.
-    async fn elsewhere(&self, id: TxnId) -> Error {
-        let not_loaded =
-            || Error::Unavailable(format!("transaction {id} is not loaded yet; retry"));
-        let Some(cluster) = self.shared.store.cluster() else {
-            return not_loaded();
-        };
-        match cluster.owner_of(&id).await {
-            Ok(None) => Error::NotFound(id),
-            Ok(Some(owner)) if owner.is_self => not_loaded(),
-            Ok(Some(owner)) if owner.live && !owner.address.is_empty() => Error::OwnedElsewhere {
-                id,
-                address: owner.address,
-            },
-            Ok(Some(owner)) => Error::Unavailable(format!(
-                "transaction {id} belongs to coordinator node {}, which is gone; a live node \
-                 takes it over within one lease ({} ms); retry",
-                owner.node,
-                cluster.lease().as_millis()
-            )),
-            Err(error) => Error::Store(error),
-        }
-    }
-
-    async fn live_or_finished(&self, id: TxnId) -> Result<Arc<LiveTxn>, Error> {
-        if let Some(txn) = self.shared.live.get(&id) {
-            return Ok(Arc::clone(&txn));
-        }
-        match self.shared.store.transaction(&id).await? {
-            Some(view) if view.kind == TxnKind::Saga => Err(Error::NotTwoPhase(id)),
-            Some(view) if view.state == TxnState::Active => Err(self.elsewhere(id).await),
-            Some(view) => Err(Error::Finished {
-                id,
-                state: view.state,
-            }),
-            None => Err(Error::NotFound(id)),
-        }
-    }
-
-    /// The outcome of a transaction no longer in memory.
-    async fn finished_outcome(&self, id: TxnId) -> Result<Committed, Error> {
-        let view = self
-            .shared
-            .store
-            .transaction(&id)
-            .await?
-            .ok_or(Error::NotFound(id))?;
-        if view.kind == TxnKind::Saga {
-            return Err(Error::NotTwoPhase(id));
-        }
-        let outcome = match view.state {
-            TxnState::Committed | TxnState::Committing => Outcome::Committed {
-                read_only: view.read_only,
-            },
-            TxnState::Aborted | TxnState::Aborting => Outcome::Aborted {
-                reason: view.reason.unwrap_or_default(),
-            },
-            _ => return Err(self.elsewhere(id).await),
-        };
-        Ok(Committed {
-            outcome,
-            state: view.state,
-        })
-    }
-
     /// Waits for the decision to be announced (after R1's durable write).
     /// A transaction that ends unannounced was taken over by another node.
     async fn announced(&self, txn: &LiveTxn) -> Result<Outcome, Error> {
@@ -999,54 +582,5 @@ impl Runtime {
             },
             () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
-    }
-}
-
-/// Adds a branch to a transaction's state machine and branch list; returns
-/// its name and the record that makes it durable (queued by the caller under
-/// the same lock, so records keep protocol order).
-fn add_branch(
-    inner: &mut live::Inner,
-    id: TxnId,
-    branch: EnlistBranch,
-    max_branches: usize,
-) -> Result<(String, Record), Error> {
-    if inner.branches.len() >= max_branches {
-        return Err(Error::TooManyBranches {
-            limit: max_branches,
-        });
-    }
-    let idx = inner.machine.enlist()?;
-    let name = match branch.name {
-        Some(name) => name,
-        None => generated_name(&inner.branches, idx),
-    };
-    inner.branches.push(BranchInfo {
-        name: name.clone(),
-        participant: branch.participant.clone(),
-        payload: branch.payload.clone(),
-        vote: None,
-        attempts: 0,
-        last_error: None,
-    });
-    let record = Record::Enlisted {
-        id,
-        idx: u32::try_from(idx).unwrap_or(u32::MAX),
-        name: name.clone(),
-        participant: branch.participant,
-        payload: branch.payload,
-    };
-    Ok((name, record))
-}
-
-/// "b<N>" for the N-th branch, skipping names a client already chose.
-fn generated_name(branches: &[BranchInfo], idx: usize) -> String {
-    let mut n = idx + 1;
-    loop {
-        let name = format!("b{n}");
-        if !branches.iter().any(|b| b.name == name) {
-            return name;
-        }
-        n += 1;
     }
 }

@@ -6,7 +6,8 @@
 //! backend gives a function that opens its store on some storage and can
 //! open it again on the same storage (to check what survives reopening).
 //! Compiled for this crate's tests and, with the `store-contract` feature,
-//! for the integration tests.
+//! for the integration tests. Test code only; long because it is one case
+//! after another.
 
 use std::sync::Arc;
 

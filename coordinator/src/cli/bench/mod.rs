@@ -10,6 +10,10 @@
 //! transaction), and how many RPCs its own participants served per
 //! transaction (fewer than calls when calls shared `Batch` RPCs). Flags
 //! point it at an external coordinator or participants instead.
+//!
+//! Here: the flags and the run. [`no_op`]: the bench's own participants.
+//! [`measure`]: driving clients and merging their latencies, fsync and
+//! memory probes. [`recovery`]: `--recovery N`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +35,13 @@ use crate::model::{TxnId, now_ms};
 use crate::node::{Node, NodeConfig, StoreLocation};
 use crate::runtime::RuntimeConfig;
 use crate::store::Record;
+
+mod measure;
+mod no_op;
+mod recovery;
+
+use measure::{drive, fsync_p50_us, peak_rss_bytes};
+use no_op::{NoOp, start_no_op};
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -114,140 +125,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A participant that says yes to everything at once: the benchmark
-/// measures the coordinator, not a participant's work. It counts the RPCs
-/// it serves (a `Batch` is one), shared by all the bench's participants.
-#[derive(Clone, Default)]
-struct NoOp {
-    rpcs: Arc<AtomicU64>,
-}
-
-impl NoOp {
-    fn served(&self) {
-        self.rpcs.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[tonic::async_trait]
-impl Participant for NoOp {
-    async fn prepare(
-        &self,
-        _: Request<pb::PrepareRequest>,
-    ) -> Result<Response<pb::PrepareResponse>, Status> {
-        self.served();
-        Ok(Response::new(pb::PrepareResponse {
-            vote: pb::Vote::Commit.into(),
-            reason: String::new(),
-        }))
-    }
-    async fn commit(
-        &self,
-        _: Request<pb::CommitBranchRequest>,
-    ) -> Result<Response<pb::CommitBranchResponse>, Status> {
-        self.served();
-        Ok(Response::new(pb::CommitBranchResponse {}))
-    }
-    async fn abort(
-        &self,
-        _: Request<pb::AbortBranchRequest>,
-    ) -> Result<Response<pb::AbortBranchResponse>, Status> {
-        self.served();
-        Ok(Response::new(pb::AbortBranchResponse::default()))
-    }
-    async fn commit_one_phase(
-        &self,
-        _: Request<pb::CommitOnePhaseRequest>,
-    ) -> Result<Response<pb::CommitOnePhaseResponse>, Status> {
-        self.served();
-        Ok(Response::new(pb::CommitOnePhaseResponse {
-            outcome: pb::Outcome::Committed.into(),
-            ..Default::default()
-        }))
-    }
-    async fn execute(
-        &self,
-        _: Request<pb::ExecuteRequest>,
-    ) -> Result<Response<pb::ExecuteResponse>, Status> {
-        self.served();
-        Ok(Response::new(pb::ExecuteResponse {
-            result: pb::execute_response::Result::Succeeded.into(),
-            reason: String::new(),
-        }))
-    }
-    async fn compensate(
-        &self,
-        _: Request<pb::CompensateRequest>,
-    ) -> Result<Response<pb::CompensateResponse>, Status> {
-        self.served();
-        Ok(Response::new(pb::CompensateResponse {}))
-    }
-    type BatchStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BatchAnswer, Status>>>;
-
-    async fn batch(
-        &self,
-        request: Request<pb::BatchRequest>,
-    ) -> Result<Response<Self::BatchStream>, Status> {
-        self.served();
-        use pb::batch_answer::Answer;
-        use pb::batch_call::Call;
-        let answers: Vec<_> = request
-            .into_inner()
-            .calls
-            .into_iter()
-            .zip(0u32..)
-            .map(|(call, index)| {
-                Ok(pb::BatchAnswer {
-                    index,
-                    answer: call.call.map(|call| match call {
-                        Call::Prepare(_) => Answer::Prepare(pb::PrepareResponse {
-                            vote: pb::Vote::Commit.into(),
-                            reason: String::new(),
-                        }),
-                        Call::Commit(_) => Answer::Commit(pb::CommitBranchResponse {}),
-                        Call::Abort(_) => Answer::Abort(pb::AbortBranchResponse::default()),
-                        Call::CommitOnePhase(_) => {
-                            Answer::CommitOnePhase(pb::CommitOnePhaseResponse {
-                                outcome: pb::Outcome::Committed.into(),
-                                ..Default::default()
-                            })
-                        }
-                        Call::Execute(_) => Answer::Execute(pb::ExecuteResponse {
-                            result: pb::execute_response::Result::Succeeded.into(),
-                            reason: String::new(),
-                        }),
-                        Call::Compensate(_) => Answer::Compensate(pb::CompensateResponse {}),
-                    }),
-                    ..Default::default()
-                })
-            })
-            .collect();
-        Ok(Response::new(futures::stream::iter(answers)))
-    }
-}
-
-/// Serves a no-op participant on a loopback port until `stop`.
-async fn start_no_op(
-    stop: &CancellationToken,
-    participant: NoOp,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let stop = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(ParticipantServer::new(participant))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "no-op participant stopped");
-        }
-    });
-    Ok((url, task))
-}
-
 fn channel(url: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(url.to_owned())?
         .tcp_nodelay(true)
@@ -256,139 +133,9 @@ fn channel(url: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// Latencies in microseconds, merged from every client.
-struct Stats {
-    micros: Vec<u64>,
-    errors: u64,
-    elapsed: Duration,
-}
-
-impl Stats {
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.micros.is_empty() {
-            return 0.0;
-        }
-        let at = ((self.micros.len() as f64 - 1.0) * p).round() as usize;
-        self.micros[at.min(self.micros.len() - 1)] as f64 / 1000.0
-    }
-
-    fn throughput(&self) -> f64 {
-        self.micros.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// Runs `op` from `clients` tasks until the duration or count is reached.
-async fn drive<F, Fut>(
-    clients: u64,
-    duration: Duration,
-    limit: Option<u64>,
-    progress: bool,
-    op: F,
-) -> Stats
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Status>> + Send,
-{
-    let op = Arc::new(op);
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..clients {
-        let (op, done, stop) = (Arc::clone(&op), Arc::clone(&done), Arc::clone(&stop));
-        tasks.push(tokio::spawn(async move {
-            let mut micros = Vec::new();
-            let mut errors = 0u64;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < duration {
-                if let Some(limit) = limit
-                    && done.fetch_add(1, Ordering::Relaxed) >= limit
-                {
-                    break;
-                }
-                let at = Instant::now();
-                match op(client).await {
-                    Ok(()) => {
-                        micros.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
-                        if limit.is_none() {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(_) => errors += 1,
-                }
-            }
-            (micros, errors)
-        }));
-    }
-    let reporter = progress.then(|| {
-        let (done, stop) = (Arc::clone(&done), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut last = 0;
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "  {:>5.1}s  {now:>9} transactions  {:>8}/s",
-                    started.elapsed().as_secs_f64(),
-                    now - last
-                );
-                last = now;
-            }
-        })
-    });
-    let mut stats = Stats {
-        micros: Vec::new(),
-        errors: 0,
-        elapsed: Duration::ZERO,
-    };
-    for task in tasks {
-        if let Ok((micros, errors)) = task.await {
-            stats.micros.extend(micros);
-            stats.errors += errors;
-        }
-    }
-    stats.elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(reporter) = reporter {
-        reporter.abort();
-    }
-    stats.micros.sort_unstable();
-    stats
-}
-
-/// The median fsync latency of the disk holding `dir`, in microseconds.
-fn fsync_p50_us(dir: &std::path::Path) -> anyhow::Result<u64> {
-    use std::io::Write;
-    let path = dir.join("fsync-probe");
-    let mut file = std::fs::File::create(&path)?;
-    let mut samples = Vec::with_capacity(100);
-    for _ in 0..100 {
-        file.write_all(&[0u8; 512])?;
-        let at = Instant::now();
-        file.sync_all()?;
-        samples.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
-    }
-    std::fs::remove_file(&path)?;
-    samples.sort_unstable();
-    Ok(samples[samples.len() / 2])
-}
-
-/// Peak resident memory of this process, from /proc (0 where unknown).
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmHWM:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(count) = args.recovery {
-        return recovery(&args, count).await;
+        return recovery::recovery(&args, count).await;
     }
     let stop = CancellationToken::new();
     let dir = tempfile::tempdir().context("creating a temp dir")?;
@@ -658,154 +405,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(node) = node {
         node.shutdown().await?;
-    }
-    Ok(())
-}
-
-/// `--recovery N`: N transactions left COMMITTING by a "crash", then a
-/// coordinator started on them (issue 6: serving within 1 s, all finished
-/// within 30 s for N = 100,000).
-async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-    let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let mut participant_urls = args.participant_urls.clone();
-    let mut servers = Vec::new();
-    if participant_urls.is_empty() {
-        for _ in 0..args.participants {
-            let (url, task) = start_no_op(&stop, NoOp::default()).await?;
-            participant_urls.push(url);
-            servers.push(task);
-        }
-    }
-    let location = match &args.database_url {
-        Some(url) => StoreLocation::Url(url.clone()),
-        None => StoreLocation::DataDir(dir.path().join("coordinator")),
-    };
-    // The "crash": a log with every transaction decided and none ended.
-    let written = Instant::now();
-    {
-        let store: Box<dyn crate::store::Store> = match &location {
-            StoreLocation::DataDir(path) => {
-                Box::new(crate::store::sqlite::SqliteStore::open_dir(path).await?)
-            }
-            StoreLocation::Url(url) if url.starts_with("sqlite:") => {
-                Box::new(crate::store::sqlite::SqliteStore::open_url(url).await?)
-            }
-            StoreLocation::Url(url) => {
-                Box::new(crate::store::postgres::PostgresStore::open_url(url).await?)
-            }
-        };
-        let mut left = count;
-        while left > 0 {
-            let chunk = left.min(2_000);
-            let mut records = Vec::new();
-            for _ in 0..chunk {
-                let id = TxnId::mint();
-                records.push(Record::Begun {
-                    id,
-                    created_at_ms: now_ms(),
-                    deadline_ms: now_ms() + 3_600_000,
-                    idempotency_key: None,
-                    request_digest: None,
-                    description: None,
-                });
-                for (idx, url) in participant_urls.iter().enumerate() {
-                    records.push(Record::Enlisted {
-                        id,
-                        idx: u32::try_from(idx).unwrap_or(u32::MAX),
-                        name: format!("b{idx}"),
-                        participant: url.clone(),
-                        payload: Vec::new(),
-                    });
-                }
-                records.push(Record::Decided {
-                    id,
-                    at_ms: now_ms(),
-                });
-            }
-            store.append(&records).await?;
-            left -= chunk;
-        }
-        // On a shared store the writer is a node of its own: leaving hands
-        // what it wrote to the coordinator started next, at once.
-        if let Some(cluster) = store.cluster() {
-            cluster.leave().await?;
-        }
-    }
-    if !args.json {
-        eprintln!(
-            "wrote {count} unfinished transactions in {:.1} s; starting the coordinator",
-            written.elapsed().as_secs_f64()
-        );
-    }
-    let started = Instant::now();
-    let node = Node::start(NodeConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: location,
-        runtime: RuntimeConfig::default(),
-        limits: Limits::default(),
-        node_name: None,
-        lease: crate::node::DEFAULT_LEASE,
-        access: Default::default(),
-    })
-    .await
-    .context("starting the coordinator")?;
-    let serving = started.elapsed();
-    // Answering a request proves it serves while the backlog drains.
-    let mut client = CoordinatorClient::new(channel(&node.url())?);
-    let probe = Instant::now();
-    client
-        .list_transactions(pb::ListTransactionsRequest {
-            page_size: 1,
-            ..Default::default()
-        })
-        .await?;
-    let first_answer = serving + probe.elapsed();
-    // Finished when the log holds no unfinished transaction (the backlog is
-    // loaded in the background, so memory alone cannot tell).
-    loop {
-        let unfinished = client
-            .list_transactions(pb::ListTransactionsRequest {
-                page_size: 1,
-                states: vec![
-                    pb::TransactionState::Active.into(),
-                    pb::TransactionState::Preparing.into(),
-                    pb::TransactionState::Committing.into(),
-                    pb::TransactionState::Aborting.into(),
-                ],
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .transactions;
-        if unfinished.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let done = started.elapsed();
-    node.shutdown().await?;
-    stop.cancel();
-    for server in servers {
-        let _ = server.await;
-    }
-    if args.json {
-        println!(
-            "{{\"workload\":\"recovery\",\"participants\":{},\"transactions\":{count},\"serving_after_ms\":{:.1},\"first_answer_after_ms\":{:.1},\"all_finished_after_ms\":{:.1},\"peak_rss_bytes\":{}}}",
-            participant_urls.len(),
-            serving.as_secs_f64() * 1e3,
-            first_answer.as_secs_f64() * 1e3,
-            done.as_secs_f64() * 1e3,
-            peak_rss_bytes(),
-        );
-    } else {
-        println!(
-            "recovery of {count} transactions: serving after {:.0} ms, first answer after {:.0} ms, all finished after {:.1} s; peak RSS {:.1} MiB",
-            serving.as_secs_f64() * 1e3,
-            first_answer.as_secs_f64() * 1e3,
-            done.as_secs_f64(),
-            peak_rss_bytes() as f64 / (1024.0 * 1024.0)
-        );
     }
     Ok(())
 }

@@ -1,0 +1,192 @@
+//! What callers read: one transaction, a page of the listing, the decision
+//! a participant asks for (R2), each from memory while the transaction is
+//! live and from the store after; and where one that is neither is driven.
+
+use super::*;
+
+impl Runtime {
+    /// Everything known about one transaction.
+    pub async fn transaction(&self, id: TxnId) -> Result<TxnView, Error> {
+        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
+            return Ok(txn.view(true));
+        }
+        if let Some(saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
+            return Ok(saga.view(true));
+        }
+        self.shared
+            .store
+            .transaction(&id)
+            .await?
+            .ok_or(Error::NotFound(id))
+    }
+
+    /// A page of transactions, newest first; live ones show their current
+    /// state.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        // A live transaction's stored state can lag its real one (PREPARING
+        // is stored as ACTIVE; a decision or an end becomes visible with its
+        // record). So the store is asked for the requested states plus every
+        // unfinished one, and the live state decides.
+        let mut stored = query.clone();
+        if !stored.states.is_empty() {
+            for state in UNFINISHED {
+                if !stored.states.contains(&state) {
+                    stored.states.push(state);
+                }
+            }
+        }
+        let mut views = self.shared.store.list(&stored).await?;
+        // A full page from the store may have more behind it, whatever the
+        // filter below keeps.
+        let next = match views.last() {
+            Some(last) if views.len() as u32 == query.limit => Some(last.id),
+            _ => None,
+        };
+        for view in &mut views {
+            if let Some(txn) = self.shared.live.get(&view.id) {
+                *view = txn.view(false);
+            } else if let Some(saga) = self.shared.sagas.get(&view.id) {
+                *view = saga.view(false);
+            }
+        }
+        if !query.states.is_empty() {
+            views.retain(|view| query.states.contains(&view.state));
+        }
+        if query.needs_attention {
+            views.retain(|view| view.needs_attention);
+            self.merge_flagged_live(query, &mut views, next);
+            if views.len() > query.limit as usize {
+                views.truncate(query.limit as usize);
+                return Ok(Page {
+                    next: views.last().map(|view| view.id),
+                    views,
+                });
+            }
+        }
+        Ok(Page { views, next })
+    }
+
+    /// Adds the live sagas flagged NEEDS_ATTENTION that the store does not
+    /// show yet: the flag's record is written without waiting (it decides
+    /// nothing), so an operator's queue must not depend on it having landed.
+    /// Only ids inside this page's range are added, so pages never repeat.
+    fn merge_flagged_live(&self, query: &ListQuery, views: &mut Vec<TxnView>, next: Option<TxnId>) {
+        let in_page = |id: TxnId| {
+            query.before.is_none_or(|before| id < before) && next.is_none_or(|oldest| id > oldest)
+        };
+        let flagged: Vec<TxnView> = self
+            .shared
+            .sagas
+            .iter()
+            .filter(|saga| in_page(saga.header.id))
+            .map(|saga| saga.view(false))
+            .filter(|view| view.needs_attention && !views.iter().any(|v| v.id == view.id))
+            .collect();
+        if flagged.is_empty() {
+            return;
+        }
+        if !query.states.is_empty() {
+            views.extend(
+                flagged
+                    .into_iter()
+                    .filter(|v| query.states.contains(&v.state)),
+            );
+        } else {
+            views.extend(flagged);
+        }
+        views.sort_by_key(|view| std::cmp::Reverse(view.id));
+    }
+
+    /// The decision, for a participant holding a prepared branch. R2: an
+    /// unknown transaction is aborted.
+    pub async fn outcome(&self, id: TxnId) -> Result<Option<Decision>, Error> {
+        if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
+            let inner = txn.lock();
+            return Ok(inner.machine.announced().map(Outcome::decision));
+        }
+        if self.shared.sagas.contains_key(&id) {
+            return Ok(None);
+        }
+        let view = self.shared.store.transaction(&id).await?;
+        Ok(Some(match view.map(|v| v.state) {
+            Some(TxnState::Committed | TxnState::Committing | TxnState::Completed) => {
+                Decision::Commit
+            }
+            // Active in the store but not in memory here: on a shared store
+            // another node may be deciding it right now, so only the owner
+            // may answer (DESIGN §6). On a node's own store it cannot be
+            // live anywhere: presumed abort (R2).
+            Some(TxnState::Active) if self.shared.store.cluster().is_some() => {
+                return Err(self.elsewhere(id).await);
+            }
+            Some(TxnState::Running | TxnState::Compensating) => return Ok(None),
+            _ => Decision::Abort,
+        }))
+    }
+
+    /// Why a transaction unfinished in the store is not in memory here, as
+    /// the error to answer: on a shared store, where it is being driven.
+    pub(super) async fn elsewhere(&self, id: TxnId) -> Error {
+        let not_loaded =
+            || Error::Unavailable(format!("transaction {id} is not loaded yet; retry"));
+        let Some(cluster) = self.shared.store.cluster() else {
+            return not_loaded();
+        };
+        match cluster.owner_of(&id).await {
+            Ok(None) => Error::NotFound(id),
+            Ok(Some(owner)) if owner.is_self => not_loaded(),
+            Ok(Some(owner)) if owner.live && !owner.address.is_empty() => Error::OwnedElsewhere {
+                id,
+                address: owner.address,
+            },
+            Ok(Some(owner)) => Error::Unavailable(format!(
+                "transaction {id} belongs to coordinator node {}, which is gone; a live node \
+                 takes it over within one lease ({} ms); retry",
+                owner.node,
+                cluster.lease().as_millis()
+            )),
+            Err(error) => Error::Store(error),
+        }
+    }
+
+    pub(super) async fn live_or_finished(&self, id: TxnId) -> Result<Arc<LiveTxn>, Error> {
+        if let Some(txn) = self.shared.live.get(&id) {
+            return Ok(Arc::clone(&txn));
+        }
+        match self.shared.store.transaction(&id).await? {
+            Some(view) if view.kind == TxnKind::Saga => Err(Error::NotTwoPhase(id)),
+            Some(view) if view.state == TxnState::Active => Err(self.elsewhere(id).await),
+            Some(view) => Err(Error::Finished {
+                id,
+                state: view.state,
+            }),
+            None => Err(Error::NotFound(id)),
+        }
+    }
+
+    /// The outcome of a transaction no longer in memory.
+    pub(super) async fn finished_outcome(&self, id: TxnId) -> Result<Committed, Error> {
+        let view = self
+            .shared
+            .store
+            .transaction(&id)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        if view.kind == TxnKind::Saga {
+            return Err(Error::NotTwoPhase(id));
+        }
+        let outcome = match view.state {
+            TxnState::Committed | TxnState::Committing => Outcome::Committed {
+                read_only: view.read_only,
+            },
+            TxnState::Aborted | TxnState::Aborting => Outcome::Aborted {
+                reason: view.reason.unwrap_or_default(),
+            },
+            _ => return Err(self.elsewhere(id).await),
+        };
+        Ok(Committed {
+            outcome,
+            state: view.state,
+        })
+    }
+}
