@@ -390,7 +390,7 @@ pub struct BranchView {
 /// The SHA-256 (hex) of what a Begin or SubmitSaga asked for, less its
 /// idempotency key and how it wanted to be answered: two requests with the
 /// same key and different digests are different requests (R7), and the
-/// second is refused (docs/design.md, "Idempotency keys").
+/// second is refused (docs/decisions.md, "Idempotency keys").
 pub type RequestDigest = String;
 
 /// One transaction as the coordinator knows it.

@@ -5,6 +5,14 @@
 
 use super::*;
 
+/// What a new request's idempotency key found (see [`Runtime::claim_key`]).
+pub(super) enum KeyClaim<'a> {
+    /// The key names an earlier transaction or saga: answer with it.
+    Taken(TxnId, TxnState),
+    /// Go on, holding the key (if any) until the first record is queued.
+    Free(Option<tokio::sync::MutexGuard<'a, ()>>),
+}
+
 impl Runtime {
     /// Begins a transaction, or finds the one begun with the same key (R7).
     /// Answers once its record is durable.
@@ -33,29 +41,20 @@ impl Runtime {
 
     async fn begin_as(&self, request: BeginTxn, write: BeginWrite) -> Result<Begun, Error> {
         let shared = &self.shared;
-        if shared.draining.is_cancelled() {
-            return Err(Error::Draining);
-        }
         let (key, digest) = (
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
-        let _claim = match &request.idempotency_key {
-            Some(key) => {
-                let guard = shared.begin_keys.lock().await;
-                if let Some((id, state)) =
-                    self.find_key(key, request.request_digest.as_ref()).await?
-                {
-                    return Ok(Begun {
-                        id,
-                        created: false,
-                        state,
-                        branches: Vec::new(),
-                    });
-                }
-                Some(guard)
+        let _claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
+            KeyClaim::Taken(id, state) => {
+                return Ok(Begun {
+                    id,
+                    created: false,
+                    state,
+                    branches: Vec::new(),
+                });
             }
-            None => None,
+            KeyClaim::Free(guard) => guard,
         };
         let id = shared.config.clock.mint();
         shared.note_begun(id);
@@ -161,6 +160,28 @@ impl Runtime {
             created: true,
             state: TxnState::Active,
             branches: names,
+        })
+    }
+
+    /// Whether a new Begin or SubmitSaga may go on: not while draining, and
+    /// not when its idempotency key names an earlier request (R7). A free
+    /// key comes with the guard that keeps other keyed requests out until
+    /// the new one's first record is queued.
+    pub(super) async fn claim_key(
+        &self,
+        key: Option<&str>,
+        digest: Option<&RequestDigest>,
+    ) -> Result<KeyClaim<'_>, Error> {
+        if self.shared.draining.is_cancelled() {
+            return Err(Error::Draining);
+        }
+        let Some(key) = key else {
+            return Ok(KeyClaim::Free(None));
+        };
+        let guard = self.shared.begin_keys.lock().await;
+        Ok(match self.find_key(key, digest).await? {
+            Some((id, state)) => KeyClaim::Taken(id, state),
+            None => KeyClaim::Free(Some(guard)),
         })
     }
 

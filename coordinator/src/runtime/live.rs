@@ -55,7 +55,7 @@ pub struct Inner {
     pub begin_write: Option<super::log::Durable>,
     /// Loaded from the log by recovery or takeover: its deliveries may
     /// repeat ones a participant acknowledged before the restart, since
-    /// acknowledgements are not logged (docs/design.md, "Redelivery").
+    /// acknowledgements are not logged (docs/decisions.md, "Redelivery").
     pub recovered: bool,
     /// Why a forced write keeps failing (see [`LiveTxn::undurable`]).
     pub undurable: Option<String>,

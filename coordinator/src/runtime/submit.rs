@@ -3,6 +3,7 @@
 //! when asked to wait. The saga in memory and its driver are in
 //! [`super::saga`].
 
+use super::begin::KeyClaim;
 use super::*;
 
 impl Runtime {
@@ -10,23 +11,13 @@ impl Runtime {
     /// it is terminal. A known idempotency key returns the first saga.
     pub async fn submit_saga(&self, request: SubmitSaga) -> Result<SagaAccepted, Error> {
         let shared = &self.shared;
-        if shared.draining.is_cancelled() {
-            return Err(Error::Draining);
-        }
         let (key, digest) = (
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
-        let claim = match &request.idempotency_key {
-            Some(key) => {
-                let guard = shared.begin_keys.lock().await;
-                if let Some((id, _)) = self.find_key(key, request.request_digest.as_ref()).await? {
-                    drop(guard);
-                    return self.saga_answer(id, false, request.wait).await;
-                }
-                Some(guard)
-            }
-            None => None,
+        let claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
+            KeyClaim::Taken(id, _) => return self.saga_answer(id, false, request.wait).await,
+            KeyClaim::Free(guard) => guard,
         };
         let id = shared.config.clock.mint();
         shared.note_begun(id);

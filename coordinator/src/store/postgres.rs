@@ -29,7 +29,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 
 use super::batch::{Group, Grouped};
-use super::reads::Reads;
+use super::reads::{Reads, store_reads};
 use super::rows::{
     ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, parse_id,
 };
@@ -340,23 +340,8 @@ impl Store for PostgresStore {
         self.append_batch(batch).boxed()
     }
 
-    fn transaction<'a>(
-        &'a self,
-        id: &'a TxnId,
-    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
-        async move { Reads(&self.pool).transaction(id).await }.boxed()
-    }
-
-    fn by_idempotency_key<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
-        async move { Reads(&self.pool).by_key(key).await }.boxed()
-    }
-
-    fn list<'a>(&'a self, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
-        async move { Reads(&self.pool).page(query).await }.boxed()
-    }
+    // transaction, by_idempotency_key, list: the reads both SQL stores share.
+    store_reads!();
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.load_unfinished(None).boxed()

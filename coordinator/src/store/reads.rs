@@ -127,3 +127,31 @@ where
         rows.into_iter().map(TxnRow::into_view).collect()
     }
 }
+
+/// The [`Store`](super::Store) methods that are these reads, for a store
+/// whose pool is `self.pool`: the same in both SQL stores' impls.
+macro_rules! store_reads {
+    () => {
+        fn transaction<'a>(
+            &'a self,
+            id: &'a TxnId,
+        ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+            async move { Reads(&self.pool).transaction(id).await }.boxed()
+        }
+
+        fn by_idempotency_key<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<TxnView>, StoreError>> {
+            async move { Reads(&self.pool).by_key(key).await }.boxed()
+        }
+
+        fn list<'a>(
+            &'a self,
+            query: &'a ListQuery,
+        ) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
+            async move { Reads(&self.pool).page(query).await }.boxed()
+        }
+    };
+}
+pub(super) use store_reads;

@@ -16,12 +16,9 @@
 //! local transaction itself (`BEGIN IMMEDIATE` on SQLite, a transaction-scoped
 //! advisory lock on the branch on PostgreSQL), so each sees the other's row.
 
-use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Sqlite, Transaction, Type};
+use sqlx::{Database, FromRow, Pool, Sqlite, Transaction};
 
 use crate::branch::BranchContext;
-
-pub mod postgres;
-pub mod sqlite;
 
 /// The local transaction a handler runs in, on database `DB`. The ledger
 /// row is written in it too, so the business change and the record of
@@ -132,86 +129,77 @@ pub fn now_ms() -> i64 {
 }
 
 /// The statements both databases run as they are: sqlx binds `$N` by its
-/// number on SQLite as on PostgreSQL, so only what really differs (the
-/// table's types, how a call is serialised, pruning's aggregates) is
-/// written per database.
-mod shared {
-
-    pub(super) const FIND: &str =
-        "SELECT result, reason FROM concord_ledger WHERE txn_id = $1 AND branch = $2 AND op = $3";
-
-    pub(super) const RECORD: &str = "INSERT INTO concord_ledger
-           (txn_id, branch, op, result, reason, coordinator, payload, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-
-    /// Voted COMMIT, at or before $1, and neither committed nor aborted.
-    pub(super) const IN_DOUBT: &str =
-        "SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
-         FROM concord_ledger p
-         WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= $1
-           AND NOT EXISTS (
-             SELECT 1 FROM concord_ledger d
-             WHERE d.txn_id = p.txn_id AND d.branch = p.branch AND d.op IN ('commit', 'abort'))
-         ORDER BY p.created_at_ms";
-}
-
-/// [`LedgerDb::find`], [`LedgerDb::record`] and [`LedgerDb::in_doubt`] on
-/// any database sqlx can bind these columns on.
-pub(crate) struct Statements<DB>(std::marker::PhantomData<DB>);
-
-impl<DB: Database> Statements<DB>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'r> Entry: FromRow<'r, DB::Row>,
-    for<'r> InDoubt: FromRow<'r, DB::Row>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-{
-    pub(crate) async fn find(
-        tx: &mut LocalTxOf<DB>,
-        branch: &BranchContext,
-        op: Op,
-    ) -> Result<Option<Entry>, sqlx::Error> {
-        sqlx::query_as(shared::FIND)
-            .bind(branch.transaction_id.as_str())
-            .bind(branch.branch.as_str())
+/// number on SQLite as on PostgreSQL, so [`LedgerDb::find`],
+/// [`LedgerDb::record`] and [`LedgerDb::in_doubt`] are written once here and
+/// expanded in each database's impl; only what really differs (the table's
+/// types, how a call is serialised, pruning's aggregates) is written per
+/// database.
+macro_rules! shared_statements {
+    () => {
+        async fn find(
+            tx: &mut LocalTxOf<Self>,
+            branch: &BranchContext,
+            op: Op,
+        ) -> Result<Option<Entry>, sqlx::Error> {
+            sqlx::query_as(
+                "SELECT result, reason FROM concord_ledger
+                 WHERE txn_id = $1 AND branch = $2 AND op = $3",
+            )
+            .bind(&branch.transaction_id)
+            .bind(&branch.branch)
             .bind(op.as_str())
             .fetch_optional(&mut **tx)
             .await
-    }
+        }
 
-    pub(crate) async fn record(
-        tx: &mut LocalTxOf<DB>,
-        branch: &BranchContext,
-        op: Op,
-        result: &str,
-        reason: Option<&str>,
-        payload: Option<&[u8]>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(shared::RECORD)
-            .bind(branch.transaction_id.as_str())
-            .bind(branch.branch.as_str())
+        async fn record(
+            tx: &mut LocalTxOf<Self>,
+            branch: &BranchContext,
+            op: Op,
+            result: &str,
+            reason: Option<&str>,
+            payload: Option<&[u8]>,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(
+                "INSERT INTO concord_ledger
+                   (txn_id, branch, op, result, reason, coordinator, payload, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&branch.transaction_id)
+            .bind(&branch.branch)
             .bind(op.as_str())
             .bind(result)
             .bind(reason)
-            .bind(branch.coordinator.as_str())
+            .bind(&branch.coordinator)
             .bind(payload)
-            .bind(now_ms())
+            .bind($crate::ledger::now_ms())
             .execute(&mut **tx)
             .await?;
-        Ok(())
-    }
+            Ok(())
+        }
 
-    pub(crate) async fn in_doubt(
-        pool: &Pool<DB>,
-        prepared_before_ms: i64,
-    ) -> Result<Vec<InDoubt>, sqlx::Error> {
-        sqlx::query_as(shared::IN_DOUBT)
+        /// Voted COMMIT, at or before `prepared_before_ms`, and neither
+        /// committed nor aborted.
+        async fn in_doubt(
+            pool: &Pool<Self>,
+            prepared_before_ms: i64,
+        ) -> Result<Vec<InDoubt>, sqlx::Error> {
+            sqlx::query_as(
+                "SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
+                 FROM concord_ledger p
+                 WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= $1
+                   AND NOT EXISTS (
+                     SELECT 1 FROM concord_ledger d
+                     WHERE d.txn_id = p.txn_id AND d.branch = p.branch
+                       AND d.op IN ('commit', 'abort'))
+                 ORDER BY p.created_at_ms",
+            )
             .bind(prepared_before_ms)
             .fetch_all(pool)
             .await
-    }
+        }
+    };
 }
+
+pub mod postgres;
+pub mod sqlite;

@@ -5,7 +5,7 @@
 
 use sqlx::{Pool, Postgres};
 
-use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op, Statements};
+use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op};
 use crate::branch::BranchContext;
 
 impl LedgerDb for Postgres {
@@ -41,31 +41,8 @@ impl LedgerDb for Postgres {
         Ok(tx)
     }
 
-    async fn find(
-        tx: &mut LocalTxOf<Self>,
-        branch: &BranchContext,
-        op: Op,
-    ) -> Result<Option<Entry>, sqlx::Error> {
-        Statements::find(tx, branch, op).await
-    }
-
-    async fn record(
-        tx: &mut LocalTxOf<Self>,
-        branch: &BranchContext,
-        op: Op,
-        result: &str,
-        reason: Option<&str>,
-        payload: Option<&[u8]>,
-    ) -> Result<(), sqlx::Error> {
-        Statements::record(tx, branch, op, result, reason, payload).await
-    }
-
-    async fn in_doubt(
-        pool: &Pool<Self>,
-        prepared_before_ms: i64,
-    ) -> Result<Vec<InDoubt>, sqlx::Error> {
-        Statements::in_doubt(pool, prepared_before_ms).await
-    }
+    // find, record, in_doubt: the same statements on every database.
+    shared_statements!();
 
     async fn prune(pool: &Pool<Self>, older_than_ms: i64) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(

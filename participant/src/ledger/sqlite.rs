@@ -3,7 +3,7 @@
 
 use sqlx::{Pool, Sqlite};
 
-use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op, Statements};
+use super::{Entry, InDoubt, LedgerDb, LocalTxOf, Op};
 use crate::branch::BranchContext;
 
 impl LedgerDb for Sqlite {
@@ -33,31 +33,8 @@ impl LedgerDb for Sqlite {
         pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    async fn find(
-        tx: &mut LocalTxOf<Self>,
-        branch: &BranchContext,
-        op: Op,
-    ) -> Result<Option<Entry>, sqlx::Error> {
-        Statements::find(tx, branch, op).await
-    }
-
-    async fn record(
-        tx: &mut LocalTxOf<Self>,
-        branch: &BranchContext,
-        op: Op,
-        result: &str,
-        reason: Option<&str>,
-        payload: Option<&[u8]>,
-    ) -> Result<(), sqlx::Error> {
-        Statements::record(tx, branch, op, result, reason, payload).await
-    }
-
-    async fn in_doubt(
-        pool: &Pool<Self>,
-        prepared_before_ms: i64,
-    ) -> Result<Vec<InDoubt>, sqlx::Error> {
-        Statements::in_doubt(pool, prepared_before_ms).await
-    }
+    // find, record, in_doubt: the same statements on every database.
+    shared_statements!();
 
     async fn prune(pool: &Pool<Self>, older_than_ms: i64) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(

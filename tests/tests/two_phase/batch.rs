@@ -1,4 +1,4 @@
-//! Coalesced calls (`Participant.Batch`, docs/design.md §9): calls that
+//! Coalesced calls (`Participant.Batch`, docs/decisions.md): calls that
 //! wait for one participant while earlier calls to it are in flight share a
 //! batch, each keeps its own outcome, and a participant without `Batch` is
 //! sent single calls.

@@ -1,5 +1,5 @@
 //! The decision of a transaction committed in its own Begin shares a log
-//! batch with the transaction's records when it can (design §9, "Commit
+//! batch with the transaction's records when it can (docs/decisions.md, "Commit
 //! inside Begin"). R1 must hold when the records' own batch fails: the
 //! decision may not count as durable on its own, since it then found no
 //! transaction to update.
