@@ -504,16 +504,21 @@ where
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|error| {
+    // Both reflection versions: grpcurl and tonic speak v1, while Python's
+    // grpcio-reflection (and the tools built on it) ask v1alpha only.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => Some((v1, v1alpha)),
+        (Err(error), _) | (_, Err(error)) => {
             // The descriptor set is generated at build time; failing to read
             // it is a build defect, reported rather than panicking.
             tracing::error!(%error, "gRPC reflection unavailable");
-            error
-        })
-        .ok();
+            None
+        }
+    };
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = access.tls {
         let mut config = tonic::transport::ServerTlsConfig::new().identity(
@@ -528,8 +533,8 @@ where
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(coordinator);
-    if let Some(reflection) = reflection {
-        router = router.add_service(reflection);
+    if let Some((v1, v1alpha)) = reflection {
+        router = router.add_service(v1).add_service(v1alpha);
     }
     // Load balancers stop sending work once a graceful shutdown begins, and
     // while the log takes no writes (a full disk, a database that refuses):

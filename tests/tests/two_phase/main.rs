@@ -705,15 +705,58 @@ async fn transactions_are_listed_newest_first_in_pages() {
     assert_eq!(active.transactions.len(), 4);
 }
 
+/// Asks the reflection service of `$version` (v1 or v1alpha, each with its
+/// own generated client) for the services, and for the file that defines
+/// the Coordinator; returns the service names and that file's name.
+macro_rules! reflect {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let ask = |message| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(message),
+        };
+        let requests = [
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "concord.v1.Coordinator".into(),
+            )),
+        ];
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .expect(concat!("reflection ", stringify!($version)))
+            .into_inner();
+        let mut services = Vec::new();
+        let mut files = Vec::new();
+        while let Some(answer) = answers.message().await.expect("answer") {
+            match answer.message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    services.extend(list.service.into_iter().map(|s| s.name));
+                }
+                Some(MessageResponse::FileDescriptorResponse(found)) => {
+                    for bytes in found.file_descriptor_proto {
+                        let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+                            bytes.as_slice(),
+                        )
+                        .expect("a file descriptor");
+                        files.push(file.name.unwrap_or_default());
+                    }
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
+        }
+        (services, files)
+    }};
+}
+
 #[tokio::test]
-async fn health_and_reflection_are_served() {
+async fn health_and_reflection_v1_and_v1alpha_are_served() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let s = setup().await;
     let channel = tonic::transport::Endpoint::from_shared(s._node.url())
@@ -731,28 +774,22 @@ async fn health_and_reflection_are_served() {
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
 
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let answer = answers
-        .message()
-        .await
-        .expect("answer")
-        .expect("one message");
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"concord.v1.Coordinator".to_string()),
-        "{names:?}"
-    );
+    // grpcurl and tonic ask v1; Python's grpcio-reflection asks v1alpha.
+    for (version, (services, files)) in [
+        ("v1", reflect!(v1, channel.clone())),
+        ("v1alpha", reflect!(v1alpha, channel.clone())),
+    ] {
+        assert!(
+            services.iter().any(|name| name == "concord.v1.Coordinator"),
+            "{version} lists {services:?}"
+        );
+        assert!(
+            files
+                .iter()
+                .any(|name| name == "concord/v1/coordinator.proto"),
+            "{version} finds the Coordinator in {files:?}"
+        );
+    }
 }
 
 #[tokio::test]
