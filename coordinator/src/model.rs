@@ -422,6 +422,64 @@ pub struct TxnView {
     pub operator_actions: Vec<OperatorAction>,
 }
 
+/// A place in the log's change feed (WatchTransactions): a reader that has
+/// seen the change at a cursor has seen every change before it. Ordered by
+/// `epoch`, then `seq`: `epoch` is the writing database transaction's id on
+/// PostgreSQL (whose sequence alone does not follow commit order when
+/// several nodes write) and 0 on the single-writer backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || format!("{s:?} is not a cursor from a TransactionChange");
+        let (epoch, seq) = s.split_once('-').ok_or_else(malformed)?;
+        let number = |part: &str| {
+            // Digits only: u64's parser would also take a leading '+'.
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(malformed());
+            }
+            part.parse::<u64>().map_err(|_| malformed())
+        };
+        Ok(Self {
+            epoch: number(epoch)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+/// One change the log recorded: a transaction's state, a saga step's
+/// status, the NEEDS_ATTENTION flag raised, or an operator's action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub cursor: Cursor,
+    pub id: TxnId,
+    pub kind: TxnKind,
+    /// None when the transaction is new.
+    pub from: Option<TxnState>,
+    /// The transaction's state after the change (the same as `from` for a
+    /// step, a flag or an operator action).
+    pub to: TxnState,
+    /// The saga step or branch concerned; empty for the transaction itself.
+    pub subject: String,
+    /// A step's new status, an abort's reason, "needs attention", or the
+    /// operator's action.
+    pub detail: String,
+    pub needs_attention: bool,
+    pub at_ms: u64,
+}
+
 /// Milliseconds since the Unix epoch, from the system clock. Only the runtime
 /// and the API call this: the protocol never reads a clock.
 pub fn now_ms() -> u64 {
@@ -445,6 +503,28 @@ mod tests {
         assert_eq!(upper.parse::<TxnId>(), Err(TxnIdError::Malformed));
         let simple = id.to_string().replace('-', "");
         assert_eq!(simple.parse::<TxnId>(), Err(TxnIdError::Malformed));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_only_their_own_form_parses() {
+        let cursor = Cursor {
+            epoch: 7_123,
+            seq: 42,
+        };
+        assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+        for bad in [
+            "",
+            "42",
+            "-42",
+            "1-",
+            "+1-2",
+            "1-2-3",
+            "a-1",
+            "99999999999999999999-1",
+        ] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
+        assert!(Cursor { epoch: 1, seq: 0 } > Cursor { epoch: 0, seq: 9 });
     }
 
     #[test]

@@ -394,6 +394,16 @@ mod tests {
         fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
             async { Ok(Vec::new()) }.boxed()
         }
+        fn changes<'a>(
+            &'a self,
+            _: Option<crate::model::Cursor>,
+            _: u32,
+        ) -> BoxFuture<'a, Result<Vec<crate::model::Change>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn newest_change(&self) -> BoxFuture<'_, Result<Option<crate::model::Cursor>, StoreError>> {
+            async { Ok(None) }.boxed()
+        }
     }
 
     fn record() -> Record {

@@ -68,6 +68,14 @@ pub const ALL: &[(&str, Test)] = &[
         "pruning_forgets_only_old_finished_transactions_nobody_can_ask_about",
         |open| Box::pin(pruning_forgets_only_old_finished_transactions_nobody_can_ask_about(open)),
     ),
+    (
+        "the_change_feed_holds_every_change_in_order_and_resumes",
+        |open| {
+            Box::pin(the_change_feed_holds_every_change_in_order_and_resumes(
+                open,
+            ))
+        },
+    ),
 ];
 
 /// Expands to one `#[tokio::test]` per contract test, each calling
@@ -88,6 +96,7 @@ macro_rules! store_contract {
             recovery_gets_each_unfinished_transaction_with_its_own_parts,
             operator_actions_are_kept_in_order_and_recovered,
             pruning_forgets_only_old_finished_transactions_nobody_can_ask_about,
+            the_change_feed_holds_every_change_in_order_and_resumes,
         );
     };
     (@tests $open:expr; $($name:ident,)*) => {
@@ -773,4 +782,168 @@ pub async fn pruning_forgets_only_old_finished_transactions_nobody_can_ask_about
         0
     );
     assert_eq!(store.prune(&old, 99_000, 100).await.expect("prune"), 0);
+}
+
+/// The feed WatchTransactions follows: one change per new transaction, new
+/// state, step status, raised flag and operator action, in the order
+/// written, each after the last by cursor; read a page at a time from any
+/// cursor; kept across reopening; pruned from the oldest.
+pub async fn the_change_feed_holds_every_change_in_order_and_resumes(open: Open) {
+    use crate::model::{Change, OperatorAction, Resolution};
+    let store = open().await;
+    assert_eq!(store.newest_change().await.expect("newest"), None);
+    let (paid, stuck, saga) = (TxnId::mint(), TxnId::mint(), TxnId::mint());
+    // One record a batch: a batch may fold one transaction's records into
+    // its last state, and this checks each change.
+    let records = vec![
+        begun(paid, None),
+        begun(stuck, None),
+        Record::Decided {
+            id: paid,
+            at_ms: 2_000,
+        },
+        Record::Ended {
+            id: paid,
+            state: TxnState::Committed,
+            at_ms: 3_000,
+            read_only: false,
+            reason: None,
+            branches: Vec::new(),
+            steps: Vec::new(),
+        },
+        Record::SagaSubmitted {
+            id: saga,
+            created_at_ms: 4_000,
+            idempotency_key: None,
+            request_digest: None,
+            description: None,
+            steps: vec![SagaStepDef {
+                name: "flight".into(),
+                participant: "http://127.0.0.1:2".into(),
+                kind: StepKind::Compensatable,
+                action: b"book".to_vec(),
+                compensation: Some(b"cancel".to_vec()),
+                depends_on: Vec::new(),
+                attempt_timeout: std::time::Duration::from_millis(1_500),
+                retry: RetryPolicy::default(),
+            }],
+        },
+        Record::StepRecorded {
+            id: saga,
+            saga_state: TxnState::Running,
+            reason: None,
+            step: StepProgress {
+                idx: 0,
+                status: StepStatus::Succeeded,
+                attempts: 1,
+                compensation_attempts: 0,
+                last_error: None,
+            },
+        },
+        Record::NeedsAttention { id: saga },
+        Record::Decided {
+            id: stuck,
+            at_ms: 5_000,
+        },
+        Record::OperatorResolved {
+            id: stuck,
+            action: OperatorAction {
+                branch: "b1".into(),
+                outcome: Resolution::Committed,
+                reason: "applied by hand".into(),
+                operator: "ana".into(),
+                at_ms: 6_000,
+            },
+        },
+    ];
+    for record in records {
+        store.append(&[record]).await.expect("append");
+    }
+    let seen = |changes: &[Change]| -> Vec<(TxnId, Option<TxnState>, TxnState, String, String)> {
+        changes
+            .iter()
+            .map(|c| (c.id, c.from, c.to, c.subject.clone(), c.detail.clone()))
+            .collect()
+    };
+    use TxnState::{Active, Committed, Committing, Running};
+    let expected = vec![
+        (paid, None, Active, String::new(), String::new()),
+        (stuck, None, Active, String::new(), String::new()),
+        (paid, Some(Active), Committing, String::new(), String::new()),
+        (
+            paid,
+            Some(Committing),
+            Committed,
+            String::new(),
+            String::new(),
+        ),
+        (saga, None, Running, String::new(), String::new()),
+        (
+            saga,
+            Some(Running),
+            Running,
+            "flight".into(),
+            "succeeded".into(),
+        ),
+        (
+            saga,
+            Some(Running),
+            Running,
+            String::new(),
+            "needs attention".into(),
+        ),
+        (
+            stuck,
+            Some(Active),
+            Committing,
+            String::new(),
+            String::new(),
+        ),
+        (
+            stuck,
+            Some(Committing),
+            Committing,
+            "b1".into(),
+            "resolved committed by ana: applied by hand".into(),
+        ),
+    ];
+    let all = store.changes(None, 100).await.expect("changes");
+    assert_eq!(seen(&all), expected);
+    assert!(
+        all.windows(2).all(|pair| pair[0].cursor < pair[1].cursor),
+        "cursors grow: {all:?}"
+    );
+    assert!(all[6].needs_attention && !all[5].needs_attention);
+    assert_eq!(all[0].kind, crate::model::TxnKind::TwoPhase);
+    assert_eq!(all[4].kind, crate::model::TxnKind::Saga);
+    assert_eq!(
+        store.newest_change().await.expect("newest"),
+        all.last().map(|c| c.cursor)
+    );
+    // A page at a time, from any cursor, and the same after reopening.
+    let store = open().await;
+    let page = store.changes(Some(all[2].cursor), 3).await.expect("page");
+    assert_eq!(seen(&page), expected[3..6].to_vec());
+    let rest = store
+        .changes(Some(page[2].cursor), 100)
+        .await
+        .expect("rest");
+    assert_eq!(seen(&rest), expected[6..].to_vec());
+    assert!(
+        store
+            .changes(all.last().map(|c| c.cursor), 100)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    // Pruning forgets the oldest, never one recorded after its horizon.
+    let far_future = u64::MAX / 2;
+    store
+        .prune(&TxnId::mint(), far_future, 2)
+        .await
+        .expect("prune");
+    let kept = store.changes(None, 100).await.expect("kept");
+    assert_eq!(seen(&kept), expected[2..].to_vec());
+    store.prune(&TxnId::mint(), 0, 100).await.expect("prune");
+    assert_eq!(store.changes(None, 100).await.expect("kept").len(), 7);
 }

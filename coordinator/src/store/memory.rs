@@ -26,8 +26,8 @@ use futures::future::BoxFuture;
 
 use super::{Appended, BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
 use crate::model::{
-    BranchState, BranchView, RequestDigest, SagaStepDef, StepStatus, StepView, TxnId, TxnKind,
-    TxnState, TxnView,
+    BranchState, BranchView, Change, Cursor, RequestDigest, SagaStepDef, StepStatus, StepView,
+    TxnId, TxnKind, TxnState, TxnView,
 };
 
 /// The in-memory log. Clones share the same contents.
@@ -71,6 +71,18 @@ struct State {
     keys: HashMap<String, TxnId>,
     /// Batches appended so far; the simulation reports it.
     batches: u64,
+    /// The change feed, oldest first, as the SQL stores' triggers write it.
+    changes: std::collections::VecDeque<Change>,
+    /// The last change's seq (never reused, as SQLite's AUTOINCREMENT).
+    last_seq: u64,
+}
+
+/// What the change feed follows of one transaction.
+struct Observed {
+    state: TxnState,
+    needs_attention: bool,
+    steps: Vec<StepStatus>,
+    actions: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +173,85 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// What the change feed follows of one transaction, if it exists.
+    fn observed(&self, id: &TxnId) -> Option<Observed> {
+        self.transactions.get(id).map(|row| Observed {
+            state: row.view.state,
+            needs_attention: row.view.needs_attention,
+            steps: row.view.steps.iter().map(|step| step.status).collect(),
+            actions: row.view.operator_actions.len(),
+        })
+    }
+
+    /// Adds the changes `record` made to the feed, as the SQL stores'
+    /// triggers do (migrations/sqlite/0006_changes.sql): a new
+    /// transaction, a new state, a step's new status, the flag raised, an
+    /// operator action.
+    fn note_changes(&mut self, record: &Record, before: Option<Observed>) {
+        let id = record.txn_id();
+        let Some(row) = self.transactions.get(&id) else {
+            return;
+        };
+        let view = &row.view;
+        // The records' own times: deterministic under simulation.
+        let at_ms = view
+            .ended_at_ms
+            .or(view.decided_at_ms)
+            .unwrap_or(view.created_at_ms);
+        let change = |from, subject: &str, detail: &str, at_ms| Change {
+            cursor: Cursor::default(),
+            id,
+            kind: view.kind,
+            from,
+            to: view.state,
+            subject: subject.to_owned(),
+            detail: detail.to_owned(),
+            needs_attention: view.needs_attention,
+            at_ms,
+        };
+        let mut noted = Vec::new();
+        match &before {
+            None => noted.push(change(None, "", "", view.created_at_ms)),
+            Some(before) => {
+                for (step, old) in view.steps.iter().zip(&before.steps) {
+                    if step.status != *old {
+                        let status = crate::model::step_status_str(step.status);
+                        noted.push(change(Some(before.state), &step.name, status, at_ms));
+                    }
+                }
+                if view.state != before.state {
+                    let reason = view.reason.as_deref().unwrap_or_default();
+                    noted.push(change(Some(before.state), "", reason, at_ms));
+                }
+                if view.needs_attention && !before.needs_attention {
+                    noted.push(change(Some(view.state), "", "needs attention", at_ms));
+                }
+                for action in view.operator_actions.iter().skip(before.actions) {
+                    let detail = format!(
+                        "resolved {} by {}: {}",
+                        action.outcome.as_str(),
+                        action.operator,
+                        action.reason
+                    );
+                    noted.push(change(
+                        Some(view.state),
+                        &action.branch,
+                        &detail,
+                        action.at_ms,
+                    ));
+                }
+            }
+        }
+        for mut change in noted {
+            self.last_seq += 1;
+            change.cursor = Cursor {
+                epoch: 0,
+                seq: self.last_seq,
+            };
+            self.changes.push_back(change);
+        }
     }
 
     fn apply(&mut self, record: &Record) {
@@ -409,7 +500,9 @@ impl Store for MemoryStore {
             if !lose || state.batches.is_multiple_of(2) {
                 state.check(batch)?;
                 for record in batch {
+                    let before = state.observed(&record.txn_id());
                     state.apply(record);
+                    state.note_changes(record, before);
                 }
                 state.batches += 1;
             }
@@ -469,6 +562,12 @@ impl Store for MemoryStore {
         limit: u32,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         let mut state = self.lock();
+        for _ in 0..limit {
+            match state.changes.front() {
+                Some(oldest) if oldest.at_ms < ended_before_ms => state.changes.pop_front(),
+                _ => break,
+            };
+        }
         let doomed: Vec<TxnId> = state
             .transactions
             .range(..*begun_before)
@@ -490,6 +589,28 @@ impl Store for MemoryStore {
             }
         }
         futures::future::ready(Ok(doomed.len() as u64)).boxed()
+    }
+
+    fn changes<'a>(
+        &'a self,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        let state = self.lock();
+        let after = after.unwrap_or_default();
+        let changes = state
+            .changes
+            .iter()
+            .filter(|change| change.cursor > after)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        futures::future::ready(Ok(changes)).boxed()
+    }
+
+    fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
+        let newest = self.lock().changes.back().map(|change| change.cursor);
+        futures::future::ready(Ok(newest)).boxed()
     }
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {

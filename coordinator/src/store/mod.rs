@@ -17,8 +17,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::model::{
-    BranchState, OperatorAction, RequestDigest, SagaStepDef, StepStatus, TxnId, TxnState, TxnView,
-    VoteKind,
+    BranchState, Change, Cursor, OperatorAction, RequestDigest, SagaStepDef, StepStatus, TxnId,
+    TxnState, TxnView, VoteKind,
 };
 
 pub(crate) mod batch;
@@ -346,6 +346,20 @@ pub trait Store: Send + Sync + 'static {
     /// Every transaction that has not ended, for recovery.
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>>;
 
+    /// The changes recorded after `after` (from the oldest the log keeps
+    /// when None), oldest first, at most `limit`: the feed WatchTransactions
+    /// follows. Only changes that no later write can come before: a reader
+    /// that resumes after the last cursor it got misses nothing still kept.
+    fn changes<'a>(
+        &'a self,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>>;
+
+    /// The newest change's cursor, None before the first: a watch of what
+    /// happens from now on starts after it.
+    fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>>;
+
     /// The unfinished transactions this node must finish: on a single-node
     /// backend every one ([`Store::unfinished`]); on a shared store those
     /// whose owner is gone (a previous start of this node, a node that left
@@ -365,7 +379,9 @@ pub trait Store: Send + Sync + 'static {
     /// presumed abort lets the coordinator forget them, R2), with their
     /// branches and steps. Never one an operator resolved a branch of (its
     /// participant never acknowledged) nor one flagged NEEDS_ATTENTION.
-    /// Returns how many went.
+    /// Also forgets, at most `limit` at a time, the oldest changes of the
+    /// feed ([`Store::changes`]) recorded before `ended_before_ms`.
+    /// Returns how many transactions went.
     fn prune<'a>(
         &'a self,
         begun_before: &'a TxnId,

@@ -31,10 +31,11 @@ use sqlx::{PgConnection, PgPool};
 use super::batch::{Group, Grouped};
 use super::reads::{Reads, store_reads};
 use super::rows::{
-    ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, parse_id,
+    ActionRow, ChangeRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished,
+    attach_actions, parse_id, to_i64, to_u64,
 };
 use super::{Appended, Cluster, Lease, ListQuery, Owner, Record, Store, StoreError, Unfinished};
-use crate::model::{TxnId, TxnView};
+use crate::model::{Change, Cursor, TxnId, TxnView};
 
 /// Connections in the pool: the writer's plus readers.
 const POOL_CONNECTIONS: u32 = 8;
@@ -347,6 +348,52 @@ impl Store for PostgresStore {
         self.load_unfinished(None).boxed()
     }
 
+    fn changes<'a>(
+        &'a self,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        async move {
+            // Only rows of writers older than every one still running
+            // (migrations/postgres/0008_changes.sql): any row written after
+            // has a larger xid, so the cursor never skips one.
+            let after = after.unwrap_or_default();
+            let rows: Vec<ChangeRow> = sqlx::query_as(
+                "SELECT xid::text::bigint AS epoch, seq, txn_id, kind, from_state, to_state,
+                        subject, detail, needs_attention, at_ms
+                 FROM txn_changes
+                 WHERE (xid, seq) > ($1::text::xid8, $2)
+                   AND xid < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY xid, seq
+                 LIMIT $3",
+            )
+            .bind(after.epoch.to_string())
+            .bind(to_i64(after.seq))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter().map(ChangeRow::into_change).collect()
+        }
+        .boxed()
+    }
+
+    fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
+        async move {
+            let newest: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT xid::text::bigint, seq FROM txn_changes
+                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY xid DESC, seq DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(newest.map(|(epoch, seq)| Cursor {
+                epoch: to_u64(epoch),
+                seq: to_u64(seq),
+            }))
+        }
+        .boxed()
+    }
+
     fn claim_unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.claim().boxed()
     }
@@ -363,6 +410,18 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
             let mut tx = self.pool.begin().await?;
+            // The change feed's oldest rows, in primary-key order: a bounded
+            // walk from the front, never a scan of the table.
+            sqlx::query(
+                "DELETE FROM txn_changes
+                 WHERE (xid, seq) IN (
+                     SELECT xid, seq FROM txn_changes ORDER BY xid, seq LIMIT $2)
+                   AND at_ms < $1",
+            )
+            .bind(i64::try_from(ended_before_ms).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await?;
             let doomed: Vec<(String,)> = sqlx::query_as(PRUNABLE)
                 .bind(begun_before.to_string())
                 .bind(i64::try_from(ended_before_ms).unwrap_or(i64::MAX))
@@ -370,6 +429,7 @@ impl Store for PostgresStore {
                 .fetch_all(&mut *tx)
                 .await?;
             if doomed.is_empty() {
+                tx.commit().await?;
                 return Ok(0);
             }
             let ids: Vec<String> = doomed.into_iter().map(|(id,)| id).collect();

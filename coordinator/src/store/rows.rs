@@ -9,8 +9,8 @@ use sqlx::FromRow;
 
 use super::StoreError;
 use crate::model::{
-    BranchState, BranchView, OperatorAction, Resolution, RetryPolicy, SagaStepDef, StepView, TxnId,
-    TxnKind, TxnState, TxnView, VoteKind, parse_step_kind, parse_step_status,
+    BranchState, BranchView, Change, Cursor, OperatorAction, Resolution, RetryPolicy, SagaStepDef,
+    StepView, TxnId, TxnKind, TxnState, TxnView, VoteKind, parse_step_kind, parse_step_status,
 };
 
 pub(crate) fn duration_ms(duration: Duration) -> i64 {
@@ -333,4 +333,44 @@ pub(crate) fn attach_actions(
         }
     }
     Ok(())
+}
+
+/// One row of `txn_changes`; `epoch` is the writing transaction's id on
+/// PostgreSQL and 0 on SQLite.
+#[derive(FromRow)]
+pub(crate) struct ChangeRow {
+    pub epoch: i64,
+    pub seq: i64,
+    pub txn_id: String,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub subject: String,
+    pub detail: String,
+    pub needs_attention: bool,
+    pub at_ms: i64,
+}
+
+impl ChangeRow {
+    pub(crate) fn into_change(self) -> Result<Change, StoreError> {
+        let state = |name: &str| {
+            TxnState::parse(name)
+                .ok_or_else(|| StoreError::Corrupt(format!("change to state {name:?}")))
+        };
+        Ok(Change {
+            cursor: Cursor {
+                epoch: to_u64(self.epoch),
+                seq: to_u64(self.seq),
+            },
+            id: parse_id(&self.txn_id)?,
+            kind: TxnKind::parse(&self.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("change of kind {:?}", self.kind)))?,
+            from: self.from_state.as_deref().map(state).transpose()?,
+            to: state(&self.to_state)?,
+            subject: self.subject,
+            detail: self.detail,
+            needs_attention: self.needs_attention,
+            at_ms: to_u64(self.at_ms),
+        })
+    }
 }

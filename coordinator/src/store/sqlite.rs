@@ -17,11 +17,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::reads::{Reads, store_reads};
 use super::rows::{
-    ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, to_i64,
+    ActionRow, ChangeRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished,
+    attach_actions, to_i64, to_u64,
 };
 use super::sqlite_writer::WriterThread;
 use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
-use crate::model::{TxnId, TxnView};
+use crate::model::{Change, Cursor, TxnId, TxnView};
 
 /// The database file inside `--data-dir`.
 pub const DATABASE_FILE: &str = "concord.db";
@@ -158,6 +159,41 @@ impl Store for SqliteStore {
         self.load_unfinished().boxed()
     }
 
+    fn changes<'a>(
+        &'a self,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        async move {
+            // One writing thread: `seq` follows commit order, and a reader
+            // sees only committed rows.
+            let rows: Vec<ChangeRow> = sqlx::query_as(
+                "SELECT 0 AS epoch, seq, txn_id, kind, from_state, to_state, subject, detail,
+                        needs_attention, at_ms
+                 FROM txn_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .bind(to_i64(after.map_or(0, |cursor| cursor.seq)))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter().map(ChangeRow::into_change).collect()
+        }
+        .boxed()
+    }
+
+    fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
+        async move {
+            let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM txn_changes")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(newest.map(|seq| Cursor {
+                epoch: 0,
+                seq: to_u64(seq),
+            }))
+        }
+        .boxed()
+    }
+
     fn prune<'a>(
         &'a self,
         begun_before: &'a TxnId,
@@ -166,6 +202,17 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
             let mut tx = self.pool.begin().await?;
+            // The change feed's oldest rows, by seq (its primary key): a
+            // bounded walk from the front, never a scan of the table.
+            sqlx::query(
+                "DELETE FROM txn_changes
+                 WHERE seq IN (SELECT seq FROM txn_changes ORDER BY seq LIMIT ?2)
+                   AND at_ms < ?1",
+            )
+            .bind(to_i64(ended_before_ms))
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await?;
             let doomed: Vec<(String,)> = sqlx::query_as(PRUNABLE)
                 .bind(begun_before.to_string())
                 .bind(to_i64(ended_before_ms))
@@ -173,6 +220,7 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
             if doomed.is_empty() {
+                tx.commit().await?;
                 return Ok(0);
             }
             let ids = serde_json::to_string(&doomed.iter().map(|(id,)| id).collect::<Vec<_>>())

@@ -129,6 +129,20 @@ impl Store for FaultyStore {
         self.inner.unfinished()
     }
 
+    fn changes<'a>(
+        &'a self,
+        after: Option<concord_coordinator::model::Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<concord_coordinator::model::Change>, StoreError>> {
+        self.inner.changes(after, limit)
+    }
+
+    fn newest_change(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<concord_coordinator::model::Cursor>, StoreError>> {
+        self.inner.newest_change()
+    }
+
     fn claim_unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.inner.claim_unfinished()
     }
