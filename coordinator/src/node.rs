@@ -157,6 +157,9 @@ impl Node {
     /// Stops serving, lets in-flight calls finish, then stops the runtime
     /// (the log writer writes what is queued).
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        // Open watch streams would hold the server's graceful stop: each
+        // ends first, telling its client the cursor to resume from.
+        self.runtime.end_watches();
         self.stop.cancel();
         let served = self.server.await;
         self.runtime.shutdown().await;

@@ -352,6 +352,90 @@ impl CoordinatorClient {
         })
     }
 
+    /// Follows transactions as the coordinator's log records their changes
+    /// (`WatchTransactions`; `request` holds the filters and where to
+    /// start). The stream resumes by itself: when a connection drops, the
+    /// node stops, or the watch falls behind (UNAVAILABLE or
+    /// RESOURCE_EXHAUSTED), it reconnects after a backoff (exponential,
+    /// jittered, capped at 5 s) with the cursor of the last change it gave
+    /// you, so that it misses nothing the log keeps and repeats nothing.
+    /// The first connection is made before this returns: a watch of what
+    /// comes next sees every change recorded after, and a bad filter is
+    /// this call's error. Until its first change, a watch that starts with
+    /// the next change and loses its connection starts again with the next
+    /// one. An error that cannot be resumed is yielded once and ends the
+    /// stream. The connect of each attempt has this client's deadline; the
+    /// stream itself has none.
+    pub async fn watch(
+        &self,
+        request: pb::WatchTransactionsRequest,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<pb::TransactionChange, ClientError>>,
+        ClientError,
+    > {
+        use backon::BackoffBuilder;
+        use futures::StreamExt;
+        let backoff = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut watch = Watching {
+            raw: self.raw.clone(),
+            timeout: self.timeout,
+            request,
+            open: None,
+            backoff: backoff(),
+            ended: false,
+        };
+        // The first connection is made here, so that a watch of what comes
+        // next starts now and a bad filter is this call's error.
+        watch.open = Some(watch.connect().await?);
+        Ok(futures::stream::unfold(watch, move |mut watch| async move {
+            if watch.ended {
+                return None;
+            }
+            loop {
+                let open = match watch.open.as_mut() {
+                    Some(open) => open,
+                    None => match watch.connect().await {
+                        Ok(open) => watch.open.insert(open),
+                        Err(status) if resumable(&status) => {
+                            watch.pause(&status).await;
+                            continue;
+                        }
+                        Err(status) => {
+                            watch.ended = true;
+                            return Some((Err(status.into()), watch));
+                        }
+                    },
+                };
+                match open.message().await {
+                    Ok(Some(change)) => {
+                        watch.backoff = backoff();
+                        watch.request.cursor = change.cursor.clone();
+                        return Some((Ok(change), watch));
+                    }
+                    // The server ended the stream without a status: a
+                    // proxy's doing; resume.
+                    Ok(None) => watch.open = None,
+                    Err(status) if resumable(&status) => {
+                        watch.open = None;
+                        watch.pause(&status).await;
+                    }
+                    Err(status) => {
+                        watch.ended = true;
+                        return Some((Err(status.into()), watch));
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+
     /// The decision as a participant sees it: presumed abort for unknown ids.
     pub async fn outcome(&self, transaction_id: &str) -> Result<Outcome, ClientError> {
         let request = pb::GetOutcomeRequest {
@@ -439,4 +523,55 @@ pub struct SagaStatus {
     pub state: SagaState,
     /// Why it compensated or failed.
     pub reason: String,
+}
+
+/// A [`CoordinatorClient::watch`] between changes.
+struct Watching<B> {
+    raw: RawClient<Channel>,
+    timeout: Duration,
+    /// With the cursor of the last change handed out, once there is one.
+    request: pb::WatchTransactionsRequest,
+    open: Option<tonic::Streaming<pb::TransactionChange>>,
+    backoff: B,
+    ended: bool,
+}
+
+impl<B: Iterator<Item = Duration>> Watching<B> {
+    async fn connect(&mut self) -> Result<tonic::Streaming<pb::TransactionChange>, tonic::Status> {
+        let mut request = tonic::Request::new(self.request.clone());
+        request.set_timeout(self.timeout);
+        match tokio::time::timeout(self.timeout, self.raw.watch_transactions(request)).await {
+            Ok(answer) => answer.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::unavailable("no answer within the deadline")),
+        }
+    }
+
+    /// Waits out the backoff before reconnecting; a watch the server ended
+    /// names the cursor to resume from (it may be past the last change
+    /// handed out: changes the filters left out).
+    async fn pause(&mut self, status: &tonic::Status) {
+        if let Some(cursor) = status
+            .metadata()
+            .get("concord-resume-cursor")
+            .and_then(|value| value.to_str().ok())
+        {
+            self.request.cursor = cursor.to_owned();
+        }
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(5));
+        tracing::debug!(code = ?status.code(), message = status.message(), ?delay, "watch resuming");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Whether a watch that ended with `status` resumes: the node or the
+/// connection went away, or the watch fell behind.
+fn resumable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+    )
 }

@@ -4,9 +4,10 @@
 use concord_proto::v1 as pb;
 
 use crate::model::{
-    BranchState, BranchView, RequestDigest, Resolution, StepKind, StepStatus, StepView, TxnKind,
-    TxnState, TxnView, VoteKind,
+    BranchState, BranchView, Change, RequestDigest, Resolution, StepKind, StepStatus, StepView,
+    TxnKind, TxnState, TxnView, VoteKind,
 };
+use crate::runtime::watch::WatchEnd;
 use crate::runtime::{Error, Outcome};
 
 pub fn state(state: TxnState) -> pb::TransactionState {
@@ -201,6 +202,54 @@ fn digest(message: &impl prost::Message) -> RequestDigest {
     use sha2::Digest as _;
     let hash = sha2::Sha256::digest(message.encode_to_vec());
     hash.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// One change of the log, as WatchTransactions streams it.
+pub fn change(change: Change) -> pb::TransactionChange {
+    pb::TransactionChange {
+        transaction_id: change.id.to_string(),
+        kind: match change.kind {
+            TxnKind::TwoPhase => pb::TransactionKind::TwoPhase,
+            TxnKind::Saga => pb::TransactionKind::Saga,
+        }
+        .into(),
+        old_state: change
+            .from
+            .map_or(pb::TransactionState::Unspecified, state)
+            .into(),
+        new_state: state(change.to).into(),
+        subject: change.subject,
+        detail: change.detail,
+        needs_attention: change.needs_attention,
+        at_ms: change.at_ms,
+        cursor: change.cursor.to_string(),
+    }
+}
+
+/// Trailer of a watch that ended: the cursor to reconnect with.
+pub const RESUME_CURSOR: &str = "concord-resume-cursor";
+
+/// Why a watch ended, as the status that ends its stream, saying how to
+/// resume without missing a change.
+pub fn watch_end(end: WatchEnd) -> tonic::Status {
+    let resume = end.resume();
+    let how = match resume {
+        Some(cursor) => format!("reconnect with cursor \"{cursor}\" to miss nothing"),
+        None => "reconnect with from_oldest to miss nothing".to_owned(),
+    };
+    let message = format!("{end}; {how}");
+    let mut status = match end {
+        WatchEnd::FellBehind { .. } => tonic::Status::resource_exhausted(message),
+        WatchEnd::ShuttingDown { .. } | WatchEnd::Store { .. } => {
+            tonic::Status::unavailable(message)
+        }
+    };
+    if let Some(cursor) = resume
+        && let Ok(value) = cursor.to_string().parse()
+    {
+        status.metadata_mut().insert(RESUME_CURSOR, value);
+    }
+    status
 }
 
 /// Metadata of an ALREADY_EXISTS answer to a reused idempotency key: the

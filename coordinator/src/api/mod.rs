@@ -14,8 +14,9 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::model::{OperatorAction, Resolution, TxnId, TxnKind};
+use crate::model::{OperatorAction, Resolution, TxnId};
 use crate::runtime::log::LogHealth;
+use crate::runtime::watch::{WatchFilter, WatchStart};
 use crate::runtime::{
     BeginTxn, Committed, Decision, EnlistBranch, ListQuery, Outcome, Runtime, SubmitSaga,
 };
@@ -273,26 +274,9 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
         let request = request.into_inner();
-        let mut states = Vec::with_capacity(request.states.len());
-        for value in &request.states {
-            states.push(convert::state_from_wire(*value).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "states holds {value}, which is not a transaction state"
-                ))
-            })?);
-        }
+        let states = validate::states(&request.states)?;
         let limit = validate::page_size(request.page_size)?;
-        let kind = match pb::TransactionKind::try_from(request.kind) {
-            Ok(pb::TransactionKind::Unspecified) => None,
-            Ok(pb::TransactionKind::TwoPhase) => Some(TxnKind::TwoPhase),
-            Ok(pb::TransactionKind::Saga) => Some(TxnKind::Saga),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "kind is {}, which is not a transaction kind",
-                    request.kind
-                )));
-            }
-        };
+        let kind = validate::kind(request.kind)?;
         let mut before = validate::page_token(&request.page_token)?;
         if let Some(age) = validate::min_age_ms(request.min_age_ms)? {
             // Ids are UUIDv7, ordered by the time they were minted: "begun
@@ -317,6 +301,40 @@ impl Coordinator for CoordinatorService {
                 .collect(),
             next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
         }))
+    }
+
+    type WatchTransactionsStream =
+        futures::stream::BoxStream<'static, Result<pb::TransactionChange, Status>>;
+
+    async fn watch_transactions(
+        &self,
+        request: Request<pb::WatchTransactionsRequest>,
+    ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
+        let request = request.into_inner();
+        let filter = WatchFilter {
+            states: validate::states(&request.states)?,
+            kind: validate::kind(request.kind)?,
+            needs_attention: request.needs_attention,
+            id_prefix: validate::id_prefix(&request.id_prefix)?,
+        };
+        let start = match (request.cursor.as_str(), request.from_oldest) {
+            ("", false) => WatchStart::Next,
+            ("", true) => WatchStart::Oldest,
+            (cursor, _) => WatchStart::After(validate::watch_cursor(cursor)?),
+        };
+        let changes = self
+            .runtime
+            .watch(filter, start)
+            .await
+            .map_err(|error| convert::status(error.into()))?;
+        let stream = futures::stream::unfold(changes, |mut changes| async move {
+            let item = changes.recv().await?;
+            Some((
+                item.map(convert::change).map_err(convert::watch_end),
+                changes,
+            ))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn submit_saga(

@@ -8,7 +8,9 @@ use tonic::Status;
 
 use concord_proto::v1 as pb;
 
-use crate::model::{RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError};
+use crate::model::{
+    Cursor, RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError, TxnKind, TxnState,
+};
 use crate::runtime::EnlistBranch;
 use crate::runtime::{ShapeError, StepShape, check_shapes};
 
@@ -228,6 +230,59 @@ pub fn min_age_ms(value: u64) -> Result<Option<u64>, Status> {
             "min_age_ms must be at most {TEN_YEARS_MS} (ten years), got {value}"
         ))),
     }
+}
+
+/// A listing's or a watch's state filter: every value a transaction state.
+pub fn states(values: &[i32]) -> Result<Vec<TxnState>, Status> {
+    values
+        .iter()
+        .map(|value| {
+            super::convert::state_from_wire(*value).ok_or_else(|| {
+                invalid(format!(
+                    "states holds {value}, which is not a transaction state"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A listing's or a watch's kind filter; UNSPECIFIED means both.
+pub fn kind(value: i32) -> Result<Option<TxnKind>, Status> {
+    match pb::TransactionKind::try_from(value) {
+        Ok(pb::TransactionKind::Unspecified) => Ok(None),
+        Ok(pb::TransactionKind::TwoPhase) => Ok(Some(TxnKind::TwoPhase)),
+        Ok(pb::TransactionKind::Saga) => Ok(Some(TxnKind::Saga)),
+        Err(_) => Err(invalid(format!(
+            "kind is {value}, which is not a transaction kind"
+        ))),
+    }
+}
+
+/// A watch's `id_prefix`: the start of a canonical id (lowercase hex
+/// digits and '-', at most 36 characters).
+pub fn id_prefix(value: &str) -> Result<String, Status> {
+    if value.len() > 36 {
+        return Err(invalid(format!(
+            "id_prefix is {} bytes; an id has 36",
+            value.len()
+        )));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || ('a'..='f').contains(c) || *c == '-'))
+    {
+        return Err(invalid(format!(
+            "id_prefix {value:?} holds {bad:?}; ids are lowercase hex digits and '-'"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// A watch's `cursor`, as an earlier stream's TransactionChange gave it.
+pub fn watch_cursor(value: &str) -> Result<Cursor, Status> {
+    value
+        .parse()
+        .map_err(|error: String| invalid(format!("cursor: {error}")))
 }
 
 pub fn page_token(value: &str) -> Result<Option<TxnId>, Status> {

@@ -93,6 +93,9 @@ pub enum LogError {
 pub struct LogWriter {
     queue: mpsc::UnboundedSender<Submission>,
     health: tokio::sync::watch::Receiver<LogHealth>,
+    /// Notified after each write that applied something: the watch feed
+    /// reads the log's new changes then rather than at its next poll.
+    written: Arc<tokio::sync::Notify>,
 }
 
 /// Resolves once the records it was returned for are durable.
@@ -113,11 +116,18 @@ impl LogWriter {
     pub fn start(store: Arc<dyn Store>, tasks: &TaskTracker, shutdown: CancellationToken) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         let (health, watch) = tokio::sync::watch::channel(LogHealth::Writing);
-        tasks.spawn(run(store, receiver, shutdown, health));
+        let written = Arc::new(tokio::sync::Notify::new());
+        tasks.spawn(run(store, receiver, shutdown, health, Arc::clone(&written)));
         Self {
             queue,
             health: watch,
+            written,
         }
+    }
+
+    /// Notified (one permit kept) after each write that applied something.
+    pub fn written(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.written)
     }
 
     /// Follows whether the log is taking writes.
@@ -163,6 +173,7 @@ async fn run(
     mut receiver: mpsc::UnboundedReceiver<Submission>,
     shutdown: CancellationToken,
     health: tokio::sync::watch::Sender<LogHealth>,
+    written: Arc<tokio::sync::Notify>,
 ) {
     let mut batch: Vec<Record> = Vec::new();
     let mut waiters: Vec<Waiter> = Vec::new();
@@ -224,8 +235,14 @@ async fn run(
                 answer(waiter, &alone);
             }
             report(&health, any_written, lost.as_ref().unwrap_or(&result));
+            if any_written {
+                written.notify_one();
+            }
         } else {
             report(&health, result.is_ok(), &result);
+            if result.is_ok() {
+                written.notify_one();
+            }
             for waiter in waiters.drain(..) {
                 answer(waiter, &result);
             }

@@ -23,6 +23,7 @@
 //! - [`batch`]: calls to one participant coalesced into `Batch` calls.
 //! - [`crash`]: crash points for tests (`failpoints` feature).
 //! - [`wait`]: backoff sleeps an operator can cut short.
+//! - [`watch`]: WatchTransactions' feed: the log's changes, caught up and live.
 //! - [`lease`]: on a store several nodes share, this node's lease and the
 //!   takeover of gone nodes' transactions (DESIGN §6).
 //! - `error`, `requests`: the runtime's error and its requests and answers
@@ -71,6 +72,7 @@ pub mod participants;
 pub mod rpc;
 pub mod saga;
 pub mod wait;
+pub mod watch;
 
 mod begin;
 mod error;
@@ -134,6 +136,9 @@ pub struct RuntimeConfig {
     /// Failed attempts of a forced log write after which the client waiting
     /// on it is answered UNAVAILABLE (the write goes on being retried).
     pub log_write_attempts: u32,
+    /// Changes a WatchTransactions stream holds for a client slow to read
+    /// them before it ends the stream ([`watch::WATCH_BUFFER`]).
+    pub watch_buffer: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -159,6 +164,7 @@ impl Default for RuntimeConfig {
                 retention: None,
                 batch_calls: true,
                 log_write_attempts: 6,
+                watch_buffer: watch::WATCH_BUFFER,
             },
         )
     }
@@ -227,6 +233,10 @@ pub(crate) struct Shared {
     /// adopt (they are live here, or may already have ended). `None` once
     /// the read is taken in.
     begun_while_recovering: Mutex<Option<HashSet<TxnId>>>,
+    /// WatchTransactions' tailer and fan-out ([`watch`]).
+    feed: watch::Feed,
+    /// Fired to end every watch (the server stopping, or shutdown).
+    watches_end: CancellationToken,
 }
 
 impl Shared {
@@ -301,6 +311,7 @@ impl Runtime {
             config.peer_tls.clone(),
         )
         .with_batching(config.batch_calls, tasks.clone(), shutdown.clone());
+        let watches_end = shutdown.child_token();
         let shared = Arc::new(Shared {
             config,
             store,
@@ -317,6 +328,8 @@ impl Runtime {
             draining: CancellationToken::new(),
             recovery_backlog: std::sync::atomic::AtomicUsize::new(0),
             begun_while_recovering: Mutex::new(Some(HashSet::new())),
+            feed: watch::Feed::default(),
+            watches_end,
         });
         let runtime = Self { shared };
         runtime

@@ -52,6 +52,20 @@ impl Store for BegunBatchFails {
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.log.unfinished()
     }
+
+    fn changes<'a>(
+        &'a self,
+        after: Option<concord_coordinator::model::Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<concord_coordinator::model::Change>, StoreError>> {
+        self.log.changes(after, limit)
+    }
+
+    fn newest_change(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<concord_coordinator::model::Cursor>, StoreError>> {
+        self.log.newest_change()
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod fuzz;
 mod log_failures;
 mod tls;
 mod unreachable;
+mod watch;
 
 use std::time::Duration;
 

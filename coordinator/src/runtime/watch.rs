@@ -1,0 +1,378 @@
+//! WatchTransactions' feed: one tailer per node reads the log's change feed
+//! ([`Store::changes`]) and hands each change to every watch; a watch first
+//! catches up from the log, so that a cursor from an earlier stream misses
+//! nothing the log keeps, then follows the tailer.
+//!
+//! Nothing here waits for a watcher, so no watcher can slow the protocol:
+//! the tailer broadcasts without blocking (a watch that lags behind it
+//! reads what it missed from the log), and a watch whose client does not
+//! keep up (its bounded buffer full) ends, naming the cursor to resume
+//! from. The tailer runs only while someone watches. On a shared store it
+//! sees every node's changes, since they are all in the one log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Runtime, Shared};
+use crate::model::{Change, Cursor, TxnKind, TxnState};
+use crate::store::StoreError;
+
+/// Changes a watch may hold for a client that is slow to read them
+/// (`RuntimeConfig::watch_buffer`); past it, the watch ends with the cursor
+/// to resume from.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// Changes read from the log in one go.
+const PAGE: u32 = 512;
+
+/// Changes the tailer keeps for watches between their reads; one that
+/// falls further behind reads what it missed from the log.
+const FANOUT: usize = 4096;
+
+/// How often the tailer looks for changes other nodes wrote (a shared
+/// store), and at most how often it reads after this node's writes.
+const POLL_SHARED: Duration = Duration::from_millis(200);
+const POLL_OWN: Duration = Duration::from_secs(1);
+const READ_AT_MOST_EVERY: Duration = Duration::from_millis(20);
+
+/// Which changes a watch wants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchFilter {
+    /// Changes leaving the transaction in one of these; empty: any.
+    pub states: Vec<TxnState>,
+    pub kind: Option<TxnKind>,
+    /// Only changes of transactions flagged NEEDS_ATTENTION.
+    pub needs_attention: bool,
+    /// Only ids starting with this.
+    pub id_prefix: String,
+}
+
+impl WatchFilter {
+    pub fn admits(&self, change: &Change) -> bool {
+        (self.states.is_empty() || self.states.contains(&change.to))
+            && self.kind.is_none_or(|kind| kind == change.kind)
+            && (!self.needs_attention || change.needs_attention)
+            && (self.id_prefix.is_empty()
+                || change.id.to_string().starts_with(self.id_prefix.as_str()))
+    }
+}
+
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchStart {
+    /// After this change (a cursor from an earlier stream).
+    After(Cursor),
+    /// With the next change recorded.
+    Next,
+    /// With the oldest change the log keeps.
+    Oldest,
+}
+
+/// Why a watch ended. Each names the cursor to resume from: the last change
+/// the watch dealt with (handed to the client or filtered out), None when
+/// it dealt with none.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchEnd {
+    #[error("the watch fell more than {buffer} changes behind its client")]
+    FellBehind {
+        buffer: usize,
+        resume: Option<Cursor>,
+    },
+    #[error("the node is shutting down")]
+    ShuttingDown { resume: Option<Cursor> },
+    #[error("the log could not be read: {error}")]
+    Store {
+        resume: Option<Cursor>,
+        error: StoreError,
+    },
+}
+
+impl WatchEnd {
+    pub fn resume(&self) -> Option<Cursor> {
+        match self {
+            Self::FellBehind { resume, .. }
+            | Self::ShuttingDown { resume }
+            | Self::Store { resume, .. } => *resume,
+        }
+    }
+}
+
+/// One change as the tailer hands it out, with the change the tailer read
+/// before it: a watch that has not seen that one may have missed some (the
+/// tailer started after the watch caught up), and reads the log again.
+struct Fed {
+    previous: Option<Cursor>,
+    change: Change,
+}
+
+/// The node's tailer: its fan-out, and whether it runs.
+pub(crate) struct Feed {
+    fanout: broadcast::Sender<Arc<Fed>>,
+    running: std::sync::Mutex<bool>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            fanout: broadcast::channel(FANOUT).0,
+            running: std::sync::Mutex::new(false),
+        }
+    }
+}
+
+impl Runtime {
+    /// Starts a watch: the changes `filter` admits, from `start` on, then
+    /// as they are recorded, each once and in log order. The stream ends
+    /// with a [`WatchEnd`] (or simply stops when the receiver is dropped).
+    ///
+    /// A watch of the next change reads where the log ends before it
+    /// returns, so that it sees every change recorded after the call.
+    pub async fn watch(
+        &self,
+        filter: WatchFilter,
+        start: WatchStart,
+    ) -> Result<mpsc::Receiver<Result<Change, WatchEnd>>, StoreError> {
+        let start = match start {
+            WatchStart::Next => match self.shared.store.newest_change().await? {
+                Some(newest) => WatchStart::After(newest),
+                None => WatchStart::Oldest,
+            },
+            start => start,
+        };
+        let (client, changes) = mpsc::channel(self.shared.config.watch_buffer.max(1));
+        let shared = Arc::clone(&self.shared);
+        // Subscribed before the catch-up reads the log, so that nothing
+        // recorded meanwhile falls between the two.
+        let live = shared.feed.fanout.subscribe();
+        ensure_tailer(&shared);
+        let stop = shared.watches_end.clone();
+        self.shared.tasks.spawn(async move {
+            let mut watch = Watch {
+                shared,
+                filter,
+                client,
+                dealt: None,
+            };
+            let ended = tokio::select! {
+                ended = watch.run(start, live) => ended,
+                () = stop.cancelled() => Some(WatchEnd::ShuttingDown { resume: watch.dealt }),
+            };
+            if let Some(end) = ended {
+                watch.end(end).await;
+            }
+        });
+        Ok(changes)
+    }
+
+    /// Ends every watch (UNAVAILABLE, with its resume cursor): a node
+    /// stopping its server does so first, since the server waits for open
+    /// streams to end.
+    pub fn end_watches(&self) {
+        self.shared.watches_end.cancel();
+    }
+}
+
+/// One watch's task.
+struct Watch {
+    shared: Arc<Shared>,
+    filter: WatchFilter,
+    client: mpsc::Sender<Result<Change, WatchEnd>>,
+    /// The last change handed to the client or filtered out.
+    dealt: Option<Cursor>,
+}
+
+impl Watch {
+    /// Catches up from the log, then follows the tailer. Returns why it
+    /// ended, or None when the client went away.
+    async fn run(
+        &mut self,
+        start: WatchStart,
+        mut live: broadcast::Receiver<Arc<Fed>>,
+    ) -> Option<WatchEnd> {
+        let mut after = match start {
+            WatchStart::After(cursor) => Some(cursor),
+            // `Runtime::watch` resolved Next already.
+            WatchStart::Oldest | WatchStart::Next => None,
+        };
+        self.dealt = after;
+        loop {
+            if let Err(end) = self.catch_up(&mut after).await {
+                return end;
+            }
+            loop {
+                tokio::select! {
+                    () = self.client.closed() => return None,
+                    fed = live.recv() => match fed {
+                        Ok(fed) => {
+                            let change = &fed.change;
+                            if after.is_some_and(|seen| change.cursor <= seen) {
+                                continue; // already read from the log
+                            }
+                            if fed.previous > after {
+                                break; // a gap: the log has it
+                            }
+                            after = Some(change.cursor);
+                            if let Err(end) = self.deal(change) {
+                                return end;
+                            }
+                        }
+                        // Behind the tailer: what it missed is in the log.
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Some(WatchEnd::ShuttingDown { resume: self.dealt });
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Reads the log after `after` until it has nothing more.
+    async fn catch_up(&mut self, after: &mut Option<Cursor>) -> Result<(), Option<WatchEnd>> {
+        loop {
+            let page = match self.shared.store.changes(*after, PAGE).await {
+                Ok(page) => page,
+                Err(error) => return Err(Some(self.store_failed(error))),
+            };
+            let full = page.len() == PAGE as usize;
+            for change in page {
+                *after = Some(change.cursor);
+                self.deal(&change)?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands `change` to the client if the filter admits it, without ever
+    /// waiting for the client.
+    fn deal(&mut self, change: &Change) -> Result<(), Option<WatchEnd>> {
+        if self.filter.admits(change) {
+            match self.client.try_send(Ok(change.clone())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(Some(WatchEnd::FellBehind {
+                        buffer: self.client.max_capacity(),
+                        resume: self.dealt,
+                    }));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(None),
+            }
+        }
+        self.dealt = Some(change.cursor);
+        Ok(())
+    }
+
+    fn store_failed(&self, error: StoreError) -> WatchEnd {
+        WatchEnd::Store {
+            resume: self.dealt,
+            error,
+        }
+    }
+
+    /// Tells the client why its watch ended, once it has read what is
+    /// buffered; a client that reads nothing more for a while, or a node
+    /// that stops, ends the wait.
+    async fn end(self, end: WatchEnd) {
+        tokio::select! {
+            _ = self.client.send(Err(end)) => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            () = self.shared.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Starts the tailer unless it runs.
+fn ensure_tailer(shared: &Arc<Shared>) {
+    let mut running = shared
+        .feed
+        .running
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if *running {
+        return;
+    }
+    *running = true;
+    shared.tasks.spawn(tail(Arc::clone(shared)));
+}
+
+/// Reads the log's new changes and hands them to every watch, while anyone
+/// watches. Starts at the newest change: a watch catches up by itself.
+async fn tail(shared: Arc<Shared>) {
+    let written = shared.log.written();
+    let poll = if shared.store.cluster().is_some() {
+        POLL_SHARED
+    } else {
+        POLL_OWN
+    };
+    let retry = || {
+        ExponentialBuilder::default()
+            .with_min_delay(READ_AT_MOST_EVERY)
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = retry();
+    let mut after = None;
+    let mut started = false;
+    loop {
+        {
+            // Checked under the lock a new watch takes to start the
+            // tailer, so that none subscribes unseen as this one stops.
+            let mut running = shared
+                .feed
+                .running
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if shared.feed.fanout.receiver_count() == 0 || shared.shutdown.is_cancelled() {
+                *running = false;
+                return;
+            }
+        }
+        let read = if started {
+            shared.store.changes(after, PAGE).await
+        } else {
+            shared.store.newest_change().await.map(|newest| {
+                after = newest;
+                started = true;
+                Vec::new()
+            })
+        };
+        let more = match read {
+            Ok(page) => {
+                backoff = retry();
+                let full = page.len() == PAGE as usize;
+                for change in page {
+                    let previous = after.replace(change.cursor);
+                    // No receiver left: the check above ends the tailer.
+                    let _ = shared.feed.fanout.send(Arc::new(Fed { previous, change }));
+                }
+                full
+            }
+            Err(error) => {
+                tracing::warn!(%error, "watch feed: cannot read the log's changes; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next().unwrap_or(POLL_OWN)) => {}
+                    () = shared.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        if more {
+            continue;
+        }
+        tokio::select! {
+            () = written.notified() => {
+                // Reads coalesce writes that come close together.
+                tokio::time::sleep(READ_AT_MOST_EVERY).await;
+            }
+            () = tokio::time::sleep(poll) => {}
+            () = shared.shutdown.cancelled() => {}
+        }
+    }
+}
