@@ -3,11 +3,13 @@
 -- state, a saga step's status, the NEEDS_ATTENTION flag being raised, and
 -- each operator action, written by triggers in the same database
 -- transaction as the change itself, so the feed holds exactly what the log
--- holds. `seq` is the cursor: AUTOINCREMENT never hands a number out twice,
--- even after pruning, and the one writing thread makes it follow commit
--- order, so a reader that has seen `seq` N has seen everything before it.
+-- holds. `seq` (the rowid) is the cursor: the one writing thread makes it
+-- follow commit order, so a reader that has seen `seq` N has seen
+-- everything before it. Pruning never deletes the newest row, so a number
+-- is never handed out twice (what AUTOINCREMENT would guarantee at the
+-- price of a second write per row).
 CREATE TABLE txn_changes (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq             INTEGER PRIMARY KEY,
     txn_id          TEXT NOT NULL,
     kind            TEXT NOT NULL,
     from_state      TEXT,               -- NULL: the transaction is new

@@ -203,11 +203,13 @@ impl Store for SqliteStore {
         async move {
             let mut tx = self.pool.begin().await?;
             // The change feed's oldest rows, by seq (its primary key): a
-            // bounded walk from the front, never a scan of the table.
+            // bounded walk from the front, never a scan of the table. Never
+            // the newest row: a rowid is then never handed out again.
             sqlx::query(
                 "DELETE FROM txn_changes
                  WHERE seq IN (SELECT seq FROM txn_changes ORDER BY seq LIMIT ?2)
-                   AND at_ms < ?1",
+                   AND at_ms < ?1
+                   AND seq < (SELECT MAX(seq) FROM txn_changes)",
             )
             .bind(to_i64(ended_before_ms))
             .bind(i64::from(limit))
