@@ -13,6 +13,8 @@
 //!   PostgreSQL by URL, in-memory for deterministic simulation.
 //! - [`api`]: the `concord.v1.Coordinator` gRPC service: validation, then
 //!   the runtime; health and reflection.
+//! - [`console`]: the web console, a client of the node's own service
+//!   (`concord serve --console-listen`).
 //! - [`node`]: one running node (store + runtime + server), as started by
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
@@ -25,10 +27,12 @@
 //! Dependencies point one way: `api -> runtime -> protocol`, `runtime -> store`
 //! (the API takes the few protocol and store types it needs from the
 //! runtime's re-exports); [`model`] is shared by all, and [`node`] and
-//! [`cli`] assemble a store, a runtime and the API.
+//! [`cli`] assemble a store, a runtime and the API; [`console`] sits beside
+//! the API and calls it.
 
 pub mod api;
 pub mod cli;
+pub mod console;
 pub mod metrics;
 pub mod model;
 pub mod node;

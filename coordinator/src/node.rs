@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub lease: std::time::Duration,
     /// The admin token and TLS.
     pub access: api::Access,
+    /// Where to serve the web console (`--console-listen`); None: no
+    /// console.
+    pub console: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,8 @@ pub struct Node {
     runtime: Runtime,
     stop: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The web console's address and server, when one was asked for.
+    console: Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl Node {
@@ -116,21 +121,49 @@ impl Node {
             }
             StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
         };
+        // Bound before anything starts, so that a console port already in
+        // use fails the start instead of leaving a node without it.
+        let console_listener = match config.console {
+            Some(addr) => Some(
+                crate::console::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let runtime = Runtime::start(store, runtime_config).await?;
         let stop = CancellationToken::new();
         let server = tokio::spawn(api::serve(
             listener,
             runtime.clone(),
-            config.limits,
+            config.limits.clone(),
             config.access.clone(),
             stop.clone().cancelled_owned(),
         ));
         tracing::info!(%addr, "concord coordinator serving");
+        let console = match console_listener {
+            Some(listener) => {
+                let console_addr = listener
+                    .local_addr()
+                    .map_err(|source| NodeError::Listen { addr, source })?;
+                let served = tokio::spawn(crate::console::serve(
+                    listener,
+                    runtime.clone(),
+                    config.limits,
+                    config.access.clone(),
+                    stop.clone(),
+                ));
+                tracing::info!(addr = %console_addr, "web console serving");
+                Some((console_addr, served))
+            }
+            None => None,
+        };
         Ok(Self {
             addr,
             runtime,
             stop,
             server,
+            console,
         })
     }
 
@@ -141,6 +174,11 @@ impl Node {
     /// `http://<addr>`, for clients.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the web console listens, when it was asked for.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -162,6 +200,13 @@ impl Node {
         self.runtime.end_watches();
         self.stop.cancel();
         let served = self.server.await;
+        if let Some((_, console)) = self.console {
+            match console.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "web console stopped with an error"),
+                Err(join) => tracing::error!(%join, "web console task failed"),
+            }
+        }
         self.runtime.shutdown().await;
         match served {
             Ok(result) => result.map_err(NodeError::from),

@@ -123,6 +123,13 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
+    /// Serve the web console here (e.g. 127.0.0.1:7480): transactions, the
+    /// NEEDS_ATTENTION queue, live updates, Retry and Resolve. Off unless
+    /// given. TLS and the admin token as on the gRPC port; without the
+    /// token it is read-only.
+    #[arg(long, env = "CONCORD_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
+
     /// Export every span (each transaction's, and each participant call's
     /// under it) to this OpenTelemetry collector over OTLP/gRPC, e.g.
     /// http://127.0.0.1:4317, and send participants the W3C `traceparent`.
@@ -273,6 +280,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin_token: args.admin_token.filter(|token| !token.is_empty()),
             tls: server_tls(&args.tls_cert, &args.tls_key, &args.tls_client_ca)?,
         },
+        console: args.console_listen,
     };
     if let Some(listen) = args.metrics_listen {
         crate::metrics::install(listen).with_context(|| format!("serving metrics on {listen}"))?;

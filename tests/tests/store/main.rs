@@ -367,6 +367,7 @@ async fn a_watch_on_one_node_sees_every_nodes_transactions_once() {
                 node_name: Some(name.into()),
                 lease: Duration::from_secs(5),
                 access: Default::default(),
+                console: None,
             })
             .await
             .expect("node starts")

@@ -43,6 +43,7 @@ pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node 
         node_name: None,
         lease: concord_coordinator::node::DEFAULT_LEASE,
         access: Default::default(),
+        console: None,
     })
     .await
     .expect("coordinator starts")

@@ -305,6 +305,7 @@ async fn with_an_admin_token_configured_the_operators_calls_need_it() {
             admin_token: Some("s3cret-token".into()),
             tls: None,
         },
+        console: None,
     })
     .await
     .expect("coordinator starts");

@@ -60,6 +60,7 @@ async fn tls_node(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> Nod
                 client_ca_pem: client_ca.map(Ca::pem),
             }),
         },
+        console: None,
     })
     .await
     .expect("coordinator starts")
@@ -196,6 +197,7 @@ async fn the_coordinator_reaches_participants_over_mutual_tls_and_only_with_its_
                 node_name: None,
                 lease: concord_coordinator::node::DEFAULT_LEASE,
                 access: Access::default(),
+                console: None,
             })
             .await
             .expect("coordinator starts")

@@ -365,6 +365,7 @@ async fn a_watch_follows_a_restarted_node_from_its_cursor() {
             node_name: None,
             lease: concord_coordinator::node::DEFAULT_LEASE,
             access: Default::default(),
+            console: None,
         })
         .await
         .expect("coordinator starts")

@@ -171,6 +171,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 node_name: None,
                 lease: crate::node::DEFAULT_LEASE,
                 access: Default::default(),
+                console: None,
             })
             .await
             .context("starting the in-process coordinator")?;

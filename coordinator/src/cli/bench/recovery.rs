@@ -88,6 +88,7 @@ pub(super) async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()>
         node_name: None,
         lease: crate::node::DEFAULT_LEASE,
         access: Default::default(),
+        console: None,
     })
     .await
     .context("starting the coordinator")?;

@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         node_name: None,
         lease: concord_coordinator::node::DEFAULT_LEASE,
         access: Default::default(),
+        console: None,
     })
     .await
     .context("starting the coordinator")?;

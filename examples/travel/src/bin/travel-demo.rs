@@ -5,6 +5,11 @@
 //! three trips: one where everything books; one where the car is sold out,
 //! so the hotel and the flight are compensated in reverse order; and one
 //! through a flaky hotel service that its retries get past.
+//!
+//! With `--coordinator URL` (or `CONCORD_COORDINATOR`) it books them
+//! through a coordinator already running, e.g. one serving the web console
+//! (`concord serve --console-listen 127.0.0.1:7480`), to watch the trips
+//! appear there.
 
 use std::net::SocketAddr;
 
@@ -39,23 +44,29 @@ async fn start(
     Ok((url, pool))
 }
 
+/// `travel-demo [--coordinator URL]`.
+#[derive(Debug, clap::Parser)]
+struct Args {
+    /// Book through this coordinator instead of starting one.
+    #[arg(long, env = "CONCORD_COORDINATOR")]
+    coordinator: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let node = Node::start(NodeConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreLocation::DataDir(dir.path().join("coordinator")),
-        runtime: Default::default(),
-        limits: Default::default(),
-        node_name: None,
-        lease: concord_coordinator::node::DEFAULT_LEASE,
-        access: Default::default(),
-    })
-    .await
-    .context("starting the coordinator")?;
-    let client = CoordinatorClient::connect(node.url())?;
+    let (node, coordinator) = match args.coordinator {
+        Some(url) => (None, url),
+        None => {
+            let node = start_coordinator(dir.path()).await?;
+            let url = node.url();
+            (Some(node), url)
+        }
+    };
+    let client = CoordinatorClient::connect(coordinator)?;
 
     let d = dir.path();
     let (flight, flights) = start(Kind::Flight, 0, "flight", d, &stop, &tasks).await?;
@@ -150,6 +161,23 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     tasks.close();
     tasks.wait().await;
-    node.shutdown().await?;
+    if let Some(node) = node {
+        node.shutdown().await?;
+    }
     Ok(())
+}
+
+async fn start_coordinator(dir: &std::path::Path) -> anyhow::Result<Node> {
+    Node::start(NodeConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: StoreLocation::DataDir(dir.join("coordinator")),
+        runtime: Default::default(),
+        limits: Default::default(),
+        node_name: None,
+        lease: concord_coordinator::node::DEFAULT_LEASE,
+        access: Default::default(),
+        console: None,
+    })
+    .await
+    .context("starting the coordinator")
 }

@@ -1,0 +1,473 @@
+// Concord console. Plain JavaScript, served by the node: no framework, no
+// build step, nothing fetched from elsewhere. Every value from the server
+// goes into the page as text (never as HTML).
+"use strict";
+
+const main = document.getElementById("main");
+const live = document.getElementById("live");
+const mode = document.getElementById("mode");
+let token = sessionStorage.getItem("concord-token") || "";
+let operator = false;
+// What the current page opened (feeds, timers), closed when it changes.
+let cleanups = [];
+
+// ---- helpers -------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function pill(state, extra) {
+  return el("span", { class: `pill state-${state} ${extra || ""}` }, state || "new");
+}
+
+function when(ms) {
+  if (!ms) return "—";
+  return new Date(ms).toISOString().replace("T", " ").replace("Z", " UTC");
+}
+
+function ago(ms) {
+  if (!ms) return "";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  if (s < 60) return `${s.toFixed(0)} s ago`;
+  if (s < 3600) return `${(s / 60).toFixed(0)} min ago`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h ago`;
+  return `${(s / 86400).toFixed(1)} d ago`;
+}
+
+function short(id) {
+  return id.slice(0, 8) + "…" + id.slice(-4);
+}
+
+async function api(path, options) {
+  const headers = Object.assign({}, (options && options.headers) || {});
+  if (token) headers["Authorization"] = `Bearer ${token}`;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(body.message || `${response.status} ${response.statusText}`);
+    error.code = body.code;
+    throw error;
+  }
+  return body;
+}
+
+function message(kind, text) {
+  return el("div", { class: `message ${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+}
+
+// A confirmation that says what the action will do before it is done.
+function confirmAction(title, text, ok) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-title").textContent = title;
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-ok").textContent = ok;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+}
+
+// The live feed of the log's changes (server-sent events; the browser
+// resumes with Last-Event-ID after a drop, so nothing is missed).
+function feed(query, onChange) {
+  const source = new EventSource(`/api/changes${query ? "?" + query : ""}`);
+  source.addEventListener("open", () => {
+    live.textContent = "live";
+    live.className = "pill live";
+  });
+  source.addEventListener("error", () => {
+    live.textContent = "reconnecting…";
+    live.className = "pill muted";
+  });
+  source.addEventListener("change", (event) => onChange(JSON.parse(event.data)));
+  cleanups.push(() => source.close());
+  return source;
+}
+
+function later(fn, ms) {
+  let timer = null;
+  return () => {
+    if (timer) return;
+    timer = setTimeout(() => { timer = null; fn(); }, ms);
+  };
+}
+
+// ---- the admin token -----------------------------------------------------
+
+async function checkToken() {
+  try {
+    const info = await api("/api/info");
+    operator = info.operator;
+    if (!info.token_required) {
+      mode.textContent = "operator (no token needed)";
+    } else {
+      mode.textContent = operator ? "operator" : (token ? "token refused: read-only" : "read-only");
+    }
+    mode.className = operator ? "pill operator" : "pill muted";
+    document.getElementById("token-form").hidden = !info.token_required;
+  } catch (error) {
+    mode.textContent = "offline";
+  }
+}
+
+document.getElementById("token-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  token = document.getElementById("token").value.trim();
+  sessionStorage.setItem("concord-token", token);
+  await checkToken();
+  route();
+});
+
+// ---- the list page -------------------------------------------------------
+
+function txnRow(txn) {
+  const parts = txn.kind === "saga" ? "steps" : "branches";
+  return el("tr", { "data-id": txn.id },
+    el("td", {}, el("a", { href: `#/txn/${txn.id}`, class: "mono" }, short(txn.id))),
+    el("td", {}, txn.kind),
+    el("td", { class: "state" }, pill(txn.state), txn.needs_attention ? [" ", el("span", { class: "pill flag" }, "needs attention")] : null),
+    el("td", { class: "muted" }, ago(txn.created_at_ms)),
+    // Listings count a 2PC transaction's branches; a saga's steps are on
+    // its own page.
+    el("td", {}, txn.kind === "saga" ? "" : `${txn.branch_count} ${parts}`),
+    txn.reason ? el("td", { class: "error" }, txn.reason) : el("td", { class: "muted" }, txn.description || ""),
+  );
+}
+
+function table(id, rows, empty) {
+  return el("table", { id },
+    el("thead", {}, el("tr", {}, ["id", "kind", "state", "begun", "branches", "reason or description"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.length ? rows : el("tr", { class: "none" }, el("td", { colspan: 6, class: "empty" }, empty))),
+  );
+}
+
+async function listPage(params) {
+  const filters = {
+    states: params.get("states") || "",
+    kind: params.get("kind") || "",
+    needs_attention: params.get("needs_attention") === "true",
+    page_token: params.get("page_token") || "",
+  };
+  const attention = el("section", { class: "card attention", id: "attention-card" },
+    el("h2", {}, "Needs attention"),
+    el("p", { class: "muted small" }, "Sagas whose compensation or must-complete step is past its retry budget and still retrying. They never drop: resolve them, or fix the participant and Retry."),
+    el("div", { id: "attention-body" }, "loading…"));
+  const chart = el("section", { class: "card" },
+    el("div", { class: "row" }, el("h2", {}, "Ended per second, last 5 minutes"), el("span", { class: "spacer" }), el("span", { class: "muted small", id: "chart-note" }, "")),
+    el("div", { class: "chart-wrap" },
+      el("canvas", { id: "chart", width: 820, height: 130 }),
+      el("div", { class: "legend" },
+        el("div", {}, el("span", { class: "key committed" }), "committed / completed"),
+        el("div", {}, el("span", { class: "key aborted" }), "aborted"),
+        el("div", {}, el("span", { class: "key compensated" }), "compensated / failed"),
+        el("div", { id: "percentiles" }, ""))));
+  const stateSelect = el("select", { id: "filter-state", "aria-label": "State" },
+    ["", "active", "committing", "aborting", "committed", "aborted", "running", "compensating", "completed", "compensated", "failed"]
+      .map((s) => el("option", { value: s, selected: s === filters.states }, s || "any state")));
+  const kindSelect = el("select", { id: "filter-kind", "aria-label": "Kind" },
+    [["", "2PC and sagas"], ["2pc", "2PC"], ["saga", "sagas"]].map(([v, t]) => el("option", { value: v, selected: v === filters.kind }, t)));
+  const flagged = el("input", { type: "checkbox", id: "filter-attention", checked: filters.needs_attention });
+  const apply = () => {
+    const next = new URLSearchParams();
+    if (stateSelect.value) next.set("states", stateSelect.value);
+    if (kindSelect.value) next.set("kind", kindSelect.value);
+    if (flagged.checked) next.set("needs_attention", "true");
+    location.hash = `#/?${next}`;
+  };
+  [stateSelect, kindSelect, flagged].forEach((input) => input.addEventListener("change", apply));
+  const all = el("section", { class: "card" },
+    el("div", { class: "row" }, el("h2", {}, "Transactions"), el("span", { class: "spacer" }), el("span", { class: "muted small" }, "newest first, live")),
+    el("div", { class: "filters" }, stateSelect, kindSelect, el("label", {}, flagged, " needs attention only")),
+    el("div", { id: "list-body" }, "loading…"),
+    el("div", { class: "row", id: "paging" }));
+  main.replaceChildren(attention, chart, all);
+
+  const loadAttention = async () => {
+    try {
+      const page = await api("/api/transactions?needs_attention=true&limit=100");
+      document.getElementById("attention-body").replaceChildren(
+        table("attention", page.transactions.map(txnRow), "Nothing needs attention."));
+    } catch (error) {
+      document.getElementById("attention-body").replaceChildren(message("error", error.message));
+    }
+  };
+  const query = new URLSearchParams();
+  if (filters.states) query.set("states", filters.states);
+  if (filters.kind) query.set("kind", filters.kind);
+  if (filters.needs_attention) query.set("needs_attention", "true");
+  if (filters.page_token) query.set("page_token", filters.page_token);
+  query.set("limit", "50");
+  const loadList = async () => {
+    try {
+      const page = await api(`/api/transactions?${query}`);
+      document.getElementById("list-body").replaceChildren(
+        table("transactions", page.transactions.map(txnRow), "No transaction matches."));
+      const paging = document.getElementById("paging");
+      paging.replaceChildren();
+      if (filters.page_token) {
+        const first = new URLSearchParams(query);
+        first.delete("page_token"); first.delete("limit");
+        paging.append(el("a", { href: `#/?${first}` }, "← newest"));
+      }
+      if (page.next_page_token) {
+        const next = new URLSearchParams(query);
+        next.set("page_token", page.next_page_token); next.delete("limit");
+        paging.append(el("span", { class: "spacer" }), el("a", { href: `#/?${next}`, id: "older" }, "older →"));
+      }
+    } catch (error) {
+      document.getElementById("list-body").replaceChildren(message("error", error.message));
+    }
+  };
+  await Promise.all([loadAttention(), loadList()]);
+
+  const refreshAttention = later(loadAttention, 250);
+  const refreshList = later(loadList, 400);
+  feed("", (change) => {
+    if (change.needs_attention || document.querySelector(`#attention tr[data-id="${change.id}"]`)) {
+      refreshAttention();
+    }
+    const row = document.querySelector(`#transactions tr[data-id="${change.id}"]`);
+    if (row) {
+      row.querySelector("td.state").replaceChildren(pill(change.new_state),
+        change.needs_attention ? [" ", el("span", { class: "pill flag" }, "needs attention")] : []);
+      row.classList.remove("flash"); void row.offsetWidth; row.classList.add("flash");
+    } else if (!change.old_state && !filters.page_token) {
+      refreshList();
+    }
+  });
+  const drawChart = async () => {
+    try { chartDraw(await api("/api/stats")); } catch (_) { /* next tick */ }
+  };
+  await drawChart();
+  const timer = setInterval(drawChart, 2000);
+  cleanups.push(() => clearInterval(timer));
+}
+
+function chartDraw(stats) {
+  const canvas = document.getElementById("chart");
+  if (!canvas) return;
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 22;
+  ctx.clearRect(0, 0, w, h);
+  const now = Math.floor(Date.now() / 1000) * 1000;
+  const span = 300;
+  const bySecond = new Map(stats.seconds.map((s) => [s.at_ms, s]));
+  const series = { committed: [], aborted: [], compensated: [] };
+  let top = 1;
+  for (let i = span - 1; i >= 0; i--) {
+    const s = bySecond.get(now - i * 1000) || { committed: 0, aborted: 0, compensated: 0 };
+    for (const key of Object.keys(series)) { series[key].push(s[key]); top = Math.max(top, s[key]); }
+  }
+  ctx.strokeStyle = "#dde2e7"; ctx.fillStyle = "#68727d"; ctx.font = "11px system-ui";
+  ctx.beginPath(); ctx.moveTo(pad, h - pad); ctx.lineTo(w, h - pad); ctx.stroke();
+  ctx.fillText(`${top}/s`, 0, 12); ctx.fillText("0", 8, h - pad);
+  ctx.fillText("−5 min", pad, h - 6); ctx.fillText("now", w - 24, h - 6);
+  const colors = { committed: "#1f7a4d", aborted: "#8a96a3", compensated: "#e8a317" };
+  for (const [key, values] of Object.entries(series)) {
+    ctx.strokeStyle = colors[key]; ctx.lineWidth = 1.6; ctx.beginPath();
+    values.forEach((v, i) => {
+      const x = pad + (i / (span - 1)) * (w - pad);
+      const y = h - pad - (v / top) * (h - 2 * pad);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  }
+  const last = stats.seconds.slice(-10);
+  const rate = last.reduce((n, s) => n + s.committed + s.aborted + s.compensated, 0) / 10;
+  document.getElementById("percentiles").replaceChildren(
+    el("div", {}, el("b", {}, `${stats.p50_ms} ms`), "p50, begun to ended"),
+    el("div", {}, el("b", {}, `${stats.p99_ms} ms`), `p99 (${stats.samples} timed)`));
+  document.getElementById("chart-note").textContent = `${rate.toFixed(1)} ended/s over the last 10 s`;
+}
+
+// ---- one transaction -----------------------------------------------------
+
+async function txnPage(id) {
+  const header = el("div", { class: "row" },
+    el("a", { href: "#/" }, "← all transactions"), el("span", { class: "spacer" }));
+  const notes = el("div", { id: "notes" });
+  const body = el("div", { id: "txn-body" }, "loading…");
+  const timeline = el("ol", { class: "timeline", id: "timeline" });
+  main.replaceChildren(header, notes, body,
+    el("section", { class: "card" }, el("h2", {}, "Timeline"),
+      el("p", { class: "muted small" }, "Every change the log recorded, oldest first; live."), timeline));
+
+  // While an operator fills in a Resolve form, live updates do not redraw
+  // the page under them: the redraw waits until the form is sent or closed.
+  let editing = false;
+  let stale = false;
+  const load = async () => {
+    if (editing) { stale = true; return; }
+    try {
+      const txn = await api(`/api/transactions/${encodeURIComponent(id)}`);
+      body.replaceChildren(...txnView(txn, load, notes, (on) => {
+        editing = on;
+        if (!on && stale) { stale = false; load(); }
+      }));
+    } catch (error) {
+      body.replaceChildren(message("error", error.message));
+    }
+  };
+  await load();
+  const reload = later(load, 200);
+  feed(`id_prefix=${encodeURIComponent(id)}&from_oldest=true`, (change) => {
+    const what = change.subject
+      ? [el("b", {}, change.subject), ": ", change.detail]
+      : !change.old_state
+        ? ["begun as ", pill(change.new_state)]
+        : change.old_state === change.new_state
+          ? [el("span", { class: "pill flag" }, change.detail)]
+          : [pill(change.old_state), " → ", pill(change.new_state), change.detail ? ` ${change.detail}` : ""];
+    const at = new Date(change.at_ms).toISOString();
+    timeline.append(el("li", { "data-cursor": change.cursor },
+      el("span", { class: "muted mono", title: when(change.at_ms) }, `${at.slice(0, 10)} ${at.slice(11, 23)}`),
+      el("span", {}, what)));
+    reload();
+  });
+}
+
+function txnView(txn, reload, notes, setEditing) {
+  const saga = txn.kind === "saga";
+  const facts = el("section", { class: "card" },
+    el("div", { class: "row" },
+      el("h1", { class: "mono" }, txn.id), pill(txn.state),
+      txn.needs_attention ? el("span", { class: "pill flag", id: "flagged" }, "needs attention") : null,
+      el("span", { class: "spacer" }),
+      operator && !ended(txn) ? el("button", { id: "retry", onclick: () => retry(txn, reload, notes) }, "Retry now") : null),
+    el("dl", { class: "facts" },
+      el("dt", {}, "kind"), el("dd", {}, saga ? "saga" : "two-phase commit"),
+      el("dt", {}, "begun"), el("dd", {}, `${when(txn.created_at_ms)} (${ago(txn.created_at_ms)})`),
+      saga ? null : [el("dt", {}, "deadline"), el("dd", {}, when(txn.deadline_ms))],
+      el("dt", {}, "decided"), el("dd", {}, when(txn.decided_at_ms)),
+      el("dt", {}, "ended"), el("dd", {}, when(txn.ended_at_ms)),
+      txn.reason ? [el("dt", {}, "reason"), el("dd", { class: "error" }, txn.reason)] : null,
+      txn.description ? [el("dt", {}, "description"), el("dd", {}, txn.description)] : null,
+      txn.idempotency_key ? [el("dt", {}, "idempotency key"), el("dd", { class: "mono" }, txn.idempotency_key)] : null));
+  const parts = saga ? txn.steps : txn.branches;
+  const rows = parts.map((part) => {
+    const row = el("tr", { "data-name": part.name },
+      el("td", {}, el("b", {}, part.name)),
+      el("td", {}, pill(part.state)),
+      saga ? el("td", {}, part.kind) : el("td", {}, part.vote === "unspecified" ? "—" : part.vote),
+      el("td", {}, saga ? `${part.attempts} / ${part.compensation_attempts}` : `${part.attempts}`),
+      el("td", { class: "mono small" }, part.participant),
+      el("td", { class: "error" }, part.last_error || ""),
+      el("td", {}, operator && resolvable(txn, part) ? el("button", { class: "resolve-open", onclick: (e) => openResolve(e.target, txn, part, reload, notes, setEditing) }, "Resolve…") : null));
+    return row;
+  });
+  const heads = saga
+    ? ["step", "state", "kind", "attempts / compensations", "participant", "last error", ""]
+    : ["branch", "state", "vote", "attempts", "participant", "last error", ""];
+  const partsCard = el("section", { class: "card" },
+    el("h2", {}, saga ? "Steps" : "Branches"),
+    el("table", { id: "parts" }, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
+  const actions = el("section", { class: "card", id: "operator-actions" },
+    el("h2", {}, "Operator decisions"),
+    txn.operator_actions.length
+      ? el("ul", {}, txn.operator_actions.map((a) => el("li", {},
+        el("b", {}, a.branch), ` recorded ${a.outcome} by `, el("b", {}, a.operator), ` at ${when(a.at_ms)}: `, a.reason)))
+      : el("p", { class: "muted" }, "None."));
+  return [facts, partsCard, actions];
+}
+
+// Whether an operator may resolve this branch or step now (the server
+// checks again and says why not).
+function ended(txn) {
+  return ["committed", "aborted", "completed", "compensated", "failed"].includes(txn.state);
+}
+
+function resolvable(txn, part) {
+  if (ended(txn)) return false;
+  // A step whose action (running) or compensation (compensating) is
+  // retrying; a 2PC branch not yet acknowledged once decided.
+  if (txn.kind === "saga") return ["running", "compensating"].includes(part.state);
+  return ["committing", "aborting"].includes(txn.state) && !["committed", "aborted", "read_only"].includes(part.state);
+}
+
+function outcomesFor(txn, part) {
+  if (txn.kind === "saga") return txn.state === "compensating" ? ["compensated"] : ["committed"];
+  return txn.state === "committing" ? ["committed"] : ["aborted"];
+}
+
+function openResolve(button, txn, part, reload, notes, setEditing) {
+  const cell = button.parentElement;
+  setEditing(true);
+  const outcome = el("select", { id: "resolve-outcome" }, outcomesFor(txn, part).map((o) => el("option", { value: o }, o)));
+  const reason = el("textarea", { id: "resolve-reason", placeholder: "What you established happened at the participant, and how" });
+  const who = el("input", { type: "text", id: "resolve-operator", placeholder: "your name", value: localStorage.getItem("concord-operator") || "" });
+  const submit = el("button", { class: "primary", id: "resolve-submit" }, "Record decision…");
+  const cancel = el("button", { type: "button", id: "resolve-cancel", onclick: () => { setEditing(false); reload(); } }, "Cancel");
+  const form = el("form", { class: "resolve" }, el("label", {}, "outcome ", outcome), reason, who,
+    el("div", { class: "row" }, submit, cancel));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!reason.value.trim() || !who.value.trim()) {
+      notes.replaceChildren(message("error", "Say why, and who you are: both are recorded with the decision."));
+      return;
+    }
+    localStorage.setItem("concord-operator", who.value.trim());
+    const consequence = txn.kind === "saga"
+      ? `Step ${part.name} will be recorded as ${outcome.value} by ${who.value.trim()}: the coordinator stops calling ${part.participant} for it and the saga goes on as if the participant had answered.`
+      : `Branch ${part.name} will be recorded as ${outcome.value} by ${who.value.trim()}: the coordinator stops delivering the decision to ${part.participant} and the transaction ends.`;
+    const ok = await confirmAction(`Resolve ${part.name} by hand?`,
+      `${consequence} The decision is written to the log, with your reason, before it takes effect, and stays with the transaction for good. It cannot be undone.`,
+      `Record ${outcome.value}`);
+    if (!ok) return;
+    try {
+      await api(`/api/transactions/${encodeURIComponent(txn.id)}/resolve`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ branch: part.name, outcome: outcome.value, reason: reason.value.trim(), operator: who.value.trim() }),
+      });
+      notes.replaceChildren(message("ok", `${part.name} resolved as ${outcome.value}.`));
+      setEditing(false);
+      await reload();
+    } catch (error) {
+      notes.replaceChildren(message("error", error.message));
+    }
+  });
+  cell.replaceChildren(form);
+}
+
+async function retry(txn, reload, notes) {
+  const ok = await confirmAction("Retry now?",
+    "Every retry of this transaction that is waiting out its backoff (phase-2 deliveries, saga steps, compensations) runs now. Nothing is decided or undone; use it after fixing the participant a retry was failing against.",
+    "Retry now");
+  if (!ok) return;
+  try {
+    const answer = await api(`/api/transactions/${encodeURIComponent(txn.id)}/retry`, { method: "POST" });
+    notes.replaceChildren(message("ok", `${answer.retried} waiting retr${answer.retried === 1 ? "y" : "ies"} started; the transaction is ${answer.state}.`));
+    await reload();
+  } catch (error) {
+    notes.replaceChildren(message("error", error.message));
+  }
+}
+
+// ---- routing -------------------------------------------------------------
+
+async function route() {
+  for (const cleanup of cleanups) cleanup();
+  cleanups = [];
+  const hash = location.hash.slice(1) || "/";
+  const [path, query] = hash.split("?");
+  const txn = path.match(/^\/txn\/([0-9a-f-]{36})$/);
+  if (txn) await txnPage(txn[1]);
+  else await listPage(new URLSearchParams(query || ""));
+}
+
+window.addEventListener("hashchange", route);
+document.getElementById("token").value = token;
+checkToken().then(route);

@@ -1,0 +1,426 @@
+//! The web console (`concord serve --console-listen ADDR`): a page to see
+//! and steer transactions, served by the node itself, offline (every asset
+//! is embedded in the binary; no framework, no CDN, no build step).
+//!
+//! The console is a client of the node's own Coordinator service, called
+//! in-process: every read, the live feed (WatchTransactions, as
+//! server-sent events that resume by `Last-Event-ID`), and the operator's
+//! Retry and Resolve go through the same validation, forwarding, admin
+//! token check and audit record as `concord txn` and gRPC callers do. It
+//! serves TLS exactly when the gRPC port does, with the same certificate and
+//! client-certificate rule; without the admin token (when the node has
+//! one) it is read-only.
+//!
+//! - [`json`]: the service's answers as the page reads them.
+//! - [`stats`]: the chart: ends per second and latency percentiles.
+//! - `tls`: the TLS listener.
+//! - `assets/`: the page (HTML, CSS, JavaScript).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use concord_proto::v1 as pb;
+use concord_proto::v1::coordinator_server::Coordinator;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Access, CoordinatorService, Limits};
+use crate::runtime::Runtime;
+
+pub mod json;
+pub mod stats;
+mod tls;
+
+/// The console's state, shared by every request.
+struct Console {
+    service: CoordinatorService,
+    stats: Arc<stats::Stats>,
+    /// Whether Retry and Resolve need the admin token.
+    token_required: bool,
+    /// Ends the live feeds when the node stops, so that the server's
+    /// graceful stop does not wait on them.
+    stop: CancellationToken,
+}
+
+/// Serves the console on `listener` until `stop` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runtime: Runtime,
+    limits: Limits,
+    access: Access,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let stats = stats::Stats::follow(runtime.clone(), stop.clone());
+    let console = Arc::new(Console {
+        token_required: access.admin_token.is_some(),
+        service: CoordinatorService::new(runtime, limits, access.admin_token.clone()),
+        stats,
+        stop: stop.clone(),
+    });
+    let router = Router::new()
+        .route("/", get(page))
+        .route("/app.js", get(script))
+        .route("/style.css", get(style))
+        .route("/api/info", get(info))
+        .route("/api/transactions", get(list))
+        .route("/api/transactions/{id}", get(transaction))
+        .route("/api/transactions/{id}/retry", post(retry))
+        .route("/api/transactions/{id}/resolve", post(resolve))
+        .route("/api/changes", get(changes))
+        .route("/api/stats", get(chart))
+        .with_state(console);
+    let shutdown = stop.clone().cancelled_owned();
+    match access.tls {
+        Some(server_tls) => {
+            let listener = tls::Listener::new(listener, &server_tls)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+async fn page() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The page runs only its own script and styles (no inline
+            // code, nothing from elsewhere).
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A request to the in-process service, carrying the browser's token.
+fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// A gRPC status as the page gets it: the HTTP status that says the same,
+/// and `{code, message}`.
+fn failure(status: tonic::Status) -> Response {
+    let http = match status.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = serde_json::json!({
+        "code": format!("{:?}", status.code()),
+        "message": status.message(),
+    });
+    (http, Json(body)).into_response()
+}
+
+fn answer<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    to_json: impl FnOnce(T) -> serde_json::Value,
+) -> Response {
+    match result {
+        Ok(response) => Json(to_json(response.into_inner())).into_response(),
+        Err(status) => failure(status),
+    }
+}
+
+/// Whether this browser may steer: no token needed, or the one it sent is
+/// right (checked as Retry would check it, on an id nobody has).
+async fn info(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let operator = if !console.token_required {
+        true
+    } else if headers.contains_key(header::AUTHORIZATION) {
+        let probe = pb::RetryTransactionRequest {
+            transaction_id: String::new(),
+        };
+        // The token is checked before the id: anything but UNAUTHENTICATED
+        // means the token is good.
+        !matches!(
+            console.service.retry_transaction(request(&headers, probe)).await,
+            Err(status) if status.code() == tonic::Code::Unauthenticated
+        )
+    } else {
+        false
+    };
+    Json(serde_json::json!({
+        "token_required": console.token_required,
+        "operator": operator,
+    }))
+    .into_response()
+}
+
+/// The listing's filters, as the page's query string gives them.
+#[derive(Debug, Default, Deserialize)]
+struct Filters {
+    /// Comma-separated state names (`committing,aborting`).
+    #[serde(default)]
+    states: String,
+    /// `2pc` or `saga`; empty: both.
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    needs_attention: bool,
+    #[serde(default)]
+    page_token: String,
+    #[serde(default)]
+    limit: u32,
+    /// The watch only: transactions whose id starts with this.
+    #[serde(default)]
+    id_prefix: String,
+    /// The watch only: resume after this change.
+    #[serde(default)]
+    cursor: String,
+    /// The watch only: from the oldest change kept.
+    #[serde(default)]
+    from_oldest: bool,
+}
+
+impl Filters {
+    fn states(&self) -> Result<Vec<i32>, tonic::Status> {
+        self.states
+            .split(',')
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                json::state_from_name(name)
+                    .map(|state| state as i32)
+                    .ok_or_else(|| {
+                        tonic::Status::invalid_argument(format!(
+                            "states: {name:?} is not a transaction state"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    fn kind(&self) -> Result<i32, tonic::Status> {
+        Ok(match self.kind.as_str() {
+            "" => pb::TransactionKind::Unspecified,
+            "2pc" | "two_phase" => pb::TransactionKind::TwoPhase,
+            "saga" => pb::TransactionKind::Saga,
+            other => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "kind: {other:?} is neither 2pc nor saga"
+                )));
+            }
+        } as i32)
+    }
+}
+
+async fn list(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(filters): Query<Filters>,
+) -> Response {
+    let built = filters.states().and_then(|states| {
+        Ok(pb::ListTransactionsRequest {
+            states,
+            kind: filters.kind()?,
+            needs_attention: filters.needs_attention,
+            page_size: filters.limit,
+            page_token: filters.page_token.clone(),
+            min_age_ms: 0,
+        })
+    });
+    let message = match built {
+        Ok(message) => message,
+        Err(status) => return failure(status),
+    };
+    answer(
+        console
+            .service
+            .list_transactions(request(&headers, message))
+            .await,
+        json::page,
+    )
+}
+
+async fn transaction(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let message = pb::GetTransactionRequest { transaction_id: id };
+    answer(
+        console
+            .service
+            .get_transaction(request(&headers, message))
+            .await,
+        |txn| json::transaction(&txn),
+    )
+}
+
+async fn retry(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let message = pb::RetryTransactionRequest { transaction_id: id };
+    answer(
+        console
+            .service
+            .retry_transaction(request(&headers, message))
+            .await,
+        |answer| {
+            serde_json::json!({
+                "retried": answer.retried,
+                "state": json::state_name(answer.state),
+            })
+        },
+    )
+}
+
+/// What the page's Resolve form sends.
+#[derive(Debug, Deserialize)]
+struct Resolve {
+    branch: String,
+    /// `committed`, `aborted` or `compensated`.
+    outcome: String,
+    reason: String,
+    operator: String,
+}
+
+async fn resolve(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(form): Json<Resolve>,
+) -> Response {
+    let outcome = match form.outcome.as_str() {
+        "committed" => pb::Resolution::Committed,
+        "aborted" => pb::Resolution::Aborted,
+        "compensated" => pb::Resolution::Compensated,
+        _ => pb::Resolution::Unspecified,
+    };
+    let message = pb::ResolveBranchRequest {
+        transaction_id: id,
+        branch: form.branch,
+        outcome: outcome as i32,
+        reason: form.reason,
+        operator: form.operator,
+    };
+    answer(
+        console
+            .service
+            .resolve_branch(request(&headers, message))
+            .await,
+        |answer| serde_json::json!({ "state": json::state_name(answer.state) }),
+    )
+}
+
+/// The live feed as server-sent events: each change an event whose id is
+/// its cursor, so that the browser's automatic reconnect (`Last-Event-ID`)
+/// resumes where it was; a watch that ended says so in an `end` event
+/// before the stream closes, and the browser reconnects.
+async fn changes(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(filters): Query<Filters>,
+) -> Response {
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned);
+    let built = filters.states().and_then(|states| {
+        Ok(pb::WatchTransactionsRequest {
+            states,
+            kind: filters.kind()?,
+            needs_attention: filters.needs_attention,
+            id_prefix: filters.id_prefix.clone(),
+            cursor: resume.unwrap_or_else(|| filters.cursor.clone()),
+            from_oldest: filters.from_oldest,
+        })
+    });
+    let message = match built {
+        Ok(message) => message,
+        Err(status) => return failure(status),
+    };
+    let stream = match console
+        .service
+        .watch_transactions(request(&headers, message))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failure(status),
+    };
+    let events = stream
+        .map(|item| {
+            Ok::<_, std::convert::Infallible>(match item {
+                Ok(change) => Event::default()
+                    .id(change.cursor.clone())
+                    .event("change")
+                    .data(json::change(&change).to_string()),
+                Err(status) => Event::default().event("end").data(
+                    serde_json::json!({
+                        "code": format!("{:?}", status.code()),
+                        "message": status.message(),
+                    })
+                    .to_string(),
+                ),
+            })
+        })
+        .take_until(console.stop.clone().cancelled_owned());
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn chart(State(console): State<Arc<Console>>) -> Response {
+    Json(console.stats.snapshot()).into_response()
+}
+
+/// Binds the console's listener (`--console-listen`), before the node
+/// reports itself serving.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,365 @@
+//! The web console in a real browser: headless Chromium driven over
+//! WebDriver (Debian's `chromium` and `chromium-driver`, installed by
+//! `scripts/install-chromium.sh`). A saga gets stuck while the page is open;
+//! its row must appear in the NEEDS_ATTENTION queue live; an operator with
+//! the token resolves it through the page; the decision must be in the log
+//! and the row must leave the queue. Each page's screenshot is written
+//! under the test's temp dir and its path printed (with
+//! `CONCORD_CONSOLE_SCREENSHOTS=DIR`, copied there too).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_participant::CoordinatorClient;
+use concord_participant::saga::{RetryPolicy, Saga, Step};
+use concord_proto::v1 as pb;
+use fantoccini::{Client, ClientBuilder, Locator};
+use support::saga::StepParticipant;
+use support::{eventually, quick_config};
+
+const TOKEN: &str = "console-test-token";
+
+/// chromedriver and the browser session it runs; the driver is killed on
+/// drop.
+struct Browser {
+    driver: Child,
+    client: Option<Client>,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn program(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/install-chromium.sh (Debian's chromium and chromium-driver), \
+         or set {env}",
+        path.display()
+    );
+    path
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium = program("CONCORD_CHROMIUM", "/usr/bin/chromium");
+        let chromedriver = program("CONCORD_CHROMEDRIVER", "/usr/bin/chromedriver");
+        let port = support::processes::free_addr().port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut browser = Self {
+            driver,
+            client: None,
+            _profile: profile,
+        };
+        // The flags this machine's closed network needs (no background
+        // connections), a fresh profile, and a window large enough for the
+        // pages.
+        let capabilities = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1360,1100",
+                    format!("--user-data-dir={}", browser._profile.path().display()),
+                ],
+            }
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!("an object")
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let client = eventually("chromedriver answers", || {
+            let capabilities = capabilities.clone();
+            let url = url.clone();
+            async move {
+                let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                ClientBuilder::new(connector)
+                    .capabilities(capabilities)
+                    .connect(&url)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        browser.client = Some(client);
+        browser
+    }
+
+    fn page(&self) -> &Client {
+        self.client.as_ref().expect("a session")
+    }
+
+    /// The element `css` selects, waiting for it at most 20 s.
+    async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
+        self.page()
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("{css} never appeared: {error}"))
+    }
+
+    /// Waits until `css`'s text contains `text`.
+    async fn wait_for_text(&self, css: &str, text: &str) {
+        eventually(&format!("{css} says {text:?}"), || async {
+            let element = self.page().find(Locator::Css(css)).await.ok()?;
+            element.text().await.ok()?.contains(text).then_some(())
+        })
+        .await;
+    }
+
+    async fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
+        let png = self.page().screenshot().await.expect("screenshot");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, &png).expect("write screenshot");
+        println!("screenshot: {}", path.display());
+        if let Some(copies) = std::env::var_os("CONCORD_CONSOLE_SCREENSHOTS") {
+            let copy = Path::new(&copies).join(format!("{name}.png"));
+            std::fs::write(&copy, &png).expect("copy screenshot");
+            println!("screenshot copied: {}", copy.display());
+        }
+        path
+    }
+}
+
+fn quick(attempts: u32) -> RetryPolicy {
+    RetryPolicy::attempts(attempts, Duration::from_millis(20))
+}
+
+#[tokio::test]
+async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browser() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Node::start(NodeConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: StoreLocation::DataDir(dir.path().join("coordinator")),
+        runtime: quick_config(),
+        limits: Default::default(),
+        node_name: None,
+        lease: concord_coordinator::node::DEFAULT_LEASE,
+        access: concord_coordinator::api::Access {
+            admin_token: Some(TOKEN.into()),
+            tls: None,
+        },
+        console: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    })
+    .await
+    .expect("coordinator starts");
+    let console = format!("http://{}", node.console_addr().expect("a console"));
+    let client = CoordinatorClient::connect(node.url()).expect("client");
+    let steps = StepParticipant::start(dir.path(), "steps").await;
+    // A few transactions that went well, for the list and the chart.
+    for _ in 0..3 {
+        Saga::new()
+            .description("trip for the list")
+            .step(
+                Step::new("flight", &steps.url)
+                    .action("ok")
+                    .compensation("ok"),
+            )
+            .run(&client)
+            .await
+            .expect("saga");
+    }
+
+    let browser = Browser::start().await;
+    browser
+        .page()
+        .goto(&console)
+        .await
+        .expect("open the console");
+    browser
+        .wait_for_text("#attention-body", "Nothing needs attention.")
+        .await;
+    browser.wait_for_text("#live", "live").await;
+    browser.wait_for_text("#mode", "read-only").await;
+
+    // While the page is open: a saga whose hotel refuses, and whose flight
+    // cannot be cancelled (its compensation keeps failing).
+    let stuck = Saga::new()
+        .description("trip to Lisbon")
+        .step(
+            Step::new("flight", &steps.url)
+                .action("ok")
+                .compensation("stuck")
+                .retry(quick(2)),
+        )
+        .step(
+            Step::new("hotel", &steps.url)
+                .action("refuse")
+                .compensation("ok")
+                .after(["flight"]),
+        )
+        .submit(&client)
+        .await
+        .expect("saga")
+        .transaction_id;
+    // Its row appears in the queue without reloading the page.
+    let row = format!("#attention tr[data-id=\"{stuck}\"]");
+    browser.wait_for(&row).await;
+    browser.wait_for_text("#transactions", &stuck[..8]).await;
+    let shots = dir.path();
+    browser.screenshot(shots, "console-list").await;
+
+    // Its page, read-only: the stuck step and its error, no Resolve.
+    browser
+        .wait_for(&format!("{row} a"))
+        .await
+        .click()
+        .await
+        .expect("open the saga");
+    browser
+        .wait_for_text("#parts tr[data-name=\"flight\"]", "compensating")
+        .await;
+    browser.wait_for_text("#timeline", "needs attention").await;
+    assert!(
+        browser
+            .page()
+            .find(Locator::Css("button.resolve-open"))
+            .await
+            .is_err(),
+        "no Resolve without the token"
+    );
+    browser.screenshot(shots, "console-transaction").await;
+
+    // With the token: Resolve the flight as compensated by hand.
+    browser
+        .wait_for("#token")
+        .await
+        .send_keys(TOKEN)
+        .await
+        .expect("type the token");
+    browser
+        .wait_for("#token-use")
+        .await
+        .click()
+        .await
+        .expect("use it");
+    browser.wait_for_text("#mode", "operator").await;
+    browser
+        .wait_for("#parts tr[data-name=\"flight\"] button.resolve-open")
+        .await
+        .click()
+        .await
+        .expect("open the form");
+    browser
+        .wait_for("#resolve-reason")
+        .await
+        .send_keys("booking cancelled by phone with the airline, ref 7Q2K")
+        .await
+        .expect("reason");
+    browser
+        .wait_for("#resolve-operator")
+        .await
+        .send_keys("ana")
+        .await
+        .expect("operator");
+    browser
+        .wait_for("#resolve-submit")
+        .await
+        .click()
+        .await
+        .expect("submit");
+    // The confirmation says what will happen before anything does.
+    browser
+        .wait_for_text("#confirm-text", "cannot be undone")
+        .await;
+    browser.screenshot(shots, "console-confirm").await;
+    browser
+        .wait_for("#confirm-ok")
+        .await
+        .click()
+        .await
+        .expect("confirm");
+    browser
+        .wait_for_text("#operator-actions", "booking cancelled by phone")
+        .await;
+    browser.wait_for_text("#txn-body", "compensated").await;
+    browser.screenshot(shots, "console-resolved").await;
+
+    // In the log: the operator's decision, with who and why, and the saga
+    // ended compensated.
+    let txn = eventually("the saga ends", || async {
+        let txn = client.transaction(&stuck).await.ok()?;
+        (txn.state == pb::TransactionState::Compensated as i32).then_some(txn)
+    })
+    .await;
+    let action = txn.operator_actions.first().expect("an operator action");
+    assert_eq!(
+        (action.branch.as_str(), action.operator.as_str()),
+        ("flight", "ana")
+    );
+    assert_eq!(action.outcome, pb::Resolution::Compensated as i32);
+    assert!(action.reason.contains("7Q2K"));
+    assert!(!txn.needs_attention);
+    // And the queue is empty again, on the list page.
+    browser
+        .page()
+        .goto(&console)
+        .await
+        .expect("back to the list");
+    browser
+        .wait_for_text("#attention-body", "Nothing needs attention.")
+        .await;
+    let queue = client
+        .raw()
+        .list_transactions(pb::ListTransactionsRequest {
+            needs_attention: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(queue.transactions.is_empty(), "{:?}", queue.transactions);
+    browser.screenshot(shots, "console-list-after").await;
+
+    // Bad input to the console's API is refused with the gRPC service's
+    // own words, and changes nothing.
+    let refused = http_post(
+        &console,
+        &format!("/api/transactions/{stuck}/resolve"),
+        r#"{"branch":"flight","outcome":"committed","reason":"x","operator":"y"}"#,
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(refused.contains("admin token"), "{refused}");
+
+    if let Some(client) = browser.client.as_ref() {
+        let _ = client.clone().close().await;
+    }
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A bare HTTP/1.1 POST, answered as text (status line, headers, body).
+async fn http_post(base: &str, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connect to the console");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
+}
