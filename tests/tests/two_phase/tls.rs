@@ -44,6 +44,15 @@ impl Ca {
 }
 
 async fn tls_node(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> Node {
+    tls_node_with_console(dir, ca, client_ca, None).await
+}
+
+async fn tls_node_with_console(
+    dir: &std::path::Path,
+    ca: &Ca,
+    client_ca: Option<&Ca>,
+    console: Option<std::net::SocketAddr>,
+) -> Node {
     let (cert_pem, key_pem) = ca.leaf(&["localhost"]);
     Node::start(NodeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -60,7 +69,7 @@ async fn tls_node(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> Nod
                 client_ca_pem: client_ca.map(Ca::pem),
             }),
         },
-        console: None,
+        console,
     })
     .await
     .expect("coordinator starts")
@@ -241,4 +250,108 @@ async fn the_coordinator_reaches_participants_over_mutual_tls_and_only_with_its_
     let (id, outcome) = transfer(client).await;
     assert!(matches!(outcome, Outcome::Aborted { .. }), "{outcome:?}");
     assert!(p.effects(&id).await.is_empty());
+}
+
+/// GET / on the console over TLS, trusting `ca` and presenting `identity`
+/// (PEM certificate and key) if given: the status line, or why it failed.
+async fn console_get(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<String, String> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca.pem()) {
+        roots.add(cert.expect("CA pem")).expect("CA");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(&cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("cert"),
+                PrivateKeyDer::from_pem_slice(&key).expect("key"),
+            )
+            .expect("client identity"),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    if !answer.contains("<title>Concord console</title>") {
+        return Err(format!("not the console page: {answer:.200}"));
+    }
+    Ok(answer.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn the_console_serves_tls_with_the_grpc_ports_certificate_and_client_rule() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server_ca, client_ca) = (Ca::new("servers"), Ca::new("operators"));
+    let node = tls_node_with_console(
+        dir.path(),
+        &server_ca,
+        Some(&client_ca),
+        Some("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await;
+    let console = node.console_addr().expect("a console");
+    // A browser with an operator's certificate gets the page.
+    let status = console_get(console, &server_ca, Some(client_ca.leaf(&["ana"])))
+        .await
+        .expect("the page over mutual TLS");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Without a certificate from the operators' CA, nothing is served.
+    let refused = console_get(console, &server_ca, None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let stranger = console_get(
+        console,
+        &server_ca,
+        Some(Ca::new("elsewhere").leaf(&["eve"])),
+    )
+    .await;
+    assert!(stranger.is_err(), "{stranger:?}");
+    // And no plaintext.
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(console)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tcp.read_to_end(&mut answer),
+        )
+        .await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(!plain.contains("Concord console"), "{plain:.200}");
+    node.shutdown().await.expect("shutdown");
 }
