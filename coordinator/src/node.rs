@@ -48,6 +48,24 @@ pub struct NodeConfig {
     pub console: Option<SocketAddr>,
 }
 
+impl NodeConfig {
+    /// A node listening on `listen` with its log at `store`, and every other
+    /// setting at its default: the runtime's defaults, no node name, the
+    /// default lease, no admin token, no TLS, no console.
+    pub fn new(listen: SocketAddr, store: StoreLocation) -> Self {
+        Self {
+            listen,
+            store,
+            runtime: RuntimeConfig::default(),
+            limits: Limits::default(),
+            node_name: None,
+            lease: DEFAULT_LEASE,
+            access: api::Access::default(),
+            console: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]

@@ -31,8 +31,7 @@ use sqlx::{PgConnection, PgPool};
 use super::batch::{Group, Grouped};
 use super::reads::{Reads, store_reads};
 use super::rows::{
-    ActionRow, ChangeRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished,
-    attach_actions, parse_id, to_i64, to_u64,
+    ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, parse_id,
 };
 use super::{Appended, Cluster, Lease, ListQuery, Owner, Record, Store, StoreError, Unfinished};
 use crate::model::{Change, Cursor, TxnId, TxnView};
@@ -341,57 +340,12 @@ impl Store for PostgresStore {
         self.append_batch(batch).boxed()
     }
 
-    // transaction, by_idempotency_key, list: the reads both SQL stores share.
+    // transaction, by_idempotency_key, list, changes, newest_change: the
+    // reads both SQL stores share.
     store_reads!();
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.load_unfinished(None).boxed()
-    }
-
-    fn changes<'a>(
-        &'a self,
-        after: Option<Cursor>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
-        async move {
-            // Only rows of writers older than every one still running
-            // (migrations/postgres/0008_changes.sql): any row written after
-            // has a larger xid, so the cursor never skips one.
-            let after = after.unwrap_or_default();
-            let rows: Vec<ChangeRow> = sqlx::query_as(
-                "SELECT xid::text::bigint AS epoch, seq, txn_id, kind, from_state, to_state,
-                        subject, detail, needs_attention, at_ms
-                 FROM txn_changes
-                 WHERE (xid, seq) > ($1::text::xid8, $2)
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY xid, seq
-                 LIMIT $3",
-            )
-            .bind(after.epoch.to_string())
-            .bind(to_i64(after.seq))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            rows.into_iter().map(ChangeRow::into_change).collect()
-        }
-        .boxed()
-    }
-
-    fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
-        async move {
-            let newest: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT xid::text::bigint, seq FROM txn_changes
-                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY xid DESC, seq DESC LIMIT 1",
-            )
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(newest.map(|(epoch, seq)| Cursor {
-                epoch: to_u64(epoch),
-                seq: to_u64(seq),
-            }))
-        }
-        .boxed()
     }
 
     fn claim_unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {

@@ -1,29 +1,59 @@
 //! The reads both SQL stores make of the log for callers (one transaction,
-//! by id or by idempotency key, and a page of the listing), written once.
-//! sqlx binds `$N` by its number on SQLite as on PostgreSQL, so the
-//! statements are the same text; [`SqlLog`] holds the one that differs.
+//! by id or by idempotency key, a page of the listing, and the change feed
+//! WatchTransactions follows), written once. sqlx binds `$N` by its number
+//! on SQLite as on PostgreSQL, so most statements are the same text;
+//! [`SqlLog`] holds those that differ.
 
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
-use super::rows::{ActionRow, BranchRow, StepRow, TxnRow, actions, assemble, parse_id};
+use super::rows::{
+    ActionRow, BranchRow, ChangeRow, StepRow, TxnRow, actions, assemble, parse_id, to_i64, to_u64,
+};
 use super::{ListQuery, StoreError};
-use crate::model::{TxnId, TxnKind, TxnView};
+use crate::model::{Change, Cursor, TxnId, TxnKind, TxnView};
 
 /// A database whose log the reads below run on.
 pub(super) trait SqlLog: Database {
     /// One transaction's operator actions, oldest first, those of the same
     /// millisecond in the order they were written.
     const ACTIONS: &'static str;
+    /// The changes after the cursor ($1 epoch, $2 seq), oldest first, at
+    /// most $3: only those no later write can come before.
+    const CHANGES: &'static str;
+    /// The newest such change's cursor.
+    const NEWEST_CHANGE: &'static str;
 }
 
 impl SqlLog for sqlx::Sqlite {
     const ACTIONS: &'static str =
         "SELECT * FROM operator_actions WHERE txn_id = $1 ORDER BY at_ms, rowid";
+    // One writing thread: `seq` follows commit order, and a reader sees only
+    // committed rows. The epoch is always 0 here.
+    const CHANGES: &'static str =
+        "SELECT 0 AS epoch, seq, txn_id, kind, from_state, to_state, subject, detail,
+                needs_attention, at_ms
+         FROM txn_changes WHERE (0, seq) > ($1, $2) ORDER BY seq LIMIT $3";
+    const NEWEST_CHANGE: &'static str =
+        "SELECT 0 AS epoch, seq FROM txn_changes ORDER BY seq DESC LIMIT 1";
 }
 
 impl SqlLog for sqlx::Postgres {
     const ACTIONS: &'static str =
         "SELECT * FROM operator_actions WHERE txn_id = $1 ORDER BY at_ms, seq";
+    // Only rows of writers older than every one still running
+    // (migrations/postgres/0008_changes.sql): any row written after has a
+    // larger xid, so the cursor never skips one.
+    const CHANGES: &'static str =
+        "SELECT xid::text::bigint AS epoch, seq, txn_id, kind, from_state, to_state,
+                subject, detail, needs_attention, at_ms
+         FROM txn_changes
+         WHERE (xid, seq) > ($1::bigint::text::xid8, $2)
+           AND xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xid, seq
+         LIMIT $3";
+    const NEWEST_CHANGE: &'static str = "SELECT xid::text::bigint AS epoch, seq FROM txn_changes
+         WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xid DESC, seq DESC LIMIT 1";
 }
 
 const TRANSACTION: &str =
@@ -62,6 +92,8 @@ where
     for<'r> StepRow: FromRow<'r, DB::Row>,
     for<'r> ActionRow: FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> ChangeRow: FromRow<'r, DB::Row>,
+    for<'r> (i64, i64): FromRow<'r, DB::Row>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
@@ -126,6 +158,32 @@ where
             .await?;
         rows.into_iter().map(TxnRow::into_view).collect()
     }
+
+    /// The change feed after `after` (see [`Store::changes`](super::Store::changes)).
+    pub async fn changes(
+        &self,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError> {
+        let after = after.unwrap_or_default();
+        let rows: Vec<ChangeRow> = sqlx::query_as(DB::CHANGES)
+            .bind(to_i64(after.epoch))
+            .bind(to_i64(after.seq))
+            .bind(i64::from(limit))
+            .fetch_all(self.0)
+            .await?;
+        rows.into_iter().map(ChangeRow::into_change).collect()
+    }
+
+    pub async fn newest_change(&self) -> Result<Option<Cursor>, StoreError> {
+        let newest: Option<(i64, i64)> = sqlx::query_as(DB::NEWEST_CHANGE)
+            .fetch_optional(self.0)
+            .await?;
+        Ok(newest.map(|(epoch, seq)| Cursor {
+            epoch: to_u64(epoch),
+            seq: to_u64(seq),
+        }))
+    }
 }
 
 /// The [`Store`](super::Store) methods that are these reads, for a store
@@ -151,6 +209,18 @@ macro_rules! store_reads {
             query: &'a ListQuery,
         ) -> BoxFuture<'a, Result<Vec<TxnView>, StoreError>> {
             async move { Reads(&self.pool).page(query).await }.boxed()
+        }
+
+        fn changes<'a>(
+            &'a self,
+            after: Option<Cursor>,
+            limit: u32,
+        ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+            async move { Reads(&self.pool).changes(after, limit).await }.boxed()
+        }
+
+        fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
+            async move { Reads(&self.pool).newest_change().await }.boxed()
         }
     };
 }

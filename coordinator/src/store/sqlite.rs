@@ -17,8 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::reads::{Reads, store_reads};
 use super::rows::{
-    ActionRow, ChangeRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished,
-    attach_actions, to_i64, to_u64,
+    ActionRow, OwnedBranchRow, OwnedStepRow, TxnRow, assemble_unfinished, attach_actions, to_i64,
 };
 use super::sqlite_writer::WriterThread;
 use super::{Appended, ListQuery, Record, Store, StoreError, Unfinished};
@@ -152,46 +151,12 @@ impl Store for SqliteStore {
         self.append_batch(batch).boxed()
     }
 
-    // transaction, by_idempotency_key, list: the reads both SQL stores share.
+    // transaction, by_idempotency_key, list, changes, newest_change: the
+    // reads both SQL stores share.
     store_reads!();
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.load_unfinished().boxed()
-    }
-
-    fn changes<'a>(
-        &'a self,
-        after: Option<Cursor>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
-        async move {
-            // One writing thread: `seq` follows commit order, and a reader
-            // sees only committed rows.
-            let rows: Vec<ChangeRow> = sqlx::query_as(
-                "SELECT 0 AS epoch, seq, txn_id, kind, from_state, to_state, subject, detail,
-                        needs_attention, at_ms
-                 FROM txn_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )
-            .bind(to_i64(after.map_or(0, |cursor| cursor.seq)))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            rows.into_iter().map(ChangeRow::into_change).collect()
-        }
-        .boxed()
-    }
-
-    fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
-        async move {
-            let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM txn_changes")
-                .fetch_one(&self.pool)
-                .await?;
-            Ok(newest.map(|seq| Cursor {
-                epoch: 0,
-                seq: to_u64(seq),
-            }))
-        }
-        .boxed()
     }
 
     fn prune<'a>(

@@ -146,18 +146,18 @@ fn quick(attempts: u32) -> RetryPolicy {
 #[tokio::test]
 async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browser() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let node = Node::start(NodeConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreLocation::DataDir(dir.path().join("coordinator")),
         runtime: quick_config(),
-        limits: Default::default(),
-        node_name: None,
-        lease: concord_coordinator::node::DEFAULT_LEASE,
         access: concord_coordinator::api::Access {
             admin_token: Some(TOKEN.into()),
             tls: None,
         },
-        console: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        console: Some(loopback),
+        ..NodeConfig::new(
+            loopback,
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
     })
     .await
     .expect("coordinator starts");

@@ -360,14 +360,13 @@ async fn a_watch_on_one_node_sees_every_nodes_transactions_once() {
         let url = url.clone();
         async move {
             Node::start(NodeConfig {
-                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                store: StoreLocation::Url(url),
                 runtime: support::quick_config(),
-                limits: Default::default(),
                 node_name: Some(name.into()),
                 lease: Duration::from_secs(5),
-                access: Default::default(),
-                console: None,
+                ..NodeConfig::new(
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                    StoreLocation::Url(url),
+                )
             })
             .await
             .expect("node starts")

@@ -36,14 +36,11 @@ pub fn quick_config() -> RuntimeConfig {
 
 pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node {
     Node::start(NodeConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreLocation::DataDir(data_dir.to_path_buf()),
         runtime,
-        limits: Default::default(),
-        node_name: None,
-        lease: concord_coordinator::node::DEFAULT_LEASE,
-        access: Default::default(),
-        console: None,
+        ..NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(data_dir.to_path_buf()),
+        )
     })
     .await
     .expect("coordinator starts")

@@ -358,14 +358,8 @@ async fn a_watch_follows_a_restarted_node_from_its_cursor() {
     let addr: SocketAddr = support::processes::free_addr();
     let start = |dir: std::path::PathBuf| async move {
         Node::start(NodeConfig {
-            listen: addr,
-            store: StoreLocation::DataDir(dir),
             runtime: quick_config(),
-            limits: Default::default(),
-            node_name: None,
-            lease: concord_coordinator::node::DEFAULT_LEASE,
-            access: Default::default(),
-            console: None,
+            ..NodeConfig::new(addr, StoreLocation::DataDir(dir))
         })
         .await
         .expect("coordinator starts")

@@ -64,16 +64,10 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
 
-    let node = Node::start(NodeConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreLocation::DataDir(dir.path().join("coordinator")),
-        runtime: Default::default(),
-        limits: Default::default(),
-        node_name: None,
-        lease: concord_coordinator::node::DEFAULT_LEASE,
-        access: Default::default(),
-        console: None,
-    })
+    let node = Node::start(NodeConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        StoreLocation::DataDir(dir.path().join("coordinator")),
+    ))
     .await
     .context("starting the coordinator")?;
     let bank_a = start_bank("bank-a", dir.path(), &[("alice", 10_000)], &stop, &tasks).await?;

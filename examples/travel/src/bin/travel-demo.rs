@@ -168,16 +168,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn start_coordinator(dir: &std::path::Path) -> anyhow::Result<Node> {
-    Node::start(NodeConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreLocation::DataDir(dir.join("coordinator")),
-        runtime: Default::default(),
-        limits: Default::default(),
-        node_name: None,
-        lease: concord_coordinator::node::DEFAULT_LEASE,
-        access: Default::default(),
-        console: None,
-    })
+    Node::start(NodeConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        StoreLocation::DataDir(dir.join("coordinator")),
+    ))
     .await
     .context("starting the coordinator")
 }
