@@ -16,6 +16,8 @@
 //! write slowly, or fail one commit as a failed fsync reports itself —
 //! applied or not, nobody can tell — after which it takes no write until
 //! the coordinator restarts (`StoreError::SyncFailed`, crash-only).
+//!
+//! It keeps the SQL stores' change feed too (`feed`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+
+mod feed;
 
 use super::{Appended, BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
 use crate::model::{
@@ -75,14 +79,6 @@ struct State {
     changes: std::collections::VecDeque<Change>,
     /// The last change's seq (never reused, as SQLite's AUTOINCREMENT).
     last_seq: u64,
-}
-
-/// What the change feed follows of one transaction.
-struct Observed {
-    state: TxnState,
-    needs_attention: bool,
-    steps: Vec<StepStatus>,
-    actions: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -173,85 +169,6 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    /// What the change feed follows of one transaction, if it exists.
-    fn observed(&self, id: &TxnId) -> Option<Observed> {
-        self.transactions.get(id).map(|row| Observed {
-            state: row.view.state,
-            needs_attention: row.view.needs_attention,
-            steps: row.view.steps.iter().map(|step| step.status).collect(),
-            actions: row.view.operator_actions.len(),
-        })
-    }
-
-    /// Adds the changes `record` made to the feed, as the SQL stores'
-    /// triggers do (migrations/sqlite/0006_changes.sql): a new
-    /// transaction, a new state, a step's new status, the flag raised, an
-    /// operator action.
-    fn note_changes(&mut self, record: &Record, before: Option<Observed>) {
-        let id = record.txn_id();
-        let Some(row) = self.transactions.get(&id) else {
-            return;
-        };
-        let view = &row.view;
-        // The records' own times: deterministic under simulation.
-        let at_ms = view
-            .ended_at_ms
-            .or(view.decided_at_ms)
-            .unwrap_or(view.created_at_ms);
-        let change = |from, subject: &str, detail: &str, at_ms| Change {
-            cursor: Cursor::default(),
-            id,
-            kind: view.kind,
-            from,
-            to: view.state,
-            subject: subject.to_owned(),
-            detail: detail.to_owned(),
-            needs_attention: view.needs_attention,
-            at_ms,
-        };
-        let mut noted = Vec::new();
-        match &before {
-            None => noted.push(change(None, "", "", view.created_at_ms)),
-            Some(before) => {
-                for (step, old) in view.steps.iter().zip(&before.steps) {
-                    if step.status != *old {
-                        let status = crate::model::step_status_str(step.status);
-                        noted.push(change(Some(before.state), &step.name, status, at_ms));
-                    }
-                }
-                if view.state != before.state {
-                    let reason = view.reason.as_deref().unwrap_or_default();
-                    noted.push(change(Some(before.state), "", reason, at_ms));
-                }
-                if view.needs_attention && !before.needs_attention {
-                    noted.push(change(Some(view.state), "", "needs attention", at_ms));
-                }
-                for action in view.operator_actions.iter().skip(before.actions) {
-                    let detail = format!(
-                        "resolved {} by {}: {}",
-                        action.outcome.as_str(),
-                        action.operator,
-                        action.reason
-                    );
-                    noted.push(change(
-                        Some(view.state),
-                        &action.branch,
-                        &detail,
-                        action.at_ms,
-                    ));
-                }
-            }
-        }
-        for mut change in noted {
-            self.last_seq += 1;
-            change.cursor = Cursor {
-                epoch: 0,
-                seq: self.last_seq,
-            };
-            self.changes.push_back(change);
-        }
     }
 
     fn apply(&mut self, record: &Record) {
