@@ -17,6 +17,9 @@
 //! - [`ledger`]: the exactly-once guard in the participant's own database
 //!   (SQLite or PostgreSQL), written in the same local transaction as the
 //!   business change.
+//! - [`outbox`]: a transactional message's producer side (DESIGN §10,
+//!   being built): the outbox row in the producer's local transaction,
+//!   and the check-back's answer.
 //! - [`resolver`]: asks the coordinator about branches prepared but left
 //!   without a decision (after a restart, or a long wait) and applies the
 //!   answer; prunes old ledger rows.
@@ -28,6 +31,7 @@ pub mod branch;
 pub mod client;
 pub mod crash;
 pub mod ledger;
+pub mod outbox;
 pub mod resolver;
 pub mod saga;
 pub mod server;

@@ -38,6 +38,8 @@ pub enum Op {
     Action,
     /// A saga step's compensation.
     Compensate,
+    /// A transactional message's outbox row (`crate::outbox`).
+    Publish,
 }
 
 impl Op {
@@ -48,6 +50,7 @@ impl Op {
             Op::Abort => "abort",
             Op::Action => "action",
             Op::Compensate => "compensate",
+            Op::Publish => "publish",
         }
     }
 }
@@ -85,6 +88,14 @@ pub trait LedgerDb: Database {
         pool: &Pool<Self>,
         branch: &BranchContext,
     ) -> impl Future<Output = Result<LocalTxOf<Self>, sqlx::Error>> + Send;
+
+    /// Serialises `tx`, a local transaction the caller began, with every
+    /// other one about `branch` from here to its end, as [`LedgerDb::begin`]
+    /// does for the ledger's own.
+    fn lock(
+        tx: &mut LocalTxOf<Self>,
+        branch: &BranchContext,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// The row for `op` on `branch`, if written.
     fn find(

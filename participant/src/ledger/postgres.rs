@@ -33,12 +33,17 @@ impl LedgerDb for Postgres {
         branch: &BranchContext,
     ) -> Result<LocalTxOf<Self>, sqlx::Error> {
         let mut tx = pool.begin().await?;
+        Self::lock(&mut tx, branch).await?;
+        Ok(tx)
+    }
+
+    async fn lock(tx: &mut LocalTxOf<Self>, branch: &BranchContext) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
             .bind(&branch.transaction_id)
             .bind(&branch.branch)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        Ok(tx)
+        Ok(())
     }
 
     // find, record, in_doubt: the same statements on every database.

@@ -33,6 +33,14 @@ impl LedgerDb for Sqlite {
         pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    async fn lock(_tx: &mut LocalTxOf<Self>, _branch: &BranchContext) -> Result<(), sqlx::Error> {
+        // SQLite has one writer at a time: a transaction begun IMMEDIATE
+        // holds the lock from its start, and a deferred one that loses the
+        // race fails on its first write (busy, or the row now there)
+        // rather than interleaving.
+        Ok(())
+    }
+
     // find, record, in_doubt: the same statements on every database.
     shared_statements!();
 

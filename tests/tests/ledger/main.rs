@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod outbox;
 mod postgres;
 
 use concord_proto::v1 as pb;
