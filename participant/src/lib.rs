@@ -43,6 +43,6 @@ pub use client::{
 pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;
 pub use server::{
-    BranchContext, MAX_BATCH_CALLS, ParticipantError, ParticipantService, SagaStep, StepResult,
-    TwoPhaseParticipant, Unsupported, Vote,
+    BranchContext, MAX_BATCH_CALLS, MessageDestination, ParticipantError, ParticipantService,
+    SagaStep, StepResult, TwoPhaseParticipant, Unsupported, Vote,
 };

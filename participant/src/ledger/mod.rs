@@ -40,6 +40,8 @@ pub enum Op {
     Compensate,
     /// A transactional message's outbox row (`crate::outbox`).
     Publish,
+    /// A transactional message delivered to this destination.
+    Deliver,
 }
 
 impl Op {
@@ -51,6 +53,7 @@ impl Op {
             Op::Action => "action",
             Op::Compensate => "compensate",
             Op::Publish => "publish",
+            Op::Deliver => "deliver",
         }
     }
 }

@@ -96,6 +96,36 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         Ok(pb::CompensateResponse {})
     }
 
+    pub(super) async fn deliver_answer(
+        &self,
+        message: &BranchContext,
+        payload: &[u8],
+    ) -> Result<pb::DeliverResponse, Status> {
+        ParticipantService::deliver(self, message, payload)
+            .instrument(span(message, "deliver"))
+            .await?;
+        Ok(pb::DeliverResponse {})
+    }
+
+    pub(super) async fn check_message_answer(
+        &self,
+        request: pb::CheckMessageRequest,
+    ) -> Result<pb::CheckMessageResponse, Status> {
+        use pb::check_message_response::Result as Answer;
+        if request.transaction_id.is_empty() || request.transaction_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "transaction_id must be the message's id (1 to 128 bytes)",
+            ));
+        }
+        let result = match self.check_message(&request.transaction_id).await? {
+            crate::outbox::Checked::Committed => Answer::Committed,
+            crate::outbox::Checked::RolledBack => Answer::RolledBack,
+        };
+        Ok(pb::CheckMessageResponse {
+            result: result.into(),
+        })
+    }
+
     /// One entry of a `Batch`: handled as its own call, its failure its own.
     pub(super) async fn batch_call(&self, call: pb::BatchCall) -> pb::BatchAnswer {
         use pb::batch_answer::Answer;
@@ -139,9 +169,15 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                         .await
                         .map(Answer::Compensate)
                 }
+                Some(Call::Deliver(request)) => {
+                    let message = context(request.branch, traceparent)?;
+                    self.deliver_answer(&message, &request.payload)
+                        .await
+                        .map(Answer::Deliver)
+                }
                 None => Err(Status::invalid_argument(
                     "a batch call must set one of its calls (prepare, commit, abort, \
-                     commit_one_phase, execute, compensate)",
+                     commit_one_phase, execute, compensate, deliver)",
                 )),
             }
         };

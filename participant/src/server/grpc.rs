@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// The `Participant` impl: the six one-branch RPCs share one shape (decode,
+/// The `Participant` impl: the one-branch RPCs share one shape (decode,
 /// build the branch's context, answer), written once here; `Batch` and
 /// anything else follow as they are.
 macro_rules! participant_service {
@@ -47,7 +47,18 @@ participant_service! {
         |service, step, payload| service.execute_answer(&step, &payload);
     compensate(CompensateRequest) -> CompensateResponse =
         |service, step, payload| service.compensate_answer(&step, &payload);
+    deliver(DeliverRequest) -> DeliverResponse =
+        |service, message, payload| service.deliver_answer(&message, &payload);
     @rest {
+        async fn check_message(
+            &self,
+            request: Request<pb::CheckMessageRequest>,
+        ) -> Result<Response<pb::CheckMessageResponse>, Status> {
+            Ok(Response::new(
+                self.check_message_answer(request.into_inner()).await?,
+            ))
+        }
+
         type BatchStream = futures::stream::BoxStream<'static, Result<pb::BatchAnswer, Status>>;
 
         async fn batch(

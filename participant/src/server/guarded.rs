@@ -275,4 +275,42 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         crate::crash::point("participant-after-compensate");
         Ok(())
     }
+
+    /// A message delivered to this destination: its handler runs once per
+    /// (message, destination), in the local transaction of its ledger row
+    /// (M4); a duplicate answers as the first did.
+    pub(super) async fn deliver(
+        &self,
+        message: &BranchContext,
+        payload: &[u8],
+    ) -> Result<(), Status> {
+        let Some(destination) = &self.destination else {
+            return Err(ParticipantError::Unsupported("transactional messages").into());
+        };
+        let mut tx = DB::begin(&self.pool, message).await.map_err(db)?;
+        if DB::find(&mut tx, message, Op::Deliver)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
+            return Ok(()); // a duplicate: applied once already (M4)
+        }
+        destination.deliver(&mut tx, message, payload).await?;
+        DB::record(&mut tx, message, Op::Deliver, "done", None, None)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// The coordinator's check-back for a message this service produced
+    /// (M2; `crate::outbox`).
+    pub(super) async fn check_message(
+        &self,
+        message_id: &str,
+    ) -> Result<crate::outbox::Checked, Status> {
+        crate::outbox::check(&self.pool, message_id)
+            .await
+            .map_err(db)
+    }
 }

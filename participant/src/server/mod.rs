@@ -141,6 +141,43 @@ pub trait SagaStep<DB: LedgerDb = Sqlite>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
 }
 
+/// What a service implements to receive transactional messages (DESIGN
+/// §10) as a destination: `deliver` applies one message's payload through
+/// the local transaction the ledger row is written in. Called at most once
+/// per (message, destination); return [`ParticipantError::Unavailable`]
+/// for passing trouble (the coordinator delivers again until it succeeds).
+pub trait MessageDestination<DB: LedgerDb = Sqlite>: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        tx: &mut LocalTxOf<DB>,
+        message: &BranchContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+/// A [`MessageDestination`] behind a pointer: the service holds at most one,
+/// of any type, so that adding messages changes none of its type
+/// parameters.
+pub(crate) trait DeliverDyn<DB: LedgerDb>: Send + Sync {
+    fn deliver<'a>(
+        &'a self,
+        tx: &'a mut LocalTxOf<DB>,
+        message: &'a BranchContext,
+        payload: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<(), ParticipantError>>;
+}
+
+impl<DB: LedgerDb, M: MessageDestination<DB>> DeliverDyn<DB> for M {
+    fn deliver<'a>(
+        &'a self,
+        tx: &'a mut LocalTxOf<DB>,
+        message: &'a BranchContext,
+        payload: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<(), ParticipantError>> {
+        Box::pin(MessageDestination::deliver(self, tx, message, payload))
+    }
+}
+
 /// Stands in for the protocol a participant does not implement.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unsupported;
@@ -197,6 +234,8 @@ impl<DB: LedgerDb> SagaStep<DB> for Unsupported {
 pub struct ParticipantService<P, S = Unsupported, DB: Database = Sqlite> {
     handler: Arc<P>,
     steps: Arc<S>,
+    /// Receives transactional messages, when this service is a destination.
+    destination: Option<Arc<dyn DeliverDyn<DB>>>,
     pool: Pool<DB>,
     resolver: ResolverConfig,
 }
@@ -208,6 +247,7 @@ impl<P, S, DB: Database> Clone for ParticipantService<P, S, DB> {
         Self {
             handler: Arc::clone(&self.handler),
             steps: Arc::clone(&self.steps),
+            destination: self.destination.clone(),
             pool: self.pool.clone(),
             resolver: self.resolver.clone(),
         }
@@ -222,6 +262,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>> ParticipantService<P, Unsupported
         Ok(Self {
             handler: Arc::new(handler),
             steps: Arc::new(Unsupported),
+            destination: None,
             pool,
             resolver: ResolverConfig::default(),
         })
@@ -236,6 +277,7 @@ impl<DB: LedgerDb, S: SagaStep<DB>> ParticipantService<Unsupported, S, DB> {
         Ok(Self {
             handler: Arc::new(Unsupported),
             steps: Arc::new(steps),
+            destination: None,
             pool,
             resolver: ResolverConfig::default(),
         })
@@ -248,9 +290,19 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         ParticipantService {
             handler: self.handler,
             steps: Arc::new(steps),
+            destination: self.destination,
             pool: self.pool,
             resolver: self.resolver,
         }
+    }
+
+    /// Also receives transactional messages with `destination` (DESIGN
+    /// §10); without it, `Deliver` is UNIMPLEMENTED. `CheckMessage` (a
+    /// producer's check-back) is always answered, from the outbox rows
+    /// [`crate::outbox::publish`] wrote in this service's database.
+    pub fn with_messages(mut self, destination: impl MessageDestination<DB>) -> Self {
+        self.destination = Some(Arc::new(destination));
+        self
     }
 
     /// Sets how in-doubt branches are resolved and the ledger is pruned.

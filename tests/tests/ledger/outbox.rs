@@ -115,3 +115,122 @@ async fn the_outbox_commits_with_the_change_and_a_check_back_decides_once_on_pos
         "SELECT COUNT(*) FROM debits"
     );
 }
+
+/// A destination that writes each message's payload to `inbox`.
+struct Inbox;
+
+impl concord_participant::MessageDestination for Inbox {
+    async fn deliver(
+        &self,
+        tx: &mut LocalTxOf<Sqlite>,
+        message: &concord_participant::BranchContext,
+        payload: &[u8],
+    ) -> Result<(), concord_participant::ParticipantError> {
+        sqlx::query("INSERT INTO inbox (message, body) VALUES ($1, $2)")
+            .bind(&message.transaction_id)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The two Participant RPCs of messages over real gRPC: a destination
+/// applies a message once however often it is delivered, alone or in a
+/// batch; a producer answers check-backs from its outbox; a service that
+/// takes no messages says so.
+#[tokio::test]
+async fn a_destination_applies_each_message_once_and_a_producer_answers_its_check_backs() {
+    use concord_participant::{ParticipantService, Unsupported};
+    use concord_proto::v1 as pb;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("service.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .expect("open");
+    sqlx::query("CREATE TABLE inbox (message TEXT NOT NULL, body BLOB NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("inbox");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serve = |service: ParticipantService<Unsupported, Unsupported, Sqlite>| {
+        let stop = stop.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            tokio::spawn(service.serve(listener, stop.cancelled_owned()));
+            url
+        }
+    };
+    let with_inbox = ParticipantService::new(Unsupported, pool.clone())
+        .await
+        .expect("service")
+        .with_messages(Inbox);
+    let mut service = super::connect(&serve(with_inbox).await).await;
+    let deliver = |name: &str| pb::DeliverRequest {
+        branch: super::branch("m-7", name),
+        payload: b"transfer completed".to_vec(),
+    };
+    // Delivered three times, once in a batch: one row.
+    service.deliver(deliver("audit")).await.expect("deliver");
+    service.deliver(deliver("audit")).await.expect("again");
+    let mut batch = service
+        .batch(pb::BatchRequest {
+            calls: vec![pb::BatchCall {
+                call: Some(pb::batch_call::Call::Deliver(deliver("audit"))),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let answer = batch.message().await.expect("answer").expect("one");
+    assert_eq!(answer.code, 0, "{answer:?}");
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1, "one effect however often delivered (M4)");
+
+    // The check-back: published and committed, then one never published.
+    let mut tx = pool.begin().await.expect("begin");
+    outbox::publish::<Sqlite>(&mut tx, "m-8")
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+    let check = |id: &str| pb::CheckMessageRequest {
+        transaction_id: id.into(),
+    };
+    use pb::check_message_response::Result as Answer;
+    let committed = service.check_message(check("m-8")).await.expect("check");
+    assert_eq!(committed.into_inner().result, Answer::Committed as i32);
+    let unknown = service.check_message(check("m-9")).await.expect("check");
+    assert_eq!(unknown.into_inner().result, Answer::RolledBack as i32);
+    let mut tx = pool.begin().await.expect("begin");
+    assert!(matches!(
+        outbox::publish::<Sqlite>(&mut tx, "m-9").await,
+        Err(PublishError::Dropped(_))
+    ));
+    let bad = service
+        .check_message(check(""))
+        .await
+        .expect_err("empty id");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // A service that takes no messages answers UNIMPLEMENTED.
+    let plain = ParticipantService::new(Unsupported, pool.clone())
+        .await
+        .expect("service");
+    let mut plain = super::connect(&serve(plain).await).await;
+    let refused = plain.deliver(deliver("audit")).await.expect_err("no");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    stop.cancel();
+}

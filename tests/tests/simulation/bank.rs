@@ -427,6 +427,24 @@ impl Participant for Bank {
         Ok(Response::new(pb::CompensateResponse {}))
     }
 
+    async fn deliver(
+        &self,
+        _: Request<pb::DeliverRequest>,
+    ) -> Result<Response<pb::DeliverResponse>, Status> {
+        Err(Status::unimplemented(
+            "the simulated bank takes no messages",
+        ))
+    }
+
+    async fn check_message(
+        &self,
+        _: Request<pb::CheckMessageRequest>,
+    ) -> Result<Response<pb::CheckMessageResponse>, Status> {
+        Err(Status::unimplemented(
+            "the simulated bank produces no messages",
+        ))
+    }
+
     type BatchStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BatchAnswer, Status>>>;
 
     /// Each call as if it came alone, so the simulation drives the
@@ -464,6 +482,10 @@ impl Participant for Bank {
                     .compensate(Request::new(call))
                     .await
                     .map(|r| Answer::Compensate(r.into_inner())),
+                Some(Call::Deliver(call)) => self
+                    .deliver(Request::new(call))
+                    .await
+                    .map(|r| Answer::Deliver(r.into_inner())),
                 None => Err(Status::invalid_argument("empty batch call")),
             };
             answers.push(Ok(match answer {

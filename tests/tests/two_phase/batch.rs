@@ -141,6 +141,18 @@ impl Participant for Gated {
     ) -> Result<Response<pb::CompensateResponse>, Status> {
         Err(Status::unimplemented("no sagas here"))
     }
+    async fn deliver(
+        &self,
+        _: Request<pb::DeliverRequest>,
+    ) -> Result<Response<pb::DeliverResponse>, Status> {
+        Err(Status::unimplemented("no messages here"))
+    }
+    async fn check_message(
+        &self,
+        _: Request<pb::CheckMessageRequest>,
+    ) -> Result<Response<pb::CheckMessageResponse>, Status> {
+        Err(Status::unimplemented("no messages here"))
+    }
 
     type BatchStream = futures::stream::BoxStream<'static, Result<pb::BatchAnswer, Status>>;
 

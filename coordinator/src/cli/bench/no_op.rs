@@ -61,6 +61,22 @@ impl Participant for NoOp {
         self.served();
         Ok(Response::new(pb::CompensateResponse {}))
     }
+    async fn deliver(
+        &self,
+        _: Request<pb::DeliverRequest>,
+    ) -> Result<Response<pb::DeliverResponse>, Status> {
+        self.served();
+        Ok(Response::new(pb::DeliverResponse {}))
+    }
+    async fn check_message(
+        &self,
+        _: Request<pb::CheckMessageRequest>,
+    ) -> Result<Response<pb::CheckMessageResponse>, Status> {
+        self.served();
+        Ok(Response::new(pb::CheckMessageResponse {
+            result: pb::check_message_response::Result::Committed.into(),
+        }))
+    }
     type BatchStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BatchAnswer, Status>>>;
 
     async fn batch(
@@ -85,6 +101,7 @@ impl Participant for NoOp {
                         Call::CommitOnePhase(_) => Answer::CommitOnePhase(committed_in_one_phase()),
                         Call::Execute(_) => Answer::Execute(executed()),
                         Call::Compensate(_) => Answer::Compensate(pb::CompensateResponse {}),
+                        Call::Deliver(_) => Answer::Deliver(pb::DeliverResponse {}),
                     }),
                     ..Default::default()
                 })
