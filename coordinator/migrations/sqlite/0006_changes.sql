@@ -35,8 +35,11 @@ WHEN OLD.state IS NOT NEW.state BEGIN
             CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
 END;
 
+-- A flag raised together with a new state (a saga that ends FAILED) rides
+-- on that state's row, whose needs_attention says so: one row, and no
+-- question of which trigger SQLite fires first.
 CREATE TRIGGER txn_changes_flagged AFTER UPDATE OF needs_attention ON transactions
-WHEN NEW.needs_attention AND NOT OLD.needs_attention BEGIN
+WHEN NEW.needs_attention AND NOT OLD.needs_attention AND OLD.state IS NEW.state BEGIN
     INSERT INTO txn_changes
         (txn_id, kind, from_state, to_state, detail, needs_attention, at_ms)
     VALUES (NEW.id, NEW.kind, NEW.state, NEW.state, 'needs attention', 1,

@@ -920,6 +920,61 @@ pub async fn the_change_feed_holds_every_change_in_order_and_resumes(open: Open)
         store.newest_change().await.expect("newest"),
         all.last().map(|c| c.cursor)
     );
+    // Each transaction's changes chain: each starts where the last ended.
+    let mut last_to = std::collections::HashMap::new();
+    for change in &all {
+        assert_eq!(
+            change.from,
+            last_to.get(&change.id).copied(),
+            "{change:?} after {:?}",
+            last_to.get(&change.id)
+        );
+        last_to.insert(change.id, change.to);
+    }
+    // A saga that ends FAILED raises its flag with its end: one change,
+    // flagged, on every backend.
+    let failed = TxnId::mint();
+    store
+        .append(&[Record::SagaSubmitted {
+            id: failed,
+            created_at_ms: 7_000,
+            idempotency_key: None,
+            request_digest: None,
+            description: None,
+            steps: Vec::new(),
+        }])
+        .await
+        .expect("submit");
+    store
+        .append(&[Record::Ended {
+            id: failed,
+            state: TxnState::Failed,
+            at_ms: 8_000,
+            read_only: false,
+            reason: Some("the pivot refused".into()),
+            branches: Vec::new(),
+            steps: Vec::new(),
+        }])
+        .await
+        .expect("end");
+    let ended = store
+        .changes(all.last().map(|c| c.cursor), 100)
+        .await
+        .expect("the failure");
+    assert_eq!(
+        seen(&ended),
+        vec![
+            (failed, None, Running, String::new(), String::new()),
+            (
+                failed,
+                Some(Running),
+                TxnState::Failed,
+                String::new(),
+                "the pivot refused".into()
+            ),
+        ]
+    );
+    assert!(ended[1].needs_attention, "{ended:?}");
     // A page at a time, from any cursor, and the same after reopening.
     let store = open().await;
     let page = store.changes(Some(all[2].cursor), 3).await.expect("page");
@@ -928,10 +983,11 @@ pub async fn the_change_feed_holds_every_change_in_order_and_resumes(open: Open)
         .changes(Some(page[2].cursor), 100)
         .await
         .expect("rest");
-    assert_eq!(seen(&rest), expected[6..].to_vec());
+    assert_eq!(seen(&rest[..3]), expected[6..].to_vec());
+    assert_eq!(seen(&rest[3..]), seen(&ended));
     assert!(
         store
-            .changes(all.last().map(|c| c.cursor), 100)
+            .changes(ended.last().map(|c| c.cursor), 100)
             .await
             .expect("none")
             .is_empty()
@@ -943,7 +999,7 @@ pub async fn the_change_feed_holds_every_change_in_order_and_resumes(open: Open)
         .await
         .expect("prune");
     let kept = store.changes(None, 100).await.expect("kept");
-    assert_eq!(seen(&kept), expected[2..].to_vec());
+    assert_eq!(seen(&kept[..7]), expected[2..].to_vec());
     store.prune(&TxnId::mint(), 0, 100).await.expect("prune");
-    assert_eq!(store.changes(None, 100).await.expect("kept").len(), 7);
+    assert_eq!(store.changes(None, 100).await.expect("kept").len(), 9);
 }

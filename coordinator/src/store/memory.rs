@@ -118,6 +118,12 @@ impl MemoryStore {
         state.transactions.keys().map(|id| state.view(id)).collect()
     }
 
+    /// The change feed, oldest first: what a simulation checks against
+    /// the final states.
+    pub fn change_feed(&self) -> Vec<crate::model::Change> {
+        self.lock().changes.iter().cloned().collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()

@@ -265,6 +265,7 @@ pub fn run(seed: u64) -> RunResult {
     let heard = heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let views = store.snapshot();
     check(&views, &banks, &heard, &mut violations, &mut report);
+    check_feed(&views, &store.change_feed(), &mut violations);
 
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     format!("{views:?}").hash(&mut hasher);
@@ -742,5 +743,59 @@ fn check(
     let expected = OPENING_BALANCE * (ACCOUNTS.len() * BANKS.len()) as i64;
     if total != expected {
         violations.push(format!("I6: total money {total}, expected {expected}"));
+    }
+}
+
+/// The change feed WatchTransactions follows, against the log's final
+/// states: its cursors only grow; every transaction has its creation as its
+/// first change and its final state as its last; a change leaves the
+/// transaction where the next one found it; nothing names a transaction
+/// the log does not hold.
+fn check_feed(
+    views: &[concord_coordinator::model::TxnView],
+    feed: &[concord_coordinator::model::Change],
+    violations: &mut Vec<String>,
+) {
+    use std::collections::HashMap;
+    if let Some(pair) = feed
+        .windows(2)
+        .find(|pair| pair[0].cursor >= pair[1].cursor)
+    {
+        violations.push(format!(
+            "feed: cursor {} after {}",
+            pair[1].cursor, pair[0].cursor
+        ));
+    }
+    let mut last: HashMap<_, &concord_coordinator::model::Change> = HashMap::new();
+    for change in feed {
+        match last.get(&change.id) {
+            None if change.from.is_some() => violations.push(format!(
+                "feed: {}'s first change is from {:?}, not its creation",
+                change.id, change.from
+            )),
+            Some(previous) if change.from != Some(previous.to) => violations.push(format!(
+                "feed: {} went {:?} -> {:?} after a change to {:?}",
+                change.id, change.from, change.to, previous.to
+            )),
+            _ => {}
+        }
+        last.insert(change.id, change);
+    }
+    for view in views {
+        match last.remove(&view.id) {
+            Some(change) if change.to == view.state => {}
+            Some(change) => violations.push(format!(
+                "feed: {}'s last change is to {}, the log says {}",
+                view.id,
+                change.to.as_str(),
+                view.state.as_str()
+            )),
+            None => violations.push(format!("feed: no change for {}", view.id)),
+        }
+    }
+    for id in last.keys() {
+        violations.push(format!(
+            "feed: a change for {id}, which the log does not hold"
+        ));
     }
 }

@@ -55,17 +55,22 @@ impl State {
         match &before {
             None => noted.push(change(None, "", "", view.created_at_ms)),
             Some(before) => {
-                for (step, old) in view.steps.iter().zip(&before.steps) {
-                    if step.status != *old {
-                        let status = crate::model::step_status_str(step.status);
-                        noted.push(change(Some(before.state), &step.name, status, at_ms));
-                    }
-                }
+                // In the order the SQL stores write them: the transaction's
+                // row first, then its steps' (sqlite_writer, concord_append),
+                // so a step's change finds the transaction in its new state.
                 if view.state != before.state {
                     let reason = view.reason.as_deref().unwrap_or_default();
                     noted.push(change(Some(before.state), "", reason, at_ms));
                 }
-                if view.needs_attention && !before.needs_attention {
+                for (step, old) in view.steps.iter().zip(&before.steps) {
+                    if step.status != *old {
+                        let status = crate::model::step_status_str(step.status);
+                        noted.push(change(Some(view.state), &step.name, status, at_ms));
+                    }
+                }
+                // A flag raised with a new state rides on that state's
+                // change (its `needs_attention`), as in the SQL stores.
+                if view.needs_attention && !before.needs_attention && view.state == before.state {
                     noted.push(change(Some(view.state), "", "needs attention", at_ms));
                 }
                 for action in view.operator_actions.iter().skip(before.actions) {
