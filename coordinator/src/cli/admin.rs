@@ -370,11 +370,7 @@ fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
         "ID", "KIND", "STATE", "AGE", "PARTS", "ATTN", "REASON"
     );
     for txn in &page.transactions {
-        let parts = if txn.kind == i32::from(pb::TransactionKind::Saga) {
-            txn.steps.len().max(txn.branch_count as usize)
-        } else {
-            txn.branch_count as usize
-        };
+        let parts = txn.branch_count as usize;
         out.push_str(&format!(
             "{:<36}  {:<4}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
             txn.id,

@@ -186,7 +186,8 @@ impl LiveSaga {
             request_digest: self.header.request_digest.clone(),
             description: self.header.description.clone(),
             read_only: false,
-            branch_count: 0,
+            // A saga's parts are its steps: listings count them here.
+            branch_count: u32::try_from(self.steps.len()).unwrap_or(u32::MAX),
             branches: Vec::new(),
             steps,
             needs_attention: inner.machine.needs_attention(),

@@ -416,6 +416,15 @@ pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {
     assert_eq!(view.steps[0].attempts, 2);
     assert_eq!(view.steps[1].status, StepStatus::Pending);
     assert_eq!(view.steps[1].depends_on, vec!["flight".to_string()]);
+    // Listings count a saga's steps as its parts.
+    let listed = store
+        .list(&list(vec![], false, None, 10))
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.iter().map(|v| v.branch_count).collect::<Vec<_>>(),
+        [2]
+    );
     let by_key = store.by_idempotency_key("trip").await.expect("key");
     assert_eq!(
         by_key.map(|v| (v.steps.len(), v.request_digest)),

@@ -320,7 +320,7 @@ impl State {
         if let Some(key) = idempotency_key {
             self.keys.insert(key.clone(), id);
         }
-        let step_views = steps
+        let step_views: Vec<StepView> = steps
             .iter()
             .map(|def| StepView {
                 name: def.name.clone(),
@@ -350,7 +350,8 @@ impl State {
             request_digest: request_digest.clone(),
             description: description.clone(),
             read_only: false,
-            branch_count: 0,
+            // A saga's parts are its steps: listings count them here.
+            branch_count: u32::try_from(step_views.len()).unwrap_or(u32::MAX),
             branches: Vec::new(),
             steps: step_views,
             needs_attention: false,

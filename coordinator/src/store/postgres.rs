@@ -291,7 +291,8 @@ impl PostgresStore {
         only: Option<Vec<String>>,
     ) -> Result<Vec<Unfinished>, StoreError> {
         let rows: Vec<TxnRow> = sqlx::query_as(
-            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+            "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
+                + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
              FROM transactions t
              WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
                AND ($1::text[] IS NULL OR t.id = ANY($1))

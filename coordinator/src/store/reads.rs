@@ -56,8 +56,8 @@ impl SqlLog for sqlx::Postgres {
          ORDER BY xid DESC, seq DESC LIMIT 1";
 }
 
-const TRANSACTION: &str =
-    "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+const TRANSACTION: &str = "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
+                + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
      FROM transactions t WHERE t.id = $1";
 
 const BRANCHES: &str = "SELECT idx, name, participant, payload, state, vote, attempts, last_error
@@ -71,8 +71,8 @@ const ID_BY_KEY: &str = "SELECT id FROM transactions WHERE idempotency_key = $1"
 /// ",a,b," string so the statement stays static (no state name holds a
 /// LIKE wildcard); `needs_attention` is a boolean in PostgreSQL and 0/1 in
 /// SQLite, and `NOT $3 OR t.needs_attention` reads right in both.
-const PAGE: &str =
-    "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+const PAGE: &str = "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
+                + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
      FROM transactions t
      WHERE ($1 = '' OR $1 LIKE '%,' || t.state || ',%')
        AND ($2 = '' OR t.id < $2)

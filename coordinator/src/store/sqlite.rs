@@ -110,7 +110,8 @@ impl SqliteStore {
     /// Three queries, whatever the number of unfinished transactions.
     async fn load_unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
         let rows: Vec<TxnRow> = sqlx::query_as(
-            "SELECT t.*, (SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id) AS branch_count
+            "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
+                + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
              FROM transactions t
              WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
              ORDER BY t.id",

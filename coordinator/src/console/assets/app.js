@@ -134,22 +134,21 @@ document.getElementById("token-form").addEventListener("submit", async (event) =
 // ---- the list page -------------------------------------------------------
 
 function txnRow(txn) {
-  const parts = txn.kind === "saga" ? "steps" : "branches";
+  const one = txn.branch_count === 1;
+  const parts = txn.kind === "saga" ? (one ? "step" : "steps") : (one ? "branch" : "branches");
   return el("tr", { "data-id": txn.id },
     el("td", {}, el("a", { href: `#/txn/${txn.id}`, class: "mono" }, short(txn.id))),
     el("td", {}, txn.kind),
     el("td", { class: "state" }, pill(txn.state), txn.needs_attention ? [" ", el("span", { class: "pill flag" }, "needs attention")] : null),
     el("td", { class: "muted" }, ago(txn.created_at_ms)),
-    // Listings count a 2PC transaction's branches; a saga's steps are on
-    // its own page.
-    el("td", {}, txn.kind === "saga" ? "" : `${txn.branch_count} ${parts}`),
+    el("td", {}, `${txn.branch_count} ${parts}`),
     txn.reason ? el("td", { class: "error" }, txn.reason) : el("td", { class: "muted" }, txn.description || ""),
   );
 }
 
 function table(id, rows, empty) {
   return el("table", { id },
-    el("thead", {}, el("tr", {}, ["id", "kind", "state", "begun", "branches", "reason or description"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["id", "kind", "state", "begun", "parts", "reason or description"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.length ? rows : el("tr", { class: "none" }, el("td", { colspan: 6, class: "empty" }, empty))),
   );
 }
