@@ -26,7 +26,7 @@ fn buffer_settings() -> BufferSettings {
     BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
 }
 
-/// prost encoding with [`BUFFER_BYTES`] buffers; named by the generated
+/// prost encoding with `BUFFER_BYTES` buffers; named by the generated
 /// code (`codec_path` in `build.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Codec<T, U>(PhantomData<(T, U)>);
@@ -56,7 +56,7 @@ where
     }
 }
 
-/// prost decoding with [`BUFFER_BYTES`] buffers; a message that does not
+/// prost decoding with `BUFFER_BYTES` buffers; a message that does not
 /// parse is INVALID_ARGUMENT.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder<U>(PhantomData<U>);

@@ -2,7 +2,7 @@
 //!
 //! A transaction has at most one driver at a time. It runs while there is
 //! something to do — calls in flight, a decision to write, deliveries to
-//! retry — and ends when there is nothing; [`dispatch`] starts a new one when
+//! retry — and ends when there is nothing; `dispatch` starts a new one when
 //! effects arrive for an idle transaction. Calls to branches run concurrently
 //! inside the driver (no task per branch), and each call's answer goes back
 //! into the state machine as an event.

@@ -1,7 +1,7 @@
 //! This node's lease on a store several nodes share, and the takeover of
 //! gone nodes' transactions (DESIGN §6).
 //!
-//! [`keep`] renews the lease every third of its duration. A renewal that
+//! `keep` renews the lease every third of its duration. A renewal that
 //! finds this node declared gone (it was paused or cut off past its lease,
 //! or a newer start of its name replaced it) fires `lease_lost`: the node
 //! stops, because every write of the transactions it held is refused now

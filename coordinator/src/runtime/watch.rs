@@ -1,5 +1,5 @@
 //! WatchTransactions' feed: one tailer per node reads the log's change feed
-//! ([`Store::changes`]) and hands each change to every watch; a watch first
+//! ([`Store::changes`](crate::store::Store::changes)) and hands each change to every watch; a watch first
 //! catches up from the log, so that a cursor from an earlier stream misses
 //! nothing the log keeps, then follows the tailer.
 //!

@@ -11,9 +11,9 @@
 //! transaction (fewer than calls when calls shared `Batch` RPCs). Flags
 //! point it at an external coordinator or participants instead.
 //!
-//! Here: the flags and the run. [`no_op`]: the bench's own participants.
-//! [`measure`]: driving clients and merging their latencies, fsync and
-//! memory probes. [`recovery`]: `--recovery N`.
+//! Here: the flags and the run. `no_op`: the bench's own participants.
+//! `measure`: driving clients and merging their latencies, fsync and
+//! memory probes. `recovery`: `--recovery N`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
