@@ -538,8 +538,9 @@ struct Watching<B> {
 
 impl<B: Iterator<Item = Duration>> Watching<B> {
     async fn connect(&mut self) -> Result<tonic::Streaming<pb::TransactionChange>, tonic::Status> {
-        let mut request = tonic::Request::new(self.request.clone());
-        request.set_timeout(self.timeout);
+        // No grpc-timeout: the stream lasts as long as the watch does; only
+        // waiting for its first answer is bounded.
+        let request = tonic::Request::new(self.request.clone());
         match tokio::time::timeout(self.timeout, self.raw.watch_transactions(request)).await {
             Ok(answer) => answer.map(tonic::Response::into_inner),
             Err(_) => Err(tonic::Status::unavailable("no answer within the deadline")),

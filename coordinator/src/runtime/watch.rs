@@ -276,12 +276,18 @@ impl Watch {
 
     /// Tells the client why its watch ended, once it has read what is
     /// buffered; a client that reads nothing more for a while, or a node
-    /// that stops, ends the wait.
+    /// that stops, ends the wait. A node stopping does not wait at all: the
+    /// server's graceful stop waits for this stream, and a client that
+    /// reads nothing must not hold it up (it resumes from its last change).
     async fn end(self, end: WatchEnd) {
+        if matches!(end, WatchEnd::ShuttingDown { .. }) {
+            let _ = self.client.try_send(Err(end));
+            return;
+        }
         tokio::select! {
             _ = self.client.send(Err(end)) => {}
             () = tokio::time::sleep(Duration::from_secs(30)) => {}
-            () = self.shared.shutdown.cancelled() => {}
+            () = self.shared.watches_end.cancelled() => {}
         }
     }
 }
