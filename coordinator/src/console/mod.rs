@@ -295,11 +295,29 @@ async fn transaction(
     )
 }
 
+/// The header the page sends with every change it asks for. A form on
+/// another site cannot set it (nor send JSON without the browser asking
+/// this server first, which says nothing), so no other page can make a
+/// browser that is logged in here retry or resolve anything.
+const FROM_THE_PAGE: &str = "x-concord-console";
+
+fn from_the_page(headers: &HeaderMap) -> Result<(), Response> {
+    if headers.contains_key(FROM_THE_PAGE) {
+        return Ok(());
+    }
+    Err(failure(tonic::Status::permission_denied(format!(
+        "send the {FROM_THE_PAGE} header: operator actions are taken from the console's own page"
+    ))))
+}
+
 async fn retry(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
+    if let Err(refused) = from_the_page(&headers) {
+        return refused;
+    }
     let message = pb::RetryTransactionRequest { transaction_id: id };
     answer(
         console
@@ -331,6 +349,9 @@ async fn resolve(
     Path(id): Path<String>,
     Json(form): Json<Resolve>,
 ) -> Response {
+    if let Err(refused) = from_the_page(&headers) {
+        return refused;
+    }
     let outcome = match form.outcome.as_str() {
         "committed" => pb::Resolution::Committed,
         "aborted" => pb::Resolution::Aborted,

@@ -329,16 +329,30 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     assert!(queue.transactions.is_empty(), "{:?}", queue.transactions);
     browser.screenshot(shots, "console-list-after").await;
 
-    // Bad input to the console's API is refused with the gRPC service's
-    // own words, and changes nothing.
-    let refused = http_post(
+    // The console's API refuses what its page would not send, and changes
+    // nothing: an operator action without the page's header (a form on
+    // another site), one without the admin token, one with bad input.
+    let resolve = format!("/api/transactions/{stuck}/resolve");
+    let body = r#"{"branch":"flight","outcome":"committed","reason":"x","operator":"y"}"#;
+    let foreign = http_post(&console, &resolve, "", body).await;
+    assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+    assert!(foreign.contains("x-concord-console"), "{foreign}");
+    let page = "X-Concord-Console: 1\r\n";
+    let anonymous = http_post(&console, &resolve, page, body).await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(anonymous.contains("admin token"), "{anonymous}");
+    let operator = format!("{page}Authorization: Bearer {TOKEN}\r\n");
+    let bad = http_post(
         &console,
-        &format!("/api/transactions/{stuck}/resolve"),
-        r#"{"branch":"flight","outcome":"committed","reason":"x","operator":"y"}"#,
+        &resolve,
+        &operator,
+        r#"{"branch":"flight","outcome":"maybe","reason":"x","operator":"y"}"#,
     )
     .await;
-    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
-    assert!(refused.contains("admin token"), "{refused}");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(bad.contains("outcome"), "{bad}");
+    let after = client.transaction(&stuck).await.expect("get");
+    assert_eq!(after.operator_actions.len(), 1, "nothing more was recorded");
 
     if let Some(client) = browser.client.as_ref() {
         let _ = client.clone().close().await;
@@ -347,7 +361,7 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
 }
 
 /// A bare HTTP/1.1 POST, answered as text (status line, headers, body).
-async fn http_post(base: &str, path: &str, body: &str) -> String {
+async fn http_post(base: &str, path: &str, headers: &str, body: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(host)
@@ -355,7 +369,7 @@ async fn http_post(base: &str, path: &str, body: &str) -> String {
         .expect("connect to the console");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("send");

@@ -53,6 +53,9 @@ function short(id) {
 async function api(path, options) {
   const headers = Object.assign({}, (options && options.headers) || {});
   if (token) headers["Authorization"] = `Bearer ${token}`;
+  // The server takes operator actions only with this header, which no
+  // other site's page can send.
+  headers["X-Concord-Console"] = "1";
   const response = await fetch(path, Object.assign({}, options, { headers }));
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
