@@ -301,11 +301,12 @@ async fn transaction(
 /// browser that is logged in here retry or resolve anything.
 const FROM_THE_PAGE: &str = "x-concord-console";
 
-fn from_the_page(headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal of a request that did not come from the page, if it did not.
+fn not_from_the_page(headers: &HeaderMap) -> Option<Response> {
     if headers.contains_key(FROM_THE_PAGE) {
-        return Ok(());
+        return None;
     }
-    Err(failure(tonic::Status::permission_denied(format!(
+    Some(failure(tonic::Status::permission_denied(format!(
         "send the {FROM_THE_PAGE} header: operator actions are taken from the console's own page"
     ))))
 }
@@ -315,7 +316,7 @@ async fn retry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = from_the_page(&headers) {
+    if let Some(refused) = not_from_the_page(&headers) {
         return refused;
     }
     let message = pb::RetryTransactionRequest { transaction_id: id };
@@ -349,7 +350,7 @@ async fn resolve(
     Path(id): Path<String>,
     Json(form): Json<Resolve>,
 ) -> Response {
-    if let Err(refused) = from_the_page(&headers) {
+    if let Some(refused) = not_from_the_page(&headers) {
         return refused;
     }
     let outcome = match form.outcome.as_str() {
