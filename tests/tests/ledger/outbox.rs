@@ -13,6 +13,20 @@ use sqlx::{Pool, Postgres, Sqlite};
 
 use super::support::postgres::Postgres as Server;
 
+/// A service's SQLite database in WAL mode, waiting up to 10 s for the
+/// write lock (a check-back waits for an open local transaction).
+async fn sqlite(path: &std::path::Path) -> Pool<Sqlite> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .expect("open")
+}
+
 /// The cases, on any database; `insert` adds a row to `debits` in a
 /// transaction, `count` counts them.
 macro_rules! outbox_cases {
@@ -83,15 +97,7 @@ macro_rules! outbox_cases {
 #[tokio::test]
 async fn the_outbox_commits_with_the_change_and_a_check_back_decides_once_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("producer.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .connect_with(options)
-        .await
-        .expect("open");
+    let pool = sqlite(&dir.path().join("producer.db")).await;
     outbox_cases!(
         Sqlite,
         pool,
@@ -145,15 +151,7 @@ async fn a_destination_applies_each_message_once_and_a_producer_answers_its_chec
     use concord_proto::v1 as pb;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("service.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .connect_with(options)
-        .await
-        .expect("open");
+    let pool = sqlite(&dir.path().join("service.db")).await;
     sqlx::query("CREATE TABLE inbox (message TEXT NOT NULL, body BLOB NOT NULL)")
         .execute(&pool)
         .await
