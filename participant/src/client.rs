@@ -420,8 +420,12 @@ impl CoordinatorClient {
                         return Some((Ok(change), watch));
                     }
                     // The server ended the stream without a status: a
-                    // proxy's doing; resume.
-                    Ok(None) => watch.open = None,
+                    // proxy's doing; resume, after the same backoff.
+                    Ok(None) => {
+                        watch.open = None;
+                        let ended = tonic::Status::unavailable("the stream ended");
+                        watch.pause(&ended).await;
+                    }
                     Err(status) if resumable(&status) => {
                         watch.open = None;
                         watch.pause(&status).await;
