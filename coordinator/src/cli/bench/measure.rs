@@ -3,9 +3,13 @@
 
 use super::*;
 
-/// Latencies in microseconds, merged from every client.
+/// Latencies in microseconds, merged from every client, and when each
+/// transaction finished.
 pub(super) struct Stats {
     pub(super) micros: Vec<u64>,
+    /// Milliseconds from the start at which each transaction finished, in
+    /// no particular order.
+    pub(super) finished_ms: Vec<u32>,
     pub(super) errors: u64,
     pub(super) elapsed: Duration,
 }
@@ -21,6 +25,18 @@ impl Stats {
 
     pub(super) fn throughput(&self) -> f64 {
         self.micros.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Transactions finished in each whole second of the run.
+    pub(super) fn per_second(&self) -> Vec<u64> {
+        let seconds = usize::try_from(self.elapsed.as_secs()).unwrap_or(0).max(1);
+        let mut counts = vec![0u64; seconds];
+        for at in &self.finished_ms {
+            if let Some(count) = counts.get_mut(*at as usize / 1000) {
+                *count += 1;
+            }
+        }
+        counts
     }
 }
 
@@ -45,6 +61,7 @@ where
         let (op, done, stop) = (Arc::clone(&op), Arc::clone(&done), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
             let mut micros = Vec::new();
+            let mut finished_ms = Vec::new();
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) && started.elapsed() < duration {
                 if let Some(limit) = limit
@@ -56,6 +73,8 @@ where
                 match op(client).await {
                     Ok(()) => {
                         micros.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        finished_ms
+                            .push(u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX));
                         if limit.is_none() {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
@@ -63,7 +82,7 @@ where
                     Err(_) => errors += 1,
                 }
             }
-            (micros, errors)
+            (micros, finished_ms, errors)
         }));
     }
     let reporter = progress.then(|| {
@@ -84,12 +103,14 @@ where
     });
     let mut stats = Stats {
         micros: Vec::new(),
+        finished_ms: Vec::new(),
         errors: 0,
         elapsed: Duration::ZERO,
     };
     for task in tasks {
-        if let Ok((micros, errors)) = task.await {
+        if let Ok((micros, finished_ms, errors)) = task.await {
             stats.micros.extend(micros);
+            stats.finished_ms.extend(finished_ms);
             stats.errors += errors;
         }
     }

@@ -13,7 +13,8 @@
 //!
 //! Here: the flags and the run. `no_op`: the bench's own participants.
 //! `measure`: driving clients and merging their latencies, fsync and
-//! memory probes. `recovery`: `--recovery N`.
+//! memory probes. `recovery`: `--recovery N`. `report`: `--report
+//! FILE.svg`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::store::Record;
 mod measure;
 mod no_op;
 mod recovery;
+mod report;
 
 use measure::{drive, fsync_p50_us, peak_rss_bytes};
 use no_op::{NoOp, start_no_op};
@@ -89,6 +91,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the run as a standalone SVG at this path: throughput in
+    /// each second (with the floor) and the latency distribution, under a
+    /// summary line and the command.
+    #[arg(long, value_name = "FILE.svg")]
+    pub report: Option<std::path::PathBuf>,
     /// 2PC: enlist each participant with its own Enlist call instead of
     /// naming them in Begin (one more call and forced write per branch).
     #[arg(long, conflicts_with = "one_call")]
@@ -398,6 +405,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "peak RSS        {:.1} MiB",
             peak_rss_bytes() as f64 / (1024.0 * 1024.0)
         );
+    }
+
+    if let Some(path) = &args.report {
+        let summary = report::Summary {
+            title: format!(
+                "{workload}, {k} participant(s), {} clients{}",
+                args.clients,
+                if args.one_call { ", one call" } else { "" }
+            ),
+            line: format!(
+                "{throughput:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms, {} errors; \
+                 floor {floor:.0}/s (ratio {ratio:.2}); fsync p50 {fsync_us} us",
+                stats.percentile_ms(0.50),
+                stats.percentile_ms(0.99),
+                stats.errors
+            ),
+            floor_tps: floor,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        std::fs::write(path, report::svg(&summary, &stats))
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+        eprintln!("report: {}", path.display());
     }
 
     stop.cancel();
