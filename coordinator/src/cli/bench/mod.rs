@@ -422,7 +422,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 stats.errors
             ),
             floor_tps: floor,
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            // As a reader would type it, wherever the binary lives here.
+            command: std::iter::once("concord".to_owned())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         std::fs::write(path, report::svg(&summary, &stats))
             .with_context(|| format!("writing the report to {}", path.display()))?;
