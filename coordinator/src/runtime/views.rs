@@ -49,51 +49,55 @@ impl Runtime {
                 *view = saga.view(false);
             }
         }
+        self.merge_live(query, &mut views, next);
         if !query.states.is_empty() {
             views.retain(|view| query.states.contains(&view.state));
         }
         if query.needs_attention {
             views.retain(|view| view.needs_attention);
-            self.merge_flagged_live(query, &mut views, next);
-            if views.len() > query.limit as usize {
-                views.truncate(query.limit as usize);
-                return Ok(Page {
-                    next: views.last().map(|view| view.id),
-                    views,
-                });
-            }
+        }
+        if views.len() > query.limit as usize {
+            views.truncate(query.limit as usize);
+            return Ok(Page {
+                next: views.last().map(|view| view.id),
+                views,
+            });
         }
         Ok(Page { views, next })
     }
 
-    /// Adds the live sagas flagged NEEDS_ATTENTION that the store does not
-    /// show yet: the flag's record is written without waiting (it decides
-    /// nothing), so an operator's queue must not depend on it having landed.
-    /// Only ids inside this page's range are added, so pages never repeat.
-    fn merge_flagged_live(&self, query: &ListQuery, views: &mut Vec<TxnView>, next: Option<TxnId>) {
+    /// Adds the transactions and sagas in memory that the store does not
+    /// show yet: a transaction committed inside its Begin is recorded with
+    /// its decision, so until then (all of its prepare phase, seconds if a
+    /// participant is slow) only memory knows it; and a saga's
+    /// NEEDS_ATTENTION flag is written without waiting (it decides
+    /// nothing). Every stuck transaction must be visible. Only ids inside
+    /// this page's range are added, so pages never repeat; the caller
+    /// filters them like the others.
+    fn merge_live(&self, query: &ListQuery, views: &mut Vec<TxnView>, next: Option<TxnId>) {
         let in_page = |id: TxnId| {
-            query.before.is_none_or(|before| id < before) && next.is_none_or(|oldest| id > oldest)
+            query.before.is_none_or(|before| id < before)
+                && next.is_none_or(|oldest| id > oldest)
+                && !views.iter().any(|view| view.id == id)
         };
-        let flagged: Vec<TxnView> = self
+        let mut missing: Vec<TxnView> = self
             .shared
-            .sagas
+            .live
             .iter()
-            .filter(|saga| in_page(saga.header.id))
-            .map(|saga| saga.view(false))
-            .filter(|view| view.needs_attention && !views.iter().any(|v| v.id == view.id))
+            .filter(|txn| in_page(txn.id))
+            .map(|txn| txn.view(false))
             .collect();
-        if flagged.is_empty() {
+        missing.extend(
+            self.shared
+                .sagas
+                .iter()
+                .filter(|saga| in_page(saga.header.id))
+                .map(|saga| saga.view(false)),
+        );
+        if missing.is_empty() {
             return;
         }
-        if !query.states.is_empty() {
-            views.extend(
-                flagged
-                    .into_iter()
-                    .filter(|v| query.states.contains(&v.state)),
-            );
-        } else {
-            views.extend(flagged);
-        }
+        views.extend(missing);
         views.sort_by_key(|view| std::cmp::Reverse(view.id));
     }
 

@@ -271,3 +271,37 @@ async fn a_key_retried_while_its_first_request_is_being_recorded_is_not_told_it_
     );
     node.stop().await;
 }
+
+/// A transaction whose first record is still being written (a slow disk)
+/// is in memory only, yet the listing shows it, as GetTransaction would:
+/// every transaction in flight is visible to an operator.
+#[tokio::test]
+async fn a_transaction_whose_record_is_still_being_written_is_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Served::start(&dir.path().join("coordinator")).await;
+    let client = CoordinatorClient::connect(node.url.clone()).expect("client");
+    node.store.slow_next(1_500);
+    let begin = {
+        let client = client.clone();
+        tokio::spawn(async move { client.begin(BeginOptions::default()).await })
+    };
+    let listed = eventually("listed while its record is written", || async {
+        let page = client
+            .raw()
+            .list_transactions(pb::ListTransactionsRequest::default())
+            .await
+            .ok()?
+            .into_inner();
+        page.transactions.into_iter().next()
+    })
+    .await;
+    assert_eq!(listed.state, pb::TransactionState::Active as i32);
+    assert_eq!(
+        coordinator_state(&dir.path().join("coordinator"), &listed.id).await,
+        None,
+        "listed before the log had it"
+    );
+    let begun = begin.await.expect("join").expect("begin");
+    assert_eq!(begun.transaction_id, listed.id);
+    node.stop().await;
+}
