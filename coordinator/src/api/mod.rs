@@ -78,11 +78,17 @@ impl CoordinatorService {
 
     /// Checks the caller's admin token, when this node requires one.
     fn admin<T>(&self, rpc: &str, request: &Request<T>) -> Result<(), Status> {
+        self.admits(rpc, request.metadata())
+    }
+
+    /// Whether `metadata` carries the admin token this node requires (Ok
+    /// when it requires none): the rule of the operator's RPCs, for the
+    /// console to tell a browser whether it may steer.
+    pub fn admits(&self, rpc: &str, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
         let Some(expected) = &self.admin_token else {
             return Ok(());
         };
-        let given = request
-            .metadata()
+        let given = metadata
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));

@@ -128,8 +128,27 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// A request to the in-process service, carrying the browser's token.
+/// How long a call of the page's may take (R5): sent on as its deadline
+/// when the service forwards it to another node, and enforced here.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits for one of the service's answers, at most [`CALL_DEADLINE`].
+async fn within<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    tokio::time::timeout(CALL_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {} s",
+                CALL_DEADLINE.as_secs()
+            )))
+        })
+}
+
 fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_DEADLINE);
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -171,23 +190,12 @@ fn answer<T>(
 }
 
 /// Whether this browser may steer: no token needed, or the one it sent is
-/// right (checked as Retry would check it, on an id nobody has).
+/// right, by the same rule as the operator's RPCs.
 async fn info(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let operator = if !console.token_required {
-        true
-    } else if headers.contains_key(header::AUTHORIZATION) {
-        let probe = pb::RetryTransactionRequest {
-            transaction_id: String::new(),
-        };
-        // The token is checked before the id: anything but UNAUTHENTICATED
-        // means the token is good.
-        !matches!(
-            console.service.retry_transaction(request(&headers, probe)).await,
-            Err(status) if status.code() == tonic::Code::Unauthenticated
-        )
-    } else {
-        false
-    };
+    let operator = console
+        .service
+        .admits("the console", request(&headers, ()).metadata())
+        .is_ok();
     Json(serde_json::json!({
         "token_required": console.token_required,
         "operator": operator,
@@ -272,10 +280,12 @@ async fn list(
         Err(status) => return failure(status),
     };
     answer(
-        console
-            .service
-            .list_transactions(request(&headers, message))
-            .await,
+        within(
+            console
+                .service
+                .list_transactions(request(&headers, message)),
+        )
+        .await,
         json::page,
     )
 }
@@ -287,10 +297,7 @@ async fn transaction(
 ) -> Response {
     let message = pb::GetTransactionRequest { transaction_id: id };
     answer(
-        console
-            .service
-            .get_transaction(request(&headers, message))
-            .await,
+        within(console.service.get_transaction(request(&headers, message))).await,
         |txn| json::transaction(&txn),
     )
 }
@@ -321,10 +328,12 @@ async fn retry(
     }
     let message = pb::RetryTransactionRequest { transaction_id: id };
     answer(
-        console
-            .service
-            .retry_transaction(request(&headers, message))
-            .await,
+        within(
+            console
+                .service
+                .retry_transaction(request(&headers, message)),
+        )
+        .await,
         |answer| {
             serde_json::json!({
                 "retried": answer.retried,
@@ -367,10 +376,7 @@ async fn resolve(
         operator: form.operator,
     };
     answer(
-        console
-            .service
-            .resolve_branch(request(&headers, message))
-            .await,
+        within(console.service.resolve_branch(request(&headers, message))).await,
         |answer| serde_json::json!({ "state": json::state_name(answer.state) }),
     )
 }
@@ -403,10 +409,12 @@ async fn changes(
         Ok(message) => message,
         Err(status) => return failure(status),
     };
-    let stream = match console
-        .service
-        .watch_transactions(request(&headers, message))
-        .await
+    let stream = match within(
+        console
+            .service
+            .watch_transactions(request(&headers, message)),
+    )
+    .await
     {
         Ok(response) => response.into_inner(),
         Err(status) => return failure(status),

@@ -78,13 +78,23 @@ impl Stats {
     /// Watches every change from now on, and again from where it ended
     /// whenever its watch ends (it fell behind, the log failed to read).
     async fn feed(&self, runtime: Runtime) {
+        use backon::BackoffBuilder;
+        let retry = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = retry();
         let mut start = WatchStart::Next;
         loop {
             let mut changes = match runtime.watch(WatchFilter::default(), start).await {
                 Ok(changes) => changes,
                 Err(error) => {
                     tracing::warn!(%error, "console chart: cannot watch the log; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
                     continue;
                 }
             };
@@ -92,6 +102,7 @@ impl Stats {
             while let Some(item) = changes.recv().await {
                 match item {
                     Ok(change) => {
+                        backoff = retry();
                         last = Some(change.cursor);
                         self.note(change.id, change.from, change.to, change.at_ms);
                     }
@@ -102,7 +113,7 @@ impl Stats {
                 }
             }
             start = last.map_or(WatchStart::Next, WatchStart::After);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
         }
     }
 
