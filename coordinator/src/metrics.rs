@@ -47,6 +47,7 @@ fn kind_label(kind: TxnKind) -> &'static str {
     match kind {
         TxnKind::TwoPhase => "2pc",
         TxnKind::Saga => "saga",
+        TxnKind::Message => "message",
     }
 }
 

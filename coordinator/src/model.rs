@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
+pub use crate::protocol::message::Via as MessageVia;
 pub use crate::protocol::saga::{StepKind, StepStatus};
 
 /// A transaction id: a UUIDv7, so ids sort by creation time (R7).
@@ -62,7 +63,8 @@ impl FromStr for TxnId {
 }
 
 /// A transaction's state as operators and clients see it. The first six
-/// are 2PC's, the last five a saga's.
+/// are 2PC's, the next five a saga's, the last four a message's (DESIGN
+/// §10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TxnState {
     Active,
@@ -76,10 +78,14 @@ pub enum TxnState {
     Completed,
     Compensated,
     Failed,
+    Prepared,
+    Delivering,
+    Delivered,
+    Dropped,
 }
 
 impl TxnState {
-    pub const ALL: [TxnState; 11] = [
+    pub const ALL: [TxnState; 15] = [
         TxnState::Active,
         TxnState::Preparing,
         TxnState::Committing,
@@ -91,6 +97,10 @@ impl TxnState {
         TxnState::Completed,
         TxnState::Compensated,
         TxnState::Failed,
+        TxnState::Prepared,
+        TxnState::Delivering,
+        TxnState::Delivered,
+        TxnState::Dropped,
     ];
 
     /// The name used in the store.
@@ -107,6 +117,10 @@ impl TxnState {
             TxnState::Completed => "completed",
             TxnState::Compensated => "compensated",
             TxnState::Failed => "failed",
+            TxnState::Prepared => "prepared",
+            TxnState::Delivering => "delivering",
+            TxnState::Delivered => "delivered",
+            TxnState::Dropped => "dropped",
         }
     }
 
@@ -122,15 +136,18 @@ impl TxnState {
                 | TxnState::Completed
                 | TxnState::Compensated
                 | TxnState::Failed
+                | TxnState::Delivered
+                | TxnState::Dropped
         )
     }
 }
 
-/// Two-phase commit or saga.
+/// Two-phase commit, saga, or transactional message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnKind {
     TwoPhase,
     Saga,
+    Message,
 }
 
 impl TxnKind {
@@ -138,6 +155,7 @@ impl TxnKind {
         match self {
             TxnKind::TwoPhase => "two_phase",
             TxnKind::Saga => "saga",
+            TxnKind::Message => "message",
         }
     }
 
@@ -145,6 +163,7 @@ impl TxnKind {
         match s {
             "two_phase" => Some(TxnKind::TwoPhase),
             "saga" => Some(TxnKind::Saga),
+            "message" => Some(TxnKind::Message),
             _ => None,
         }
     }
@@ -273,6 +292,8 @@ pub enum BranchState {
     Aborted,
     ReadOnly,
     Delivering,
+    /// A message's destination acknowledged its delivery.
+    Delivered,
 }
 
 impl BranchState {
@@ -285,6 +306,7 @@ impl BranchState {
             BranchState::Aborted => "aborted",
             BranchState::ReadOnly => "read_only",
             BranchState::Delivering => "delivering",
+            BranchState::Delivered => "delivered",
         }
     }
 
@@ -297,6 +319,7 @@ impl BranchState {
             BranchState::Aborted,
             BranchState::ReadOnly,
             BranchState::Delivering,
+            BranchState::Delivered,
         ]
         .into_iter()
         .find(|state| state.as_str() == s)
@@ -420,6 +443,29 @@ pub struct TxnView {
     /// Operators' decisions for branches or steps, oldest first. Empty in
     /// listings.
     pub operator_actions: Vec<OperatorAction>,
+    /// A message's producer endpoint (the check-back's address); None for
+    /// other kinds.
+    pub producer: Option<String>,
+    /// A message's ordering key (M5), if it has one.
+    pub ordering_key: Option<String>,
+}
+
+/// The reason a message's decision is recorded with: how its producer's
+/// local transaction was found committed.
+pub fn message_via_str(via: MessageVia) -> &'static str {
+    match via {
+        MessageVia::Submit => "submitted by the producer",
+        MessageVia::CheckBack => "confirmed by a check-back: the producer's outbox row is there",
+    }
+}
+
+/// One destination of a transactional message, as prepared and stored (a
+/// branch row: DESIGN §10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub name: String,
+    pub participant: String,
+    pub payload: Vec<u8>,
 }
 
 /// A place in the log's change feed (WatchTransactions): a reader that has

@@ -440,6 +440,36 @@ impl CoordinatorClient {
         .boxed())
     }
 
+    /// Prepares a transactional message (see [`crate::message::Message`],
+    /// which builds the request).
+    pub async fn prepare_message(
+        &self,
+        request: pb::PrepareMessageRequest,
+    ) -> Result<pb::PrepareMessageResponse, ClientError> {
+        let mut raw = self.raw.clone();
+        self.call(raw.prepare_message(self.request(request))).await
+    }
+
+    /// Submits a prepared message whose outbox row committed: it is
+    /// delivered. With `wait`, answers once every destination
+    /// acknowledged. A dropped message is [`ClientError::FailedPrecondition`].
+    pub async fn submit_message(
+        &self,
+        transaction_id: &str,
+        wait: bool,
+    ) -> Result<MessageState, ClientError> {
+        let request = pb::SubmitMessageRequest {
+            transaction_id: transaction_id.to_owned(),
+            wait,
+        };
+        let mut raw = self.raw.clone();
+        let answer = self.call(raw.submit_message(self.request(request))).await?;
+        MessageState::from_wire(answer.state).ok_or_else(|| ClientError::Other {
+            code: tonic::Code::Internal,
+            message: format!("message {transaction_id} answered state {}", answer.state),
+        })
+    }
+
     /// The decision as a participant sees it: presumed abort for unknown ids.
     pub async fn outcome(&self, transaction_id: &str) -> Result<Outcome, ClientError> {
         let request = pb::GetOutcomeRequest {
@@ -515,6 +545,31 @@ impl SagaState {
 
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated | Self::Failed)
+    }
+}
+
+/// Where a transactional message is (DESIGN §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Recorded; its local transaction not yet seen to commit.
+    Prepared,
+    /// Its local transaction committed; being delivered.
+    Delivering,
+    /// Every destination acknowledged.
+    Delivered,
+    /// Its local transaction never committed; nothing was delivered.
+    Dropped,
+}
+
+impl MessageState {
+    pub fn from_wire(state: i32) -> Option<Self> {
+        match pb::TransactionState::try_from(state).ok()? {
+            pb::TransactionState::Prepared => Some(Self::Prepared),
+            pb::TransactionState::Delivering => Some(Self::Delivering),
+            pb::TransactionState::Delivered => Some(Self::Delivered),
+            pb::TransactionState::Dropped => Some(Self::Dropped),
+            _ => None,
+        }
     }
 }
 

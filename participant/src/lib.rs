@@ -17,9 +17,11 @@
 //! - [`ledger`]: the exactly-once guard in the participant's own database
 //!   (SQLite or PostgreSQL), written in the same local transaction as the
 //!   business change.
-//! - [`outbox`]: a transactional message's producer side (DESIGN §10,
-//!   being built): the outbox row in the producer's local transaction,
-//!   and the check-back's answer.
+//! - [`message`]: build a transactional message, prepare it, publish it in
+//!   the local transaction that makes the change, submit it (DESIGN §10).
+//! - [`outbox`]: a transactional message's producer side underneath: the
+//!   outbox row in the producer's local transaction, and the check-back's
+//!   answer.
 //! - [`resolver`]: asks the coordinator about branches prepared but left
 //!   without a decision (after a restart, or a long wait) and applies the
 //!   answer; prunes old ledger rows.
@@ -31,6 +33,7 @@ pub mod branch;
 pub mod client;
 pub mod crash;
 pub mod ledger;
+pub mod message;
 pub mod outbox;
 pub mod resolver;
 pub mod saga;
@@ -38,7 +41,7 @@ pub mod server;
 
 pub use client::{
     BeginOptions, Begun, BranchSpec, ClientError, ClientTls, CommitOptions, CoordinatorClient,
-    Outcome,
+    MessageState, Outcome,
 };
 pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;

@@ -23,6 +23,10 @@ pub fn state(state: TxnState) -> pb::TransactionState {
         TxnState::Completed => pb::TransactionState::Completed,
         TxnState::Compensated => pb::TransactionState::Compensated,
         TxnState::Failed => pb::TransactionState::Failed,
+        TxnState::Prepared => pb::TransactionState::Prepared,
+        TxnState::Delivering => pb::TransactionState::Delivering,
+        TxnState::Delivered => pb::TransactionState::Delivered,
+        TxnState::Dropped => pb::TransactionState::Dropped,
     }
 }
 
@@ -75,6 +79,10 @@ pub fn state_from_wire(value: i32) -> Option<TxnState> {
         pb::TransactionState::Completed => Some(TxnState::Completed),
         pb::TransactionState::Compensated => Some(TxnState::Compensated),
         pb::TransactionState::Failed => Some(TxnState::Failed),
+        pb::TransactionState::Prepared => Some(TxnState::Prepared),
+        pb::TransactionState::Delivering => Some(TxnState::Delivering),
+        pb::TransactionState::Delivered => Some(TxnState::Delivered),
+        pb::TransactionState::Dropped => Some(TxnState::Dropped),
     }
 }
 
@@ -87,6 +95,15 @@ fn branch_state(state: BranchState) -> pb::BranchState {
         BranchState::Aborted => pb::BranchState::Aborted,
         BranchState::ReadOnly => pb::BranchState::ReadOnly,
         BranchState::Delivering => pb::BranchState::Delivering,
+        BranchState::Delivered => pb::BranchState::Delivered,
+    }
+}
+
+pub fn kind(kind: TxnKind) -> pb::TransactionKind {
+    match kind {
+        TxnKind::TwoPhase => pb::TransactionKind::TwoPhase,
+        TxnKind::Saga => pb::TransactionKind::Saga,
+        TxnKind::Message => pb::TransactionKind::Message,
     }
 }
 
@@ -132,11 +149,7 @@ pub fn transaction(view: TxnView) -> pb::Transaction {
         read_only: view.read_only,
         branches: view.branches.into_iter().map(branch).collect(),
         branch_count: view.branch_count,
-        kind: match view.kind {
-            TxnKind::TwoPhase => pb::TransactionKind::TwoPhase,
-            TxnKind::Saga => pb::TransactionKind::Saga,
-        }
-        .into(),
+        kind: kind(view.kind).into(),
         steps: view.steps.into_iter().map(step).collect(),
         needs_attention: view.needs_attention,
         operator_actions: view
@@ -150,6 +163,8 @@ pub fn transaction(view: TxnView) -> pb::Transaction {
                 at_ms: action.at_ms,
             })
             .collect(),
+        producer: view.producer.unwrap_or_default(),
+        ordering_key: view.ordering_key.unwrap_or_default(),
     }
 }
 
@@ -194,6 +209,18 @@ pub fn saga_digest(request: &mut pb::SubmitSagaRequest) -> Option<RequestDigest>
     Some(digest)
 }
 
+/// What a keyed PrepareMessage asked for, as [`saga_digest`]: everything
+/// but the key.
+pub fn message_digest(request: &mut pb::PrepareMessageRequest) -> Option<RequestDigest> {
+    if request.idempotency_key.is_empty() {
+        return None;
+    }
+    let key = std::mem::take(&mut request.idempotency_key);
+    let digest = digest(&*request);
+    request.idempotency_key = key;
+    Some(digest)
+}
+
 /// SHA-256 of the message's protobuf encoding, in hex. prost writes fields
 /// in tag order and repeated fields in their order, so the same request
 /// always has the same digest; a field added later is left out while it
@@ -208,11 +235,7 @@ fn digest(message: &impl prost::Message) -> RequestDigest {
 pub fn change(change: Change) -> pb::TransactionChange {
     pb::TransactionChange {
         transaction_id: change.id.to_string(),
-        kind: match change.kind {
-            TxnKind::TwoPhase => pb::TransactionKind::TwoPhase,
-            TxnKind::Saga => pb::TransactionKind::Saga,
-        }
-        .into(),
+        kind: kind(change.kind).into(),
         old_state: change
             .from
             .map_or(pb::TransactionState::Unspecified, state)
@@ -261,9 +284,11 @@ pub fn status(error: Error) -> tonic::Status {
     let message = error.to_string();
     match error {
         Error::NotFound(_) => tonic::Status::not_found(message),
-        Error::Rejected(_) | Error::Finished { .. } | Error::NotTwoPhase(_) => {
-            tonic::Status::failed_precondition(message)
-        }
+        Error::Rejected(_)
+        | Error::Finished { .. }
+        | Error::NotTwoPhase(_)
+        | Error::NotAMessage(_)
+        | Error::MessageDropped(_) => tonic::Status::failed_precondition(message),
         Error::BranchConflict { .. } => tonic::Status::already_exists(message),
         Error::KeyReused { id, .. } => {
             // The first transaction, named in the message and here for

@@ -10,6 +10,7 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use tonic::{Request, Response, Status};
 
+use crate::model::TxnState;
 use crate::model::{OperatorAction, Resolution, TxnId};
 use crate::runtime::watch::{WatchFilter, WatchStart};
 use crate::runtime::{
@@ -363,6 +364,46 @@ impl Coordinator for CoordinatorService {
             created: accepted.created,
             state: convert::state(accepted.state).into(),
             reason: accepted.reason.unwrap_or_default(),
+        }))
+    }
+
+    async fn prepare_message(
+        &self,
+        request: Request<pb::PrepareMessageRequest>,
+    ) -> Result<Response<pb::PrepareMessageResponse>, Status> {
+        let mut request = request.into_inner();
+        let request_digest = convert::message_digest(&mut request);
+        let mut prepare =
+            validate::prepare_message(&self.limits, self.runtime.config().max_branches, request)?;
+        prepare.request_digest = request_digest;
+        let accepted = self
+            .runtime
+            .prepare_message(prepare)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::PrepareMessageResponse {
+            transaction_id: accepted.id.to_string(),
+            created: accepted.created,
+            state: convert::state(accepted.state).into(),
+        }))
+    }
+
+    async fn submit_message(
+        &self,
+        request: Request<pb::SubmitMessageRequest>,
+    ) -> Result<Response<pb::SubmitMessageResponse>, Status> {
+        let hop = forward::Hop::of(&request);
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        let result = self.runtime.submit_message(id, request.wait).await;
+        let state: TxnState = match self.forward.route(&hop, result)? {
+            Route::Owner(mut owner) => {
+                return Box::pin(owner.submit_message(hop.request(request))).await;
+            }
+            Route::Here(value) => value,
+        };
+        Ok(Response::new(pb::SubmitMessageResponse {
+            state: convert::state(state).into(),
         }))
     }
 

@@ -9,7 +9,7 @@ use tonic::Status;
 use concord_proto::v1 as pb;
 
 use crate::model::{
-    Cursor, RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError, TxnKind, TxnState,
+    Cursor, Destination, RetryPolicy, SagaStepDef, StepKind, TxnId, TxnIdError, TxnKind, TxnState,
 };
 use crate::runtime::EnlistBranch;
 use crate::runtime::{ShapeError, StepShape, check_shapes};
@@ -246,12 +246,13 @@ pub fn states(values: &[i32]) -> Result<Vec<TxnState>, Status> {
         .collect()
 }
 
-/// A listing's or a watch's kind filter; UNSPECIFIED means both.
+/// A listing's or a watch's kind filter; UNSPECIFIED means every kind.
 pub fn kind(value: i32) -> Result<Option<TxnKind>, Status> {
     match pb::TransactionKind::try_from(value) {
         Ok(pb::TransactionKind::Unspecified) => Ok(None),
         Ok(pb::TransactionKind::TwoPhase) => Ok(Some(TxnKind::TwoPhase)),
         Ok(pb::TransactionKind::Saga) => Ok(Some(TxnKind::Saga)),
+        Ok(pb::TransactionKind::Message) => Ok(Some(TxnKind::Message)),
         Err(_) => Err(invalid(format!(
             "kind is {value}, which is not a transaction kind"
         ))),
@@ -322,6 +323,78 @@ pub fn begin_branches(
         });
     }
     Ok(checked)
+}
+
+pub const DEFAULT_CHECK_AFTER_MS: u64 = 5_000;
+pub const MIN_CHECK_AFTER_MS: u64 = 1_000;
+pub const MAX_CHECK_AFTER_MS: u64 = 86_400_000;
+
+/// Checks a PrepareMessage (DESIGN §10): the producer's endpoint, 1 to
+/// `max_destinations` destinations with unique names, the check-back's
+/// delay, the ordering key. Every message names the field it is about.
+pub fn prepare_message(
+    limits: &Limits,
+    max_destinations: usize,
+    request: pb::PrepareMessageRequest,
+) -> Result<crate::runtime::PrepareMessage, Status> {
+    let producer = endpoint("producer", &request.producer)?;
+    if request.destinations.is_empty() {
+        return Err(invalid(
+            "destinations is empty: a message needs at least one".into(),
+        ));
+    }
+    if request.destinations.len() > max_destinations {
+        return Err(invalid(format!(
+            "the message has {} destinations; the limit is {max_destinations} (--max-branches)",
+            request.destinations.len()
+        )));
+    }
+    let mut destinations: Vec<Destination> = Vec::with_capacity(request.destinations.len());
+    for (idx, destination) in request.destinations.into_iter().enumerate() {
+        let at = |status: Status| invalid(format!("destinations[{idx}].{}", status.message()));
+        let name = branch_name(&destination.name)
+            .map_err(|s| invalid(format!("destinations[{idx}].name: {}", s.message())))?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "destinations[{idx}].name is empty; every destination needs a name (its \
+                     ledger key with the message id)"
+                ))
+            })?;
+        if let Some(first) = destinations.iter().position(|d| d.name == name) {
+            return Err(invalid(format!(
+                "destination {name:?} is named twice (destinations[{first}] and \
+                 destinations[{idx}])"
+            )));
+        }
+        let participant = endpoint(
+            &format!("destinations[{idx}].participant"),
+            &destination.participant,
+        )?;
+        payload(limits, &destination.payload).map_err(at)?;
+        destinations.push(Destination {
+            name,
+            participant,
+            payload: destination.payload,
+        });
+    }
+    let check_after = optional_ms(
+        "check_after_ms",
+        request.check_after_ms,
+        MIN_CHECK_AFTER_MS,
+        MAX_CHECK_AFTER_MS,
+    )?
+    .unwrap_or(Duration::from_millis(DEFAULT_CHECK_AFTER_MS));
+    let ordering_key = idempotency_key(&request.ordering_key)
+        .map_err(|s| invalid(s.message().replace("idempotency_key", "ordering_key")))?;
+    Ok(crate::runtime::PrepareMessage {
+        producer,
+        destinations,
+        check_after,
+        ordering_key,
+        idempotency_key: idempotency_key(&request.idempotency_key)?,
+        request_digest: None,
+        description: text("description", &request.description)?,
+    })
 }
 
 /// Checks a saga's steps and turns them into definitions. Every message

@@ -59,7 +59,7 @@ enum TxnCommand {
         /// compensated, failed.
         #[arg(long = "state", value_parser = parse_state)]
         states: Vec<pb::TransactionState>,
-        /// Only this kind: 2pc or saga.
+        /// Only this kind: 2pc, saga or message.
         #[arg(long, value_parser = parse_kind)]
         kind: Option<pb::TransactionKind>,
         /// Only transactions begun at least this long ago: 90s, 5m, 2h, 1d.
@@ -279,7 +279,10 @@ fn parse_kind(value: &str) -> Result<pb::TransactionKind, String> {
     match value {
         "2pc" | "two-phase" | "two_phase" => Ok(pb::TransactionKind::TwoPhase),
         "saga" => Ok(pb::TransactionKind::Saga),
-        _ => Err(format!("{value:?} is not a kind: give 2pc or saga")),
+        "message" => Ok(pb::TransactionKind::Message),
+        _ => Err(format!(
+            "{value:?} is not a kind: give 2pc, saga or message"
+        )),
     }
 }
 
@@ -317,6 +320,7 @@ fn kind_name(kind: i32) -> &'static str {
     match pb::TransactionKind::try_from(kind) {
         Ok(pb::TransactionKind::Saga) => "saga",
         Ok(pb::TransactionKind::TwoPhase) => "2pc",
+        Ok(pb::TransactionKind::Message) => "message",
         _ => "?",
     }
 }

@@ -228,6 +228,15 @@ impl Runtime {
                 }
                 return Ok(Some((id, saga.state())));
             }
+            if let Some(message) = shared.messages.get(&id) {
+                same(id, message.header.request_digest.as_ref())?;
+                // The producer must never publish an id the log may not
+                // hold (§10).
+                if !message.recorded.load(recorded) {
+                    return Err(recording());
+                }
+                return Ok(Some((id, message.state())));
+            }
         }
         match shared.store.by_idempotency_key(key).await? {
             Some(view) => {

@@ -326,7 +326,7 @@ pub(super) enum Urgency {
 /// the node NOT_SERVING (`LogWriter::health`), and after
 /// `log_write_attempts` failures the clients waiting on `txn` are answered
 /// UNAVAILABLE with the store's error (`LiveTxn::report_undurable`).
-async fn write_until_durable_as(
+pub(super) async fn write_until_durable_as(
     shared: &Shared,
     records: Vec<Record>,
     urgency: Urgency,

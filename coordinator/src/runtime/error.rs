@@ -39,8 +39,17 @@ pub enum Error {
          retry with the same request, or use a new key for a new transaction"
     )]
     KeyReused { key: String, id: TxnId },
-    #[error("transaction {0} is a saga; it runs by itself and takes no 2PC calls")]
+    #[error("transaction {0} is a saga or a message; it runs by itself and takes no 2PC calls")]
     NotTwoPhase(TxnId),
+    #[error("transaction {0} is not a message; SubmitMessage takes the id PrepareMessage answered")]
+    NotAMessage(TxnId),
+    /// M2: the check-back found the producer's local transaction
+    /// uncommitted and dropped the message; a tombstone in the producer's
+    /// outbox keeps that local transaction from ever committing.
+    #[error(
+        "message {0} was dropped: its check-back found no outbox row for it, so the local          transaction that was to publish it did not commit (and now cannot: a tombstone stands          in its place). Prepare a new message for a new local transaction"
+    )]
+    MessageDropped(TxnId),
     #[error("transaction {id} has no branch or step named {name:?}")]
     NoSuchBranch { id: TxnId, name: String },
     /// `concord txn resolve` asked for something that would break the

@@ -259,6 +259,8 @@ impl LiveTxn {
             } else {
                 Vec::new()
             },
+            producer: None,
+            ordering_key: None,
         }
     }
 

@@ -30,6 +30,9 @@
 //!   (re-exported here).
 //! - `begin`: Begin, and idempotency keys found again (R7). `views`: what
 //!   callers read (one transaction, a listing page, a decision for GetOutcome).
+//! - [`message`]: a transactional message in memory and the task that
+//!   checks back and delivers (DESIGN §10). `send`: PrepareMessage and
+//!   SubmitMessage.
 //! - `submit`: SubmitSaga. `operator`: retry and resolve by hand.
 //! - `recovery`: loading and finishing unfinished transactions at start.
 //! - `sweep`: the periodic work (timeouts, gauges, ambiguous first writes,
@@ -68,6 +71,7 @@ pub mod lease;
 pub mod live;
 pub mod log;
 pub mod mailbox;
+pub mod message;
 pub mod participants;
 pub mod rpc;
 pub mod saga;
@@ -79,6 +83,7 @@ mod error;
 mod operator;
 mod recovery;
 mod requests;
+mod send;
 mod submit;
 mod sweep;
 mod views;
@@ -87,12 +92,14 @@ use begin::add_branch;
 pub use error::Error;
 use requests::BeginWrite;
 pub use requests::{
-    BeginTxn, Begun, Committed, EnlistBranch, Enlisted, Page, SagaAccepted, SubmitSaga,
+    BeginTxn, Begun, Committed, EnlistBranch, Enlisted, MessageAccepted, Page, PrepareMessage,
+    SagaAccepted, SubmitSaga,
 };
 
 use clock::{Clock, SystemClock};
 use live::{BranchInfo, LiveTxn, TxnHeader};
 use log::{LogError, LogWriter};
+use message::LiveMessage;
 use participants::{Dialer, Participants};
 use saga::LiveSaga;
 
@@ -187,12 +194,14 @@ impl RuntimeConfig {
 }
 
 /// The states a transaction is stored in while it is not finished.
-const UNFINISHED: [TxnState; 5] = [
+const UNFINISHED: [TxnState; 7] = [
     TxnState::Active,
     TxnState::Committing,
     TxnState::Aborting,
     TxnState::Running,
     TxnState::Compensating,
+    TxnState::Prepared,
+    TxnState::Delivering,
 ];
 
 /// The live tables' hasher: fixed keys, so that iterating them (the
@@ -208,6 +217,13 @@ pub(crate) struct Shared {
     participants: Participants,
     live: DashMap<TxnId, Arc<LiveTxn>, FixedHasher>,
     sagas: DashMap<TxnId, Arc<LiveSaga>, FixedHasher>,
+    messages: DashMap<TxnId, Arc<LiveMessage>, FixedHasher>,
+    /// Each ordering key's unfinished messages, in order (M5).
+    orders: message::Orders,
+    /// True once the start-up recovery has taken in what the log held: a
+    /// keyed message decided before then could be placed ahead of a
+    /// recovered one of its key (M5).
+    recovered: tokio::sync::watch::Sender<bool>,
     /// Idempotency keys of live transactions and sagas (R7). Finished ones
     /// are found in the store.
     keys: Mutex<HashMap<String, TxnId>>,
@@ -319,6 +335,9 @@ impl Runtime {
             participants,
             live: DashMap::default(),
             sagas: DashMap::default(),
+            messages: DashMap::default(),
+            orders: message::Orders::default(),
+            recovered: tokio::sync::watch::channel(false).0,
             keys: Mutex::new(HashMap::new()),
             doubtful: Mutex::new(Vec::new()),
             begin_keys: tokio::sync::Mutex::new(()),

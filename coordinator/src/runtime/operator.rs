@@ -18,6 +18,11 @@ impl Runtime {
             tracing::info!(%id, retried, "operator: retry now");
             return Ok((retried, saga.state()));
         }
+        if let Some(message) = self.shared.messages.get(&id).map(|m| Arc::clone(&m)) {
+            let retried = message.retries.now();
+            tracing::info!(%id, retried, "operator: retry now");
+            return Ok((retried, message.state()));
+        }
         let view = self
             .shared
             .store

@@ -2,8 +2,9 @@
 //! Participant RPCs, each bounded by a deadline (R5) that is both sent to the
 //! participant (`grpc-timeout`) and enforced here. Every call goes through
 //! [`batch`] when batching is on, and alone otherwise or to a participant
-//! that does not implement `Batch`; the six RPCs share one path
-//! ([`rpc::BranchRpc`]) and differ only in how their answer is read.
+//! that does not implement `Batch`; the branch RPCs share one path
+//! ([`rpc::BranchRpc`]) and differ only in how their answer is read. A
+//! message's check-back (`CheckMessage`) goes alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use super::batch;
 pub use super::rpc::CallError;
 use super::rpc::{self, BranchRpc};
 
+use crate::protocol::message::CheckAnswer;
 use crate::protocol::two_phase::{OnePhaseResult, Vote};
 
 /// What a participant answered to Abort.
@@ -368,6 +370,52 @@ impl Participants {
     pub async fn compensate(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
         self.send::<rpc::Compensate>(call, deadline).await?;
         Ok(())
+    }
+
+    /// Delivers a transactional message to one destination (M3, M4).
+    pub async fn deliver(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
+        self.send::<rpc::Deliver>(call, deadline).await?;
+        Ok(())
+    }
+
+    /// Asks a message's producer whether the local transaction that
+    /// published it committed (the check-back, M2). Never batched: it is
+    /// rare, and addressed to a message, not a branch.
+    pub async fn check_message(
+        &self,
+        producer: &str,
+        message_id: String,
+        deadline: Duration,
+    ) -> Result<CheckAnswer, CallError> {
+        let span = tracing::info_span!(
+            "participant_call",
+            otel.name = "check_message",
+            op = "check_message",
+            participant = producer
+        );
+        let mut client = self.client(producer)?;
+        let request = request_with(
+            pb::CheckMessageRequest {
+                transaction_id: message_id,
+            },
+            deadline,
+            &span,
+        );
+        let answer = with_deadline(
+            deadline,
+            Box::pin(async move { client.check_message(request).await }),
+        )
+        .instrument(span)
+        .await?;
+        use pb::check_message_response::Result as Checked;
+        match Checked::try_from(answer.result) {
+            Ok(Checked::Committed) => Ok(CheckAnswer::Committed),
+            Ok(Checked::RolledBack) => Ok(CheckAnswer::RolledBack),
+            _ => Err(CallError::BadAnswer(format!(
+                "check-back result {}",
+                answer.result
+            ))),
+        }
     }
 }
 

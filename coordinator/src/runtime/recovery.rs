@@ -38,6 +38,7 @@ pub(super) async fn recover(shared: Arc<Shared>) {
         .filter(|u| !begun.contains(&u.view.id))
         .collect();
     adopt(&shared, unfinished);
+    shared.recovered.send_replace(true);
 }
 
 /// Takes unfinished transactions into memory and starts finishing them: at
@@ -57,7 +58,10 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
     let mut pending: Vec<Recovered> = Vec::with_capacity(unfinished.len());
     for record in unfinished {
         let mut view = record.view;
-        if shared.live.contains_key(&view.id) || shared.sagas.contains_key(&view.id) {
+        if shared.live.contains_key(&view.id)
+            || shared.sagas.contains_key(&view.id)
+            || shared.messages.contains_key(&view.id)
+        {
             continue;
         }
         // Operators' decisions hold across restarts: a resolved branch is
@@ -73,6 +77,16 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
         };
         if let Some(key) = &view.idempotency_key {
             shared.keys().insert(key.clone(), view.id);
+        }
+        if view.kind == TxnKind::Message {
+            pending.push(Recovered::Message(adopt_message(
+                shared,
+                header,
+                view,
+                record.payloads,
+                record.ordering_seq,
+            )));
+            continue;
         }
         if view.kind == TxnKind::Saga {
             let shapes = record
@@ -173,6 +187,11 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
                     saga::dispatch(&driver_shared, &live_saga, &mut inner, effects);
                     live_saga.ended.subscribe()
                 }
+                Recovered::Message(live_message) => {
+                    let ended = live_message.ended.subscribe();
+                    message::start(&driver_shared, live_message);
+                    ended
+                }
             };
             // The permit returns when this transaction ends, or at
             // shutdown (which must not wait for it).
@@ -193,8 +212,57 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
     });
 }
 
-/// A transaction loaded by recovery, with the effects that finish it.
+/// A transaction loaded by recovery, with the effects that finish it (a
+/// message's driver reads what it owes from its machine).
 enum Recovered {
     TwoPhase(Arc<LiveTxn>, Vec<crate::protocol::two_phase::Effect>),
     Saga(Arc<LiveSaga>, Vec<saga_protocol::Effect>),
+    Message(Arc<LiveMessage>),
+}
+
+/// A message from the log (DESIGN §10): PREPARED waits for its submit or
+/// check-back as before; DELIVERING owes every destination its delivery
+/// again (acknowledgements are not logged; the destinations' ledgers
+/// absorb a second one, M4), in its key's recorded order (M5).
+fn adopt_message(
+    shared: &Arc<Shared>,
+    header: TxnHeader,
+    view: TxnView,
+    payloads: Vec<Vec<u8>>,
+    ordering_seq: Option<u64>,
+) -> Arc<LiveMessage> {
+    let decided =
+        (view.state == TxnState::Delivering).then(|| message::via_of(view.reason.as_deref()));
+    let (machine, _owed) =
+        crate::protocol::message::Message::recovered(view.branches.len(), decided);
+    let destinations = view
+        .branches
+        .into_iter()
+        .zip(payloads)
+        .map(|(branch, payload)| crate::model::Destination {
+            name: branch.name,
+            participant: branch.participant,
+            payload,
+        })
+        .collect();
+    let live_message = Arc::new(LiveMessage::new(
+        header,
+        view.producer.unwrap_or_default(),
+        view.ordering_key.clone(),
+        destinations,
+        machine,
+    ));
+    live_message.restore(view.decided_at_ms, view.reason, ordering_seq);
+    live_message
+        .recorded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    if decided.is_some()
+        && let Some(key) = &view.ordering_key
+    {
+        shared
+            .orders
+            .restore(key, ordering_seq.unwrap_or(0), &live_message);
+    }
+    shared.messages.insert(view.id, Arc::clone(&live_message));
+    live_message
 }

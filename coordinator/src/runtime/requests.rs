@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::model::{RequestDigest, SagaStepDef, TxnId, TxnState, TxnView};
+use crate::model::{Destination, RequestDigest, SagaStepDef, TxnId, TxnState, TxnView};
 use crate::protocol::two_phase::Outcome;
 
 /// What SubmitSaga asks for; the steps are validated already.
@@ -25,6 +25,29 @@ pub struct SagaAccepted {
     pub created: bool,
     pub state: TxnState,
     pub reason: Option<String>,
+}
+
+/// What PrepareMessage asks for; validated already.
+#[derive(Debug, Clone)]
+pub struct PrepareMessage {
+    /// The producer's Participant endpoint (the check-back's address).
+    pub producer: String,
+    pub destinations: Vec<Destination>,
+    /// How long to wait for SubmitMessage before asking the producer (M6).
+    pub check_after: Duration,
+    pub ordering_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// With a key: what the request asked for ([`RequestDigest`]).
+    pub request_digest: Option<RequestDigest>,
+    pub description: Option<String>,
+}
+
+/// A message prepared, or found by its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageAccepted {
+    pub id: TxnId,
+    pub created: bool,
+    pub state: TxnState,
 }
 
 /// A new or found transaction.

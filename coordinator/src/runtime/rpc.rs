@@ -1,4 +1,4 @@
-//! One call to one branch, whichever of the six Participant RPCs it is: the
+//! One call to one branch, whichever of the seven branch RPCs it is: the
 //! [`BranchRpc`] trait says how its request is built, sent alone, wrapped
 //! into a `Batch` entry and taken out of a batch's answer, so
 //! [`Participants`](super::participants::Participants) and
@@ -104,7 +104,7 @@ pub trait BranchRpc {
     fn unwrap(answer: Answer) -> Result<Self::Answer, Answer>;
 }
 
-/// Declares a zero-sized type per RPC and its [`BranchRpc`] impl; the six
+/// Declares a zero-sized type per RPC and its [`BranchRpc`] impl; they
 /// differ only in the names.
 macro_rules! branch_rpcs {
     ($($(#[$doc:meta])* $op:ident: $name:literal, $method:ident, $request:ident -> $answer:ident;)*) => {$(
@@ -154,4 +154,6 @@ branch_rpcs! {
     Execute: "execute", execute, ExecuteRequest -> ExecuteResponse;
     /// A saga step's compensation.
     Compensate: "compensate", compensate, CompensateRequest -> CompensateResponse;
+    /// A transactional message's delivery to one destination (DESIGN §10).
+    Deliver: "deliver", deliver, DeliverRequest -> DeliverResponse;
 }

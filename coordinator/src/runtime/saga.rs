@@ -196,6 +196,8 @@ impl LiveSaga {
             } else {
                 Vec::new()
             },
+            producer: None,
+            ordering_key: None,
         }
     }
 }

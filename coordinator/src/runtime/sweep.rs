@@ -62,6 +62,9 @@ async fn end_doubtful(shared: &Arc<Shared>) {
                 TxnState::Compensated,
                 "its SubmitSaga was answered UNAVAILABLE (the log's answer was lost); no step ran",
             ),
+            // Never noted doubtful: a message whose first write failed
+            // stays in memory and its check-back decides it (runtime::send).
+            TxnKind::Message => continue,
         };
         let record = Record::Ended {
             id,

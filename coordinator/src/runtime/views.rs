@@ -13,6 +13,9 @@ impl Runtime {
         if let Some(saga) = self.shared.sagas.get(&id).map(|s| Arc::clone(&s)) {
             return Ok(saga.view(true));
         }
+        if let Some(message) = self.shared.messages.get(&id).map(|m| Arc::clone(&m)) {
+            return Ok(message.view(true));
+        }
         self.shared
             .store
             .transaction(&id)
@@ -47,6 +50,8 @@ impl Runtime {
                 *view = txn.view(false);
             } else if let Some(saga) = self.shared.sagas.get(&view.id) {
                 *view = saga.view(false);
+            } else if let Some(message) = self.shared.messages.get(&view.id) {
+                *view = message.view(false);
             }
         }
         self.merge_live(query, &mut views, next);
@@ -111,11 +116,20 @@ impl Runtime {
         if self.shared.sagas.contains_key(&id) {
             return Ok(None);
         }
+        // A message is "committed" once its producer's local transaction
+        // is known to have (DESIGN §10).
+        if let Some(message) = self.shared.messages.get(&id) {
+            return Ok((message.state() != TxnState::Prepared).then_some(Decision::Commit));
+        }
         let view = self.shared.store.transaction(&id).await?;
         Ok(Some(match view.map(|v| v.state) {
-            Some(TxnState::Committed | TxnState::Committing | TxnState::Completed) => {
-                Decision::Commit
-            }
+            Some(
+                TxnState::Committed
+                | TxnState::Committing
+                | TxnState::Completed
+                | TxnState::Delivering
+                | TxnState::Delivered,
+            ) => Decision::Commit,
             // Active in the store but not in memory here: on a shared store
             // another node may be deciding it right now, so only the owner
             // may answer (DESIGN §6). On a node's own store it cannot be
@@ -123,7 +137,9 @@ impl Runtime {
             Some(TxnState::Active) if self.shared.store.cluster().is_some() => {
                 return Err(self.elsewhere(id).await);
             }
-            Some(TxnState::Running | TxnState::Compensating) => return Ok(None),
+            Some(TxnState::Running | TxnState::Compensating | TxnState::Prepared) => {
+                return Ok(None);
+            }
             _ => Decision::Abort,
         }))
     }
@@ -158,7 +174,7 @@ impl Runtime {
             return Ok(Arc::clone(&txn));
         }
         match self.shared.store.transaction(&id).await? {
-            Some(view) if view.kind == TxnKind::Saga => Err(Error::NotTwoPhase(id)),
+            Some(view) if view.kind != TxnKind::TwoPhase => Err(Error::NotTwoPhase(id)),
             Some(view) if view.state == TxnState::Active => Err(self.elsewhere(id).await),
             Some(view) => Err(Error::Finished {
                 id,
@@ -176,7 +192,7 @@ impl Runtime {
             .transaction(&id)
             .await?
             .ok_or(Error::NotFound(id))?;
-        if view.kind == TxnKind::Saga {
+        if view.kind != TxnKind::TwoPhase {
             return Err(Error::NotTwoPhase(id));
         }
         let outcome = match view.state {

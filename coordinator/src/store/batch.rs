@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use super::rows::{duration_ms, to_i64};
 use super::{BranchEnd, Record, StepProgress, StoreError};
-use crate::model::{TxnId, VoteKind, step_kind_str, step_status_str};
+use crate::model::{
+    TxnId, TxnKind, TxnState, VoteKind, message_via_str, step_kind_str, step_status_str,
+};
 
 /// The rows of one batch, grouped by the statement that writes them. Rows
 /// are typed and borrow from the batch: each group is serialised straight
@@ -56,6 +58,8 @@ struct TransactionRow<'a> {
     key: Option<&'a str>,
     digest: Option<&'a str>,
     description: Option<&'a str>,
+    producer: Option<&'a str>,
+    ordering_key: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -85,10 +89,16 @@ struct StepRow<'a> {
     jitter: bool,
 }
 
+/// A decision: R1's 'active' -> 'committing', or a message's 'prepared'
+/// -> 'delivering' (applied only from `from`).
 #[derive(Serialize)]
 struct DecidedRow {
     id: String,
     at: i64,
+    from: &'static str,
+    state: &'static str,
+    reason: Option<&'static str>,
+    seq: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -198,6 +208,54 @@ impl<'a> Grouped<'a> {
                 key: idempotency_key.as_deref(),
                 digest: request_digest.as_deref(),
                 description: description.as_deref(),
+                producer: None,
+                ordering_key: None,
+            }),
+            Record::MessagePrepared {
+                id,
+                created_at_ms,
+                check_at_ms,
+                idempotency_key,
+                request_digest,
+                description,
+                producer,
+                ordering_key,
+                destinations,
+            } => {
+                self.transactions.push(TransactionRow {
+                    id: id.to_string(),
+                    kind: TxnKind::Message.as_str(),
+                    state: TxnState::Prepared.as_str(),
+                    created: to_i64(*created_at_ms),
+                    deadline: to_i64(*check_at_ms),
+                    key: idempotency_key.as_deref(),
+                    digest: request_digest.as_deref(),
+                    description: description.as_deref(),
+                    producer: Some(producer),
+                    ordering_key: ordering_key.as_deref(),
+                });
+                for (idx, destination) in destinations.iter().enumerate() {
+                    self.branches.push(BranchRow {
+                        txn: id.to_string(),
+                        idx: u32::try_from(idx).unwrap_or(u32::MAX),
+                        name: &destination.name,
+                        participant: &destination.participant,
+                        payload: hex(&destination.payload),
+                    });
+                }
+            }
+            Record::MessageDecided {
+                id,
+                at_ms,
+                via,
+                ordering_seq,
+            } => self.decided.push(DecidedRow {
+                id: id.to_string(),
+                at: to_i64(*at_ms),
+                from: TxnState::Prepared.as_str(),
+                state: TxnState::Delivering.as_str(),
+                reason: Some(message_via_str(*via)),
+                seq: ordering_seq.map(to_i64),
             }),
             Record::SagaSubmitted {
                 id,
@@ -216,6 +274,8 @@ impl<'a> Grouped<'a> {
                     key: idempotency_key.as_deref(),
                     digest: request_digest.as_deref(),
                     description: description.as_deref(),
+                    producer: None,
+                    ordering_key: None,
                 });
                 for (idx, step) in steps.iter().enumerate() {
                     let depends_on: Vec<String> =
@@ -254,6 +314,10 @@ impl<'a> Grouped<'a> {
             Record::Decided { id, at_ms } => self.decided.push(DecidedRow {
                 id: id.to_string(),
                 at: to_i64(*at_ms),
+                from: TxnState::Active.as_str(),
+                state: TxnState::Committing.as_str(),
+                reason: None,
+                seq: None,
             }),
             Record::Aborting { id, at_ms, reason } => self.aborting.push(AbortingRow {
                 id: id.to_string(),
@@ -395,13 +459,15 @@ impl Group {
 /// What one statement writes; see [`Group::ALL`] for their order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Group {
-    /// New transactions and sagas (`Begun`, `SagaSubmitted`).
+    /// New transactions, sagas and messages (`Begun`, `SagaSubmitted`,
+    /// `MessagePrepared`).
     Transactions,
-    /// New branches (`Enlisted`).
+    /// New branches (`Enlisted`) and message destinations.
     Branches,
     /// New saga steps (`SagaSubmitted`).
     Steps,
-    /// R1: COMMITTED decisions, applied only to active transactions.
+    /// R1: COMMITTED decisions, applied only to active transactions; a
+    /// message's decision (`MessageDecided`), only to a prepared one.
     Decided,
     /// R2: ABORTED decisions, applied only to active transactions.
     Aborting,

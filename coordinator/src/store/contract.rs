@@ -50,6 +50,10 @@ pub const ALL: &[(&str, Test)] = &[
     ("a_saga_keeps_its_definition_and_step_progress", |open| {
         Box::pin(a_saga_keeps_its_definition_and_step_progress(open))
     }),
+    (
+        "a_message_keeps_its_destinations_decision_and_place",
+        |open| Box::pin(a_message_keeps_its_destinations_decision_and_place(open)),
+    ),
     ("a_decision_applies_only_to_an_active_transaction", |open| {
         Box::pin(a_decision_applies_only_to_an_active_transaction(open))
     }),
@@ -91,6 +95,7 @@ macro_rules! store_contract {
             a_batch_failing_midway_applies_nothing_and_the_next_one_does,
             listing_pages_newest_first_and_filters,
             a_saga_keeps_its_definition_and_step_progress,
+            a_message_keeps_its_destinations_decision_and_place,
             a_decision_applies_only_to_an_active_transaction,
             a_whole_life_in_one_batch_reads_as_if_written_record_by_record,
             recovery_gets_each_unfinished_transaction_with_its_own_parts,
@@ -430,6 +435,144 @@ pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {
         by_key.map(|v| (v.steps.len(), v.request_digest)),
         Some((2, Some("saga-digest".to_string())))
     );
+}
+
+/// DESIGN §10: a message with its destinations, prepared (recovery needs
+/// its payloads, producer and check-back time), decided once (a late
+/// second decision or one after its drop changes nothing), with its place
+/// among its key's messages, and ended.
+pub async fn a_message_keeps_its_destinations_decision_and_place(open: Open) {
+    use crate::model::{BranchState, Destination, MessageVia, TxnKind};
+    let store = open().await;
+    let (delivered, dropped) = (TxnId::mint(), TxnId::mint());
+    let prepared = |id: TxnId, key: &str| Record::MessagePrepared {
+        id,
+        created_at_ms: 10,
+        check_at_ms: 5_010,
+        idempotency_key: Some(key.to_owned()),
+        request_digest: Some(format!("digest of {key}")),
+        description: Some("transfer t1".into()),
+        producer: "http://127.0.0.1:3".into(),
+        ordering_key: Some("acct-1".into()),
+        destinations: vec![
+            Destination {
+                name: "audit".into(),
+                participant: "http://127.0.0.1:4".into(),
+                payload: b"t1".to_vec(),
+            },
+            Destination {
+                name: "notify".into(),
+                participant: "http://127.0.0.1:5".into(),
+                payload: Vec::new(),
+            },
+        ],
+    };
+    store
+        .append(&[prepared(delivered, "m1"), prepared(dropped, "m2")])
+        .await
+        .expect("prepare");
+    store
+        .append(&[Record::MessageDecided {
+            id: delivered,
+            at_ms: 20,
+            via: MessageVia::CheckBack,
+            ordering_seq: Some(3),
+        }])
+        .await
+        .expect("decide");
+    // A second decision changes nothing (the first stands, M2).
+    store
+        .append(&[Record::MessageDecided {
+            id: delivered,
+            at_ms: 30,
+            via: MessageVia::Submit,
+            ordering_seq: Some(9),
+        }])
+        .await
+        .expect("decide again");
+    let unfinished = store.unfinished().await.expect("unfinished");
+    assert_eq!(unfinished.len(), 2);
+    let (one, two) = (&unfinished[0], &unfinished[1]);
+    assert_eq!(one.view.id, delivered);
+    assert_eq!(one.view.kind, TxnKind::Message);
+    assert_eq!(one.view.state, TxnState::Delivering);
+    assert_eq!(one.view.decided_at_ms, Some(20));
+    assert_eq!(
+        one.view.reason.as_deref(),
+        Some(crate::model::message_via_str(MessageVia::CheckBack))
+    );
+    assert_eq!(one.ordering_seq, Some(3));
+    assert_eq!(one.view.producer.as_deref(), Some("http://127.0.0.1:3"));
+    assert_eq!(one.view.ordering_key.as_deref(), Some("acct-1"));
+    assert_eq!(one.view.deadline_ms, 5_010);
+    assert_eq!(one.payloads, [b"t1".to_vec(), Vec::new()]);
+    assert_eq!(
+        one.view
+            .branches
+            .iter()
+            .map(|b| (b.name.as_str(), b.participant.as_str(), b.state))
+            .collect::<Vec<_>>(),
+        [
+            ("audit", "http://127.0.0.1:4", BranchState::Enlisted),
+            ("notify", "http://127.0.0.1:5", BranchState::Enlisted)
+        ]
+    );
+    assert_eq!(two.view.state, TxnState::Prepared);
+    assert_eq!(two.ordering_seq, None);
+
+    let end = |id, state, branch_state| Record::Ended {
+        id,
+        state,
+        at_ms: 40,
+        read_only: false,
+        reason: Some("why".into()),
+        branches: (0..2)
+            .map(|idx| BranchEnd {
+                idx,
+                state: branch_state,
+                vote: None,
+                attempts: idx + 1,
+                last_error: None,
+            })
+            .collect(),
+        steps: Vec::new(),
+    };
+    store
+        .append(&[
+            end(delivered, TxnState::Delivered, BranchState::Delivered),
+            end(dropped, TxnState::Dropped, BranchState::Aborted),
+        ])
+        .await
+        .expect("end");
+    // A decision after the drop changes nothing either.
+    store
+        .append(&[Record::MessageDecided {
+            id: dropped,
+            at_ms: 50,
+            via: MessageVia::Submit,
+            ordering_seq: None,
+        }])
+        .await
+        .expect("late decide");
+    drop(store);
+
+    let store = open().await;
+    assert!(store.unfinished().await.expect("unfinished").is_empty());
+    let view = store
+        .transaction(&delivered)
+        .await
+        .expect("get")
+        .expect("known");
+    assert_eq!(view.state, TxnState::Delivered);
+    assert_eq!(view.branches[1].state, BranchState::Delivered);
+    assert_eq!(view.branches[1].attempts, 2);
+    let view = store
+        .by_idempotency_key("m2")
+        .await
+        .expect("key")
+        .expect("known");
+    assert_eq!((view.id, view.state), (dropped, TxnState::Dropped));
+    assert_eq!(view.branch_count, 2);
 }
 
 pub async fn a_decision_applies_only_to_an_active_transaction(open: Open) {

@@ -86,6 +86,8 @@ struct Row {
     view: TxnView,
     payloads: Vec<Vec<u8>>,
     steps: Vec<SagaStepDef>,
+    /// A decided message's place among its key's (M5).
+    ordering_seq: Option<u64>,
 }
 
 impl MemoryStore {
@@ -146,6 +148,11 @@ impl State {
                     ..
                 }
                 | Record::SagaSubmitted {
+                    id,
+                    idempotency_key,
+                    ..
+                }
+                | Record::MessagePrepared {
                     id,
                     idempotency_key,
                     ..
@@ -220,19 +227,54 @@ impl State {
                 participant,
                 payload,
                 ..
+            } => self.enlist(id, name, participant, payload),
+            Record::MessagePrepared {
+                id,
+                created_at_ms,
+                check_at_ms,
+                idempotency_key,
+                request_digest,
+                description,
+                producer,
+                ordering_key,
+                destinations,
             } => {
+                self.insert(
+                    *id,
+                    (TxnKind::Message, TxnState::Prepared),
+                    (*created_at_ms, *check_at_ms),
+                    (idempotency_key, request_digest),
+                    description,
+                    Vec::new(),
+                );
                 if let Some(row) = self.transactions.get_mut(id) {
-                    row.view.branches.push(BranchView {
-                        name: name.clone(),
-                        participant: participant.clone(),
-                        state: BranchState::Enlisted,
-                        vote: None,
-                        attempts: 0,
-                        last_error: None,
-                        payload_bytes: payload.len() as u64,
-                    });
-                    row.view.branch_count += 1;
-                    row.payloads.push(payload.clone());
+                    row.view.producer = Some(producer.clone());
+                    row.view.ordering_key = ordering_key.clone();
+                }
+                for destination in destinations {
+                    self.enlist(
+                        id,
+                        &destination.name,
+                        &destination.participant,
+                        &destination.payload,
+                    );
+                }
+            }
+            Record::MessageDecided {
+                id,
+                at_ms,
+                via,
+                ordering_seq,
+            } => {
+                if let Some(row) = self
+                    .transactions
+                    .get_mut(id)
+                    .filter(|row| row.view.state == TxnState::Prepared)
+                {
+                    row.view.state = TxnState::Delivering;
+                    row.view.decided_at_ms = Some(*at_ms);
+                    row.view.reason = Some(crate::model::message_via_str(*via).to_owned());
+                    row.ordering_seq = *ordering_seq;
                 }
             }
             Record::Decided { id, at_ms } => {
@@ -306,6 +348,22 @@ impl State {
         }
     }
 
+    fn enlist(&mut self, id: &TxnId, name: &str, participant: &str, payload: &[u8]) {
+        if let Some(row) = self.transactions.get_mut(id) {
+            row.view.branches.push(BranchView {
+                name: name.to_owned(),
+                participant: participant.to_owned(),
+                state: BranchState::Enlisted,
+                vote: None,
+                attempts: 0,
+                last_error: None,
+                payload_bytes: payload.len() as u64,
+            });
+            row.view.branch_count += 1;
+            row.payloads.push(payload.to_vec());
+        }
+    }
+
     /// Grouped in pairs: what it is and its state; when it was created and
     /// its deadline; its idempotency key and that request's digest.
     fn insert(
@@ -356,6 +414,8 @@ impl State {
             steps: step_views,
             needs_attention: false,
             operator_actions: Vec::new(),
+            producer: None,
+            ordering_key: None,
         };
         self.transactions.insert(
             id,
@@ -363,6 +423,7 @@ impl State {
                 view,
                 payloads: Vec::new(),
                 steps,
+                ordering_seq: None,
             },
         );
     }
@@ -547,6 +608,7 @@ impl Store for MemoryStore {
                 view: row.view.clone(),
                 payloads: row.payloads.clone(),
                 steps: row.steps.clone(),
+                ordering_seq: row.ordering_seq,
             })
             .collect();
         futures::future::ready(Ok(unfinished)).boxed()

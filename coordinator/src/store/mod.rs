@@ -17,8 +17,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::model::{
-    BranchState, Change, Cursor, OperatorAction, RequestDigest, SagaStepDef, StepStatus, TxnId,
-    TxnState, TxnView, VoteKind,
+    BranchState, Change, Cursor, Destination, MessageVia, OperatorAction, RequestDigest,
+    SagaStepDef, StepStatus, TxnId, TxnState, TxnView, VoteKind,
 };
 
 pub(crate) mod batch;
@@ -141,6 +141,32 @@ pub enum Record {
     /// An operator's decision for a branch or step that cannot answer
     /// (forced before it takes effect; kept forever).
     OperatorResolved { id: TxnId, action: OperatorAction },
+    /// A transactional message PREPARED, with its destinations as branches
+    /// (forced before PrepareMessage answers: the producer must never
+    /// publish an id the coordinator could forget). `check_at_ms` is when
+    /// its check-back is due (M6), kept as the transaction's deadline.
+    MessagePrepared {
+        id: TxnId,
+        created_at_ms: u64,
+        check_at_ms: u64,
+        idempotency_key: Option<String>,
+        request_digest: Option<RequestDigest>,
+        description: Option<String>,
+        producer: String,
+        ordering_key: Option<String>,
+        destinations: Vec<Destination>,
+    },
+    /// The producer's local transaction committed (M1): PREPARED ->
+    /// DELIVERING, applied only to a message still PREPARED. Lazy (§10),
+    /// except that a message with an ordering key is delivered only once
+    /// this is durable, so that `ordering_seq` (its place among the key's
+    /// unfinished messages, M5) survives a restart.
+    MessageDecided {
+        id: TxnId,
+        at_ms: u64,
+        via: MessageVia,
+        ordering_seq: Option<u64>,
+    },
 }
 
 /// Where one saga step got to.
@@ -173,6 +199,8 @@ pub struct Unfinished {
     /// A saga's step definitions, in step order; `view.steps` has their
     /// progress.
     pub steps: Vec<SagaStepDef>,
+    /// A decided message's place among its key's unfinished messages (M5).
+    pub ordering_seq: Option<u64>,
 }
 
 /// A page of `ListTransactions`.
@@ -405,12 +433,17 @@ impl Record {
             | Record::SagaSubmitted { id, .. }
             | Record::StepRecorded { id, .. }
             | Record::NeedsAttention { id }
-            | Record::OperatorResolved { id, .. } => *id,
+            | Record::OperatorResolved { id, .. }
+            | Record::MessagePrepared { id, .. }
+            | Record::MessageDecided { id, .. } => *id,
         }
     }
 
     /// Whether this record creates its transaction's row.
     pub fn creates(&self) -> bool {
-        matches!(self, Record::Begun { .. } | Record::SagaSubmitted { .. })
+        matches!(
+            self,
+            Record::Begun { .. } | Record::SagaSubmitted { .. } | Record::MessagePrepared { .. }
+        )
     }
 }

@@ -294,7 +294,8 @@ impl PostgresStore {
             "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
                 + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
              FROM transactions t
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
+                             'prepared', 'delivering')
                AND ($1::text[] IS NULL OR t.id = ANY($1))
              ORDER BY t.id",
         )
@@ -305,7 +306,7 @@ impl PostgresStore {
             "SELECT b.txn_id, b.idx, b.name, b.participant, b.payload, b.state, b.vote,
                     b.attempts, b.last_error
              FROM branches b JOIN transactions t ON t.id = b.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'prepared', 'delivering')
                AND ($1::text[] IS NULL OR t.id = ANY($1))
              ORDER BY b.txn_id, b.idx",
         )
@@ -324,7 +325,8 @@ impl PostgresStore {
         let mut unfinished = assemble_unfinished(rows, branches, steps)?;
         let actions: Vec<ActionRow> = sqlx::query_as(
             "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
+                             'prepared', 'delivering')
                AND ($1::text[] IS NULL OR t.id = ANY($1))
              ORDER BY a.at_ms, a.seq",
         )
@@ -523,14 +525,16 @@ const FORGET_GONE_NODES: &str = "
       AND NOT EXISTS (
           SELECT 1 FROM transactions t
           WHERE t.owner = n.id
-            AND t.state IN ('active', 'committing', 'aborting', 'running', 'compensating'))";
+            AND t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
+                             'prepared', 'delivering'))";
 
 // Takeover: every unfinished transaction whose owner is not a live node.
 // Two nodes claiming at once: the second waits on the row locks, then
 // re-checks the row, now owned by the first (live) node, and skips it.
 const CLAIM: &str = "
     UPDATE transactions AS t SET owner = $1, epoch = t.epoch + 1
-    WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+    WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
+                             'prepared', 'delivering')
       AND t.owner <> $1
       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = t.owner AND n.state = 'live')
     RETURNING t.id, t.epoch";

@@ -48,6 +48,9 @@ pub(crate) struct TxnRow {
     pub(crate) description: Option<String>,
     pub(crate) read_only: bool,
     pub(crate) branch_count: i64,
+    pub(crate) producer: Option<String>,
+    pub(crate) ordering_key: Option<String>,
+    pub(crate) ordering_seq: Option<i64>,
 }
 
 impl TxnRow {
@@ -74,6 +77,8 @@ impl TxnRow {
             steps: Vec::new(),
             needs_attention: self.needs_attention,
             operator_actions: Vec::new(),
+            producer: self.producer,
+            ordering_key: self.ordering_key,
         })
     }
 }
@@ -223,6 +228,7 @@ pub(crate) fn assemble(
     branches: Vec<BranchRow>,
     steps: Vec<StepRow>,
 ) -> Result<super::Unfinished, StoreError> {
+    let ordering_seq = row.ordering_seq.map(to_u64);
     let mut view = row.into_view()?;
     let mut payloads = Vec::with_capacity(branches.len());
     for branch in branches {
@@ -240,6 +246,7 @@ pub(crate) fn assemble(
         view,
         payloads,
         steps: defs,
+        ordering_seq,
     })
 }
 

@@ -113,7 +113,8 @@ impl SqliteStore {
             "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
                 + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
              FROM transactions t
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
+                             'prepared', 'delivering')
              ORDER BY t.id",
         )
         .fetch_all(&self.pool)
@@ -122,7 +123,7 @@ impl SqliteStore {
             "SELECT b.txn_id, b.idx, b.name, b.participant, b.payload, b.state, b.vote,
                     b.attempts, b.last_error
              FROM branches b JOIN transactions t ON t.id = b.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'prepared', 'delivering')
              ORDER BY b.txn_id, b.idx",
         )
         .fetch_all(&self.pool)
@@ -137,7 +138,8 @@ impl SqliteStore {
         let mut unfinished = assemble_unfinished(rows, branches, steps)?;
         let actions: Vec<ActionRow> = sqlx::query_as(
             "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating')
+             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
+                             'prepared', 'delivering')
              ORDER BY a.at_ms, a.rowid",
         )
         .fetch_all(&self.pool)

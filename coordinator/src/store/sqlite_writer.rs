@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::rows::{duration_ms, to_i64};
 use super::{BranchEnd, Record, StepProgress, StoreError};
-use crate::model::{TxnId, VoteKind, step_kind_str, step_status_str};
+use crate::model::{TxnId, VoteKind, message_via_str, step_kind_str, step_status_str};
 
 /// One batch for the thread and where its outcome goes.
 struct Job {
@@ -244,6 +244,52 @@ fn apply(db: &Connection, record: &Record) -> rusqlite::Result<()> {
                 ])?;
             }
         }
+        Record::MessagePrepared {
+            id,
+            created_at_ms,
+            check_at_ms,
+            idempotency_key,
+            request_digest,
+            description,
+            producer,
+            ordering_key,
+            destinations,
+        } => {
+            let txn = id.to_string();
+            db.prepare_cached(INSERT_MESSAGE)?.execute(params![
+                txn,
+                to_i64(*created_at_ms),
+                to_i64(*check_at_ms),
+                idempotency_key,
+                description,
+                request_digest,
+                producer,
+                ordering_key,
+            ])?;
+            let mut insert = db.prepare_cached(INSERT_BRANCH)?;
+            for (idx, destination) in destinations.iter().enumerate() {
+                insert.execute(params![
+                    txn,
+                    to_i64(idx as u64),
+                    destination.name,
+                    destination.participant,
+                    destination.payload,
+                ])?;
+            }
+        }
+        Record::MessageDecided {
+            id,
+            at_ms,
+            via,
+            ordering_seq,
+        } => {
+            db.prepare_cached(DECIDE_MESSAGE)?.execute(params![
+                id.to_string(),
+                to_i64(*at_ms),
+                message_via_str(*via),
+                ordering_seq.map(to_i64),
+            ])?;
+        }
         Record::Enlisted {
             id,
             idx,
@@ -354,6 +400,12 @@ const INSERT_TRANSACTION: &str = "
        request_digest)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
+const INSERT_MESSAGE: &str = "
+    INSERT INTO transactions
+      (id, kind, state, created_at_ms, deadline_ms, idempotency_key, description,
+       request_digest, producer, ordering_key)
+    VALUES (?1, 'message', 'prepared', ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 const INSERT_BRANCH: &str = "
     INSERT INTO branches (txn_id, idx, name, participant, payload, state)
     VALUES (?1, ?2, ?3, ?4, ?5, 'enlisted')";
@@ -369,6 +421,12 @@ const INSERT_STEP: &str = "
 const DECIDE: &str = "
     UPDATE transactions SET state = 'committing', decided_at_ms = ?2
     WHERE id = ?1 AND state = 'active'";
+
+// M1: a message's decision applies only to a message still prepared.
+const DECIDE_MESSAGE: &str = "
+    UPDATE transactions SET state = 'delivering', decided_at_ms = ?2, reason = ?3,
+        ordering_seq = ?4
+    WHERE id = ?1 AND state = 'prepared'";
 
 const ABORT: &str = "
     UPDATE transactions SET state = 'aborting', decided_at_ms = ?2, reason = ?3

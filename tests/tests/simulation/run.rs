@@ -633,6 +633,9 @@ fn check(
                     other => violations.push(format!("{} ended {}", view.id, other.as_str())),
                 }
             }
+            TxnKind::Message => {
+                violations.push(format!("{}: the workload makes no messages", view.id));
+            }
             TxnKind::Saga => {
                 let reserved: Vec<bool> = view
                     .steps

@@ -415,6 +415,7 @@ impl TestParticipant {
     }
 }
 pub mod faulty_store;
+pub mod message;
 pub mod postgres;
 pub mod processes;
 pub mod proxy;
