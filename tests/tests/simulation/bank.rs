@@ -1,6 +1,7 @@
-//! A simulated participant: a bank with accounts (2PC transfers) and a stock
-//! of seats (saga reservations), keeping the exactly-once ledger of DESIGN §4
-//! in memory.
+//! A simulated participant: a bank with accounts (2PC transfers), a stock
+//! of seats (saga reservations), an outbox (the transactional messages it
+//! publishes, DESIGN §10) and an inbox (those it receives), keeping the
+//! exactly-once ledger of DESIGN §4 in memory.
 //!
 //! Its state is its database: it lives outside the simulated host, so it
 //! survives the host's crash. Each handler changes it in one step with no
@@ -34,6 +35,8 @@ pub enum Entry {
     /// Compensated; `undid` if a seat was given back (false: a tombstone or
     /// the action had failed).
     Compensated { undid: bool },
+    /// A message delivered here took effect (once: the ledger, M4).
+    Delivered,
 }
 
 /// A transfer leg, parsed from a branch payload.
@@ -94,6 +97,9 @@ pub struct BankState {
     pub ledger: BTreeMap<(String, String), Entry>,
     /// Messages a correct coordinator never sends.
     pub violations: Vec<String>,
+    /// The outbox: message id -> true for a row published by a local
+    /// transaction that committed, false for a check-back's tombstone.
+    pub outbox: BTreeMap<String, bool>,
 }
 
 impl Default for BankState {
@@ -107,6 +113,7 @@ impl Default for BankState {
             seats: OPENING_SEATS,
             ledger: BTreeMap::new(),
             violations: Vec::new(),
+            outbox: BTreeMap::new(),
         }
     }
 }
@@ -166,6 +173,17 @@ impl Bank {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The producer's local transaction publishing `message` (one step, as
+    /// a database transaction): false if a check-back's tombstone came
+    /// first, and the local transaction rolls back (M2).
+    pub fn publish(&self, message: &str) -> bool {
+        *self
+            .state()
+            .outbox
+            .entry(message.to_owned())
+            .or_insert(true)
     }
 
     fn violation(&self, state: &mut BankState, what: String) -> Status {
@@ -429,20 +447,38 @@ impl Participant for Bank {
 
     async fn deliver(
         &self,
-        _: Request<pb::DeliverRequest>,
+        request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
-        Err(Status::unimplemented(
-            "the simulated bank takes no messages",
-        ))
+        let key = key(request.into_inner().branch)?;
+        let mut state = self.state();
+        match state.ledger.get(&key) {
+            None => {
+                state.ledger.insert(key, Entry::Delivered);
+            }
+            Some(Entry::Delivered) => {}
+            Some(other) => {
+                let what = format!("deliver of {key:?} in {other:?}");
+                return Err(self.violation(&mut state, what));
+            }
+        }
+        Ok(Response::new(pb::DeliverResponse {}))
     }
 
+    /// The check-back (M2): the outbox row, or a tombstone in its place.
     async fn check_message(
         &self,
-        _: Request<pb::CheckMessageRequest>,
+        request: Request<pb::CheckMessageRequest>,
     ) -> Result<Response<pb::CheckMessageResponse>, Status> {
-        Err(Status::unimplemented(
-            "the simulated bank produces no messages",
-        ))
+        let id = request.into_inner().transaction_id;
+        let published = *self.state().outbox.entry(id).or_insert(false);
+        use pb::check_message_response::Result as Checked;
+        Ok(Response::new(pb::CheckMessageResponse {
+            result: if published {
+                Checked::Committed
+            } else {
+                Checked::RolledBack
+            } as i32,
+        }))
     }
 
     type BatchStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BatchAnswer, Status>>>;

@@ -70,13 +70,15 @@ fn run_in_child(seed: u64) -> Seeded {
     for line in stdout.lines() {
         if let Some(fields) = marked(line, "SIM-REPORT ") {
             let n: Vec<u64> = fields.split(' ').filter_map(|f| f.parse().ok()).collect();
-            if let [tx, c, a, sc, sx, f, u, ms, fp] = n[..] {
+            if let [tx, c, a, sc, sx, md, mx, f, u, ms, fp] = n[..] {
                 seeded.report = run::Report {
                     transactions: tx as usize,
                     committed: c as usize,
                     aborted: a as usize,
                     sagas_completed: sc as usize,
                     sagas_compensated: sx as usize,
+                    messages_delivered: md as usize,
+                    messages_dropped: mx as usize,
                     faults: f as usize,
                     unknown_to_clients: u as usize,
                     simulated: Duration::from_millis(ms),
@@ -118,12 +120,14 @@ fn one_seed() {
         println!("SIM-VIOLATION {violation}");
     }
     println!(
-        "SIM-REPORT {} {} {} {} {} {} {} {} {}",
+        "SIM-REPORT {} {} {} {} {} {} {} {} {} {} {}",
         r.transactions,
         r.committed,
         r.aborted,
         r.sagas_completed,
         r.sagas_compensated,
+        r.messages_delivered,
+        r.messages_dropped,
         r.faults,
         r.unknown_to_clients,
         r.simulated.as_millis(),
@@ -156,6 +160,8 @@ fn random_fault_schedules_keep_every_invariant() {
                     t.aborted += r.aborted;
                     t.sagas_completed += r.sagas_completed;
                     t.sagas_compensated += r.sagas_compensated;
+                    t.messages_delivered += r.messages_delivered;
+                    t.messages_dropped += r.messages_dropped;
                     t.faults += r.faults;
                     t.unknown_to_clients += r.unknown_to_clients;
                     t.simulated += r.simulated;
@@ -175,7 +181,8 @@ fn random_fault_schedules_keep_every_invariant() {
     failures.sort();
     eprintln!(
         "simulation: {count} seeds from {first} in {:.1} s ({:.0} simulated s): {} transactions \
-         ({} committed, {} aborted, {} sagas completed, {} compensated), {} faults injected, \
+         ({} committed, {} aborted, {} sagas completed, {} compensated, {} messages delivered, \
+         {} dropped), {} faults injected, \
          {} answers unknown to clients, {} seeds with violations",
         started.elapsed().as_secs_f64(),
         t.simulated.as_secs_f64(),
@@ -184,6 +191,8 @@ fn random_fault_schedules_keep_every_invariant() {
         t.aborted,
         t.sagas_completed,
         t.sagas_compensated,
+        t.messages_delivered,
+        t.messages_dropped,
         t.faults,
         t.unknown_to_clients,
         failures.len(),
@@ -204,7 +213,12 @@ fn random_fault_schedules_keep_every_invariant() {
         failures.len()
     );
     assert!(
-        t.committed > 0 && t.aborted > 0 && t.sagas_compensated > 0 && t.faults > 0,
+        t.committed > 0
+            && t.aborted > 0
+            && t.sagas_compensated > 0
+            && t.messages_delivered > 0
+            && t.messages_dropped > 0
+            && t.faults > 0,
         "the runs exercised nothing: {t:?}"
     );
 }

@@ -80,6 +80,8 @@ pub struct Report {
     pub aborted: usize,
     pub sagas_completed: usize,
     pub sagas_compensated: usize,
+    pub messages_delivered: usize,
+    pub messages_dropped: usize,
     pub faults: usize,
     pub unknown_to_clients: usize,
     pub simulated: Duration,
@@ -182,11 +184,12 @@ pub fn run(seed: u64) -> RunResult {
     let heard: Arc<Mutex<Vec<Heard>>> = Arc::default();
     for client in 0..CLIENTS {
         let heard = Arc::clone(&heard);
+        let banks = banks.clone();
         let client_seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(client + 1);
         sim.client(format!("client-{client}"), async move {
-            run_client(client, client_seed, heard).await;
+            run_client(client, client_seed, heard, banks).await;
             Ok(())
         });
     }
@@ -377,16 +380,17 @@ fn request<T>(message: T, deadline: Duration) -> Request<T> {
     request
 }
 
-async fn run_client(client: u64, seed: u64, heard: Arc<Mutex<Vec<Heard>>>) {
+async fn run_client(client: u64, seed: u64, heard: Arc<Mutex<Vec<Heard>>>, banks: Vec<Bank>) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut coordinator = CoordinatorClient::new(net::channel_to(COORDINATOR_URL));
     for n in 0..REQUESTS_PER_CLIENT {
         let key = format!("client-{client}-{n}");
-        let (txn, told) = match rng.u32(0..10) {
+        let (txn, told) = match rng.u32(0..12) {
             0..=2 => transfer(&mut coordinator, &mut rng, &key, Finish::Commit).await,
             3 | 4 => transfer(&mut coordinator, &mut rng, &key, Finish::CommitInBegin).await,
             5 => transfer(&mut coordinator, &mut rng, &key, Finish::RollBack).await,
             6 => move_within_bank(&mut coordinator, &mut rng, &key).await,
+            7 | 8 => publish(&mut coordinator, &mut rng, &key, &banks).await,
             _ => book(&mut coordinator, &key).await,
         };
         heard.lock().unwrap_or_else(|p| p.into_inner()).push(Heard {
@@ -569,7 +573,85 @@ async fn book(coordinator: &mut CoordinatorClient<Channel>, key: &str) -> (Optio
     (None, Told::Unknown)
 }
 
-/// I1-I6 against the store, the banks' ledgers and what clients were told.
+/// A transactional message (DESIGN §10): a bank publishes an event to one
+/// or two others, some with an ordering key. Prepared (retried with its
+/// idempotency key), then the producer's local transaction publishes it
+/// (or rolls back, or the producer dies before it), then the producer
+/// submits it (retried), or dies before it does and leaves it to the
+/// check-back.
+async fn publish(
+    coordinator: &mut CoordinatorClient<Channel>,
+    rng: &mut fastrand::Rng,
+    key: &str,
+    banks: &[Bank],
+) -> (Option<String>, Told) {
+    let producer = rng.usize(..BANKS.len());
+    let destinations = (1..=rng.usize(1..BANKS.len()))
+        .map(|n| {
+            let bank = BANKS[(producer + n) % BANKS.len()];
+            pb::MessageDestination {
+                name: format!("to-{bank}"),
+                participant: bank_url(bank),
+                payload: key.as_bytes().to_vec(),
+            }
+        })
+        .collect::<Vec<_>>();
+    let mut id = None;
+    for attempt in 0..3 {
+        let prepare = pb::PrepareMessageRequest {
+            producer: bank_url(BANKS[producer]),
+            destinations: destinations.clone(),
+            check_after_ms: 1_000,
+            ordering_key: if rng.bool() {
+                String::new()
+            } else {
+                ACCOUNTS[rng.usize(..ACCOUNTS.len())].into()
+            },
+            idempotency_key: key.to_owned(),
+            description: String::new(),
+        };
+        let mut client = coordinator.clone();
+        if let Some(prepared) = call(|d| client.prepare_message(request(prepare, d))).await {
+            id = Some(prepared.transaction_id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+    let Some(id) = id else {
+        return (None, Told::Unknown);
+    };
+    match rng.u32(0..6) {
+        // The local transaction rolled back, or the producer died first.
+        0 => return (Some(id), Told::Accepted),
+        // Committed, and the producer died before submitting.
+        1 => {
+            banks[producer].publish(&id);
+            return (Some(id), Told::Accepted);
+        }
+        _ => {
+            if !banks[producer].publish(&id) {
+                return (Some(id), Told::Accepted);
+            }
+        }
+    }
+    for attempt in 0..3 {
+        let submit = pb::SubmitMessageRequest {
+            transaction_id: id.clone(),
+            wait: false,
+        };
+        let mut client = coordinator.clone();
+        if call(|d| client.submit_message(request(submit, d)))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+    (Some(id), Told::Accepted)
+}
+
+/// I1-I7 against the store, the banks' ledgers and what clients were told.
 fn check(
     views: &[TxnView],
     banks: &[Bank],
@@ -633,8 +715,53 @@ fn check(
                     other => violations.push(format!("{} ended {}", view.id, other.as_str())),
                 }
             }
+            // I7: delivered everywhere if and only if its producer's local
+            // transaction committed (the producer's outbox says).
             TxnKind::Message => {
-                violations.push(format!("{}: the workload makes no messages", view.id));
+                let published = view
+                    .producer
+                    .as_deref()
+                    .and_then(|url| BANKS.iter().position(|b| bank_url(b) == url))
+                    .is_some_and(|idx| states[idx].outbox.get(&view.id.to_string()) == Some(&true));
+                let delivered: Vec<bool> = view
+                    .branches
+                    .iter()
+                    .map(|b| entry(&b.participant, &view.id, &b.name) == Some(Entry::Delivered))
+                    .collect();
+                match view.state {
+                    TxnState::Delivered => {
+                        report.messages_delivered += 1;
+                        if !published {
+                            violations.push(format!(
+                                "I7: message {} delivered, but its local change did not commit",
+                                view.id
+                            ));
+                        }
+                        if !delivered.iter().all(|d| *d) {
+                            violations.push(format!(
+                                "I7: message {} is delivered but not at every destination \
+                                 ({delivered:?})",
+                                view.id
+                            ));
+                        }
+                    }
+                    TxnState::Dropped => {
+                        report.messages_dropped += 1;
+                        if published {
+                            violations.push(format!(
+                                "I7: message {} dropped, but its local change committed",
+                                view.id
+                            ));
+                        }
+                        if delivered.iter().any(|d| *d) {
+                            violations.push(format!(
+                                "I7: message {} is dropped but took effect ({delivered:?})",
+                                view.id
+                            ));
+                        }
+                    }
+                    other => violations.push(format!("{} ended {}", view.id, other.as_str())),
+                }
             }
             TxnKind::Saga => {
                 let reserved: Vec<bool> = view
