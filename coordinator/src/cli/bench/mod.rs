@@ -53,13 +53,17 @@ pub enum Workload {
     TwoPhase,
     /// SubmitSaga with K steps, waiting for completion.
     Saga,
+    /// A transactional message to K destinations: PrepareMessage, then
+    /// SubmitMessage waiting until every destination acknowledged.
+    Message,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "2pc")]
     pub workload: Workload,
-    /// Participants per 2PC transaction, or steps per saga.
+    /// Participants per 2PC transaction, steps per saga, or destinations
+    /// per message.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub participants: u64,
     /// Concurrent clients, each running one transaction at a time.
@@ -138,6 +142,41 @@ fn channel(url: &str) -> anyhow::Result<Channel> {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .connect_lazy())
+}
+
+/// The clients of one run: how many, for how long, over which channels,
+/// against which participants.
+struct Load {
+    clients: u64,
+    duration: Duration,
+    limit: Option<u64>,
+    progress: bool,
+    channels: Arc<Vec<Channel>>,
+    urls: Arc<Vec<String>>,
+}
+
+impl Load {
+    /// Runs `op` (one transaction, with a client on this client's channel
+    /// and the participants' URLs) from every client until the run ends.
+    async fn run<F, Fut>(self, op: F) -> measure::Stats
+    where
+        F: Fn(CoordinatorClient<Channel>, Arc<Vec<String>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send,
+    {
+        let Load {
+            clients,
+            duration,
+            limit,
+            progress,
+            channels,
+            urls,
+        } = self;
+        drive(clients, duration, limit, progress, move |client| {
+            let raw = CoordinatorClient::new(channels[client as usize % channels.len()].clone());
+            op(raw, Arc::clone(&urls))
+        })
+        .await
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -223,6 +262,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let served_before = no_op.rpcs.load(Ordering::Relaxed);
+    let load = Load {
+        clients: args.clients,
+        duration: args.duration,
+        limit: args.transactions,
+        progress: !args.json,
+        channels: Arc::new(channels),
+        urls,
+    };
     let (stats, rpcs_per_txn) = match args.workload {
         Workload::TwoPhase => {
             // Begin (+ K Enlists when asked) + Commit from the client;
@@ -238,105 +285,124 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 2
             };
             let rpcs = client_calls + if k == 1 { 1 } else { 2 * k };
-            let stats = drive(
-                args.clients,
-                args.duration,
-                args.transactions,
-                !args.json,
-                move |client| {
-                    let mut raw =
-                        CoordinatorClient::new(channels[client as usize % channels.len()].clone());
-                    let urls = Arc::clone(&urls);
-                    async move {
-                        let specs: Vec<pb::BranchSpec> = (0..k)
-                            .map(|i| pb::BranchSpec {
-                                participant: urls[(i as usize) % urls.len()].clone(),
-                                payload: vec![],
-                                branch: format!("b{i}"),
-                            })
-                            .collect();
-                        let begin = if separately {
-                            pb::BeginRequest::default()
-                        } else {
-                            pb::BeginRequest {
-                                branches: specs.clone(),
-                                commit: one_call,
-                                ..Default::default()
-                            }
-                        };
-                        let begun = raw.begin(begin).await?.into_inner();
-                        if let Some(answer) = begun.commit {
-                            if answer.outcome != pb::Outcome::Committed as i32 {
-                                return Err(Status::aborted(answer.reason));
-                            }
-                            return Ok(());
+            let stats = load
+                .run(move |mut raw, urls| async move {
+                    let specs: Vec<pb::BranchSpec> = (0..k)
+                        .map(|i| pb::BranchSpec {
+                            participant: urls[(i as usize) % urls.len()].clone(),
+                            payload: vec![],
+                            branch: format!("b{i}"),
+                        })
+                        .collect();
+                    let begin = if separately {
+                        pb::BeginRequest::default()
+                    } else {
+                        pb::BeginRequest {
+                            branches: specs.clone(),
+                            commit: one_call,
+                            ..Default::default()
                         }
-                        let id = begun.transaction_id;
-                        if separately {
-                            for spec in specs {
-                                raw.enlist(pb::EnlistRequest {
-                                    transaction_id: id.clone(),
-                                    participant: spec.participant,
-                                    payload: spec.payload,
-                                    branch: spec.branch,
-                                })
-                                .await?;
-                            }
-                        }
-                        let answer = raw
-                            .commit(pb::CommitRequest {
-                                transaction_id: id,
-                                ..Default::default()
-                            })
-                            .await?
-                            .into_inner();
+                    };
+                    let begun = raw.begin(begin).await?.into_inner();
+                    if let Some(answer) = begun.commit {
                         if answer.outcome != pb::Outcome::Committed as i32 {
                             return Err(Status::aborted(answer.reason));
                         }
-                        Ok(())
+                        return Ok(());
                     }
-                },
-            )
-            .await;
+                    let id = begun.transaction_id;
+                    if separately {
+                        for spec in specs {
+                            raw.enlist(pb::EnlistRequest {
+                                transaction_id: id.clone(),
+                                participant: spec.participant,
+                                payload: spec.payload,
+                                branch: spec.branch,
+                            })
+                            .await?;
+                        }
+                    }
+                    let answer = raw
+                        .commit(pb::CommitRequest {
+                            transaction_id: id,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    if answer.outcome != pb::Outcome::Committed as i32 {
+                        return Err(Status::aborted(answer.reason));
+                    }
+                    Ok(())
+                })
+                .await;
             (stats, rpcs)
         }
         Workload::Saga => {
             // SubmitSaga, then one Execute per step.
             let rpcs = 1 + k;
-            let stats = drive(
-                args.clients,
-                args.duration,
-                args.transactions,
-                !args.json,
-                move |client| {
-                    let mut raw =
-                        CoordinatorClient::new(channels[client as usize % channels.len()].clone());
-                    let urls = Arc::clone(&urls);
-                    async move {
-                        let steps = (0..k)
-                            .map(|i| pb::SagaStep {
-                                name: format!("s{i}"),
-                                participant: urls[(i as usize) % urls.len()].clone(),
-                                compensation: Some(vec![]),
-                                ..Default::default()
-                            })
-                            .collect();
-                        let answer = raw
-                            .submit_saga(pb::SubmitSagaRequest {
-                                steps,
-                                wait: true,
-                                ..Default::default()
-                            })
-                            .await?
-                            .into_inner();
-                        if answer.state != pb::TransactionState::Completed as i32 {
-                            return Err(Status::aborted(answer.reason));
-                        }
-                        Ok(())
+            let stats = load
+                .run(move |mut raw, urls| async move {
+                    let steps = (0..k)
+                        .map(|i| pb::SagaStep {
+                            name: format!("s{i}"),
+                            participant: urls[(i as usize) % urls.len()].clone(),
+                            compensation: Some(vec![]),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let answer = raw
+                        .submit_saga(pb::SubmitSagaRequest {
+                            steps,
+                            wait: true,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    if answer.state != pb::TransactionState::Completed as i32 {
+                        return Err(Status::aborted(answer.reason));
                     }
-                },
-            )
-            .await;
+                    Ok(())
+                })
+                .await;
+            (stats, rpcs)
+        }
+        Workload::Message => {
+            // PrepareMessage and SubmitMessage, then one Deliver per
+            // destination. The producer's own local transaction (its
+            // outbox row) is the producer's cost, not the coordinator's,
+            // and is left out, as DTM's figures leave out the business
+            // database.
+            let rpcs = 2 + k;
+            let stats = load
+                .run(move |mut raw, urls| async move {
+                    let destinations = (0..k)
+                        .map(|i| pb::MessageDestination {
+                            name: format!("d{i}"),
+                            participant: urls[(i as usize) % urls.len()].clone(),
+                            payload: Vec::new(),
+                        })
+                        .collect();
+                    let prepared = raw
+                        .prepare_message(pb::PrepareMessageRequest {
+                            producer: urls[0].clone(),
+                            destinations,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    let answer = raw
+                        .submit_message(pb::SubmitMessageRequest {
+                            transaction_id: prepared.transaction_id,
+                            wait: true,
+                        })
+                        .await?
+                        .into_inner();
+                    if answer.state != pb::TransactionState::Delivered as i32 {
+                        return Err(Status::aborted(format!("state {}", answer.state)));
+                    }
+                    Ok(())
+                })
+                .await;
             (stats, rpcs)
         }
     };
@@ -354,6 +420,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let workload = match args.workload {
         Workload::TwoPhase => "2pc",
         Workload::Saga => "saga",
+        Workload::Message => "message",
     };
     if args.json {
         println!(
