@@ -1,6 +1,6 @@
-//! The producer's side of a transactional message (DESIGN §10, being built
-//! in issue 19): the outbox row that commits with the business change, and
-//! the answer to the coordinator's check-back.
+//! The producer's side of a transactional message (DESIGN §10), under
+//! [`crate::message`]: the outbox row that commits with the business
+//! change, and the answer to the coordinator's check-back.
 //!
 //! The outbox row is a ledger row, `(message id, "message", "publish")`,
 //! written by [`publish`] in the producer's own local transaction. The

@@ -13,6 +13,7 @@
 use std::path::Path;
 
 pub mod cli;
+pub mod events;
 
 use concord_participant::{BranchContext, LocalTx, ParticipantError, TwoPhaseParticipant, Vote};
 use serde::{Deserialize, Serialize};

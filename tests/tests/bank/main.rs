@@ -200,3 +200,102 @@ async fn concurrent_transfers_conserve_money() {
     assert_eq!(total, total_before);
     stop.cancel();
 }
+
+/// The bank's "transfer completed" events (DESIGN §10): a payment within
+/// one bank is its local transaction, and its event reaches the audit and
+/// notification services once if it committed, never if it rolled back.
+#[tokio::test]
+async fn a_payments_event_reaches_each_service_once_and_a_refused_ones_never() {
+    use concord_example_bank::events::{self, Payment, TransferCompleted};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = support::client(&node);
+    let bank = start_bank(
+        dir.path(),
+        "bank-a",
+        &[("alice", 10_000), ("carol", 0)],
+        &stop,
+    )
+    .await;
+    let mut services = Vec::new();
+    for name in ["audit", "notify"] {
+        let pool = events::open_events_db(&dir.path().join(format!("{name}.db")))
+            .await
+            .expect("events db");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (served, stop) = (pool.clone(), stop.clone().cancelled_owned());
+        tokio::spawn(async move {
+            events::serve_events(served, listener, stop)
+                .await
+                .expect("event service serves");
+        });
+        services.push((name, url, pool));
+    }
+    let targets: Vec<(&str, &str)> = services
+        .iter()
+        .map(|(name, url, _)| (*name, url.as_str()))
+        .collect();
+
+    let paid = events::pay(
+        &client,
+        &bank.url,
+        &bank.pool,
+        ("alice", "carol", 2_000),
+        &targets,
+    )
+    .await
+    .expect("pay");
+    let Payment::Paid { message_id } = paid else {
+        panic!("refused: {paid:?}");
+    };
+    assert_eq!(balance(&bank, "alice").await, 8_000);
+    assert_eq!(balance(&bank, "carol").await, 2_000);
+    for (name, _, pool) in &services {
+        let received = eventually(&format!("{name}'s event"), || async {
+            let events = events::events(pool).await.expect("events");
+            (!events.is_empty()).then_some(events)
+        })
+        .await;
+        assert_eq!(received.len(), 1, "{name}: {received:?}");
+        assert_eq!(received[0].message_id, message_id);
+        assert_eq!(received[0].destination, *name);
+        let event: TransferCompleted = serde_json::from_str(&received[0].body).expect("json");
+        assert_eq!(
+            (
+                event.event.as_str(),
+                event.from.as_str(),
+                event.to.as_str(),
+                event.amount
+            ),
+            ("transfer completed", "alice", "carol", 2_000)
+        );
+    }
+
+    let refused = events::pay(
+        &client,
+        &bank.url,
+        &bank.pool,
+        ("alice", "carol", 90_000),
+        &targets,
+    )
+    .await
+    .expect("pay");
+    let Payment::Refused { message_id } = refused else {
+        panic!("paid: {refused:?}");
+    };
+    eventually("the refused payment's event dropped", || async {
+        let state = client.transaction(&message_id).await.ok()?.state;
+        (state == pb::TransactionState::Dropped as i32).then_some(())
+    })
+    .await;
+    assert_eq!(balance(&bank, "alice").await, 8_000);
+    for (name, _, pool) in &services {
+        let received = events::events(pool).await.expect("events");
+        assert_eq!(received.len(), 1, "{name} got the refused payment's event");
+    }
+    stop.cancel();
+}

@@ -1,14 +1,18 @@
 //! `bank-demo`: the whole bank example in one command, on loopback.
 //!
-//! Starts a coordinator (SQLite log in a temp dir) and two banks (each with
-//! its own SQLite file), all serving real gRPC on 127.0.0.1, then makes a
-//! transfer that commits and one that aborts for lack of funds, printing the
-//! balances before and after each.
+//! Starts a coordinator (SQLite log in a temp dir), two banks and two event
+//! services (audit, notifications; each with its own SQLite file), all
+//! serving real gRPC on 127.0.0.1, then makes a transfer that commits and
+//! one that aborts for lack of funds, printing the balances before and
+//! after each; then two payments within bank-a whose "transfer completed"
+//! events go to the event services as transactional messages, printing
+//! what each service received.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_example_bank::events;
 use concord_participant::{CoordinatorClient, Outcome};
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +48,42 @@ async fn start_bank(
     Ok(BankProcess { name, url, pool })
 }
 
+/// An event service (audit, notifications) of the demo.
+struct EventService {
+    name: &'static str,
+    url: String,
+    pool: SqlitePool,
+}
+
+async fn start_events(
+    name: &'static str,
+    dir: &std::path::Path,
+    stop: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<EventService> {
+    let pool = events::open_events_db(&dir.join(format!("{name}.db"))).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = stop.clone();
+    let served = pool.clone();
+    tasks.spawn(async move {
+        if let Err(error) = events::serve_events(served, listener, stop.cancelled_owned()).await {
+            eprintln!("{name} stopped: {error:#}");
+        }
+    });
+    Ok(EventService { name, url, pool })
+}
+
+fn state_name(state: i32) -> String {
+    concord_proto::v1::TransactionState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TRANSACTION_STATE_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| state.to_string())
+}
+
 async fn print_balances(banks: &[&BankProcess]) -> anyhow::Result<()> {
     for bank in banks {
         for account in concord_example_bank::accounts(&bank.pool).await? {
@@ -70,7 +110,14 @@ async fn main() -> anyhow::Result<()> {
     ))
     .await
     .context("starting the coordinator")?;
-    let bank_a = start_bank("bank-a", dir.path(), &[("alice", 10_000)], &stop, &tasks).await?;
+    let bank_a = start_bank(
+        "bank-a",
+        dir.path(),
+        &[("alice", 10_000), ("carol", 0)],
+        &stop,
+        &tasks,
+    )
+    .await?;
     let bank_b = start_bank("bank-b", dir.path(), &[("bob", 5_000)], &stop, &tasks).await?;
     println!(
         "coordinator {}  bank-a {}  bank-b {}",
@@ -113,6 +160,52 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("balances after:");
         print_balances(&[&bank_a, &bank_b]).await?;
+    }
+
+    let audit = start_events("audit", dir.path(), &stop, &tasks).await?;
+    let notify = start_events("notify", dir.path(), &stop, &tasks).await?;
+    let services = [
+        (audit.name, audit.url.as_str()),
+        (notify.name, notify.url.as_str()),
+    ];
+    for (amount, label) in [(2_000, "20.00"), (90_000, "900.00")] {
+        println!(
+            "
+pay {label} from alice to carol within bank-a, telling audit and notify:"
+        );
+        let paid = events::pay(
+            &client,
+            &bank_a.url,
+            &bank_a.pool,
+            ("alice", "carol", amount),
+            &services,
+        )
+        .await?;
+        match paid {
+            events::Payment::Paid { message_id } => {
+                // Delivery runs after the submit's answer; wait for it.
+                let mut state = 0;
+                for _ in 0..100 {
+                    state = client.transaction(&message_id).await?.state;
+                    if state == concord_proto::v1::TransactionState::Delivered as i32 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                println!("  committed; message {message_id} is {}", state_name(state));
+            }
+            events::Payment::Refused { message_id } => println!(
+                "  refused (not enough money): rolled back, so message {message_id} is never \
+                 delivered (the coordinator's check-back finds no outbox row and drops it)"
+            ),
+        }
+        print_balances(&[&bank_a]).await?;
+        println!("events received so far:");
+        for service in [&audit, &notify] {
+            for event in events::events(&service.pool).await? {
+                println!("  {:<7} {}", service.name, event.body);
+            }
+        }
     }
 
     stop.cancel();
