@@ -56,7 +56,7 @@ enum TxnCommand {
     List {
         /// Only this state (repeatable): active, preparing, committing,
         /// aborting, committed, aborted, running, compensating, completed,
-        /// compensated, failed.
+        /// compensated, failed, prepared, delivering, delivered, dropped.
         #[arg(long = "state", value_parser = parse_state)]
         states: Vec<pb::TransactionState>,
         /// Only this kind: 2pc, saga or message.
@@ -65,7 +65,7 @@ enum TxnCommand {
         /// Only transactions begun at least this long ago: 90s, 5m, 2h, 1d.
         #[arg(long, value_parser = parse_age)]
         older_than: Option<u64>,
-        /// Only sagas flagged NEEDS_ATTENTION.
+        /// Only transactions flagged NEEDS_ATTENTION.
         #[arg(long)]
         needs_attention: bool,
         /// At most this many (1 to 1000).
@@ -370,13 +370,13 @@ fn moment(ms: u64, now: u64) -> String {
 
 fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
     let mut out = format!(
-        "{:<36}  {:<4}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
+        "{:<36}  {:<7}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
         "ID", "KIND", "STATE", "AGE", "PARTS", "ATTN", "REASON"
     );
     for txn in &page.transactions {
         let parts = txn.branch_count as usize;
         out.push_str(&format!(
-            "{:<36}  {:<4}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
+            "{:<36}  {:<7}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
             txn.id,
             kind_name(txn.kind),
             state_name(txn.state),
@@ -413,9 +413,18 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
         },
     );
     field("begun", moment(txn.created_at_ms, now));
+    let message = txn.kind == pb::TransactionKind::Message as i32;
     if txn.deadline_ms > 0 {
-        field("deadline", moment(txn.deadline_ms, now));
+        // A message's deadline is when its check-back is due (M6).
+        let label = if message {
+            "check-back due"
+        } else {
+            "deadline"
+        };
+        field(label, moment(txn.deadline_ms, now));
     }
+    field("producer", txn.producer.clone());
+    field("ordering key", txn.ordering_key.clone());
     field("decided", moment(txn.decided_at_ms, now));
     field("ended", moment(txn.ended_at_ms, now));
     field("reason", txn.reason.clone());
@@ -425,7 +434,11 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
         field("read only", "yes".into());
     }
     if !txn.branches.is_empty() {
-        out.push_str("branches:\n");
+        out.push_str(if message {
+            "destinations:\n"
+        } else {
+            "branches:\n"
+        });
         for branch in &txn.branches {
             let state = pb::BranchState::try_from(branch.state)
                 .map(|s| {
@@ -443,10 +456,17 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
                         .to_ascii_lowercase()
                 })
                 .unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "  {:<16}{:<12} vote {:<9} attempts {:<4} {}\n",
-                branch.name, state, vote, branch.attempts, branch.participant
-            ));
+            if message {
+                out.push_str(&format!(
+                    "  {:<16}{:<12} attempts {:<4} {}\n",
+                    branch.name, state, branch.attempts, branch.participant
+                ));
+            } else {
+                out.push_str(&format!(
+                    "  {:<16}{:<12} vote {:<9} attempts {:<4} {}\n",
+                    branch.name, state, vote, branch.attempts, branch.participant
+                ));
+            }
             if !branch.last_error.is_empty() {
                 out.push_str(&format!("  {:<16}last error: {}\n", "", branch.last_error));
             }

@@ -29,6 +29,7 @@ fn kind_name(value: i32) -> &'static str {
     match pb::TransactionKind::try_from(value) {
         Ok(pb::TransactionKind::Saga) => "saga",
         Ok(pb::TransactionKind::TwoPhase) => "2pc",
+        Ok(pb::TransactionKind::Message) => "message",
         _ => "",
     }
 }
@@ -55,6 +56,8 @@ pub fn transaction(txn: &pb::Transaction) -> Value {
         "read_only": txn.read_only,
         "needs_attention": txn.needs_attention,
         "branch_count": txn.branch_count,
+        "producer": txn.producer,
+        "ordering_key": txn.ordering_key,
         "branches": txn.branches.iter().map(|b| json!({
             "name": b.name,
             "participant": b.participant,

@@ -209,7 +209,7 @@ struct Filters {
     /// Comma-separated state names (`committing,aborting`).
     #[serde(default)]
     states: String,
-    /// `2pc` or `saga`; empty: both.
+    /// `2pc`, `saga` or `message`; empty: every kind.
     #[serde(default)]
     kind: String,
     #[serde(default)]
@@ -251,9 +251,10 @@ impl Filters {
             "" => pb::TransactionKind::Unspecified,
             "2pc" | "two_phase" => pb::TransactionKind::TwoPhase,
             "saga" => pb::TransactionKind::Saga,
+            "message" => pb::TransactionKind::Message,
             other => {
                 return Err(tonic::Status::invalid_argument(format!(
-                    "kind: {other:?} is neither 2pc nor saga"
+                    "kind: {other:?} is not 2pc, saga or message"
                 )));
             }
         } as i32)

@@ -28,8 +28,9 @@ const OPEN_AT_MOST: usize = 100_000;
 pub struct Second {
     /// Milliseconds since the Unix epoch, at the second's start.
     pub at_ms: u64,
-    /// COMMITTED (2PC) and COMPLETED (saga).
+    /// COMMITTED (2PC), COMPLETED (saga) and DELIVERED (message).
     pub committed: u32,
+    /// ABORTED (2PC) and DROPPED (message).
     pub aborted: u32,
     /// COMPENSATED and FAILED sagas.
     pub compensated: u32,
@@ -154,8 +155,10 @@ impl Stats {
             return;
         };
         match to {
-            TxnState::Committed | TxnState::Completed => second.committed += 1,
-            TxnState::Aborted => second.aborted += 1,
+            TxnState::Committed | TxnState::Completed | TxnState::Delivered => {
+                second.committed += 1;
+            }
+            TxnState::Aborted | TxnState::Dropped => second.aborted += 1,
             _ => second.compensated += 1,
         }
         if let Some(began) = began

@@ -138,15 +138,23 @@ document.getElementById("token-form").addEventListener("submit", async (event) =
 
 function txnRow(txn) {
   const one = txn.branch_count === 1;
-  const parts = txn.kind === "saga" ? (one ? "step" : "steps") : (one ? "branch" : "branches");
+  const parts = txn.kind === "saga" ? (one ? "step" : "steps")
+    : txn.kind === "message" ? (one ? "destination" : "destinations")
+    : (one ? "branch" : "branches");
   return el("tr", { "data-id": txn.id },
     el("td", {}, el("a", { href: `#/txn/${txn.id}`, class: "mono" }, short(txn.id))),
     el("td", {}, txn.kind),
     el("td", { class: "state" }, pill(txn.state), txn.needs_attention ? [" ", el("span", { class: "pill flag" }, "needs attention")] : null),
     el("td", { class: "muted" }, ago(txn.created_at_ms)),
     el("td", {}, `${txn.branch_count} ${parts}`),
-    txn.reason ? el("td", { class: "error" }, txn.reason) : el("td", { class: "muted" }, txn.description || ""),
+    txn.reason ? el("td", { class: informative(txn) ? "muted" : "error" }, txn.reason) : el("td", { class: "muted" }, txn.description || ""),
   );
+}
+
+// A reason that says how things went well (a message's "submitted by the
+// producer"), not what went wrong.
+function informative(txn) {
+  return txn.kind === "message" && ["delivering", "delivered"].includes(txn.state);
 }
 
 function table(id, rows, empty) {
@@ -165,22 +173,22 @@ async function listPage(params) {
   };
   const attention = el("section", { class: "card attention", id: "attention-card" },
     el("h2", {}, "Needs attention"),
-    el("p", { class: "muted small" }, "Sagas whose compensation or must-complete step is past its retry budget and still retrying. They never drop: resolve them, or fix the participant and Retry."),
+    el("p", { class: "muted small" }, "Sagas whose compensation or must-complete step is past its retry budget, and messages whose producer or destination keeps failing, all still retrying. They never drop: fix the participant and Retry, or resolve a saga's step by hand."),
     el("div", { id: "attention-body" }, "loading…"));
   const chart = el("section", { class: "card" },
     el("div", { class: "row" }, el("h2", {}, "Ended per second, last 5 minutes"), el("span", { class: "spacer" }), el("span", { class: "muted small", id: "chart-note" }, "")),
     el("div", { class: "chart-wrap" },
       el("canvas", { id: "chart", width: 820, height: 130 }),
       el("div", { class: "legend" },
-        el("div", {}, el("span", { class: "key committed" }), "committed / completed"),
-        el("div", {}, el("span", { class: "key aborted" }), "aborted"),
+        el("div", {}, el("span", { class: "key committed" }), "committed / completed / delivered"),
+        el("div", {}, el("span", { class: "key aborted" }), "aborted / dropped"),
         el("div", {}, el("span", { class: "key compensated" }), "compensated / failed"),
         el("div", { id: "percentiles" }, ""))));
   const stateSelect = el("select", { id: "filter-state", "aria-label": "State" },
-    ["", "active", "committing", "aborting", "committed", "aborted", "running", "compensating", "completed", "compensated", "failed"]
+    ["", "active", "committing", "aborting", "committed", "aborted", "running", "compensating", "completed", "compensated", "failed", "prepared", "delivering", "delivered", "dropped"]
       .map((s) => el("option", { value: s, selected: s === filters.states }, s || "any state")));
   const kindSelect = el("select", { id: "filter-kind", "aria-label": "Kind" },
-    [["", "2PC and sagas"], ["2pc", "2PC"], ["saga", "sagas"]].map(([v, t]) => el("option", { value: v, selected: v === filters.kind }, t)));
+    [["", "every kind"], ["2pc", "2PC"], ["saga", "sagas"], ["message", "messages"]].map(([v, t]) => el("option", { value: v, selected: v === filters.kind }, t)));
   const flagged = el("input", { type: "checkbox", id: "filter-attention", checked: filters.needs_attention });
   const apply = () => {
     const next = new URLSearchParams();
@@ -343,6 +351,7 @@ async function txnPage(id) {
 
 function txnView(txn, reload, notes, setEditing) {
   const saga = txn.kind === "saga";
+  const msg = txn.kind === "message";
   const facts = el("section", { class: "card" },
     el("div", { class: "row" },
       el("h1", { class: "mono" }, txn.id), pill(txn.state),
@@ -350,12 +359,14 @@ function txnView(txn, reload, notes, setEditing) {
       el("span", { class: "spacer" }),
       operator && !ended(txn) ? el("button", { id: "retry", onclick: () => retry(txn, reload, notes) }, "Retry now") : null),
     el("dl", { class: "facts" },
-      el("dt", {}, "kind"), el("dd", {}, saga ? "saga" : "two-phase commit"),
+      el("dt", {}, "kind"), el("dd", {}, saga ? "saga" : msg ? "transactional message" : "two-phase commit"),
       el("dt", {}, "begun"), el("dd", {}, `${when(txn.created_at_ms)} (${ago(txn.created_at_ms)})`),
-      saga ? null : [el("dt", {}, "deadline"), el("dd", {}, when(txn.deadline_ms))],
+      saga || (msg && txn.decided_at_ms) ? null : [el("dt", {}, msg ? "check-back due" : "deadline"), el("dd", {}, when(txn.deadline_ms))],
+      msg ? [el("dt", {}, "producer"), el("dd", { class: "mono" }, txn.producer)] : null,
+      txn.ordering_key ? [el("dt", {}, "ordering key"), el("dd", { class: "mono" }, txn.ordering_key)] : null,
       el("dt", {}, "decided"), el("dd", {}, when(txn.decided_at_ms)),
       el("dt", {}, "ended"), el("dd", {}, when(txn.ended_at_ms)),
-      txn.reason ? [el("dt", {}, "reason"), el("dd", { class: "error" }, txn.reason)] : null,
+      txn.reason ? [el("dt", {}, "reason"), el("dd", { class: informative(txn) ? "" : "error" }, txn.reason)] : null,
       txn.description ? [el("dt", {}, "description"), el("dd", {}, txn.description)] : null,
       txn.idempotency_key ? [el("dt", {}, "idempotency key"), el("dd", { class: "mono" }, txn.idempotency_key)] : null));
   const parts = saga ? txn.steps : txn.branches;
@@ -363,7 +374,7 @@ function txnView(txn, reload, notes, setEditing) {
     const row = el("tr", { "data-name": part.name },
       el("td", {}, el("b", {}, part.name)),
       el("td", {}, pill(part.state)),
-      saga ? el("td", {}, part.kind) : el("td", {}, part.vote === "unspecified" ? "—" : part.vote),
+      msg ? null : saga ? el("td", {}, part.kind) : el("td", {}, part.vote === "unspecified" ? "—" : part.vote),
       el("td", {}, saga ? `${part.attempts} / ${part.compensation_attempts}` : `${part.attempts}`),
       el("td", { class: "mono small" }, part.participant),
       el("td", { class: "error" }, part.last_error || ""),
@@ -372,9 +383,10 @@ function txnView(txn, reload, notes, setEditing) {
   });
   const heads = saga
     ? ["step", "state", "kind", "attempts / compensations", "participant", "last error", ""]
+    : msg ? ["destination", "state", "deliveries", "participant", "last error", ""]
     : ["branch", "state", "vote", "attempts", "participant", "last error", ""];
   const partsCard = el("section", { class: "card" },
-    el("h2", {}, saga ? "Steps" : "Branches"),
+    el("h2", {}, saga ? "Steps" : msg ? "Destinations" : "Branches"),
     el("table", { id: "parts" }, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
   const actions = el("section", { class: "card", id: "operator-actions" },
     el("h2", {}, "Operator decisions"),
@@ -388,11 +400,13 @@ function txnView(txn, reload, notes, setEditing) {
 // Whether an operator may resolve this branch or step now (the server
 // checks again and says why not).
 function ended(txn) {
-  return ["committed", "aborted", "completed", "compensated", "failed"].includes(txn.state);
+  return ["committed", "aborted", "completed", "compensated", "failed", "delivered", "dropped"].includes(txn.state);
 }
 
 function resolvable(txn, part) {
-  if (ended(txn)) return false;
+  // A message's destinations are delivered until they acknowledge (M3):
+  // nothing to resolve by hand; Retry now cuts their backoff short.
+  if (ended(txn) || txn.kind === "message") return false;
   // A step whose action (running) or compensation (compensating) is
   // retrying; a 2PC branch not yet acknowledged once decided.
   if (txn.kind === "saga") return ["running", "compensating"].includes(part.state);

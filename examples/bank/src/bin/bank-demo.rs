@@ -7,6 +7,11 @@
 //! after each; then two payments within bank-a whose "transfer completed"
 //! events go to the event services as transactional messages, printing
 //! what each service received.
+//!
+//! With `--coordinator URL` (or `CONCORD_COORDINATOR`) it runs them through
+//! a coordinator already running, e.g. one serving the web console
+//! (`concord serve --console-listen 127.0.0.1:7480`), to watch them appear
+//! there.
 
 use std::net::SocketAddr;
 
@@ -98,18 +103,34 @@ async fn print_balances(banks: &[&BankProcess]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bank-demo [--coordinator URL]`.
+#[derive(Debug, clap::Parser)]
+struct Args {
+    /// Run through this coordinator instead of starting one.
+    #[arg(long, env = "CONCORD_COORDINATOR")]
+    coordinator: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let stop = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
 
-    let node = Node::start(NodeConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        StoreLocation::DataDir(dir.path().join("coordinator")),
-    ))
-    .await
-    .context("starting the coordinator")?;
+    let (node, coordinator) = match args.coordinator {
+        Some(url) => (None, url),
+        None => {
+            let node = Node::start(NodeConfig::new(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                StoreLocation::DataDir(dir.path().join("coordinator")),
+            ))
+            .await
+            .context("starting the coordinator")?;
+            let url = node.url();
+            (Some(node), url)
+        }
+    };
     let bank_a = start_bank(
         "bank-a",
         dir.path(),
@@ -120,12 +141,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let bank_b = start_bank("bank-b", dir.path(), &[("bob", 5_000)], &stop, &tasks).await?;
     println!(
-        "coordinator {}  bank-a {}  bank-b {}",
-        node.url(),
-        bank_a.url,
-        bank_b.url
+        "coordinator {coordinator}  bank-a {}  bank-b {}",
+        bank_a.url, bank_b.url
     );
-    let client = CoordinatorClient::connect(node.url())?;
+    let client = CoordinatorClient::connect(coordinator)?;
 
     println!("\nbalances before:");
     print_balances(&[&bank_a, &bank_b]).await?;
@@ -211,6 +230,8 @@ pay {label} from alice to carol within bank-a, telling audit and notify:"
     stop.cancel();
     tasks.close();
     tasks.wait().await;
-    node.shutdown().await?;
+    if let Some(node) = node {
+        node.shutdown().await?;
+    }
     Ok(())
 }
