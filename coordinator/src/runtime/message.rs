@@ -148,6 +148,24 @@ impl LiveMessage {
         inner.ordering_seq = seq;
     }
 
+    /// Returns once every destination acknowledged, or the message was
+    /// dropped or let go (taken over, shutting down: `ended`). Not once its
+    /// end record is durable: that record is lazy, and nothing a caller
+    /// learns depends on it (a lost end means deliveries made again).
+    pub async fn settled(&self) {
+        let mut progress = self.progress.subscribe();
+        let mut ended = self.ended.subscribe();
+        loop {
+            if self.lock().machine.phase().is_terminal() || *ended.borrow_and_update() {
+                return;
+            }
+            tokio::select! {
+                changed = progress.changed() => if changed.is_err() { return },
+                changed = ended.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     /// Whether this message still owes a delivery to `participant` (M5: a
     /// later message of its key waits for it there).
     fn owes(&self, participant: &str) -> bool {

@@ -147,12 +147,9 @@ impl Runtime {
             message::decided(shared, &live_message, &mut inner, &effects);
         }
         if wait {
-            let mut ended = live_message.ended.subscribe();
             tokio::select! {
                 biased;
-                result = ended.wait_for(|ended| *ended) => {
-                    result.map_err(|_| Error::ShuttingDown)?;
-                }
+                () = live_message.settled() => {}
                 () = shared.shutdown.cancelled() => return Err(Error::ShuttingDown),
             }
         }
