@@ -58,6 +58,17 @@ pub enum Workload {
     Message,
 }
 
+impl Workload {
+    /// What `--participants` counts for this workload.
+    fn parts(self) -> &'static str {
+        match self {
+            Workload::TwoPhase => "participant(s)",
+            Workload::Saga => "step(s)",
+            Workload::Message => "destination(s)",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "2pc")]
@@ -257,8 +268,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let urls = Arc::new(participant_urls);
     if !args.json {
         eprintln!(
-            "concord bench: {:?}, {k} participant(s), {} clients, coordinator {coordinator_url}",
-            args.workload, args.clients
+            "concord bench: {:?}, {k} {}, {} clients, coordinator {coordinator_url}",
+            args.workload,
+            args.workload.parts(),
+            args.clients
         );
     }
     let served_before = no_op.rpcs.load(Ordering::Relaxed);
@@ -439,7 +452,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "workload        {workload}, {k} participant(s), {} clients",
+            "workload        {workload}, {k} {}, {} clients",
+            args.workload.parts(),
             args.clients
         );
         println!(
@@ -477,7 +491,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.report {
         let summary = report::Summary {
             title: format!(
-                "{workload}, {k} participant(s), {} clients{}",
+                "{workload}, {k} {}, {} clients{}",
+                args.workload.parts(),
                 args.clients,
                 if args.one_call { ", one call" } else { "" }
             ),
