@@ -117,9 +117,10 @@ pub(crate) fn retry(what: &'static str) {
 
 /// What is in memory now: transactions and sagas in flight, and of those
 /// the decided 2PC transactions still delivering (the phase-2 backlog).
-pub(crate) fn in_flight(two_phase: usize, sagas: usize, phase2_backlog: usize) {
+pub(crate) fn in_flight(two_phase: usize, sagas: usize, messages: usize, phase2_backlog: usize) {
     gauge!("concord_in_flight", "kind" => "2pc").set(two_phase as f64);
     gauge!("concord_in_flight", "kind" => "saga").set(sagas as f64);
+    gauge!("concord_in_flight", "kind" => "message").set(messages as f64);
     gauge!("concord_phase2_backlog").set(phase2_backlog as f64);
 }
 

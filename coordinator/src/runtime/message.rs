@@ -553,7 +553,7 @@ async fn deliver(shared: &Shared, message: &Arc<LiveMessage>, idx: usize) -> boo
                 return true;
             }
         }
-        metrics::retry("deliver");
+        metrics::retry("message_delivery");
         let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
         tokio::select! {
             () = shared.shutdown.cancelled() => return false,

@@ -163,7 +163,12 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
             .iter()
             .filter(|txn| txn.outcome.borrow().is_some())
             .count();
-        crate::metrics::in_flight(shared.live.len(), shared.sagas.len(), phase2_backlog);
+        crate::metrics::in_flight(
+            shared.live.len(),
+            shared.sagas.len(),
+            shared.messages.len(),
+            phase2_backlog,
+        );
         crate::metrics::recovery_backlog(
             shared
                 .recovery_backlog
