@@ -166,6 +166,13 @@ impl PreparedMessage {
     /// Writes the outbox row in `tx`: the message is published if and only
     /// if `tx` commits. [`PublishError::Dropped`] means the coordinator's
     /// check-back came first and dropped it: roll `tx` back.
+    ///
+    /// On SQLite, a deferred transaction (`pool.begin()`) whose first
+    /// statement is this one reads before it writes, and fails with
+    /// "database is locked" if another connection wrote in between (SQLite
+    /// cannot upgrade a stale read to a write). Begin it with
+    /// `pool.begin_with("BEGIN IMMEDIATE")`, or make the business change
+    /// (a write) first, as in the module's example.
     pub async fn publish_with<DB: LedgerDb>(
         &self,
         tx: &mut LocalTxOf<DB>,

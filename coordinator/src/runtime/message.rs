@@ -139,13 +139,15 @@ impl LiveMessage {
         state_of(self.lock().machine.phase())
     }
 
-    /// As it was when loaded from the log: decided or not, its reason and
-    /// its place among its key's messages.
-    pub fn restore(&self, decided_at_ms: Option<u64>, reason: Option<String>, seq: Option<u64>) {
+    /// As it was when loaded from the log: decided or not, its reason, its
+    /// place among its key's messages, and the NEEDS_ATTENTION flag.
+    pub fn restore(&self, view: &TxnView, seq: Option<u64>) {
         let mut inner = self.lock();
-        inner.decided_at_ms = decided_at_ms;
-        inner.reason = reason;
+        inner.decided_at_ms = view.decided_at_ms;
+        inner.reason = view.reason.clone();
         inner.ordering_seq = seq;
+        inner.needs_attention = view.needs_attention;
+        inner.attention_recorded = view.needs_attention;
     }
 
     /// Returns once every destination acknowledged, or the message was
@@ -296,19 +298,25 @@ impl Orders {
     }
 
     /// The first message decided before `message` in its key's order that
-    /// still owes `participant` a delivery.
+    /// still owes `participant` a delivery. The messages are looked at
+    /// after this lock is let go: where a decision is queued (`decided`) a
+    /// message's own lock is held while this one is taken, so taking a
+    /// message's lock under this one could deadlock.
     fn blocker(
         &self,
         key: &str,
         message: &LiveMessage,
         participant: &str,
     ) -> Option<Arc<LiveMessage>> {
-        let keys = self.lock();
-        keys.get(key)?
-            .iter()
-            .take_while(|(_, m)| m.header.id != message.header.id)
-            .find(|(_, m)| m.owes(participant))
-            .map(|(_, m)| Arc::clone(m))
+        let earlier: Vec<Arc<LiveMessage>> = {
+            let keys = self.lock();
+            keys.get(key)?
+                .iter()
+                .take_while(|(_, m)| m.header.id != message.header.id)
+                .map(|(_, m)| Arc::clone(m))
+                .collect()
+        };
+        earlier.into_iter().find(|m| m.owes(participant))
     }
 }
 

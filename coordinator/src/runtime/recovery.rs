@@ -237,22 +237,22 @@ fn adopt_message(
         crate::protocol::message::Message::recovered(view.branches.len(), decided);
     let destinations = view
         .branches
-        .into_iter()
+        .iter()
         .zip(payloads)
         .map(|(branch, payload)| crate::model::Destination {
-            name: branch.name,
-            participant: branch.participant,
+            name: branch.name.clone(),
+            participant: branch.participant.clone(),
             payload,
         })
         .collect();
     let live_message = Arc::new(LiveMessage::new(
         header,
-        view.producer.unwrap_or_default(),
+        view.producer.clone().unwrap_or_default(),
         view.ordering_key.clone(),
         destinations,
         machine,
     ));
-    live_message.restore(view.decided_at_ms, view.reason, ordering_seq);
+    live_message.restore(&view, ordering_seq);
     live_message
         .recorded
         .store(true, std::sync::atomic::Ordering::SeqCst);
