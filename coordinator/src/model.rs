@@ -456,6 +456,7 @@ pub fn message_via_str(via: MessageVia) -> &'static str {
     match via {
         MessageVia::Submit => "submitted by the producer",
         MessageVia::CheckBack => "confirmed by a check-back: the producer's outbox row is there",
+        MessageVia::Operator => "resolved committed by an operator (concord txn resolve)",
     }
 }
 

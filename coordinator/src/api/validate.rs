@@ -360,6 +360,12 @@ pub fn prepare_message(
                      ledger key with the message id)"
                 ))
             })?;
+        if name == crate::runtime::message::PRODUCER {
+            return Err(invalid(format!(
+                "destinations[{idx}].name {name:?} is reserved: it names the message's producer \
+                 (concord txn resolve --branch producer)"
+            )));
+        }
         if let Some(first) = destinations.iter().position(|d| d.name == name) {
             return Err(invalid(format!(
                 "destination {name:?} is named twice (destinations[{first}] and \

@@ -88,13 +88,17 @@ enum TxnCommand {
     },
     /// Records what you established happened at a participant that cannot
     /// answer, so the transaction can finish: a 2PC branch in phase 2
-    /// (committed or aborted, as the transaction decided), or a saga step
+    /// (committed or aborted, as the transaction decided), a saga step
     /// whose action (committed) or compensation (compensated) keeps
-    /// failing. Recorded with who, when and why; shown forever after.
+    /// failing, a message's producer that cannot answer its check-back
+    /// (`--branch producer`: committed to deliver, aborted to drop) or a
+    /// message's destination that keeps failing (committed). Recorded with
+    /// who, when and why; shown forever after.
     Resolve {
         /// The transaction id.
         id: String,
-        /// The branch or step name, as `concord txn show` prints it.
+        /// The branch, step or destination name, as `concord txn show`
+        /// prints it, or `producer` for a message's producer.
         #[arg(long)]
         branch: String,
         /// committed, aborted or compensated.

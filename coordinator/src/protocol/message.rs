@@ -59,6 +59,9 @@ pub enum Via {
     Submit,
     /// A check-back found the producer's outbox row.
     CheckBack,
+    /// An operator established it by hand (`concord txn resolve`), the
+    /// producer being unable to answer its check-back.
+    Operator,
 }
 
 /// What the producer's SDK answered to a check-back.
@@ -90,6 +93,10 @@ pub enum Event {
     CheckDue,
     /// The producer answered the check-back.
     CheckAnswered(CheckAnswer),
+    /// An operator answered for a producer that cannot (its service is
+    /// gone for good), having looked for the outbox row by hand; recorded
+    /// before it is applied. Decides as a check-back's answer would.
+    Resolved(CheckAnswer),
     /// The check-back got no answer (unreachable, deadline, error).
     CheckFailed { reason: String },
     /// A destination acknowledged its delivery.
@@ -201,17 +208,26 @@ impl Message {
                 Phase::Prepared => vec![Effect::CheckBack],
                 _ => Vec::new(),
             }),
-            Event::CheckAnswered(answer) => Ok(match (self.phase, answer) {
-                (Phase::Prepared, CheckAnswer::Committed) => self.decide(Via::CheckBack, true),
-                (Phase::Prepared, CheckAnswer::RolledBack) => {
-                    self.phase = Phase::Dropped;
-                    vec![Effect::LogEnded {
-                        phase: Phase::Dropped,
-                    }]
-                }
-                // A Submit got there first: it is the same truth (M2).
-                _ => Vec::new(),
-            }),
+            Event::CheckAnswered(answer) | Event::Resolved(answer) => {
+                Ok(match (self.phase, answer) {
+                    (Phase::Prepared, CheckAnswer::Committed) => {
+                        let via = if matches!(event, Event::Resolved(_)) {
+                            Via::Operator
+                        } else {
+                            Via::CheckBack
+                        };
+                        self.decide(via, true)
+                    }
+                    (Phase::Prepared, CheckAnswer::RolledBack) => {
+                        self.phase = Phase::Dropped;
+                        vec![Effect::LogEnded {
+                            phase: Phase::Dropped,
+                        }]
+                    }
+                    // A Submit got there first: it is the same truth (M2).
+                    _ => Vec::new(),
+                })
+            }
             Event::CheckFailed { .. } => Ok(match self.phase {
                 Phase::Prepared => vec![Effect::RetryCheckBack],
                 _ => Vec::new(),

@@ -32,7 +32,8 @@ use tracing::Instrument;
 
 use crate::metrics;
 use crate::model::{
-    BranchState, BranchView, Destination, MessageVia, TxnKind, TxnState, TxnView, message_via_str,
+    BranchState, BranchView, Destination, MessageVia, OperatorAction, Resolution, TxnKind,
+    TxnState, TxnView, message_via_str,
 };
 use crate::protocol::message::{CheckAnswer, DestinationPhase, Effect, Event, Message, Phase};
 use crate::store::{BranchEnd, Record};
@@ -42,6 +43,10 @@ use super::driver::{Urgency, Written, write_until_durable_as};
 use super::live::TxnHeader;
 use super::log::Durable;
 use super::participants::BranchCall;
+
+/// The name an operator gives a message's producer in `concord txn
+/// resolve` (a destination may not be called so).
+pub const PRODUCER: &str = "producer";
 
 /// Failed check-backs, or failed deliveries to one destination, after which
 /// the message is flagged NEEDS_ATTENTION (it goes on being retried: M3,
@@ -65,6 +70,8 @@ pub struct MessageInner {
     ordering_seq: Option<u64>,
     /// The decision's record, queued and not yet known durable.
     decision_write: Option<(Durable, Record)>,
+    /// Operators' decisions for its producer or destinations, durable.
+    pub operator_actions: Vec<OperatorAction>,
 }
 
 /// A message the coordinator is working on.
@@ -117,6 +124,7 @@ impl LiveMessage {
                 attention_recorded: false,
                 ordering_seq: None,
                 decision_write: None,
+                operator_actions: Vec::new(),
             }),
             wake: Notify::new(),
             ended: watch::channel(false).0,
@@ -141,8 +149,9 @@ impl LiveMessage {
 
     /// As it was when loaded from the log: decided or not, its reason, its
     /// place among its key's messages, and the NEEDS_ATTENTION flag.
-    pub fn restore(&self, view: &TxnView, seq: Option<u64>) {
+    pub fn restore(&self, view: &TxnView, seq: Option<u64>, actions: Vec<OperatorAction>) {
         let mut inner = self.lock();
+        inner.operator_actions = actions;
         inner.decided_at_ms = view.decided_at_ms;
         inner.reason = view.reason.clone();
         inner.ordering_seq = seq;
@@ -223,7 +232,11 @@ impl LiveMessage {
             branches,
             steps: Vec::new(),
             needs_attention: inner.needs_attention,
-            operator_actions: Vec::new(),
+            operator_actions: if with_branches {
+                inner.operator_actions.clone()
+            } else {
+                Vec::new()
+            },
             producer: Some(self.producer.clone()),
             ordering_key: self.ordering_key.clone(),
         }
@@ -358,6 +371,47 @@ pub(super) fn decided(
     }
     inner.decision_write = Some((durable, record));
     message.wake.notify_one();
+}
+
+/// What an operator's durable decision does to a message (M6): for its
+/// producer, the answer its check-back could not get (committed: deliver;
+/// aborted: drop); for a destination, that it took the message (its
+/// delivery stops). Applied once the action is durable, and again by
+/// recovery, where it changes nothing that already happened.
+pub(super) fn apply_action(shared: &Shared, message: &Arc<LiveMessage>, action: &OperatorAction) {
+    let mut inner = message.lock();
+    if action.branch == PRODUCER {
+        let answer = if action.outcome == Resolution::Committed {
+            CheckAnswer::Committed
+        } else {
+            CheckAnswer::RolledBack
+        };
+        let was = inner.machine.phase();
+        if let Ok(effects) = inner.machine.apply(Event::Resolved(answer)) {
+            if was == Phase::Prepared && answer == CheckAnswer::RolledBack {
+                inner.reason = Some(format!(
+                    "dropped by an operator ({}): {}",
+                    action.operator, action.reason
+                ));
+            }
+            decided(shared, message, &mut inner, &effects);
+        }
+        drop(inner);
+        message.wake.notify_one();
+        return;
+    }
+    if let Some(idx) = message
+        .destinations
+        .iter()
+        .position(|d| d.name == action.branch)
+    {
+        let _ = inner
+            .machine
+            .apply(Event::Acknowledged { destination: idx });
+        drop(inner);
+        message.progress.send_modify(|n| *n += 1);
+        message.retries.now();
+    }
 }
 
 /// Starts the message's driver on the runtime's tasks.
@@ -524,6 +578,10 @@ async fn deliver(shared: &Shared, message: &Arc<LiveMessage>, idx: usize) -> boo
     }
     let mut delays = shared.config.retry.build();
     loop {
+        // An operator may have resolved it meanwhile (`apply_action`).
+        if message.lock().machine.destination(idx) == Some(DestinationPhase::Acknowledged) {
+            return true;
+        }
         let call = BranchCall {
             transaction_id: message.header.id.to_string(),
             branch: destination.name.clone(),
@@ -660,9 +718,8 @@ fn forget(shared: &Shared, message: &LiveMessage) {
 /// How a message loaded from the log was decided, from the reason its
 /// decision was recorded with.
 pub fn via_of(reason: Option<&str>) -> MessageVia {
-    if reason == Some(message_via_str(MessageVia::CheckBack)) {
-        MessageVia::CheckBack
-    } else {
-        MessageVia::Submit
-    }
+    [MessageVia::CheckBack, MessageVia::Operator]
+        .into_iter()
+        .find(|via| reason == Some(message_via_str(*via)))
+        .unwrap_or(MessageVia::Submit)
 }

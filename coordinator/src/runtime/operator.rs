@@ -119,6 +119,14 @@ impl Runtime {
             tracing::warn!(%id, step, "operator resolved a saga step");
             return Ok(saga.state());
         }
+        if let Some(live_message) = shared.messages.get(&id).map(|m| Arc::clone(&m)) {
+            check_message_action(&live_message, &action)?;
+            self.record_action(id, &action).await?;
+            live_message.lock().operator_actions.push(action.clone());
+            message::apply_action(shared, &live_message, &action);
+            tracing::warn!(%id, branch = %action.branch, "operator resolved a message");
+            return Ok(live_message.state());
+        }
         let view = shared
             .store
             .transaction(&id)
@@ -132,7 +140,64 @@ impl Runtime {
             view.state.as_str()
         )))
     }
+}
 
+/// What an operator may resolve of a message (M6): its producer, while the
+/// message is PREPARED (committed: its local transaction committed, deliver;
+/// aborted: it did not, drop); a destination, while it is owed its
+/// delivery, as committed (it took the message, or never will and the
+/// operator takes that on). Anything else would contradict what is known.
+fn check_message_action(
+    live_message: &message::LiveMessage,
+    action: &OperatorAction,
+) -> Result<(), Error> {
+    use crate::protocol::message::{DestinationPhase, Phase};
+    let id = live_message.header.id;
+    let inner = live_message.lock();
+    let phase = inner.machine.phase();
+    if action.branch == message::PRODUCER {
+        if phase != Phase::Prepared {
+            return Err(Error::CannotResolve(format!(
+                "message {id} is {}: its producer's answer is known already; only a PREPARED \
+                 message's producer can be resolved",
+                message::state_of(phase).as_str()
+            )));
+        }
+        if !matches!(action.outcome, Resolution::Committed | Resolution::Aborted) {
+            return Err(Error::CannotResolve(format!(
+                "a message's producer is resolved committed (its local transaction committed: \
+                 the outbox row is there; deliver) or aborted (it did not: drop), not {}",
+                action.outcome.as_str()
+            )));
+        }
+        return Ok(());
+    }
+    let idx = live_message
+        .destinations
+        .iter()
+        .position(|d| d.name == action.branch)
+        .ok_or_else(|| Error::NoSuchBranch {
+            id,
+            name: action.branch.clone(),
+        })?;
+    if inner.machine.destination(idx) != Some(DestinationPhase::Owed) {
+        return Err(Error::CannotResolve(format!(
+            "destination {} of message {id} is not waiting for its delivery (the message is {})",
+            action.branch,
+            message::state_of(phase).as_str()
+        )));
+    }
+    if action.outcome != Resolution::Committed {
+        return Err(Error::CannotResolve(format!(
+            "a message's destination is resolved committed (it took the message), not {}: the \
+             producer's local transaction committed, so the message cannot be undone",
+            action.outcome.as_str()
+        )));
+    }
+    Ok(())
+}
+
+impl Runtime {
     /// Makes an operator's action durable before it takes effect.
     async fn record_action(&self, id: TxnId, action: &OperatorAction) -> Result<(), Error> {
         let record = Record::OperatorResolved {

@@ -83,8 +83,8 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
                 shared,
                 header,
                 view,
-                record.payloads,
-                record.ordering_seq,
+                (record.payloads, record.ordering_seq),
+                operator_actions,
             )));
             continue;
         }
@@ -228,8 +228,8 @@ fn adopt_message(
     shared: &Arc<Shared>,
     header: TxnHeader,
     view: TxnView,
-    payloads: Vec<Vec<u8>>,
-    ordering_seq: Option<u64>,
+    (payloads, ordering_seq): (Vec<Vec<u8>>, Option<u64>),
+    operator_actions: Vec<OperatorAction>,
 ) -> Arc<LiveMessage> {
     let decided =
         (view.state == TxnState::Delivering).then(|| message::via_of(view.reason.as_deref()));
@@ -252,7 +252,7 @@ fn adopt_message(
         destinations,
         machine,
     ));
-    live_message.restore(&view, ordering_seq);
+    live_message.restore(&view, ordering_seq, operator_actions.clone());
     live_message
         .recorded
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -264,5 +264,11 @@ fn adopt_message(
             .restore(key, ordering_seq.unwrap_or(0), &live_message);
     }
     shared.messages.insert(view.id, Arc::clone(&live_message));
+    // Operators' decisions hold across restarts (M6): a producer resolved
+    // but not yet decided in the log is decided now; a destination
+    // resolved is not called again.
+    for action in &operator_actions {
+        message::apply_action(shared, &live_message, action);
+    }
     live_message
 }

@@ -469,6 +469,16 @@ async fn bad_messages_are_refused_precisely_and_change_nothing() {
         ),
         (
             pb::PrepareMessageRequest {
+                destinations: vec![pb::MessageDestination {
+                    name: "producer".into(),
+                    ..good().destinations[0].clone()
+                }],
+                ..good()
+            },
+            "destinations[0].name \"producer\" is reserved",
+        ),
+        (
+            pb::PrepareMessageRequest {
                 check_after_ms: 10,
                 ..good()
             },
@@ -527,4 +537,146 @@ async fn bad_messages_are_refused_precisely_and_change_nothing() {
         .expect("list")
         .into_inner();
     assert!(listed.transactions.is_empty(), "{:?}", listed.transactions);
+}
+
+/// M6: a producer gone for good leaves its message PREPARED and flagged,
+/// never dropped for silence; an operator who looked for the outbox row by
+/// hand resolves it (aborted: dropped; committed: delivered), and one
+/// destination that will never answer is resolved as having taken it. Each
+/// decision is recorded with who and why; nothing contradicting what is
+/// known is accepted.
+#[tokio::test]
+async fn an_operator_resolves_a_producer_gone_for_good_and_a_destination_that_never_answers() {
+    let s = setup().await;
+    let never = transfer_event(&s, "acct-8 -1")
+        .prepare(&s.client)
+        .await
+        .expect("prepare");
+    let committed = transfer_event(&s, "acct-8 -2")
+        .prepare(&s.client)
+        .await
+        .expect("prepare");
+    s.bank
+        .debit_and_publish("t8", 2, &committed, true)
+        .await
+        .expect("local transaction");
+    // The producer is gone for good, before submitting either.
+    let (bank_url, audit_url) = (s.bank.url.clone(), s.audit.url.clone());
+    s.bank.stop().await;
+    for id in [never.id(), committed.id()] {
+        eventually("the message flagged NEEDS_ATTENTION", || async {
+            let txn = s.client.transaction(id).await.expect("get");
+            (txn.needs_attention && txn.state == pb::TransactionState::Prepared as i32)
+                .then_some(())
+        })
+        .await;
+    }
+    let mut raw = s.client.raw();
+    let resolve = |id: &str, branch: &str, outcome: pb::Resolution| pb::ResolveBranchRequest {
+        transaction_id: id.into(),
+        branch: branch.into(),
+        outcome: outcome as i32,
+        reason: "restored the bank from backup; looked for the outbox row by hand".into(),
+        operator: "ops-anna".into(),
+    };
+    // What contradicts the message is refused and changes nothing.
+    let refused = raw
+        .resolve_branch(resolve(never.id(), "producer", pb::Resolution::Compensated))
+        .await
+        .expect_err("compensated");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let refused = raw
+        .resolve_branch(resolve(never.id(), "audit", pb::Resolution::Committed))
+        .await
+        .expect_err("a destination of a prepared message");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let refused = raw
+        .resolve_branch(resolve(never.id(), "ledger", pb::Resolution::Committed))
+        .await
+        .expect_err("no such destination");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+
+    raw.resolve_branch(resolve(never.id(), "producer", pb::Resolution::Aborted))
+        .await
+        .expect("resolve aborted");
+    until_state(&s.client, never.id(), pb::TransactionState::Dropped).await;
+    raw.resolve_branch(resolve(
+        committed.id(),
+        "producer",
+        pb::Resolution::Committed,
+    ))
+    .await
+    .expect("resolve committed");
+    until_state(&s.client, committed.id(), pb::TransactionState::Delivered).await;
+    assert_eq!(s.audit.received(never.id()).await, 0);
+    assert_eq!(s.notify.received(never.id()).await, 0);
+    assert_eq!(s.audit.received(committed.id()).await, 1);
+    assert_eq!(s.notify.received(committed.id()).await, 1);
+    let txn = s.client.transaction(never.id()).await.expect("get");
+    assert!(
+        txn.reason.contains("dropped by an operator (ops-anna)"),
+        "{}",
+        txn.reason
+    );
+    assert_eq!(txn.operator_actions.len(), 1);
+    assert_eq!(txn.operator_actions[0].branch, "producer");
+    assert_eq!(txn.operator_actions[0].operator, "ops-anna");
+    // The producer's answer is known now: resolving it again is refused.
+    let refused = raw
+        .resolve_branch(resolve(committed.id(), "producer", pb::Resolution::Aborted))
+        .await
+        .expect_err("already delivered");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    // A destination that will never answer: the others get the message,
+    // and the operator records that one by hand.
+    let bank =
+        MessageParticipant::start_on(s.dir.path(), "bank", &bank_url.replace("http://", "")).await;
+    s.notify.down(true);
+    let stuck = Message::new(&bank.url)
+        .to(Destination::new("audit", &audit_url).payload("acct-9 -3"))
+        .to(Destination::new("notify", &s.notify.url).payload("acct-9 -3"))
+        .prepare(&s.client)
+        .await
+        .expect("prepare");
+    bank.debit_and_publish("t9", 3, &stuck, true)
+        .await
+        .expect("local transaction");
+    stuck.submit(&s.client).await.expect("submit");
+    eventually("audit's delivery", || async {
+        (s.audit.received(stuck.id()).await == 1).then_some(())
+    })
+    .await;
+    let refused = raw
+        .resolve_branch(resolve(stuck.id(), "notify", pb::Resolution::Aborted))
+        .await
+        .expect_err("a committed message cannot be undone");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    raw.resolve_branch(resolve(stuck.id(), "notify", pb::Resolution::Committed))
+        .await
+        .expect("resolve the destination");
+    until_state(&s.client, stuck.id(), pb::TransactionState::Delivered).await;
+    assert_eq!(
+        s.notify.received(stuck.id()).await,
+        0,
+        "the operator took it on"
+    );
+    let txn = s.client.transaction(stuck.id()).await.expect("get");
+    assert_eq!(txn.operator_actions[0].branch, "notify");
 }

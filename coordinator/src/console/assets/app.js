@@ -404,9 +404,10 @@ function ended(txn) {
 }
 
 function resolvable(txn, part) {
-  // A message's destinations are delivered until they acknowledge (M3):
-  // nothing to resolve by hand; Retry now cuts their backoff short.
-  if (ended(txn) || txn.kind === "message") return false;
+  if (ended(txn)) return false;
+  // A message's destination whose delivery keeps failing (M3); its
+  // producer is resolved with concord txn resolve --branch producer.
+  if (txn.kind === "message") return txn.state === "delivering" && part.state === "delivering";
   // A step whose action (running) or compensation (compensating) is
   // retrying; a 2PC branch not yet acknowledged once decided.
   if (txn.kind === "saga") return ["running", "compensating"].includes(part.state);
@@ -414,6 +415,7 @@ function resolvable(txn, part) {
 }
 
 function outcomesFor(txn, part) {
+  if (txn.kind === "message") return ["committed"];
   if (txn.kind === "saga") return txn.state === "compensating" ? ["compensated"] : ["committed"];
   return txn.state === "committing" ? ["committed"] : ["aborted"];
 }
@@ -437,6 +439,8 @@ function openResolve(button, txn, part, reload, notes, setEditing) {
     localStorage.setItem("concord-operator", who.value.trim());
     const consequence = txn.kind === "saga"
       ? `Step ${part.name} will be recorded as ${outcome.value} by ${who.value.trim()}: the coordinator stops calling ${part.participant} for it and the saga goes on as if the participant had answered.`
+      : txn.kind === "message"
+      ? `Destination ${part.name} will be recorded as having taken the message, by ${who.value.trim()}: the coordinator stops delivering it to ${part.participant}, and the message ends once the other destinations have it.`
       : `Branch ${part.name} will be recorded as ${outcome.value} by ${who.value.trim()}: the coordinator stops delivering the decision to ${part.participant} and the transaction ends.`;
     const ok = await confirmAction(`Resolve ${part.name} by hand?`,
       `${consequence} The decision is written to the log, with your reason, before it takes effect, and stays with the transaction for good. It cannot be undone.`,

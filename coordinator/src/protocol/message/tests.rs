@@ -98,6 +98,32 @@ fn a_check_back_that_finds_no_outbox_row_drops_the_message_for_good() {
 }
 
 #[test]
+fn an_operator_answers_for_a_producer_that_cannot_and_decides_as_a_check_back_would() {
+    let mut delivered = Message::prepared(2);
+    delivered.apply(Event::CheckDue).expect("due");
+    let effects = delivered
+        .apply(Event::Resolved(CheckAnswer::Committed))
+        .expect("resolved");
+    assert_eq!(effects[0], Effect::LogDecided { via: Via::Operator });
+    assert_eq!(delivers(&effects), [0, 1]);
+    assert_eq!(delivered.via(), Some(Via::Operator));
+
+    let mut dropped = Message::prepared(2);
+    assert_eq!(
+        dropped.apply(Event::Resolved(CheckAnswer::RolledBack)),
+        Ok(vec![Effect::LogEnded {
+            phase: Phase::Dropped
+        }])
+    );
+    // Final, as a check-back's answer is (M2).
+    assert_eq!(dropped.apply(Event::Submitted), Err(Rejected::Dropped));
+    assert_eq!(
+        dropped.apply(Event::Resolved(CheckAnswer::Committed)),
+        Ok(Vec::new())
+    );
+}
+
+#[test]
 fn a_check_back_answered_after_a_submit_changes_nothing() {
     let mut message = Message::prepared(1);
     message.apply(Event::Submitted).expect("submit");
@@ -142,6 +168,8 @@ fn event(destinations: usize) -> impl Strategy<Value = Event> {
         Just(Event::CheckDue),
         Just(Event::CheckAnswered(CheckAnswer::Committed)),
         Just(Event::CheckAnswered(CheckAnswer::RolledBack)),
+        Just(Event::Resolved(CheckAnswer::Committed)),
+        Just(Event::Resolved(CheckAnswer::RolledBack)),
         Just(Event::CheckFailed { reason: "x".into() }),
         (0..destinations).prop_map(|destination| Event::Acknowledged { destination }),
         (0..destinations).prop_map(|destination| Event::DeliveryFailed {
@@ -185,7 +213,9 @@ proptest! {
                     Effect::Deliver { .. } | Effect::RetryDelivery { .. } => {
                         let committing = matches!(
                             event,
-                            Event::Submitted | Event::CheckAnswered(CheckAnswer::Committed)
+                            Event::Submitted
+                                | Event::CheckAnswered(CheckAnswer::Committed)
+                                | Event::Resolved(CheckAnswer::Committed)
                         );
                         prop_assert!(decided || committing, "delivered before a commit was seen");
                         prop_assert!(!dropped, "delivered after it was dropped");
