@@ -1,6 +1,8 @@
 //! The bank example: an account service that takes part in Concord's 2PC.
 //!
-//! Each bank is its own process with its own SQLite database of balances.
+//! Each bank is its own process with its own database of balances: SQLite
+//! ([`open_db`], [`serve`]) or PostgreSQL ([`open_pg_db`], [`serve_pg`]; the
+//! `bank-bench` program runs it beside raw XA).
 //! A branch's payload is JSON `{"account": "alice", "delta": -30}`:
 //! - prepare checks the account and, for a debit, that enough money is
 //!   available, and holds it (votes ABORT on insufficient funds; a zero delta
@@ -15,7 +17,7 @@ use std::path::Path;
 pub mod cli;
 pub mod events;
 
-use concord_participant::{BranchContext, LocalTx, ParticipantError, TwoPhaseParticipant, Vote};
+use concord_participant::{BranchContext, ParticipantError, TwoPhaseParticipant, Vote};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
@@ -114,7 +116,9 @@ pub async fn open_holds(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
     Ok(count)
 }
 
-/// The account service's 2PC handler.
+/// The account service's 2PC handler, on SQLite (`LocalTx`) or PostgreSQL
+/// (`LocalTxOf<Postgres>`): the same statements (`$N` placeholders, which
+/// sqlx binds by number on both).
 #[derive(Debug, Clone, Default)]
 pub struct Bank;
 
@@ -132,113 +136,197 @@ struct Hold {
     delta: i64,
 }
 
-async fn take_hold(tx: &mut LocalTx, branch: &BranchContext) -> Result<Option<Hold>, sqlx::Error> {
-    let hold: Option<Hold> =
-        sqlx::query_as("SELECT account, delta FROM holds WHERE txn_id = ?1 AND branch = ?2")
-            .bind(&branch.transaction_id)
-            .bind(&branch.branch)
-            .fetch_optional(&mut **tx)
-            .await?;
-    sqlx::query("DELETE FROM holds WHERE txn_id = ?1 AND branch = ?2")
-        .bind(&branch.transaction_id)
-        .bind(&branch.branch)
-        .execute(&mut **tx)
-        .await?;
-    Ok(hold)
+/// The handler on one database. A debit's hold is one conditional UPDATE:
+/// on PostgreSQL it takes the account's row lock and re-checks the balance
+/// under it, so concurrent debits of one account never overdraw it; on
+/// SQLite the ledger's transaction holds the database's one write lock.
+macro_rules! bank_on {
+    ($module:ident, $db:ty) => {
+        mod $module {
+            use super::*;
+            use concord_participant::LocalTxOf;
+
+            type Tx = LocalTxOf<$db>;
+
+            async fn take_hold(
+                tx: &mut Tx,
+                branch: &BranchContext,
+            ) -> Result<Option<Hold>, sqlx::Error> {
+                let hold: Option<Hold> = sqlx::query_as(
+                    "SELECT account, delta FROM holds WHERE txn_id = $1 AND branch = $2",
+                )
+                .bind(&branch.transaction_id)
+                .bind(&branch.branch)
+                .fetch_optional(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM holds WHERE txn_id = $1 AND branch = $2")
+                    .bind(&branch.transaction_id)
+                    .bind(&branch.branch)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(hold)
+            }
+
+            impl TwoPhaseParticipant<$db> for Bank {
+                async fn prepare(
+                    &self,
+                    tx: &mut Tx,
+                    branch: &BranchContext,
+                    payload: &[u8],
+                ) -> Result<Vote, ParticipantError> {
+                    let movement = movement(payload)?;
+                    if movement.delta < 0 {
+                        let needed = movement.delta.saturating_neg();
+                        let held = sqlx::query(
+                            "UPDATE accounts SET held = held + $2
+                             WHERE name = $1 AND balance - held >= $2",
+                        )
+                        .bind(&movement.account)
+                        .bind(needed)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                        if held == 0 {
+                            let account: Option<Account> = sqlx::query_as(
+                                "SELECT name, balance, held FROM accounts WHERE name = $1",
+                            )
+                            .bind(&movement.account)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                            return Ok(Vote::Abort(match account {
+                                None => format!("no account {:?} at this bank", movement.account),
+                                Some(account) => format!(
+                                    "insufficient funds: {} has {} available, needs {needed}",
+                                    account.name,
+                                    account.balance - account.held
+                                ),
+                            }));
+                        }
+                    } else {
+                        let known: Option<(String,)> =
+                            sqlx::query_as("SELECT name FROM accounts WHERE name = $1")
+                                .bind(&movement.account)
+                                .fetch_optional(&mut **tx)
+                                .await?;
+                        if known.is_none() {
+                            return Ok(Vote::Abort(format!(
+                                "no account {:?} at this bank",
+                                movement.account
+                            )));
+                        }
+                        if movement.delta == 0 {
+                            return Ok(Vote::ReadOnly);
+                        }
+                    }
+                    sqlx::query(
+                        "INSERT INTO holds (txn_id, branch, account, delta) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&branch.transaction_id)
+                    .bind(&branch.branch)
+                    .bind(&movement.account)
+                    .bind(movement.delta)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(Vote::Commit)
+                }
+
+                async fn commit(
+                    &self,
+                    tx: &mut Tx,
+                    branch: &BranchContext,
+                    _payload: &[u8],
+                ) -> Result<(), ParticipantError> {
+                    // The hold written at prepare is the durable promise; apply it.
+                    let Some(hold) = take_hold(tx, branch).await? else {
+                        return Err(ParticipantError::Unavailable(format!(
+                            "no hold for branch {} of {}",
+                            branch.branch, branch.transaction_id
+                        )));
+                    };
+                    let release = if hold.delta < 0 {
+                        hold.delta.saturating_neg()
+                    } else {
+                        0
+                    };
+                    sqlx::query(
+                        "UPDATE accounts SET balance = balance + $2, held = held - $3
+                         WHERE name = $1",
+                    )
+                    .bind(&hold.account)
+                    .bind(hold.delta)
+                    .bind(release)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn abort(
+                    &self,
+                    tx: &mut Tx,
+                    branch: &BranchContext,
+                    _payload: &[u8],
+                ) -> Result<(), ParticipantError> {
+                    if let Some(hold) = take_hold(tx, branch).await?
+                        && hold.delta < 0
+                    {
+                        // Only a debit held money at prepare; release it.
+                        sqlx::query("UPDATE accounts SET held = held - $2 WHERE name = $1")
+                            .bind(&hold.account)
+                            .bind(hold.delta.saturating_neg())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    Ok(())
+                }
+            }
+        }
+    };
 }
 
-impl TwoPhaseParticipant for Bank {
-    async fn prepare(
-        &self,
-        tx: &mut LocalTx,
-        branch: &BranchContext,
-        payload: &[u8],
-    ) -> Result<Vote, ParticipantError> {
-        let movement = movement(payload)?;
-        let Some(account): Option<Account> =
-            sqlx::query_as("SELECT name, balance, held FROM accounts WHERE name = ?1")
-                .bind(&movement.account)
-                .fetch_optional(&mut **tx)
-                .await?
-        else {
-            return Ok(Vote::Abort(format!(
-                "no account {:?} at this bank",
-                movement.account
-            )));
-        };
-        if movement.delta == 0 {
-            return Ok(Vote::ReadOnly);
-        }
-        if movement.delta < 0 {
-            let available = account.balance - account.held;
-            let needed = movement.delta.saturating_neg();
-            if available < needed {
-                return Ok(Vote::Abort(format!(
-                    "insufficient funds: {} has {available} available, needs {needed}",
-                    account.name
-                )));
-            }
-            sqlx::query("UPDATE accounts SET held = held + ?2 WHERE name = ?1")
-                .bind(&movement.account)
-                .bind(needed)
-                .execute(&mut **tx)
-                .await?;
-        }
-        sqlx::query("INSERT INTO holds (txn_id, branch, account, delta) VALUES (?1, ?2, ?3, ?4)")
-            .bind(&branch.transaction_id)
-            .bind(&branch.branch)
-            .bind(&movement.account)
-            .bind(movement.delta)
-            .execute(&mut **tx)
-            .await?;
-        Ok(Vote::Commit)
-    }
+bank_on!(on_sqlite, sqlx::Sqlite);
+bank_on!(on_postgres, sqlx::Postgres);
 
-    async fn commit(
-        &self,
-        tx: &mut LocalTx,
-        branch: &BranchContext,
-        _payload: &[u8],
-    ) -> Result<(), ParticipantError> {
-        // The hold written at prepare is the durable promise; apply it.
-        let Some(hold) = take_hold(tx, branch).await? else {
-            return Err(ParticipantError::Unavailable(format!(
-                "no hold for branch {} of {}",
-                branch.branch, branch.transaction_id
-            )));
-        };
-        let release = if hold.delta < 0 {
-            hold.delta.saturating_neg()
-        } else {
-            0
-        };
-        sqlx::query("UPDATE accounts SET balance = balance + ?2, held = held - ?3 WHERE name = ?1")
-            .bind(&hold.account)
-            .bind(hold.delta)
-            .bind(release)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
+/// Opens (creating its tables if needed) a bank's PostgreSQL database: the
+/// same tables as [`open_db`]'s, with 64-bit balances. Each bank is its
+/// own database.
+pub async fn open_pg_db(url: &str) -> Result<sqlx::PgPool, sqlx::Error> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(32)
+        .connect(url)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS accounts (
+            name    TEXT PRIMARY KEY NOT NULL,
+            balance BIGINT NOT NULL CHECK (balance >= 0),
+            held    BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0)
+        )",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS holds (
+            txn_id  TEXT NOT NULL,
+            branch  TEXT NOT NULL,
+            account TEXT NOT NULL,
+            delta   BIGINT NOT NULL,
+            PRIMARY KEY (txn_id, branch)
+        )",
+    )
+    .execute(&pool)
+    .await?;
+    Ok(pool)
+}
 
-    async fn abort(
-        &self,
-        tx: &mut LocalTx,
-        branch: &BranchContext,
-        _payload: &[u8],
-    ) -> Result<(), ParticipantError> {
-        if let Some(hold) = take_hold(tx, branch).await?
-            && hold.delta < 0
-        {
-            // Only a debit held money at prepare; release it.
-            sqlx::query("UPDATE accounts SET held = held - ?2 WHERE name = ?1")
-                .bind(&hold.account)
-                .bind(hold.delta.saturating_neg())
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
+/// Serves the account service for the PostgreSQL database `pool` on
+/// `listener` until `shutdown` resolves.
+pub async fn serve_pg(
+    pool: sqlx::PgPool,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let service = concord_participant::ParticipantService::new(Bank, pool).await?;
+    service.serve(listener, shutdown).await?;
+    Ok(())
 }
 
 /// A transfer's result.
