@@ -7,6 +7,7 @@
 #
 #   scripts/bench-xa.sh                       # 64 clients, 10 s per run
 #   scripts/bench-xa.sh --clients 16 --duration 5s --json
+#   BANK_BENCH=other/target/release/bank-bench scripts/bench-xa.sh
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,5 +40,10 @@ for _ in $(seq 100); do
 done
 
 cd "$here"
-cargo build --release --quiet -p concord-example-bank --bin bank-bench
-target/release/bank-bench --postgres "postgres://concord@127.0.0.1:$port/postgres" "$@"
+# BANK_BENCH=path/to/bank-bench runs a build made elsewhere.
+bench="${BANK_BENCH:-}"
+if [ -z "$bench" ]; then
+  cargo build --release --quiet -p concord-example-bank --bin bank-bench
+  bench=target/release/bank-bench
+fi
+"$bench" --postgres "postgres://concord@127.0.0.1:$port/postgres" "$@"

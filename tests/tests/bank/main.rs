@@ -299,3 +299,88 @@ async fn a_payments_event_reaches_each_service_once_and_a_refused_ones_never() {
     }
     stop.cancel();
 }
+
+/// The account service on PostgreSQL (each bank its own database on the
+/// harness's server), as `bank-bench` runs it beside XA: a transfer
+/// commits at both, one past the balance aborts at both, and concurrent
+/// debits of one account never overdraw it (the hold is taken under the
+/// row's lock).
+#[tokio::test]
+async fn banks_on_postgres_commit_abort_and_never_overdraw() {
+    use concord_example_bank::{open_pg_db, serve_pg};
+    let server = support::postgres::Postgres::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = support::client(&node);
+    let mut banks = Vec::new();
+    for (name, account, cents) in [("bank_a", "alice", 10_000i64), ("bank_b", "bob", 5_000)] {
+        let pool = open_pg_db(&server.database(name).await)
+            .await
+            .expect("bank db");
+        sqlx::query("INSERT INTO accounts (name, balance) VALUES ($1, $2)")
+            .bind(account)
+            .bind(cents)
+            .execute(&pool)
+            .await
+            .expect("open account");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (served, stop) = (pool.clone(), stop.clone().cancelled_owned());
+        tokio::spawn(async move { serve_pg(served, listener, stop).await.expect("serves") });
+        banks.push((url, pool));
+    }
+    let balance = |pool: sqlx::PgPool, name: &'static str| async move {
+        let (balance, held): (i64, i64) =
+            sqlx::query_as("SELECT balance, held FROM accounts WHERE name = $1")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .expect("balance");
+        (balance, held)
+    };
+    let ((a, a_pool), (b, b_pool)) = (&banks[0], &banks[1]);
+
+    let done = transfer(&client, a, "alice", b, "bob", 3_000)
+        .await
+        .expect("transfer");
+    assert_eq!(done.outcome, Outcome::Committed { read_only: false });
+    until_ended(&client, &done.transaction_id).await;
+    assert_eq!(balance(a_pool.clone(), "alice").await, (7_000, 0));
+    assert_eq!(balance(b_pool.clone(), "bob").await, (8_000, 0));
+
+    let refused = transfer(&client, a, "alice", b, "bob", 50_000)
+        .await
+        .expect("transfer");
+    assert!(
+        matches!(&refused.outcome, Outcome::Aborted { reason } if reason.contains("insufficient funds: alice has 7000 available")),
+        "{:?}",
+        refused.outcome
+    );
+    until_ended(&client, &refused.transaction_id).await;
+
+    // Twenty debits of 1,000 at once from 7,000: exactly seven commit.
+    let mut racing = Vec::new();
+    for _ in 0..20 {
+        let (client, a, b) = (client.clone(), a.clone(), b.clone());
+        racing.push(tokio::spawn(async move {
+            transfer(&client, &a, "alice", &b, "bob", 1_000)
+                .await
+                .expect("transfer")
+        }));
+    }
+    let mut committed = 0;
+    for transfer in racing {
+        let transfer = transfer.await.expect("task");
+        until_ended(&client, &transfer.transaction_id).await;
+        if transfer.outcome == (Outcome::Committed { read_only: false }) {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 7);
+    assert_eq!(balance(a_pool.clone(), "alice").await, (0, 0));
+    assert_eq!(balance(b_pool.clone(), "bob").await, (15_000, 0));
+    stop.cancel();
+}
