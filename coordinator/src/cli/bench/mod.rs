@@ -133,7 +133,9 @@ pub struct BenchArgs {
     pub recovery: Option<u64>,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// "10s", "500ms", "1m" (a bare number is seconds): how long a run lasts.
+/// Also what `bank-bench` (examples/bank) takes.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map(|at| text.split_at(at))

@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000))]
     clients: u64,
     /// How long each of the two runs lasts, e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = concord_coordinator::cli::bench::parse_duration)]
     duration: Duration,
     /// Accounts per bank; transfers pick them at random.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -51,20 +51,6 @@ struct Args {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|at| text.split_at(at))
-        .unwrap_or((text, "s"));
-    let n: u64 = number.parse().map_err(|e| format!("{text:?}: {e}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?}: use ms, s or m")),
-    }
 }
 
 /// Money each account opens with, in cents.
