@@ -680,3 +680,67 @@ async fn an_operator_resolves_a_producer_gone_for_good_and_a_destination_that_ne
     let txn = s.client.transaction(stuck.id()).await.expect("get");
     assert_eq!(txn.operator_actions[0].branch, "notify");
 }
+
+/// An operator's decision for a destination holds across a crash: after
+/// the coordinator is killed and restarted (acknowledgements are not
+/// logged, so every destination is owed again), the one resolved by hand
+/// is not called, even though it is back up; the others are delivered to.
+#[tokio::test]
+async fn an_operators_decision_for_a_destination_survives_a_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("coordinator");
+    let addr = free_addr();
+    let coordinator = start_process(addr, &data, None).await;
+    let client = CoordinatorClient::connect(format!("http://{addr}")).expect("client");
+    let bank = MessageParticipant::start(dir.path(), "bank").await;
+    let audit = MessageParticipant::start(dir.path(), "audit").await;
+    let notify = MessageParticipant::start(dir.path(), "notify").await;
+    let ledger = MessageParticipant::start(dir.path(), "ledger").await;
+    notify.down(true);
+    ledger.down(true);
+    let message = Message::new(&bank.url)
+        .to(Destination::new("audit", &audit.url).payload("acct-10 -4"))
+        .to(Destination::new("notify", &notify.url).payload("acct-10 -4"))
+        .to(Destination::new("ledger", &ledger.url).payload("acct-10 -4"))
+        .prepare(&client)
+        .await
+        .expect("prepare");
+    bank.debit_and_publish("t10", 4, &message, true)
+        .await
+        .expect("local transaction");
+    message.submit(&client).await.expect("submit");
+    eventually("audit's delivery", || async {
+        (audit.received(message.id()).await == 1).then_some(())
+    })
+    .await;
+    client
+        .raw()
+        .resolve_branch(pb::ResolveBranchRequest {
+            transaction_id: message.id().into(),
+            branch: "notify".into(),
+            outcome: pb::Resolution::Committed as i32,
+            reason: "the notifier is retired; its users were told by mail".into(),
+            operator: "ops-anna".into(),
+        })
+        .await
+        .expect("resolve");
+    assert_eq!(
+        state(&client, message.id()).await,
+        pb::TransactionState::Delivering,
+        "the ledger still owes it"
+    );
+    coordinator.kill().await;
+    notify.down(false);
+    ledger.down(false);
+    let _coordinator = start_process(addr, &data, None).await;
+    until_state(&client, message.id(), pb::TransactionState::Delivered).await;
+    assert_eq!(audit.received(message.id()).await, 1);
+    assert_eq!(ledger.received(message.id()).await, 1);
+    assert_eq!(
+        notify.received(message.id()).await,
+        0,
+        "the operator's decision did not hold across the restart"
+    );
+    let txn = client.transaction(message.id()).await.expect("get");
+    assert_eq!(txn.operator_actions.len(), 1);
+}
