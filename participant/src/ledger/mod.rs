@@ -68,6 +68,49 @@ pub struct Entry {
     pub reason: Option<String>,
 }
 
+/// Every row of one branch, by operation: what the guarded paths look at
+/// before running a handler, read with one statement rather than one per
+/// operation (each statement is a round trip to the database, which is
+/// most of what a call costs a PostgreSQL participant: docs/performance.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rows(Vec<(String, Entry)>);
+
+impl Rows {
+    /// The row for `op`, if written.
+    pub fn get(&self, op: Op) -> Option<&Entry> {
+        self.0
+            .iter()
+            .find(|(written, _)| written == op.as_str())
+            .map(|(_, entry)| entry)
+    }
+}
+
+/// One ledger row with its operation, as [`LedgerDb::rows`] reads it.
+#[derive(FromRow)]
+pub struct OpRow {
+    op: String,
+    result: String,
+    reason: Option<String>,
+}
+
+impl FromIterator<OpRow> for Rows {
+    fn from_iter<I: IntoIterator<Item = OpRow>>(rows: I) -> Self {
+        Self(
+            rows.into_iter()
+                .map(|row| {
+                    (
+                        row.op,
+                        Entry {
+                            result: row.result,
+                            reason: row.reason,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
 /// A branch that voted COMMIT and has heard neither Commit nor Abort.
 #[derive(Debug, Clone, FromRow)]
 pub struct InDoubt {
@@ -107,6 +150,12 @@ pub trait LedgerDb: Database {
         op: Op,
     ) -> impl Future<Output = Result<Option<Entry>, sqlx::Error>> + Send;
 
+    /// Every row written for `branch` (at most one per operation).
+    fn rows(
+        tx: &mut LocalTxOf<Self>,
+        branch: &BranchContext,
+    ) -> impl Future<Output = Result<Rows, sqlx::Error>> + Send;
+
     /// Writes the row for `op` on `branch`. Prepare rows keep the payload
     /// and the coordinator's address, so an in-doubt branch can be resolved
     /// after a restart (`crate::resolver`).
@@ -144,7 +193,8 @@ pub fn now_ms() -> i64 {
 
 /// The statements both databases run as they are: sqlx binds `$N` by its
 /// number on SQLite as on PostgreSQL, so [`LedgerDb::find`],
-/// [`LedgerDb::record`] and [`LedgerDb::in_doubt`] are written once here and
+/// [`LedgerDb::rows`], [`LedgerDb::record`] and [`LedgerDb::in_doubt`] are
+/// written once here and
 /// expanded in each database's impl; only what really differs (the table's
 /// types, how a call is serialised, pruning's aggregates) is written per
 /// database.
@@ -164,6 +214,21 @@ macro_rules! shared_statements {
             .bind(op.as_str())
             .fetch_optional(&mut **tx)
             .await
+        }
+
+        async fn rows(
+            tx: &mut LocalTxOf<Self>,
+            branch: &BranchContext,
+        ) -> Result<$crate::ledger::Rows, sqlx::Error> {
+            let rows: Vec<$crate::ledger::OpRow> = sqlx::query_as(
+                "SELECT op, result, reason FROM concord_ledger
+                 WHERE txn_id = $1 AND branch = $2",
+            )
+            .bind(&branch.transaction_id)
+            .bind(&branch.branch)
+            .fetch_all(&mut **tx)
+            .await?;
+            Ok(rows.into_iter().collect())
         }
 
         async fn record(

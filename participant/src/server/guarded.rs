@@ -13,16 +13,13 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         payload: &[u8],
     ) -> Result<Vote, Status> {
         let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
-        if DB::find(&mut tx, branch, Op::Abort)
-            .await
-            .map_err(db)?
-            .is_some()
-        {
+        let rows = DB::rows(&mut tx, branch).await.map_err(db)?;
+        if rows.get(Op::Abort).is_some() {
             // Hanging prevention: the abort came first and won.
             return Ok(Vote::Abort("branch was already aborted".into()));
         }
-        if let Some(entry) = DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
-            return Ok(recorded_vote(&entry));
+        if let Some(entry) = rows.get(Op::Prepare) {
+            return Ok(recorded_vote(entry));
         }
         let vote = self.handler.prepare(&mut tx, branch, payload).await?;
         let (result, reason) = match &vote {
@@ -51,23 +48,16 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     ) -> Result<(), Status> {
         let (id, name) = (&branch.transaction_id, &branch.branch);
         let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
-        if DB::find(&mut tx, branch, Op::Commit)
-            .await
-            .map_err(db)?
-            .is_some()
-        {
+        let rows = DB::rows(&mut tx, branch).await.map_err(db)?;
+        if rows.get(Op::Commit).is_some() {
             return Ok(()); // a duplicate: applied once already (I5)
         }
-        if DB::find(&mut tx, branch, Op::Abort)
-            .await
-            .map_err(db)?
-            .is_some()
-        {
+        if rows.get(Op::Abort).is_some() {
             return Err(Status::failed_precondition(format!(
                 "branch {name} of {id} was aborted; it cannot commit"
             )));
         }
-        match DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
+        match rows.get(Op::Prepare) {
             None => Err(Status::failed_precondition(format!(
                 "branch {name} of {id} was never prepared here"
             ))),
@@ -95,21 +85,14 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         payload: &[u8],
     ) -> Result<bool, Status> {
         let mut tx = DB::begin(&self.pool, branch).await.map_err(db)?;
-        if DB::find(&mut tx, branch, Op::Abort)
-            .await
-            .map_err(db)?
-            .is_some()
-        {
+        let rows = DB::rows(&mut tx, branch).await.map_err(db)?;
+        if rows.get(Op::Abort).is_some() {
             return Ok(false);
         }
-        if DB::find(&mut tx, branch, Op::Commit)
-            .await
-            .map_err(db)?
-            .is_some()
-        {
+        if rows.get(Op::Commit).is_some() {
             return Ok(true);
         }
-        let result = match DB::find(&mut tx, branch, Op::Prepare).await.map_err(db)? {
+        let result = match rows.get(Op::Prepare) {
             // Abort before prepare: a tombstone, so the late Prepare is refused.
             None => "tombstone",
             Some(entry) if entry.result == "commit" => {
