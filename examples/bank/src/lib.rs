@@ -152,19 +152,15 @@ macro_rules! bank_on {
                 tx: &mut Tx,
                 branch: &BranchContext,
             ) -> Result<Option<Hold>, sqlx::Error> {
-                let hold: Option<Hold> = sqlx::query_as(
-                    "SELECT account, delta FROM holds WHERE txn_id = $1 AND branch = $2",
+                // One statement: each is a round trip to the database.
+                sqlx::query_as(
+                    "DELETE FROM holds WHERE txn_id = $1 AND branch = $2
+                     RETURNING account, delta",
                 )
                 .bind(&branch.transaction_id)
                 .bind(&branch.branch)
                 .fetch_optional(&mut **tx)
-                .await?;
-                sqlx::query("DELETE FROM holds WHERE txn_id = $1 AND branch = $2")
-                    .bind(&branch.transaction_id)
-                    .bind(&branch.branch)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(hold)
+                .await
             }
 
             impl TwoPhaseParticipant<$db> for Bank {
@@ -202,31 +198,38 @@ macro_rules! bank_on {
                                 ),
                             }));
                         }
-                    } else {
+                    } else if movement.delta == 0 {
                         let known: Option<(String,)> =
                             sqlx::query_as("SELECT name FROM accounts WHERE name = $1")
                                 .bind(&movement.account)
                                 .fetch_optional(&mut **tx)
                                 .await?;
-                        if known.is_none() {
-                            return Ok(Vote::Abort(format!(
+                        return Ok(match known {
+                            Some(_) => Vote::ReadOnly,
+                            None => Vote::Abort(format!(
                                 "no account {:?} at this bank",
                                 movement.account
-                            )));
-                        }
-                        if movement.delta == 0 {
-                            return Ok(Vote::ReadOnly);
-                        }
+                            )),
+                        });
                     }
-                    sqlx::query(
-                        "INSERT INTO holds (txn_id, branch, account, delta) VALUES ($1, $2, $3, $4)",
+                    // The hold, for an account that exists: one statement.
+                    let held = sqlx::query(
+                        "INSERT INTO holds (txn_id, branch, account, delta)
+                         SELECT $1, $2, name, $4 FROM accounts WHERE name = $3",
                     )
                     .bind(&branch.transaction_id)
                     .bind(&branch.branch)
                     .bind(&movement.account)
                     .bind(movement.delta)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if held == 0 {
+                        return Ok(Vote::Abort(format!(
+                            "no account {:?} at this bank",
+                            movement.account
+                        )));
+                    }
                     Ok(Vote::Commit)
                 }
 
