@@ -710,3 +710,93 @@ async fn the_link_to_postgres_under_faults_loses_nothing_and_decides_nothing_twi
         );
     }
 }
+
+/// Transactional messages on several nodes (DESIGN §10, §6): a message
+/// prepared on one node is submitted through another (forwarded to its
+/// owner) and delivered; when its owner is killed with SIGKILL, a message
+/// mid-delivery and one still PREPARED (its producer committed, then went
+/// silent) are taken over by the surviving node, which delivers the first
+/// and asks the producer about the second: each destination has each
+/// message once.
+#[tokio::test]
+async fn messages_are_forwarded_to_their_owner_and_taken_over_when_it_dies() {
+    use concord_participant::message::{Destination, Message};
+    use concord_proto::v1 as pb;
+    use support::message::MessageParticipant;
+
+    let cluster = Cluster::new(LEASE_MS).await;
+    let owner = cluster.node(0).await;
+    let _survivor = cluster.node(1).await;
+    let (on_owner, on_survivor) = (cluster.client(0), cluster.client(1));
+    let dir = cluster.dir.path();
+    let bank = MessageParticipant::start(dir, "producer").await;
+    let audit = MessageParticipant::start(dir, "audit").await;
+    let notify = MessageParticipant::start(dir, "notify").await;
+    let event = |text: &str| {
+        Message::new(&bank.url)
+            .to(Destination::new("audit", &audit.url).payload(text))
+            .to(Destination::new("notify", &notify.url).payload(text))
+            .check_after(Duration::from_secs(1))
+    };
+    let state = |client: &CoordinatorClient, id: String| {
+        let client = client.clone();
+        async move {
+            client
+                .transaction(&id)
+                .await
+                .ok()
+                .and_then(|t| pb::TransactionState::try_from(t.state).ok())
+        }
+    };
+
+    // Prepared on node 0, submitted through node 1: forwarded, delivered.
+    let first = event("m1").prepare(&on_owner).await.expect("prepare");
+    bank.debit_and_publish("m1", 1, &first, true)
+        .await
+        .expect("local transaction");
+    first
+        .submit_and_wait(&on_survivor)
+        .await
+        .expect("submit through the other node");
+    assert_eq!(audit.received(first.id()).await, 1);
+    assert_eq!(notify.received(first.id()).await, 1);
+
+    // Mid-delivery (the notifier down) and still prepared (the producer
+    // committed but never submits), when the owner dies.
+    notify.down(true);
+    let second = event("m2").prepare(&on_owner).await.expect("prepare");
+    bank.debit_and_publish("m2", 1, &second, true)
+        .await
+        .expect("local transaction");
+    second.submit(&on_owner).await.expect("submit");
+    // Its check-back is due after the owner is gone (5 s from now): the
+    // survivor, having taken it over, asks.
+    let third = event("m3")
+        .check_after(Duration::from_secs(5))
+        .prepare(&on_owner)
+        .await
+        .expect("prepare");
+    bank.debit_and_publish("m3", 1, &third, true)
+        .await
+        .expect("local transaction");
+    eventually("audit's delivery of m2", || async {
+        (audit.received(second.id()).await == 1).then_some(())
+    })
+    .await;
+    owner.kill().await;
+    notify.down(false);
+    for id in [second.id(), third.id()] {
+        eventually(&format!("{id} delivered by the survivor"), || async {
+            (state(&on_survivor, id.to_owned()).await == Some(pb::TransactionState::Delivered))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(audit.received(id).await, 1, "audit, {id}");
+        assert_eq!(notify.received(id).await, 1, "notify, {id}");
+    }
+    let (owner_node, _, state_now) = ownership(&cluster.database().await, third.id()).await;
+    assert_eq!(
+        (owner_node.as_str(), state_now.as_str()),
+        ("node1", "delivered")
+    );
+}
