@@ -386,9 +386,10 @@ pub(super) fn apply_action(shared: &Shared, message: &Arc<LiveMessage>, action: 
         } else {
             CheckAnswer::RolledBack
         };
-        let was = inner.machine.phase();
         if let Ok(effects) = inner.machine.apply(Event::Resolved(answer)) {
-            if was == Phase::Prepared && answer == CheckAnswer::RolledBack {
+            if effects.contains(&Effect::LogEnded {
+                phase: Phase::Dropped,
+            }) {
                 inner.reason = Some(format!(
                     "dropped by an operator ({}): {}",
                     action.operator, action.reason
@@ -489,15 +490,22 @@ async fn until_decided(shared: &Shared, message: &Arc<LiveMessage>) -> Option<Ph
                 let attempts = inner.check_attempts;
                 flag_if_stuck(shared, message, &mut inner, attempts);
             }
-            if let Event::CheckAnswered(CheckAnswer::RolledBack) = &event {
-                inner.reason = Some(
-                    "dropped: the check-back found no outbox row (the producer's local \
-                     transaction did not commit, and its tombstone keeps it from committing)"
-                        .into(),
-                );
-            }
             match inner.machine.apply(event) {
-                Ok(effects) => decided(shared, message, &mut inner, &effects),
+                Ok(effects) => {
+                    // Only when this answer dropped it: a late answer after a
+                    // Submit changes nothing, its reason included.
+                    if effects.contains(&Effect::LogEnded {
+                        phase: Phase::Dropped,
+                    }) {
+                        inner.reason = Some(
+                            "dropped: the check-back found no outbox row (the producer's local \
+                             transaction did not commit, and its tombstone keeps it from \
+                             committing)"
+                                .into(),
+                        );
+                    }
+                    decided(shared, message, &mut inner, &effects);
+                }
                 Err(rejected) => tracing::error!(%rejected, "check-back answer refused"),
             }
         }
