@@ -369,7 +369,12 @@ function txnView(txn, reload, notes, setEditing) {
       txn.reason ? [el("dt", {}, "reason"), el("dd", { class: informative(txn) ? "" : "error" }, txn.reason)] : null,
       txn.description ? [el("dt", {}, "description"), el("dd", {}, txn.description)] : null,
       txn.idempotency_key ? [el("dt", {}, "idempotency key"), el("dd", { class: "mono" }, txn.idempotency_key)] : null));
-  const parts = saga ? txn.steps : txn.branches;
+  // A prepared message's producer is a row too: what its check-back is
+  // waiting for, and what an operator resolves when it is gone for good.
+  const producer = msg && txn.state === "prepared"
+    ? [{ name: "producer", producer: true, state: "prepared", attempts: "—", participant: txn.producer, last_error: txn.reason }]
+    : [];
+  const parts = saga ? txn.steps : producer.concat(txn.branches);
   const rows = parts.map((part) => {
     const row = el("tr", { "data-name": part.name },
       el("td", {}, el("b", {}, part.name)),
@@ -405,9 +410,11 @@ function ended(txn) {
 
 function resolvable(txn, part) {
   if (ended(txn)) return false;
-  // A message's destination whose delivery keeps failing (M3); its
-  // producer is resolved with concord txn resolve --branch producer.
-  if (txn.kind === "message") return txn.state === "delivering" && part.state === "delivering";
+  // A message's producer while it is prepared (M6), or a destination
+  // whose delivery keeps failing (M3).
+  if (txn.kind === "message") {
+    return part.producer ? txn.state === "prepared" : txn.state === "delivering" && part.state === "delivering";
+  }
   // A step whose action (running) or compensation (compensating) is
   // retrying; a 2PC branch not yet acknowledged once decided.
   if (txn.kind === "saga") return ["running", "compensating"].includes(part.state);
@@ -415,7 +422,7 @@ function resolvable(txn, part) {
 }
 
 function outcomesFor(txn, part) {
-  if (txn.kind === "message") return ["committed"];
+  if (txn.kind === "message") return part.producer ? ["committed", "aborted"] : ["committed"];
   if (txn.kind === "saga") return txn.state === "compensating" ? ["compensated"] : ["committed"];
   return txn.state === "committing" ? ["committed"] : ["aborted"];
 }
@@ -439,6 +446,8 @@ function openResolve(button, txn, part, reload, notes, setEditing) {
     localStorage.setItem("concord-operator", who.value.trim());
     const consequence = txn.kind === "saga"
       ? `Step ${part.name} will be recorded as ${outcome.value} by ${who.value.trim()}: the coordinator stops calling ${part.participant} for it and the saga goes on as if the participant had answered.`
+      : part.producer
+      ? `The producer's local transaction will be recorded as ${outcome.value} by ${who.value.trim()}: ${outcome.value === "committed" ? "the message is delivered to every destination" : "the message is dropped and never delivered"}. Look for its outbox row in the producer's database first: this stands in for the check-back's answer.`
       : txn.kind === "message"
       ? `Destination ${part.name} will be recorded as having taken the message, by ${who.value.trim()}: the coordinator stops delivering it to ${part.participant}, and the message ends once the other destinations have it.`
       : `Branch ${part.name} will be recorded as ${outcome.value} by ${who.value.trim()}: the coordinator stops delivering the decision to ${part.participant} and the transaction ends.`;
