@@ -10,8 +10,7 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use tonic::{Request, Response, Status};
 
-use crate::model::TxnState;
-use crate::model::{OperatorAction, Resolution, TxnId};
+use crate::model::{OperatorAction, Resolution, TxnId, TxnState};
 use crate::runtime::watch::{WatchFilter, WatchStart};
 use crate::runtime::{
     BeginTxn, Committed, Decision, EnlistBranch, ListQuery, Outcome, Runtime, SubmitSaga,

@@ -310,7 +310,7 @@ async fn malformed_protobuf_bytes_to_every_rpc_are_invalid_argument_and_change_n
     for len in [1usize, 7, 64, 4096] {
         maybe.push((0..len).map(|_| noise.u8(..)).collect());
     }
-    const COORDINATOR: [&str; 10] = [
+    const COORDINATOR: [&str; 12] = [
         "/concord.v1.Coordinator/Begin",
         "/concord.v1.Coordinator/Enlist",
         "/concord.v1.Coordinator/Commit",
@@ -321,9 +321,11 @@ async fn malformed_protobuf_bytes_to_every_rpc_are_invalid_argument_and_change_n
         "/concord.v1.Coordinator/GetOutcome",
         "/concord.v1.Coordinator/RetryTransaction",
         "/concord.v1.Coordinator/ResolveBranch",
+        "/concord.v1.Coordinator/PrepareMessage",
+        "/concord.v1.Coordinator/SubmitMessage",
     ];
     // The SDK's Participant service decodes with the same codec.
-    const PARTICIPANT: [&str; 7] = [
+    const PARTICIPANT: [&str; 9] = [
         "/concord.v1.Participant/Prepare",
         "/concord.v1.Participant/Commit",
         "/concord.v1.Participant/Abort",
@@ -331,6 +333,8 @@ async fn malformed_protobuf_bytes_to_every_rpc_are_invalid_argument_and_change_n
         "/concord.v1.Participant/Execute",
         "/concord.v1.Participant/Compensate",
         "/concord.v1.Participant/Batch",
+        "/concord.v1.Participant/Deliver",
+        "/concord.v1.Participant/CheckMessage",
     ];
     let targets = COORDINATOR.iter().map(|rpc| (node.url(), *rpc)).chain(
         PARTICIPANT

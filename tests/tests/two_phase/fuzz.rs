@@ -180,6 +180,43 @@ fn submit_saga() -> impl Strategy<Value = pb::SubmitSagaRequest> {
         )
 }
 
+fn prepare_message() -> impl Strategy<Value = pb::PrepareMessageRequest> {
+    (
+        endpoint(),
+        proptest::collection::vec((text(128), endpoint(), payload()), 0..4),
+        millis(),
+        text(256),
+        text(256),
+        text(512),
+    )
+        .prop_map(
+            |(
+                producer,
+                destinations,
+                check_after_ms,
+                ordering_key,
+                idempotency_key,
+                description,
+            )| {
+                pb::PrepareMessageRequest {
+                    producer,
+                    destinations: destinations
+                        .into_iter()
+                        .map(|(name, participant, payload)| pb::MessageDestination {
+                            name,
+                            participant,
+                            payload,
+                        })
+                        .collect(),
+                    check_after_ms,
+                    ordering_key,
+                    idempotency_key,
+                    description,
+                }
+            },
+        )
+}
+
 fn list() -> impl Strategy<Value = pb::ListTransactionsRequest> {
     (
         proptest::collection::vec(any::<i32>(), 0..4),
@@ -360,6 +397,14 @@ async fn any_request_to_any_rpc_gets_a_precise_answer_and_changes_nothing_decide
         check_endpoints("SubmitSaga", &endpoints, &request, &result);
         check("SubmitSaga", &request, result);
     }
+    for request in draws(&mut runner, prepare_message()) {
+        let result = raw.prepare_message(within(request.clone())).await;
+        let endpoints: Vec<&str> = std::iter::once(request.producer.as_str())
+            .chain(request.destinations.iter().map(|d| d.participant.as_str()))
+            .collect();
+        check_endpoints("PrepareMessage", &endpoints, &request, &result);
+        check("PrepareMessage", &request, result);
+    }
     for request in draws(&mut runner, list()) {
         check(
             "ListTransactions",
@@ -415,6 +460,17 @@ async fn any_request_to_any_rpc_gets_a_precise_answer_and_changes_nothing_decide
             "GetOutcome",
             &outcome,
             raw.get_outcome(within(outcome.clone())).await,
+        );
+        // Not the active witness: a 2PC transaction is no message, and
+        // the answer must say so without touching it.
+        let submit = pb::SubmitMessageRequest {
+            transaction_id: id.clone(),
+            wait,
+        };
+        check(
+            "SubmitMessage",
+            &submit,
+            raw.submit_message(within(submit.clone())).await,
         );
         let retry = pb::RetryTransactionRequest { transaction_id: id };
         check(
