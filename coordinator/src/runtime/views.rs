@@ -119,7 +119,11 @@ impl Runtime {
         // A message is "committed" once its producer's local transaction
         // is known to have (DESIGN §10).
         if let Some(message) = self.shared.messages.get(&id) {
-            return Ok((message.state() != TxnState::Prepared).then_some(Decision::Commit));
+            return Ok(match message.state() {
+                TxnState::Prepared => None,
+                TxnState::Dropped => Some(Decision::Abort),
+                _ => Some(Decision::Commit),
+            });
         }
         let view = self.shared.store.transaction(&id).await?;
         Ok(Some(match view.map(|v| v.state) {
