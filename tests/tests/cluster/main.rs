@@ -736,7 +736,7 @@ async fn messages_are_forwarded_to_their_owner_and_taken_over_when_it_dies() {
         Message::new(&bank.url)
             .to(Destination::new("audit", &audit.url).payload(text))
             .to(Destination::new("notify", &notify.url).payload(text))
-            .check_after(Duration::from_secs(1))
+            .check_after(Duration::from_secs(3))
     };
     let state = |client: &CoordinatorClient, id: String| {
         let client = client.clone();
@@ -769,10 +769,10 @@ async fn messages_are_forwarded_to_their_owner_and_taken_over_when_it_dies() {
         .await
         .expect("local transaction");
     second.submit(&on_owner).await.expect("submit");
-    // Its check-back is due after the owner is gone (5 s from now): the
+    // Its check-back is due after the owner is gone (8 s from now): the
     // survivor, having taken it over, asks.
     let third = event("m3")
-        .check_after(Duration::from_secs(5))
+        .check_after(Duration::from_secs(8))
         .prepare(&on_owner)
         .await
         .expect("prepare");

@@ -16,7 +16,7 @@ use concord_participant::message::{Destination, Message, PreparedMessage};
 use concord_participant::outbox::PublishError;
 use concord_participant::{ClientError, CoordinatorClient, MessageState};
 use concord_proto::v1 as pb;
-use support::message::MessageParticipant;
+use support::message::{MessageParticipant, debit_and_publish};
 use support::processes::{free_addr, start_coordinator as start_process};
 use support::{client, eventually, quick_config, start_coordinator};
 
@@ -46,12 +46,14 @@ async fn setup() -> Setup {
     }
 }
 
-/// "transfer completed" to the audit and notification services.
+/// "transfer completed" to the audit and notification services. Its
+/// check-back is due 3 s after it is prepared: long enough that each test's
+/// local transaction is done by then on a loaded machine.
 fn transfer_event(s: &Setup, text: &str) -> Message {
     Message::new(&s.bank.url)
         .to(Destination::new("audit", &s.audit.url).payload(text))
         .to(Destination::new("notify", &s.notify.url).payload(text))
-        .check_after(Duration::from_secs(1))
+        .check_after(Duration::from_secs(3))
 }
 
 async fn state(client: &CoordinatorClient, id: &str) -> pb::TransactionState {
@@ -141,12 +143,14 @@ async fn a_producer_gone_after_its_commit_is_asked_and_its_message_delivered() {
         .prepare(&s.client)
         .await
         .expect("prepare");
-    s.bank
-        .debit_and_publish("t2", 50, &message, true)
+    // The producer dies between its local commit and SubmitMessage: its
+    // service is gone before the check-back is due (3 s), and its local
+    // transaction committed.
+    let pool = s.bank.pool.clone();
+    s.bank.stop().await;
+    debit_and_publish(&pool, "t2", 50, &message, true)
         .await
         .expect("local transaction");
-    // The producer dies between its local commit and SubmitMessage.
-    s.bank.stop().await;
     // Its check-back fails while it is down (M6: asked again, never
     // dropped for silence) ...
     eventually("a failed check-back", || async {

@@ -130,9 +130,8 @@ impl MessageParticipant {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    /// The producer's side: debits `amount` as `debit_id` and publishes
-    /// `message` in the same local transaction, which commits if `commit`
-    /// and rolls back otherwise.
+    /// The producer's side: [`debit_and_publish`] on this service's
+    /// database.
     pub async fn debit_and_publish(
         &self,
         debit_id: &str,
@@ -140,19 +139,7 @@ impl MessageParticipant {
         message: &PreparedMessage,
         commit: bool,
     ) -> Result<(), PublishError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO debits (id, amount) VALUES (?1, ?2)")
-            .bind(debit_id)
-            .bind(amount)
-            .execute(&mut *tx)
-            .await?;
-        message.publish_with(&mut tx).await?;
-        if commit {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(())
+        debit_and_publish(&self.pool, debit_id, amount, message, commit).await
     }
 
     pub async fn debits(&self) -> Vec<String> {
@@ -191,4 +178,30 @@ impl MessageParticipant {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// The producer's local transaction, on its database `pool` (whether or
+/// not its service is up): debits `amount` as `debit_id` and publishes
+/// `message` in the same local transaction, which commits if `commit` and
+/// rolls back otherwise.
+pub async fn debit_and_publish(
+    pool: &SqlitePool,
+    debit_id: &str,
+    amount: i64,
+    message: &PreparedMessage,
+    commit: bool,
+) -> Result<(), PublishError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO debits (id, amount) VALUES (?1, ?2)")
+        .bind(debit_id)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+    message.publish_with(&mut tx).await?;
+    if commit {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(())
 }
