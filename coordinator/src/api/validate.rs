@@ -81,19 +81,25 @@ pub fn optional_ms(
 }
 
 pub fn idempotency_key(value: &str) -> Result<Option<String>, Status> {
+    printable_key("idempotency_key", value)
+}
+
+/// A key a client chooses (an idempotency key, a message's ordering key):
+/// empty for none, else 1 to [`MAX_KEY_BYTES`] bytes of printable ASCII.
+pub fn printable_key(field: &str, value: &str) -> Result<Option<String>, Status> {
     if value.is_empty() {
         return Ok(None);
     }
     if value.len() > MAX_KEY_BYTES {
         return Err(invalid(format!(
-            "idempotency_key is {} bytes; at most {MAX_KEY_BYTES}",
+            "{field} is {} bytes; at most {MAX_KEY_BYTES}",
             value.len()
         )));
     }
     if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        return Err(invalid(
-            "idempotency_key must be printable ASCII (0x20 to 0x7e)".into(),
-        ));
+        return Err(invalid(format!(
+            "{field} must be printable ASCII (0x20 to 0x7e)"
+        )));
     }
     Ok(Some(value.to_owned()))
 }
@@ -390,8 +396,7 @@ pub fn prepare_message(
         MAX_CHECK_AFTER_MS,
     )?
     .unwrap_or(Duration::from_millis(DEFAULT_CHECK_AFTER_MS));
-    let ordering_key = idempotency_key(&request.ordering_key)
-        .map_err(|s| invalid(s.message().replace("idempotency_key", "ordering_key")))?;
+    let ordering_key = printable_key("ordering_key", &request.ordering_key)?;
     Ok(crate::runtime::PrepareMessage {
         producer,
         destinations,

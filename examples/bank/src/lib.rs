@@ -46,6 +46,23 @@ pub struct Account {
     pub held: i64,
 }
 
+// A bank's tables, the same on SQLite and PostgreSQL (BIGINT is a 64-bit
+// integer on both).
+const ACCOUNTS_TABLE: &str = "
+    CREATE TABLE IF NOT EXISTS accounts (
+        name    TEXT PRIMARY KEY NOT NULL,
+        balance BIGINT NOT NULL CHECK (balance >= 0),
+        held    BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0)
+    )";
+const HOLDS_TABLE: &str = "
+    CREATE TABLE IF NOT EXISTS holds (
+        txn_id  TEXT NOT NULL,
+        branch  TEXT NOT NULL,
+        account TEXT NOT NULL,
+        delta   BIGINT NOT NULL,
+        PRIMARY KEY (txn_id, branch)
+    )";
+
 /// Opens (creating if needed) a bank's database, with fsync on commit so a
 /// COMMIT vote survives power loss.
 pub async fn open_db(path: &Path) -> Result<SqlitePool, sqlx::Error> {
@@ -59,26 +76,8 @@ pub async fn open_db(path: &Path) -> Result<SqlitePool, sqlx::Error> {
         .max_connections(4)
         .connect_with(options)
         .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS accounts (
-            name    TEXT PRIMARY KEY NOT NULL,
-            balance INTEGER NOT NULL CHECK (balance >= 0),
-            held    INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0)
-        )",
-    )
-    .execute(&pool)
-    .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS holds (
-            txn_id  TEXT NOT NULL,
-            branch  TEXT NOT NULL,
-            account TEXT NOT NULL,
-            delta   INTEGER NOT NULL,
-            PRIMARY KEY (txn_id, branch)
-        )",
-    )
-    .execute(&pool)
-    .await?;
+    sqlx::query(ACCOUNTS_TABLE).execute(&pool).await?;
+    sqlx::query(HOLDS_TABLE).execute(&pool).await?;
     Ok(pool)
 }
 
@@ -290,33 +289,14 @@ bank_on!(on_sqlite, sqlx::Sqlite);
 bank_on!(on_postgres, sqlx::Postgres);
 
 /// Opens (creating its tables if needed) a bank's PostgreSQL database: the
-/// same tables as [`open_db`]'s, with 64-bit balances. Each bank is its
-/// own database.
+/// same tables as [`open_db`]'s. Each bank is its own database.
 pub async fn open_pg_db(url: &str) -> Result<sqlx::PgPool, sqlx::Error> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(32)
         .connect(url)
         .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS accounts (
-            name    TEXT PRIMARY KEY NOT NULL,
-            balance BIGINT NOT NULL CHECK (balance >= 0),
-            held    BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0)
-        )",
-    )
-    .execute(&pool)
-    .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS holds (
-            txn_id  TEXT NOT NULL,
-            branch  TEXT NOT NULL,
-            account TEXT NOT NULL,
-            delta   BIGINT NOT NULL,
-            PRIMARY KEY (txn_id, branch)
-        )",
-    )
-    .execute(&pool)
-    .await?;
+    sqlx::query(ACCOUNTS_TABLE).execute(&pool).await?;
+    sqlx::query(HOLDS_TABLE).execute(&pool).await?;
     Ok(pool)
 }
 
