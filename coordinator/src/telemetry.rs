@@ -11,8 +11,12 @@
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// The name of the span of each call to a participant.
+pub const PARTICIPANT_CALL: &str = "participant_call";
 
 /// Where to export spans: the collector's OTLP/gRPC endpoint and the
 /// `service.name` (plus `service.instance.id` when the node has a name).
@@ -39,7 +43,16 @@ pub fn init(otlp: Option<OtlpConfig>) -> anyhow::Result<Telemetry> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
+    // The logs leave out the span of each participant call: its fields
+    // (operation, branch, endpoint) are in the few lines logged about a
+    // call anyway, and a span the logs keep costs a registry slot and its
+    // formatted fields for as long as the call is out, about 300 bytes per
+    // call in flight (docs/performance.md, memory). Traces keep it: without
+    // an exporter no layer wants it and it is never created.
+    let logged = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.name() == PARTICIPANT_CALL)
+    }));
+    let registry = tracing_subscriber::registry().with(logs.with_filter(logged));
     #[cfg(feature = "otlp")]
     {
         let Some(otlp) = otlp else {

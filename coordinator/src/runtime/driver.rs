@@ -61,6 +61,11 @@ fn apply(txn: &LiveTxn, event: Event) -> Vec<Effect> {
     }
 }
 
+/// The transaction's driver task. Its future is the task's size for the
+/// transaction's whole life, so the log writes it awaits now and then are
+/// boxed (`Box::pin`): inline, their states would make every driver as
+/// large as the largest of them while it only waits for calls
+/// (docs/performance.md, memory per in-flight transaction).
 async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
     let mut calls: FuturesUnordered<BoxFuture<'static, Event>> = FuturesUnordered::new();
     let mut queue: VecDeque<Effect> = VecDeque::new();
@@ -85,7 +90,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     // aborted and GetOutcome would tell the client ABORTED
                     // (R1, I2). Recovery then asks the branch (an Abort that
                     // answers "already committed").
-                    match begin_recorded(&shared, &txn).await {
+                    match Box::pin(begin_recorded(&shared, &txn)).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -121,7 +126,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     let started = std::time::Instant::now();
                     // R1: nothing goes further until the decision, and the
                     // Begun record it follows, are durable.
-                    match write_decision(&shared, &txn, record).await {
+                    match Box::pin(write_decision(&shared, &txn, record)).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -146,11 +151,11 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     }
                 }
                 Effect::Announce(outcome) => {
-                    txn.outcome.send_replace(Some(outcome));
+                    txn.announce(outcome);
                 }
                 Effect::LogEnd(outcome) => {
                     // A one-phase commit's end too: the log keeps it.
-                    match begin_recorded(&shared, &txn).await {
+                    match Box::pin(begin_recorded(&shared, &txn)).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -177,9 +182,9 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     // Waited for, so that once the transaction leaves memory
                     // the store shows it ended; lazily, since no one else is
                     // held up by it (the outcome is announced already).
-                    match write_until_durable_as(&shared, vec![record], Urgency::Lazy, Some(&txn))
-                        .await
-                    {
+                    let written =
+                        write_until_durable_as(&shared, vec![record], Urgency::Lazy, Some(&txn));
+                    match Box::pin(written).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
                         Written::Fenced => return taken_over(&shared, &txn),
@@ -190,7 +195,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                         metrics::phase("phase2", ms as f64 / 1000.0);
                     }
                     shared.forget(&txn);
-                    txn.ended.send_replace(true);
+                    txn.mark_ended();
                 }
             }
         }
@@ -223,7 +228,7 @@ pub(super) fn taken_over(shared: &Shared, txn: &LiveTxn) {
          (fencing) and it lets the transaction go"
     );
     shared.forget(txn);
-    txn.ended.send_replace(true);
+    txn.mark_ended();
 }
 
 /// How [`write_until_durable`] ended.

@@ -61,6 +61,15 @@ pub struct Inner {
     pub undurable: Option<String>,
 }
 
+/// What a live transaction's waiting clients are told (`LiveTxn::progress`).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The announced outcome, once announced.
+    pub outcome: Option<Outcome>,
+    /// True once the transaction ended and its end record is durable.
+    pub ended: bool,
+}
+
 /// What a transaction is born with and never changes.
 #[derive(Debug, Clone)]
 pub struct TxnHeader {
@@ -82,10 +91,10 @@ pub struct LiveTxn {
     inner: Mutex<Inner>,
     /// Wakes the driver when effects land in its inbox.
     pub wake: Notify,
-    /// The announced outcome, once announced.
-    pub outcome: watch::Sender<Option<Outcome>>,
-    /// True once the transaction ended and its end record is durable.
-    pub ended: watch::Sender<bool>,
+    /// What its waiting clients learn: the outcome once announced, the end
+    /// once durable. One channel for both (a `watch` is about 400 bytes,
+    /// held for the transaction's life: docs/performance.md, memory).
+    pub progress: watch::Sender<Progress>,
     /// Its phase-2 retries' backoff, which an operator can cut short.
     pub retries: super::wait::Retries,
     /// Set once a forced write of this transaction failed
@@ -133,8 +142,7 @@ impl LiveTxn {
                 undurable: None,
             }),
             wake: Notify::new(),
-            outcome: watch::channel(None).0,
-            ended: watch::channel(false).0,
+            progress: watch::channel(Progress::default()).0,
             retries: super::wait::Retries::default(),
             undurable: std::sync::atomic::AtomicBool::new(false),
             recorded: std::sync::atomic::AtomicBool::new(false),
@@ -295,8 +303,23 @@ impl LiveTxn {
         self.undurable
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // Unchanged values, but the waiters look at `undurable` again.
-        self.outcome.send_modify(|_| {});
-        self.ended.send_modify(|_| {});
+        self.progress.send_modify(|_| {});
+    }
+
+    /// Tells waiting clients the outcome (once it is durable, R1).
+    pub fn announce(&self, outcome: Outcome) {
+        self.progress
+            .send_modify(|progress| progress.outcome = Some(outcome));
+    }
+
+    /// Tells waiting clients the transaction ended (or left this node).
+    pub fn mark_ended(&self) {
+        self.progress.send_modify(|progress| progress.ended = true);
+    }
+
+    /// The announced outcome, if any.
+    pub fn announced(&self) -> Option<Outcome> {
+        self.progress.borrow().outcome.clone()
     }
 
     /// Its Begun record (and those of the branches named with it) is

@@ -408,7 +408,7 @@ impl Runtime {
             shared
                 .live
                 .iter()
-                .filter(|txn| txn.outcome.borrow().is_none())
+                .filter(|txn| txn.progress.borrow().outcome.is_none())
                 .count()
         };
         tracing::info!(undecided = undecided(), "draining: no new transactions");
@@ -536,7 +536,9 @@ impl Runtime {
     ) -> Result<Committed, Error> {
         let shared = &self.shared;
         let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) else {
-            return self.finished_outcome(id).await;
+            // Boxed: a store read's future, inline, would size every
+            // waiting Commit's future for the whole wait.
+            return Box::pin(self.finished_outcome(id)).await;
         };
         {
             let mut inner = txn.lock();
@@ -560,7 +562,7 @@ impl Runtime {
     pub async fn rollback(&self, id: TxnId, reason: String) -> Result<TxnState, Error> {
         let shared = &self.shared;
         let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) else {
-            return match self.finished_outcome(id).await?.outcome {
+            return match Box::pin(self.finished_outcome(id)).await?.outcome {
                 Outcome::Aborted { .. } => Ok(TxnState::Aborted),
                 Outcome::Committed { .. } => Err(Rejected::AlreadyCommitted.into()),
             };
@@ -580,35 +582,36 @@ impl Runtime {
     /// Waits for the decision to be announced (after R1's durable write).
     /// A transaction that ends unannounced was taken over by another node.
     async fn announced(&self, txn: &LiveTxn) -> Result<Outcome, Error> {
-        let mut outcome = txn.outcome.subscribe();
-        let mut ended = txn.ended.subscribe();
+        let mut progress = txn.progress.subscribe();
         let undurable = || txn.undurable.load(std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
             biased;
-            result = outcome.wait_for(|o| o.is_some() || undurable()) => match result {
-                Ok(outcome) => match outcome.clone() {
-                    Some(outcome) => Ok(outcome),
-                    // Never an outcome that is not durable (R1): say why
-                    // there is none yet.
-                    None => Err(Error::Unavailable(txn.undurable_reason().unwrap_or_default())),
-                },
-                Err(_) => Err(Error::ShuttingDown),
-            },
-            _ = ended.wait_for(|ended| *ended) => match txn.outcome.borrow().clone() {
-                Some(outcome) => Ok(outcome),
-                None => Err(Error::TakenOver(txn.id)),
-            },
+            result = progress.wait_for(|p| p.outcome.is_some() || p.ended || undurable()) => {
+                match result {
+                    Ok(progress) => match (&progress.outcome, progress.ended) {
+                        (Some(outcome), _) => Ok(outcome.clone()),
+                        // Ended unannounced: another node took it over.
+                        (None, true) => Err(Error::TakenOver(txn.id)),
+                        // Never an outcome that is not durable (R1): say why
+                        // there is none yet.
+                        (None, false) => {
+                            Err(Error::Unavailable(txn.undurable_reason().unwrap_or_default()))
+                        }
+                    },
+                    Err(_) => Err(Error::ShuttingDown),
+                }
+            }
             () = self.shared.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
     }
 
     async fn until_ended(&self, txn: &LiveTxn) -> Result<(), Error> {
-        let mut ended = txn.ended.subscribe();
+        let mut progress = txn.progress.subscribe();
         let undurable = || txn.undurable.load(std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
             biased;
-            result = ended.wait_for(|ended| *ended || undurable()) => match result {
-                Ok(ended) if *ended => Ok(()),
+            result = progress.wait_for(|p| p.ended || undurable()) => match result {
+                Ok(progress) if progress.ended => Ok(()),
                 Ok(_) => Err(Error::Unavailable(txn.undurable_reason().unwrap_or_default())),
                 Err(_) => Err(Error::ShuttingDown),
             },

@@ -165,7 +165,7 @@ impl Participants {
     ) -> Result<R::Answer, CallError> {
         let endpoint = call.participant.as_str();
         let span = tracing::info_span!(
-            "participant_call",
+            crate::telemetry::PARTICIPANT_CALL,
             otel.name = R::NAME,
             op = R::NAME,
             branch = call.branch.as_str(),
@@ -230,15 +230,17 @@ impl Participants {
             _ => request,
         };
         let client = self.client(endpoint)?;
-        // Boxed (R::send): a tonic call's future is several KiB, and inline
-        // it would make every call's future that large, batched or not, for
-        // as long as the call is out (per in-flight memory,
-        // docs/performance.md).
-        with_deadline(
-            deadline,
-            R::send(client, request_with(request, deadline, &span)),
+        // Boxed, the tonic call (R::send) and the whole path of a call sent
+        // alone: inline, they would make every call's future that large,
+        // batched or not, for as long as the call is out (per in-flight
+        // memory, docs/performance.md).
+        Box::pin(
+            with_deadline(
+                deadline,
+                R::send(client, request_with(request, deadline, &span)),
+            )
+            .instrument(span),
         )
-        .instrument(span)
         .await
     }
 
@@ -388,7 +390,7 @@ impl Participants {
         deadline: Duration,
     ) -> Result<CheckAnswer, CallError> {
         let span = tracing::info_span!(
-            "participant_call",
+            crate::telemetry::PARTICIPANT_CALL,
             otel.name = "check_message",
             op = "check_message",
             participant = producer

@@ -155,7 +155,7 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             txn.mark_recorded();
         }
         if let Some(announced) = txn.lock().machine.announced().cloned() {
-            txn.outcome.send_replace(Some(announced));
+            txn.announce(announced);
         }
         shared.live.insert(view.id, Arc::clone(&txn));
         pending.push(Recovered::TwoPhase(txn, effects));
@@ -176,21 +176,29 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
                 },
                 () = driver_shared.shutdown.cancelled() => return,
             };
-            let mut ended = match recovered {
+            let ended: futures::future::BoxFuture<'static, ()> = match recovered {
                 Recovered::TwoPhase(txn, effects) => {
+                    let mut progress = txn.progress.subscribe();
                     let mut inner = txn.lock();
                     driver::dispatch(&driver_shared, &txn, &mut inner, effects);
-                    txn.ended.subscribe()
+                    Box::pin(async move {
+                        let _ = progress.wait_for(|p| p.ended).await;
+                    })
                 }
                 Recovered::Saga(live_saga, effects) => {
+                    let mut ended = live_saga.ended.subscribe();
                     let mut inner = live_saga.lock();
                     saga::dispatch(&driver_shared, &live_saga, &mut inner, effects);
-                    live_saga.ended.subscribe()
+                    Box::pin(async move {
+                        let _ = ended.wait_for(|ended| *ended).await;
+                    })
                 }
                 Recovered::Message(live_message) => {
-                    let ended = live_message.ended.subscribe();
+                    let mut ended = live_message.ended.subscribe();
                     message::start(&driver_shared, live_message);
-                    ended
+                    Box::pin(async move {
+                        let _ = ended.wait_for(|ended| *ended).await;
+                    })
                 }
             };
             // The permit returns when this transaction ends, or at
@@ -200,7 +208,7 @@ pub(super) fn adopt(shared: &Arc<Shared>, unfinished: Vec<Unfinished>) {
             driver_shared.tasks.spawn(async move {
                 let _permit = permit;
                 tokio::select! {
-                    _ = ended.wait_for(|ended| *ended) => {
+                    () = ended => {
                         backlog
                             .recovery_backlog
                             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

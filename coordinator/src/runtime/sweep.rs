@@ -161,7 +161,7 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
         let phase2_backlog = shared
             .live
             .iter()
-            .filter(|txn| txn.outcome.borrow().is_some())
+            .filter(|txn| txn.progress.borrow().outcome.is_some())
             .count();
         crate::metrics::in_flight(
             shared.live.len(),

@@ -125,6 +125,12 @@ pub struct BenchArgs {
     /// count calls, not the batches that carry them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub batch_calls: bool,
+    /// The bench's own participants answer every Prepare only after this
+    /// long (e.g. 2s), so that each client's transaction stays in flight:
+    /// for measuring the coordinator's memory per in-flight transaction
+    /// (scripts/bench-memory.sh). Throughput is then bounded by it.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hold: Duration,
     /// Instead of a load: write this many decided-but-unfinished 2PC
     /// transactions (COMMITTED, phase 2 not delivered) to the store, start
     /// a coordinator on it, and time how soon it serves and how soon every
@@ -202,7 +208,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut participant_urls = args.participant_urls.clone();
     let mut servers = Vec::new();
-    let no_op = NoOp::default();
+    let no_op = NoOp {
+        hold: args.hold,
+        ..NoOp::default()
+    };
     let own_participants = participant_urls.is_empty();
     if own_participants {
         for _ in 0..k {
@@ -240,8 +249,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    // The floor: raw unary gRPC calls on loopback at the same concurrency.
-    let echo_channels: Vec<Channel> = (0..args.clients)
+    let connections = match args.connections {
+        0 => args.clients,
+        n => n.min(args.clients),
+    };
+    // The floor: raw unary gRPC calls on loopback at the same concurrency,
+    // over as many connections as the load uses.
+    let echo_channels: Vec<Channel> = (0..connections)
         .map(|_| channel(&participant_urls[0]))
         .collect::<Result<_, _>>()?;
     let echo = drive(
@@ -250,7 +264,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None,
         false,
         move |client| {
-            let mut raw = ParticipantClient::new(echo_channels[client as usize].clone());
+            let channel = &echo_channels[client as usize % echo_channels.len()];
+            let mut raw = ParticipantClient::new(channel.clone());
             async move {
                 raw.commit(pb::CommitBranchRequest::default()).await?;
                 Ok(())
@@ -260,10 +275,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await;
     let fsync_us = fsync_p50_us(dir.path())?;
 
-    let connections = match args.connections {
-        0 => args.clients,
-        n => n.min(args.clients),
-    };
     let channels: Vec<Channel> = (0..connections)
         .map(|_| channel(&coordinator_url))
         .collect::<Result<_, _>>()?;

@@ -6,14 +6,25 @@ use super::*;
 /// A participant that says yes to everything at once: the benchmark
 /// measures the coordinator, not a participant's work. It counts the RPCs
 /// it serves (a `Batch` is one), shared by all the bench's participants.
+/// With `hold`, every Prepare (alone or in a `Batch`) is answered only
+/// after that long: each client's transaction then stays in flight in the
+/// coordinator, which is how the memory per in-flight transaction is
+/// measured (`--hold`, scripts/bench-memory.sh).
 #[derive(Clone, Default)]
 pub(super) struct NoOp {
     pub(super) rpcs: Arc<AtomicU64>,
+    pub(super) hold: Duration,
 }
 
 impl NoOp {
     fn served(&self) {
         self.rpcs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn held(&self) {
+        if !self.hold.is_zero() {
+            tokio::time::sleep(self.hold).await;
+        }
     }
 }
 
@@ -24,6 +35,7 @@ impl Participant for NoOp {
         _: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         self.served();
+        self.held().await;
         Ok(Response::new(voted_commit()))
     }
     async fn commit(
@@ -86,9 +98,14 @@ impl Participant for NoOp {
         self.served();
         use pb::batch_answer::Answer;
         use pb::batch_call::Call;
-        let answers: Vec<_> = request
-            .into_inner()
-            .calls
+        let calls = request.into_inner().calls;
+        if calls
+            .iter()
+            .any(|call| matches!(call.call, Some(Call::Prepare(_))))
+        {
+            self.held().await;
+        }
+        let answers: Vec<_> = calls
             .into_iter()
             .zip(0u32..)
             .map(|(call, index)| {
