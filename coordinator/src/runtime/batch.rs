@@ -50,7 +50,7 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// calls before it is offered a batch again.
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
-/// What became of a call handed to [`Queue::call`].
+/// What became of a call handed to [`Queue::enqueue`].
 #[derive(Debug)]
 pub enum Batched {
     /// The participant's answer to this call.
@@ -103,6 +103,26 @@ struct Waiting {
     answer: Answer,
 }
 
+/// A queued call's answer to come ([`Queue::enqueue`]).
+pub struct Pending {
+    answered: oneshot::Receiver<Result<Batched, CallError>>,
+    deadline: Duration,
+}
+
+impl Pending {
+    /// Waits for the answer, at most the call's deadline (R5).
+    pub async fn answer(self) -> Result<Batched, CallError> {
+        match tokio::time::timeout(self.deadline, self.answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Status {
+                code: tonic::Code::Unavailable,
+                message: "the coordinator is shutting down".into(),
+            }),
+            Err(_) => Err(CallError::DeadlineExceeded(self.deadline)),
+        }
+    }
+}
+
 /// What a sender task needs besides its queue.
 pub struct Sender {
     pub client: ParticipantClient<Channel>,
@@ -119,19 +139,23 @@ impl Queue {
         (!state.unsupported()).then_some(state.takes_batches)
     }
 
-    /// Queues `call`, to be answered within `deadline`, and waits for its
-    /// answer, starting a sender (made by `sender`) if none drains the queue.
-    pub async fn call(
+    /// Queues `call`, to be answered within `deadline`, starting a sender
+    /// (made by `sender`) if none drains the queue. Returns what to wait on
+    /// for its answer; None when the participant is taken not to implement
+    /// `Batch` (send the call alone). Not itself a future, so that what
+    /// waits for the answer holds only [`Pending`], not the call: an
+    /// in-flight call's future is its memory (docs/performance.md).
+    pub fn enqueue(
         self: &Arc<Self>,
         call: pb::BatchCall,
         deadline: Duration,
         sender: impl FnOnce() -> Result<Sender, CallError>,
-    ) -> Result<Batched, CallError> {
+    ) -> Option<Pending> {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut state = self.lock();
             if state.unsupported() {
-                return Ok(Batched::Unsupported);
+                return None;
             }
             state.waiting.push(Waiting {
                 call,
@@ -161,14 +185,7 @@ impl Queue {
         } else {
             self.arrived.notify_one();
         }
-        match tokio::time::timeout(deadline, answered).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(CallError::Status {
-                code: tonic::Code::Unavailable,
-                message: "the coordinator is shutting down".into(),
-            }),
-            Err(_) => Err(CallError::DeadlineExceeded(deadline)),
-        }
+        Some(Pending { answered, deadline })
     }
 
     /// The sender task: sends what waits whenever fewer than

@@ -108,6 +108,25 @@ impl std::fmt::Debug for Dialer {
     }
 }
 
+/// Where [`Participants::route`] put a call: queued for a batch (with the
+/// request kept, boxed, while the participant has not yet shown it takes
+/// batches), to go alone (boxed: endpoint and request), or refused.
+enum Routed<Q> {
+    Batched(batch::Pending, Option<Box<(String, Q)>>),
+    Alone(Box<(String, Q)>),
+    Refused(CallError),
+}
+
+/// A participant that took batches before stopped (an older version
+/// replaced it): this call's usual retry or abort path applies, and the
+/// next call goes alone.
+fn stopped_batching() -> CallError {
+    CallError::Status {
+        code: tonic::Code::Unavailable,
+        message: "the participant stopped taking batches".into(),
+    }
+}
+
 /// The channels to participants, shared by every transaction.
 pub struct Participants {
     channels: DashMap<String, Channel>,
@@ -158,90 +177,118 @@ impl Participants {
 
     /// Makes one call `R` to a branch: in a batch ([`batch`]) when
     /// batching is on and the participant takes batches, alone otherwise.
-    async fn send<R: BranchRpc>(
+    /// Not an `async fn`: the call is built and queued here, and the future
+    /// returned holds only what waiting for its answer needs. A future of
+    /// an `async fn` keeps its arguments and every local that lives across
+    /// an await, for as long as the call is out, and an in-flight call's
+    /// future is its memory (docs/performance.md, memory).
+    fn send<R: BranchRpc>(
         &self,
         call: BranchCall,
         deadline: Duration,
-    ) -> Result<R::Answer, CallError> {
-        let endpoint = call.participant.as_str();
+    ) -> impl Future<Output = Result<R::Answer, CallError>> + Send + '_ {
         let span = tracing::info_span!(
             crate::telemetry::PARTICIPANT_CALL,
             otel.name = R::NAME,
             op = R::NAME,
             branch = call.branch.as_str(),
-            participant = endpoint
+            participant = call.participant.as_str()
         );
+        let routed = self.route::<R>(call, deadline, &span);
+        async move {
+            let alone = match routed {
+                Routed::Refused(error) => return Err(error),
+                Routed::Alone(alone) => alone,
+                Routed::Batched(pending, kept) => {
+                    match pending.answer().instrument(span.clone()).await? {
+                        batch::Batched::Answered(answer) => {
+                            return R::unwrap(answer).map_err(|other| {
+                                CallError::BadAnswer(format!(
+                                    "a batched call was answered {other:?}"
+                                ))
+                            });
+                        }
+                        batch::Batched::Unsupported => kept.ok_or_else(stopped_batching)?,
+                    }
+                }
+            };
+            let (endpoint, request) = *alone;
+            let client = self.client(&endpoint)?;
+            // Boxed, the tonic call (R::send) and the whole path of a call
+            // sent alone: inline, they would size every call's future,
+            // batched or not.
+            Box::pin(
+                with_deadline(
+                    deadline,
+                    R::send(client, request_with(request, deadline, &span)),
+                )
+                .instrument(span),
+            )
+            .await
+        }
+    }
+
+    /// Builds call `R` and queues it for a batch, or keeps it to go alone.
+    fn route<R: BranchRpc>(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+        span: &tracing::Span,
+    ) -> Routed<R::Request> {
+        let BranchCall {
+            transaction_id,
+            branch,
+            participant: endpoint,
+            payload,
+        } = call;
         let request = R::request(
             BranchRef {
-                transaction_id: call.transaction_id,
-                branch: call.branch,
+                transaction_id,
+                branch,
                 coordinator: self.coordinator_url.clone(),
             },
-            call.payload,
+            payload,
         );
         let queue = self.batching.as_ref().map(|(tasks, shutdown)| {
-            let queue = match self.batches.get(endpoint) {
+            let queue = match self.batches.get(&endpoint) {
                 Some(queue) => Arc::clone(&queue),
-                None => Arc::clone(&self.batches.entry(endpoint.to_owned()).or_default()),
+                None => Arc::clone(&self.batches.entry(endpoint.clone()).or_default()),
             };
             (queue, tasks, shutdown)
         });
         let known = queue.as_ref().and_then(|(queue, ..)| queue.takes_batches());
-        let request = match (queue, known) {
-            (Some((queue, tasks, shutdown)), Some(proven)) => {
-                // Until the participant has shown it takes batches, keep the
-                // request to send it alone if it does not.
-                let (wrapped, kept) = if proven {
-                    (R::wrap(request), None)
-                } else {
-                    (R::wrap(request.clone()), Some(request))
-                };
-                let batched = pb::BatchCall {
-                    call: Some(wrapped),
-                    timeout_ms: 0,
-                    traceparent: crate::telemetry::traceparent(&span),
-                };
-                let sender = || {
-                    Ok(batch::Sender {
-                        client: self.client(endpoint)?,
-                        tasks: tasks.clone(),
-                        shutdown: shutdown.clone(),
-                    })
-                };
-                match queue
-                    .call(batched, deadline, sender)
-                    .instrument(span.clone())
-                    .await?
-                {
-                    batch::Batched::Answered(answer) => {
-                        return R::unwrap(answer).map_err(|other| {
-                            CallError::BadAnswer(format!("a batched call was answered {other:?}"))
-                        });
-                    }
-                    batch::Batched::Unsupported => kept.ok_or_else(|| CallError::Status {
-                        // It took batches before (an older version replaced
-                        // it): this call's usual retry or abort path applies,
-                        // and the next call goes alone.
-                        code: tonic::Code::Unavailable,
-                        message: "the participant stopped taking batches".into(),
-                    })?,
-                }
-            }
-            _ => request,
+        let (Some((queue, tasks, shutdown)), Some(proven)) = (queue, known) else {
+            return Routed::Alone(Box::new((endpoint, request)));
         };
-        let client = self.client(endpoint)?;
-        // Boxed, the tonic call (R::send) and the whole path of a call sent
-        // alone: inline, they would make every call's future that large,
-        // batched or not, for as long as the call is out (per in-flight
-        // memory, docs/performance.md).
-        Box::pin(
-            with_deadline(
-                deadline,
-                R::send(client, request_with(request, deadline, &span)),
+        let sender = || {
+            Ok(batch::Sender {
+                client: self.client(&endpoint)?,
+                tasks: tasks.clone(),
+                shutdown: shutdown.clone(),
+            })
+        };
+        // Until the participant has shown it takes batches, keep the
+        // request to send it alone if it does not.
+        let (wrapped, kept) = if proven {
+            (R::wrap(request), None)
+        } else {
+            (
+                R::wrap(request.clone()),
+                Some(Box::new((endpoint.clone(), request))),
             )
-            .instrument(span),
-        )
-        .await
+        };
+        let batched = pb::BatchCall {
+            call: Some(wrapped),
+            timeout_ms: 0,
+            traceparent: crate::telemetry::traceparent(span),
+        };
+        match queue.enqueue(batched, deadline, sender) {
+            Some(pending) => Routed::Batched(pending, kept),
+            None => match kept {
+                Some(kept) => Routed::Alone(kept),
+                None => Routed::Refused(stopped_batching()),
+            },
+        }
     }
 
     fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, CallError> {
@@ -288,96 +335,133 @@ impl Participants {
         Ok(ParticipantClient::new(channel))
     }
 
-    pub async fn prepare(&self, call: BranchCall, deadline: Duration) -> Result<Vote, CallError> {
-        let answer = self.send::<rpc::Prepare>(call, deadline).await?;
-        match pb::Vote::try_from(answer.vote) {
-            Ok(pb::Vote::Commit) => Ok(Vote::Commit),
-            Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
-            Ok(pb::Vote::Abort) => Ok(Vote::Abort {
-                reason: if answer.reason.is_empty() {
-                    "participant voted ABORT".into()
-                } else {
-                    answer.reason
-                },
-            }),
-            Ok(pb::Vote::Unspecified) | Err(_) => {
-                Err(CallError::BadAnswer(format!("vote {}", answer.vote)))
+    pub fn prepare(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Vote, CallError>> + Send + '_ {
+        let sent = self.send::<rpc::Prepare>(call, deadline);
+        async move {
+            let answer = sent.await?;
+            match pb::Vote::try_from(answer.vote) {
+                Ok(pb::Vote::Commit) => Ok(Vote::Commit),
+                Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
+                Ok(pb::Vote::Abort) => Ok(Vote::Abort {
+                    reason: if answer.reason.is_empty() {
+                        "participant voted ABORT".into()
+                    } else {
+                        answer.reason
+                    },
+                }),
+                Ok(pb::Vote::Unspecified) | Err(_) => {
+                    Err(CallError::BadAnswer(format!("vote {}", answer.vote)))
+                }
             }
         }
     }
 
-    pub async fn commit_one_phase(
+    pub fn commit_one_phase(
         &self,
         call: BranchCall,
         deadline: Duration,
-    ) -> Result<OnePhaseResult, CallError> {
-        let answer = self.send::<rpc::CommitOnePhase>(call, deadline).await?;
-        match pb::Outcome::try_from(answer.outcome) {
-            Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
-                read_only: answer.read_only,
-            }),
-            Ok(pb::Outcome::Aborted) => Ok(OnePhaseResult::Aborted {
-                reason: if answer.reason.is_empty() {
-                    "participant refused the one-phase commit".into()
-                } else {
-                    answer.reason
-                },
-            }),
-            _ => Err(CallError::BadAnswer(format!("outcome {}", answer.outcome))),
+    ) -> impl Future<Output = Result<OnePhaseResult, CallError>> + Send + '_ {
+        let sent = self.send::<rpc::CommitOnePhase>(call, deadline);
+        async move {
+            let answer = sent.await?;
+            match pb::Outcome::try_from(answer.outcome) {
+                Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
+                    read_only: answer.read_only,
+                }),
+                Ok(pb::Outcome::Aborted) => Ok(OnePhaseResult::Aborted {
+                    reason: if answer.reason.is_empty() {
+                        "participant refused the one-phase commit".into()
+                    } else {
+                        answer.reason
+                    },
+                }),
+                _ => Err(CallError::BadAnswer(format!("outcome {}", answer.outcome))),
+            }
         }
     }
 
-    pub async fn commit(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        self.send::<rpc::Commit>(call, deadline).await?;
-        Ok(())
-    }
-
-    pub async fn abort(
+    pub fn commit(
         &self,
         call: BranchCall,
         deadline: Duration,
-    ) -> Result<AbortAnswer, CallError> {
-        let answer = self.send::<rpc::Abort>(call, deadline).await?;
-        Ok(if answer.already_committed {
-            AbortAnswer::AlreadyCommitted
-        } else {
-            AbortAnswer::Aborted
-        })
+    ) -> impl Future<Output = Result<(), CallError>> + Send + '_ {
+        let sent = self.send::<rpc::Commit>(call, deadline);
+        async move {
+            let _ = sent.await?;
+            Ok(())
+        }
+    }
+
+    pub fn abort(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<AbortAnswer, CallError>> + Send + '_ {
+        let sent = self.send::<rpc::Abort>(call, deadline);
+        async move {
+            let answer = sent.await?;
+            Ok(if answer.already_committed {
+                AbortAnswer::AlreadyCommitted
+            } else {
+                AbortAnswer::Aborted
+            })
+        }
     }
 
     /// Runs a saga step's action.
-    pub async fn execute(
+    pub fn execute(
         &self,
         call: BranchCall,
         deadline: Duration,
-    ) -> Result<ExecuteAnswer, CallError> {
-        let answer = self.send::<rpc::Execute>(call, deadline).await?;
-        match pb::execute_response::Result::try_from(answer.result) {
-            Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
-            Ok(pb::execute_response::Result::Failed) => {
-                Ok(ExecuteAnswer::Failed(if answer.reason.is_empty() {
-                    "the participant refused the step".into()
-                } else {
-                    answer.reason
-                }))
+    ) -> impl Future<Output = Result<ExecuteAnswer, CallError>> + Send + '_ {
+        let sent = self.send::<rpc::Execute>(call, deadline);
+        async move {
+            let answer = sent.await?;
+            match pb::execute_response::Result::try_from(answer.result) {
+                Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
+                Ok(pb::execute_response::Result::Failed) => {
+                    Ok(ExecuteAnswer::Failed(if answer.reason.is_empty() {
+                        "the participant refused the step".into()
+                    } else {
+                        answer.reason
+                    }))
+                }
+                _ => Err(CallError::BadAnswer(format!(
+                    "execute result {}",
+                    answer.result
+                ))),
             }
-            _ => Err(CallError::BadAnswer(format!(
-                "execute result {}",
-                answer.result
-            ))),
         }
     }
 
     /// Runs a saga step's compensation.
-    pub async fn compensate(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        self.send::<rpc::Compensate>(call, deadline).await?;
-        Ok(())
+    pub fn compensate(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<(), CallError>> + Send + '_ {
+        let sent = self.send::<rpc::Compensate>(call, deadline);
+        async move {
+            let _ = sent.await?;
+            Ok(())
+        }
     }
 
     /// Delivers a transactional message to one destination (M3, M4).
-    pub async fn deliver(&self, call: BranchCall, deadline: Duration) -> Result<(), CallError> {
-        self.send::<rpc::Deliver>(call, deadline).await?;
-        Ok(())
+    pub fn deliver(
+        &self,
+        call: BranchCall,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<(), CallError>> + Send + '_ {
+        let sent = self.send::<rpc::Deliver>(call, deadline);
+        async move {
+            let _ = sent.await?;
+            Ok(())
+        }
     }
 
     /// Asks a message's producer whether the local transaction that
