@@ -12,6 +12,7 @@ use std::time::Duration;
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::{self as pb, BranchRef};
 use dashmap::DashMap;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
@@ -181,7 +182,9 @@ impl Participants {
     /// returned holds only what waiting for its answer needs. A future of
     /// an `async fn` keeps its arguments and every local that lives across
     /// an await, for as long as the call is out, and an in-flight call's
-    /// future is its memory (docs/performance.md, memory).
+    /// future is its memory (docs/performance.md, memory). For the same
+    /// reason the typed calls below map its answer with a combinator: an
+    /// async block awaiting it would hold it twice.
     fn send<R: BranchRpc>(
         &self,
         call: BranchCall,
@@ -340,9 +343,8 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<Vote, CallError>> + Send + '_ {
-        let sent = self.send::<rpc::Prepare>(call, deadline);
-        async move {
-            let answer = sent.await?;
+        self.send::<rpc::Prepare>(call, deadline).map(|sent| {
+            let answer = sent?;
             match pb::Vote::try_from(answer.vote) {
                 Ok(pb::Vote::Commit) => Ok(Vote::Commit),
                 Ok(pb::Vote::ReadOnly) => Ok(Vote::ReadOnly),
@@ -357,7 +359,7 @@ impl Participants {
                     Err(CallError::BadAnswer(format!("vote {}", answer.vote)))
                 }
             }
-        }
+        })
     }
 
     pub fn commit_one_phase(
@@ -365,23 +367,23 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<OnePhaseResult, CallError>> + Send + '_ {
-        let sent = self.send::<rpc::CommitOnePhase>(call, deadline);
-        async move {
-            let answer = sent.await?;
-            match pb::Outcome::try_from(answer.outcome) {
-                Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
-                    read_only: answer.read_only,
-                }),
-                Ok(pb::Outcome::Aborted) => Ok(OnePhaseResult::Aborted {
-                    reason: if answer.reason.is_empty() {
-                        "participant refused the one-phase commit".into()
-                    } else {
-                        answer.reason
-                    },
-                }),
-                _ => Err(CallError::BadAnswer(format!("outcome {}", answer.outcome))),
-            }
-        }
+        self.send::<rpc::CommitOnePhase>(call, deadline)
+            .map(|sent| {
+                let answer = sent?;
+                match pb::Outcome::try_from(answer.outcome) {
+                    Ok(pb::Outcome::Committed) => Ok(OnePhaseResult::Committed {
+                        read_only: answer.read_only,
+                    }),
+                    Ok(pb::Outcome::Aborted) => Ok(OnePhaseResult::Aborted {
+                        reason: if answer.reason.is_empty() {
+                            "participant refused the one-phase commit".into()
+                        } else {
+                            answer.reason
+                        },
+                    }),
+                    _ => Err(CallError::BadAnswer(format!("outcome {}", answer.outcome))),
+                }
+            })
     }
 
     pub fn commit(
@@ -389,11 +391,10 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<(), CallError>> + Send + '_ {
-        let sent = self.send::<rpc::Commit>(call, deadline);
-        async move {
-            let _ = sent.await?;
+        self.send::<rpc::Commit>(call, deadline).map(|sent| {
+            sent?;
             Ok(())
-        }
+        })
     }
 
     pub fn abort(
@@ -401,15 +402,14 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<AbortAnswer, CallError>> + Send + '_ {
-        let sent = self.send::<rpc::Abort>(call, deadline);
-        async move {
-            let answer = sent.await?;
+        self.send::<rpc::Abort>(call, deadline).map(|sent| {
+            let answer = sent?;
             Ok(if answer.already_committed {
                 AbortAnswer::AlreadyCommitted
             } else {
                 AbortAnswer::Aborted
             })
-        }
+        })
     }
 
     /// Runs a saga step's action.
@@ -418,9 +418,8 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<ExecuteAnswer, CallError>> + Send + '_ {
-        let sent = self.send::<rpc::Execute>(call, deadline);
-        async move {
-            let answer = sent.await?;
+        self.send::<rpc::Execute>(call, deadline).map(|sent| {
+            let answer = sent?;
             match pb::execute_response::Result::try_from(answer.result) {
                 Ok(pb::execute_response::Result::Succeeded) => Ok(ExecuteAnswer::Succeeded),
                 Ok(pb::execute_response::Result::Failed) => {
@@ -435,7 +434,7 @@ impl Participants {
                     answer.result
                 ))),
             }
-        }
+        })
     }
 
     /// Runs a saga step's compensation.
@@ -444,11 +443,10 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<(), CallError>> + Send + '_ {
-        let sent = self.send::<rpc::Compensate>(call, deadline);
-        async move {
-            let _ = sent.await?;
+        self.send::<rpc::Compensate>(call, deadline).map(|sent| {
+            sent?;
             Ok(())
-        }
+        })
     }
 
     /// Delivers a transactional message to one destination (M3, M4).
@@ -457,11 +455,10 @@ impl Participants {
         call: BranchCall,
         deadline: Duration,
     ) -> impl Future<Output = Result<(), CallError>> + Send + '_ {
-        let sent = self.send::<rpc::Deliver>(call, deadline);
-        async move {
-            let _ = sent.await?;
+        self.send::<rpc::Deliver>(call, deadline).map(|sent| {
+            sent?;
             Ok(())
-        }
+        })
     }
 
     /// Asks a message's producer whether the local transaction that
