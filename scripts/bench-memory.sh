@@ -9,9 +9,12 @@
 # coordinator's prepare timeout (5 s): the calls that queue behind the
 # first batches to a participant are held again. While each run
 # holds, it samples the node's `concord_in_flight` gauge and its RSS. The
-# figure is the growth of the peak RSS (VmHWM) divided by the growth of the
-# transactions in flight: what one more in-flight transaction costs, the
-# node's fixed memory cancelled out.
+# figure is the growth of the RSS while the most transactions were in
+# flight divided by the growth of the transactions in flight: what one more
+# in-flight transaction costs, the node's fixed memory cancelled out. The
+# same from the runs' peak RSS (VmHWM) is printed beside it: that peak
+# comes later, in the burst of decisions, log batches and phase-2 calls
+# once the participants answer.
 #
 #   scripts/bench-memory.sh                    # 10,000 in flight on 16 connections
 #   IN_FLIGHT=2048 CONNECTIONS=16 scripts/bench-memory.sh
@@ -25,7 +28,7 @@ CONCORD=${CONCORD:-target/release/concord}
 IN_FLIGHT=${IN_FLIGHT:-10000}
 BASELINE=${BASELINE:-64}
 CONNECTIONS=${CONNECTIONS:-16}
-HOLD=${HOLD:-2s}
+HOLD=${HOLD:-1s}
 json=false
 [ "${1:-}" = "--json" ] && json=true
 
@@ -37,9 +40,10 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# measure CLIENTS: prints "<peak in flight> <VmHWM KiB> <RSS KiB before the load>"
+# measure CLIENTS: prints "<peak in flight> <RSS KiB then> <VmHWM KiB> <RSS KiB
+# before the load>"
 measure() {
-    local clients=$1 dir port metrics pid bench peak=0 now hwm idle
+    local clients=$1 dir port metrics pid bench peak=0 held=0 now rss hwm idle
     dir=$(mktemp -d)
     port=$(free_port)
     metrics=$(free_port)
@@ -59,27 +63,40 @@ measure() {
     while kill -0 "$bench" 2>/dev/null; do
         now=$(curl -sf "http://127.0.0.1:$metrics/metrics" |
             awk '/^concord_in_flight\{kind="2pc"\}/ {print int($2)}')
-        [ -n "$now" ] && [ "$now" -gt "$peak" ] && peak=$now
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        if [ -n "$now" ] && { [ "$now" -gt "$peak" ] ||
+            { [ "$now" -eq "$peak" ] && [ "$rss" -gt "$held" ]; }; }; then
+            peak=$now
+            held=$rss
+        fi
         sleep 0.25
     done
     wait "$bench" || { cat "$dir/bench.log" >&2; kill "$pid"; return 1; }
+    errors=$(grep -o '"errors":[0-9]*' "$dir/bench.json" | cut -d: -f2)
+    [ "${errors:-0}" = 0 ] || echo "warning: ${errors} of ${clients} transactions failed" >&2
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     rm -rf "$dir"
-    echo "$peak $hwm $idle"
+    echo "$peak $held $hwm $idle"
 }
 
-read -r base_peak base_hwm base_idle < <(measure "$BASELINE")
-read -r peak hwm idle < <(measure "$IN_FLIGHT")
-per=$(awk -v a="$base_hwm" -v b="$hwm" -v x="$base_peak" -v y="$peak" \
-    'BEGIN { if (y > x) printf "%.2f", (b - a) / (y - x); else print "nan" }')
+read -r base_peak base_held base_hwm base_idle < <(measure "$BASELINE")
+read -r peak held hwm idle < <(measure "$IN_FLIGHT")
+per() {
+    awk -v a="$1" -v b="$2" -v x="$base_peak" -v y="$peak" \
+        'BEGIN { if (y > x) printf "%.2f", (b - a) / (y - x); else print "nan" }'
+}
+per_held=$(per "$base_held" "$held")
+per_hwm=$(per "$base_hwm" "$hwm")
 if $json; then
-    printf '{"in_flight":%s,"vm_hwm_kib":%s,"baseline_in_flight":%s,"baseline_vm_hwm_kib":%s,"idle_rss_kib":%s,"kib_per_in_flight":%s,"connections":%s,"hold":"%s"}\n' \
-        "$peak" "$hwm" "$base_peak" "$base_hwm" "$base_idle" "$per" "$CONNECTIONS" "$HOLD"
+    printf '{"in_flight":%s,"rss_kib":%s,"vm_hwm_kib":%s,"baseline_in_flight":%s,"baseline_rss_kib":%s,"baseline_vm_hwm_kib":%s,"idle_rss_kib":%s,"kib_per_in_flight":%s,"hwm_kib_per_in_flight":%s,"connections":%s,"hold":"%s"}\n' \
+        "$peak" "$held" "$hwm" "$base_peak" "$base_held" "$base_hwm" "$base_idle" \
+        "$per_held" "$per_hwm" "$CONNECTIONS" "$HOLD"
 else
     echo "idle node: ${base_idle} KiB RSS"
-    echo "${base_peak} in flight: peak RSS ${base_hwm} KiB"
-    echo "${peak} in flight: peak RSS ${hwm} KiB (${CONNECTIONS} connections)"
-    echo "per in-flight transaction: ${per} KiB"
+    echo "${base_peak} in flight: RSS ${base_held} KiB (peak of the run ${base_hwm} KiB)"
+    echo "${peak} in flight: RSS ${held} KiB (peak of the run ${hwm} KiB; ${CONNECTIONS} connections)"
+    echo "per in-flight transaction: ${per_held} KiB (${per_hwm} KiB by the runs' peaks, which"
+    echo "include the burst of decisions, log batches and phase-2 calls after the hold)"
 fi
