@@ -18,6 +18,8 @@
 //! - [`node`]: one running node (store + runtime + server), as started by
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
+//! - [`shard`]: shards and the shard map of a deployment of several groups
+//!   (DESIGN §11), pure; not wired in yet.
 //! - [`cli`]: the `concord` command line, with `concord txn` (the
 //!   operator's tools over the gRPC API) and `concord bench` (the load
 //!   generator that measures against the machine's floor) under it.
@@ -38,5 +40,6 @@ pub mod model;
 pub mod node;
 pub mod protocol;
 pub mod runtime;
+pub mod shard;
 pub mod store;
 pub mod telemetry;

@@ -30,6 +30,30 @@ impl TxnId {
     }
 }
 
+impl TxnId {
+    /// The millisecond the id was minted at (UUIDv7's timestamp).
+    pub fn unix_ms(&self) -> u64 {
+        let b = self.0.as_bytes();
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+
+    /// The 12 bits after the version (UUIDv7's `rand_a`): random in an id
+    /// minted alone, a shard number in a sharded deployment (DESIGN §11).
+    pub fn rand_a(&self) -> u16 {
+        let b = self.0.as_bytes();
+        (u16::from(b[6] & 0x0f) << 8) | u16::from(b[7])
+    }
+
+    /// This id with `bits` (their low 12) as its `rand_a`; the time, the
+    /// version, the variant and the other random bits unchanged.
+    pub fn with_rand_a(self, bits: u16) -> Self {
+        let mut b = *self.0.as_bytes();
+        b[6] = (b[6] & 0xf0) | ((bits >> 8) as u8 & 0x0f);
+        b[7] = (bits & 0xff) as u8;
+        Self(Uuid::from_bytes(b))
+    }
+}
+
 impl fmt::Display for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
