@@ -12,9 +12,10 @@
 # figure is the growth of the RSS while the most transactions were in
 # flight divided by the growth of the transactions in flight: what one more
 # in-flight transaction costs, the node's fixed memory cancelled out. The
-# same from the runs' peak RSS (VmHWM) is printed beside it: that peak
-# comes later, in the burst of decisions, log batches and phase-2 calls
-# once the participants answer.
+# same from the runs' peak RSS (VmHWM) is printed beside it: when the two
+# differ, the peak came after the hold (the burst of decisions, log
+# batches and phase-2 calls once the participants answer), not from the
+# transactions in flight.
 #
 #   scripts/bench-memory.sh                    # 10,000 in flight on 16 connections
 #   IN_FLIGHT=2048 CONNECTIONS=16 scripts/bench-memory.sh
@@ -43,7 +44,7 @@ free_port() {
 # measure CLIENTS: prints "<peak in flight> <RSS KiB then> <VmHWM KiB> <RSS KiB
 # before the load>"
 measure() {
-    local clients=$1 dir port metrics pid bench peak=0 held=0 now rss hwm idle
+    local clients=$1 dir port metrics pid bench peak=0 held=0 now rss hwm idle errors
     dir=$(mktemp -d)
     port=$(free_port)
     metrics=$(free_port)
@@ -97,6 +98,5 @@ else
     echo "idle node: ${base_idle} KiB RSS"
     echo "${base_peak} in flight: RSS ${base_held} KiB (peak of the run ${base_hwm} KiB)"
     echo "${peak} in flight: RSS ${held} KiB (peak of the run ${hwm} KiB; ${CONNECTIONS} connections)"
-    echo "per in-flight transaction: ${per_held} KiB (${per_hwm} KiB by the runs' peaks, which"
-    echo "include the burst of decisions, log batches and phase-2 calls after the hold)"
+    echo "per in-flight transaction: ${per_held} KiB (${per_hwm} KiB by the runs' peaks)"
 fi

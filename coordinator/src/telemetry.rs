@@ -43,12 +43,13 @@ pub fn init(otlp: Option<OtlpConfig>) -> anyhow::Result<Telemetry> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // The logs leave out the span of each participant call: its fields
-    // (operation, branch, endpoint) are in the few lines logged about a
-    // call anyway, and a span the logs keep costs a registry slot and its
-    // formatted fields for as long as the call is out, about 300 bytes per
-    // call in flight (docs/performance.md, memory). Traces keep it: without
-    // an exporter no layer wants it and it is never created.
+    // The logs leave out the span of each participant call: nothing is
+    // logged inside it (the driver's lines about a call name its branch,
+    // under the transaction's span), and a span the logs keep costs a
+    // registry slot and its formatted fields for as long as the call is
+    // out, about 300 bytes per call in flight (docs/performance.md,
+    // memory). Traces keep it: without an exporter no layer wants it and
+    // it is never created.
     let logged = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && meta.name() == PARTICIPANT_CALL)
     }));

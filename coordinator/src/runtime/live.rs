@@ -317,11 +317,6 @@ impl LiveTxn {
         self.progress.send_modify(|progress| progress.ended = true);
     }
 
-    /// The announced outcome, if any.
-    pub fn announced(&self) -> Option<Outcome> {
-        self.progress.borrow().outcome.clone()
-    }
-
     /// Its Begun record (and those of the branches named with it) is
     /// durable.
     pub fn mark_recorded(&self) {
