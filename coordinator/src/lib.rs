@@ -19,7 +19,7 @@
 //!   `concord serve`, the tests and the demo.
 //! - [`model`]: the domain's nouns shared by the layers above.
 //! - [`shard`]: shards and the shard map of a deployment of several groups
-//!   (DESIGN §11), pure; not wired in yet.
+//!   (DESIGN §11), pure; the runtime routes by it (`runtime::groups`).
 //! - [`cli`]: the `concord` command line, with `concord txn` (the
 //!   operator's tools over the gRPC API) and `concord bench` (the load
 //!   generator that measures against the machine's floor) under it.

@@ -11,8 +11,9 @@
 //! that grew from one group) belong to the founding group, whatever their
 //! random bits say.
 //!
-//! Not wired in yet: the store's copy of the map, fencing by it, routing
-//! and `concord shards` are issue 21's next steps.
+//! Used by the runtime's routing (`runtime::groups`, a static map given
+//! to `concord serve --shard-map`). Not built yet: the store's copy of the
+//! map, fencing by it when a shard moves, and `concord shards`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

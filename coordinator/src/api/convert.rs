@@ -308,7 +308,7 @@ pub fn status(error: Error) -> tonic::Status {
         | Error::Draining
         | Error::Store(_)
         | Error::TakenOver(_) => tonic::Status::unavailable(message),
-        Error::OwnedElsewhere { address, .. } => {
+        Error::OwnedElsewhere { address, .. } | Error::OtherGroup { address, .. } => {
             let mut status = tonic::Status::unavailable(message);
             if let Ok(owner) = address.parse() {
                 status.metadata_mut().insert(super::forward::OWNER, owner);

@@ -1,8 +1,11 @@
-//! Forwarding between coordinator nodes that share one store (DESIGN §6).
+//! Forwarding between coordinator nodes that share one store (DESIGN §6),
+//! and to the nodes of another group (§11).
 //!
 //! A client may call any node. A call about a transaction that another live
-//! node owns (Enlist, Commit, Rollback, GetOutcome) is sent on to that node
-//! and its answer returned as is. A forwarded call carries the
+//! node owns (Enlist, Commit, Rollback, GetOutcome), or that belongs to
+//! another group (those, GetTransaction, SubmitMessage, the operators'
+//! calls, and a keyed Begin, SubmitSaga or PrepareMessage whose key's shard
+//! is that group's), is sent on to that node and its answer returned as is. A forwarded call carries the
 //! `concord-forwarded-by` header and is never forwarded again: if ownership
 //! moved meanwhile, the second node answers UNAVAILABLE with the owner's
 //! address in the `concord-owner` header, and the client retries.
@@ -58,9 +61,10 @@ impl Forwarder {
         result: Result<T, crate::runtime::Error>,
     ) -> Result<Route<T>, tonic::Status> {
         match result {
-            Err(crate::runtime::Error::OwnedElsewhere { address, .. }) if hop.may_forward() => {
-                Ok(Route::Owner(self.client(&address)?))
-            }
+            Err(
+                crate::runtime::Error::OwnedElsewhere { address, .. }
+                | crate::runtime::Error::OtherGroup { address, .. },
+            ) if hop.may_forward() => Ok(Route::Owner(self.client(&address)?)),
             other => other.map(Route::Here).map_err(super::convert::status),
         }
     }

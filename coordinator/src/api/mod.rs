@@ -116,13 +116,41 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     differ == 0
 }
 
+impl CoordinatorService {
+    /// DESIGN §11: a new transaction with idempotency key `key` belongs to
+    /// the group that owns the key's shard. A client for a node of that
+    /// group when it is not this node's (the call is forwarded there, once);
+    /// None to begin it here. A bad key is refused here, forwarded nowhere.
+    fn group_of_key(
+        &self,
+        hop: &forward::Hop,
+        key: &str,
+    ) -> Result<
+        Option<concord_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>>,
+        Status,
+    > {
+        let key = validate::idempotency_key(key)?;
+        match self
+            .forward
+            .route(hop, self.runtime.key_in_group(key.as_deref()))?
+        {
+            Route::Owner(owner) => Ok(Some(owner)),
+            Route::Here(()) => Ok(None),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn begin(
         &self,
         request: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let mut request = request.into_inner();
+        if let Some(mut owner) = self.group_of_key(&hop, &request.idempotency_key)? {
+            return Box::pin(owner.begin(hop.request(request))).await;
+        }
         let request_digest = convert::begin_digest(&mut request);
         let begin = BeginTxn {
             timeout: validate::optional_ms(
@@ -263,12 +291,20 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
-        let id = validate::txn_id("transaction_id", &request.into_inner().transaction_id)?;
-        let view = self
-            .runtime
-            .transaction(id)
-            .await
-            .map_err(convert::status)?;
+        let hop = forward::Hop::of(&request);
+        let request = request.into_inner();
+        let id = validate::txn_id("transaction_id", &request.transaction_id)?;
+        // Within a group every node reads the same log; another group's
+        // transaction is in its own (DESIGN §11): ask one of its nodes.
+        let view = match self
+            .forward
+            .route(&hop, self.runtime.transaction(id).await)?
+        {
+            Route::Owner(mut owner) => {
+                return Box::pin(owner.get_transaction(hop.request(request))).await;
+            }
+            Route::Here(view) => view,
+        };
         Ok(Response::new(convert::transaction(view)))
     }
 
@@ -344,7 +380,11 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::SubmitSagaRequest>,
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let mut request = request.into_inner();
+        if let Some(mut owner) = self.group_of_key(&hop, &request.idempotency_key)? {
+            return Box::pin(owner.submit_saga(hop.request(request))).await;
+        }
         let request_digest = convert::saga_digest(&mut request);
         let submit = SubmitSaga {
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
@@ -370,7 +410,11 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::PrepareMessageRequest>,
     ) -> Result<Response<pb::PrepareMessageResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let mut request = request.into_inner();
+        if let Some(mut owner) = self.group_of_key(&hop, &request.idempotency_key)? {
+            return Box::pin(owner.prepare_message(hop.request(request))).await;
+        }
         let request_digest = convert::message_digest(&mut request);
         let mut prepare =
             validate::prepare_message(&self.limits, self.runtime.config().max_branches, request)?;

@@ -154,6 +154,18 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_ADVERTISE_URL")]
     advertise_url: Option<String>,
 
+    /// A deployment of several groups of nodes, each group its own database
+    /// (DESIGN §11): the shard map, a JSON file (`shard::ShardMap`), the
+    /// same on every node. Needs --group. As built, the map is read at
+    /// start and must not change under running nodes (moving shards is not
+    /// built yet).
+    #[arg(long, env = "CONCORD_SHARD_MAP", requires = "group")]
+    shard_map: Option<PathBuf>,
+
+    /// This node's group in the shard map (--shard-map).
+    #[arg(long, env = "CONCORD_GROUP", requires = "shard_map")]
+    group: Option<String>,
+
     /// Timeout of a transaction whose Begin names none, in ms.
     #[arg(long, env = "CONCORD_TXN_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
@@ -243,6 +255,30 @@ pub fn main() -> anyhow::Result<()> {
     })
 }
 
+/// The node's group and shard map from `--shard-map FILE --group NAME`,
+/// checked before the node starts (DESIGN §11).
+fn sharding(
+    map: Option<&std::path::Path>,
+    group: Option<&str>,
+) -> anyhow::Result<Option<crate::runtime::Sharding>> {
+    let (Some(path), Some(group)) = (map, group) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the shard map {}", path.display()))?;
+    let map: crate::shard::ShardMap = serde_json::from_str(&text)
+        .with_context(|| format!("the shard map {} is not a map's JSON", path.display()))?;
+    let sharding = crate::runtime::Sharding::new(map, group.to_owned())
+        .map_err(|reason| anyhow::anyhow!("--shard-map {}: {reason}", path.display()))?;
+    tracing::info!(
+        group,
+        version = sharding.map.version,
+        shards = sharding.map.shards,
+        "serving one group of a sharded deployment"
+    );
+    Ok(Some(sharding))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ms = Duration::from_millis;
     let runtime = RuntimeConfig::with_retry(
@@ -259,6 +295,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             peer_tls: peer_tls(&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key)?,
             retention: (args.retention_days > 0)
                 .then(|| Duration::from_secs(args.retention_days * 86_400)),
+            sharding: sharding(args.shard_map.as_deref(), args.group.as_deref())?,
             ..RuntimeConfig::default()
         },
     );

@@ -45,6 +45,7 @@ impl Runtime {
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
+        self.key_in_group(key.as_deref())?;
         let _claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
             KeyClaim::Taken(id, state) => {
                 return Ok(Begun {
@@ -56,7 +57,7 @@ impl Runtime {
             }
             KeyClaim::Free(guard) => guard,
         };
-        let id = shared.config.clock.mint();
+        let id = self.mint(key.as_deref())?;
         shared.note_begun(id);
         let created_at_ms = shared.config.clock.now_ms();
         let timeout = request.timeout.unwrap_or(shared.config.default_txn_timeout);

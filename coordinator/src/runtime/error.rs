@@ -60,6 +60,15 @@ pub enum Error {
     /// the call there.
     #[error("transaction {id} is owned by the coordinator node at {address}; send the call there")]
     OwnedElsewhere { id: TxnId, address: String },
+    /// DESIGN §11: the transaction (or a new one with this key) belongs to
+    /// another group of nodes; the API forwards the call to `address`, a
+    /// node of that group.
+    #[error("{what} belongs to group {group:?}; send the call to its node at {address}")]
+    OtherGroup {
+        what: String,
+        group: String,
+        address: String,
+    },
     /// DESIGN §6: this node was cut off past its lease and another node took
     /// the transaction over; its write here was refused (fencing).
     #[error(

@@ -80,6 +80,7 @@ pub mod watch;
 
 mod begin;
 mod error;
+pub mod groups;
 mod operator;
 mod recovery;
 mod requests;
@@ -90,6 +91,7 @@ mod views;
 
 use begin::add_branch;
 pub use error::Error;
+pub use groups::Sharding;
 use requests::BeginWrite;
 pub use requests::{
     BeginTxn, Begun, Committed, EnlistBranch, Enlisted, MessageAccepted, Page, PrepareMessage,
@@ -146,6 +148,10 @@ pub struct RuntimeConfig {
     /// Changes a WatchTransactions stream holds for a client slow to read
     /// them before it ends the stream ([`watch::WATCH_BUFFER`]).
     pub watch_buffer: usize,
+    /// This node's group and the shard map, in a deployment of several
+    /// groups (DESIGN §11, [`groups`]); None: one group, every transaction
+    /// this node's group's.
+    pub sharding: Option<Sharding>,
 }
 
 impl Default for RuntimeConfig {
@@ -172,6 +178,7 @@ impl Default for RuntimeConfig {
                 batch_calls: true,
                 log_write_attempts: 6,
                 watch_buffer: watch::WATCH_BUFFER,
+                sharding: None,
             },
         )
     }
@@ -474,6 +481,7 @@ impl Runtime {
 
     /// Enlists a branch; answers once the branch is durable.
     pub async fn enlist(&self, id: TxnId, branch: EnlistBranch) -> Result<Enlisted, Error> {
+        self.in_group(id)?;
         let shared = &self.shared;
         let txn = self.live_or_finished(id).await?;
         let (name, durable) = {
@@ -534,6 +542,7 @@ impl Runtime {
         wait: bool,
         prepare_timeout: Option<Duration>,
     ) -> Result<Committed, Error> {
+        self.in_group(id)?;
         let shared = &self.shared;
         let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) else {
             // Boxed: a store read's future, inline, would size every
@@ -560,6 +569,7 @@ impl Runtime {
 
     /// Rolls back an undecided transaction.
     pub async fn rollback(&self, id: TxnId, reason: String) -> Result<TxnState, Error> {
+        self.in_group(id)?;
         let shared = &self.shared;
         let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) else {
             return match Box::pin(self.finished_outcome(id)).await?.outcome {

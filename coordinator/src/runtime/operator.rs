@@ -8,6 +8,7 @@ impl Runtime {
     /// Makes every retry of the transaction that is waiting out its backoff
     /// now (`concord txn retry`); returns how many there were and the state.
     pub async fn retry(&self, id: TxnId) -> Result<(u32, TxnState), Error> {
+        self.in_group(id)?;
         if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
             let retried = txn.retries.now();
             tracing::info!(%id, retried, "operator: retry now");
@@ -40,6 +41,7 @@ impl Runtime {
     /// on as if the participant had answered it. Refuses anything that
     /// could leave the transaction half-done (see the proto).
     pub async fn resolve(&self, id: TxnId, action: OperatorAction) -> Result<TxnState, Error> {
+        self.in_group(id)?;
         let shared = &self.shared;
         if let Some(txn) = shared.live.get(&id).map(|t| Arc::clone(&t)) {
             let idx = {

@@ -17,11 +17,12 @@ impl Runtime {
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
+        self.key_in_group(key.as_deref())?;
         let claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
             KeyClaim::Taken(id, state) => return self.found_message(id, state).await,
             KeyClaim::Free(guard) => guard,
         };
-        let id = shared.config.clock.mint();
+        let id = self.mint(key.as_deref())?;
         shared.note_begun(id);
         let created_at_ms = shared.config.clock.now_ms();
         let check_at_ms = created_at_ms
@@ -119,6 +120,7 @@ impl Runtime {
     /// once the message is DELIVERING, or with `wait` once it is
     /// DELIVERED. A dropped message is refused (M2).
     pub async fn submit_message(&self, id: TxnId, wait: bool) -> Result<TxnState, Error> {
+        self.in_group(id)?;
         let shared = &self.shared;
         let Some(live_message) = shared.messages.get(&id).map(|m| Arc::clone(&m)) else {
             let view = shared

@@ -7,6 +7,7 @@ use super::*;
 impl Runtime {
     /// Everything known about one transaction.
     pub async fn transaction(&self, id: TxnId) -> Result<TxnView, Error> {
+        self.in_group(id)?;
         if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
             return Ok(txn.view(true));
         }
@@ -109,6 +110,9 @@ impl Runtime {
     /// The decision, for a participant holding a prepared branch. R2: an
     /// unknown transaction is aborted.
     pub async fn outcome(&self, id: TxnId) -> Result<Option<Decision>, Error> {
+        // Another group's transaction is not in this group's log: never
+        // presume it aborted here (R2 belongs to the group that owns it).
+        self.in_group(id)?;
         if let Some(txn) = self.shared.live.get(&id).map(|t| Arc::clone(&t)) {
             let inner = txn.lock();
             return Ok(inner.machine.announced().map(Outcome::decision));

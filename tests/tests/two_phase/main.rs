@@ -10,6 +10,7 @@ mod bad_input;
 mod batch;
 mod decision;
 mod fuzz;
+mod groups;
 mod log_failures;
 mod tls;
 mod unreachable;
