@@ -165,6 +165,9 @@ pub fn transaction(view: TxnView) -> pb::Transaction {
             .collect(),
         producer: view.producer.unwrap_or_default(),
         ordering_key: view.ordering_key.unwrap_or_default(),
+        // Set by the API, which knows the shard map.
+        group: String::new(),
+        shard: 0,
     }
 }
 

@@ -117,6 +117,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl CoordinatorService {
+    /// A transaction as the API shows it, with its group and shard when
+    /// the deployment has several groups (DESIGN §11).
+    fn placed(&self, view: crate::model::TxnView) -> pb::Transaction {
+        let id = view.id;
+        let mut txn = convert::transaction(view);
+        if let Some(sharding) = &self.runtime.config().sharding {
+            txn.group = sharding.map.group_of(id).to_owned();
+            txn.shard = sharding
+                .map
+                .shard_of(id)
+                .map_or(0, |shard| u32::from(shard.0));
+        }
+        txn
+    }
+
     /// DESIGN §11: a new transaction with idempotency key `key` belongs to
     /// the group that owns the key's shard. A client for a node of that
     /// group when it is not this node's (the call is forwarded there, once);
@@ -305,7 +320,7 @@ impl Coordinator for CoordinatorService {
             }
             Route::Here(view) => view,
         };
-        Ok(Response::new(convert::transaction(view)))
+        Ok(Response::new(self.placed(view)))
     }
 
     async fn list_transactions(
@@ -336,7 +351,7 @@ impl Coordinator for CoordinatorService {
                 .views
                 .into_iter()
                 .filter(|view| kind.is_none_or(|kind| view.kind == kind))
-                .map(convert::transaction)
+                .map(|view| self.placed(view))
                 .collect(),
             next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
         }))

@@ -427,6 +427,9 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
         };
         field(label, moment(txn.deadline_ms, now));
     }
+    if !txn.group.is_empty() {
+        field("group", format!("{} (shard {})", txn.group, txn.shard));
+    }
     field("producer", txn.producer.clone());
     field("ordering key", txn.ordering_key.clone());
     field("decided", moment(txn.decided_at_ms, now));

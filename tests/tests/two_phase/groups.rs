@@ -160,6 +160,9 @@ async fn transactions_spread_over_two_groups_and_every_call_reaches_the_right_on
                 .await
                 .expect("get transaction");
             assert_eq!(seen.state, pb::TransactionState::Committed as i32, "{id}");
+            // And says where it lives (`concord txn show` prints it).
+            let shard = g.map.shard_of(txn).map(|s| u32::from(s.0));
+            assert_eq!((seen.group.as_str(), Some(seen.shard)), (group, shard));
         }
     }
     assert!(
