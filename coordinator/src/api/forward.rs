@@ -5,10 +5,12 @@
 //! node owns (Enlist, Commit, Rollback, GetOutcome), or that belongs to
 //! another group (those, GetTransaction, SubmitMessage, the operators'
 //! calls, and a keyed Begin, SubmitSaga or PrepareMessage whose key's shard
-//! is that group's), is sent on to that node and its answer returned as is. A forwarded call carries the
-//! `concord-forwarded-by` header and is never forwarded again: if ownership
-//! moved meanwhile, the second node answers UNAVAILABLE with the owner's
-//! address in the `concord-owner` header, and the client retries.
+//! is that group's), is sent on to that node and its answer returned as is.
+//! A forwarded call carries the `concord-forwarded-by` header and is never
+//! forwarded again: if ownership moved meanwhile, or a call sent to another
+//! group reached a node of it that does not own the transaction, the second
+//! node answers UNAVAILABLE with the owner's address in the `concord-owner`
+//! header, and the client retries.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
