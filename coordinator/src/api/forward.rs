@@ -6,14 +6,15 @@
 //! another group (those, GetTransaction, SubmitMessage, the operators'
 //! calls, and a keyed Begin, SubmitSaga or PrepareMessage whose key's shard
 //! is that group's), is sent on to that node and its answer returned as is.
-//! A forwarded call carries the `concord-forwarded-by` header and is never
-//! forwarded again: if ownership moved meanwhile, or a call sent to another
-//! group reached a node of it that does not own the transaction, the second
-//! node answers UNAVAILABLE with the owner's address in the `concord-owner`
-//! header, and the client retries.
+//! A forwarded call carries the `concord-forwarded-by` header and is not
+//! forwarded again, except once within its group after it crossed to
+//! another group (the node it reached there may not own the transaction):
+//! if ownership moved meanwhile, the last node answers UNAVAILABLE with the
+//! owner's address in the `concord-owner` header, and the client retries.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use concord_proto::v1::coordinator_client::CoordinatorClient;
@@ -21,8 +22,14 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-/// Marks a call one node forwarded to another.
+/// Marks a call one node forwarded to another: "1" within a group,
+/// [`ACROSS_GROUPS`] to a node of another group (DESIGN §11).
 pub const FORWARDED_BY: &str = "concord-forwarded-by";
+
+/// The [`FORWARDED_BY`] of a call sent to another group: the node it
+/// reaches may not own the transaction (a group's nodes share its log and
+/// own what they began), so it may forward once more, within its group.
+pub const ACROSS_GROUPS: &str = "group";
 
 /// On an UNAVAILABLE answer: where the transaction's owner is.
 pub const OWNER: &str = "concord-owner";
@@ -63,10 +70,18 @@ impl Forwarder {
         result: Result<T, crate::runtime::Error>,
     ) -> Result<Route<T>, tonic::Status> {
         match result {
-            Err(
-                crate::runtime::Error::OwnedElsewhere { address, .. }
-                | crate::runtime::Error::OtherGroup { address, .. },
-            ) if hop.may_forward() => Ok(Route::Owner(self.client(&address)?)),
+            Err(crate::runtime::Error::OwnedElsewhere { address, .. })
+                if hop.may_forward_within_group() =>
+            {
+                hop.across_groups.store(false, Ordering::Relaxed);
+                Ok(Route::Owner(self.client(&address)?))
+            }
+            Err(crate::runtime::Error::OtherGroup { address, .. })
+                if hop.may_forward_to_group() =>
+            {
+                hop.across_groups.store(true, Ordering::Relaxed);
+                Ok(Route::Owner(self.client(&address)?))
+            }
             other => other.map(Route::Here).map_err(super::convert::status),
         }
     }
@@ -114,32 +129,63 @@ impl Forwarder {
 /// What an incoming call allows: whether it may be forwarded, and the
 /// deadline to pass on.
 pub struct Hop {
-    forwarded: bool,
+    /// How it reached this node: from a client, from a node of this group,
+    /// or from a node of another group.
+    came: Came,
+    /// Where [`Forwarder::route`] sent it on: to another group (true) or
+    /// within this one; the header [`Hop::request`] writes.
+    across_groups: AtomicBool,
     deadline: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// The caller's credentials, passed on: the owner checks them too.
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Came {
+    FromClient,
+    WithinGroup,
+    AcrossGroups,
+}
+
 impl Hop {
     pub fn of<T>(request: &Request<T>) -> Self {
         Self {
-            forwarded: request.metadata().contains_key(FORWARDED_BY),
+            came: match request.metadata().get(FORWARDED_BY) {
+                None => Came::FromClient,
+                Some(value) if value == ACROSS_GROUPS => Came::AcrossGroups,
+                Some(_) => Came::WithinGroup,
+            },
+            across_groups: AtomicBool::new(false),
             deadline: request.metadata().get("grpc-timeout").cloned(),
             authorization: request.metadata().get("authorization").cloned(),
         }
     }
 
-    /// One hop at most: a call that was forwarded here is answered here.
-    pub fn may_forward(&self) -> bool {
-        !self.forwarded
+    /// One hop at most within a group: a call forwarded here by a node of
+    /// this group is answered here. A call from another group may still go
+    /// to the node of this group that owns its transaction.
+    pub fn may_forward_within_group(&self) -> bool {
+        self.came != Came::WithinGroup
+    }
+
+    /// Only a client's own call goes to another group: a node that got a
+    /// call from another node and finds it another group's answers
+    /// UNAVAILABLE (their maps disagree) rather than send it further.
+    pub fn may_forward_to_group(&self) -> bool {
+        self.came == Came::FromClient
     }
 
     /// The call to send on, with the client's deadline.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
+        let forwarded_by = if self.across_groups.load(Ordering::Relaxed) {
+            ACROSS_GROUPS
+        } else {
+            "1"
+        };
         request
             .metadata_mut()
-            .insert(FORWARDED_BY, MetadataValue::from_static("1"));
+            .insert(FORWARDED_BY, MetadataValue::from_static(forwarded_by));
         if let Some(authorization) = &self.authorization {
             request
                 .metadata_mut()

@@ -14,6 +14,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod groups;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
