@@ -1,8 +1,16 @@
-//! A group of two nodes on one PostgreSQL beside a group of one node on
-//! SQLite (DESIGN §11, a static shard map): a call that crosses to the
-//! PostgreSQL group reaches whichever of its nodes the map names for the
-//! transaction's shard, which need not be the node that owns it; that node
-//! forwards it once more, within its group, to the owner.
+//! Several groups of nodes routing by one static shard map (DESIGN §11).
+//!
+//! - A group of two nodes on one PostgreSQL beside a group of one node on
+//!   SQLite, in process: a call that crosses to the PostgreSQL group
+//!   reaches whichever of its nodes the map names for the transaction's
+//!   shard, which need not be the node that owns it; that node forwards it
+//!   once more, within its group, to the owner.
+//! - Two groups of two `concord serve` processes, each group on a
+//!   PostgreSQL of its own, bank transfers (keyed, spread over both
+//!   groups' shards, sent to any node) under load, and one node of each
+//!   group killed with SIGKILL: every transaction is in its own group's log
+//!   and no other, what a client was told stands, the banks applied
+//!   exactly the committed transfers, and no money appears or vanishes.
 
 use concord_coordinator::model::TxnId;
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
@@ -11,6 +19,7 @@ use concord_coordinator::shard::{Group, Shard, ShardMap};
 use support::TestParticipant;
 
 use super::*;
+use crate::{Told, Transfer, check_banks, collect, start_bank};
 
 #[tokio::test]
 async fn a_call_crossing_groups_reaches_the_owner_even_when_another_node_of_its_group_gets_it() {
@@ -127,4 +136,280 @@ async fn a_call_crossing_groups_reaches_the_owner_even_when_another_node_of_its_
         assert_eq!(a.effects(id).await, ["prepare", "commit"], "{id}");
         assert_eq!(b.effects(id).await, ["prepare", "commit"], "{id}");
     }
+}
+
+/// The node processes of two groups, each group two `concord serve` nodes
+/// on a PostgreSQL of its own, routing by one shard map file.
+struct TwoGroups {
+    dir: tempfile::TempDir,
+    _postgres: [Postgres; 2],
+    urls: [String; 2],
+    map: ShardMap,
+    map_file: std::path::PathBuf,
+    /// Nodes 0 and 1 are g1's, 2 and 3 g2's.
+    nodes: [SocketAddr; 4],
+    banks: [SocketAddr; 2],
+}
+
+impl TwoGroups {
+    async fn new() -> Self {
+        let postgres = [Postgres::start().await, Postgres::start().await];
+        let urls = [
+            postgres[0].database("concord").await,
+            postgres[1].database("concord").await,
+        ];
+        let nodes = [free_addr(), free_addr(), free_addr(), free_addr()];
+        let group = |name: &str, members: &[SocketAddr]| Group {
+            name: name.into(),
+            nodes: members.iter().map(|a| format!("http://{a}")).collect(),
+        };
+        let mut map = ShardMap::new(16, group("g1", &nodes[..2]), 0)
+            .and_then(|map| map.with_group(group("g2", &nodes[2..])))
+            .expect("a map");
+        for shard in 8..16 {
+            map = map.with_move(Shard(shard), "g2", 1).expect("a move");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let map_file = dir.path().join("shards.json");
+        std::fs::write(&map_file, serde_json::to_string(&map).expect("json")).expect("map file");
+        Self {
+            dir,
+            _postgres: postgres,
+            urls,
+            map,
+            map_file,
+            nodes,
+            banks: [free_addr(), free_addr()],
+        }
+    }
+
+    async fn node(&self, node: usize) -> Proc {
+        let group = node / 2;
+        let args: Vec<String> = [
+            "serve",
+            "--listen",
+            &self.nodes[node].to_string(),
+            "--database-url",
+            &self.urls[group],
+            "--node-name",
+            &format!("node{node}"),
+            "--lease-ms",
+            &LEASE_MS.to_string(),
+            "--txn-timeout-ms",
+            "5000",
+            "--retry-min-ms",
+            "10",
+            "--retry-max-ms",
+            "200",
+            "--delivery-timeout-ms",
+            "1000",
+            "--shard-map",
+            &self.map_file.display().to_string(),
+            "--group",
+            ["g1", "g2"][group],
+        ]
+        .map(String::from)
+        .to_vec();
+        let exe = env!("CARGO_BIN_EXE_concord-failpoints");
+        let log = self.dir.path().join(format!("node{node}.log"));
+        Proc::start_logged(
+            &format!("node{node}"),
+            exe,
+            &args,
+            None,
+            self.nodes[node],
+            Some(&log),
+        )
+        .await
+    }
+
+    /// Clients moving one cent from alice to bob until `stop`, each
+    /// transfer one keyed Begin that commits, sent to the nodes in turn; a
+    /// failed call is retried with the same key on the next node (R7), so
+    /// the client learns its transaction's id and outcome when any node
+    /// answers.
+    fn load(&self, clients: usize, stop: &CancellationToken) -> Vec<JoinHandle<Vec<Transfer>>> {
+        let nodes: Arc<Vec<CoordinatorClient>> = Arc::new(
+            self.nodes
+                .iter()
+                .map(|addr| {
+                    CoordinatorClient::connect(format!("http://{addr}"))
+                        .expect("client")
+                        .with_timeout(Duration::from_secs(5))
+                })
+                .collect(),
+        );
+        let banks = self.banks.map(|addr| format!("http://{addr}"));
+        (0..clients)
+            .map(|client| {
+                let (nodes, banks, stop) = (Arc::clone(&nodes), banks.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    let mut turn = client;
+                    while !stop.is_cancelled() {
+                        let key = format!("transfer-{client}-{turn}");
+                        for attempt in 0..nodes.len() {
+                            let on = &nodes[(turn + attempt) % nodes.len()];
+                            match on.begin_and_commit(one_cent(&key, &banks)).await {
+                                Ok((begun, outcome)) => {
+                                    let told = match outcome {
+                                        Outcome::Committed { .. } => Told::Committed,
+                                        Outcome::Aborted { .. } => Told::Aborted,
+                                        Outcome::Undecided => Told::Unknown,
+                                    };
+                                    done.push(Transfer {
+                                        id: begun.transaction_id,
+                                        told,
+                                    });
+                                    break;
+                                }
+                                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                            }
+                        }
+                        turn += 1;
+                    }
+                    done
+                })
+            })
+            .collect()
+    }
+
+    /// Each group's transactions, id to state, once none is unfinished.
+    async fn ended(&self) -> [HashMap<String, String>; 2] {
+        let mut states = [HashMap::new(), HashMap::new()];
+        for (group, url) in self.urls.iter().enumerate() {
+            let db = PgPool::connect(url).await.expect("connect");
+            eventually(
+                &format!("every transaction of g{} ends", group + 1),
+                || async {
+                    let (unfinished,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM transactions
+                     WHERE state IN ('active', 'committing', 'aborting')",
+                    )
+                    .fetch_one(&db)
+                    .await
+                    .ok()?;
+                    (unfinished == 0).then_some(())
+                },
+            )
+            .await;
+            states[group] =
+                sqlx::query_as::<_, (String, String)>("SELECT id, state FROM transactions")
+                    .fetch_all(&db)
+                    .await
+                    .expect("states")
+                    .into_iter()
+                    .collect();
+        }
+        states
+    }
+}
+
+/// One cent from alice (bank a) to bob (bank b), begun with `key`.
+fn one_cent(key: &str, banks: &[String; 2]) -> BeginOptions {
+    let leg = |bank: &String, account: &str, delta: i64, name: &str| BranchSpec {
+        participant: bank.clone(),
+        payload: concord_example_bank::Movement {
+            account: account.into(),
+            delta,
+        }
+        .to_payload(),
+        name: Some(name.into()),
+    };
+    BeginOptions {
+        idempotency_key: Some(key.to_owned()),
+        branches: vec![
+            leg(&banks[0], "alice", -1, "debit"),
+            leg(&banks[1], "bob", 1, "credit"),
+        ],
+        ..BeginOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn two_groups_each_on_its_own_postgres_lose_nothing_when_a_node_of_each_is_killed() {
+    let groups = TwoGroups::new().await;
+    let _a = start_bank(groups.dir.path(), "a", groups.banks[0], None).await;
+    let _b = start_bank(groups.dir.path(), "b", groups.banks[1], None).await;
+    let _n0 = groups.node(0).await;
+    let n1 = groups.node(1).await;
+    let _n2 = groups.node(2).await;
+    let n3 = groups.node(3).await;
+
+    let stop = CancellationToken::new();
+    let load = groups.load(8, &stop);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // One node of each group dies; its group's other node takes its
+    // transactions over after the lease.
+    n1.kill().await;
+    n3.kill().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.cancel();
+    let transfers = collect(load).await;
+
+    let states = groups.ended().await;
+    let mut committed = HashSet::new();
+    let mut per_group = [0usize; 2];
+    for transfer in &transfers {
+        let txn: TxnId = transfer.id.parse().expect("an id");
+        let group = usize::from(groups.map.group_of(txn) == "g2");
+        // In its own group's log, and not in the other's.
+        let state = states[group]
+            .get(&transfer.id)
+            .unwrap_or_else(|| panic!("{} is not in g{}'s log", transfer.id, group + 1));
+        assert!(
+            !states[1 - group].contains_key(&transfer.id),
+            "{} is in both groups' logs",
+            transfer.id
+        );
+        match (transfer.told, state.as_str()) {
+            (Told::Committed, "committed") | (Told::Aborted, "aborted") => {}
+            (Told::Unknown, "committed" | "aborted") => {}
+            (told, state) => panic!("{}: told {told:?}, ended {state}", transfer.id),
+        }
+        per_group[group] += 1;
+    }
+    // Every transaction either log holds, those no client heard of too, is
+    // that group's by the map: no group logged another's.
+    for (group, group_states) in states.iter().enumerate() {
+        for id in group_states.keys() {
+            let txn: TxnId = id.parse().expect("an id");
+            assert_eq!(
+                groups.map.group_of(txn),
+                ["g1", "g2"][group],
+                "{id} is in g{}'s log",
+                group + 1
+            );
+        }
+    }
+    // The banks must match every committed transaction of either log.
+    for group_states in &states {
+        committed.extend(
+            group_states
+                .iter()
+                .filter(|(_, state)| *state == "committed")
+                .map(|(id, _)| id.clone()),
+        );
+    }
+    assert!(
+        per_group[0] > 0 && per_group[1] > 0,
+        "transfers in both groups: {per_group:?}"
+    );
+    assert!(!committed.is_empty());
+    check_banks(groups.dir.path(), &committed).await;
+    let mut taken_over = [0i64; 2];
+    for (group, url) in groups.urls.iter().enumerate() {
+        let db = PgPool::connect(url).await.expect("connect");
+        (taken_over[group],) = sqlx::query_as("SELECT COUNT(*) FROM transactions WHERE epoch > 0")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+    }
+    eprintln!(
+        "transfers: {} (g1 {}, g2 {}), committed {}, taken over by the survivors {taken_over:?}",
+        transfers.len(),
+        per_group[0],
+        per_group[1],
+        committed.len()
+    );
 }

@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     fn bank_db(&self, bank: &str) -> PathBuf {
-        self.dir.path().join(format!("bank-{bank}.db"))
+        bank_db(self.dir.path(), bank)
     }
 
     fn bank_url(&self, bank: &str) -> String {
@@ -122,29 +122,7 @@ impl Cluster {
     /// Bank a holds alice, b bob, c carol (empty). `failpoint` as in
     /// FAILPOINTS, e.g. a slow prepare.
     async fn bank(&self, bank: &'static str, failpoint: Option<&str>) -> Proc {
-        let opening = match bank {
-            "a" => format!("alice={ALICE}"),
-            "b" => format!("bob={BOB}"),
-            _ => "carol=0".to_string(),
-        };
-        let args: Vec<String> = vec![
-            "serve".into(),
-            "--listen".into(),
-            self.banks[bank].to_string(),
-            "--db".into(),
-            self.bank_db(bank).display().to_string(),
-            "--open".into(),
-            opening,
-        ];
-        let exe = env!("CARGO_BIN_EXE_account-service-failpoints");
-        Proc::start(
-            &format!("bank-{bank}"),
-            exe,
-            &args,
-            failpoint,
-            self.banks[bank],
-        )
-        .await
+        start_bank(self.dir.path(), bank, self.banks[bank], failpoint).await
     }
 
     fn client(&self, node: usize) -> CoordinatorClient {
@@ -226,44 +204,80 @@ impl Cluster {
             .filter(|(_, state)| *state == "committed")
             .map(|(id, _)| id.clone())
             .collect();
-        // Each bank applied exactly the committed transfers, once.
-        for (bank, branch) in [("a", "debit"), ("b", "credit")] {
-            let pool = concord_example_bank::open_db(&self.bank_db(bank))
-                .await
-                .expect("bank db");
-            let applied: Vec<(String,)> = sqlx::query_as(
-                "SELECT txn_id FROM concord_ledger WHERE op = 'commit' AND branch = ?1",
-            )
-            .bind(branch)
-            .fetch_all(&pool)
-            .await
-            .expect("ledger");
-            let applied: HashSet<String> = applied.into_iter().map(|(id,)| id).collect();
-            let missing: Vec<_> = committed.difference(&applied).collect();
-            let extra: Vec<_> = applied.difference(&committed).collect();
-            assert!(
-                missing.is_empty() && extra.is_empty(),
-                "bank {bank}: committed but not applied {missing:?}; applied but not committed {extra:?}"
-            );
-        }
-        // No money appears or vanishes; nothing stays held.
-        let moved = i64::try_from(committed.len()).expect("count");
-        let a = concord_example_bank::open_db(&self.bank_db("a"))
-            .await
-            .expect("bank a");
-        let b = concord_example_bank::open_db(&self.bank_db("b"))
-            .await
-            .expect("bank b");
-        let alice = account(&a, "alice").await.expect("read").expect("alice");
-        let bob = account(&b, "bob").await.expect("read").expect("bob");
-        assert_eq!((alice.balance, alice.held), (ALICE - moved, 0));
-        assert_eq!((bob.balance, bob.held), (BOB + moved, 0));
-        assert_eq!(open_holds(&a).await.expect("holds"), 0);
-        assert_eq!(open_holds(&b).await.expect("holds"), 0);
+        check_banks(self.dir.path(), &committed).await;
         report.in_log = states.len();
         eprintln!("{report:?}");
         report
     }
+}
+
+/// Each bank applied exactly the `committed` transfers, once, and no money
+/// appeared or vanished (I1, I5, I6).
+async fn check_banks(dir: &std::path::Path, committed: &HashSet<String>) {
+    // Each bank applied exactly the committed transfers, once.
+    for (bank, branch) in [("a", "debit"), ("b", "credit")] {
+        let pool = concord_example_bank::open_db(&bank_db(dir, bank))
+            .await
+            .expect("bank db");
+        let applied: Vec<(String,)> =
+            sqlx::query_as("SELECT txn_id FROM concord_ledger WHERE op = 'commit' AND branch = ?1")
+                .bind(branch)
+                .fetch_all(&pool)
+                .await
+                .expect("ledger");
+        let applied: HashSet<String> = applied.into_iter().map(|(id,)| id).collect();
+        let missing: Vec<_> = committed.difference(&applied).collect();
+        let extra: Vec<_> = applied.difference(committed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "bank {bank}: committed but not applied {missing:?}; applied but not committed {extra:?}"
+        );
+    }
+    // No money appears or vanishes; nothing stays held.
+    let moved = i64::try_from(committed.len()).expect("count");
+    let a = concord_example_bank::open_db(&bank_db(dir, "a"))
+        .await
+        .expect("bank a");
+    let b = concord_example_bank::open_db(&bank_db(dir, "b"))
+        .await
+        .expect("bank b");
+    let alice = account(&a, "alice").await.expect("read").expect("alice");
+    let bob = account(&b, "bob").await.expect("read").expect("bob");
+    assert_eq!((alice.balance, alice.held), (ALICE - moved, 0));
+    assert_eq!((bob.balance, bob.held), (BOB + moved, 0));
+    assert_eq!(open_holds(&a).await.expect("holds"), 0);
+    assert_eq!(open_holds(&b).await.expect("holds"), 0);
+}
+
+/// A bank's database file under `dir`.
+fn bank_db(dir: &std::path::Path, bank: &str) -> PathBuf {
+    dir.join(format!("bank-{bank}.db"))
+}
+
+/// Starts bank `bank` on `addr`: a holds alice, b bob, c carol (empty).
+/// `failpoint` as in FAILPOINTS, e.g. a slow prepare.
+async fn start_bank(
+    dir: &std::path::Path,
+    bank: &'static str,
+    addr: SocketAddr,
+    failpoint: Option<&str>,
+) -> Proc {
+    let opening = match bank {
+        "a" => format!("alice={ALICE}"),
+        "b" => format!("bob={BOB}"),
+        _ => "carol=0".to_string(),
+    };
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--db".into(),
+        bank_db(dir, bank).display().to_string(),
+        "--open".into(),
+        opening,
+    ];
+    let exe = env!("CARGO_BIN_EXE_account-service-failpoints");
+    Proc::start(&format!("bank-{bank}"), exe, &args, failpoint, addr).await
 }
 
 #[derive(Debug, Default)]
