@@ -19,7 +19,7 @@ use concord_coordinator::shard::{Group, Shard, ShardMap};
 use support::TestParticipant;
 
 use super::*;
-use crate::{Told, Transfer, check_banks, collect, start_bank};
+use crate::{Told, Transfer, check_banks, collect, node_args, start_bank};
 
 #[tokio::test]
 async fn a_call_crossing_groups_reaches_the_owner_even_when_another_node_of_its_group_gets_it() {
@@ -185,31 +185,13 @@ impl TwoGroups {
 
     async fn node(&self, node: usize) -> Proc {
         let group = node / 2;
-        let args: Vec<String> = [
-            "serve",
-            "--listen",
-            &self.nodes[node].to_string(),
-            "--database-url",
-            &self.urls[group],
-            "--node-name",
-            &format!("node{node}"),
-            "--lease-ms",
-            &LEASE_MS.to_string(),
-            "--txn-timeout-ms",
-            "5000",
-            "--retry-min-ms",
-            "10",
-            "--retry-max-ms",
-            "200",
-            "--delivery-timeout-ms",
-            "1000",
-            "--shard-map",
-            &self.map_file.display().to_string(),
-            "--group",
-            ["g1", "g2"][group],
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args = node_args(node, self.nodes[node], &self.urls[group], LEASE_MS);
+        args.extend([
+            "--shard-map".to_owned(),
+            self.map_file.display().to_string(),
+            "--group".to_owned(),
+            ["g1", "g2"][group].to_owned(),
+        ]);
         let exe = env!("CARGO_BIN_EXE_concord-failpoints");
         let log = self.dir.path().join(format!("node{node}.log"));
         Proc::start_logged(

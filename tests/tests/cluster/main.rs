@@ -85,27 +85,7 @@ impl Cluster {
     /// [`Cluster::node`] on the database at `url` (a fault proxy's).
     async fn node_on(&self, node: usize, url: &str) -> Proc {
         let addr = self.nodes[node];
-        let args: Vec<String> = [
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--database-url",
-            url,
-            "--node-name",
-            &format!("node{node}"),
-            "--lease-ms",
-            &self.lease_ms.to_string(),
-            "--txn-timeout-ms",
-            "5000",
-            "--retry-min-ms",
-            "10",
-            "--retry-max-ms",
-            "200",
-            "--delivery-timeout-ms",
-            "1000",
-        ]
-        .map(String::from)
-        .to_vec();
+        let args = node_args(node, addr, url, self.lease_ms);
         let exe = env!("CARGO_BIN_EXE_concord-failpoints");
         let log = self.log(node);
         Proc::start_logged(&format!("node{node}"), exe, &args, None, addr, Some(&log)).await
@@ -247,6 +227,33 @@ async fn check_banks(dir: &std::path::Path, committed: &HashSet<String>) {
     assert_eq!((bob.balance, bob.held), (BOB + moved, 0));
     assert_eq!(open_holds(&a).await.expect("holds"), 0);
     assert_eq!(open_holds(&b).await.expect("holds"), 0);
+}
+
+/// The flags of node `node` (named node<N>) on the database at `url`:
+/// quick retries and timeouts, so that takeovers and aborts happen within
+/// a test.
+fn node_args(node: usize, addr: SocketAddr, url: &str, lease_ms: u64) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--database-url",
+        url,
+        "--node-name",
+        &format!("node{node}"),
+        "--lease-ms",
+        &lease_ms.to_string(),
+        "--txn-timeout-ms",
+        "5000",
+        "--retry-min-ms",
+        "10",
+        "--retry-max-ms",
+        "200",
+        "--delivery-timeout-ms",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A bank's database file under `dir`.

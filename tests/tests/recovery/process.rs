@@ -583,19 +583,25 @@ async fn prometheus_metrics_count_what_happened() {
     })
     .await;
 
-    // The gauges are published by the sweeper, and a transaction leaves
-    // memory once its end record is durable, after its outcome is visible.
+    // A transaction is counted ended once its end record is durable, a
+    // moment after its outcome is visible, and the gauges are published by
+    // the sweeper every tick, so a page read too early can show 0 in
+    // flight from a tick before the refused transfer began and no end for
+    // it yet: wait for the page that shows both ends and nothing in flight.
     let in_flight = r#"concord_in_flight{kind="2pc"}"#;
+    let committed = r#"concord_transactions_total{kind="2pc",outcome="committed"}"#;
+    let aborted = r#"concord_transactions_total{kind="2pc",outcome="aborted"}"#;
     let page = eventually(
-        "the sweeper has published no transaction in flight",
+        "both transfers counted ended and none in flight",
         || async {
             let page = http_get(metrics, "/metrics").await?;
-            (sample(&page, in_flight) == Some(0.0)).then_some(page)
+            (sample(&page, in_flight) == Some(0.0)
+                && sample(&page, committed).is_some()
+                && sample(&page, aborted).is_some())
+            .then_some(page)
         },
     )
     .await;
-    let committed = r#"concord_transactions_total{kind="2pc",outcome="committed"}"#;
-    let aborted = r#"concord_transactions_total{kind="2pc",outcome="aborted"}"#;
     assert_eq!(sample(&page, committed), Some(1.0), "{page}");
     assert_eq!(sample(&page, aborted), Some(1.0), "{page}");
     assert_eq!(
