@@ -418,7 +418,9 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
     );
     field("begun", moment(txn.created_at_ms, now));
     let message = txn.kind == pb::TransactionKind::Message as i32;
-    if txn.deadline_ms > 0 {
+    // Past its end a deadline says nothing: shown only while it can still
+    // pass.
+    if txn.deadline_ms > 0 && txn.ended_at_ms == 0 {
         // A message's deadline is when its check-back is due (M6).
         let label = if message {
             "check-back due"

@@ -86,6 +86,8 @@ async fn an_operator_finds_a_stuck_transaction_sees_why_and_retries_it_now() {
         "{shown}"
     );
     assert!(shown.contains("decided"), "{shown}");
+    // Undecided or not, it has not ended: its deadline still shows.
+    assert!(shown.contains("deadline"), "{shown}");
 
     let retried = txn(&url, &["retry", &id]).await;
     assert!(retried.contains("1 waiting retry started now"), "{retried}");
@@ -255,6 +257,11 @@ async fn an_operator_resolves_a_branch_that_cannot_answer_and_the_decision_is_ke
     let shown = txn(&url, &["show", &id]).await;
     assert!(
         shown.contains("operator decisions") && shown.contains("alice@ops"),
+        "{shown}"
+    );
+    // Ended: a deadline would say nothing.
+    assert!(
+        shown.contains("ended") && !shown.contains("deadline"),
         "{shown}"
     );
     // An ended transaction has nothing left to resolve.
