@@ -282,6 +282,15 @@ pub fn watch_end(end: WatchEnd) -> tonic::Status {
 /// id of the transaction the key began.
 pub const TRANSACTION_ID: &str = "concord-transaction-id";
 
+/// UNAVAILABLE, with where to send the call in the `concord-owner` header.
+fn owned_by(message: String, address: &str) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(message);
+    if let Ok(owner) = address.parse() {
+        status.metadata_mut().insert(super::forward::OWNER, owner);
+    }
+    status
+}
+
 /// Every runtime error as the one gRPC status that describes it.
 pub fn status(error: Error) -> tonic::Status {
     let message = error.to_string();
@@ -311,12 +320,9 @@ pub fn status(error: Error) -> tonic::Status {
         | Error::Draining
         | Error::Store(_)
         | Error::TakenOver(_) => tonic::Status::unavailable(message),
-        Error::OwnedElsewhere { address, .. } | Error::OtherGroup { address, .. } => {
-            let mut status = tonic::Status::unavailable(message);
-            if let Ok(owner) = address.parse() {
-                status.metadata_mut().insert(super::forward::OWNER, owner);
-            }
-            status
+        Error::OwnedElsewhere { address, .. } => owned_by(message, &address),
+        Error::OtherGroup { addresses, .. } => {
+            owned_by(message, addresses.first().map_or("", String::as_str))
         }
     }
 }

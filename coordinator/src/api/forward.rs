@@ -51,12 +51,45 @@ pub struct Forwarder {
     tls: Option<crate::runtime::participants::PeerTls>,
 }
 
-/// Where a call the runtime answered goes on to (DESIGN §6).
+/// Where a call the runtime answered goes on to (DESIGN §6, §11).
 pub enum Route<T> {
     /// Answered here: the runtime's result.
     Here(T),
-    /// Another live node owns the transaction: send the call there, once.
-    Owner(CoordinatorClient<Channel>),
+    /// Another live node owns the transaction, or another group does: send
+    /// the call there, once.
+    Owner(Owners),
+}
+
+/// The node a call goes on to, and for another group its other nodes, to
+/// try in turn while the one before cannot be reached.
+pub struct Owners(Vec<CoordinatorClient<Channel>>);
+
+impl Owners {
+    /// Sends the call `send` makes to each node in turn until one is
+    /// reached: a node that refused the connection never saw the call, so
+    /// the next may take it (`runtime::rpc::connect_failed`). Any answer,
+    /// an error from a node included, is the answer.
+    pub async fn call<R, F, Fut>(self, mut send: F) -> Result<R, tonic::Status>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<R, tonic::Status>>,
+    {
+        let mut unreachable = None;
+        for node in self.0 {
+            match send(node).await {
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && crate::runtime::rpc::connect_failed(&status) =>
+                {
+                    unreachable = Some(status);
+                }
+                answer => return answer,
+            }
+        }
+        Err(unreachable.unwrap_or_else(|| {
+            tonic::Status::unavailable("no coordinator node to send the call to")
+        }))
+    }
 }
 
 impl Forwarder {
@@ -74,13 +107,17 @@ impl Forwarder {
                 if hop.may_forward_within_group() =>
             {
                 hop.across_groups.store(false, Ordering::Relaxed);
-                Ok(Route::Owner(self.client(&address)?))
+                Ok(Route::Owner(Owners(vec![self.client(&address)?])))
             }
-            Err(crate::runtime::Error::OtherGroup { address, .. })
+            Err(crate::runtime::Error::OtherGroup { addresses, .. })
                 if hop.may_forward_to_group() =>
             {
                 hop.across_groups.store(true, Ordering::Relaxed);
-                Ok(Route::Owner(self.client(&address)?))
+                let nodes = addresses
+                    .iter()
+                    .map(|address| self.client(address))
+                    .collect::<Result<_, _>>()?;
+                Ok(Route::Owner(Owners(nodes)))
             }
             other => other.map(Route::Here).map_err(super::convert::status),
         }

@@ -140,10 +140,7 @@ impl CoordinatorService {
         &self,
         hop: &forward::Hop,
         key: &str,
-    ) -> Result<
-        Option<concord_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>>,
-        Status,
-    > {
+    ) -> Result<Option<forward::Owners>, Status> {
         let key = validate::idempotency_key(key)?;
         match self
             .forward
@@ -163,8 +160,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::BeginResponse>, Status> {
         let hop = forward::Hop::of(&request);
         let mut request = request.into_inner();
-        if let Some(mut owner) = self.group_of_key(&hop, &request.idempotency_key)? {
-            return Box::pin(owner.begin(hop.request(request))).await;
+        if let Some(owner) = self.group_of_key(&hop, &request.idempotency_key)? {
+            return Box::pin(owner.call(|mut node| {
+                let forwarded = hop.request(request.clone());
+                async move { node.begin(forwarded).await }
+            }))
+            .await;
         }
         let request_digest = convert::begin_digest(&mut request);
         let begin = BeginTxn {
@@ -244,7 +245,13 @@ impl Coordinator for CoordinatorService {
             // Boxed, here and in each forwarding below: a tonic call's
             // future is several KiB, and inline it would make every
             // request's future that large, forwarded or not.
-            Route::Owner(mut owner) => return Box::pin(owner.enlist(hop.request(request))).await,
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.enlist(forwarded).await }
+                }))
+                .await;
+            }
             Route::Here(value) => value,
         };
         Ok(Response::new(pb::EnlistResponse {
@@ -271,8 +278,12 @@ impl Coordinator for CoordinatorService {
             .commit(id, request.wait_for_completion, prepare_timeout)
             .await;
         let committed = match self.forward.route(&hop, result)? {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.commit(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.commit(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(value) => value,
         };
@@ -292,8 +303,12 @@ impl Coordinator for CoordinatorService {
             .forward
             .route(&hop, self.runtime.rollback(id, reason).await)?
         {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.rollback(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.rollback(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(value) => value,
         };
@@ -315,8 +330,12 @@ impl Coordinator for CoordinatorService {
             .forward
             .route(&hop, self.runtime.transaction(id).await)?
         {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.get_transaction(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.get_transaction(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(view) => view,
         };
@@ -397,8 +416,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::SubmitSagaResponse>, Status> {
         let hop = forward::Hop::of(&request);
         let mut request = request.into_inner();
-        if let Some(mut owner) = self.group_of_key(&hop, &request.idempotency_key)? {
-            return Box::pin(owner.submit_saga(hop.request(request))).await;
+        if let Some(owner) = self.group_of_key(&hop, &request.idempotency_key)? {
+            return Box::pin(owner.call(|mut node| {
+                let forwarded = hop.request(request.clone());
+                async move { node.submit_saga(forwarded).await }
+            }))
+            .await;
         }
         let request_digest = convert::saga_digest(&mut request);
         let submit = SubmitSaga {
@@ -427,8 +450,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::PrepareMessageResponse>, Status> {
         let hop = forward::Hop::of(&request);
         let mut request = request.into_inner();
-        if let Some(mut owner) = self.group_of_key(&hop, &request.idempotency_key)? {
-            return Box::pin(owner.prepare_message(hop.request(request))).await;
+        if let Some(owner) = self.group_of_key(&hop, &request.idempotency_key)? {
+            return Box::pin(owner.call(|mut node| {
+                let forwarded = hop.request(request.clone());
+                async move { node.prepare_message(forwarded).await }
+            }))
+            .await;
         }
         let request_digest = convert::message_digest(&mut request);
         let mut prepare =
@@ -455,8 +482,12 @@ impl Coordinator for CoordinatorService {
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let result = self.runtime.submit_message(id, request.wait).await;
         let state: TxnState = match self.forward.route(&hop, result)? {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.submit_message(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.submit_message(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(value) => value,
         };
@@ -474,8 +505,12 @@ impl Coordinator for CoordinatorService {
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let (retried, state) = match self.forward.route(&hop, self.runtime.retry(id).await)? {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.retry_transaction(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.retry_transaction(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(value) => value,
         };
@@ -516,8 +551,12 @@ impl Coordinator for CoordinatorService {
             .forward
             .route(&hop, self.runtime.resolve(id, action).await)?
         {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.resolve_branch(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.resolve_branch(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(value) => value,
         };
@@ -534,8 +573,12 @@ impl Coordinator for CoordinatorService {
         let request = request.into_inner();
         let id = validate::txn_id("transaction_id", &request.transaction_id)?;
         let decision = match self.forward.route(&hop, self.runtime.outcome(id).await)? {
-            Route::Owner(mut owner) => {
-                return Box::pin(owner.get_outcome(hop.request(request))).await;
+            Route::Owner(owner) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(request.clone());
+                    async move { node.get_outcome(forwarded).await }
+                }))
+                .await;
             }
             Route::Here(value) => value,
         };

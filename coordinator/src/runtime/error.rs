@@ -63,11 +63,15 @@ pub enum Error {
     /// DESIGN §11: the transaction (or a new one with this key) belongs to
     /// another group of nodes; the API forwards the call to `address`, a
     /// node of that group.
-    #[error("{what} belongs to group {group:?}; send the call to its node at {address}")]
+    #[error(
+        "{what} belongs to group {group:?}; send the call to one of its nodes: {}",
+        .addresses.join(", ")
+    )]
     OtherGroup {
         what: String,
         group: String,
-        address: String,
+        /// Its nodes, the one to try first first.
+        addresses: Vec<String>,
     },
     /// DESIGN §6: this node was cut off past its lease and another node took
     /// the transaction over; its write here was refused (fencing).

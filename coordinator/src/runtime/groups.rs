@@ -40,25 +40,28 @@ impl Sharding {
         })
     }
 
-    /// The error that sends a call about `what` to `group`: one of its
-    /// nodes, chosen by `spread` so that calls spread over them.
+    /// The error that sends a call about `what` to `group`: its nodes, the
+    /// first chosen by `spread` so that calls spread over them, the others
+    /// to try in turn when it cannot be reached.
     fn elsewhere(&self, group: &str, spread: usize, what: String) -> Error {
-        let nodes = self
+        let mut addresses = self
             .map
             .groups
             .iter()
             .find(|g| g.name == group)
-            .map(|g| g.nodes.as_slice())
+            .map(|g| g.nodes.clone())
             .unwrap_or_default();
-        match nodes.get(spread % nodes.len().max(1)) {
-            Some(address) => Error::OtherGroup {
-                what,
-                group: group.to_owned(),
-                address: address.clone(),
-            },
-            None => Error::Unavailable(format!(
+        if addresses.is_empty() {
+            return Error::Unavailable(format!(
                 "{what} belongs to group {group:?}, which has no node address in the shard map"
-            )),
+            ));
+        }
+        let first = spread % addresses.len();
+        addresses.rotate_left(first);
+        Error::OtherGroup {
+            what,
+            group: group.to_owned(),
+            addresses,
         }
     }
 }

@@ -67,7 +67,7 @@ impl CallError {
 /// no name, connect timeout): tonic sends a request only on an established
 /// connection, so such a call never left this process. Anything else (a
 /// reset, a deadline, a status from the peer) may have arrived.
-fn connect_failed(status: &tonic::Status) -> bool {
+pub(crate) fn connect_failed(status: &tonic::Status) -> bool {
     let mut cause = std::error::Error::source(status);
     while let Some(error) = cause {
         if error.is::<tonic::ConnectError>() {

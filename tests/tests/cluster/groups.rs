@@ -4,7 +4,8 @@
 //!   SQLite, in process: a call that crosses to the PostgreSQL group
 //!   reaches whichever of its nodes the map names for the transaction's
 //!   shard, which need not be the node that owns it; that node forwards it
-//!   once more, within its group, to the owner.
+//!   once more, within its group, to the owner; and when the node the map
+//!   names is down, the call goes to the group's next node.
 //! - Two groups of two `concord serve` processes, each group on a
 //!   PostgreSQL of its own, bank transfers (keyed, spread over both
 //!   groups' shards, sent to any node) under load, and one node of each
@@ -135,6 +136,39 @@ async fn a_call_crossing_groups_reaches_the_owner_even_when_another_node_of_its_
         .await;
         assert_eq!(a.effects(id).await, ["prepare", "commit"], "{id}");
         assert_eq!(b.effects(id).await, ["prepare", "commit"], "{id}");
+    }
+
+    // b1 stops; b2's transactions whose shard the map gives to b1 first
+    // still commit through g1: b1 refuses the connection, so g1 tries b2.
+    let (_, b2_addr, _) = &g2_nodes[1];
+    let on_b2 = CoordinatorClient::connect(http(*b2_addr)).expect("client");
+    let mut named_b1 = Vec::new();
+    while named_b1.len() < 3 {
+        let id = on_b2
+            .begin(BeginOptions::default())
+            .await
+            .expect("begin on b2")
+            .transaction_id;
+        let txn: TxnId = id.parse().expect("an id");
+        if map.nodes_of(txn)[usize::from(txn.rand_a()) % 2] == http(b1) {
+            named_b1.push(id);
+        }
+    }
+    let (_, _, b1_node) = g2_nodes.remove(0);
+    b1_node.shutdown().await.expect("b1 stops");
+    for id in &named_b1 {
+        through_g1
+            .enlist(id, &a.url, "commit", Some("a"))
+            .await
+            .expect("enlist through g1, b1 down");
+        assert_eq!(
+            through_g1
+                .commit(id)
+                .await
+                .expect("commit through g1, b1 down"),
+            Outcome::Committed { read_only: false },
+            "{id}"
+        );
     }
 }
 
