@@ -37,6 +37,13 @@ if [ ! -x "$CONCORD" ]; then
     cargo build --release --bin concord
 fi
 
+# The node's /metrics page (python3: on every machine, unlike curl).
+metrics_page() {
+    python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' \
+        "http://127.0.0.1:$1/metrics" 2>/dev/null
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -52,7 +59,7 @@ measure() {
         --metrics-listen "127.0.0.1:$metrics" >"$dir/serve.log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$metrics/metrics" >/dev/null && break
+        metrics_page "$metrics" >/dev/null && break
         sleep 0.1
     done
     idle=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
@@ -62,8 +69,9 @@ measure() {
         >"$dir/bench.json" 2>"$dir/bench.log" &
     bench=$!
     while kill -0 "$bench" 2>/dev/null; do
-        now=$(curl -sf "http://127.0.0.1:$metrics/metrics" |
-            awk '/^concord_in_flight\{kind="2pc"\}/ {print int($2)}')
+        # A page that failed to come (a busy node) is a sample skipped.
+        now=$(metrics_page "$metrics" |
+            awk '/^concord_in_flight\{kind="2pc"\}/ {print int($2)}') || now=""
         rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
         if [ -n "$now" ] && { [ "$now" -gt "$peak" ] ||
             { [ "$now" -eq "$peak" ] && [ "$rss" -gt "$held" ]; }; }; then

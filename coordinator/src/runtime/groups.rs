@@ -11,7 +11,7 @@
 //! not built yet, so a map must not be changed under running nodes.
 
 use super::*;
-use crate::shard::ShardMap;
+use crate::shard::{Shard, ShardMap};
 
 /// This node's place in a deployment of several groups.
 #[derive(Clone, Debug)]
@@ -19,6 +19,10 @@ pub struct Sharding {
     pub map: Arc<ShardMap>,
     /// The group this node belongs to (a name in the map).
     pub group: String,
+    /// The group's shards from each of the map's switch times on, oldest
+    /// first: where a keyless Begin goes, worked out once here rather than
+    /// from every shard's history on every Begin.
+    own: Vec<(u64, Vec<Shard>)>,
 }
 
 impl Sharding {
@@ -34,10 +38,29 @@ impl Sharding {
                 known.join(", ")
             ));
         }
+        // From 0: before the founding every id is the founding group's.
+        let mut switches: Vec<u64> = map.owners.iter().flatten().map(|o| o.from_ms).collect();
+        switches.push(0);
+        switches.sort_unstable();
+        switches.dedup();
+        let own = switches
+            .into_iter()
+            .map(|at_ms| (at_ms, map.shards_of(&group, at_ms)))
+            .collect();
         Ok(Self {
             map: Arc::new(map),
             group,
+            own,
         })
+    }
+
+    /// The group's shards at `at_ms`.
+    fn own_at(&self, at_ms: u64) -> &[Shard] {
+        self.own
+            .iter()
+            .rev()
+            .find(|(from_ms, _)| *from_ms <= at_ms)
+            .map_or(&[], |(_, shards)| shards.as_slice())
     }
 
     /// The error that sends a call about `what` to `group`: its nodes, the
@@ -116,7 +139,7 @@ impl Runtime {
         let shard = match key {
             Some(key) => map.shard_for_key(key),
             None => {
-                let own = map.shards_of(&sharding.group, at_ms);
+                let own = sharding.own_at(at_ms);
                 // The id's own random bits choose: no other randomness, so
                 // a simulated run stays the same run.
                 *own.get(usize::from(minted.rand_a()) % own.len().max(1))

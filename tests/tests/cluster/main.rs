@@ -233,7 +233,7 @@ async fn check_banks(dir: &std::path::Path, committed: &HashSet<String>) {
 /// quick retries and timeouts, so that takeovers and aborts happen within
 /// a test.
 fn node_args(node: usize, addr: SocketAddr, url: &str, lease_ms: u64) -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "serve",
         "--listen",
         &addr.to_string(),
@@ -245,15 +245,11 @@ fn node_args(node: usize, addr: SocketAddr, url: &str, lease_ms: u64) -> Vec<Str
         &lease_ms.to_string(),
         "--txn-timeout-ms",
         "5000",
-        "--retry-min-ms",
-        "10",
-        "--retry-max-ms",
-        "200",
-        "--delivery-timeout-ms",
-        "1000",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    args.extend(support::processes::QUICK_FLAGS.map(String::from));
+    args
 }
 
 /// A bank's database file under `dir`.

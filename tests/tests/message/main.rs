@@ -56,6 +56,14 @@ fn transfer_event(s: &Setup, text: &str) -> Message {
         .check_after(Duration::from_secs(3))
 }
 
+/// [`transfer_event`], prepared.
+async fn prepared(s: &Setup, text: &str) -> PreparedMessage {
+    transfer_event(s, text)
+        .prepare(&s.client)
+        .await
+        .expect("prepare")
+}
+
 async fn state(client: &CoordinatorClient, id: &str) -> pb::TransactionState {
     let txn = client.transaction(id).await.expect("get");
     pb::TransactionState::try_from(txn.state).expect("state")
@@ -139,10 +147,7 @@ async fn a_submitted_message_takes_effect_once_at_every_destination() {
 async fn a_producer_gone_after_its_commit_is_asked_and_its_message_delivered() {
     let s = setup().await;
     let bank_addr = s.bank.addr();
-    let message = transfer_event(&s, "acct-2 -50")
-        .prepare(&s.client)
-        .await
-        .expect("prepare");
+    let message = prepared(&s, "acct-2 -50").await;
     // The producer dies between its local commit and SubmitMessage: its
     // service is gone before the check-back is due (3 s), and its local
     // transaction committed.
@@ -184,19 +189,13 @@ async fn a_producer_gone_after_its_commit_is_asked_and_its_message_delivered() {
 async fn a_message_whose_local_change_never_committed_is_dropped_for_good() {
     let s = setup().await;
     // Rolled back: the debit and its outbox row go together.
-    let rolled_back = transfer_event(&s, "acct-3 -10")
-        .prepare(&s.client)
-        .await
-        .expect("prepare");
+    let rolled_back = prepared(&s, "acct-3 -10").await;
     s.bank
         .debit_and_publish("t3", 10, &rolled_back, false)
         .await
         .expect("local transaction");
     // Never reached: the producer died before its local transaction.
-    let never = transfer_event(&s, "acct-3 -20")
-        .prepare(&s.client)
-        .await
-        .expect("prepare");
+    let never = prepared(&s, "acct-3 -20").await;
     until_state(&s.client, rolled_back.id(), pb::TransactionState::Dropped).await;
     until_state(&s.client, never.id(), pb::TransactionState::Dropped).await;
     assert!(s.audit.inbox().await.is_empty());
@@ -223,10 +222,7 @@ async fn a_message_whose_local_change_never_committed_is_dropped_for_good() {
 async fn a_destination_down_for_a_while_gets_the_message_once_it_is_back() {
     let s = setup().await;
     s.notify.down(true);
-    let message = transfer_event(&s, "flaky:2 acct-4 -5")
-        .prepare(&s.client)
-        .await
-        .expect("prepare");
+    let message = prepared(&s, "flaky:2 acct-4 -5").await;
     s.bank
         .debit_and_publish("t4", 5, &message, true)
         .await
@@ -552,14 +548,8 @@ async fn bad_messages_are_refused_precisely_and_change_nothing() {
 #[tokio::test]
 async fn an_operator_resolves_a_producer_gone_for_good_and_a_destination_that_never_answers() {
     let s = setup().await;
-    let never = transfer_event(&s, "acct-8 -1")
-        .prepare(&s.client)
-        .await
-        .expect("prepare");
-    let committed = transfer_event(&s, "acct-8 -2")
-        .prepare(&s.client)
-        .await
-        .expect("prepare");
+    let never = prepared(&s, "acct-8 -1").await;
+    let committed = prepared(&s, "acct-8 -2").await;
     s.bank
         .debit_and_publish("t8", 2, &committed, true)
         .await

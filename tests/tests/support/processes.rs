@@ -203,22 +203,29 @@ impl Proc {
     }
 }
 
+/// Flags every test coordinator process runs with: quick retries and
+/// delivery attempts, so that recovery and phase 2 finish within a test.
+pub const QUICK_FLAGS: [&str; 6] = [
+    "--retry-min-ms",
+    "10",
+    "--retry-max-ms",
+    "200",
+    "--delivery-timeout-ms",
+    "1000",
+];
+
 pub fn coordinator_args(addr: SocketAddr, data: &Path) -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "serve",
         "--listen",
         &addr.to_string(),
         "--data-dir",
         &data.display().to_string(),
-        "--retry-min-ms",
-        "10",
-        "--retry-max-ms",
-        "200",
-        "--delivery-timeout-ms",
-        "1000",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    args.extend(QUICK_FLAGS.map(String::from));
+    args
 }
 
 /// Starts the coordinator with extra flags.
