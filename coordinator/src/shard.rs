@@ -11,9 +11,8 @@
 //! that grew from one group) belong to the founding group, whatever their
 //! random bits say.
 //!
-//! Used by the runtime's routing (`runtime::groups`, a static map given
-//! to `concord serve --shard-map`). Not built yet: the store's copy of the
-//! map, fencing by it when a shard moves, and `concord shards`.
+//! Used by the runtime's routing (`runtime::groups`), the store's copy of
+//! the map (`store::shards`) and `concord shards`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,6 +24,20 @@ pub const MAX_SHARDS: u16 = 4096;
 
 /// Shards of a new map unless told otherwise.
 pub const DEFAULT_SHARDS: u16 = 256;
+
+/// How often a node reads its database's copy of the map (§11).
+pub const REFRESH_MS: u64 = 1_000;
+
+/// How long before a shard's switch time its old owner stops taking new
+/// idempotency keys of it (§11 step 2), so that none is logged there after
+/// the keys are copied to the new owner; also how long after the switch
+/// the copy waits, for a clock behind by as much.
+pub const MARGIN_MS: u64 = 1_000;
+
+/// The least time from now a switch may be set at: every node has read
+/// the new version (twice the refresh interval) before its old owner stops
+/// taking keys (the margin).
+pub const MIN_SWITCH_DELAY_MS: u64 = 2 * REFRESH_MS + 2 * MARGIN_MS;
 
 /// A shard's number, below the map's shard count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -107,6 +120,29 @@ impl ShardMap {
             ],
             groups: vec![founding],
         };
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// Version 1 of a deployment founded with several groups: the shards
+    /// split among `groups` in order, in runs as even as the count allows
+    /// (the first group's from shard 0). The first group is the founding
+    /// group. No shard has changed hands, so no keys are owed anywhere.
+    pub fn split(shards: u16, groups: Vec<Group>, founded_ms: u64) -> Result<Self, MapError> {
+        let mut groups = groups.into_iter();
+        let founding = groups.next().ok_or(MapError::EmptyGroup)?;
+        let mut map = Self::new(shards, founding, founded_ms)?;
+        for group in groups {
+            check_group(&group)?;
+            if map.group(&group.name).is_ok() {
+                return Err(MapError::DuplicateGroup(group.name));
+            }
+            map.groups.push(group);
+        }
+        let count = map.groups.len();
+        for (shard, history) in map.owners.iter_mut().enumerate() {
+            history[0].group = map.groups[shard * count / usize::from(shards)].name.clone();
+        }
         map.validate()?;
         Ok(map)
     }

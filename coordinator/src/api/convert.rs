@@ -313,7 +313,7 @@ pub fn status(error: Error) -> tonic::Status {
             status
         }
         Error::NoSuchBranch { .. } => tonic::Status::not_found(message),
-        Error::CannotResolve(_) => tonic::Status::failed_precondition(message),
+        Error::CannotResolve(_) | Error::Sharding(_) => tonic::Status::failed_precondition(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
         Error::Unavailable(_)
         | Error::ShuttingDown
@@ -324,5 +324,45 @@ pub fn status(error: Error) -> tonic::Status {
         Error::OtherGroup { addresses, .. } => {
             owned_by(message, addresses.first().map_or("", String::as_str))
         }
+    }
+}
+
+/// The shard map as the API shows it (DESIGN §11).
+pub fn shard_map(map: &crate::shard::ShardMap) -> pb::ShardMap {
+    pb::ShardMap {
+        version: map.version,
+        shards: u32::from(map.shards),
+        founded_ms: map.founded_ms,
+        founding_group: map.founding_group.clone(),
+        groups: map
+            .groups
+            .iter()
+            .map(|g| pb::ShardGroup {
+                name: g.name.clone(),
+                nodes: g.nodes.clone(),
+            })
+            .collect(),
+        owners: map
+            .owners
+            .iter()
+            .map(|history| pb::ShardHistory {
+                owners: history
+                    .iter()
+                    .map(|o| pb::ShardOwner {
+                        group: o.group.clone(),
+                        from_ms: o.from_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A key handed over between groups, on the wire.
+pub fn handed_key(key: crate::store::shards::HandedKey) -> pb::HandedKey {
+    pb::HandedKey {
+        idempotency_key: key.key,
+        transaction_id: key.txn_id.to_string(),
+        request_digest: key.request_digest.unwrap_or_default(),
     }
 }

@@ -122,7 +122,7 @@ impl CoordinatorService {
     fn placed(&self, view: crate::model::TxnView) -> pb::Transaction {
         let id = view.id;
         let mut txn = convert::transaction(view);
-        if let Some(sharding) = &self.runtime.config().sharding {
+        if let Some(sharding) = self.runtime.sharding() {
             txn.group = sharding.map.group_of(id).to_owned();
             txn.shard = sharding
                 .map
@@ -130,6 +130,14 @@ impl CoordinatorService {
                 .map_or(0, |shard| u32::from(shard.0));
         }
         txn
+    }
+
+    /// A copy of a keyed request in a deployment of several groups, kept
+    /// before the request is taken apart: if its key turns out to have been
+    /// handed over from another group (DESIGN §11 step 3), the request goes
+    /// there whole. None otherwise, at no cost.
+    fn keyed_in_groups<T: Clone>(&self, key: &str, request: &T) -> Option<T> {
+        (!key.is_empty() && self.runtime.sharding().is_some()).then(|| request.clone())
     }
 
     /// DESIGN §11: a new transaction with idempotency key `key` belongs to
@@ -142,10 +150,22 @@ impl CoordinatorService {
         key: &str,
     ) -> Result<Option<forward::Owners>, Status> {
         let key = validate::idempotency_key(key)?;
-        match self
-            .forward
-            .route(hop, self.runtime.key_in_group(key.as_deref()))?
+        let placed = self.runtime.key_in_group(key.as_deref());
+        if matches!(placed, Err(crate::runtime::Error::OtherGroup { .. }))
+            && (!hop.may_forward_to_group()
+                || key
+                    .as_deref()
+                    .is_some_and(|key| self.runtime.key_was_here(key)))
         {
+            // The key's shard moved away from this group, whose log may
+            // hold the key's transaction: looked up here first, and the
+            // request sent on only if it does not (the runtime begins
+            // nothing new for the key). Or the request was sent here by
+            // the group the shard moved to, which found the key handed
+            // over from this group: answered here, from the key.
+            return Ok(None);
+        }
+        match self.forward.route(hop, placed)? {
             Route::Owner(owner) => Ok(Some(owner)),
             Route::Here(()) => Ok(None),
         }
@@ -167,6 +187,7 @@ impl Coordinator for CoordinatorService {
             }))
             .await;
         }
+        let original = self.keyed_in_groups(&request.idempotency_key, &request);
         let request_digest = convert::begin_digest(&mut request);
         let begin = BeginTxn {
             timeout: validate::optional_ms(
@@ -196,8 +217,18 @@ impl Coordinator for CoordinatorService {
             self.runtime.begin_to_commit(begin).await
         } else {
             self.runtime.begin(begin).await
-        }
-        .map_err(convert::status)?;
+        };
+        let begun = match (self.forward.route(&hop, begun)?, original) {
+            (Route::Here(begun), _) => begun,
+            (Route::Owner(owner), Some(original)) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(original.clone());
+                    async move { node.begin(forwarded).await }
+                }))
+                .await;
+            }
+            (Route::Owner(_), None) => return Err(not_forwardable()),
+        };
         let mut state = convert::state(begun.state);
         let commit = if request.commit {
             let committed = self
@@ -423,6 +454,7 @@ impl Coordinator for CoordinatorService {
             }))
             .await;
         }
+        let original = self.keyed_in_groups(&request.idempotency_key, &request);
         let request_digest = convert::saga_digest(&mut request);
         let submit = SubmitSaga {
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
@@ -431,11 +463,21 @@ impl Coordinator for CoordinatorService {
             wait: request.wait,
             steps: validate::saga_steps(&self.limits, request.steps)?,
         };
-        let accepted = self
-            .runtime
-            .submit_saga(submit)
-            .await
-            .map_err(convert::status)?;
+        let accepted = match (
+            self.forward
+                .route(&hop, self.runtime.submit_saga(submit).await)?,
+            original,
+        ) {
+            (Route::Here(accepted), _) => accepted,
+            (Route::Owner(owner), Some(original)) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(original.clone());
+                    async move { node.submit_saga(forwarded).await }
+                }))
+                .await;
+            }
+            (Route::Owner(_), None) => return Err(not_forwardable()),
+        };
         Ok(Response::new(pb::SubmitSagaResponse {
             transaction_id: accepted.id.to_string(),
             created: accepted.created,
@@ -457,15 +499,26 @@ impl Coordinator for CoordinatorService {
             }))
             .await;
         }
+        let original = self.keyed_in_groups(&request.idempotency_key, &request);
         let request_digest = convert::message_digest(&mut request);
         let mut prepare =
             validate::prepare_message(&self.limits, self.runtime.config().max_branches, request)?;
         prepare.request_digest = request_digest;
-        let accepted = self
-            .runtime
-            .prepare_message(prepare)
-            .await
-            .map_err(convert::status)?;
+        let accepted = match (
+            self.forward
+                .route(&hop, self.runtime.prepare_message(prepare).await)?,
+            original,
+        ) {
+            (Route::Here(accepted), _) => accepted,
+            (Route::Owner(owner), Some(original)) => {
+                return Box::pin(owner.call(|mut node| {
+                    let forwarded = hop.request(original.clone());
+                    async move { node.prepare_message(forwarded).await }
+                }))
+                .await;
+            }
+            (Route::Owner(_), None) => return Err(not_forwardable()),
+        };
         Ok(Response::new(pb::PrepareMessageResponse {
             transaction_id: accepted.id.to_string(),
             created: accepted.created,
@@ -591,6 +644,88 @@ impl Coordinator for CoordinatorService {
             outcome: outcome.into(),
         }))
     }
+
+    async fn get_shard_map(
+        &self,
+        _request: Request<pb::GetShardMapRequest>,
+    ) -> Result<Response<pb::GetShardMapResponse>, Status> {
+        let sharding = self.runtime.sharding().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node runs without a shard map: its deployment has one group",
+            )
+        })?;
+        Ok(Response::new(pb::GetShardMapResponse {
+            map: Some(convert::shard_map(&sharding.map)),
+            group: sharding.group.clone(),
+            now_ms: self.runtime.config().clock.now_ms(),
+            pending: sharding
+                .pending_handovers()
+                .into_iter()
+                .map(|(shard, from_ms)| pb::ShardSwitch {
+                    shard: u32::from(shard.0),
+                    from_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn put_shard_map(
+        &self,
+        request: Request<pb::PutShardMapRequest>,
+    ) -> Result<Response<pb::PutShardMapResponse>, Status> {
+        self.admin("PutShardMap", &request)?;
+        let map = validate::shard_map(request.into_inner().map)?;
+        let version = self
+            .runtime
+            .put_shard_map(map)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::PutShardMapResponse { version }))
+    }
+
+    async fn export_shard_keys(
+        &self,
+        request: Request<pb::ExportShardKeysRequest>,
+    ) -> Result<Response<pb::ExportShardKeysResponse>, Status> {
+        self.admin("ExportShardKeys", &request)?;
+        let request = request.into_inner();
+        let shard = validate::shard(request.shard)?;
+        let limit = if request.limit == 0 {
+            1_000
+        } else {
+            request.limit.min(10_000)
+        };
+        let (keys, next) = self
+            .runtime
+            .shard_keys(shard, request.from_ms, &request.after, limit)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::ExportShardKeysResponse {
+            keys: keys.into_iter().map(convert::handed_key).collect(),
+            next_after: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn adopt_shard_keys(
+        &self,
+        request: Request<pb::AdoptShardKeysRequest>,
+    ) -> Result<Response<pb::AdoptShardKeysResponse>, Status> {
+        self.admin("AdoptShardKeys", &request)?;
+        let request = request.into_inner();
+        let shard = validate::shard(request.shard)?;
+        let keys = validate::handed_keys(request.keys)?;
+        self.runtime
+            .adopt_shard_keys(shard, request.from_ms, keys, request.last)
+            .await
+            .map_err(convert::status)?;
+        Ok(Response::new(pb::AdoptShardKeysResponse {}))
+    }
+}
+
+/// A request the runtime sent elsewhere though it was not kept to be sent
+/// (only keyed requests in a deployment of several groups are).
+fn not_forwardable() -> Status {
+    Status::internal("the request belongs to another group but was not kept to be forwarded")
 }
 
 /// Headroom over the payload limit for the rest of a request, so that an

@@ -585,6 +585,94 @@ fn retry_policy(policy: pb::RetryPolicy) -> Result<RetryPolicy, Status> {
     })
 }
 
+/// A shard map sent to be written (PutShardMap): every field in range; the
+/// map's own rules (switch times, groups) are the runtime's to check.
+pub fn shard_map(map: Option<pb::ShardMap>) -> Result<crate::shard::ShardMap, Status> {
+    let map = map.ok_or_else(|| invalid("map is required".into()))?;
+    let shards = u16::try_from(map.shards)
+        .ok()
+        .filter(|n| n.is_power_of_two() && *n <= crate::shard::MAX_SHARDS)
+        .ok_or_else(|| {
+            invalid(format!(
+                "map.shards is {}; a power of two from 1 to {}",
+                map.shards,
+                crate::shard::MAX_SHARDS
+            ))
+        })?;
+    let map = crate::shard::ShardMap {
+        version: map.version,
+        shards,
+        founded_ms: map.founded_ms,
+        founding_group: map.founding_group,
+        groups: map
+            .groups
+            .into_iter()
+            .map(|g| crate::shard::Group {
+                name: g.name,
+                nodes: g.nodes,
+            })
+            .collect(),
+        owners: map
+            .owners
+            .into_iter()
+            .map(|h| {
+                h.owners
+                    .into_iter()
+                    .map(|o| crate::shard::Owner {
+                        group: o.group,
+                        from_ms: o.from_ms,
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    map.validate().map_err(|e| invalid(format!("map: {e}")))?;
+    for group in &map.groups {
+        for node in &group.nodes {
+            endpoint("map.groups.nodes", node)?;
+        }
+    }
+    Ok(map)
+}
+
+/// A shard number of a request about one shard: below the map's count is
+/// the runtime's to check.
+pub fn shard(value: u32) -> Result<crate::shard::Shard, Status> {
+    u16::try_from(value)
+        .ok()
+        .filter(|n| *n < crate::shard::MAX_SHARDS)
+        .map(crate::shard::Shard)
+        .ok_or_else(|| {
+            invalid(format!(
+                "shard is {value}; at most {}",
+                crate::shard::MAX_SHARDS - 1
+            ))
+        })
+}
+
+/// Keys handed over from one group to another (AdoptShardKeys).
+pub fn handed_keys(
+    keys: Vec<pb::HandedKey>,
+) -> Result<Vec<crate::store::shards::HandedKey>, Status> {
+    if keys.len() > 10_000 {
+        return Err(invalid(format!(
+            "keys holds {}; at most 10 000 a call",
+            keys.len()
+        )));
+    }
+    keys.into_iter()
+        .map(|k| {
+            let key = idempotency_key(&k.idempotency_key)?
+                .ok_or_else(|| invalid("keys.idempotency_key is empty".into()))?;
+            Ok(crate::store::shards::HandedKey {
+                key,
+                txn_id: txn_id("keys.transaction_id", &k.transaction_id)?,
+                request_digest: text("keys.request_digest", &k.request_digest)?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

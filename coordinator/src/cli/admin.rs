@@ -13,19 +13,20 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::model::now_ms;
 
+/// How to reach a coordinator: the node to ask, its admin token, TLS.
 #[derive(clap::Args, Debug)]
-pub struct TxnArgs {
+pub struct Remote {
     /// The coordinator to ask: any node of a cluster.
     #[arg(
         long,
         env = "CONCORD_COORDINATOR",
         default_value = "http://127.0.0.1:7400"
     )]
-    coordinator: String,
+    pub(super) coordinator: String,
 
     /// The coordinator's admin token, if it requires one (retry, resolve).
     #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(super) token: Option<String>,
 
     /// For an https:// coordinator: the CA (PEM) that signed its
     /// certificate.
@@ -45,6 +46,12 @@ pub struct TxnArgs {
     /// not the URL's host.
     #[arg(long, env = "CONCORD_TXN_TLS_DOMAIN", requires = "tls_ca")]
     tls_domain: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TxnArgs {
+    #[command(flatten)]
+    remote: Remote,
 
     #[command(subcommand)]
     command: TxnCommand,
@@ -114,8 +121,8 @@ enum TxnCommand {
 }
 
 pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args)?;
-    let auth = Auth::new(args.token.as_deref())?;
+    let mut client = connect(&args.remote, &args.remote.coordinator)?;
+    let auth = Auth::new(args.remote.token.as_deref())?;
     match args.command {
         TxnCommand::List {
             states,
@@ -195,10 +202,10 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
 }
 
 /// The admin token as request metadata.
-struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub(super) struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl Auth {
-    fn new(token: Option<&str>) -> anyhow::Result<Self> {
+    pub(super) fn new(token: Option<&str>) -> anyhow::Result<Self> {
         match token.filter(|t| !t.is_empty()) {
             None => Ok(Self(None)),
             Some(token) => Ok(Self(Some(
@@ -209,7 +216,7 @@ impl Auth {
         }
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(super) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(value) = &self.0 {
             request
@@ -220,10 +227,10 @@ impl Auth {
     }
 }
 
-fn connect(args: &TxnArgs) -> anyhow::Result<CoordinatorClient<Channel>> {
-    let url = &args.coordinator;
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("--coordinator {url:?} is not a URL"))?
+/// A client for the node at `url`, with `args`' TLS settings.
+pub(super) fn connect(args: &Remote, url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url:?} is not a coordinator's URL"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     if let Some(ca) = &args.tls_ca {
@@ -247,7 +254,7 @@ fn connect(args: &TxnArgs) -> anyhow::Result<CoordinatorClient<Channel>> {
 }
 
 /// A gRPC failure as the one line an operator needs.
-fn explain(status: tonic::Status) -> anyhow::Error {
+pub(super) fn explain(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod admin;
 pub mod bench;
+pub mod shards;
 
 use crate::api::Limits;
 use crate::node::{Node, NodeConfig, StoreLocation};
@@ -37,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Operator tools: list, show and retry transactions.
     Txn(admin::TxnArgs),
+    /// A deployment of several groups: its shard map, and moving shards
+    /// between groups.
+    Shards(shards::ShardsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -242,13 +246,14 @@ pub fn main() -> anyhow::Result<()> {
                 service_name: args.otlp_service_name.clone(),
                 instance: args.node_name.clone(),
             }),
-            Command::Bench(_) | Command::Txn(_) => None,
+            Command::Bench(_) | Command::Txn(_) | Command::Shards(_) => None,
         };
         let telemetry = crate::telemetry::init(otlp)?;
         let result = match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Txn(args) => admin::run(args).await,
+            Command::Shards(args) => shards::run(args).await,
         };
         telemetry.shutdown().await;
         result
@@ -270,12 +275,6 @@ fn sharding(
         .with_context(|| format!("the shard map {} is not a map's JSON", path.display()))?;
     let sharding = crate::runtime::Sharding::new(map, group.to_owned())
         .map_err(|reason| anyhow::anyhow!("--shard-map {}: {reason}", path.display()))?;
-    tracing::info!(
-        group,
-        version = sharding.map.version,
-        shards = sharding.map.shards,
-        "serving one group of a sharded deployment"
-    );
     Ok(Some(sharding))
 }
 

@@ -45,7 +45,6 @@ impl Runtime {
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
-        self.key_in_group(key.as_deref())?;
         let _claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
             KeyClaim::Taken(id, state) => {
                 return Ok(Begun {
@@ -179,11 +178,25 @@ impl Runtime {
         let Some(key) = key else {
             return Ok(KeyClaim::Free(None));
         };
+        // DESIGN §11: a key of another group's shard is looked up all the
+        // same (the request was forwarded here by the group the shard moved
+        // to, which holds the key handed over, and this group holds its
+        // transaction), but a new transaction is not begun for it.
+        let placed = self.key_in_group(Some(key));
+        if let Err(error) = &placed
+            && !matches!(error, Error::OtherGroup { .. })
+        {
+            return Err(placed.unwrap_err());
+        }
         let guard = self.shared.begin_keys.lock().await;
-        Ok(match self.find_key(key, digest).await? {
-            Some((id, state)) => KeyClaim::Taken(id, state),
-            None => KeyClaim::Free(Some(guard)),
-        })
+        if let Some((id, state)) = self.find_key(key, digest).await? {
+            return Ok(KeyClaim::Taken(id, state));
+        }
+        placed?;
+        if let Some(elsewhere) = self.handed_over(key, digest).await? {
+            return Err(elsewhere);
+        }
+        Ok(KeyClaim::Free(Some(guard)))
     }
 
     /// The transaction or saga begun with `key`, and its state. Called with

@@ -73,6 +73,10 @@ pub enum Error {
         /// Its nodes, the one to try first first.
         addresses: Vec<String>,
     },
+    /// DESIGN §11: a change to the shard map, or a handover of a shard's
+    /// keys, that the map this node follows does not allow.
+    #[error("{0}")]
+    Sharding(String),
     /// DESIGN §6: this node was cut off past its lease and another node took
     /// the transaction over; its write here was refused (fencing).
     #[error(

@@ -148,9 +148,10 @@ pub struct RuntimeConfig {
     /// Changes a WatchTransactions stream holds for a client slow to read
     /// them before it ends the stream ([`watch::WATCH_BUFFER`]).
     pub watch_buffer: usize,
-    /// This node's group and the shard map, in a deployment of several
-    /// groups (DESIGN §11, [`groups`]); None: one group, every transaction
-    /// this node's group's.
+    /// This node's group and the shard map it starts with, in a deployment
+    /// of several groups (DESIGN §11, [`groups`]): written to its database
+    /// if newer than the copy there, and the newest followed. None: one
+    /// group, every transaction this node's group's.
     pub sharding: Option<Sharding>,
 }
 
@@ -260,6 +261,9 @@ pub(crate) struct Shared {
     feed: watch::Feed,
     /// Fired to end every watch (the server stopping, or shutdown).
     watches_end: CancellationToken,
+    /// The shard map this node follows, in a deployment of several groups
+    /// (DESIGN §11, [`groups`]).
+    placement: Option<groups::Placement>,
 }
 
 impl Shared {
@@ -335,6 +339,7 @@ impl Runtime {
         )
         .with_batching(config.batch_calls, tasks.clone(), shutdown.clone());
         let watches_end = shutdown.child_token();
+        let placement = groups::settle(&*store, config.sharding.clone()).await?;
         let shared = Arc::new(Shared {
             config,
             store,
@@ -356,6 +361,7 @@ impl Runtime {
             begun_while_recovering: Mutex::new(Some(HashSet::new())),
             feed: watch::Feed::default(),
             watches_end,
+            placement,
         });
         let runtime = Self { shared };
         runtime
@@ -381,6 +387,12 @@ impl Runtime {
                 .shared
                 .tasks
                 .spawn(lease::keep(Arc::clone(&runtime.shared)));
+        }
+        if runtime.shared.placement.is_some() {
+            runtime
+                .shared
+                .tasks
+                .spawn(groups::follow(Arc::clone(&runtime.shared)));
         }
         Ok(runtime)
     }

@@ -17,7 +17,6 @@ impl Runtime {
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
-        self.key_in_group(key.as_deref())?;
         let claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
             KeyClaim::Taken(id, state) => return self.found_message(id, state).await,
             KeyClaim::Free(guard) => guard,

@@ -15,7 +15,6 @@ impl Runtime {
             request.idempotency_key.clone(),
             request.request_digest.clone(),
         );
-        self.key_in_group(key.as_deref())?;
         let claim = match self.claim_key(key.as_deref(), digest.as_ref()).await? {
             KeyClaim::Taken(id, _) => return self.saga_answer(id, false, request.wait).await,
             KeyClaim::Free(guard) => guard,

@@ -18,6 +18,14 @@ use crate::model::{
     BranchState, RetryPolicy, SagaStepDef, StepKind, StepStatus, TxnId, TxnState, VoteKind,
 };
 
+/// The cases of the tables of a deployment of several groups (DESIGN
+/// §11), for the backends that have them (SQLite, PostgreSQL; the
+/// in-memory store of the simulation keeps none).
+pub const SHARDED: &[(&str, Test)] = &[(
+    "the_shard_tables_keep_the_newest_map_and_the_keys_handed_over",
+    |open| Box::pin(the_shard_tables_keep_the_newest_map_and_the_keys_handed_over(open)),
+)];
+
 /// Opens the store on one storage; calling it again reopens the same one.
 pub type Open = Box<dyn Fn() -> BoxFuture<'static, Arc<dyn Store>>>;
 
@@ -1154,4 +1162,129 @@ pub async fn the_change_feed_holds_every_change_in_order_and_resumes(open: Open)
     assert_eq!(seen(&kept[..7]), expected[2..].to_vec());
     store.prune(&TxnId::mint(), 0, 100).await.expect("prune");
     assert_eq!(store.changes(None, 100).await.expect("kept").len(), 9);
+}
+
+pub async fn the_shard_tables_keep_the_newest_map_and_the_keys_handed_over(open: Open) {
+    use crate::shard::{Group, Shard, ShardMap};
+    use crate::store::shards::HandedKey;
+
+    let store = open().await;
+    assert!(store.shard_map().await.expect("read").is_none());
+    let group = |name: &str| Group {
+        name: name.into(),
+        nodes: vec![format!("http://{name}.invalid:7400")],
+    };
+    let first = ShardMap::split(16, vec![group("g1"), group("g2")], 0).expect("a map");
+    // Far ahead: no key of shard 0 is refused for its switch in this test.
+    let switch_ms = crate::model::now_ms() + 86_400_000;
+    let second = first.with_move(Shard(0), "g2", switch_ms).expect("a move");
+    assert_eq!(
+        store.put_shard_map("g1", &first).await.expect("put"),
+        first.version
+    );
+    let refused = store
+        .put_shard_map("g2", &second)
+        .await
+        .expect_err("another group's");
+    assert!(refused.to_string().contains("\"g1\""), "{refused}");
+    assert_eq!(
+        store.put_shard_map("g1", &second).await.expect("put"),
+        second.version
+    );
+    // An older version is not written over the newer one.
+    assert_eq!(
+        store.put_shard_map("g1", &first).await.expect("put"),
+        second.version
+    );
+    let store = open().await;
+    let held = store.shard_map().await.expect("read").expect("a map");
+    assert_eq!((held.group.as_str(), &held.map), ("g1", &second));
+    assert!(held.handed_over.is_empty());
+
+    // Keys of g1's shards, in this group's transactions.
+    let mut keyed = Vec::new();
+    for key in ["k-b", "k-a", "k-c"] {
+        let shard = second.shard_for_key(key);
+        let id = second.stamp(TxnId::mint(), shard);
+        keyed.push((key, id, second.group_of(id).to_owned()));
+    }
+    for (key, id, _) in keyed.iter().filter(|(_, _, group)| group == "g1") {
+        store
+            .append(&[begun(*id, Some(key))])
+            .await
+            .expect("append");
+    }
+    let mine: Vec<&str> = {
+        let mut mine: Vec<&str> = keyed
+            .iter()
+            .filter(|(_, _, group)| group == "g1")
+            .map(|(key, _, _)| *key)
+            .collect();
+        mine.sort_unstable();
+        mine
+    };
+    assert!(!mine.is_empty(), "the keys fall in g1's shards: {keyed:?}");
+    let page = store.shard_keys("", 1).await.expect("keys");
+    assert_eq!(
+        page.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+        &mine[..1]
+    );
+    assert_eq!(
+        page[0].request_digest.as_deref(),
+        Some(format!("digest of {}", mine[0]).as_str())
+    );
+    let rest = store.shard_keys(&page[0].key, 10).await.expect("keys");
+    assert_eq!(
+        rest.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+        &mine[1..]
+    );
+
+    // Keys handed over: found by key, listed with the group's own, and
+    // the switch recorded only with the last page.
+    let other = TxnId::mint();
+    let handed = HandedKey {
+        key: "k-handed".into(),
+        txn_id: other,
+        request_digest: Some("its digest".into()),
+    };
+    store
+        .adopt_shard_keys(Shard(3), switch_ms, std::slice::from_ref(&handed), false)
+        .await
+        .expect("adopt");
+    assert_eq!(
+        store.handed_over_key("k-handed").await.expect("read"),
+        Some(handed.clone())
+    );
+    assert!(store.handed_over_key("k-a").await.expect("read").is_none());
+    assert!(
+        store
+            .shard_map()
+            .await
+            .expect("read")
+            .expect("a map")
+            .handed_over
+            .is_empty()
+    );
+    // A page sent again (a retried call) changes nothing.
+    store
+        .adopt_shard_keys(Shard(3), switch_ms, std::slice::from_ref(&handed), false)
+        .await
+        .expect("adopt again");
+    store
+        .adopt_shard_keys(Shard(3), switch_ms, &[], true)
+        .await
+        .expect("the last page");
+    let store = open().await;
+    assert_eq!(
+        store
+            .shard_map()
+            .await
+            .expect("read")
+            .expect("a map")
+            .handed_over,
+        vec![(Shard(3), switch_ms)]
+    );
+    let all = store.shard_keys("", 100).await.expect("keys");
+    assert!(all.contains(&handed), "{all:?}");
+    assert_eq!(all.len(), mine.len() + 1);
 }

@@ -26,6 +26,7 @@ pub mod memory;
 pub mod postgres;
 mod reads;
 pub(crate) mod rows;
+pub mod shards;
 pub mod sqlite;
 mod sqlite_writer;
 
@@ -62,6 +63,15 @@ mod contract_tests {
         }
 
         store_contract!(open());
+
+        #[tokio::test]
+        async fn the_shard_tables_keep_the_newest_map_and_the_keys_handed_over() {
+            let (_dir, open) = open().await;
+            super::super::contract::the_shard_tables_keep_the_newest_map_and_the_keys_handed_over(
+                open,
+            )
+            .await;
+        }
     }
 
     mod memory {
@@ -397,6 +407,59 @@ pub trait Store: Send + Sync + 'static {
         self.unfinished()
     }
 
+    /// This database's share of a deployment of several groups (DESIGN
+    /// §11): its group, its copy of the shard map, the switches whose keys
+    /// were handed over here. None before a node of a sharded group wrote
+    /// a map, and on stores that keep none.
+    fn shard_map(&self) -> BoxFuture<'_, Result<Option<shards::StoredShards>, StoreError>> {
+        futures::future::ready(Ok(None)).boxed()
+    }
+
+    /// Writes `map` as the map of `group`, this database's group, when it
+    /// is newer than the copy held; returns the version held after. Refused
+    /// when the database is another group's log.
+    fn put_shard_map<'a>(
+        &'a self,
+        group: &'a str,
+        map: &'a crate::shard::ShardMap,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = (group, map);
+        futures::future::ready(Err(no_shard_tables())).boxed()
+    }
+
+    /// Up to `limit` idempotency keys after `after`, in key order: those of
+    /// this group's transactions and those handed over to it (§11 step 3).
+    fn shard_keys<'a>(
+        &'a self,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<shards::HandedKey>, StoreError>> {
+        let _ = (after, limit);
+        futures::future::ready(Err(no_shard_tables())).boxed()
+    }
+
+    /// Keeps keys handed over for the switch of `shard` at `from_ms`; with
+    /// `last`, records that every key of that switch is here.
+    fn adopt_shard_keys<'a>(
+        &'a self,
+        shard: crate::shard::Shard,
+        from_ms: u64,
+        keys: &'a [shards::HandedKey],
+        last: bool,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (shard, from_ms, keys, last);
+        futures::future::ready(Err(no_shard_tables())).boxed()
+    }
+
+    /// The key handed over to this group, if `key` is one.
+    fn handed_over_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<shards::HandedKey>, StoreError>> {
+        let _ = key;
+        futures::future::ready(Ok(None)).boxed()
+    }
+
     /// Leases and ownership, on a store several nodes share.
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
@@ -419,6 +482,15 @@ pub trait Store: Send + Sync + 'static {
         let _ = (begun_before, ended_before_ms, limit);
         futures::future::ready(Ok(0)).boxed()
     }
+}
+
+/// What a store without the shard tables answers a write to them.
+fn no_shard_tables() -> StoreError {
+    StoreError::Unsafe(
+        "this store keeps no shard map: a deployment of several groups needs SQLite or \
+         PostgreSQL"
+            .into(),
+    )
 }
 
 impl Record {

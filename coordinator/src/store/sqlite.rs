@@ -158,6 +158,10 @@ impl Store for SqliteStore {
     // reads both SQL stores share.
     store_reads!();
 
+    // shard_map, put_shard_map, shard_keys, adopt_shard_keys,
+    // handed_over_key: the tables of a deployment of several groups.
+    super::shards::store_shards!();
+
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<Unfinished>, StoreError>> {
         self.load_unfinished().boxed()
     }

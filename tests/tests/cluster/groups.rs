@@ -1,4 +1,4 @@
-//! Several groups of nodes routing by one static shard map (DESIGN §11).
+//! Several groups of nodes routing by one shard map (DESIGN §11).
 //!
 //! - A group of two nodes on one PostgreSQL beside a group of one node on
 //!   SQLite, in process: a call that crosses to the PostgreSQL group
@@ -8,15 +8,19 @@
 //!   names is down, the call goes to the group's next node.
 //! - Two groups of two `concord serve` processes, each group on a
 //!   PostgreSQL of its own, bank transfers (keyed, spread over both
-//!   groups' shards, sent to any node) under load, and one node of each
-//!   group killed with SIGKILL: every transaction is in its own group's log
-//!   and no other, what a client was told stands, the banks applied
-//!   exactly the committed transfers, and no money appears or vanishes.
+//!   groups' shards, sent to any node) under load, one node of each group
+//!   killed with SIGKILL, then half of group 1's shards moved to group 2
+//!   with `concord shards move`: every transaction is in the log of the
+//!   group the final map gives it to and no other (those of the moved
+//!   shards in group 1's before the switch, group 2's after), no key began
+//!   two transactions, a key retried across the move finds its first
+//!   transaction, what a client was told stands, the banks applied exactly
+//!   the committed transfers, and no money appears or vanishes.
 
 use concord_coordinator::model::TxnId;
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
 use concord_coordinator::runtime::{RuntimeConfig, Sharding};
-use concord_coordinator::shard::{Group, Shard, ShardMap};
+use concord_coordinator::shard::{Group, ShardMap};
 use support::TestParticipant;
 
 use super::*;
@@ -30,24 +34,21 @@ async fn a_call_crossing_groups_reaches_the_owner_even_when_another_node_of_its_
     let (g1, b1, b2) = (free_addr(), free_addr(), free_addr());
     let http = |addr: SocketAddr| format!("http://{addr}");
     // Shards 0–7 are g1's, 8–15 g2's; g2's calls go to b1 or b2 by shard.
-    let mut map = ShardMap::new(
+    let map = ShardMap::split(
         16,
-        Group {
-            name: "g1".into(),
-            nodes: vec![http(g1)],
-        },
+        vec![
+            Group {
+                name: "g1".into(),
+                nodes: vec![http(g1)],
+            },
+            Group {
+                name: "g2".into(),
+                nodes: vec![http(b1), http(b2)],
+            },
+        ],
         0,
     )
-    .and_then(|map| {
-        map.with_group(Group {
-            name: "g2".into(),
-            nodes: vec![http(b1), http(b2)],
-        })
-    })
     .expect("a map");
-    for shard in 8..16 {
-        map = map.with_move(Shard(shard), "g2", 1).expect("a move");
-    }
     let runtime = |group: &str| RuntimeConfig {
         sharding: Some(Sharding::new(map.clone(), group.into()).expect("a group")),
         ..support::quick_config()
@@ -197,12 +198,12 @@ impl TwoGroups {
             name: name.into(),
             nodes: members.iter().map(|a| format!("http://{a}")).collect(),
         };
-        let mut map = ShardMap::new(16, group("g1", &nodes[..2]), 0)
-            .and_then(|map| map.with_group(group("g2", &nodes[2..])))
-            .expect("a map");
-        for shard in 8..16 {
-            map = map.with_move(Shard(shard), "g2", 1).expect("a move");
-        }
+        let map = ShardMap::split(
+            16,
+            vec![group("g1", &nodes[..2]), group("g2", &nodes[2..])],
+            0,
+        )
+        .expect("a map");
         let dir = tempfile::tempdir().expect("temp dir");
         let map_file = dir.path().join("shards.json");
         std::fs::write(&map_file, serde_json::to_string(&map).expect("json")).expect("map file");
@@ -342,8 +343,11 @@ fn one_cent(key: &str, banks: &[String; 2]) -> BeginOptions {
     }
 }
 
+/// The shards `concord shards move` gives g2 under load: half of g1's.
+const MOVED: [u16; 4] = [0, 1, 2, 3];
+
 #[tokio::test]
-async fn two_groups_each_on_its_own_postgres_lose_nothing_when_a_node_of_each_is_killed() {
+async fn two_groups_each_on_its_own_postgres_lose_nothing_when_nodes_die_and_shards_move() {
     let groups = TwoGroups::new().await;
     let _a = start_bank(groups.dir.path(), "a", groups.banks[0], None).await;
     let _b = start_bank(groups.dir.path(), "b", groups.banks[1], None).await;
@@ -351,6 +355,10 @@ async fn two_groups_each_on_its_own_postgres_lose_nothing_when_a_node_of_each_is
     let n1 = groups.node(1).await;
     let _n2 = groups.node(2).await;
     let n3 = groups.node(3).await;
+    let node = |n: usize| {
+        CoordinatorClient::connect(format!("http://{}", groups.nodes[n])).expect("client")
+    };
+    let banks = groups.banks.map(|addr| format!("http://{addr}"));
 
     let stop = CancellationToken::new();
     let load = groups.load(8, &stop);
@@ -359,16 +367,74 @@ async fn two_groups_each_on_its_own_postgres_lose_nothing_when_a_node_of_each_is
     // transactions over after the lease.
     n1.kill().await;
     n3.kill().await;
+    // A transfer of a shard about to move, committed in g1 before the move.
+    let key = (0..)
+        .map(|i| format!("before-the-move-{i}"))
+        .find(|key| MOVED.contains(&groups.map.shard_for_key(key).0))
+        .expect("a key");
+    let (before, _) = node(0)
+        .begin_and_commit(one_cent(&key, &banks))
+        .await
+        .expect("a transfer before the move");
+    // Half of g1's shards move to g2 under load, through the surviving
+    // nodes (the map still names the dead ones: the tool tries each).
+    let moving = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args([
+            "shards",
+            "--coordinator",
+            &format!("http://{}", groups.nodes[0]),
+        ])
+        .arg("move")
+        .args(MOVED.map(|shard| shard.to_string()))
+        .args(["--to", "g2", "--switch-in-ms", "4000"])
+        .output()
+        .await
+        .expect("run concord shards move");
+    let told = String::from_utf8_lossy(&moving.stdout);
+    assert!(
+        moving.status.success(),
+        "concord shards move failed: {}\n{told}",
+        String::from_utf8_lossy(&moving.stderr)
+    );
+    // The transfer's key, retried through g2 after the move, finds the
+    // transaction g1 logged (its key handed over), not a second one.
+    let again = node(2)
+        .begin(one_cent(&key, &banks))
+        .await
+        .expect("the key again, after the move");
+    assert_eq!(
+        (&again.transaction_id, again.created),
+        (&before.transaction_id, false)
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     stop.cancel();
     let transfers = collect(load).await;
+
+    // The map every node follows now, from g1's database.
+    let db = PgPool::connect(&groups.urls[0]).await.expect("connect");
+    let (body,): (String,) =
+        sqlx::query_as("SELECT body FROM shard_maps ORDER BY version DESC LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .expect("the stored map");
+    let map: ShardMap = serde_json::from_str(&body).expect("a map");
+    let switch_ms = map.owners[0].last().expect("an owner").from_ms;
+    for shard in MOVED {
+        let history = &map.owners[usize::from(shard)];
+        assert_eq!(
+            history.iter().map(|o| o.group.as_str()).collect::<Vec<_>>(),
+            ["g1", "g2"],
+            "shard {shard}"
+        );
+        assert_eq!(history[1].from_ms, switch_ms);
+    }
 
     let states = groups.ended().await;
     let mut committed = HashSet::new();
     let mut per_group = [0usize; 2];
     for transfer in &transfers {
         let txn: TxnId = transfer.id.parse().expect("an id");
-        let group = usize::from(groups.map.group_of(txn) == "g2");
+        let group = usize::from(map.group_of(txn) == "g2");
         // In its own group's log, and not in the other's.
         let state = states[group]
             .get(&transfer.id)
@@ -386,16 +452,47 @@ async fn two_groups_each_on_its_own_postgres_lose_nothing_when_a_node_of_each_is
         per_group[group] += 1;
     }
     // Every transaction either log holds, those no client heard of too, is
-    // that group's by the map: no group logged another's.
+    // that group's by the map: no group logged another's, before or after
+    // the switch. And the moved shards had transactions on both sides of
+    // it: g1's before, g2's after.
+    let mut moved_sides = [0usize; 2];
     for (group, group_states) in states.iter().enumerate() {
         for id in group_states.keys() {
             let txn: TxnId = id.parse().expect("an id");
             assert_eq!(
-                groups.map.group_of(txn),
+                map.group_of(txn),
                 ["g1", "g2"][group],
                 "{id} is in g{}'s log",
                 group + 1
             );
+            if map
+                .shard_of(txn)
+                .is_some_and(|shard| MOVED.contains(&shard.0))
+            {
+                assert_eq!(txn.unix_ms() >= switch_ms, group == 1, "{id}");
+                moved_sides[group] += 1;
+            }
+        }
+    }
+    assert!(
+        moved_sides[0] > 0 && moved_sides[1] > 0,
+        "the moved shards' transactions on both sides of the switch: {moved_sides:?}"
+    );
+    // No idempotency key began two transactions, in one log or across both
+    // (R7 across the move).
+    let mut keys = HashMap::new();
+    for (group, url) in groups.urls.iter().enumerate() {
+        let db = PgPool::connect(url).await.expect("connect");
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT idempotency_key, id FROM transactions WHERE idempotency_key IS NOT NULL",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("keys");
+        for (key, id) in rows {
+            if let Some(first) = keys.insert(key.clone(), (group, id.clone())) {
+                panic!("key {key} began {first:?} and {id} in g{}", group + 1);
+            }
         }
     }
     // The banks must match every committed transaction of either log.
@@ -422,10 +519,12 @@ async fn two_groups_each_on_its_own_postgres_lose_nothing_when_a_node_of_each_is
             .expect("count");
     }
     eprintln!(
-        "transfers: {} (g1 {}, g2 {}), committed {}, taken over by the survivors {taken_over:?}",
+        "transfers: {} (g1 {}, g2 {}), committed {}, taken over by the survivors \
+         {taken_over:?}, in the moved shards before/after the switch {moved_sides:?}; {}",
         transfers.len(),
         per_group[0],
         per_group[1],
-        committed.len()
+        committed.len(),
+        told.trim()
     );
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_coordinator::model::{TxnId, TxnState};
-use concord_coordinator::store::contract::{ALL, Open};
+use concord_coordinator::store::contract::{ALL, Open, SHARDED};
 use concord_coordinator::store::postgres::{Membership, PostgresStore};
 use concord_coordinator::store::{Cluster, Lease, Record, Store};
 use futures::FutureExt;
@@ -33,7 +33,7 @@ fn opener(url: String) -> Open {
 #[tokio::test]
 async fn the_postgres_store_keeps_the_store_contract() {
     let server = Postgres::start().await;
-    for (idx, (name, case)) in ALL.iter().enumerate() {
+    for (idx, (name, case)) in ALL.iter().chain(SHARDED).enumerate() {
         // A fresh database per case, like a fresh file for SQLite.
         let url = server.database(&format!("contract_{idx}")).await;
         eprintln!("store contract on PostgreSQL: {name}");
@@ -421,4 +421,66 @@ async fn a_watch_on_one_node_sees_every_nodes_transactions_once() {
     let extra = tokio::time::timeout(Duration::from_millis(500), watch.next()).await;
     assert!(extra.is_err(), "an extra change: {extra:?}");
     drop((a, b));
+}
+
+/// DESIGN §11 step 2: the database refuses a new transaction row its copy
+/// of the map gives to another group, and a new idempotency key of a shard
+/// leaving this group within the margin, whatever the node believed.
+#[tokio::test]
+async fn the_postgres_log_refuses_another_groups_transactions() {
+    use concord_coordinator::shard::{Group, MARGIN_MS, Shard, ShardMap};
+
+    let server = Postgres::start().await;
+    let url = server.database("fence").await;
+    let store = PostgresStore::open_url(&url).await.expect("open store");
+    let group = |name: &str| Group {
+        name: name.into(),
+        nodes: vec![format!("http://{name}.invalid:7400")],
+    };
+    // Before any map, any row goes in (a deployment of one group).
+    let loose = TxnId::mint().with_rand_a(12);
+    store.append(&[begun(loose)]).await.expect("no map yet");
+    let now = concord_coordinator::model::now_ms();
+    // Shards 0–7 g1's, 8–15 g2's; shard 1 moves to g2 within the margin.
+    let map = ShardMap::split(16, vec![group("g1"), group("g2")], 0)
+        .and_then(|map| map.with_move(Shard(1), "g2", now + MARGIN_MS / 2))
+        .expect("a map");
+    store.put_shard_map("g1", &map).await.expect("put");
+    let keyed = |id: TxnId| Record::Begun {
+        id,
+        created_at_ms: 1_000,
+        deadline_ms: 600_000,
+        idempotency_key: Some(format!("key-{id}")),
+        request_digest: None,
+        description: None,
+    };
+    let mine = map.stamp(TxnId::mint(), Shard(2));
+    store.append(&[keyed(mine)]).await.expect("g1's own shard");
+    for (what, record) in [
+        ("g2's shard", begun(map.stamp(TxnId::mint(), Shard(12)))),
+        (
+            "a key of the shard leaving",
+            keyed(map.stamp(TxnId::mint(), Shard(1))),
+        ),
+    ] {
+        let error = store
+            .append(std::slice::from_ref(&record))
+            .await
+            .expect_err(what);
+        assert!(error.is_refused_record(), "{what}: {error}");
+        assert!(
+            store
+                .transaction(&record.txn_id())
+                .await
+                .expect("read")
+                .is_none(),
+            "{what}"
+        );
+    }
+    // Without a key, the shard's id minted before the switch is still g1's.
+    let keyless = map.stamp(TxnId::mint(), Shard(1));
+    store
+        .append(&[begun(keyless)])
+        .await
+        .expect("keyless, before the switch");
 }

@@ -1,15 +1,17 @@
-//! Two groups of one node each (DESIGN §11, as built so far: a static shard
-//! map), each with its own SQLite log: transactions spread over both by
-//! their shard, a call that reaches the wrong group is forwarded to the
-//! right one, each transaction is in its own group's log only, and no node
-//! presumes another group's transaction aborted.
+//! Two groups of one node each (DESIGN §11), each with its own SQLite log:
+//! transactions spread over both by their shard, a call that reaches the
+//! wrong group is forwarded to the right one, each transaction is in its
+//! own group's log only, and no node presumes another group's transaction
+//! aborted. A shard moved with `concord shards move` keeps its
+//! transactions where they were and its keys: a Begin retried across the
+//! move finds its first transaction, through either group.
 
 use std::net::SocketAddr;
 
-use concord_coordinator::model::TxnId;
+use concord_coordinator::model::{TxnId, now_ms};
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
 use concord_coordinator::runtime::Sharding;
-use concord_coordinator::shard::{Group, Shard, ShardMap};
+use concord_coordinator::shard::{Group, ShardMap};
 use concord_participant::{BeginOptions, BranchSpec, Outcome};
 
 use super::support::processes::free_addr;
@@ -38,12 +40,7 @@ async fn two_groups() -> Groups {
         name: name.into(),
         nodes: vec![format!("http://{addr}")],
     };
-    let mut map = ShardMap::new(16, group("g1", addr1), 0)
-        .and_then(|map| map.with_group(group("g2", addr2)))
-        .expect("a map");
-    for shard in 8..16 {
-        map = map.with_move(Shard(shard), "g2", 1).expect("a move");
-    }
+    let map = ShardMap::split(16, vec![group("g1", addr1), group("g2", addr2)], 0).expect("a map");
     let start = |name: &'static str, addr: SocketAddr| {
         let sharding = Sharding::new(map.clone(), name.into()).expect("a group of the map");
         let data = dir.path().join(name);
@@ -181,6 +178,135 @@ async fn transactions_spread_over_two_groups_and_every_call_reaches_the_right_on
             .await
             .expect("begin again");
         assert_eq!((&again.transaction_id, again.created), (id, false));
+    }
+}
+
+#[tokio::test]
+async fn a_shard_moved_to_another_group_keeps_its_transactions_and_its_keys() {
+    let g = two_groups().await;
+    let g1 = client(&g.g1);
+    // Two keys of one of g1's shards: one transaction committed before the
+    // move, one left open across it.
+    let shard = (0..)
+        .map(|i| g.map.shard_for_key(&format!("trip-{i}")))
+        .find(|shard| g.map.owner_at(*shard, now_ms()) == "g1")
+        .expect("a key of g1's");
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("trip-{i}"))
+        .filter(|key| g.map.shard_for_key(key) == shard)
+        .take(3)
+        .collect();
+    assert_eq!(g.map.owner_at(shard, now_ms()), "g1");
+    let both = |payload: &str| {
+        vec![
+            BranchSpec {
+                participant: g.a.url.clone(),
+                payload: payload.as_bytes().to_vec(),
+                name: Some("a".into()),
+            },
+            BranchSpec {
+                participant: g.b.url.clone(),
+                payload: payload.as_bytes().to_vec(),
+                name: Some("b".into()),
+            },
+        ]
+    };
+    let keyed = |key: &str, branches| BeginOptions {
+        idempotency_key: Some(key.to_owned()),
+        branches,
+        ..BeginOptions::default()
+    };
+    let (done, outcome) = g1
+        .begin_and_commit(keyed(&keys[0], both("commit")))
+        .await
+        .expect("a transfer before the move");
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    let open = g1
+        .begin(keyed(&keys[1], both("commit")))
+        .await
+        .expect("a transfer left open");
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["shards", "--coordinator", &g.g2.url(), "move"])
+        .arg(shard.0.to_string())
+        .args(["--to", "g2", "--switch-in-ms", "4000"])
+        .output()
+        .await
+        .expect("run concord shards move");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "concord shards move failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "shard {}: 2 idempotency keys handed over from group \"g1\" to group \"g2\"",
+            shard.0
+        )),
+        "{stdout}"
+    );
+
+    // Retried through either group, each key finds its first transaction,
+    // which stays g1's.
+    for node in [&g.g2, &g.g1] {
+        for (key, id) in [
+            (&keys[0], &done.transaction_id),
+            (&keys[1], &open.transaction_id),
+        ] {
+            let again = super::client(node)
+                .begin(keyed(key, both("commit")))
+                .await
+                .unwrap_or_else(|e| panic!("{key} again through {}: {e}", node.url()));
+            assert_eq!((&again.transaction_id, again.created), (id, false), "{key}");
+        }
+    }
+    // The open one commits through g2's node (forwarded to g1, its group).
+    assert_eq!(
+        client(&g.g2)
+            .commit(&open.transaction_id)
+            .await
+            .expect("commit across the move"),
+        Outcome::Committed { read_only: false }
+    );
+    // A new key of the shard begins in g2 now, even through g1's node.
+    let (moved, outcome) = g1
+        .begin_and_commit(keyed(&keys[2], both("commit")))
+        .await
+        .expect("a transfer after the move");
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    let moved_id: TxnId = moved.transaction_id.parse().expect("an id");
+    assert_eq!(g.map.shard_of(moved_id), Some(shard));
+
+    for (id, group, other) in [
+        (&done.transaction_id, "g1", "g2"),
+        (&open.transaction_id, "g1", "g2"),
+        (&moved.transaction_id, "g2", "g1"),
+    ] {
+        until_logged(&g.log(group), id, "committed").await;
+        assert_eq!(coordinator_state(&g.log(other), id).await, None, "{id}");
+        assert_eq!(g.a.effects(id).await, ["prepare", "commit"], "{id}");
+        assert_eq!(g.b.effects(id).await, ["prepare", "commit"], "{id}");
+        let seen = super::client(&g.g1)
+            .transaction(id)
+            .await
+            .expect("get transaction");
+        assert_eq!(
+            (seen.group.as_str(), seen.shard),
+            (group, u32::from(shard.0))
+        );
+    }
+    // Both nodes follow the new version; the handover is done.
+    for node in [&g.g1, &g.g2] {
+        let held = super::client(node)
+            .raw()
+            .get_shard_map(pb::GetShardMapRequest {})
+            .await
+            .expect("get shard map")
+            .into_inner();
+        let map = held.map.expect("a map");
+        assert_eq!(map.version, g.map.version + 1, "{}", node.url());
+        assert!(held.pending.is_empty(), "{:?}", held.pending);
     }
 }
 
