@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use concord_shard::ShardedId;
 use uuid::Uuid;
 
 pub use crate::protocol::message::Via as MessageVia;
@@ -33,24 +34,32 @@ impl TxnId {
 impl TxnId {
     /// The millisecond the id was minted at (UUIDv7's timestamp).
     pub fn unix_ms(&self) -> u64 {
-        let b = self.0.as_bytes();
-        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+        self.0.unix_ms()
     }
 
     /// The 12 bits after the version (UUIDv7's `rand_a`): random in an id
     /// minted alone, a shard number in a sharded deployment (DESIGN §11).
     pub fn rand_a(&self) -> u16 {
-        let b = self.0.as_bytes();
-        (u16::from(b[6] & 0x0f) << 8) | u16::from(b[7])
+        self.0.rand_a()
     }
 
-    /// This id with `bits` (their low 12) as its `rand_a`; the time, the
-    /// version, the variant and the other random bits unchanged.
+    /// This id with `bits` (their low 12) as its `rand_a`.
     pub fn with_rand_a(self, bits: u16) -> Self {
-        let mut b = *self.0.as_bytes();
-        b[6] = (b[6] & 0xf0) | ((bits >> 8) as u8 & 0x0f);
-        b[7] = (bits & 0xff) as u8;
-        Self(Uuid::from_bytes(b))
+        Self(self.0.with_rand_a(bits))
+    }
+}
+
+impl ShardedId for TxnId {
+    fn unix_ms(&self) -> u64 {
+        TxnId::unix_ms(self)
+    }
+
+    fn rand_a(&self) -> u16 {
+        TxnId::rand_a(self)
+    }
+
+    fn with_rand_a(self, bits: u16) -> Self {
+        TxnId::with_rand_a(self, bits)
     }
 }
 

@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient as RawClient;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::groups::{Router, To, connect_failed};
 
 /// Deadline of each call unless [`CoordinatorClient::with_timeout`] says
 /// otherwise. Commit waits for every participant's vote, so it is generous.
@@ -145,11 +149,59 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
-/// A cheap-to-clone client for one coordinator.
-#[derive(Debug, Clone)]
+/// A cheap-to-clone client for one coordinator, or for a deployment of
+/// several groups ([`CoordinatorClient::connect_groups`]).
+#[derive(Clone)]
 pub struct CoordinatorClient {
+    /// The node given (the first, with several): every call goes there
+    /// without a router; the watch and [`CoordinatorClient::raw`] use it.
     raw: RawClient<Channel>,
     timeout: Duration,
+    router: Option<Arc<Router>>,
+}
+
+impl std::fmt::Debug for CoordinatorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorClient")
+            .field("timeout", &self.timeout)
+            .field("routed", &self.router.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A channel to the coordinator node at `url`, lazy: it connects on first
+/// use and reconnects by itself.
+pub(crate) fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ClientError::BadUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| ClientError::BadTls {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        // A connection to a coordinator that vanished (host lost, a
+        // partition that swallowed its packets) is found dead by pings
+        // and dialled again, instead of failing every later call.
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }
 
 impl CoordinatorClient {
@@ -167,40 +219,48 @@ impl CoordinatorClient {
     }
 
     fn dial(url: String, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
-        let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ClientError::BadUrl {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-        if let Some(tls) = tls {
-            let mut config = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
-            if let Some((cert, key)) = &tls.identity {
-                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
-            }
-            if let Some(domain) = &tls.domain {
-                config = config.domain_name(domain.clone());
-            }
-            endpoint = endpoint
-                .tls_config(config)
-                .map_err(|e| ClientError::BadTls {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            // A connection to a coordinator that vanished (host lost, a
-            // partition that swallowed its packets) is found dead by pings
-            // and dialled again, instead of failing every later call.
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
         Ok(Self {
-            raw: RawClient::new(channel),
+            raw: RawClient::new(channel(&url, tls)?),
             timeout: DEFAULT_CALL_TIMEOUT,
+            router: None,
         })
+    }
+
+    /// A client for a deployment of several groups of coordinator nodes
+    /// (docs/design.md §11), given the addresses of some of its nodes
+    /// (any groups). It reads the shard map from them and sends each call
+    /// to a node of the group that owns it, trying the group's next node
+    /// when one refuses the connection ([`crate::groups`]). Against one
+    /// group, calls spread over the addresses given. Connects on first use.
+    pub fn connect_groups<I, S>(urls: I) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::dial_groups(urls.into_iter().map(Into::into).collect(), None)
+    }
+
+    /// [`CoordinatorClient::connect_groups`] over TLS.
+    pub fn connect_groups_tls<I, S>(urls: I, tls: &ClientTls) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::dial_groups(urls.into_iter().map(Into::into).collect(), Some(tls))
+    }
+
+    fn dial_groups(urls: Vec<String>, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+        let first = urls.first().ok_or_else(|| ClientError::BadUrl {
+            url: String::new(),
+            reason: "no coordinator address given".into(),
+        })?;
+        // Every address is checked now, not when a call first needs it.
+        for url in &urls {
+            channel(url, tls)?;
+        }
+        let mut client = Self::dial(first.clone(), tls)?;
+        client.router = Some(Arc::new(Router::new(urls, tls.cloned())));
+        Ok(client)
     }
 
     /// Sets the deadline of every call.
@@ -234,10 +294,53 @@ impl CoordinatorClient {
         }
     }
 
+    /// Sends `request` about `to` with `rpc`: to the node given, or, with
+    /// several groups, to a node of the group that owns it, then to the
+    /// group's next nodes while each refuses the connection (such a call
+    /// never left this process).
+    async fn send<R: Clone, T, F, Fut>(
+        &self,
+        to: To<'_>,
+        request: R,
+        rpc: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(RawClient<Channel>, tonic::Request<R>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let Some(router) = &self.router else {
+            return self
+                .call(rpc(self.raw.clone(), self.request(request)))
+                .await;
+        };
+        let mut nodes = router.nodes_for(to).await;
+        let last = nodes.pop().unwrap_or_else(|| self.raw.clone());
+        for node in nodes {
+            match tokio::time::timeout(self.timeout, rpc(node, self.request(request.clone()))).await
+            {
+                Ok(Err(status)) if connect_failed(&status) => continue,
+                Ok(answer) => return answer.map(tonic::Response::into_inner).map_err(Into::into),
+                Err(_) => {
+                    return Err(ClientError::DeadlineExceeded(format!(
+                        "no answer within {} ms",
+                        self.timeout.as_millis()
+                    )));
+                }
+            }
+        }
+        self.call(rpc(last, self.request(request))).await
+    }
+
     pub async fn begin(&self, options: BeginOptions) -> Result<Begun, ClientError> {
         let request = begin_request(options);
-        let mut raw = self.raw.clone();
-        let answer = self.call(raw.begin(self.request(request))).await?;
+        let key = (!request.idempotency_key.is_empty()).then(|| request.idempotency_key.clone());
+        let answer = self
+            .send(
+                To::New(key.as_deref()),
+                request,
+                |mut raw, request| async move { raw.begin(request).await },
+            )
+            .await?;
         Ok(Begun {
             transaction_id: answer.transaction_id,
             created: answer.created,
@@ -256,8 +359,14 @@ impl CoordinatorClient {
             commit: true,
             ..begin_request(options)
         };
-        let mut raw = self.raw.clone();
-        let answer = self.call(raw.begin(self.request(request))).await?;
+        let key = (!request.idempotency_key.is_empty()).then(|| request.idempotency_key.clone());
+        let answer = self
+            .send(
+                To::New(key.as_deref()),
+                request,
+                |mut raw, request| async move { raw.begin(request).await },
+            )
+            .await?;
         let outcome = answer
             .commit
             .as_ref()
@@ -287,8 +396,14 @@ impl CoordinatorClient {
             payload: payload.into(),
             branch: branch.unwrap_or_default().to_owned(),
         };
-        let mut raw = self.raw.clone();
-        Ok(self.call(raw.enlist(self.request(request))).await?.branch)
+        Ok(self
+            .send(
+                To::Txn(transaction_id),
+                request,
+                |mut raw, request| async move { raw.enlist(request).await },
+            )
+            .await?
+            .branch)
     }
 
     /// Commits; answers once the decision is durable.
@@ -310,8 +425,13 @@ impl CoordinatorClient {
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
         };
-        let mut raw = self.raw.clone();
-        let answer = self.call(raw.commit(self.request(request))).await?;
+        let answer = self
+            .send(
+                To::Txn(transaction_id),
+                request,
+                |mut raw, request| async move { raw.commit(request).await },
+            )
+            .await?;
         Ok(outcome_of(&answer))
     }
 
@@ -320,8 +440,12 @@ impl CoordinatorClient {
             transaction_id: transaction_id.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut raw = self.raw.clone();
-        self.call(raw.rollback(self.request(request))).await?;
+        self.send(
+            To::Txn(transaction_id),
+            request,
+            |mut raw, request| async move { raw.rollback(request).await },
+        )
+        .await?;
         Ok(())
     }
 
@@ -329,8 +453,12 @@ impl CoordinatorClient {
         let request = pb::GetTransactionRequest {
             transaction_id: transaction_id.to_owned(),
         };
-        let mut raw = self.raw.clone();
-        self.call(raw.get_transaction(self.request(request))).await
+        self.send(
+            To::Txn(transaction_id),
+            request,
+            |mut raw, request| async move { raw.get_transaction(request).await },
+        )
+        .await
     }
 
     /// Submits a saga (see [`crate::saga::Saga`], which builds the request).
@@ -338,8 +466,14 @@ impl CoordinatorClient {
         &self,
         request: pb::SubmitSagaRequest,
     ) -> Result<SagaStatus, ClientError> {
-        let mut raw = self.raw.clone();
-        let answer = self.call(raw.submit_saga(self.request(request))).await?;
+        let key = (!request.idempotency_key.is_empty()).then(|| request.idempotency_key.clone());
+        let answer = self
+            .send(
+                To::New(key.as_deref()),
+                request,
+                |mut raw, request| async move { raw.submit_saga(request).await },
+            )
+            .await?;
         let state = SagaState::from_wire(answer.state).ok_or_else(|| ClientError::Other {
             code: tonic::Code::Internal,
             message: format!("transaction {} is not a saga", answer.transaction_id),
@@ -446,8 +580,13 @@ impl CoordinatorClient {
         &self,
         request: pb::PrepareMessageRequest,
     ) -> Result<pb::PrepareMessageResponse, ClientError> {
-        let mut raw = self.raw.clone();
-        self.call(raw.prepare_message(self.request(request))).await
+        let key = (!request.idempotency_key.is_empty()).then(|| request.idempotency_key.clone());
+        self.send(
+            To::New(key.as_deref()),
+            request,
+            |mut raw, request| async move { raw.prepare_message(request).await },
+        )
+        .await
     }
 
     /// Submits a prepared message whose outbox row committed: it is
@@ -462,8 +601,13 @@ impl CoordinatorClient {
             transaction_id: transaction_id.to_owned(),
             wait,
         };
-        let mut raw = self.raw.clone();
-        let answer = self.call(raw.submit_message(self.request(request))).await?;
+        let answer = self
+            .send(
+                To::Txn(transaction_id),
+                request,
+                |mut raw, request| async move { raw.submit_message(request).await },
+            )
+            .await?;
         MessageState::from_wire(answer.state).ok_or_else(|| ClientError::Other {
             code: tonic::Code::Internal,
             message: format!("message {transaction_id} answered state {}", answer.state),
@@ -475,8 +619,13 @@ impl CoordinatorClient {
         let request = pb::GetOutcomeRequest {
             transaction_id: transaction_id.to_owned(),
         };
-        let mut raw = self.raw.clone();
-        let answer = self.call(raw.get_outcome(self.request(request))).await?;
+        let answer = self
+            .send(
+                To::Txn(transaction_id),
+                request,
+                |mut raw, request| async move { raw.get_outcome(request).await },
+            )
+            .await?;
         Ok(match pb::Outcome::try_from(answer.outcome) {
             Ok(pb::Outcome::Committed) => Outcome::Committed { read_only: false },
             Ok(pb::Outcome::Aborted) => Outcome::Aborted {

@@ -5,6 +5,8 @@
 //!
 //! - [`client`]: [`CoordinatorClient`] — begin, enlist, commit, rollback,
 //!   outcome; typed errors.
+//! - [`groups`]: the client's routing in a deployment of several groups of
+//!   coordinator nodes: each call to a node of the group that owns it.
 //! - [`server`]: implement [`TwoPhaseParticipant`] and/or [`SagaStep`] and
 //!   serve them as the `concord.v1.Participant` gRPC service with
 //!   [`ParticipantService`] (`server/guarded.rs`: the ledger-guarded paths;
@@ -32,6 +34,7 @@
 pub mod branch;
 pub mod client;
 pub mod crash;
+pub mod groups;
 pub mod ledger;
 pub mod message;
 pub mod outbox;

@@ -329,33 +329,7 @@ pub fn status(error: Error) -> tonic::Status {
 
 /// The shard map as the API shows it (DESIGN §11).
 pub fn shard_map(map: &crate::shard::ShardMap) -> pb::ShardMap {
-    pb::ShardMap {
-        version: map.version,
-        shards: u32::from(map.shards),
-        founded_ms: map.founded_ms,
-        founding_group: map.founding_group.clone(),
-        groups: map
-            .groups
-            .iter()
-            .map(|g| pb::ShardGroup {
-                name: g.name.clone(),
-                nodes: g.nodes.clone(),
-            })
-            .collect(),
-        owners: map
-            .owners
-            .iter()
-            .map(|history| pb::ShardHistory {
-                owners: history
-                    .iter()
-                    .map(|o| pb::ShardOwner {
-                        group: o.group.clone(),
-                        from_ms: o.from_ms,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
+    map.to_wire()
 }
 
 /// A key handed over between groups, on the wire.

@@ -589,44 +589,7 @@ fn retry_policy(policy: pb::RetryPolicy) -> Result<RetryPolicy, Status> {
 /// map's own rules (switch times, groups) are the runtime's to check.
 pub fn shard_map(map: Option<pb::ShardMap>) -> Result<crate::shard::ShardMap, Status> {
     let map = map.ok_or_else(|| invalid("map is required".into()))?;
-    let shards = u16::try_from(map.shards)
-        .ok()
-        .filter(|n| n.is_power_of_two() && *n <= crate::shard::MAX_SHARDS)
-        .ok_or_else(|| {
-            invalid(format!(
-                "map.shards is {}; a power of two from 1 to {}",
-                map.shards,
-                crate::shard::MAX_SHARDS
-            ))
-        })?;
-    let map = crate::shard::ShardMap {
-        version: map.version,
-        shards,
-        founded_ms: map.founded_ms,
-        founding_group: map.founding_group,
-        groups: map
-            .groups
-            .into_iter()
-            .map(|g| crate::shard::Group {
-                name: g.name,
-                nodes: g.nodes,
-            })
-            .collect(),
-        owners: map
-            .owners
-            .into_iter()
-            .map(|h| {
-                h.owners
-                    .into_iter()
-                    .map(|o| crate::shard::Owner {
-                        group: o.group,
-                        from_ms: o.from_ms,
-                    })
-                    .collect()
-            })
-            .collect(),
-    };
-    map.validate().map_err(|e| invalid(format!("map: {e}")))?;
+    let map = crate::shard::ShardMap::from_wire(map).map_err(|e| invalid(format!("map: {e}")))?;
     for group in &map.groups {
         for node in &group.nodes {
             endpoint("map.groups.nodes", node)?;

@@ -241,25 +241,35 @@ impl TwoGroups {
     }
 
     /// Clients moving one cent from alice to bob until `stop`, each
-    /// transfer one keyed Begin that commits, sent to the nodes in turn; a
-    /// failed call is retried with the same key on the next node (R7), so
-    /// the client learns its transaction's id and outcome when any node
-    /// answers.
+    /// transfer one keyed Begin that commits. Even clients send to the
+    /// nodes in turn (the nodes forward what is another group's); odd ones
+    /// route by the shard map themselves (`connect_groups`). A failed call
+    /// is retried with the same key on the next node (R7), so the client
+    /// learns its transaction's id and outcome when any node answers.
     fn load(&self, clients: usize, stop: &CancellationToken) -> Vec<JoinHandle<Vec<Transfer>>> {
-        let nodes: Arc<Vec<CoordinatorClient>> = Arc::new(
-            self.nodes
-                .iter()
-                .map(|addr| {
-                    CoordinatorClient::connect(format!("http://{addr}"))
+        let urls: Vec<String> = self.nodes.iter().map(|a| format!("http://{a}")).collect();
+        let each: Arc<Vec<CoordinatorClient>> = Arc::new(
+            urls.iter()
+                .map(|url| {
+                    CoordinatorClient::connect(url.clone())
                         .expect("client")
                         .with_timeout(Duration::from_secs(5))
                 })
                 .collect(),
         );
+        let routed = CoordinatorClient::connect_groups(urls.clone())
+            .expect("client")
+            .with_timeout(Duration::from_secs(5));
+        let routed = Arc::new(vec![routed; urls.len()]);
         let banks = self.banks.map(|addr| format!("http://{addr}"));
         (0..clients)
             .map(|client| {
-                let (nodes, banks, stop) = (Arc::clone(&nodes), banks.clone(), stop.clone());
+                let nodes = if client % 2 == 0 {
+                    Arc::clone(&each)
+                } else {
+                    Arc::clone(&routed)
+                };
+                let (banks, stop) = (banks.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut done = Vec::new();
                     let mut turn = client;

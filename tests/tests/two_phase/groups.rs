@@ -12,7 +12,7 @@ use concord_coordinator::model::{TxnId, now_ms};
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
 use concord_coordinator::runtime::Sharding;
 use concord_coordinator::shard::{Group, ShardMap};
-use concord_participant::{BeginOptions, BranchSpec, Outcome};
+use concord_participant::{BeginOptions, BranchSpec, ClientError, CoordinatorClient, Outcome};
 
 use super::support::processes::free_addr;
 use super::*;
@@ -308,6 +308,102 @@ async fn a_shard_moved_to_another_group_keeps_its_transactions_and_its_keys() {
         assert_eq!(map.version, g.map.version + 1, "{}", node.url());
         assert!(held.pending.is_empty(), "{:?}", held.pending);
     }
+}
+
+/// A client given one node's address reads the map and sends each call to
+/// the group that owns it: with group g1's only node stopped, group g2's
+/// transactions still begin, commit and answer through it, which a client
+/// forwarded by g1's node could not do.
+#[tokio::test]
+async fn a_client_that_reads_the_map_sends_each_call_to_its_group_itself() {
+    let Groups {
+        dir: _dir,
+        map,
+        g1,
+        g2: _g2,
+        a,
+        b,
+    } = two_groups().await;
+    let client = CoordinatorClient::connect_groups([g1.url()]).expect("a client");
+    let branches = vec![
+        BranchSpec {
+            participant: a.url.clone(),
+            payload: b"commit".to_vec(),
+            name: Some("a".into()),
+        },
+        BranchSpec {
+            participant: b.url.clone(),
+            payload: b"commit".to_vec(),
+            name: Some("b".into()),
+        },
+    ];
+    let keyed = |key: &str, branches: &Vec<BranchSpec>| BeginOptions {
+        idempotency_key: Some(key.to_owned()),
+        branches: branches.clone(),
+        ..BeginOptions::default()
+    };
+    let of_group = |group: &'static str| {
+        let map = map.clone();
+        (0..)
+            .map(|i| format!("order-{i}"))
+            .filter(move |key| map.owner_at(map.shard_for_key(key), now_ms()) == group)
+    };
+    let mut g2_keys = of_group("g2");
+    // Begun while g1's node is up (the map is read from it).
+    let open = client
+        .begin(keyed(&g2_keys.next().expect("a key"), &branches))
+        .await
+        .expect("begin");
+    let open_id: TxnId = open.transaction_id.parse().expect("an id");
+    assert_eq!(map.group_of(open_id), "g2");
+    g1.shutdown().await.expect("g1 stops");
+
+    assert_eq!(
+        client
+            .commit(&open.transaction_id)
+            .await
+            .expect("commit, g1 down"),
+        Outcome::Committed { read_only: false }
+    );
+    assert_eq!(
+        client
+            .outcome(&open.transaction_id)
+            .await
+            .expect("outcome, g1 down"),
+        Outcome::Committed { read_only: false }
+    );
+    let (later, outcome) = client
+        .begin_and_commit(keyed(&g2_keys.next().expect("a key"), &branches))
+        .await
+        .expect("a keyed transfer of g2's, g1 down");
+    assert_eq!(outcome, Outcome::Committed { read_only: false });
+    // Keyless: whichever node comes first in turn, a refused connection
+    // sends the call to the next.
+    for _ in 0..3 {
+        let (keyless, outcome) = client
+            .begin_and_commit(BeginOptions {
+                branches: branches.clone(),
+                ..BeginOptions::default()
+            })
+            .await
+            .expect("a keyless transfer, g1 down");
+        assert_eq!(outcome, Outcome::Committed { read_only: false });
+        let id: TxnId = keyless.transaction_id.parse().expect("an id");
+        assert_eq!(map.group_of(id), "g2");
+    }
+    for id in [&open.transaction_id, &later.transaction_id] {
+        assert_eq!(a.effects(id).await, ["prepare", "commit"], "{id}");
+        assert_eq!(b.effects(id).await, ["prepare", "commit"], "{id}");
+    }
+    // g1's own keys wait for g1: UNAVAILABLE, nothing begun elsewhere.
+    let refused = client
+        .begin(keyed(&of_group("g1").next().expect("a key"), &branches))
+        .await
+        .expect_err("g1 is down");
+    assert!(
+        matches!(refused, ClientError::Unavailable(_)),
+        "{refused:?}"
+    );
 }
 
 /// Waits until `id`'s row in the SQLite log at `dir` says `state` (its end
