@@ -37,6 +37,7 @@ use crate::node::{Node, NodeConfig, StoreLocation};
 use crate::runtime::RuntimeConfig;
 use crate::store::Record;
 
+mod db_time;
 mod measure;
 mod no_op;
 mod recovery;
@@ -87,9 +88,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub transactions: Option<u64>,
     /// Coordinator store for the in-process coordinator (default: SQLite
-    /// in a temp dir, fsync on).
-    #[arg(long)]
-    pub database_url: Option<String>,
+    /// in a temp dir, fsync on). With --groups, one per group, in order.
+    #[arg(long = "database-url")]
+    pub database_urls: Vec<String>,
+    /// Run this many groups of one in-process node each, each on a log of
+    /// its own, with the shards split among them (DESIGN §11); the clients'
+    /// connections are spread over the nodes. Keyless transactions stay in
+    /// the group they reach, so no call is forwarded.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub groups: u64,
     /// Drive an external coordinator instead of starting one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -220,34 +227,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             servers.push(task);
         }
     }
-    let mut node = None;
-    let coordinator_url = match &args.coordinator {
-        Some(url) => url.clone(),
+    let mut nodes = Vec::new();
+    let coordinator_urls = match &args.coordinator {
+        Some(url) => vec![url.clone()],
         None => {
-            let store = match &args.database_url {
-                Some(url) => StoreLocation::Url(url.clone()),
-                None => StoreLocation::DataDir(dir.path().join("coordinator")),
-            };
-            let started = Node::start(NodeConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                store,
-                runtime: RuntimeConfig {
-                    batch_calls: args.batch_calls,
-                    ..RuntimeConfig::default()
-                },
-                limits: Limits::default(),
-                node_name: None,
-                lease: crate::node::DEFAULT_LEASE,
-                access: Default::default(),
-                console: None,
-            })
-            .await
-            .context("starting the in-process coordinator")?;
-            let url = started.url();
-            node = Some(started);
-            url
+            for url in &args.database_urls {
+                db_time::track(url).await;
+            }
+            nodes = start_groups(&args, dir.path()).await?;
+            nodes.iter().map(Node::url).collect()
         }
     };
+    let run_started_ms = now_ms();
+    let coordinator_url = coordinator_urls.join(", ");
 
     let connections = match args.connections {
         0 => args.clients,
@@ -276,7 +268,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let fsync_us = fsync_p50_us(dir.path())?;
 
     let channels: Vec<Channel> = (0..connections)
-        .map(|_| channel(&coordinator_url))
+        .map(|i| channel(&coordinator_urls[i as usize % coordinator_urls.len()]))
         .collect::<Result<_, _>>()?;
     let urls = Arc::new(participant_urls);
     if !args.json {
@@ -450,7 +442,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if args.json {
         println!(
-            "{{\"workload\":\"{workload}\",\"participants\":{k},\"clients\":{},\"transactions\":{},\"errors\":{},\"seconds\":{:.3},\"throughput_tps\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"rpc_echo_per_s\":{echo_rate:.1},\"rpcs_per_txn\":{rpcs_per_txn},\"participant_rpcs_per_txn\":{},\"rpc_floor_tps\":{floor:.1},\"ratio_to_floor\":{ratio:.3},\"fsync_p50_us\":{fsync_us},\"batch_calls\":{},\"peak_rss_bytes\":{}}}",
+            "{{\"workload\":\"{workload}\",\"participants\":{k},\"clients\":{},\"transactions\":{},\"errors\":{},\"seconds\":{:.3},\"throughput_tps\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"rpc_echo_per_s\":{echo_rate:.1},\"rpcs_per_txn\":{rpcs_per_txn},\"participant_rpcs_per_txn\":{},\"rpc_floor_tps\":{floor:.1},\"ratio_to_floor\":{ratio:.3},\"fsync_p50_us\":{fsync_us},\"batch_calls\":{},\"groups\":{},\"peak_rss_bytes\":{}}}",
             args.clients,
             stats.micros.len(),
             stats.errors,
@@ -461,13 +453,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             stats.percentile_ms(1.0),
             participant_rpcs_per_txn.map_or("null".to_owned(), |n| format!("{n:.2}")),
             args.batch_calls,
+            args.groups,
             peak_rss_bytes(),
         );
     } else {
         println!(
-            "workload        {workload}, {k} {}, {} clients",
+            "workload        {workload}, {k} {}, {} clients, {} group{}",
             args.workload.parts(),
-            args.clients
+            args.clients,
+            args.groups,
+            if args.groups == 1 { "" } else { "s" }
         );
         println!(
             "transactions    {} in {:.1} s ({} errors)",
@@ -501,6 +496,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    // Each group's share and, on PostgreSQL, the time its database spent
+    // in the log's writes (the 2 cores here cap the whole; a group's own
+    // database time is what N groups on N machines would each spend).
+    let mut per_group = Vec::new();
+    if args.coordinator.is_none() {
+        for (i, url) in args.database_urls.iter().enumerate() {
+            if let Some(time) = db_time::read(url, run_started_ms).await {
+                per_group.push((i, time));
+            }
+        }
+    }
+    for (i, time) in &per_group {
+        let line = format!(
+            "group g{}: {} transactions, {} log writes (concord_append) taking {:.1} ms of \
+             database time in all, {:.3} ms a transaction",
+            i + 1,
+            time.transactions,
+            time.appends,
+            time.append_ms,
+            time.append_ms / (time.transactions.max(1) as f64)
+        );
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
     if let Some(path) = &args.report {
         let summary = report::Summary {
             title: format!(
@@ -532,8 +555,85 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for server in servers {
         let _ = server.await;
     }
-    if let Some(node) = node {
+    for node in nodes {
         node.shutdown().await?;
     }
     Ok(())
+}
+
+/// The in-process coordinator: one node, or with `--groups N` one node per
+/// group, each on its own log (a SQLite file in `dir`, or the group's
+/// `--database-url`), with the shards split among them.
+async fn start_groups(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Node>> {
+    let groups = usize::try_from(args.groups).unwrap_or(1);
+    if !args.database_urls.is_empty() && args.database_urls.len() != groups {
+        anyhow::bail!(
+            "{} --database-url for {groups} group{}: give one per group",
+            args.database_urls.len(),
+            if groups == 1 { "" } else { "s" }
+        );
+    }
+    // The map names every node, so each listens on a port chosen first.
+    let mut addresses = Vec::with_capacity(groups);
+    for _ in 0..groups {
+        let probe = std::net::TcpListener::bind(("127.0.0.1", 0)).context("choosing a port")?;
+        addresses.push(probe.local_addr().context("choosing a port")?);
+    }
+    let map = (groups > 1)
+        .then(|| {
+            let members = addresses
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| crate::shard::Group {
+                    name: format!("g{}", i + 1),
+                    nodes: vec![format!("http://{addr}")],
+                })
+                .collect();
+            crate::shard::ShardMap::split(
+                crate::shard::DEFAULT_SHARDS,
+                members,
+                crate::model::now_ms(),
+            )
+        })
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the shard map: {e}"))?;
+    let mut nodes = Vec::with_capacity(groups);
+    for (i, addr) in addresses.into_iter().enumerate() {
+        let store = match args.database_urls.get(i) {
+            Some(url) => StoreLocation::Url(url.clone()),
+            None => StoreLocation::DataDir(dir.join(format!("coordinator-{i}"))),
+        };
+        let sharding = map
+            .as_ref()
+            .map(|map| crate::runtime::Sharding::new(map.clone(), format!("g{}", i + 1)))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let node = Node::start(NodeConfig {
+            listen: if groups > 1 {
+                addr
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            },
+            store,
+            runtime: RuntimeConfig {
+                batch_calls: args.batch_calls,
+                advertised_url: if groups > 1 {
+                    format!("http://{addr}")
+                } else {
+                    String::new()
+                },
+                sharding,
+                ..RuntimeConfig::default()
+            },
+            limits: Limits::default(),
+            node_name: None,
+            lease: crate::node::DEFAULT_LEASE,
+            access: Default::default(),
+            console: None,
+        })
+        .await
+        .context("starting the in-process coordinator")?;
+        nodes.push(node);
+    }
+    Ok(nodes)
 }

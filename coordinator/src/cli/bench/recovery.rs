@@ -18,7 +18,7 @@ pub(super) async fn recovery(args: &BenchArgs, count: u64) -> anyhow::Result<()>
             servers.push(task);
         }
     }
-    let location = match &args.database_url {
+    let location = match args.database_urls.first() {
         Some(url) => StoreLocation::Url(url.clone()),
         None => StoreLocation::DataDir(dir.path().join("coordinator")),
     };
