@@ -331,16 +331,22 @@ impl CoordinatorClient {
         self.call(rpc(last, self.request(request))).await
     }
 
-    pub async fn begin(&self, options: BeginOptions) -> Result<Begun, ClientError> {
-        let request = begin_request(options);
+    /// A Begin, to the group of its key's shard (any node without a key).
+    async fn send_begin(
+        &self,
+        request: pb::BeginRequest,
+    ) -> Result<pb::BeginResponse, ClientError> {
         let key = (!request.idempotency_key.is_empty()).then(|| request.idempotency_key.clone());
-        let answer = self
-            .send(
-                To::New(key.as_deref()),
-                request,
-                |mut raw, request| async move { raw.begin(request).await },
-            )
-            .await?;
+        self.send(
+            To::New(key.as_deref()),
+            request,
+            |mut raw, request| async move { raw.begin(request).await },
+        )
+        .await
+    }
+
+    pub async fn begin(&self, options: BeginOptions) -> Result<Begun, ClientError> {
+        let answer = self.send_begin(begin_request(options)).await?;
         Ok(Begun {
             transaction_id: answer.transaction_id,
             created: answer.created,
@@ -355,17 +361,11 @@ impl CoordinatorClient {
         &self,
         options: BeginOptions,
     ) -> Result<(Begun, Outcome), ClientError> {
-        let request = pb::BeginRequest {
-            commit: true,
-            ..begin_request(options)
-        };
-        let key = (!request.idempotency_key.is_empty()).then(|| request.idempotency_key.clone());
         let answer = self
-            .send(
-                To::New(key.as_deref()),
-                request,
-                |mut raw, request| async move { raw.begin(request).await },
-            )
+            .send_begin(pb::BeginRequest {
+                commit: true,
+                ..begin_request(options)
+            })
             .await?;
         let outcome = answer
             .commit

@@ -132,6 +132,15 @@ pub enum MapError {
     },
     #[error("shard {shard}'s owners are not in order from the founding: {why}")]
     BadHistory { shard: u16, why: String },
+    #[error(
+        "version {version} does not extend version {held}: {why} (a later version may only add \
+         groups, change groups' node addresses and add switches after the last)"
+    )]
+    Rewrites {
+        version: u64,
+        held: u64,
+        why: String,
+    },
     #[error("the map has {owners} shard histories for {shards} shards")]
     WrongLength { owners: usize, shards: u16 },
 }
@@ -332,6 +341,38 @@ impl ShardMap {
             from_ms: at_ms,
         });
         Ok(next)
+    }
+
+    /// Ok when this map, a later version, keeps everything `held` says
+    /// about the past: the same shards and founding, every group still
+    /// there (its node addresses may change), and each shard's owners as
+    /// they were, switches only added after them. So no id changes group
+    /// (DESIGN §11) whoever writes the next version.
+    pub fn extends(&self, held: &ShardMap) -> Result<(), MapError> {
+        let rewrites = |why: String| MapError::Rewrites {
+            version: self.version,
+            held: held.version,
+            why,
+        };
+        if self.version <= held.version {
+            return Err(rewrites("it is not a later version".into()));
+        }
+        if (self.shards, self.founded_ms, &self.founding_group)
+            != (held.shards, held.founded_ms, &held.founding_group)
+        {
+            return Err(rewrites(
+                "the shard count, the founding time or the founding group differ".into(),
+            ));
+        }
+        if let Some(gone) = held.groups.iter().find(|g| self.group(&g.name).is_err()) {
+            return Err(rewrites(format!("group {:?} is missing", gone.name)));
+        }
+        for (shard, (new, old)) in self.owners.iter().zip(&held.owners).enumerate() {
+            if new.len() < old.len() || new[..old.len()] != old[..] {
+                return Err(rewrites(format!("shard {shard}'s owners were changed")));
+            }
+        }
+        Ok(())
     }
 
     /// Of two copies of the map, the one to believe: the higher version.
@@ -561,6 +602,35 @@ mod tests {
         ));
         assert_eq!(map.clone().newest(two_groups()).version, 3);
         assert_eq!(two_groups().newest(map).version, 3);
+    }
+
+    #[test]
+    fn a_later_version_may_add_but_never_rewrite() {
+        let held = two_groups()
+            .with_move(Shard(3), "g2", FOUNDED + 10)
+            .expect("a move");
+        let moved = held
+            .with_move(Shard(4), "g2", FOUNDED + 20)
+            .expect("a move");
+        assert_eq!(moved.extends(&held), Ok(()));
+        let mut readdressed = held.clone();
+        readdressed.version += 1;
+        readdressed.groups[0].nodes = vec!["http://g1-new:7400".into()];
+        assert_eq!(readdressed.extends(&held), Ok(()));
+        assert!(held.extends(&held).is_err(), "the same version");
+        let mut rewritten = moved.clone();
+        rewritten.owners[3][1].from_ms = FOUNDED + 11;
+        assert!(matches!(
+            rewritten.extends(&held),
+            Err(MapError::Rewrites { .. })
+        ));
+        let mut dropped = moved.clone();
+        dropped.owners[3].pop();
+        assert!(dropped.extends(&held).is_err());
+        let mut fewer = moved.clone();
+        fewer.groups.retain(|g| g.name != "g2");
+        fewer.owners = held.owners.clone();
+        assert!(fewer.extends(&held).is_err());
     }
 
     #[test]

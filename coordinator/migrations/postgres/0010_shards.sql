@@ -2,7 +2,7 @@
 -- group, its copy of the shard map, what moved shards handed over, and the
 -- fence that keeps this group's nodes from logging another group's
 -- transactions however stale their copy of the map or skewed their clock.
--- Empty in a deployment of one group, where the fence lets every row by.
+-- Empty, and the fence not installed, in a deployment of one group.
 
 -- Which group this database is the log of: set by the first map a node of
 -- the group writes, and never changed (a node of another group is refused).
@@ -101,5 +101,6 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER transactions_shard_fence BEFORE INSERT ON transactions
-    FOR EACH ROW EXECUTE FUNCTION concord_shard_fence();
+-- The trigger that calls it is created with the `shard_group` row, when a
+-- node of a sharded group first writes a map here (store/shards.rs): a
+-- deployment of one group pays nothing for it on every new transaction.

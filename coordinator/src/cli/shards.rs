@@ -342,7 +342,10 @@ impl<'a> Deployment<'a> {
         };
         let wait = (switch_ms + MARGIN_MS).saturating_sub(now_ms());
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        moved.finish_handovers().await
+        for &shard in shards {
+            moved.hand_over(Shard(shard), switch_ms, to).await?;
+        }
+        Ok(())
     }
 
     /// Hands over the keys of every switch into a group that has not got

@@ -278,11 +278,29 @@ impl Runtime {
     /// [`REFRESH_MS`]. Returns the version the database holds.
     pub async fn put_shard_map(&self, map: ShardMap) -> Result<u64, Error> {
         let placement = self.placement()?;
-        let group = placement.now().group.clone();
+        // The database's copy is the one to extend: this node may not have
+        // followed it yet.
+        self.reread_shard_map().await?;
+        let now = placement.now();
         // Checked whole before anything is written: a map that drops this
-        // group or breaks a rule is refused with the reason.
-        Sharding::new(map.clone(), group.clone()).map_err(Error::Sharding)?;
-        let held = self.shared.store.put_shard_map(&group, &map).await?;
+        // group, breaks a rule or rewrites what an earlier version said is
+        // refused with the reason. An older or equal version is not
+        // written; the database then tells which version it holds.
+        Sharding::new(map.clone(), now.group.clone()).map_err(Error::Sharding)?;
+        if map.version > now.map.version {
+            map.extends(&now.map)
+                .map_err(|e| Error::Sharding(e.to_string()))?;
+        } else if map.version == now.map.version && map != *now.map {
+            return Err(Error::Sharding(format!(
+                "group {:?} holds another map of version {}: read the newest (concord shards \
+                 show) and write the next version",
+                now.group, map.version
+            )));
+        }
+        let held = match self.shared.store.put_shard_map(&now.group, &map).await {
+            Err(StoreError::Refused(why)) => return Err(Error::Sharding(why)),
+            other => other?,
+        };
         self.reread_shard_map().await?;
         Ok(held)
     }

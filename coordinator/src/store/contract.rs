@@ -1191,11 +1191,19 @@ pub async fn the_shard_tables_keep_the_newest_map_and_the_keys_handed_over(open:
         store.put_shard_map("g1", &second).await.expect("put"),
         second.version
     );
-    // An older version is not written over the newer one.
+    // An older version is not written over the newer one; another map of
+    // the same version is refused.
     assert_eq!(
         store.put_shard_map("g1", &first).await.expect("put"),
         second.version
     );
+    let rival = first.with_move(Shard(1), "g2", switch_ms).expect("a move");
+    assert_eq!(rival.version, second.version);
+    let refused = store
+        .put_shard_map("g1", &rival)
+        .await
+        .expect_err("a rival");
+    assert!(refused.is_refused_record(), "{refused}");
     let store = open().await;
     let held = store.shard_map().await.expect("read").expect("a map");
     assert_eq!((held.group.as_str(), &held.map), ("g1", &second));

@@ -39,14 +39,24 @@ pub(super) trait ShardTables: Database {
     /// lock at once, so that the reads after it cannot be outdated by
     /// another writer before the transaction writes.
     const LOCK: &'static str;
+    /// Installs the fence on new transaction rows (§11 step 2) when the
+    /// database becomes a group's log; None where the one node fences.
+    const FENCE: Option<&'static str>;
 }
 
 impl ShardTables for sqlx::Sqlite {
     const LOCK: &'static str = "UPDATE shard_maps SET version = version WHERE 0";
+    // One node per SQLite log: it checks the rules itself when it mints
+    // an id (runtime/groups.rs).
+    const FENCE: Option<&'static str> = None;
 }
 
 impl ShardTables for sqlx::Postgres {
     const LOCK: &'static str = "LOCK TABLE shard_maps IN EXCLUSIVE MODE";
+    const FENCE: Option<&'static str> = Some(
+        "CREATE OR REPLACE TRIGGER transactions_shard_fence BEFORE INSERT ON transactions
+         FOR EACH ROW EXECUTE FUNCTION concord_shard_fence()",
+    );
 }
 
 const GROUP: &str = "SELECT name FROM shard_group";
@@ -132,12 +142,30 @@ where
                 .bind(to_i64(MARGIN_MS))
                 .execute(&mut *tx)
                 .await?;
+                if let Some(fence) = DB::FENCE {
+                    sqlx::query(fence).execute(&mut *tx).await?;
+                }
             }
         }
         let (newest,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM shard_maps")
             .fetch_one(&mut *tx)
             .await?;
         let newest = to_u64(newest);
+        if newest == map.version {
+            // Two writers may each have made a version from the same one
+            // (two operators at once): the first written stands.
+            let (held,): (String,) =
+                sqlx::query_as("SELECT body FROM shard_maps WHERE version = $1")
+                    .bind(to_i64(newest))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if parse_map(&held)? != *map {
+                return Err(StoreError::Refused(format!(
+                    "another map holds version {newest} here: read the newest and write the \
+                     next version"
+                )));
+            }
+        }
         if newest >= map.version {
             tx.commit().await?;
             return Ok(newest);

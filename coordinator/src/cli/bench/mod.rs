@@ -608,13 +608,12 @@ async fn start_groups(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result
             .map(|map| crate::runtime::Sharding::new(map.clone(), format!("g{}", i + 1)))
             .transpose()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let listen = if groups > 1 {
+            addr
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        };
         let node = Node::start(NodeConfig {
-            listen: if groups > 1 {
-                addr
-            } else {
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            },
-            store,
             runtime: RuntimeConfig {
                 batch_calls: args.batch_calls,
                 advertised_url: if groups > 1 {
@@ -625,11 +624,7 @@ async fn start_groups(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result
                 sharding,
                 ..RuntimeConfig::default()
             },
-            limits: Limits::default(),
-            node_name: None,
-            lease: crate::node::DEFAULT_LEASE,
-            access: Default::default(),
-            console: None,
+            ..NodeConfig::new(listen, store)
         })
         .await
         .context("starting the in-process coordinator")?;
