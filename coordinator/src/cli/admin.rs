@@ -349,7 +349,7 @@ fn span(ms: u64) -> String {
 }
 
 /// An instant (ms since the Unix epoch) in UTC, RFC 3339, and how long ago.
-fn moment(ms: u64, now: u64) -> String {
+pub(super) fn moment(ms: u64, now: u64) -> String {
     if ms == 0 {
         return "-".into();
     }

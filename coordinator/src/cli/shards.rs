@@ -15,7 +15,7 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
 
-use super::admin::{Auth, Remote, connect, explain};
+use super::admin::{Auth, Remote, connect, explain, moment};
 use crate::model::now_ms;
 use crate::shard::{DEFAULT_SHARDS, Group, MARGIN_MS, MIN_SWITCH_DELAY_MS, Owner, Shard, ShardMap};
 
@@ -247,9 +247,11 @@ impl<'a> Deployment<'a> {
         }
     }
 
-    /// Writes `map` to a node of every group, those in `first` first.
+    /// Writes `map` to a node of every group the deployment had when read,
+    /// those in `first` first. A group `map` adds has no node running yet:
+    /// its nodes start with the map as their `--shard-map`.
     async fn push(&self, map: &ShardMap, first: &[&str]) -> anyhow::Result<()> {
-        let mut order: Vec<&Group> = map.groups.iter().collect();
+        let mut order: Vec<&Group> = self.map.groups.iter().collect();
         order.sort_by_key(|g| !first.contains(&g.name.as_str()));
         for group in order {
             let wire = to_wire(map);
@@ -332,8 +334,9 @@ impl<'a> Deployment<'a> {
             )));
         }
         println!(
-            "map version {}: shards {shards:?} belong to group {to:?} from {switch_ms} ms",
-            next.version
+            "map version {}: shards {shards:?} belong to group {to:?} from {} ({switch_ms} ms)",
+            next.version,
+            moment(switch_ms, now_ms())
         );
         let moved = Self {
             remote: self.remote,
@@ -447,8 +450,12 @@ fn show_text(held: &pb::GetShardMapResponse) -> anyhow::Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "map version {}, {} shards, founded at {} ms by group {:?}; this node: group {:?}",
-        map.version, map.shards, map.founded_ms, map.founding_group, held.group
+        "map version {}, {} shards, founded {} by group {:?}; this node: group {:?}",
+        map.version,
+        map.shards,
+        moment(map.founded_ms, held.now_ms),
+        map.founding_group,
+        held.group
     );
     for group in &map.groups {
         let now = map.shards_of(&group.name, held.now_ms).len();
@@ -469,7 +476,13 @@ fn show_text(held: &pb::GetShardMapResponse) -> anyhow::Result<String> {
         }
         let owners: Vec<String> = history
             .iter()
-            .map(|o| format!("{} from {} ms", o.group, o.from_ms))
+            .map(|o| {
+                if o.from_ms == map.founded_ms {
+                    format!("{} from the founding", o.group)
+                } else {
+                    format!("{} from {}", o.group, moment(o.from_ms, held.now_ms))
+                }
+            })
             .collect();
         let range = if end - start == 1 {
             format!("shard {start}")
@@ -482,8 +495,9 @@ fn show_text(held: &pb::GetShardMapResponse) -> anyhow::Result<String> {
     for switch in &held.pending {
         let _ = writeln!(
             out,
-            "shard {}: keys not handed over yet for the switch at {} ms (concord shards sync)",
-            switch.shard, switch.from_ms
+            "shard {}: keys not handed over yet for the switch at {} (concord shards sync)",
+            switch.shard,
+            moment(switch.from_ms, held.now_ms)
         );
     }
     Ok(out)

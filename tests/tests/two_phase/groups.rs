@@ -406,6 +406,180 @@ async fn a_client_that_reads_the_map_sends_each_call_to_its_group_itself() {
     );
 }
 
+/// Growing as an operator would (docs/operations.md): a deployment founded
+/// with one group by `concord shards init`, a second group added with
+/// `add-group`, half the shards moved to it with `move`; what was begun
+/// before stays in the first group and answers through either, new
+/// transactions of the moved shards go to the second.
+#[tokio::test]
+async fn a_deployment_grows_from_one_group_to_two_with_concord_shards() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (addr1, addr2) = (free_addr(), free_addr());
+    let (url1, url2) = (format!("http://{addr1}"), format!("http://{addr2}"));
+    let (v1, v2) = (dir.path().join("v1.json"), dir.path().join("v2.json"));
+    shards(&[
+        "init",
+        "--shards",
+        "16",
+        "--group",
+        &format!("g1={url1}"),
+        "--out",
+        &v1.display().to_string(),
+    ])
+    .await;
+    let start = |group: &'static str, addr: SocketAddr, file: &std::path::Path| {
+        let map: ShardMap =
+            serde_json::from_str(&std::fs::read_to_string(file).expect("map file")).expect("a map");
+        let data = dir.path().join(group);
+        async move {
+            Node::start(NodeConfig {
+                runtime: concord_coordinator::runtime::RuntimeConfig {
+                    sharding: Some(Sharding::new(map, group.into()).expect("a group")),
+                    ..quick_config()
+                },
+                ..NodeConfig::new(addr, StoreLocation::DataDir(data))
+            })
+            .await
+            .expect("node starts")
+        }
+    };
+    let g1 = start("g1", addr1, &v1).await;
+    let a = TestParticipant::start(dir.path(), "a", None).await;
+    let through_g1 = client(&g1);
+    let transfer = |key: String| BeginOptions {
+        idempotency_key: Some(key),
+        branches: vec![BranchSpec {
+            participant: a.url.clone(),
+            payload: b"commit".to_vec(),
+            name: Some("a".into()),
+        }],
+        ..BeginOptions::default()
+    };
+    let mut before = Vec::new();
+    for i in 0..16 {
+        let (begun, outcome) = through_g1
+            .begin_and_commit(transfer(format!("early-{i}")))
+            .await
+            .expect("a transfer with one group");
+        assert_eq!(outcome, Outcome::Committed { read_only: false });
+        before.push(begun.transaction_id);
+    }
+
+    let added = shards(&[
+        "--coordinator",
+        &url1,
+        "add-group",
+        "g2",
+        "--node",
+        &url2,
+        "--out",
+        &v2.display().to_string(),
+    ])
+    .await;
+    assert!(
+        added.contains("map version 2 written to every group"),
+        "{added}"
+    );
+    let g2 = start("g2", addr2, &v2).await;
+    let moved = shards(&[
+        "--coordinator",
+        &url2,
+        "move",
+        "8",
+        "9",
+        "10",
+        "11",
+        "12",
+        "13",
+        "14",
+        "15",
+        "--to",
+        "g2",
+        "--switch-in-ms",
+        "4000",
+    ])
+    .await;
+    assert!(
+        moved.contains("map version 3: shards [8, 9, 10, 11, 12, 13, 14, 15]"),
+        "{moved}"
+    );
+    assert_eq!(
+        moved.matches("handed over from group \"g1\"").count(),
+        8,
+        "{moved}"
+    );
+    let shown = shards(&["--coordinator", &url1, "show"]).await;
+    assert!(shown.contains("group \"g1\": 8 shards now"), "{shown}");
+    assert!(shown.contains("group \"g2\": 8 shards now"), "{shown}");
+    assert!(!shown.contains("not handed over"), "{shown}");
+    // Nothing is owed: sync writes the newest version everywhere, no more.
+    let synced = shards(&["--coordinator", &url2, "sync"]).await;
+    assert!(!synced.contains("handed over"), "{synced}");
+
+    let map: ShardMap =
+        serde_json::from_str(&std::fs::read_to_string(&v2).expect("map file")).expect("a map");
+    // What was begun before stays g1's and answers through g2 too.
+    for id in &before {
+        let seen = client(&g2).transaction(id).await.expect("through g2");
+        assert_eq!(
+            (seen.group.as_str(), seen.state),
+            ("g1", pb::TransactionState::Committed as i32)
+        );
+        assert_eq!(
+            coordinator_state(&dir.path().join("g2"), id).await,
+            None,
+            "{id}"
+        );
+    }
+    // New transactions of the moved shards are g2's, of the others g1's.
+    let mut per_group = std::collections::HashMap::<String, usize>::new();
+    for i in 0..16 {
+        let (begun, outcome) = through_g1
+            .begin_and_commit(transfer(format!("late-{i}")))
+            .await
+            .expect("a transfer with two groups");
+        assert_eq!(outcome, Outcome::Committed { read_only: false });
+        let seen = client(&g2)
+            .transaction(&begun.transaction_id)
+            .await
+            .expect("seen");
+        let shard = map.shard_for_key(&format!("late-{i}")).0;
+        assert_eq!(
+            seen.group,
+            if shard >= 8 { "g2" } else { "g1" },
+            "shard {shard}"
+        );
+        until_logged(
+            &dir.path().join(&seen.group),
+            &begun.transaction_id,
+            "committed",
+        )
+        .await;
+        *per_group.entry(seen.group).or_default() += 1;
+    }
+    assert!(
+        per_group.len() == 2,
+        "both groups took new transactions: {per_group:?}"
+    );
+}
+
+/// Runs `concord shards <args>`; returns stdout, or panics with stderr.
+async fn shards(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .arg("shards")
+        .args(args)
+        .output()
+        .await
+        .expect("run concord shards");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "concord shards {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Waits until `id`'s row in the SQLite log at `dir` says `state` (its end
 /// record is lazy).
 async fn until_logged(dir: &std::path::Path, id: &str, state: &str) {
