@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cases;
 mod outbox;
 mod postgres;
 

@@ -238,3 +238,30 @@ async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
     let _ = bank.await;
     let _ = hotel.await;
 }
+
+/// The Python participant SDK (`sdk/python`) passes its own tests — the
+/// ledger cases shared with the Rust SDK (`sdk/ledger-cases.json`), Batch,
+/// malformed calls — and `mypy --strict`, in a virtualenv of its own that
+/// `scripts/test-python-sdk.sh` makes (pytest's summary is kept in
+/// `target/python-sdk/pytest.log` for CI's closing line).
+#[test]
+fn the_python_sdk_passes_its_own_tests_and_type_checks() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-python-sdk.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run scripts/test-python-sdk.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "scripts/test-python-sdk.sh failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains(" passed") && !summary.contains("failed"),
+        "{stdout}"
+    );
+    eprintln!("python sdk: {summary}");
+}

@@ -1,0 +1,56 @@
+"""Concord's participant SDK for Python: take part in Concord transactions
+with the same guarantees as the Rust SDK (docs/design.md §4).
+
+- `ledger`: the exactly-once ledger in your SQLite database, written in the
+  same local transaction as your change; the handler protocols
+  (`TwoPhaseParticipant`, `SagaStep`) and their answers (`Vote`,
+  `StepResult`, `ParticipantError`).
+- `guarded`: the ledger-guarded path each call takes.
+- `server`: `ParticipantService`, the `concord.v1.Participant` gRPC service
+  (grpc.aio, with `Batch`), and `serve`, which runs it with the resolver.
+- `resolver`: asks the coordinator about branches left in doubt (after a
+  restart, or a long wait) and applies the answer once.
+- `crash`: crash points for tests (`CONCORD_PARTICIPANT_CRASH`).
+- `client`: `CoordinatorClient`, the coordinator's client (grpc.aio).
+
+The gRPC stubs are generated from the repository's proto files when the
+package is built (`pip install ./sdk/python`).
+"""
+
+from .client import Begun, Branch, CoordinatorClient, CoordinatorError, Retry
+from .ledger import (
+    BranchContext,
+    FailedPrecondition,
+    InvalidPayload,
+    ParticipantError,
+    SagaStep,
+    SqliteLedger,
+    StepResult,
+    TwoPhaseParticipant,
+    Unavailable,
+    Vote,
+)
+from .resolver import ResolverConfig
+from .server import ParticipantService, Serving, serve
+
+__all__ = [
+    "Begun",
+    "Branch",
+    "BranchContext",
+    "CoordinatorClient",
+    "CoordinatorError",
+    "FailedPrecondition",
+    "InvalidPayload",
+    "ParticipantError",
+    "ParticipantService",
+    "ResolverConfig",
+    "Retry",
+    "SagaStep",
+    "Serving",
+    "SqliteLedger",
+    "StepResult",
+    "TwoPhaseParticipant",
+    "Unavailable",
+    "Vote",
+    "serve",
+]

@@ -1,0 +1,173 @@
+"""A client for the coordinator (grpc.aio): begin, enlist, commit, roll
+back, submit a saga, ask an outcome. Every call has a deadline; a call that
+is safe to repeat is retried on UNAVAILABLE with exponential backoff, full
+jitter and a cap (a keyless Begin is not: it could begin twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, TypeVar
+
+import grpc
+
+from ._proto.concord.v1 import coordinator_pb2 as pb
+from ._proto.concord.v1 import coordinator_pb2_grpc as pb_grpc
+from ._proto.concord.v1 import types_pb2 as types
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a repeatable call is retried on UNAVAILABLE: the delay before
+    attempt n is random in [0, min(cap, first * 2**n)] (full jitter)."""
+
+    attempts: int = 6
+    first_s: float = 0.05
+    cap_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.cap_s, self.first_s * 2**attempt))
+
+
+@dataclass
+class Branch:
+    """A branch to enlist: the participant's URI, its payload, its name."""
+
+    participant: str
+    payload: bytes = b""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Begun:
+    transaction_id: str
+    #: False when the idempotency key found an earlier transaction.
+    created: bool
+    branches: list[str] = field(default_factory=list)
+
+
+class CoordinatorError(Exception):
+    """A call the coordinator refused or could not answer: `code` says
+    what the caller can do (INVALID_ARGUMENT: fix the request; UNAVAILABLE:
+    retry; DEADLINE_EXCEEDED: ask the transaction's state)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class CoordinatorClient:
+    """One coordinator node (any node of a cluster: calls are forwarded to
+    the transaction's owner). Use as `async with CoordinatorClient(url)`."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0, retry: Retry = Retry()) -> None:
+        target = address.removeprefix("http://")
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self.timeout_s = timeout_s
+        self.retry = retry
+
+    async def __aenter__(self) -> CoordinatorClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, send: Callable[[float], Awaitable[T]], repeatable: bool) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await send(self.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if repeatable and code == grpc.StatusCode.UNAVAILABLE:
+                    attempt += 1
+                    if attempt < self.retry.attempts:
+                        await asyncio.sleep(self.retry.delay(attempt))
+                        continue
+                raise CoordinatorError(code, error.details() or "") from error
+
+    async def begin(
+        self,
+        branches: list[Branch] | None = None,
+        idempotency_key: str = "",
+        description: str = "",
+        timeout_ms: int = 0,
+    ) -> Begun:
+        """Begins a 2PC transaction, with `branches` enlisted in the same
+        durable write. With a key, a retry returns the first transaction."""
+        request = pb.BeginRequest(
+            idempotency_key=idempotency_key,
+            description=description,
+            timeout_ms=timeout_ms,
+            branches=[
+                pb.BranchSpec(participant=b.participant, payload=b.payload, branch=b.name)
+                for b in branches or []
+            ],
+        )
+        answer = await self._call(
+            lambda t: self._stub.Begin(request, timeout=t), repeatable=bool(idempotency_key)
+        )
+        return Begun(answer.transaction_id, answer.created, list(answer.branches))
+
+    async def enlist(self, transaction_id: str, branch: Branch) -> str:
+        """Enlists a branch; returns its name. Give it a name to make a
+        retry safe (it is then retried on UNAVAILABLE)."""
+        request = pb.EnlistRequest(
+            transaction_id=transaction_id,
+            participant=branch.participant,
+            payload=branch.payload,
+            branch=branch.name,
+        )
+        answer = await self._call(
+            lambda t: self._stub.Enlist(request, timeout=t), repeatable=bool(branch.name)
+        )
+        return str(answer.branch)
+
+    async def commit(self, transaction_id: str, wait_for_completion: bool = False) -> str:
+        """Commits; answers once the decision is durable: "committed" or
+        "aborted" (a participant voted no, or the deadline passed)."""
+        request = pb.CommitRequest(
+            transaction_id=transaction_id, wait_for_completion=wait_for_completion
+        )
+        answer = await self._call(lambda t: self._stub.Commit(request, timeout=t), True)
+        return _outcome_name(answer.outcome)
+
+    async def rollback(self, transaction_id: str, reason: str = "") -> None:
+        request = pb.RollbackRequest(transaction_id=transaction_id, reason=reason)
+        await self._call(lambda t: self._stub.Rollback(request, timeout=t), True)
+
+    async def outcome(self, transaction_id: str) -> str:
+        """"committed", "aborted" (presumed for an unknown id) or
+        "undecided"."""
+        request = pb.GetOutcomeRequest(transaction_id=transaction_id)
+        answer = await self._call(lambda t: self._stub.GetOutcome(request, timeout=t), True)
+        return _outcome_name(answer.outcome)
+
+    async def transaction(self, transaction_id: str) -> types.Transaction:
+        request = pb.GetTransactionRequest(transaction_id=transaction_id)
+        return await self._call(lambda t: self._stub.GetTransaction(request, timeout=t), True)
+
+    async def submit_saga(self, request: pb.SubmitSagaRequest) -> pb.SubmitSagaResponse:
+        """Submits a saga; retried on UNAVAILABLE only with an idempotency
+        key."""
+        return await self._call(
+            lambda t: self._stub.SubmitSaga(request, timeout=t),
+            repeatable=bool(request.idempotency_key),
+        )
+
+
+def _outcome_name(outcome: int) -> str:
+    if outcome == types.OUTCOME_COMMITTED:
+        return "committed"
+    if outcome == types.OUTCOME_ABORTED:
+        return "aborted"
+    return "undecided"

@@ -1,0 +1,228 @@
+"""The ledger-guarded paths every call takes: each (transaction, branch,
+operation) runs its handler at most once, inside the same local transaction
+as its ledger row; duplicates get the first answer, an abort or
+compensation that comes first leaves a tombstone (docs/design.md §4). The
+Rust SDK's participant/src/server/guarded.rs, path for path.
+
+Synchronous: `concord_participant.server` runs each call on a worker
+thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from . import crash
+from .ledger import (
+    BranchContext,
+    Entry,
+    FailedPrecondition,
+    Op,
+    SagaStep,
+    SqliteLedger,
+    StepResult,
+    TwoPhaseParticipant,
+    Vote,
+)
+
+
+@dataclass(frozen=True)
+class OnePhase:
+    """What a one-phase commit did."""
+
+    committed: bool
+    reason: str = ""
+    read_only: bool = False
+
+
+def _recorded_vote(entry: Entry) -> Vote:
+    if entry.result == "commit":
+        return Vote.commit()
+    if entry.result == "read_only":
+        return Vote.read_only()
+    return Vote.abort(entry.reason or "voted abort")
+
+
+def _restart(tx: sqlite3.Connection) -> None:
+    """Undoes what the handler wrote and begins again, so that only the
+    ledger row of a refusal is kept."""
+    tx.execute("ROLLBACK")
+    tx.execute("BEGIN IMMEDIATE")
+
+
+class Guarded:
+    """The paths, over one ledger and the service's handlers."""
+
+    def __init__(
+        self,
+        ledger: SqliteLedger,
+        two_phase: TwoPhaseParticipant | None,
+        steps: SagaStep | None,
+    ) -> None:
+        self.ledger = ledger
+        self.two_phase = two_phase
+        self.steps = steps
+
+    def _handler(self) -> TwoPhaseParticipant:
+        if self.two_phase is None:
+            raise FailedPrecondition("this participant takes no part in two-phase commit")
+        return self.two_phase
+
+    def _steps(self) -> SagaStep:
+        if self.steps is None:
+            raise FailedPrecondition("this participant runs no saga steps")
+        return self.steps
+
+    def prepare(self, branch: BranchContext, payload: bytes) -> Vote:
+        handler = self._handler()
+
+        def work(tx: sqlite3.Connection) -> Vote:
+            rows = SqliteLedger.rows(tx, branch)
+            if Op.ABORT in rows:
+                # Hanging prevention: the abort came first and won.
+                return Vote.abort("branch was already aborted")
+            if Op.PREPARE in rows:
+                return _recorded_vote(rows[Op.PREPARE])
+            vote = handler.prepare(tx, branch, payload)
+            if vote.kind == "abort":
+                # The refusal undoes whatever the handler wrote; only the
+                # ledger row remains, so a duplicate Prepare gets the same no.
+                _restart(tx)
+            SqliteLedger.record(
+                tx, branch, Op.PREPARE, vote.kind, vote.reason or None, payload
+            )
+            return vote
+
+        vote = self.ledger.local(branch, work)
+        crash.point("participant-after-prepare")
+        return vote
+
+    def commit(self, branch: BranchContext, payload: bytes) -> None:
+        handler = self._handler()
+        name, txn = branch.branch, branch.transaction_id
+
+        def work(tx: sqlite3.Connection) -> None:
+            rows = SqliteLedger.rows(tx, branch)
+            if Op.COMMIT in rows:
+                return  # a duplicate: applied once already (I5)
+            if Op.ABORT in rows:
+                raise FailedPrecondition(f"branch {name} of {txn} was aborted; it cannot commit")
+            prepared = rows.get(Op.PREPARE)
+            if prepared is None:
+                raise FailedPrecondition(f"branch {name} of {txn} was never prepared here")
+            if prepared.result == "read_only":
+                return
+            if prepared.result == "abort":
+                raise FailedPrecondition(f"branch {name} of {txn} voted ABORT; it cannot commit")
+            crash.point("participant-before-commit")
+            handler.commit(tx, branch, payload)
+            SqliteLedger.record(tx, branch, Op.COMMIT, "done")
+
+        self.ledger.local(branch, work)
+        crash.point("participant-after-commit")
+
+    def abort(self, branch: BranchContext, payload: bytes) -> bool:
+        """True when the branch had committed already (one-phase)."""
+        handler = self._handler()
+
+        def work(tx: sqlite3.Connection) -> bool:
+            rows = SqliteLedger.rows(tx, branch)
+            if Op.ABORT in rows:
+                return False
+            if Op.COMMIT in rows:
+                return True
+            prepared = rows.get(Op.PREPARE)
+            if prepared is None:
+                # Abort before prepare: a tombstone, so the late Prepare is
+                # refused.
+                result = "tombstone"
+            elif prepared.result == "commit":
+                handler.abort(tx, branch, payload)
+                result = "done"
+            else:
+                # It voted ABORT or READ_ONLY: nothing of it is held.
+                result = "done"
+            SqliteLedger.record(tx, branch, Op.ABORT, result)
+            return False
+
+        return self.ledger.local(branch, work)
+
+    def commit_one_phase(self, branch: BranchContext, payload: bytes) -> OnePhase:
+        handler = self._handler()
+
+        def work(tx: sqlite3.Connection) -> OnePhase:
+            rows = SqliteLedger.rows(tx, branch)
+            if Op.COMMIT in rows:
+                return OnePhase(committed=True)
+            if Op.ABORT in rows:
+                return OnePhase(committed=False, reason="branch was already aborted")
+            if Op.PREPARE in rows:
+                vote = _recorded_vote(rows[Op.PREPARE])
+                if vote.kind == "abort":
+                    return OnePhase(committed=False, reason=vote.reason)
+                if vote.kind == "read_only":
+                    return OnePhase(committed=True, read_only=True)
+                handler.commit(tx, branch, payload)
+                SqliteLedger.record(tx, branch, Op.COMMIT, "done")
+                return OnePhase(committed=True)
+            vote = handler.prepare(tx, branch, payload)
+            if vote.kind == "commit":
+                # R6: prepare and commit in one local transaction.
+                handler.commit(tx, branch, payload)
+                SqliteLedger.record(tx, branch, Op.PREPARE, "commit", None, payload)
+                SqliteLedger.record(tx, branch, Op.COMMIT, "one_phase")
+                return OnePhase(committed=True)
+            if vote.kind == "read_only":
+                SqliteLedger.record(tx, branch, Op.PREPARE, "read_only")
+                return OnePhase(committed=True, read_only=True)
+            _restart(tx)
+            SqliteLedger.record(tx, branch, Op.PREPARE, "abort", vote.reason)
+            return OnePhase(committed=False, reason=vote.reason)
+
+        return self.ledger.local(branch, work)
+
+    def execute(self, step: BranchContext, payload: bytes) -> StepResult:
+        steps = self._steps()
+
+        def work(tx: sqlite3.Connection) -> StepResult:
+            rows = SqliteLedger.rows(tx, step)
+            if Op.COMPENSATE in rows:
+                # Hanging prevention: the compensation came first and won.
+                return StepResult.refused("step was already compensated")
+            if Op.ACTION in rows:
+                entry = rows[Op.ACTION]
+                if entry.result == "done":
+                    return StepResult.succeeded()
+                return StepResult.refused(entry.reason or "refused")
+            result = steps.action(tx, step, payload)
+            if result.done:
+                SqliteLedger.record(tx, step, Op.ACTION, "done")
+            else:
+                _restart(tx)
+                SqliteLedger.record(tx, step, Op.ACTION, "refused", result.reason)
+            return result
+
+        return self.ledger.local(step, work)
+
+    def compensate(self, step: BranchContext, payload: bytes) -> None:
+        steps = self._steps()
+
+        def work(tx: sqlite3.Connection) -> None:
+            rows = SqliteLedger.rows(tx, step)
+            if Op.COMPENSATE in rows:
+                return  # a duplicate (I5)
+            action = rows.get(Op.ACTION)
+            if action is None:
+                # Compensation before the action: a tombstone, so the late
+                # action is refused.
+                result = "tombstone"
+            elif action.result == "done":
+                steps.compensate(tx, step, payload)
+                result = "done"
+            else:
+                # The action was refused: nothing of it to undo.
+                result = "done"
+            SqliteLedger.record(tx, step, Op.COMPENSATE, result)
+
+        self.ledger.local(step, work)
