@@ -239,6 +239,182 @@ async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
     let _ = hotel.await;
 }
 
+/// The Python points service started on `addr` with `db`, dying at
+/// `crash` (a crash point of the Python SDK) when given.
+async fn python_points(
+    addr: std::net::SocketAddr,
+    db: &Path,
+    coordinator: &str,
+    crash: Option<&str>,
+) -> Proc {
+    let python = example().join(".venv/bin/python");
+    let args: Vec<String> = vec![
+        example().join("participant.py").display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--db".into(),
+        db.display().to_string(),
+        "--open".into(),
+        "ada=100".into(),
+        "--coordinator".into(),
+        coordinator.into(),
+    ];
+    let env: Vec<(&str, &str)> = crash
+        .map(|point| vec![("CONCORD_PARTICIPANT_CRASH", point)])
+        .unwrap_or_default();
+    Proc::start_with_env(
+        "python-points",
+        &python.display().to_string(),
+        &args,
+        None,
+        addr,
+        None,
+        &env,
+    )
+    .await
+}
+
+/// The ledger rows of one transaction in the Python service's database,
+/// as `op=result`, sorted.
+async fn python_ledger(db: &Path, txn: &str) -> Vec<String> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("points db");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT op, result FROM concord_ledger WHERE txn_id = ?1 ORDER BY op")
+            .bind(txn)
+            .fetch_all(&pool)
+            .await
+            .expect("ledger");
+    pool.close().await;
+    rows.into_iter()
+        .map(|(op, r)| format!("{op}={r}"))
+        .collect()
+}
+
+/// A Python participant killed with SIGKILL after it voted COMMIT, then
+/// restarted on its database, ends its branch as the coordinator decided,
+/// once: committed when it died on receiving the Commit (restarted where
+/// the coordinator's retries cannot reach it, so its resolver did it),
+/// aborted when it died before its vote reached the coordinator. The Rust
+/// bank in the same transactions agrees each time.
+#[tokio::test]
+async fn a_python_participant_killed_after_voting_commit_ends_as_the_coordinator_decided() {
+    set_up();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = client(&node).with_timeout(Duration::from_secs(20));
+    let stop = CancellationToken::new();
+    let bank_db = concord_example_bank::open_db(&dir.path().join("bank.db"))
+        .await
+        .expect("bank db");
+    concord_example_bank::open_account(&bank_db, "alice", 10_000)
+        .await
+        .expect("alice");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let bank_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let bank = tokio::spawn(concord_example_bank::serve(
+        bank_db.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let alice = || async {
+        concord_example_bank::account(&bank_db, "alice")
+            .await
+            .expect("read")
+            .expect("alice")
+    };
+    let (addr, db) = (free_addr(), dir.path().join("points.db"));
+    let points_url = format!("http://{addr}");
+    let transfer = |cents: i64, points: i64| BeginOptions {
+        branches: vec![
+            BranchSpec {
+                participant: points_url.clone(),
+                payload: change("ada", points),
+                name: Some("points".into()),
+            },
+            BranchSpec {
+                participant: bank_url.clone(),
+                payload: Movement {
+                    account: "alice".into(),
+                    delta: cents,
+                }
+                .to_payload(),
+                name: Some("money".into()),
+            },
+        ],
+        ..BeginOptions::default()
+    };
+
+    // Dies on receiving the Commit: the decision was COMMIT.
+    let service = python_points(addr, &db, &node.url(), Some("participant-before-commit")).await;
+    let id = client
+        .begin(transfer(-500, 5))
+        .await
+        .expect("begin")
+        .transaction_id;
+    assert_eq!(
+        client.commit(&id).await.expect("commit"),
+        Outcome::Committed { read_only: false }
+    );
+    service.crashed().await;
+    assert_eq!(points(&db).await, (100, 1), "its hold survived the kill");
+    // Restarted on another address, where the coordinator's retried Commit
+    // cannot reach it: only its resolver, asking GetOutcome, can finish it.
+    let service = python_points(free_addr(), &db, &node.url(), None).await;
+    eventually("the restarted Python service commits", || async {
+        (points(&db).await == (105, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        python_ledger(&db, &id).await,
+        ["commit=done", "prepare=commit"]
+    );
+    eventually("the bank commits", || async {
+        let alice = alice().await;
+        (alice.balance == 9_500 && alice.held == 0).then_some(())
+    })
+    .await;
+    drop(service);
+
+    // Dies right after voting COMMIT, before the vote leaves: the
+    // coordinator counts the failed Prepare as ABORT, and the restarted
+    // service learns it (its resolver asks at once about a branch prepared
+    // before it started) and releases its hold.
+    let service = python_points(addr, &db, &node.url(), Some("participant-after-prepare")).await;
+    let id = client
+        .begin(transfer(-700, 7))
+        .await
+        .expect("begin")
+        .transaction_id;
+    match client.commit(&id).await.expect("commit") {
+        Outcome::Aborted { .. } => {}
+        other => panic!("expected ABORTED, got {other:?}"),
+    }
+    service.crashed().await;
+    assert_eq!(
+        python_ledger(&db, &id).await,
+        ["prepare=commit"],
+        "voted COMMIT"
+    );
+    let _service = python_points(addr, &db, &node.url(), None).await;
+    eventually("the restarted Python service aborts", || async {
+        (points(&db).await == (105, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        python_ledger(&db, &id).await,
+        ["abort=done", "prepare=commit"]
+    );
+    let alice = alice().await;
+    assert_eq!((alice.balance, alice.held), (9_500, 0));
+
+    stop.cancel();
+    let _ = bank.await;
+}
+
 /// The Python participant SDK (`sdk/python`) passes its own tests — the
 /// ledger cases shared with the Rust SDK (`sdk/ledger-cases.json`), Batch,
 /// malformed calls — and `mypy --strict`, in a virtualenv of its own that

@@ -104,7 +104,22 @@ impl Proc {
         addr: SocketAddr,
         log: Option<&Path>,
     ) -> Self {
+        Self::start_with_env(name, exe, args, failpoint, addr, log, &[]).await
+    }
+
+    /// [`Proc::start_logged`], with `env` added to the process's
+    /// environment (a Python participant's crash point, say).
+    pub async fn start_with_env(
+        name: &str,
+        exe: &str,
+        args: &[String],
+        failpoint: Option<&str>,
+        addr: SocketAddr,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(exe);
+        command.envs(env.iter().copied());
         if let Some(log) = log {
             let file = std::fs::File::create(log).expect("log file");
             command.stderr(file);
