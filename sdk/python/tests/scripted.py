@@ -5,31 +5,42 @@ what each handler does; sdk/ledger-cases.json), as the Rust tests' own
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from concord_participant import BranchContext, StepResult, Vote
 
-
-def effect(tx: sqlite3.Connection, branch: BranchContext, op: str) -> None:
-    tx.execute(
-        "INSERT INTO effects (txn_id, branch, op) VALUES (?, ?, ?)",
-        (branch.transaction_id, branch.branch, op),
-    )
+EFFECTS = (
+    "CREATE TABLE IF NOT EXISTS effects "
+    "(seq {key}, txn_id TEXT NOT NULL, branch TEXT NOT NULL, op TEXT NOT NULL)"
+)
 
 
-def install(path: str) -> None:
+def effect(tx: Any, branch: BranchContext, op: str) -> None:
+    """One handler run, in the call's local transaction (either database)."""
+    sql = "INSERT INTO effects (txn_id, branch, op) VALUES (?, ?, ?)"
+    if not isinstance(tx, sqlite3.Connection):
+        sql = sql.replace("?", "%s")
+    tx.execute(sql, (branch.transaction_id, branch.branch, op))
+
+
+def install_sqlite(path: str) -> None:
     db = sqlite3.connect(path)
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS effects "
-        "(seq INTEGER PRIMARY KEY, txn_id TEXT NOT NULL, branch TEXT NOT NULL, op TEXT NOT NULL)"
-    )
+    db.execute(EFFECTS.format(key="INTEGER PRIMARY KEY"))
     db.commit()
     db.close()
+
+
+def install_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(EFFECTS.format(key="BIGSERIAL PRIMARY KEY"))
 
 
 class Scripted:
     """2PC: 'commit' votes COMMIT, 'abort' votes ABORT, 'readonly' READ_ONLY."""
 
-    def prepare(self, tx: sqlite3.Connection, branch: BranchContext, payload: bytes) -> Vote:
+    def prepare(self, tx: Any, branch: BranchContext, payload: bytes) -> Vote:
         effect(tx, branch, "prepare")
         script = payload.decode()
         if script == "abort":
@@ -38,21 +49,21 @@ class Scripted:
             return Vote.read_only()
         return Vote.commit()
 
-    def commit(self, tx: sqlite3.Connection, branch: BranchContext, payload: bytes) -> None:
+    def commit(self, tx: Any, branch: BranchContext, payload: bytes) -> None:
         effect(tx, branch, "commit")
 
-    def abort(self, tx: sqlite3.Connection, branch: BranchContext, payload: bytes) -> None:
+    def abort(self, tx: Any, branch: BranchContext, payload: bytes) -> None:
         effect(tx, branch, "abort")
 
 
 class Steps:
     """Saga steps: 'ok' succeeds, 'refuse' is refused."""
 
-    def action(self, tx: sqlite3.Connection, step: BranchContext, payload: bytes) -> StepResult:
+    def action(self, tx: Any, step: BranchContext, payload: bytes) -> StepResult:
         effect(tx, step, "action")
         if payload == b"refuse":
             return StepResult.refused("scripted refusal")
         return StepResult.succeeded()
 
-    def compensate(self, tx: sqlite3.Connection, step: BranchContext, payload: bytes) -> None:
+    def compensate(self, tx: Any, step: BranchContext, payload: bytes) -> None:
         effect(tx, step, "compensate")

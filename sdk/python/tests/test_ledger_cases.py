@@ -5,7 +5,9 @@ service's database."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import pathlib
 import sqlite3
 import uuid
@@ -15,46 +17,68 @@ from typing import Any
 import grpc
 import pytest
 
-from concord_participant import ParticipantService, SqliteLedger, serve
+from concord_participant import Ledger, ParticipantService, PostgresLedger, SqliteLedger, serve
 from concord_participant._proto.concord.v1 import participant_pb2 as pb
 from concord_participant._proto.concord.v1 import participant_pb2_grpc as pb_grpc
 from concord_participant._proto.concord.v1 import types_pb2 as types
 
-from scripted import Scripted, Steps, install
+from scripted import Scripted, Steps, install_postgres, install_sqlite
 
 CASES = json.loads(
     (pathlib.Path(__file__).resolve().parents[2] / "ledger-cases.json").read_text()
 )["cases"]
 
 
+#: A PostgreSQL database for the PostgreSQL ledger's runs: the Rust test
+#: that runs this suite (tests/tests/python) starts a server and sets it.
+POSTGRES = os.environ.get("CONCORD_TEST_POSTGRES_URL", "")
+
+
 class Service:
-    def __init__(self, db: str, stub: Any) -> None:
-        self.db = db
+    """The participant under test, and how to read its database."""
+
+    def __init__(self, ledger: Ledger[Any], stub: Any) -> None:
+        self.ledger = ledger
         self.stub = stub
 
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        if isinstance(self.ledger, SqliteLedger):
+            with sqlite3.connect(self.ledger.path) as db:
+                return db.execute(sql, args).fetchall()
+        import psycopg
+
+        with psycopg.connect(POSTGRES) as db:
+            return db.execute(sql.replace("?", "%s"), args).fetchall()
+
     def effects(self, txn: str) -> list[str]:
-        with sqlite3.connect(self.db) as db:
-            rows = db.execute("SELECT op FROM effects WHERE txn_id = ? ORDER BY seq", (txn,))
-            return [op for (op,) in rows]
+        rows = self._read("SELECT op FROM effects WHERE txn_id = ? ORDER BY seq", (txn,))
+        return [op for (op,) in rows]
 
-    def ledger(self, txn: str) -> list[str]:
-        with sqlite3.connect(self.db) as db:
-            rows = db.execute(
-                "SELECT op, result FROM concord_ledger WHERE txn_id = ?", (txn,)
-            )
-            return sorted(f"{op}={result}" for op, result in rows)
+    def ledger_rows(self, txn: str) -> list[str]:
+        rows = self._read("SELECT op, result FROM concord_ledger WHERE txn_id = ?", (txn,))
+        return sorted(f"{op}={result}" for op, result in rows)
 
 
-@pytest.fixture
-async def service(tmp_path: pathlib.Path) -> AsyncIterator[Service]:
-    db = str(tmp_path / "participant.db")
-    install(db)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def service(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Service]:
+    ledger: Ledger[Any]
+    if request.param == "sqlite":
+        db = str(tmp_path / "participant.db")
+        install_sqlite(db)
+        ledger = SqliteLedger(db)
+    else:
+        if not POSTGRES:
+            pytest.skip("CONCORD_TEST_POSTGRES_URL is not set (cargo test sets it)")
+        install_postgres(POSTGRES)
+        ledger = PostgresLedger(POSTGRES)
     serving = await serve(
-        ParticipantService(SqliteLedger(db), Scripted(), Steps()), "127.0.0.1:0", resolver=None
+        ParticipantService(ledger, Scripted(), Steps()), "127.0.0.1:0", resolver=None
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
-        yield Service(db, pb_grpc.ParticipantStub(channel))  # type: ignore[no-untyped-call]
+        yield Service(ledger, pb_grpc.ParticipantStub(channel))  # type: ignore[no-untyped-call]
     await serving.stop()
+    if isinstance(ledger, PostgresLedger):
+        ledger.close()
 
 
 VOTES = {types.VOTE_COMMIT: "COMMIT", types.VOTE_ABORT: "ABORT", types.VOTE_READ_ONLY: "READ_ONLY"}
@@ -98,7 +122,7 @@ async def test_ledger_case(service: Service, case: dict[str, Any]) -> None:
         got = await answer(service.stub, step["call"], txn, step["payload"].encode())
         assert got == step["expect"], f"call {i} ({step['call']})"
     assert service.effects(txn) == case["effects"]
-    assert service.ledger(txn) == case["ledger"]
+    assert service.ledger_rows(txn) == case["ledger"]
 
 
 async def test_malformed_branches_are_refused_and_change_nothing(service: Service) -> None:
@@ -112,8 +136,8 @@ async def test_malformed_branches_are_refused_and_change_nothing(service: Servic
             await service.stub.Prepare(request, timeout=10)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (refused.value.details() or "")
-    with sqlite3.connect(service.db) as db:
-        assert db.execute("SELECT COUNT(*) FROM concord_ledger").fetchone() == (0,)
+    kept = "SELECT COUNT(*) FROM concord_ledger WHERE txn_id IN ('', 't', ?)"
+    assert service._read(kept, ("t" * 65,)) == [(0,)]
 
 
 async def test_a_batch_takes_each_call_through_the_ledger_once_and_fails_only_the_bad_ones(
@@ -145,3 +169,17 @@ async def test_a_batch_takes_each_call_through_the_ledger_once_and_fails_only_th
     # The duplicated prepare ran its handler once (the entries run at once,
     # so in either order).
     assert sorted(service.effects(txn)) == ["action", "prepare"]
+
+
+async def test_concurrent_duplicates_take_effect_once(service: Service) -> None:
+    """The same Prepare and Commit eight times at once: the ledger's lock
+    (BEGIN IMMEDIATE, or the advisory lock on PostgreSQL) lets one run."""
+    txn = str(uuid.uuid4())
+    branch = pb.BranchRef(transaction_id=txn, branch="b1")
+    prepare = pb.PrepareRequest(branch=branch, payload=b"commit")
+    votes = await asyncio.gather(*(service.stub.Prepare(prepare, timeout=20) for _ in range(8)))
+    assert {v.vote for v in votes} == {types.VOTE_COMMIT}
+    commit = pb.CommitBranchRequest(branch=branch, payload=b"commit")
+    await asyncio.gather(*(service.stub.Commit(commit, timeout=20) for _ in range(8)))
+    assert service.effects(txn) == ["prepare", "commit"]
+    assert service.ledger_rows(txn) == ["commit=done", "prepare=commit"]

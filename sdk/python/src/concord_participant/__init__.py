@@ -1,8 +1,9 @@
 """Concord's participant SDK for Python: take part in Concord transactions
 with the same guarantees as the Rust SDK (docs/design.md §4).
 
-- `ledger`: the exactly-once ledger in your SQLite database, written in the
-  same local transaction as your change; the handler protocols
+- `ledger`: the exactly-once ledger in your database (`SqliteLedger`, or
+  `PostgresLedger` with psycopg 3), written in the same local transaction
+  as your change; the handler protocols
   (`TwoPhaseParticipant`, `SagaStep`) and their answers (`Vote`,
   `StepResult`, `ParticipantError`).
 - `guarded`: the ledger-guarded path each call takes.
@@ -22,7 +23,9 @@ from .ledger import (
     BranchContext,
     FailedPrecondition,
     InvalidPayload,
+    Ledger,
     ParticipantError,
+    PostgresLedger,
     SagaStep,
     SqliteLedger,
     StepResult,
@@ -41,7 +44,9 @@ __all__ = [
     "CoordinatorError",
     "FailedPrecondition",
     "InvalidPayload",
+    "Ledger",
     "ParticipantError",
+    "PostgresLedger",
     "ParticipantService",
     "ResolverConfig",
     "Retry",

@@ -10,19 +10,20 @@ thread.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+from typing import Generic
 
 from . import crash
 from .ledger import (
     BranchContext,
     Entry,
     FailedPrecondition,
+    Ledger,
     Op,
     SagaStep,
-    SqliteLedger,
     StepResult,
     TwoPhaseParticipant,
+    Tx,
     Vote,
 )
 
@@ -44,32 +45,25 @@ def _recorded_vote(entry: Entry) -> Vote:
     return Vote.abort(entry.reason or "voted abort")
 
 
-def _restart(tx: sqlite3.Connection) -> None:
-    """Undoes what the handler wrote and begins again, so that only the
-    ledger row of a refusal is kept."""
-    tx.execute("ROLLBACK")
-    tx.execute("BEGIN IMMEDIATE")
-
-
-class Guarded:
+class Guarded(Generic[Tx]):
     """The paths, over one ledger and the service's handlers."""
 
     def __init__(
         self,
-        ledger: SqliteLedger,
-        two_phase: TwoPhaseParticipant | None,
-        steps: SagaStep | None,
+        ledger: Ledger[Tx],
+        two_phase: TwoPhaseParticipant[Tx] | None,
+        steps: SagaStep[Tx] | None,
     ) -> None:
         self.ledger = ledger
         self.two_phase = two_phase
         self.steps = steps
 
-    def _handler(self) -> TwoPhaseParticipant:
+    def _handler(self) -> TwoPhaseParticipant[Tx]:
         if self.two_phase is None:
             raise FailedPrecondition("this participant takes no part in two-phase commit")
         return self.two_phase
 
-    def _steps(self) -> SagaStep:
+    def _steps(self) -> SagaStep[Tx]:
         if self.steps is None:
             raise FailedPrecondition("this participant runs no saga steps")
         return self.steps
@@ -77,8 +71,8 @@ class Guarded:
     def prepare(self, branch: BranchContext, payload: bytes) -> Vote:
         handler = self._handler()
 
-        def work(tx: sqlite3.Connection) -> Vote:
-            rows = SqliteLedger.rows(tx, branch)
+        def work(tx: Tx) -> Vote:
+            rows = self.ledger.rows(tx, branch)
             if Op.ABORT in rows:
                 # Hanging prevention: the abort came first and won.
                 return Vote.abort("branch was already aborted")
@@ -88,8 +82,8 @@ class Guarded:
             if vote.kind == "abort":
                 # The refusal undoes whatever the handler wrote; only the
                 # ledger row remains, so a duplicate Prepare gets the same no.
-                _restart(tx)
-            SqliteLedger.record(
+                self.ledger.restart(tx, branch)
+            self.ledger.record(
                 tx, branch, Op.PREPARE, vote.kind, vote.reason or None, payload
             )
             return vote
@@ -102,8 +96,8 @@ class Guarded:
         handler = self._handler()
         name, txn = branch.branch, branch.transaction_id
 
-        def work(tx: sqlite3.Connection) -> None:
-            rows = SqliteLedger.rows(tx, branch)
+        def work(tx: Tx) -> None:
+            rows = self.ledger.rows(tx, branch)
             if Op.COMMIT in rows:
                 return  # a duplicate: applied once already (I5)
             if Op.ABORT in rows:
@@ -117,7 +111,7 @@ class Guarded:
                 raise FailedPrecondition(f"branch {name} of {txn} voted ABORT; it cannot commit")
             crash.point("participant-before-commit")
             handler.commit(tx, branch, payload)
-            SqliteLedger.record(tx, branch, Op.COMMIT, "done")
+            self.ledger.record(tx, branch, Op.COMMIT, "done")
 
         self.ledger.local(branch, work)
         crash.point("participant-after-commit")
@@ -126,8 +120,8 @@ class Guarded:
         """True when the branch had committed already (one-phase)."""
         handler = self._handler()
 
-        def work(tx: sqlite3.Connection) -> bool:
-            rows = SqliteLedger.rows(tx, branch)
+        def work(tx: Tx) -> bool:
+            rows = self.ledger.rows(tx, branch)
             if Op.ABORT in rows:
                 return False
             if Op.COMMIT in rows:
@@ -143,7 +137,7 @@ class Guarded:
             else:
                 # It voted ABORT or READ_ONLY: nothing of it is held.
                 result = "done"
-            SqliteLedger.record(tx, branch, Op.ABORT, result)
+            self.ledger.record(tx, branch, Op.ABORT, result)
             return False
 
         return self.ledger.local(branch, work)
@@ -151,8 +145,8 @@ class Guarded:
     def commit_one_phase(self, branch: BranchContext, payload: bytes) -> OnePhase:
         handler = self._handler()
 
-        def work(tx: sqlite3.Connection) -> OnePhase:
-            rows = SqliteLedger.rows(tx, branch)
+        def work(tx: Tx) -> OnePhase:
+            rows = self.ledger.rows(tx, branch)
             if Op.COMMIT in rows:
                 return OnePhase(committed=True)
             if Op.ABORT in rows:
@@ -164,20 +158,20 @@ class Guarded:
                 if vote.kind == "read_only":
                     return OnePhase(committed=True, read_only=True)
                 handler.commit(tx, branch, payload)
-                SqliteLedger.record(tx, branch, Op.COMMIT, "done")
+                self.ledger.record(tx, branch, Op.COMMIT, "done")
                 return OnePhase(committed=True)
             vote = handler.prepare(tx, branch, payload)
             if vote.kind == "commit":
                 # R6: prepare and commit in one local transaction.
                 handler.commit(tx, branch, payload)
-                SqliteLedger.record(tx, branch, Op.PREPARE, "commit", None, payload)
-                SqliteLedger.record(tx, branch, Op.COMMIT, "one_phase")
+                self.ledger.record(tx, branch, Op.PREPARE, "commit", None, payload)
+                self.ledger.record(tx, branch, Op.COMMIT, "one_phase")
                 return OnePhase(committed=True)
             if vote.kind == "read_only":
-                SqliteLedger.record(tx, branch, Op.PREPARE, "read_only")
+                self.ledger.record(tx, branch, Op.PREPARE, "read_only")
                 return OnePhase(committed=True, read_only=True)
-            _restart(tx)
-            SqliteLedger.record(tx, branch, Op.PREPARE, "abort", vote.reason)
+            self.ledger.restart(tx, branch)
+            self.ledger.record(tx, branch, Op.PREPARE, "abort", vote.reason)
             return OnePhase(committed=False, reason=vote.reason)
 
         return self.ledger.local(branch, work)
@@ -185,8 +179,8 @@ class Guarded:
     def execute(self, step: BranchContext, payload: bytes) -> StepResult:
         steps = self._steps()
 
-        def work(tx: sqlite3.Connection) -> StepResult:
-            rows = SqliteLedger.rows(tx, step)
+        def work(tx: Tx) -> StepResult:
+            rows = self.ledger.rows(tx, step)
             if Op.COMPENSATE in rows:
                 # Hanging prevention: the compensation came first and won.
                 return StepResult.refused("step was already compensated")
@@ -197,10 +191,10 @@ class Guarded:
                 return StepResult.refused(entry.reason or "refused")
             result = steps.action(tx, step, payload)
             if result.done:
-                SqliteLedger.record(tx, step, Op.ACTION, "done")
+                self.ledger.record(tx, step, Op.ACTION, "done")
             else:
-                _restart(tx)
-                SqliteLedger.record(tx, step, Op.ACTION, "refused", result.reason)
+                self.ledger.restart(tx, step)
+                self.ledger.record(tx, step, Op.ACTION, "refused", result.reason)
             return result
 
         return self.ledger.local(step, work)
@@ -208,8 +202,8 @@ class Guarded:
     def compensate(self, step: BranchContext, payload: bytes) -> None:
         steps = self._steps()
 
-        def work(tx: sqlite3.Connection) -> None:
-            rows = SqliteLedger.rows(tx, step)
+        def work(tx: Tx) -> None:
+            rows = self.ledger.rows(tx, step)
             if Op.COMPENSATE in rows:
                 return  # a duplicate (I5)
             action = rows.get(Op.ACTION)
@@ -223,6 +217,6 @@ class Guarded:
             else:
                 # The action was refused: nothing of it to undo.
                 result = "done"
-            SqliteLedger.record(tx, step, Op.COMPENSATE, result)
+            self.ledger.record(tx, step, Op.COMPENSATE, result)
 
         self.ledger.local(step, work)

@@ -1,6 +1,7 @@
 """The exactly-once ledger (docs/design.md §4) in the participant's own
-SQLite database: one row per (transaction, branch, operation), written in
-the same local transaction as the business change it guards.
+database (SQLite through the standard library, or PostgreSQL through
+psycopg 3): one row per (transaction, branch, operation), written in the
+same local transaction as the business change it guards.
 
 It gives the service (`concord_participant.server`) what the Rust SDK's
 ledger gives its own (participant/src/ledger, participant/src/server/guarded.rs),
@@ -16,21 +17,31 @@ case for case (the shared list: sdk/ledger-cases.json):
 
 The table is the Rust SDK's (`concord_ledger`), so either SDK can read a
 ledger the other wrote. Calls about one branch are serialised by the local
-transaction itself: `BEGIN IMMEDIATE` takes SQLite's write lock at once.
-Everything here is synchronous: the service runs it on worker threads, one
-connection per call.
+transaction itself: `BEGIN IMMEDIATE` takes SQLite's write lock at once;
+on PostgreSQL a transaction-scoped advisory lock on the branch (the Rust
+SDK's own), so calls about other branches run in parallel. Everything here
+is synchronous: the service runs it on worker threads.
 """
 
 from __future__ import annotations
 
+import abc
 import sqlite3
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterator, Protocol, TypeVar
-from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    import psycopg
 
 T = TypeVar("T")
+#: The local transaction handlers are given: the connection it runs on
+#: (`sqlite3.Connection`, or `psycopg.Connection` on PostgreSQL).
+Tx = TypeVar("Tx")
+Tx_contra = TypeVar("Tx_contra", contravariant=True)
 
 
 class Op(str, Enum):
@@ -121,24 +132,24 @@ class FailedPrecondition(ParticipantError):
     code = "FAILED_PRECONDITION"
 
 
-class TwoPhaseParticipant(Protocol):
+class TwoPhaseParticipant(Protocol[Tx_contra]):
     """What a service implements to take part in two-phase commit. Each
     method runs inside the local transaction `tx` its ledger row is written
     in: write the business change with `tx` and do not commit it."""
 
-    def prepare(self, tx: sqlite3.Connection, branch: BranchContext, payload: bytes) -> Vote: ...
+    def prepare(self, tx: Tx_contra, branch: BranchContext, payload: bytes) -> Vote: ...
 
-    def commit(self, tx: sqlite3.Connection, branch: BranchContext, payload: bytes) -> None: ...
+    def commit(self, tx: Tx_contra, branch: BranchContext, payload: bytes) -> None: ...
 
-    def abort(self, tx: sqlite3.Connection, branch: BranchContext, payload: bytes) -> None: ...
+    def abort(self, tx: Tx_contra, branch: BranchContext, payload: bytes) -> None: ...
 
 
-class SagaStep(Protocol):
+class SagaStep(Protocol[Tx_contra]):
     """What a service implements to be a step of sagas."""
 
-    def action(self, tx: sqlite3.Connection, step: BranchContext, payload: bytes) -> StepResult: ...
+    def action(self, tx: Tx_contra, step: BranchContext, payload: bytes) -> StepResult: ...
 
-    def compensate(self, tx: sqlite3.Connection, step: BranchContext, payload: bytes) -> None: ...
+    def compensate(self, tx: Tx_contra, step: BranchContext, payload: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -166,76 +177,49 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class SqliteLedger:
-    """The ledger in the SQLite database at `path` (the service's own)."""
+class Ledger(abc.ABC, Generic[Tx]):
+    """A ledger in one database: the statements are the same on every
+    database but for their placeholders and the few that differ."""
 
-    def __init__(self, path: str, busy_timeout_s: float = 10.0) -> None:
-        self.path = path
-        self.busy_timeout_s = busy_timeout_s
+    #: How a statement names its parameters (`?` or `%s`).
+    placeholder = "?"
 
-    def connect(self) -> sqlite3.Connection:
-        """A connection in autocommit mode: each call begins its own local
-        transaction."""
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
-
+    @abc.abstractmethod
     def install(self) -> None:
         """Creates the ledger table if it is missing (the Rust SDK's schema)."""
-        with self._connection() as db:
-            db.execute(
-                """CREATE TABLE IF NOT EXISTS concord_ledger (
-                    txn_id        TEXT NOT NULL,
-                    branch        TEXT NOT NULL,
-                    op            TEXT NOT NULL,
-                    result        TEXT NOT NULL,
-                    reason        TEXT,
-                    coordinator   TEXT,
-                    payload       BLOB,
-                    created_at_ms INTEGER NOT NULL,
-                    PRIMARY KEY (txn_id, branch, op)
-                )"""
-            )
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        db = self.connect()
-        try:
-            yield db
-        finally:
-            db.close()
-
-    def local(self, branch: BranchContext, work: Callable[[sqlite3.Connection], T]) -> T:
+    @abc.abstractmethod
+    def local(self, branch: BranchContext, work: Callable[[Tx], T]) -> T:
         """Runs `work` in a local transaction about `branch`, serialised
-        with every other: committed if it returns, rolled back if it
-        raises. `work` may end the transaction early itself (`ROLLBACK`
-        then `BEGIN IMMEDIATE`, as a refused vote does)."""
-        del branch  # SQLite has one writer: BEGIN IMMEDIATE serialises all.
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            if db.in_transaction:
-                db.execute("COMMIT")
-            return result
+        with every other call about it: committed if `work` returns, rolled
+        back if it raises."""
 
-    @staticmethod
-    def rows(tx: sqlite3.Connection, branch: BranchContext) -> dict[Op, Entry]:
+    @abc.abstractmethod
+    def restart(self, tx: Tx, branch: BranchContext) -> None:
+        """Rolls back what `tx` did and begins again, still serialised: a
+        refused vote or step keeps only its ledger row."""
+
+    @abc.abstractmethod
+    def _query(self, tx: Tx, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Runs `sql` (written with `?`) in `tx`; its rows."""
+
+    @abc.abstractmethod
+    def _pooled(self, sql: str, args: tuple[object, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        """Runs `sql` alone, in a transaction of its own; its rows and how
+        many rows it changed."""
+
+    def rows(self, tx: Tx, branch: BranchContext) -> dict[Op, Entry]:
         """Every row written for `branch`, by operation."""
-        found = tx.execute(
+        found = self._query(
+            tx,
             "SELECT op, result, reason FROM concord_ledger WHERE txn_id = ? AND branch = ?",
             (branch.transaction_id, branch.branch),
-        ).fetchall()
+        )
         return {Op(op): Entry(result, reason) for op, result, reason in found if op in _OPS}
 
-    @staticmethod
     def record(
-        tx: sqlite3.Connection,
+        self,
+        tx: Tx,
         branch: BranchContext,
         op: Op,
         result: str,
@@ -245,7 +229,8 @@ class SqliteLedger:
         """Writes the row for `op` on `branch`. Prepare rows keep the
         payload and the coordinator's address, so an in-doubt branch can be
         resolved after a restart."""
-        tx.execute(
+        self._query(
+            tx,
             """INSERT INTO concord_ledger
                  (txn_id, branch, op, result, reason, coordinator, payload, created_at_ms)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -264,35 +249,217 @@ class SqliteLedger:
     def in_doubt(self, prepared_before_ms: int) -> list[InDoubt]:
         """Branches that voted COMMIT at or before `prepared_before_ms` and
         heard neither Commit nor Abort, oldest first."""
-        with self._connection() as db:
-            found = db.execute(
-                """SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
-                   FROM concord_ledger p
-                   WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= ?
-                     AND NOT EXISTS (
-                       SELECT 1 FROM concord_ledger d
-                       WHERE d.txn_id = p.txn_id AND d.branch = p.branch
-                         AND d.op IN ('commit', 'abort'))
-                   ORDER BY p.created_at_ms""",
-                (prepared_before_ms,),
-            ).fetchall()
-        return [InDoubt(*row) for row in found]
+        found, _ = self._pooled(
+            """SELECT p.txn_id, p.branch, p.coordinator, p.payload, p.created_at_ms
+               FROM concord_ledger p
+               WHERE p.op = 'prepare' AND p.result = 'commit' AND p.created_at_ms <= ?
+                 AND NOT EXISTS (
+                   SELECT 1 FROM concord_ledger d
+                   WHERE d.txn_id = p.txn_id AND d.branch = p.branch
+                     AND d.op IN ('commit', 'abort'))
+               ORDER BY p.created_at_ms""",
+            (prepared_before_ms,),
+        )
+        return [
+            InDoubt(txn, branch, coordinator, None if payload is None else bytes(payload), at)
+            for txn, branch, coordinator, payload, at in found
+        ]
+
+    #: Deletes every row of a (transaction, branch) whose newest row is at
+    #: or before `?`, except branches still in doubt.
+    PRUNE = ""
 
     def prune(self, older_than_ms: int) -> int:
-        """Deletes every row of a (transaction, branch) whose newest row is
-        at or before `older_than_ms`, except branches still in doubt."""
+        """Deletes the rows of branches finished at or before
+        `older_than_ms`, except those still in doubt; how many went."""
+        _, changed = self._pooled(self.PRUNE, (older_than_ms,))
+        return changed
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+
+class SqliteLedger(Ledger[sqlite3.Connection]):
+    """The ledger in the SQLite database at `path` (the service's own); one
+    connection per call."""
+
+    PRUNE = """DELETE FROM concord_ledger
+       WHERE (txn_id, branch) IN (
+           SELECT txn_id, branch FROM concord_ledger
+           GROUP BY txn_id, branch
+           HAVING MAX(created_at_ms) <= ?
+              AND NOT (SUM(op = 'prepare' AND result = 'commit') > 0
+                       AND SUM(op IN ('commit', 'abort')) = 0))"""
+
+    def __init__(self, path: str, busy_timeout_s: float = 10.0) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection in autocommit mode: each call begins its own local
+        transaction."""
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        db = self.connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def install(self) -> None:
         with self._connection() as db:
-            done = db.execute(
-                """DELETE FROM concord_ledger
-                   WHERE (txn_id, branch) IN (
-                       SELECT txn_id, branch FROM concord_ledger
-                       GROUP BY txn_id, branch
-                       HAVING MAX(created_at_ms) <= ?
-                          AND NOT (SUM(op = 'prepare' AND result = 'commit') > 0
-                                   AND SUM(op IN ('commit', 'abort')) = 0))""",
-                (older_than_ms,),
+            db.execute(
+                """CREATE TABLE IF NOT EXISTS concord_ledger (
+                    txn_id        TEXT NOT NULL,
+                    branch        TEXT NOT NULL,
+                    op            TEXT NOT NULL,
+                    result        TEXT NOT NULL,
+                    reason        TEXT,
+                    coordinator   TEXT,
+                    payload       BLOB,
+                    created_at_ms INTEGER NOT NULL,
+                    PRIMARY KEY (txn_id, branch, op)
+                )"""
             )
-            return done.rowcount
+
+    def local(self, branch: BranchContext, work: Callable[[sqlite3.Connection], T]) -> T:
+        del branch  # SQLite has one writer: BEGIN IMMEDIATE serialises all.
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if db.in_transaction:
+                db.execute("COMMIT")
+            return result
+
+    def restart(self, tx: sqlite3.Connection, branch: BranchContext) -> None:
+        tx.execute("ROLLBACK")
+        tx.execute("BEGIN IMMEDIATE")
+
+    def _query(
+        self, tx: sqlite3.Connection, sql: str, args: tuple[object, ...]
+    ) -> list[tuple[Any, ...]]:
+        return tx.execute(sql, args).fetchall()
+
+    def _pooled(self, sql: str, args: tuple[object, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        with self._connection() as db:
+            cursor = db.execute(sql, args)
+            return cursor.fetchall(), cursor.rowcount
+
+
+class PostgresLedger(Ledger["psycopg.Connection[Any]"]):
+    """The ledger in a PostgreSQL database (psycopg 3; `pip install
+    "./sdk/python[postgres]"`), over a small pool of connections kept open
+    between calls. Each call's local transaction first takes a
+    transaction-scoped advisory lock on its branch, the same lock the Rust
+    SDK takes, so the two may even serve one database."""
+
+    placeholder = "%s"
+    PRUNE = """DELETE FROM concord_ledger
+       WHERE (txn_id, branch) IN (
+           SELECT txn_id, branch FROM concord_ledger
+           GROUP BY txn_id, branch
+           HAVING MAX(created_at_ms) <= %s
+              AND NOT (bool_or(op = 'prepare' AND result = 'commit')
+                       AND NOT bool_or(op IN ('commit', 'abort'))))"""
+
+    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: int = 10) -> None:
+        import psycopg  # an optional dependency: only PostgreSQL needs it
+
+        self._psycopg = psycopg
+        self.url = url
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None or db.closed:
+            db = self._psycopg.connect(
+                self.url, autocommit=True, connect_timeout=self.connect_timeout_s
+            )
+        healthy = False
+        try:
+            yield db
+            healthy = True
+        finally:
+            # A connection that failed mid-call is not trusted again.
+            with self._lock:
+                if healthy and not db.closed and len(self._idle) < self.pool_size:
+                    self._idle.append(db)
+                    db = None
+            if db is not None:
+                db.close()
+
+    def close(self) -> None:
+        """Closes the pooled connections."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+    def install(self) -> None:
+        with self._connection() as db:
+            db.execute(
+                """CREATE TABLE IF NOT EXISTS concord_ledger (
+                    txn_id        TEXT NOT NULL,
+                    branch        TEXT NOT NULL,
+                    op            TEXT NOT NULL,
+                    result        TEXT NOT NULL,
+                    reason        TEXT,
+                    coordinator   TEXT,
+                    payload       BYTEA,
+                    created_at_ms BIGINT NOT NULL,
+                    PRIMARY KEY (txn_id, branch, op)
+                )"""
+            )
+
+    def _lock_branch(self, db: psycopg.Connection[Any], branch: BranchContext) -> None:
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || %s, 0))",
+            (branch.transaction_id, branch.branch),
+        )
+
+    def local(self, branch: BranchContext, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                self._lock_branch(db, branch)
+                result = work(db)
+            except BaseException:
+                if not db.closed:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    def restart(self, tx: psycopg.Connection[Any], branch: BranchContext) -> None:
+        tx.execute("ROLLBACK")
+        tx.execute("BEGIN")
+        self._lock_branch(tx, branch)
+
+    def _query(
+        self, tx: psycopg.Connection[Any], sql: str, args: tuple[object, ...]
+    ) -> list[tuple[Any, ...]]:
+        cursor = tx.execute(self._sql(sql), args)
+        return cursor.fetchall() if cursor.description else []
+
+    def _pooled(self, sql: str, args: tuple[object, ...]) -> tuple[list[tuple[Any, ...]], int]:
+        with self._connection() as db:
+            cursor = db.execute(self._sql(sql), args)
+            return (cursor.fetchall() if cursor.description else []), cursor.rowcount
 
 
 _OPS = {op.value for op in Op}

@@ -16,10 +16,11 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .client import CoordinatorClient, CoordinatorError, Retry
 from .guarded import Guarded
-from .ledger import BranchContext, InDoubt, SqliteLedger, now_ms
+from .ledger import BranchContext, InDoubt, Ledger, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class ResolverConfig:
 class Resolver:
     """The loop, over one service's ledger and its guarded paths."""
 
-    def __init__(self, ledger: SqliteLedger, guarded: Guarded, config: ResolverConfig) -> None:
+    def __init__(
+        self, ledger: Ledger[Any], guarded: Guarded[Any], config: ResolverConfig
+    ) -> None:
         self.ledger = ledger
         self.guarded = guarded
         self.config = config

@@ -16,9 +16,8 @@ soon as it is done, with its own status.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -29,10 +28,11 @@ from ._proto.concord.v1 import types_pb2 as types
 from .guarded import Guarded
 from .ledger import (
     BranchContext,
+    Ledger,
     ParticipantError,
     SagaStep,
-    SqliteLedger,
     TwoPhaseParticipant,
+    Tx,
 )
 from .resolver import Resolver, ResolverConfig
 
@@ -100,14 +100,16 @@ def branch_context(request: Branched, one_phase: bool = False) -> BranchContext:
     )
 
 
-class ParticipantService(pb_grpc.ParticipantServicer):
-    """The service: give it the ledger's database and your handlers."""
+class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
+    """The service: give it the ledger (`SqliteLedger` or
+    `PostgresLedger`) and your handlers, which get that database's
+    connection as their local transaction."""
 
     def __init__(
         self,
-        ledger: SqliteLedger,
-        two_phase: TwoPhaseParticipant | None = None,
-        steps: SagaStep | None = None,
+        ledger: Ledger[Tx],
+        two_phase: TwoPhaseParticipant[Tx] | None = None,
+        steps: SagaStep[Tx] | None = None,
     ) -> None:
         ledger.install()
         self.ledger = ledger
@@ -119,8 +121,12 @@ class ParticipantService(pb_grpc.ParticipantServicer):
             return await asyncio.to_thread(call)
         except ParticipantError as error:
             raise Refused(_CODES.get(error.code, grpc.StatusCode.UNAVAILABLE), str(error)) from error
-        except sqlite3.Error as error:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, f"database: {error}") from error
+        except Exception as error:
+            # The database failed (sqlite3.Error, psycopg.Error), or the
+            # handler did unexpectedly: a passing failure as far as the
+            # coordinator can tell, which it retries (or counts as an ABORT
+            # vote); nothing of the call was kept.
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"{type(error).__name__}: {error}") from error
 
     # The answer to each call, shared by the single RPCs and Batch entries.
 
@@ -284,7 +290,7 @@ class Serving:
 
 
 async def serve(
-    service: ParticipantService,
+    service: ParticipantService[Any],
     listen: str,
     resolver: ResolverConfig | None = ResolverConfig(),
 ) -> Serving:
