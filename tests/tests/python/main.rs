@@ -418,17 +418,21 @@ async fn a_python_participant_killed_after_voting_commit_ends_as_the_coordinator
 /// The Python participant SDK (`sdk/python`) passes its own tests — the
 /// ledger cases shared with the Rust SDK (`sdk/ledger-cases.json`), Batch,
 /// malformed calls, concurrent duplicates, each on SQLite and on a real
-/// PostgreSQL started here — and `mypy --strict`, in a virtualenv of its
+/// PostgreSQL started here, and its coordinator client against a real
+/// coordinator started here — and `mypy --strict`, in a virtualenv of its
 /// own that `scripts/test-python-sdk.sh` makes (pytest's summary is kept in
 /// `target/python-sdk/pytest.log` for CI's closing line).
 #[tokio::test]
 async fn the_python_sdk_passes_its_own_tests_and_type_checks() {
     let postgres = support::postgres::Postgres::start().await;
     let url = postgres.database("python_sdk").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-python-sdk.sh");
     let output = tokio::process::Command::new("bash")
         .arg(&script)
         .env("CONCORD_TEST_POSTGRES_URL", &url)
+        .env("CONCORD_TEST_COORDINATOR_URL", node.url())
         .output()
         .await
         .expect("run scripts/test-python-sdk.sh");

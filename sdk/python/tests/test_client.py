@@ -1,0 +1,128 @@
+"""The coordinator client against a real coordinator (the Rust test that
+runs this suite, tests/tests/python, starts one and sets
+CONCORD_TEST_COORDINATOR_URL), with this SDK's scripted participant served
+on 127.0.0.1:0: every answer checked, then what the participant's
+database says happened."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from concord_participant import (
+    Branch,
+    CoordinatorClient,
+    CoordinatorError,
+    ParticipantService,
+    SqliteLedger,
+    serve,
+)
+from concord_participant._proto.concord.v1 import coordinator_pb2 as pb
+from concord_participant._proto.concord.v1 import types_pb2 as types
+
+from scripted import Scripted, Steps, install_sqlite
+
+COORDINATOR = os.environ.get("CONCORD_TEST_COORDINATOR_URL", "")
+
+
+class World:
+    def __init__(self, client: CoordinatorClient, url: str, db: str) -> None:
+        self.client = client
+        self.url = url
+        self.db = db
+
+    def effects(self, txn: str) -> list[str]:
+        with sqlite3.connect(self.db) as db:
+            rows = db.execute(
+                "SELECT branch || ':' || op FROM effects WHERE txn_id = ? ORDER BY seq", (txn,)
+            )
+            return [effect for (effect,) in rows]
+
+
+@pytest.fixture
+async def world(tmp_path: pathlib.Path) -> AsyncIterator[World]:
+    if not COORDINATOR:
+        pytest.skip("CONCORD_TEST_COORDINATOR_URL is not set (cargo test sets it)")
+    db = str(tmp_path / "participant.db")
+    install_sqlite(db)
+    serving = await serve(
+        ParticipantService(SqliteLedger(db), Scripted(), Steps()), "127.0.0.1:0", resolver=None
+    )
+    async with CoordinatorClient(COORDINATOR, timeout_s=20) as client:
+        yield World(client, f"http://127.0.0.1:{serving.port}", db)
+    # A phase-2 call may still be on its way: let it finish.
+    await serving.stop(1.0)
+
+
+async def test_a_keyed_transaction_commits_once_and_a_retry_finds_it(world: World) -> None:
+    key = f"order-{uuid.uuid4()}"
+    branches = [Branch(world.url, b"commit", "b1"), Branch(world.url, b"commit", "b2")]
+    begun = await world.client.begin(branches, idempotency_key=key)
+    assert begun.created and sorted(begun.branches) == ["b1", "b2"]
+    # Answered once every participant acknowledged, not only once decided.
+    assert await world.client.commit(begun.transaction_id, wait_for_completion=True) == "committed"
+    again = await world.client.begin(branches, idempotency_key=key)
+    assert (again.transaction_id, again.created) == (begun.transaction_id, False)
+    assert await world.client.outcome(begun.transaction_id) == "committed"
+    shown = await world.client.transaction(begun.transaction_id)
+    assert shown.state in (types.TRANSACTION_STATE_COMMITTING, types.TRANSACTION_STATE_COMMITTED)
+    effects = world.effects(begun.transaction_id)
+    assert sorted(effects) == ["b1:commit", "b1:prepare", "b2:commit", "b2:prepare"]
+
+
+async def test_an_enlisted_branch_commits_and_a_refusal_aborts(world: World) -> None:
+    begun = await world.client.begin()
+    assert await world.client.enlist(begun.transaction_id, Branch(world.url, b"commit", "late")) == "late"
+    assert await world.client.commit(begun.transaction_id, wait_for_completion=True) == "committed"
+    assert world.effects(begun.transaction_id) == ["late:prepare", "late:commit"]
+
+    refused = await world.client.begin(
+        [Branch(world.url, b"commit", "yes"), Branch(world.url, b"abort", "no")]
+    )
+    assert await world.client.commit(refused.transaction_id) == "aborted"
+    assert await world.client.outcome(refused.transaction_id) == "aborted"
+    # The COMMIT voter was told to abort; the refusal kept nothing.
+    effects = world.effects(refused.transaction_id)
+    assert "yes:commit" not in effects and "no:prepare" not in effects
+
+
+async def test_a_rolled_back_transaction_is_aborted_and_its_branches_untouched(world: World) -> None:
+    begun = await world.client.begin([Branch(world.url, b"commit", "b1")])
+    await world.client.rollback(begun.transaction_id, "the customer changed their mind")
+    assert await world.client.outcome(begun.transaction_id) == "aborted"
+    assert world.effects(begun.transaction_id) == []
+    # A Commit after the rollback is answered with the outcome: aborted.
+    assert await world.client.commit(begun.transaction_id) == "aborted"
+    assert world.effects(begun.transaction_id) == []
+
+
+async def test_a_saga_completes_or_is_compensated(world: World) -> None:
+    def step(name: str, action: bytes) -> types.SagaStep:
+        return types.SagaStep(
+            name=name, participant=world.url, action=action, compensation=b"ok"
+        )
+
+    done = await world.client.submit_saga(
+        pb.SubmitSagaRequest(steps=[step("hold", b"ok"), step("pay", b"ok")], wait=True)
+    )
+    assert done.state == types.TRANSACTION_STATE_COMPLETED, done.reason
+    assert world.effects(done.transaction_id) == ["hold:action", "pay:action"]
+
+    turned = await world.client.submit_saga(
+        pb.SubmitSagaRequest(steps=[step("hold", b"ok"), step("pay", b"refuse")], wait=True)
+    )
+    assert turned.state == types.TRANSACTION_STATE_COMPENSATED, turned.reason
+    assert world.effects(turned.transaction_id) == ["hold:action", "hold:compensate"]
+
+
+async def test_a_bad_request_is_refused_with_the_field_named(world: World) -> None:
+    with pytest.raises(CoordinatorError) as refused:
+        await world.client.begin([Branch("not a url", b"commit", "b1")])
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "participant" in refused.value.message
