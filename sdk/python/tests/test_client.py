@@ -21,6 +21,7 @@ from concord_participant import (
     CoordinatorError,
     ParticipantService,
     SqliteLedger,
+    SyncCoordinatorClient,
     serve,
 )
 from concord_participant._proto.concord.v1 import coordinator_pb2 as pb
@@ -126,3 +127,18 @@ async def test_a_bad_request_is_refused_with_the_field_named(world: World) -> No
         await world.client.begin([Branch("not a url", b"commit", "b1")])
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "participant" in refused.value.message
+
+
+async def test_the_blocking_client_does_the_same_from_code_without_a_loop(world: World) -> None:
+    import asyncio
+
+    def blocking() -> tuple[str, str, str]:
+        with SyncCoordinatorClient(COORDINATOR, timeout_s=20) as client:
+            begun = client.begin([Branch(world.url, b"commit", "b1")], idempotency_key=f"sync-{uuid.uuid4()}")
+            outcome = client.commit(begun.transaction_id, wait_for_completion=True)
+            return begun.transaction_id, outcome, client.outcome(begun.transaction_id)
+
+    # In a thread, as a program without asyncio would call it.
+    txn, committed, asked = await asyncio.to_thread(blocking)
+    assert (committed, asked) == ("committed", "committed")
+    assert world.effects(txn) == ["b1:prepare", "b1:commit"]

@@ -12,13 +12,21 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
 - `resolver`: asks the coordinator about branches left in doubt (after a
   restart, or a long wait) and applies the answer once.
 - `crash`: crash points for tests (`CONCORD_PARTICIPANT_CRASH`).
-- `client`: `CoordinatorClient`, the coordinator's client (grpc.aio).
+- `client`: `CoordinatorClient`, the coordinator's client (grpc.aio), and
+  `SyncCoordinatorClient` for code without an event loop.
 
 The gRPC stubs are generated from the repository's proto files when the
 package is built (`pip install ./sdk/python`).
 """
 
-from .client import Begun, Branch, CoordinatorClient, CoordinatorError, Retry
+from .client import (
+    Begun,
+    Branch,
+    CoordinatorClient,
+    CoordinatorError,
+    Retry,
+    SyncCoordinatorClient,
+)
 from .ledger import (
     BranchContext,
     FailedPrecondition,
@@ -54,6 +62,7 @@ __all__ = [
     "Serving",
     "SqliteLedger",
     "StepResult",
+    "SyncCoordinatorClient",
     "TwoPhaseParticipant",
     "Unavailable",
     "Vote",

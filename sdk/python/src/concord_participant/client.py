@@ -171,3 +171,70 @@ def _outcome_name(outcome: int) -> str:
     if outcome == types.OUTCOME_ABORTED:
         return "aborted"
     return "undecided"
+
+
+class SyncCoordinatorClient:
+    """`CoordinatorClient` for code without an event loop: each method
+    blocks until its call ends. It owns a thread running its own loop,
+    ended by `close()` (or leaving `with`)."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0, retry: Retry = Retry()) -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="concord-client", daemon=True
+        )
+        self._thread.start()
+        self._client: CoordinatorClient = self._wait(self._make(address, timeout_s, retry))
+
+    @staticmethod
+    async def _make(address: str, timeout_s: float, retry: Retry) -> CoordinatorClient:
+        # grpc.aio channels belong to the loop they are made on.
+        return CoordinatorClient(address, timeout_s, retry)
+
+    def _wait(self, call: Awaitable[T]) -> T:
+        async def run() -> T:
+            return await call
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def __enter__(self) -> SyncCoordinatorClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._wait(self._client.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def begin(
+        self,
+        branches: list[Branch] | None = None,
+        idempotency_key: str = "",
+        description: str = "",
+        timeout_ms: int = 0,
+    ) -> Begun:
+        return self._wait(self._client.begin(branches, idempotency_key, description, timeout_ms))
+
+    def enlist(self, transaction_id: str, branch: Branch) -> str:
+        return self._wait(self._client.enlist(transaction_id, branch))
+
+    def commit(self, transaction_id: str, wait_for_completion: bool = False) -> str:
+        return self._wait(self._client.commit(transaction_id, wait_for_completion))
+
+    def rollback(self, transaction_id: str, reason: str = "") -> None:
+        self._wait(self._client.rollback(transaction_id, reason))
+
+    def outcome(self, transaction_id: str) -> str:
+        return self._wait(self._client.outcome(transaction_id))
+
+    def transaction(self, transaction_id: str) -> types.Transaction:
+        return self._wait(self._client.transaction(transaction_id))
+
+    def submit_saga(self, request: pb.SubmitSagaRequest) -> pb.SubmitSagaResponse:
+        return self._wait(self._client.submit_saga(request))
