@@ -134,7 +134,8 @@ async def test_the_blocking_client_does_the_same_from_code_without_a_loop(world:
 
     def blocking() -> tuple[str, str, str]:
         with SyncCoordinatorClient(COORDINATOR, timeout_s=20) as client:
-            begun = client.begin([Branch(world.url, b"commit", "b1")], idempotency_key=f"sync-{uuid.uuid4()}")
+            key = f"sync-{uuid.uuid4()}"
+            begun = client.begin([Branch(world.url, b"commit", "b1")], idempotency_key=key)
             outcome = client.commit(begun.transaction_id, wait_for_completion=True)
             return begun.transaction_id, outcome, client.outcome(begun.transaction_id)
 

@@ -58,16 +58,17 @@ async fn points(db: &Path) -> (i64, i64) {
     (balance, holds)
 }
 
-#[tokio::test]
-async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
-    set_up();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let coordinator_dir = dir.path().join("coordinator");
-    let node = start_coordinator(&coordinator_dir, quick_config()).await;
-    let client = client(&node).with_timeout(Duration::from_secs(20));
-    let stop = CancellationToken::new();
-    // The bank example: alice has 10,000 cents.
-    let bank_db = concord_example_bank::open_db(&dir.path().join("bank.db"))
+/// The bank example serving on 127.0.0.1 until `stop`, alice with 10,000
+/// cents: its database, its URL and its task.
+async fn start_bank(
+    dir: &Path,
+    stop: &CancellationToken,
+) -> (
+    sqlx::SqlitePool,
+    String,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let bank_db = concord_example_bank::open_db(&dir.join("bank.db"))
         .await
         .expect("bank db");
     concord_example_bank::open_account(&bank_db, "alice", 10_000)
@@ -82,6 +83,18 @@ async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
         listener,
         stop.clone().cancelled_owned(),
     ));
+    (bank_db, bank_url, bank)
+}
+
+#[tokio::test]
+async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
+    set_up();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let client = client(&node).with_timeout(Duration::from_secs(20));
+    let stop = CancellationToken::new();
+    let (bank_db, bank_url, bank) = start_bank(dir.path(), &stop).await;
     // The travel example's hotel: one room, no suite.
     let hotel_db = concord_example_travel::open_db(&dir.path().join("hotel.db"))
         .await
@@ -305,21 +318,7 @@ async fn a_python_participant_killed_after_voting_commit_ends_as_the_coordinator
     let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
     let client = client(&node).with_timeout(Duration::from_secs(20));
     let stop = CancellationToken::new();
-    let bank_db = concord_example_bank::open_db(&dir.path().join("bank.db"))
-        .await
-        .expect("bank db");
-    concord_example_bank::open_account(&bank_db, "alice", 10_000)
-        .await
-        .expect("alice");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let bank_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let bank = tokio::spawn(concord_example_bank::serve(
-        bank_db.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let (bank_db, bank_url, bank) = start_bank(dir.path(), &stop).await;
     let alice = || async {
         concord_example_bank::account(&bank_db, "alice")
             .await

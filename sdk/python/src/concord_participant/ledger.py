@@ -177,6 +177,21 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: The ledger's table, the Rust SDK's (participant/src/ledger), with each
+#: database's names for bytes and 64-bit integers.
+TABLE = """CREATE TABLE IF NOT EXISTS concord_ledger (
+    txn_id        TEXT NOT NULL,
+    branch        TEXT NOT NULL,
+    op            TEXT NOT NULL,
+    result        TEXT NOT NULL,
+    reason        TEXT,
+    coordinator   TEXT,
+    payload       {blob},
+    created_at_ms {integer} NOT NULL,
+    PRIMARY KEY (txn_id, branch, op)
+)"""
+
+
 class Ledger(abc.ABC, Generic[Tx]):
     """A ledger in one database: the statements are the same on every
     database but for their placeholders and the few that differ."""
@@ -313,19 +328,7 @@ class SqliteLedger(Ledger[sqlite3.Connection]):
 
     def install(self) -> None:
         with self._connection() as db:
-            db.execute(
-                """CREATE TABLE IF NOT EXISTS concord_ledger (
-                    txn_id        TEXT NOT NULL,
-                    branch        TEXT NOT NULL,
-                    op            TEXT NOT NULL,
-                    result        TEXT NOT NULL,
-                    reason        TEXT,
-                    coordinator   TEXT,
-                    payload       BLOB,
-                    created_at_ms INTEGER NOT NULL,
-                    PRIMARY KEY (txn_id, branch, op)
-                )"""
-            )
+            db.execute(TABLE.format(blob="BLOB", integer="INTEGER"))
 
     def local(self, branch: BranchContext, work: Callable[[sqlite3.Connection], T]) -> T:
         del branch  # SQLite has one writer: BEGIN IMMEDIATE serialises all.
@@ -412,19 +415,7 @@ class PostgresLedger(Ledger["psycopg.Connection[Any]"]):
 
     def install(self) -> None:
         with self._connection() as db:
-            db.execute(
-                """CREATE TABLE IF NOT EXISTS concord_ledger (
-                    txn_id        TEXT NOT NULL,
-                    branch        TEXT NOT NULL,
-                    op            TEXT NOT NULL,
-                    result        TEXT NOT NULL,
-                    reason        TEXT,
-                    coordinator   TEXT,
-                    payload       BYTEA,
-                    created_at_ms BIGINT NOT NULL,
-                    PRIMARY KEY (txn_id, branch, op)
-                )"""
-            )
+            db.execute(TABLE.format(blob="BYTEA", integer="BIGINT"))
 
     def _lock_branch(self, db: psycopg.Connection[Any], branch: BranchContext) -> None:
         db.execute(
