@@ -140,6 +140,23 @@ impl CoordinatorService {
         (!key.is_empty() && self.runtime.sharding().is_some()).then(|| request.clone())
     }
 
+    /// A new transaction's answer, or, when its key was handed over to
+    /// this group by the one holding the key's transaction (DESIGN §11
+    /// step 3), that group's nodes to send the request to. Every other
+    /// error is answered as it always was.
+    fn handed_over<T>(
+        &self,
+        hop: &forward::Hop,
+        result: Result<T, crate::runtime::Error>,
+    ) -> Result<Route<T>, Status> {
+        match result {
+            Err(error @ crate::runtime::Error::OtherGroup { .. }) => {
+                self.forward.route(hop, Err(error))
+            }
+            other => other.map(Route::Here).map_err(convert::status),
+        }
+    }
+
     /// DESIGN §11: a new transaction with idempotency key `key` belongs to
     /// the group that owns the key's shard. A client for a node of that
     /// group when it is not this node's (the call is forwarded there, once);
@@ -218,7 +235,7 @@ impl Coordinator for CoordinatorService {
         } else {
             self.runtime.begin(begin).await
         };
-        let begun = match (self.forward.route(&hop, begun)?, original) {
+        let begun = match (self.handed_over(&hop, begun)?, original) {
             (Route::Here(begun), _) => begun,
             (Route::Owner(owner), Some(original)) => {
                 return Box::pin(owner.call(|mut node| {
@@ -464,8 +481,7 @@ impl Coordinator for CoordinatorService {
             steps: validate::saga_steps(&self.limits, request.steps)?,
         };
         let accepted = match (
-            self.forward
-                .route(&hop, self.runtime.submit_saga(submit).await)?,
+            self.handed_over(&hop, self.runtime.submit_saga(submit).await)?,
             original,
         ) {
             (Route::Here(accepted), _) => accepted,
@@ -505,8 +521,7 @@ impl Coordinator for CoordinatorService {
             validate::prepare_message(&self.limits, self.runtime.config().max_branches, request)?;
         prepare.request_digest = request_digest;
         let accepted = match (
-            self.forward
-                .route(&hop, self.runtime.prepare_message(prepare).await)?,
+            self.handed_over(&hop, self.runtime.prepare_message(prepare).await)?,
             original,
         ) {
             (Route::Here(accepted), _) => accepted,

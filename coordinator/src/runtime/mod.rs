@@ -328,6 +328,9 @@ impl Runtime {
     /// abort for one that never decided, which recovery will abort) or
     /// UNAVAILABLE "not loaded yet; retry" (Enlist, Commit, Rollback).
     pub async fn start(store: Arc<dyn Store>, config: RuntimeConfig) -> Result<Self, StoreError> {
+        // First, before any task is spawned: a database that refuses the
+        // node's group stops the start with nothing left running.
+        let placement = groups::settle(&*store, config.sharding.clone()).await?;
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let log = LogWriter::start(Arc::clone(&store), &tasks, shutdown.clone());
@@ -339,7 +342,6 @@ impl Runtime {
         )
         .with_batching(config.batch_calls, tasks.clone(), shutdown.clone());
         let watches_end = shutdown.child_token();
-        let placement = groups::settle(&*store, config.sharding.clone()).await?;
         let shared = Arc::new(Shared {
             config,
             store,

@@ -124,7 +124,7 @@ where
         let known: Option<(String,)> = sqlx::query_as(GROUP).fetch_optional(&mut *tx).await?;
         match known {
             Some((known,)) if known != group => {
-                return Err(StoreError::Refused(format!(
+                return Err(StoreError::Unsafe(format!(
                     "this database is the log of group {known:?}, not of {group:?}: check the \
                      node's --group and --database-url"
                 )));
