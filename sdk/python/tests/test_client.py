@@ -20,11 +20,12 @@ from concord_participant import (
     CoordinatorClient,
     CoordinatorError,
     ParticipantService,
+    Saga,
     SqliteLedger,
+    Step,
     SyncCoordinatorClient,
     serve,
 )
-from concord_participant._proto.concord.v1 import coordinator_pb2 as pb
 from concord_participant._proto.concord.v1 import types_pb2 as types
 
 from scripted import Scripted, Steps, install_sqlite
@@ -104,22 +105,22 @@ async def test_a_rolled_back_transaction_is_aborted_and_its_branches_untouched(w
 
 
 async def test_a_saga_completes_or_is_compensated(world: World) -> None:
-    def step(name: str, action: bytes) -> types.SagaStep:
-        return types.SagaStep(
-            name=name, participant=world.url, action=action, compensation=b"ok"
-        )
+    def step(name: str, action: bytes) -> Step:
+        return Step(name, world.url, action, compensation=b"ok")
 
-    done = await world.client.submit_saga(
-        pb.SubmitSagaRequest(steps=[step("hold", b"ok"), step("pay", b"ok")], wait=True)
-    )
-    assert done.state == types.TRANSACTION_STATE_COMPLETED, done.reason
+    done = await Saga().step(step("hold", b"ok")).step(step("pay", b"ok")).run(world.client)
+    assert done.state == "completed", done.reason
     assert world.effects(done.transaction_id) == ["hold:action", "pay:action"]
 
-    turned = await world.client.submit_saga(
-        pb.SubmitSagaRequest(steps=[step("hold", b"ok"), step("pay", b"refuse")], wait=True)
+    key = f"trip-{uuid.uuid4()}"
+    turned = await (
+        Saga(idempotency_key=key).step(step("hold", b"ok")).step(step("pay", b"refuse")).run(world.client)
     )
-    assert turned.state == types.TRANSACTION_STATE_COMPENSATED, turned.reason
+    assert turned.state == "compensated", turned.reason
     assert world.effects(turned.transaction_id) == ["hold:action", "hold:compensate"]
+    # Submitted again with its key: the first saga, not a second.
+    again = await Saga(idempotency_key=key).step(step("hold", b"ok")).step(step("pay", b"refuse")).submit(world.client)
+    assert (again.transaction_id, again.created, again.state) == (turned.transaction_id, False, "compensated")
 
 
 async def test_a_bad_request_is_refused_with_the_field_named(world: World) -> None:

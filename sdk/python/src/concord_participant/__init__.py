@@ -11,6 +11,7 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
   (grpc.aio, with `Batch`), and `serve`, which runs it with the resolver.
 - `resolver`: asks the coordinator about branches left in doubt (after a
   restart, or a long wait) and applies the answer once.
+- `saga`: build a saga's step graph (`Saga`, `Step`) and submit it.
 - `crash`: crash points for tests (`CONCORD_PARTICIPANT_CRASH`).
 - `client`: `CoordinatorClient`, the coordinator's client (grpc.aio), and
   `SyncCoordinatorClient` for code without an event loop.
@@ -42,6 +43,7 @@ from .ledger import (
     Vote,
 )
 from .resolver import ResolverConfig
+from .saga import Saga, SagaStatus, Step
 from .server import ParticipantService, Serving, serve
 
 __all__ = [
@@ -58,9 +60,12 @@ __all__ = [
     "ParticipantService",
     "ResolverConfig",
     "Retry",
+    "Saga",
+    "SagaStatus",
     "SagaStep",
     "Serving",
     "SqliteLedger",
+    "Step",
     "StepResult",
     "SyncCoordinatorClient",
     "TwoPhaseParticipant",
