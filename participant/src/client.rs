@@ -10,7 +10,9 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient as RawClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::groups::{Router, To, connect_failed};
+use concord_proto::connect_failed;
+
+use crate::groups::{Router, To};
 
 /// Deadline of each call unless [`CoordinatorClient::with_timeout`] says
 /// otherwise. Commit waits for every participant's vote, so it is generous.

@@ -234,17 +234,3 @@ impl Router {
         Some(client)
     }
 }
-
-/// Whether `status` comes from failing to connect: tonic sends a request
-/// only on an established connection, so such a call never left this
-/// process and another node may take it.
-pub(crate) fn connect_failed(status: &tonic::Status) -> bool {
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}

@@ -9,6 +9,9 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC
 //!   reflection.
 //! - [`codec`]: the protobuf codec every generated client and server uses.
+//! - [`connect_failed`]: whether a failed call never left the caller, so
+//!   that another node may be sent it (the coordinator's forwarding and the
+//!   SDK's routing both ask).
 
 pub mod codec;
 
@@ -22,3 +25,19 @@ pub mod v1 {
 /// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/concord_descriptor.bin"));
+
+/// Whether `status` comes from failing to connect (refused, unreachable,
+/// no name, connect timeout): tonic sends a request only on an established
+/// connection, so such a call never left this process and may be sent to
+/// another node. Anything else (a reset, a deadline, a status from the
+/// peer) may have arrived.
+pub fn connect_failed(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}

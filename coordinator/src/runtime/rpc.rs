@@ -63,20 +63,7 @@ impl CallError {
     }
 }
 
-/// Whether `status` comes from failing to connect (refused, unreachable,
-/// no name, connect timeout): tonic sends a request only on an established
-/// connection, so such a call never left this process. Anything else (a
-/// reset, a deadline, a status from the peer) may have arrived.
-pub(crate) fn connect_failed(status: &tonic::Status) -> bool {
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
+pub(crate) use concord_proto::connect_failed;
 
 /// The future of one RPC sent alone.
 pub type Sent<A> = std::pin::Pin<

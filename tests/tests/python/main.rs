@@ -132,24 +132,7 @@ async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
 
     let addr = free_addr();
     let db = dir.path().join("points.db");
-    let python = example().join(".venv/bin/python");
-    let args: Vec<String> = vec![
-        example().join("participant.py").display().to_string(),
-        "--listen".into(),
-        addr.to_string(),
-        "--db".into(),
-        db.display().to_string(),
-        "--open".into(),
-        "ada=100".into(),
-    ];
-    let _points = Proc::start(
-        "python-points",
-        &python.display().to_string(),
-        &args,
-        None,
-        addr,
-    )
-    .await;
+    let _points = python_points(addr, &db, &node.url(), None).await;
     let points_url = format!("http://{addr}");
     let branch = |url: &str, payload: Vec<u8>, name: &str| BranchSpec {
         participant: url.to_string(),
