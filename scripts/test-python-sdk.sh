@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/python-sdk
+# examples/python/setup.sh builds the same package at the same time when
+# cargo runs the tests in parallel; pip builds in the source tree, so one
+# build at a time (the lock is released before the tests run).
+exec 9> sdk/python/.build.lock
+flock 9
 if [[ ! -x "$venv/bin/python" ]]; then
     if ! python3 -m venv "$venv"; then
         # Debian splits venv out of python3; install it when we may.
@@ -21,5 +26,6 @@ if [[ ! -x "$venv/bin/python" ]]; then
     fi
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check "./sdk/python[test]"
+exec 9>&-
 (cd sdk/python && "../../$venv/bin/mypy" --strict src tests)
 (cd sdk/python && "../../$venv/bin/pytest" -q -p no:cacheprovider tests) 2>&1 | tee "$venv/pytest.log"

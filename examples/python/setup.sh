@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 sdk=../../sdk/python
+# Tests start several Python services at once, each running this script, and
+# scripts/test-python-sdk.sh builds the same package beside them: pip builds
+# it in its source tree (the stubs land in src/), so one build at a time, and
+# one virtualenv creation at a time.
+exec 9> "$sdk/.build.lock"
+flock 9
 stamp=.venv/.concord-ready
 want="$(find "$sdk/pyproject.toml" "$sdk/setup.py" "$sdk/src" ../../proto/proto -type f \
     \( -name '*.py' -o -name '*.proto' -o -name '*.toml' \) -not -path '*/_proto/*' \
