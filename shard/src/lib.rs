@@ -264,7 +264,13 @@ impl ShardMap {
 
     /// The node addresses of the group `id` belongs to.
     pub fn nodes_of(&self, id: impl ShardedId) -> &[String] {
-        self.group(self.group_of(id))
+        self.nodes_of_group(self.group_of(id))
+    }
+
+    /// The node addresses of the group named `group` (none when the map
+    /// has no such group).
+    pub fn nodes_of_group(&self, group: &str) -> &[String] {
+        self.group(group)
             .map_or(&[], |group| group.nodes.as_slice())
     }
 

@@ -113,14 +113,20 @@ impl Forwarder {
                 if hop.may_forward_to_group() =>
             {
                 hop.across_groups.store(true, Ordering::Relaxed);
-                let nodes = addresses
-                    .iter()
-                    .map(|address| self.client(address))
-                    .collect::<Result<_, _>>()?;
-                Ok(Route::Owner(Owners(nodes)))
+                Ok(Route::Owner(self.group(&addresses)?))
             }
             other => other.map(Route::Here).map_err(super::convert::status),
         }
+    }
+
+    /// The nodes of another group, to try in turn (a listing of every
+    /// group asks each, `super::everywhere`).
+    pub fn group(&self, nodes: &[String]) -> Result<Owners, tonic::Status> {
+        nodes
+            .iter()
+            .map(|address| self.client(address))
+            .collect::<Result<_, _>>()
+            .map(Owners)
     }
 
     pub fn new(tls: Option<crate::runtime::participants::PeerTls>) -> Self {
@@ -212,14 +218,25 @@ impl Hop {
         self.came == Came::FromClient
     }
 
+    /// A call this node makes to another group on the client's behalf
+    /// (answered there, never sent further), with the client's deadline,
+    /// or `deadline` when it set none.
+    pub fn to_group<T>(&self, message: T, deadline: Duration) -> Request<T> {
+        self.build(message, ACROSS_GROUPS, deadline)
+    }
+
     /// The call to send on, with the client's deadline.
     pub fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
         let forwarded_by = if self.across_groups.load(Ordering::Relaxed) {
             ACROSS_GROUPS
         } else {
             "1"
         };
+        self.build(message, forwarded_by, DEFAULT_DEADLINE)
+    }
+
+    fn build<T>(&self, message: T, forwarded_by: &'static str, deadline: Duration) -> Request<T> {
+        let mut request = Request::new(message);
         request
             .metadata_mut()
             .insert(FORWARDED_BY, MetadataValue::from_static(forwarded_by));
@@ -229,12 +246,10 @@ impl Hop {
                 .insert("authorization", authorization.clone());
         }
         match &self.deadline {
-            Some(deadline) => {
-                request
-                    .metadata_mut()
-                    .insert("grpc-timeout", deadline.clone());
+            Some(given) => {
+                request.metadata_mut().insert("grpc-timeout", given.clone());
             }
-            None => request.set_timeout(DEFAULT_DEADLINE),
+            None => request.set_timeout(deadline),
         }
         request
     }

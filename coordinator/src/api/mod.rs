@@ -18,6 +18,7 @@ use crate::runtime::{
 use forward::Route;
 
 pub mod convert;
+mod everywhere;
 pub mod forward;
 mod server;
 pub mod validate;
@@ -394,6 +395,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let states = validate::states(&request.states)?;
         let limit = validate::page_size(request.page_size)?;
@@ -406,21 +408,95 @@ impl Coordinator for CoordinatorService {
             let bound = TxnId::from_parts(now.saturating_sub(age), 0);
             before = Some(before.map_or(bound, |cursor| cursor.min(bound)));
         }
+        let sharding = self.runtime.sharding();
+        let group = validate::group(sharding.as_deref(), &request.group)?;
+        // DESIGN §11: the other groups to ask for their page, when the
+        // listing is of every group and a client asked for it.
+        let mut others = Vec::new();
+        if let Some(sharding) = &sharding {
+            match group {
+                None if hop.may_forward_to_group() => {
+                    others = (sharding.map.groups.iter())
+                        .map(|g| g.name.clone())
+                        .filter(|name| *name != sharding.group)
+                        .collect();
+                }
+                Some(group) if group != sharding.group => {
+                    if !hop.may_forward_to_group() {
+                        return Err(Status::unavailable(format!(
+                            "a listing of group {group:?} reached group {:?}: the \
+                             nodes' shard maps disagree for now; retry",
+                            sharding.group
+                        )));
+                    }
+                    // One group's listing, asked of another: its answer.
+                    return Box::pin(
+                        self.forward
+                            .group(sharding.map.nodes_of_group(group))?
+                            .call(|mut node| {
+                                let call = hop.request(request.clone());
+                                async move { node.list_transactions(call).await }
+                            }),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+        }
         let query = ListQuery {
             states,
             needs_attention: request.needs_attention,
             before,
             limit,
         };
-        let page = self.runtime.list(&query).await.map_err(convert::status)?;
-        Ok(Response::new(pb::ListTransactionsResponse {
+        // The other groups are asked for the page this node lists, its
+        // cursor and age already made one id bound.
+        let asked = pb::ListTransactionsRequest {
+            page_token: before.map(|id| id.to_string()).unwrap_or_default(),
+            min_age_ms: 0,
+            page_size: limit,
+            ..request
+        };
+        let (local, remote) = tokio::join!(
+            self.runtime.list(&query),
+            everywhere::ask_groups(
+                &self.forward,
+                &hop,
+                sharding.as_ref().map(|s| &*s.map),
+                &others,
+                &asked
+            )
+        );
+        let page = local.map_err(convert::status)?;
+        let here = everywhere::GroupPage {
             transactions: page
                 .views
                 .into_iter()
                 .filter(|view| kind.is_none_or(|kind| view.kind == kind))
-                .map(|view| self.placed(view))
+                .map(|view| (view.id, self.placed(view)))
                 .collect(),
-            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+            next: page.next,
+        };
+        let mut pages = vec![here];
+        let mut skipped_groups = Vec::new();
+        for (group, answer) in remote {
+            match answer {
+                Ok(page) => pages.push(page),
+                Err(status) => {
+                    tracing::warn!(%group, code = ?status.code(), reason = status.message(),
+                        "listing every group: this group's page is missing");
+                    skipped_groups.push(pb::SkippedGroup {
+                        group,
+                        reason: format!("{:?}: {}", status.code(), status.message()),
+                    });
+                }
+            }
+        }
+        let (transactions, next) = everywhere::merge(pages, limit as usize);
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions,
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            skipped_groups,
         }))
     }
 

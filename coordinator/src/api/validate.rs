@@ -598,6 +598,32 @@ pub fn shard_map(map: Option<pb::ShardMap>) -> Result<crate::shard::ShardMap, St
     Ok(map)
 }
 
+/// The group a listing is restricted to: empty for every group, else a
+/// group of this node's map (or, on a node without one, refused).
+pub fn group<'a>(
+    sharding: Option<&crate::runtime::groups::Sharding>,
+    value: &'a str,
+) -> Result<Option<&'a str>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let shown: String = value.chars().take(64).collect();
+    let Some(sharding) = sharding else {
+        return Err(Status::failed_precondition(format!(
+            "group is {shown:?}, but this coordinator has no shard map: it has no \
+             groups and lists all its transactions; leave group empty"
+        )));
+    };
+    if !sharding.map.groups.iter().any(|g| g.name == value) {
+        let known: Vec<&str> = sharding.map.groups.iter().map(|g| g.name.as_str()).collect();
+        return Err(invalid(format!(
+            "group {shown:?} is not in the shard map (its groups: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(Some(value))
+}
+
 /// A shard number of a request about one shard: below the map's count is
 /// the runtime's to check.
 pub fn shard(value: u32) -> Result<crate::shard::Shard, Status> {

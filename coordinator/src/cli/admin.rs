@@ -81,6 +81,10 @@ enum TxnCommand {
         /// Where the previous page ended (printed under it).
         #[arg(long)]
         page_token: Option<String>,
+        /// With several groups (DESIGN §11): only this group's transactions
+        /// (default: every group's, gathered by the node called).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// One transaction: its timeline, branches or steps, attempts, errors.
     Show {
@@ -131,6 +135,7 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
             needs_attention,
             limit,
             page_token,
+            group,
         } => {
             let page = client
                 .list_transactions(pb::ListTransactionsRequest {
@@ -140,6 +145,7 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
                     page_token: page_token.unwrap_or_default(),
                     kind: kind.unwrap_or(pb::TransactionKind::Unspecified).into(),
                     min_age_ms: older_than.unwrap_or(0),
+                    group: group.unwrap_or_default(),
                 })
                 .await
                 .map_err(explain)?
@@ -380,15 +386,32 @@ pub(super) fn moment(ms: u64, now: u64) -> String {
 }
 
 fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
+    // The GROUP column only in a deployment of several groups (DESIGN §11).
+    let grouped = page.transactions.iter().any(|txn| !txn.group.is_empty());
+    let group = |name: &str| {
+        if grouped {
+            format!("{name:<10}  ")
+        } else {
+            String::new()
+        }
+    };
     let mut out = format!(
-        "{:<36}  {:<7}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
-        "ID", "KIND", "STATE", "AGE", "PARTS", "ATTN", "REASON"
+        "{:<36}  {}{:<7}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
+        "ID",
+        group("GROUP"),
+        "KIND",
+        "STATE",
+        "AGE",
+        "PARTS",
+        "ATTN",
+        "REASON"
     );
     for txn in &page.transactions {
         let parts = txn.branch_count as usize;
         out.push_str(&format!(
-            "{:<36}  {:<7}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
+            "{:<36}  {}{:<7}  {:<12}  {:>7}  {:>5}  {:<4}  {}\n",
             txn.id,
+            group(&txn.group),
             kind_name(txn.kind),
             state_name(txn.state),
             span(now.saturating_sub(txn.created_at_ms)),
@@ -399,6 +422,12 @@ fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
     }
     if page.transactions.is_empty() {
         out.push_str("(none)\n");
+    }
+    for skipped in &page.skipped_groups {
+        out.push_str(&format!(
+            "missing: group {} did not answer ({}); its transactions are not listed\n",
+            skipped.group, skipped.reason
+        ));
     }
     if !page.next_page_token.is_empty() {
         out.push_str(&format!("more: --page-token {}\n", page.next_page_token));

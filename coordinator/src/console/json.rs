@@ -46,6 +46,8 @@ pub fn transaction(txn: &pb::Transaction) -> Value {
         "id": txn.id,
         "kind": kind_name(txn.kind),
         "state": state_name(txn.state),
+        "group": txn.group,
+        "shard": txn.shard,
         "created_at_ms": txn.created_at_ms,
         "decided_at_ms": txn.decided_at_ms,
         "ended_at_ms": txn.ended_at_ms,
@@ -90,6 +92,10 @@ pub fn page(page: pb::ListTransactionsResponse) -> Value {
     json!({
         "transactions": page.transactions.iter().map(transaction).collect::<Vec<_>>(),
         "next_page_token": page.next_page_token,
+        "skipped_groups": page.skipped_groups.iter().map(|g| json!({
+            "group": g.group,
+            "reason": g.reason,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -218,6 +218,10 @@ struct Filters {
     page_token: String,
     #[serde(default)]
     limit: u32,
+    /// The listing only, in a deployment of several groups: this group's
+    /// transactions; empty: every group's.
+    #[serde(default)]
+    group: String,
     /// The watch only: transactions whose id starts with this.
     #[serde(default)]
     id_prefix: String,
@@ -274,6 +278,7 @@ async fn list(
             page_size: filters.limit,
             page_token: filters.page_token.clone(),
             min_age_ms: 0,
+            group: filters.group.clone(),
         })
     });
     let message = match built {

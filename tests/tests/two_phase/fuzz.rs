@@ -225,9 +225,10 @@ fn list() -> impl Strategy<Value = pb::ListTransactionsRequest> {
         text(64),
         any::<i32>(),
         millis(),
+        text(16),
     )
         .prop_map(
-            |(states, needs_attention, page_size, page_token, kind, min_age_ms)| {
+            |(states, needs_attention, page_size, page_token, kind, min_age_ms, group)| {
                 pb::ListTransactionsRequest {
                     states,
                     needs_attention,
@@ -235,6 +236,7 @@ fn list() -> impl Strategy<Value = pb::ListTransactionsRequest> {
                     page_token,
                     kind,
                     min_age_ms,
+                    group,
                 }
             },
         )

@@ -563,6 +563,164 @@ async fn a_deployment_grows_from_one_group_to_two_with_concord_shards() {
     );
 }
 
+#[tokio::test]
+async fn one_listing_shows_every_groups_transactions_and_names_a_group_that_is_down() {
+    let g = two_groups().await;
+    let client = client(&g.g1);
+    // 20 transfers committed and 6 left open, spread over both groups by
+    // their keys.
+    let mut committed = Vec::new();
+    let mut open = Vec::new();
+    for i in 0..26 {
+        let options = BeginOptions {
+            idempotency_key: Some(format!("listed-{i}")),
+            branches: vec![BranchSpec {
+                participant: g.a.url.clone(),
+                payload: b"commit".to_vec(),
+                name: Some("a".into()),
+            }],
+            ..BeginOptions::default()
+        };
+        if i < 20 {
+            let (begun, outcome) = client.begin_and_commit(options).await.expect("commit");
+            assert_eq!(outcome, Outcome::Committed { read_only: false });
+            committed.push(begun.transaction_id);
+        } else {
+            open.push(client.begin(options).await.expect("begin").transaction_id);
+        }
+    }
+    let group_of = |id: &str| g.map.group_of(id.parse::<TxnId>().expect("an id")).to_owned();
+    let in_g2: Vec<&String> = committed.iter().chain(&open).filter(|id| group_of(id) == "g2").collect();
+    assert!(
+        (4..=22).contains(&in_g2.len()),
+        "the keys spread over both groups: {} of 26 in g2",
+        in_g2.len()
+    );
+
+    // Through either node, page by page: every transaction of both groups
+    // once, newest first, each saying its group; and with a filter that
+    // leaves pages short (the open ones drop out of the store's pages), the
+    // committed ones, each once.
+    for node in [&g.g1, &g.g2] {
+        let listed = list_all(node, 7, vec![]).await;
+        let mut want: Vec<&String> = committed.iter().chain(&open).collect();
+        want.sort();
+        let mut got: Vec<&String> = listed.iter().map(|t| &t.id).collect();
+        got.sort();
+        assert_eq!(got, want, "every transaction of both groups through {}", node.url());
+        for txn in &listed {
+            assert_eq!(txn.group, group_of(&txn.id), "{}", txn.id);
+        }
+        let listed = list_all(node, 3, vec![pb::TransactionState::Committed.into()]).await;
+        let mut want: Vec<&String> = committed.iter().collect();
+        want.sort();
+        let mut got: Vec<&String> = listed.iter().map(|t| &t.id).collect();
+        got.sort();
+        assert_eq!(got, want, "the committed ones through {}", node.url());
+    }
+
+    // Filtered: the open ones of both groups; one group's alone.
+    let mut raw = super::client(&g.g1).raw();
+    let active = raw
+        .list_transactions(pb::ListTransactionsRequest {
+            states: vec![pb::TransactionState::Active.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("list active")
+        .into_inner();
+    let mut active_ids: Vec<&String> = active.transactions.iter().map(|t| &t.id).collect();
+    active_ids.sort();
+    let mut want: Vec<&String> = open.iter().collect();
+    want.sort();
+    assert_eq!(active_ids, want);
+    let only_g2 = raw
+        .list_transactions(pb::ListTransactionsRequest {
+            group: "g2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list g2")
+        .into_inner();
+    let mut g2_ids: Vec<&String> = only_g2.transactions.iter().map(|t| &t.id).collect();
+    g2_ids.sort();
+    let mut want = in_g2.clone();
+    want.sort();
+    assert_eq!(g2_ids, want, "group g2's, asked of g1's node");
+    let unknown = raw
+        .list_transactions(pb::ListTransactionsRequest {
+            group: "g9".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no group g9");
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(
+        unknown.message().contains("its groups: g1, g2"),
+        "{}",
+        unknown.message()
+    );
+
+    // g2's node stops: the listing shows g1's and says g2's are missing,
+    // in the API and in `concord txn list`.
+    g.g2.shutdown().await.expect("g2 stops");
+    let page = raw
+        .list_transactions(pb::ListTransactionsRequest::default())
+        .await
+        .expect("list with g2 down")
+        .into_inner();
+    assert_eq!(page.skipped_groups.len(), 1, "{:?}", page.skipped_groups);
+    assert_eq!(page.skipped_groups[0].group, "g2");
+    assert!(page.transactions.iter().all(|t| t.group == "g1"));
+    assert_eq!(page.transactions.len(), 26 - in_g2.len());
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["txn", "--coordinator", &g.g1.url(), "list"])
+        .output()
+        .await
+        .expect("run concord txn list");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("missing: group g2 did not answer"),
+        "{stdout}"
+    );
+    assert!(stdout.lines().next().is_some_and(|header| header.contains("GROUP")), "{stdout}");
+}
+
+/// Every page of a listing through `node`, `page_size` at a time, checked
+/// newest first with no transaction twice, and no group skipped.
+async fn list_all(node: &Node, page_size: u32, states: Vec<i32>) -> Vec<pb::Transaction> {
+    let mut raw = super::client(node).raw();
+    let mut listed: Vec<pb::Transaction> = Vec::new();
+    let mut token = String::new();
+    for _ in 0..100 {
+        let page = raw
+            .list_transactions(pb::ListTransactionsRequest {
+                page_size,
+                page_token: token,
+                states: states.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.skipped_groups.is_empty(), "{:?}", page.skipped_groups);
+        assert!(page.transactions.len() <= page_size as usize);
+        listed.extend(page.transactions);
+        if page.next_page_token.is_empty() {
+            let ids: Vec<TxnId> = listed.iter().map(|t| t.id.parse().expect("an id")).collect();
+            assert!(
+                ids.windows(2).all(|pair| pair[0] > pair[1]),
+                "newest first, each once, through {}: {ids:?}",
+                node.url()
+            );
+            return listed;
+        }
+        token = page.next_page_token;
+    }
+    panic!("the listing through {} did not end", node.url());
+}
+
 /// Runs `concord shards <args>`; returns stdout, or panics with stderr.
 async fn shards(args: &[&str]) -> String {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))

@@ -142,7 +142,8 @@ function txnRow(txn) {
     : txn.kind === "message" ? (one ? "destination" : "destinations")
     : (one ? "branch" : "branches");
   return el("tr", { "data-id": txn.id },
-    el("td", {}, el("a", { href: `#/txn/${txn.id}`, class: "mono" }, short(txn.id))),
+    el("td", {}, el("a", { href: `#/txn/${txn.id}`, class: "mono" }, short(txn.id)),
+      txn.group ? [" ", el("span", { class: "muted small", title: `shard ${txn.shard}` }, txn.group)] : null),
     el("td", {}, txn.kind),
     el("td", { class: "state" }, pill(txn.state), txn.needs_attention ? [" ", el("span", { class: "pill flag" }, "needs attention")] : null),
     el("td", { class: "muted" }, ago(txn.created_at_ms)),
@@ -155,6 +156,13 @@ function txnRow(txn) {
 // producer"), not what went wrong.
 function informative(txn) {
   return txn.kind === "message" && ["delivering", "delivered"].includes(txn.state);
+}
+
+// A listing of several groups (DESIGN §11) that lacks a group that did not
+// answer says so above the table: its transactions are missing, not gone.
+function skipped(page) {
+  return (page.skipped_groups || []).map((g) => message("error",
+    `Group ${g.group} did not answer (${g.reason}): its transactions are missing from this list.`));
 }
 
 function table(id, rows, empty) {
@@ -208,7 +216,7 @@ async function listPage(params) {
   const loadAttention = async () => {
     try {
       const page = await api("/api/transactions?needs_attention=true&limit=100");
-      document.getElementById("attention-body").replaceChildren(
+      document.getElementById("attention-body").replaceChildren(...skipped(page),
         table("attention", page.transactions.map(txnRow), "Nothing needs attention."));
     } catch (error) {
       document.getElementById("attention-body").replaceChildren(message("error", error.message));
@@ -223,7 +231,7 @@ async function listPage(params) {
   const loadList = async () => {
     try {
       const page = await api(`/api/transactions?${query}`);
-      document.getElementById("list-body").replaceChildren(
+      document.getElementById("list-body").replaceChildren(...skipped(page),
         table("transactions", page.transactions.map(txnRow), "No transaction matches."));
       const paging = document.getElementById("paging");
       paging.replaceChildren();
