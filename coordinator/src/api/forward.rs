@@ -222,7 +222,13 @@ impl Hop {
     /// (answered there, never sent further), with the client's deadline,
     /// or `deadline` when it set none.
     pub fn to_group<T>(&self, message: T, deadline: Duration) -> Request<T> {
-        self.build(message, ACROSS_GROUPS, deadline)
+        self.build(message, ACROSS_GROUPS, Some(deadline))
+    }
+
+    /// A stream this node opens to another group on the client's behalf:
+    /// as [`Hop::to_group`], with no deadline unless the client set one.
+    pub fn to_group_stream<T>(&self, message: T) -> Request<T> {
+        self.build(message, ACROSS_GROUPS, None)
     }
 
     /// The call to send on, with the client's deadline.
@@ -232,10 +238,15 @@ impl Hop {
         } else {
             "1"
         };
-        self.build(message, forwarded_by, DEFAULT_DEADLINE)
+        self.build(message, forwarded_by, Some(DEFAULT_DEADLINE))
     }
 
-    fn build<T>(&self, message: T, forwarded_by: &'static str, deadline: Duration) -> Request<T> {
+    fn build<T>(
+        &self,
+        message: T,
+        forwarded_by: &'static str,
+        deadline: Option<Duration>,
+    ) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
@@ -249,7 +260,11 @@ impl Hop {
             Some(given) => {
                 request.metadata_mut().insert("grpc-timeout", given.clone());
             }
-            None => request.set_timeout(deadline),
+            None => {
+                if let Some(deadline) = deadline {
+                    request.set_timeout(deadline);
+                }
+            }
         }
         request
     }

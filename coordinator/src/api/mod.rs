@@ -8,6 +8,7 @@
 
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::model::{OperatorAction, Resolution, TxnId, TxnState};
@@ -19,6 +20,7 @@ use forward::Route;
 
 pub mod convert;
 mod everywhere;
+use everywhere::watch;
 pub mod forward;
 mod server;
 pub mod validate;
@@ -61,7 +63,7 @@ impl std::fmt::Debug for ServerTls {
 pub struct CoordinatorService {
     runtime: Runtime,
     limits: Limits,
-    forward: forward::Forwarder,
+    forward: std::sync::Arc<forward::Forwarder>,
     /// When set, RetryTransaction and ResolveBranch require it
     /// (`authorization: Bearer <token>`).
     admin_token: Option<String>,
@@ -70,7 +72,9 @@ pub struct CoordinatorService {
 impl CoordinatorService {
     pub fn new(runtime: Runtime, limits: Limits, admin_token: Option<String>) -> Self {
         Self {
-            forward: forward::Forwarder::new(runtime.config().peer_tls.clone()),
+            forward: std::sync::Arc::new(forward::Forwarder::new(
+                runtime.config().peer_tls.clone(),
+            )),
             runtime,
             limits,
             admin_token,
@@ -105,6 +109,11 @@ impl CoordinatorService {
             ))),
         }
     }
+}
+
+/// A watch that could not start: the log could not be read.
+fn store_status(error: crate::store::StoreError) -> Status {
+    convert::status(error.into())
 }
 
 /// Compares without stopping at the first difference, so that the time
@@ -507,6 +516,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchTransactionsRequest>,
     ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
+        let hop = forward::Hop::of(&request);
         let request = request.into_inner();
         let filter = WatchFilter {
             states: validate::states(&request.states)?,
@@ -514,24 +524,134 @@ impl Coordinator for CoordinatorService {
             needs_attention: request.needs_attention,
             id_prefix: validate::id_prefix(&request.id_prefix)?,
         };
-        let start = match (request.cursor.as_str(), request.from_oldest) {
-            ("", false) => WatchStart::Next,
-            ("", true) => WatchStart::Oldest,
-            (cursor, _) => WatchStart::After(validate::watch_cursor(cursor)?),
+        let sharding = self.runtime.sharding();
+        let group = validate::group(sharding.as_deref(), &request.group)?;
+        if let (Some(sharding), Some(group)) = (&sharding, group)
+            && group != sharding.group
+        {
+            if !hop.may_forward_to_group() {
+                return Err(Status::unavailable(format!(
+                    "a watch of group {group:?} reached group {:?}: the nodes' shard \
+                     maps disagree for now; retry",
+                    sharding.group
+                )));
+            }
+            // One group's watch, asked of another: its stream, as it is.
+            let stream = Box::pin(
+                self.forward
+                    .group(sharding.map.nodes_of_group(group))?
+                    .call(|mut node| {
+                        let call = hop.to_group_stream(request.clone());
+                        async move { node.watch_transactions(call).await }
+                    }),
+            )
+            .await?;
+            return Ok(Response::new(Box::pin(stream.into_inner())));
+        }
+        let fresh = if request.from_oldest {
+            WatchStart::Oldest
+        } else {
+            WatchStart::Next
         };
+        let every_group = sharding
+            .as_ref()
+            .filter(|_| group.is_none() && hop.may_forward_to_group());
+        let Some(sharding) = every_group else {
+            // This node's group only (or no groups at all).
+            let start = match request.cursor.as_str() {
+                "" => fresh,
+                cursor => WatchStart::After(validate::watch_cursor(cursor)?),
+            };
+            let start = self
+                .runtime
+                .watch_start(start)
+                .await
+                .map_err(store_status)?;
+            let changes = self
+                .runtime
+                .watch(filter, start)
+                .await
+                .map_err(store_status)?;
+            let stream = futures::stream::unfold(changes, |mut changes| async move {
+                let item = changes.recv().await?;
+                Some((
+                    item.map(convert::change).map_err(convert::watch_end),
+                    changes,
+                ))
+            });
+            let mark = request.mark_start.then(|| {
+                Ok(pb::TransactionChange {
+                    cursor: match start {
+                        WatchStart::After(cursor) => cursor.to_string(),
+                        WatchStart::Oldest | WatchStart::Next => String::new(),
+                    },
+                    ..Default::default()
+                })
+            });
+            return Ok(Response::new(Box::pin(
+                futures::stream::iter(mark).chain(stream),
+            )));
+        };
+        // DESIGN §11: every group's changes, merged here.
+        let resumed = match request.cursor.as_str() {
+            "" => None,
+            cursor => Some(validate::watch_positions(&sharding.map, cursor)?),
+        };
+        let own = &sharding.group;
+        let start = watch::start_of(own, resumed.as_ref(), fresh);
+        let start = self
+            .runtime
+            .watch_start(start)
+            .await
+            .map_err(store_status)?;
+        let mut positions = resumed.clone().unwrap_or_default();
+        positions.set(
+            own,
+            match start {
+                WatchStart::After(cursor) => Some(cursor),
+                WatchStart::Oldest | WatchStart::Next => None,
+            },
+        );
         let changes = self
             .runtime
             .watch(filter, start)
             .await
-            .map_err(|error| convert::status(error.into()))?;
-        let stream = futures::stream::unfold(changes, |mut changes| async move {
-            let item = changes.recv().await?;
-            Some((
-                item.map(convert::change).map_err(convert::watch_end),
-                changes,
-            ))
+            .map_err(store_status)?;
+        let metadata = watch::metadata(&hop);
+        let filters = pb::WatchTransactionsRequest {
+            cursor: String::new(),
+            from_oldest: false,
+            group: String::new(),
+            mark_start: false,
+            ..request.clone()
+        };
+        let others = (sharding.map.groups.iter())
+            .filter(|g| g.name != *own)
+            .map(|g| {
+                let start = watch::start_of(&g.name, resumed.as_ref(), fresh);
+                let stream = watch::other_group(
+                    watch::OtherGroup {
+                        forward: std::sync::Arc::clone(&self.forward),
+                        name: g.name.clone(),
+                        nodes: g.nodes.clone(),
+                        request: filters.clone(),
+                        metadata: metadata.clone(),
+                    },
+                    start,
+                );
+                watch::started(stream)
+            });
+        let mut groups = vec![watch::own_group(own.clone(), changes)];
+        groups.extend(futures::future::join_all(others).await);
+        let mark = request.mark_start.then(|| {
+            Ok(pb::TransactionChange {
+                cursor: positions.encode(),
+                ..Default::default()
+            })
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            futures::stream::iter(mark).chain(watch::merge(groups, positions)),
+        )))
     }
 
     async fn submit_saga(

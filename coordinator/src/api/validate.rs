@@ -292,6 +292,26 @@ pub fn watch_cursor(value: &str) -> Result<Cursor, Status> {
         .map_err(|error: String| invalid(format!("cursor: {error}")))
 }
 
+/// A watch of every group's `cursor` (DESIGN §11): each group it names is
+/// in the map.
+pub fn watch_positions(
+    map: &crate::shard::ShardMap,
+    value: &str,
+) -> Result<super::watch::Positions, Status> {
+    let positions = super::watch::Positions::parse(value)
+        .map_err(|error| invalid(format!("cursor: {error}")))?;
+    if let Some(unknown) = positions
+        .groups()
+        .find(|group| !map.groups.iter().any(|g| g.name == *group))
+    {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(invalid(format!(
+            "cursor: it names group {shown:?}, which the shard map does not have"
+        )));
+    }
+    Ok(positions)
+}
+
 pub fn page_token(value: &str) -> Result<Option<TxnId>, Status> {
     if value.is_empty() {
         return Ok(None);
@@ -615,7 +635,12 @@ pub fn group<'a>(
         )));
     };
     if !sharding.map.groups.iter().any(|g| g.name == value) {
-        let known: Vec<&str> = sharding.map.groups.iter().map(|g| g.name.as_str()).collect();
+        let known: Vec<&str> = sharding
+            .map
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
         return Err(invalid(format!(
             "group {shown:?} is not in the shard map (its groups: {})",
             known.join(", ")

@@ -218,8 +218,8 @@ struct Filters {
     page_token: String,
     #[serde(default)]
     limit: u32,
-    /// The listing only, in a deployment of several groups: this group's
-    /// transactions; empty: every group's.
+    /// In a deployment of several groups: this group's transactions (or
+    /// changes); empty: every group's.
     #[serde(default)]
     group: String,
     /// The watch only: transactions whose id starts with this.
@@ -409,6 +409,8 @@ async fn changes(
             id_prefix: filters.id_prefix.clone(),
             cursor: resume.unwrap_or_else(|| filters.cursor.clone()),
             from_oldest: filters.from_oldest,
+            group: filters.group.clone(),
+            mark_start: false,
         })
     });
     let message = match built {

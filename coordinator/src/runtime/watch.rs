@@ -135,13 +135,7 @@ impl Runtime {
         filter: WatchFilter,
         start: WatchStart,
     ) -> Result<mpsc::Receiver<Result<Change, WatchEnd>>, StoreError> {
-        let start = match start {
-            WatchStart::Next => match self.shared.store.newest_change().await? {
-                Some(newest) => WatchStart::After(newest),
-                None => WatchStart::Oldest,
-            },
-            start => start,
-        };
+        let start = self.watch_start(start).await?;
         let (client, changes) = mpsc::channel(self.shared.config.watch_buffer.max(1));
         let shared = Arc::clone(&self.shared);
         // Subscribed before the catch-up reads the log, so that nothing
@@ -165,6 +159,20 @@ impl Runtime {
             }
         });
         Ok(changes)
+    }
+
+    /// Where a watch from `start` begins in the log: the next change is
+    /// the one after the newest recorded now (from the oldest kept when the
+    /// log has none yet). A watch of every group (DESIGN §11) learns each
+    /// group's start this way, to resume from it.
+    pub async fn watch_start(&self, start: WatchStart) -> Result<WatchStart, StoreError> {
+        Ok(match start {
+            WatchStart::Next => match self.shared.store.newest_change().await? {
+                Some(newest) => WatchStart::After(newest),
+                None => WatchStart::Oldest,
+            },
+            start => start,
+        })
     }
 
     /// Ends every watch (UNAVAILABLE, with its resume cursor): a node

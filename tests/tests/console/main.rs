@@ -360,6 +360,145 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     node.shutdown().await.expect("shutdown");
 }
 
+/// Two groups (DESIGN §11), the console on group g1's node: a saga stuck
+/// in group g2 arrives live in g1's queue, labelled with its group, and
+/// opens from there; with g2's node down the list says g2's transactions
+/// are missing instead of leaving them out silently.
+#[tokio::test]
+async fn the_console_of_one_group_shows_every_groups_transactions_and_a_group_that_is_down() {
+    use concord_coordinator::runtime::{RuntimeConfig, Sharding};
+    use concord_coordinator::shard::{Group, ShardMap};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (addr1, addr2) = (
+        support::processes::free_addr(),
+        support::processes::free_addr(),
+    );
+    let group = |name: &str, addr: std::net::SocketAddr| Group {
+        name: name.into(),
+        nodes: vec![format!("http://{addr}")],
+    };
+    let map = ShardMap::split(16, vec![group("g1", addr1), group("g2", addr2)], 0).expect("a map");
+    let start = |name: &str, addr, console| {
+        let sharding = Sharding::new(map.clone(), name.into()).expect("a group");
+        Node::start(NodeConfig {
+            runtime: RuntimeConfig {
+                sharding: Some(sharding),
+                ..quick_config()
+            },
+            console,
+            ..NodeConfig::new(addr, StoreLocation::DataDir(dir.path().join(name)))
+        })
+    };
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let g1 = start("g1", addr1, Some(loopback)).await.expect("g1 starts");
+    let g2 = start("g2", addr2, None).await.expect("g2 starts");
+    let console = format!("http://{}", g1.console_addr().expect("a console"));
+    let steps = StepParticipant::start(dir.path(), "steps").await;
+    // A saga that went well in each group (keyless sagas stay in the group
+    // of the node they reach).
+    for node in [&g1, &g2] {
+        let client = CoordinatorClient::connect(node.url()).expect("client");
+        Saga::new()
+            .description(format!("trip booked through {}", node.url()))
+            .step(
+                Step::new("flight", &steps.url)
+                    .action("ok")
+                    .compensation("ok"),
+            )
+            .run(&client)
+            .await
+            .expect("saga");
+    }
+
+    let browser = Browser::start().await;
+    browser
+        .page()
+        .goto(&console)
+        .await
+        .expect("open the console");
+    browser
+        .wait_for_text("#attention-body", "Nothing needs attention.")
+        .await;
+    browser.wait_for_text("#live", "live").await;
+    browser.wait_for_text("#transactions", "g2").await;
+
+    // While the page is open, a saga gets stuck in g2.
+    let g2_client = CoordinatorClient::connect(g2.url()).expect("client");
+    let stuck = Saga::new()
+        .description("trip to Porto")
+        .step(
+            Step::new("flight", &steps.url)
+                .action("ok")
+                .compensation("stuck")
+                .retry(quick(2)),
+        )
+        .step(
+            Step::new("hotel", &steps.url)
+                .action("refuse")
+                .compensation("ok")
+                .after(["flight"]),
+        )
+        .submit(&g2_client)
+        .await
+        .expect("saga")
+        .transaction_id;
+    let row = format!("#attention tr[data-id=\"{stuck}\"]");
+    browser.wait_for(&row).await;
+    browser.wait_for_text(&row, "g2").await;
+    let shots = dir.path();
+    browser.screenshot(shots, "console-groups-list").await;
+    browser
+        .wait_for(&format!("{row} a"))
+        .await
+        .click()
+        .await
+        .expect("open the saga");
+    browser
+        .wait_for_text("#parts tr[data-name=\"flight\"]", "compensating")
+        .await;
+    browser.wait_for_text(".facts", "g2 (shard ").await;
+    browser
+        .screenshot(shots, "console-groups-transaction")
+        .await;
+
+    // g2's node stops: g1's transactions are listed, and the page says g2's
+    // are missing.
+    g2.shutdown().await.expect("g2 stops");
+    browser
+        .page()
+        .goto(&console)
+        .await
+        .expect("back to the list");
+    browser
+        .wait_for_text("#list-body", "Group g2 did not answer")
+        .await;
+    browser
+        .wait_for_text("#attention-body", "Group g2 did not answer")
+        .await;
+    let text = browser
+        .wait_for("#transactions")
+        .await
+        .text()
+        .await
+        .expect("the list's text");
+    assert!(text.contains("g1"), "{text}");
+    let g2_rows = browser
+        .page()
+        .find_all(Locator::Css(&format!(
+            "#transactions tr[data-id=\"{stuck}\"]"
+        )))
+        .await
+        .expect("find rows");
+    assert!(g2_rows.is_empty(), "g2's saga listed with g2 down: {text}");
+    browser.screenshot(shots, "console-groups-missing").await;
+
+    if let Some(client) = browser.client.as_ref() {
+        let _ = client.clone().close().await;
+    }
+    g1.shutdown().await.expect("shutdown");
+}
+
 /// A bare HTTP/1.1 POST, answered as text (status line, headers, body).
 async fn http_post(base: &str, path: &str, headers: &str, body: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -41,23 +41,8 @@ async fn two_groups() -> Groups {
         nodes: vec![format!("http://{addr}")],
     };
     let map = ShardMap::split(16, vec![group("g1", addr1), group("g2", addr2)], 0).expect("a map");
-    let start = |name: &'static str, addr: SocketAddr| {
-        let sharding = Sharding::new(map.clone(), name.into()).expect("a group of the map");
-        let data = dir.path().join(name);
-        async move {
-            Node::start(NodeConfig {
-                runtime: concord_coordinator::runtime::RuntimeConfig {
-                    sharding: Some(sharding),
-                    ..quick_config()
-                },
-                ..NodeConfig::new(addr, StoreLocation::DataDir(data))
-            })
-            .await
-            .expect("node starts")
-        }
-    };
-    let g1 = start("g1", addr1).await;
-    let g2 = start("g2", addr2).await;
+    let g1 = group_node(&map, "g1", dir.path()).await;
+    let g2 = group_node(&map, "g2", dir.path()).await;
     let a = TestParticipant::start(dir.path(), "a", None).await;
     let b = TestParticipant::start(dir.path(), "b", None).await;
     Groups {
@@ -68,6 +53,27 @@ async fn two_groups() -> Groups {
         a,
         b,
     }
+}
+
+/// The node of group `name` of `map`, on the address the map gives it,
+/// its log in `dir/name` (started again after a stop, the same node).
+async fn group_node(map: &ShardMap, name: &str, dir: &std::path::Path) -> Node {
+    let sharding = Sharding::new(map.clone(), name.into()).expect("a group of the map");
+    let addr: SocketAddr = map
+        .nodes_of_group(name)
+        .first()
+        .and_then(|url| url.strip_prefix("http://"))
+        .and_then(|addr| addr.parse().ok())
+        .expect("the group's address");
+    Node::start(NodeConfig {
+        runtime: concord_coordinator::runtime::RuntimeConfig {
+            sharding: Some(sharding),
+            ..quick_config()
+        },
+        ..NodeConfig::new(addr, StoreLocation::DataDir(dir.join(name)))
+    })
+    .await
+    .expect("node starts")
 }
 
 #[tokio::test]
@@ -589,8 +595,16 @@ async fn one_listing_shows_every_groups_transactions_and_names_a_group_that_is_d
             open.push(client.begin(options).await.expect("begin").transaction_id);
         }
     }
-    let group_of = |id: &str| g.map.group_of(id.parse::<TxnId>().expect("an id")).to_owned();
-    let in_g2: Vec<&String> = committed.iter().chain(&open).filter(|id| group_of(id) == "g2").collect();
+    let group_of = |id: &str| {
+        g.map
+            .group_of(id.parse::<TxnId>().expect("an id"))
+            .to_owned()
+    };
+    let in_g2: Vec<&String> = committed
+        .iter()
+        .chain(&open)
+        .filter(|id| group_of(id) == "g2")
+        .collect();
     assert!(
         (4..=22).contains(&in_g2.len()),
         "the keys spread over both groups: {} of 26 in g2",
@@ -607,7 +621,12 @@ async fn one_listing_shows_every_groups_transactions_and_names_a_group_that_is_d
         want.sort();
         let mut got: Vec<&String> = listed.iter().map(|t| &t.id).collect();
         got.sort();
-        assert_eq!(got, want, "every transaction of both groups through {}", node.url());
+        assert_eq!(
+            got,
+            want,
+            "every transaction of both groups through {}",
+            node.url()
+        );
         for txn in &listed {
             assert_eq!(txn.group, group_of(&txn.id), "{}", txn.id);
         }
@@ -684,7 +703,191 @@ async fn one_listing_shows_every_groups_transactions_and_names_a_group_that_is_d
         stdout.contains("missing: group g2 did not answer"),
         "{stdout}"
     );
-    assert!(stdout.lines().next().is_some_and(|header| header.contains("GROUP")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|header| header.contains("GROUP")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn one_watch_follows_every_group_across_an_outage_and_resumes_from_its_cursor() {
+    let mut g = two_groups().await;
+    let client = client(&g.g1);
+    let committed_only = || pb::WatchTransactionsRequest {
+        states: vec![pb::TransactionState::Committed.into()],
+        ..Default::default()
+    };
+    let mut watch = client
+        .raw()
+        .watch_transactions(committed_only())
+        .await
+        .expect("watch")
+        .into_inner();
+    let transfer = |key: Option<String>| {
+        let client = client.clone();
+        let a = g.a.url.clone();
+        async move {
+            let (begun, outcome) = client
+                .begin_and_commit(BeginOptions {
+                    idempotency_key: key,
+                    branches: vec![BranchSpec {
+                        participant: a,
+                        payload: b"commit".to_vec(),
+                        name: Some("a".into()),
+                    }],
+                    ..BeginOptions::default()
+                })
+                .await
+                .expect("a transfer");
+            assert_eq!(outcome, Outcome::Committed { read_only: false });
+            begun.transaction_id
+        }
+    };
+    let group_of = |id: &str| {
+        g.map
+            .group_of(id.parse::<TxnId>().expect("an id"))
+            .to_owned()
+    };
+    // Keys of g2's shards, to commit in g2 through g1's node.
+    let mut g2_keys = (0..)
+        .map(|i| format!("watched-{i}"))
+        .filter(|key| g.map.owner_at(g.map.shard_for_key(key), now_ms()) == "g2");
+
+    // Both groups' commits arrive on the one stream, each change's cursor
+    // a position in every group's log.
+    let mut first = Vec::new();
+    for i in 0..6 {
+        first.push(transfer(Some(format!("first-{i}"))).await);
+    }
+    first.push(transfer(g2_keys.next()).await);
+    let seen = until_seen(&mut watch, &first).await;
+    assert!(first.iter().any(|id| group_of(id) == "g2"));
+    assert!(first.iter().any(|id| group_of(id) == "g1"));
+    let cursor = seen.last().expect("changes").cursor.clone();
+    assert!(
+        cursor.starts_with('*') && cursor.contains("g1=") && cursor.contains("g2="),
+        "{cursor}"
+    );
+
+    // g2's node stops: g1's commits still arrive; once it is back, g2's
+    // commits arrive too, every one, from where the watch stood in g2's log.
+    g.g2.shutdown().await.expect("g2 stops");
+    let mut during = Vec::new();
+    for _ in 0..4 {
+        during.push(transfer(None).await);
+    }
+    until_seen(&mut watch, &during).await;
+    g.g2 = group_node(&g.map, "g2", g.dir.path()).await;
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        after.push(transfer(g2_keys.next()).await);
+    }
+    assert!(after.iter().all(|id| group_of(id) == "g2"));
+    until_seen(&mut watch, &after).await;
+    drop(watch);
+
+    // Resumed from the cursor of before the outage: exactly what came after
+    // it, in both groups, nothing of before.
+    let mut resumed = client
+        .raw()
+        .watch_transactions(pb::WatchTransactionsRequest {
+            cursor: cursor.clone(),
+            ..committed_only()
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    let later: Vec<String> = during.iter().chain(&after).cloned().collect();
+    let again = until_seen(&mut resumed, &later).await;
+    for change in &again {
+        assert!(
+            later.contains(&change.transaction_id),
+            "{} came again",
+            change.transaction_id
+        );
+    }
+
+    // One group's cursor is refused by a watch of every group, saying why;
+    // a watch of one group gives that group's own cursors.
+    let plain = client
+        .raw()
+        .watch_transactions(pb::WatchTransactionsRequest {
+            cursor: "0-5".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a plain cursor");
+    assert_eq!(plain.code(), tonic::Code::InvalidArgument);
+    assert!(
+        plain.message().contains("one group's cursor"),
+        "{}",
+        plain.message()
+    );
+    let unknown = client
+        .raw()
+        .watch_transactions(pb::WatchTransactionsRequest {
+            cursor: "*g1=0-5,g9=0-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a group the map lacks");
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(
+        unknown
+            .message()
+            .contains("\"g9\", which the shard map does not have"),
+        "{}",
+        unknown.message()
+    );
+    let mut only_g2 = client
+        .raw()
+        .watch_transactions(pb::WatchTransactionsRequest {
+            group: "g2".into(),
+            from_oldest: true,
+            ..committed_only()
+        })
+        .await
+        .expect("watch g2")
+        .into_inner();
+    let g2_ids: Vec<String> = first
+        .iter()
+        .chain(&after)
+        .filter(|id| group_of(id) == "g2")
+        .cloned()
+        .collect();
+    for change in until_seen(&mut only_g2, &g2_ids).await {
+        assert_eq!(group_of(&change.transaction_id), "g2");
+        assert!(
+            change.cursor.starts_with(|c: char| c.is_ascii_digit()),
+            "{}",
+            change.cursor
+        );
+    }
+}
+
+/// Reads `stream` until each of `ids` was seen; returns what came,
+/// bounding a hang at 30 s (a group that came back is followed again
+/// after a backoff).
+async fn until_seen(
+    stream: &mut tonic::Streaming<pb::TransactionChange>,
+    ids: &[String],
+) -> Vec<pb::TransactionChange> {
+    let mut waiting: std::collections::HashSet<&String> = ids.iter().collect();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !waiting.is_empty() {
+        let change = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} never came", waiting.len(), ids.len()))
+            .expect("the stream goes on")
+            .expect("a change");
+        waiting.remove(&change.transaction_id);
+        seen.push(change);
+    }
+    seen
 }
 
 /// Every page of a listing through `node`, `page_size` at a time, checked
@@ -708,7 +911,10 @@ async fn list_all(node: &Node, page_size: u32, states: Vec<i32>) -> Vec<pb::Tran
         assert!(page.transactions.len() <= page_size as usize);
         listed.extend(page.transactions);
         if page.next_page_token.is_empty() {
-            let ids: Vec<TxnId> = listed.iter().map(|t| t.id.parse().expect("an id")).collect();
+            let ids: Vec<TxnId> = listed
+                .iter()
+                .map(|t| t.id.parse().expect("an id"))
+                .collect();
             assert!(
                 ids.windows(2).all(|pair| pair[0] > pair[1]),
                 "newest first, each once, through {}: {ids:?}",

@@ -264,6 +264,26 @@ async fn filters_keep_only_the_changes_asked_for() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(field), "{status:?}");
     }
+    // A group, on a node without a shard map, is a precondition it lacks,
+    // for a watch and for a listing.
+    let status = raw
+        .watch_transactions(pb::WatchTransactionsRequest {
+            group: "g1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("no shard map"), "{status:?}");
+    let status = raw
+        .list_transactions(pb::ListTransactionsRequest {
+            group: "g1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("no shard map"), "{status:?}");
 }
 
 #[tokio::test]

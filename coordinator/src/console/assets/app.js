@@ -368,6 +368,7 @@ function txnView(txn, reload, notes, setEditing) {
       operator && !ended(txn) ? el("button", { id: "retry", onclick: () => retry(txn, reload, notes) }, "Retry now") : null),
     el("dl", { class: "facts" },
       el("dt", {}, "kind"), el("dd", {}, saga ? "saga" : msg ? "transactional message" : "two-phase commit"),
+      txn.group ? [el("dt", {}, "group"), el("dd", {}, `${txn.group} (shard ${txn.shard})`)] : null,
       el("dt", {}, "begun"), el("dd", {}, `${when(txn.created_at_ms)} (${ago(txn.created_at_ms)})`),
       saga || (msg && txn.decided_at_ms) ? null : [el("dt", {}, msg ? "check-back due" : "deadline"), el("dd", {}, when(txn.deadline_ms))],
       msg ? [el("dt", {}, "producer"), el("dd", { class: "mono" }, txn.producer)] : null,

@@ -1,4 +1,5 @@
-//! ListTransactions across every group of a deployment (DESIGN §11): the
+//! ListTransactions and WatchTransactions across every group of a
+//! deployment (DESIGN §11); the watch is [`watch`]'s. ListTransactions: the
 //! node a client calls lists its own group's log and asks one node of each
 //! other group for the same page, then merges the pages into one, newest
 //! first, so that an operator sees every group's stuck transactions in one
@@ -21,6 +22,8 @@ use tonic::Status;
 use super::forward::{Forwarder, Hop};
 use crate::model::TxnId;
 use crate::shard::ShardMap;
+
+pub mod watch;
 
 /// How long another group's page may take when the client set no deadline
 /// (a listing is interactive: a group this slow is reported as skipped).
@@ -110,16 +113,13 @@ pub fn merge(pages: Vec<GroupPage>, limit: usize) -> (Vec<pb::Transaction>, Opti
         .flat_map(|page| page.transactions)
         .filter(|(id, _)| complete_from.is_none_or(|bound| *id >= bound))
         .collect();
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     if all.len() > limit {
         all.truncate(limit);
         let next = all.last().map(|(id, _)| *id);
         return (all.into_iter().map(|(_, txn)| txn).collect(), next);
     }
-    (
-        all.into_iter().map(|(_, txn)| txn).collect(),
-        complete_from,
-    )
+    (all.into_iter().map(|(_, txn)| txn).collect(), complete_from)
 }
 
 #[cfg(test)]
