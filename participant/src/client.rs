@@ -497,14 +497,15 @@ impl CoordinatorClient {
     /// you, so that it misses nothing the log keeps and repeats nothing.
     /// The first connection is made before this returns: a watch of what
     /// comes next sees every change recorded after, and a bad filter is
-    /// this call's error. Until its first change, a watch that starts with
-    /// the next change and loses its connection starts again with the next
-    /// one. An error that cannot be resumed is yielded once and ends the
+    /// this call's error. The watch asks the coordinator where it starts
+    /// (`mark_start`), so that one that loses its connection before its
+    /// first change resumes from there too; that mark is handed out only
+    /// if `request` asked for it. An error that cannot be resumed is yielded once and ends the
     /// stream. The connect of each attempt has this client's deadline; the
     /// stream itself has none.
     pub async fn watch(
         &self,
-        request: pb::WatchTransactionsRequest,
+        mut request: pb::WatchTransactionsRequest,
     ) -> Result<
         futures::stream::BoxStream<'static, Result<pb::TransactionChange, ClientError>>,
         ClientError,
@@ -519,7 +520,10 @@ impl CoordinatorClient {
                 .without_max_times()
                 .build()
         };
+        let show_mark = request.mark_start;
+        request.mark_start = true;
         let mut watch = Watching {
+            show_mark,
             raw: self.raw.clone(),
             timeout: self.timeout,
             request,
@@ -550,6 +554,17 @@ impl CoordinatorClient {
                     },
                 };
                 match open.message().await {
+                    // Where the stream starts: resumed from there if it
+                    // breaks before its first change.
+                    Ok(Some(mark)) if mark.transaction_id.is_empty() => {
+                        if mark.cursor.is_empty() {
+                            watch.request.from_oldest = true;
+                        }
+                        watch.request.cursor.clone_from(&mark.cursor);
+                        if watch.show_mark {
+                            return Some((Ok(mark), watch));
+                        }
+                    }
                     Ok(Some(change)) => {
                         watch.backoff = backoff();
                         watch.request.cursor = change.cursor.clone();
@@ -737,6 +752,9 @@ pub struct SagaStatus {
 
 /// A [`CoordinatorClient::watch`] between changes.
 struct Watching<B> {
+    /// Whether the caller asked to see where the stream starts (the watch
+    /// always asks, to resume from there).
+    show_mark: bool,
     raw: RawClient<Channel>,
     timeout: Duration,
     /// With the cursor of the last change handed out, once there is one.

@@ -412,3 +412,36 @@ async fn a_watch_follows_a_restarted_node_from_its_cursor() {
     assert_eq!(stitched, whole_log(&client, 6).await);
     drop(node);
 }
+
+#[tokio::test]
+async fn a_watch_of_what_comes_next_misses_nothing_when_its_connection_breaks_before_its_first_change()
+ {
+    let s = setup().await;
+    // The watch goes through a proxy that can cut its connection (no
+    // status, as a network failure); transactions begin directly.
+    let target: SocketAddr = s
+        ._node
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the node's address");
+    let proxy = support::proxy::Proxy::start(target).await;
+    let through_proxy = CoordinatorClient::connect(proxy.url()).expect("client");
+    let earlier = begin(&s.client).await;
+    let mut watch = through_proxy
+        .watch(pb::WatchTransactionsRequest::default())
+        .await
+        .expect("watch");
+
+    // Cut before any change reached it, and held cut while a transaction
+    // begins: the SDK's reconnect reaches the node only after it.
+    proxy.partition(true, true);
+    proxy.drop_connections();
+    let after = begin(&s.client).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.heal();
+    // The watch resumes from where it started, not from the next change
+    // at its reconnect: the new transaction is its first change.
+    let first = take(&mut watch, 1).await;
+    assert_eq!(seen(&first[0]), (after, NEW, ACTIVE), "not {earlier}");
+}
