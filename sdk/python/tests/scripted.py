@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from concord_participant import BranchContext, StepResult, Vote
+from concord_participant import BranchContext, StepResult, Unavailable, Vote
 
 EFFECTS = (
     "CREATE TABLE IF NOT EXISTS effects "
@@ -67,3 +67,13 @@ class Steps:
 
     def compensate(self, tx: Any, step: BranchContext, payload: bytes) -> None:
         effect(tx, step, "compensate")
+
+
+class Inbox:
+    """A message destination: each delivery is one 'deliver' effect; a
+    payload 'down' fails it (UNAVAILABLE, the coordinator delivers again)."""
+
+    def deliver(self, tx: Any, message: BranchContext, payload: bytes) -> None:
+        if payload == b"down":
+            raise Unavailable("scripted: the destination is down")
+        effect(tx, message, "deliver")

@@ -22,7 +22,7 @@ from concord_participant._proto.concord.v1 import participant_pb2 as pb
 from concord_participant._proto.concord.v1 import participant_pb2_grpc as pb_grpc
 from concord_participant._proto.concord.v1 import types_pb2 as types
 
-from scripted import Scripted, Steps, install_postgres, install_sqlite
+from scripted import Inbox, Scripted, Steps, install_postgres, install_sqlite
 
 CASES = json.loads(
     (pathlib.Path(__file__).resolve().parents[2] / "ledger-cases.json").read_text()
@@ -72,7 +72,7 @@ async def service(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Asy
         install_postgres(POSTGRES)
         ledger = PostgresLedger(POSTGRES)
     serving = await serve(
-        ParticipantService(ledger, Scripted(), Steps()), "127.0.0.1:0", resolver=None
+        ParticipantService(ledger, Scripted(), Steps(), Inbox()), "127.0.0.1:0", resolver=None
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
         yield Service(ledger, pb_grpc.ParticipantStub(channel))  # type: ignore[no-untyped-call]
@@ -110,6 +110,14 @@ async def answer(stub: Any, call: str, txn: str, payload: bytes) -> str:
         if call == "compensate":
             await stub.Compensate(pb.CompensateRequest(branch=branch, payload=payload), timeout=10)
             return "ok"
+        if call == "deliver":
+            await stub.Deliver(pb.DeliverRequest(branch=branch, payload=payload), timeout=10)
+            return "ok"
+        if call == "check_message":
+            found = await stub.CheckMessage(pb.CheckMessageRequest(transaction_id=txn), timeout=10)
+            if found.result == pb.CheckMessageResponse.RESULT_COMMITTED:
+                return "committed"
+            return "rolled_back"
     except grpc.aio.AioRpcError as error:
         return f"error {error.code().name}"
     raise ValueError(f"unknown call {call!r} in sdk/ledger-cases.json")

@@ -1,12 +1,14 @@
 //! The ledger cases shared with the Python SDK (`sdk/ledger-cases.json`),
 //! run against the Rust SDK's participants over gRPC: the scripted 2PC
 //! participant for prepare, commit, abort and one-phase commit, the
-//! scripted saga participant for execute and compensate. The Python side
+//! scripted saga participant for execute and compensate, the message
+//! participant for deliver and check-backs. The Python side
 //! runs the same file (`sdk/python/tests/test_ledger_cases.py`), so the two
 //! SDKs are held to one list of anomalies.
 
 use serde::Deserialize;
 
+use super::support::message::MessageParticipant;
 use super::*;
 
 #[derive(Deserialize)]
@@ -33,6 +35,7 @@ struct Call {
 async fn answer(
     two_phase: &mut ParticipantClient<Channel>,
     steps: &mut ParticipantClient<Channel>,
+    messages: &mut ParticipantClient<Channel>,
     txn: &str,
     call: &Call,
 ) -> String {
@@ -91,6 +94,23 @@ async fn answer(
             .compensate(pb::CompensateRequest { branch, payload })
             .await
             .map(|_| "ok".to_owned()),
+        "deliver" => messages
+            .deliver(pb::DeliverRequest { branch, payload })
+            .await
+            .map(|_| "ok".to_owned()),
+        "check_message" => messages
+            .check_message(pb::CheckMessageRequest {
+                transaction_id: txn.to_owned(),
+            })
+            .await
+            .map(|a| {
+                if a.into_inner().result == pb::check_message_response::Result::Committed as i32 {
+                    "committed"
+                } else {
+                    "rolled_back"
+                }
+                .to_owned()
+            }),
         other => panic!("unknown call {other:?} in sdk/ledger-cases.json"),
     };
     answered.unwrap_or_else(|status| format!("error {}", code_name(status.code())))
@@ -118,11 +138,13 @@ async fn the_ledger_cases_shared_with_the_python_sdk_hold() {
     let dir = tempfile::tempdir().expect("temp dir");
     let p = TestParticipant::start(dir.path(), "p", None).await;
     let s = StepParticipant::start(dir.path(), "steps").await;
+    let m = MessageParticipant::start(dir.path(), "messages").await;
     let (mut two_phase, mut steps) = (connect(&p.url).await, connect(&s.url).await);
+    let mut messages = connect(&m.url).await;
     for (i, case) in cases.cases.iter().enumerate() {
         let txn = format!("01890a5d-ac96-774b-bcce-{i:012}");
         for (n, call) in case.calls.iter().enumerate() {
-            let got = answer(&mut two_phase, &mut steps, &txn, call).await;
+            let got = answer(&mut two_phase, &mut steps, &mut messages, &txn, call).await;
             assert_eq!(got, call.expect, "{}: call {n} ({})", case.name, call.call);
         }
         let mut effects = p.effects(&txn).await;
@@ -132,15 +154,25 @@ async fn the_ledger_cases_shared_with_the_python_sdk_hold() {
                 .into_iter()
                 .map(|e| e.trim_end_matches(":b1").to_owned()),
         );
+        // A delivery's effect is its row in the destination's inbox.
+        let (delivered,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM inbox WHERE message_id = ?1")
+                .bind(&txn)
+                .fetch_one(&m.pool)
+                .await
+                .expect("inbox");
+        effects.extend((0..delivered).map(|_| "deliver".to_owned()));
         assert_eq!(effects, case.effects, "{}: effects", case.name);
         let mut ledger = p.ledger(&txn).await;
-        let step_rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT op, result FROM concord_ledger WHERE txn_id = ?1")
-                .bind(&txn)
-                .fetch_all(&s.pool)
-                .await
-                .expect("ledger");
-        ledger.extend(step_rows.into_iter().map(|(op, r)| format!("{op}={r}")));
+        for pool in [&s.pool, &m.pool] {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT op, result FROM concord_ledger WHERE txn_id = ?1")
+                    .bind(&txn)
+                    .fetch_all(pool)
+                    .await
+                    .expect("ledger");
+            ledger.extend(rows.into_iter().map(|(op, r)| format!("{op}={r}")));
+        }
         ledger.sort();
         assert_eq!(ledger, case.ledger, "{}: ledger", case.name);
     }

@@ -6,7 +6,8 @@
 //!
 //! A delivery whose payload starts with `flaky:N ` fails (UNAVAILABLE) the
 //! first N times it reaches this destination; one starting `until:N ` fails
-//! until the inbox holds N messages; [`MessageParticipant::down`]
+//! until the inbox holds N messages; one that is `down` always fails (the
+//! shared ledger cases, `sdk/ledger-cases.json`); [`MessageParticipant::down`]
 //! makes every delivery fail until it is lifted.
 
 use std::collections::HashMap;
@@ -43,6 +44,11 @@ impl MessageDestination for Inbox {
             ));
         }
         let text = String::from_utf8_lossy(payload).to_string();
+        if text == "down" {
+            return Err(ParticipantError::Unavailable(
+                "scripted: the destination is down".into(),
+            ));
+        }
         if let Some(limit) = text
             .strip_prefix("flaky:")
             .and_then(|rest| rest.split(' ').next())

@@ -12,6 +12,10 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
 - `resolver`: asks the coordinator about branches left in doubt (after a
   restart, or a long wait) and applies the answer once.
 - `saga`: build a saga's step graph (`Saga`, `Step`) and submit it.
+- `message`, `outbox`: transactional messages (`Message`, `Destination`,
+  `PreparedMessage`): prepared at the coordinator, published in your local
+  transaction (the outbox row), submitted; `MessageDestination` receives
+  them, once each.
 - `crash`: crash points for tests (`CONCORD_PARTICIPANT_CRASH`).
 - `client`: `CoordinatorClient`, the coordinator's client (grpc.aio), and
   `SyncCoordinatorClient` for code without an event loop.
@@ -25,6 +29,7 @@ from .client import (
     Branch,
     CoordinatorClient,
     CoordinatorError,
+    PreparedAnswer,
     Retry,
     SyncCoordinatorClient,
 )
@@ -33,6 +38,7 @@ from .ledger import (
     FailedPrecondition,
     InvalidPayload,
     Ledger,
+    MessageDestination,
     ParticipantError,
     PostgresLedger,
     SagaStep,
@@ -40,23 +46,33 @@ from .ledger import (
     StepResult,
     TwoPhaseParticipant,
     Unavailable,
+    Unsupported,
     Vote,
 )
+from .message import Destination, Message, PreparedMessage
+from .outbox import AlreadyPublished, MessageDropped
 from .resolver import ResolverConfig
 from .saga import Saga, SagaStatus, Step
 from .server import ParticipantService, Serving, serve
 
 __all__ = [
+    "AlreadyPublished",
     "Begun",
     "Branch",
     "BranchContext",
     "CoordinatorClient",
     "CoordinatorError",
+    "Destination",
     "FailedPrecondition",
     "InvalidPayload",
     "Ledger",
+    "Message",
+    "MessageDestination",
+    "MessageDropped",
     "ParticipantError",
     "PostgresLedger",
+    "PreparedAnswer",
+    "PreparedMessage",
     "ParticipantService",
     "ResolverConfig",
     "Retry",
@@ -70,6 +86,7 @@ __all__ = [
     "SyncCoordinatorClient",
     "TwoPhaseParticipant",
     "Unavailable",
+    "Unsupported",
     "Vote",
     "serve",
 ]

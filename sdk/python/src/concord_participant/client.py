@@ -1,5 +1,6 @@
 """A client for the coordinator (grpc.aio): begin, enlist, commit, roll
-back, submit a saga, ask an outcome. Every call has a deadline; a call that
+back, submit a saga, prepare and submit a transactional message, ask an
+outcome. Every call has a deadline; a call that
 is safe to repeat is retried on UNAVAILABLE with exponential backoff, full
 jitter and a cap (a keyless Begin is not: it could begin twice).
 """
@@ -164,6 +165,47 @@ class CoordinatorClient:
             repeatable=bool(request.idempotency_key),
         )
 
+    async def prepare_message(self, request: pb.PrepareMessageRequest) -> PreparedAnswer:
+        """Prepares a transactional message (see `concord_participant.message`,
+        which builds the request); retried on UNAVAILABLE only with an
+        idempotency key."""
+        answer = await self._call(
+            lambda t: self._stub.PrepareMessage(request, timeout=t),
+            repeatable=bool(request.idempotency_key),
+        )
+        return PreparedAnswer(answer.transaction_id, answer.created, _message_state(answer.state))
+
+    async def submit_message(self, transaction_id: str, wait: bool = False) -> str:
+        """Tells the coordinator the producer's local transaction committed:
+        "delivering", or with `wait` "delivered" once every destination
+        acknowledged. Safe to repeat."""
+        request = pb.SubmitMessageRequest(transaction_id=transaction_id, wait=wait)
+        answer = await self._call(lambda t: self._stub.SubmitMessage(request, timeout=t), True)
+        return _message_state(answer.state)
+
+
+@dataclass(frozen=True)
+class PreparedAnswer:
+    """PrepareMessage's answer: the message's id, whether this call
+    prepared it, and its state ("prepared", "delivering", "delivered" or
+    "dropped")."""
+
+    transaction_id: str
+    created: bool
+    state: str
+
+
+_MESSAGE_STATES: dict[int, str] = {
+    types.TRANSACTION_STATE_PREPARED: "prepared",
+    types.TRANSACTION_STATE_DELIVERING: "delivering",
+    types.TRANSACTION_STATE_DELIVERED: "delivered",
+    types.TRANSACTION_STATE_DROPPED: "dropped",
+}
+
+
+def _message_state(state: int) -> str:
+    return _MESSAGE_STATES.get(state, "unknown")
+
 
 def _outcome_name(outcome: int) -> str:
     if outcome == types.OUTCOME_COMMITTED:
@@ -238,3 +280,9 @@ class SyncCoordinatorClient:
 
     def submit_saga(self, request: pb.SubmitSagaRequest) -> pb.SubmitSagaResponse:
         return self._wait(self._client.submit_saga(request))
+
+    def prepare_message(self, request: pb.PrepareMessageRequest) -> PreparedAnswer:
+        return self._wait(self._client.prepare_message(request))
+
+    def submit_message(self, transaction_id: str, wait: bool = False) -> str:
+        return self._wait(self._client.submit_message(transaction_id, wait))

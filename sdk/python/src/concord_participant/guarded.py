@@ -13,17 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic
 
-from . import crash
+from . import crash, outbox
 from .ledger import (
     BranchContext,
     Entry,
     FailedPrecondition,
     Ledger,
+    MessageDestination,
     Op,
     SagaStep,
     StepResult,
     TwoPhaseParticipant,
     Tx,
+    Unsupported,
     Vote,
 )
 
@@ -53,10 +55,12 @@ class Guarded(Generic[Tx]):
         ledger: Ledger[Tx],
         two_phase: TwoPhaseParticipant[Tx] | None,
         steps: SagaStep[Tx] | None,
+        messages: MessageDestination[Tx] | None = None,
     ) -> None:
         self.ledger = ledger
         self.two_phase = two_phase
         self.steps = steps
+        self.messages = messages
 
     def _handler(self) -> TwoPhaseParticipant[Tx]:
         if self.two_phase is None:
@@ -220,3 +224,24 @@ class Guarded(Generic[Tx]):
             self.ledger.record(tx, step, Op.COMPENSATE, result)
 
         self.ledger.local(step, work)
+
+    def deliver(self, message: BranchContext, payload: bytes) -> None:
+        """A message delivered to this destination: its handler runs once
+        per (message, destination), in the local transaction of its ledger
+        row (M4); a duplicate answers as the first did."""
+        if self.messages is None:
+            raise Unsupported("this participant receives no transactional messages")
+        destination = self.messages
+
+        def work(tx: Tx) -> None:
+            if Op.DELIVER in self.ledger.rows(tx, message):
+                return  # a duplicate: applied once already (M4)
+            destination.deliver(tx, message, payload)
+            self.ledger.record(tx, message, Op.DELIVER, "done")
+
+        self.ledger.local(message, work)
+
+    def check_message(self, message_id: str) -> str:
+        """The coordinator's check-back for a message this service produced
+        (M2; `concord_participant.outbox`): "committed" or "rolled_back"."""
+        return outbox.check(self.ledger, message_id)

@@ -29,7 +29,7 @@ import abc
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Protocol, TypeVar
@@ -52,6 +52,9 @@ class Op(str, Enum):
     ABORT = "abort"
     ACTION = "action"
     COMPENSATE = "compensate"
+    #: A transactional message's outbox row (branch "message"), or the
+    #: tombstone a check-back left in its place.
+    PUBLISH = "publish"
     DELIVER = "deliver"
 
 
@@ -125,6 +128,13 @@ class InvalidPayload(ParticipantError):
     code = "INVALID_ARGUMENT"
 
 
+class Unsupported(ParticipantError):
+    """The call asks for something this participant does not take part in
+    (a Deliver to a service without a message destination)."""
+
+    code = "UNIMPLEMENTED"
+
+
 class FailedPrecondition(ParticipantError):
     """The call does not fit what the ledger holds (a Commit for a branch
     that voted ABORT, say)."""
@@ -150,6 +160,16 @@ class SagaStep(Protocol[Tx_contra]):
     def action(self, tx: Tx_contra, step: BranchContext, payload: bytes) -> StepResult: ...
 
     def compensate(self, tx: Tx_contra, step: BranchContext, payload: bytes) -> None: ...
+
+
+class MessageDestination(Protocol[Tx_contra]):
+    """What a service implements to receive transactional messages
+    (docs/design.md §10): apply one message's payload with `tx`, the local
+    transaction its ledger row is written in, so that a redelivery finds
+    the row and runs nothing (M4). Raise `Unavailable` for passing trouble:
+    the coordinator delivers again until it succeeds."""
+
+    def deliver(self, tx: Tx_contra, message: BranchContext, payload: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -208,6 +228,22 @@ class Ledger(abc.ABC, Generic[Tx]):
         """Runs `work` in a local transaction about `branch`, serialised
         with every other call about it: committed if `work` returns, rolled
         back if it raises."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A local transaction of your own, for a business change that
+        publishes a message (`PreparedMessage.publish_with`): committed when
+        the `with` block ends, rolled back if it raises. On SQLite it begins
+        IMMEDIATE (holding the write lock from its first statement)."""
+
+    @abc.abstractmethod
+    def lock(self, tx: Tx, branch: BranchContext) -> None:
+        """Serialises `tx` with every call about `branch` until it ends."""
+
+    @abc.abstractmethod
+    def unique_violation(self, error: BaseException) -> bool:
+        """Whether `error` is this database refusing a second row with the
+        same key."""
 
     @abc.abstractmethod
     def restart(self, tx: Tx, branch: BranchContext) -> None:
@@ -344,6 +380,31 @@ class SqliteLedger(Ledger[sqlite3.Connection]):
                 db.execute("COMMIT")
             return result
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if db.in_transaction:
+                db.execute("COMMIT")
+
+    def lock(self, tx: sqlite3.Connection, branch: BranchContext) -> None:
+        # One writer: a transaction that wrote, or began IMMEDIATE, holds
+        # the lock every call about any branch takes.
+        if not tx.in_transaction:
+            raise FailedPrecondition(
+                "publish in the local transaction of the business change: begin it "
+                "(ledger.transaction(), or BEGIN IMMEDIATE) before publishing"
+            )
+
+    def unique_violation(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError)
+
     def restart(self, tx: sqlite3.Connection, branch: BranchContext) -> None:
         tx.execute("ROLLBACK")
         tx.execute("BEGIN IMMEDIATE")
@@ -435,6 +496,24 @@ class PostgresLedger(Ledger["psycopg.Connection[Any]"]):
                 raise
             db.execute("COMMIT")
             return result
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            except BaseException:
+                if not db.closed:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def lock(self, tx: psycopg.Connection[Any], branch: BranchContext) -> None:
+        self._lock_branch(tx, branch)
+
+    def unique_violation(self, error: BaseException) -> bool:
+        return isinstance(error, self._psycopg.errors.UniqueViolation)
 
     def restart(self, tx: psycopg.Connection[Any], branch: BranchContext) -> None:
         tx.execute("ROLLBACK")

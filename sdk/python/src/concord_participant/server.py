@@ -1,7 +1,8 @@
 """The `concord.v1.Participant` gRPC service (grpc.aio) over the ledger:
-implement `TwoPhaseParticipant` and/or `SagaStep` against your SQLite
-database and serve them with `ParticipantService` (`serve` starts the
-server and the in-doubt resolver together).
+implement `TwoPhaseParticipant`, `SagaStep` and/or `MessageDestination`
+against your database and serve them with `ParticipantService` (`serve`
+starts the server and the in-doubt resolver together). Every service
+answers check-backs about the messages it produced from its outbox.
 
 Each call is checked (a missing or malformed branch is INVALID_ARGUMENT and
 changes nothing), then taken through the ledger-guarded path
@@ -29,6 +30,7 @@ from .guarded import Guarded
 from .ledger import (
     BranchContext,
     Ledger,
+    MessageDestination,
     ParticipantError,
     SagaStep,
     TwoPhaseParticipant,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 #: Longest transaction id and branch name accepted, as the Rust SDK does.
 MAX_TRANSACTION_ID = 64
 MAX_BRANCH = 128
+#: Longest message id a check-back may name, as the Rust SDK accepts.
+MAX_MESSAGE_ID = 128
 #: Most calls one Batch may carry (participant.proto).
 MAX_BATCH_CALLS = 1024
 
@@ -51,6 +55,7 @@ _CODES = {
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
     "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
 }
 
 _VOTES = {
@@ -66,6 +71,7 @@ Branched = (
     | pb.CommitOnePhaseRequest
     | pb.ExecuteRequest
     | pb.CompensateRequest
+    | pb.DeliverRequest
 )
 
 
@@ -103,17 +109,21 @@ def branch_context(request: Branched, one_phase: bool = False) -> BranchContext:
 class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
     """The service: give it the ledger (`SqliteLedger` or
     `PostgresLedger`) and your handlers, which get that database's
-    connection as their local transaction."""
+    connection as their local transaction. With `messages` it receives
+    transactional messages (`Deliver`); it answers the coordinator's
+    check-backs about messages it produced (`CheckMessage`, from its
+    outbox) whatever it serves."""
 
     def __init__(
         self,
         ledger: Ledger[Tx],
         two_phase: TwoPhaseParticipant[Tx] | None = None,
         steps: SagaStep[Tx] | None = None,
+        messages: MessageDestination[Tx] | None = None,
     ) -> None:
         ledger.install()
         self.ledger = ledger
-        self.guarded = Guarded(ledger, two_phase, steps)
+        self.guarded = Guarded(ledger, two_phase, steps, messages)
 
     @staticmethod
     async def _run(call: Callable[[], T]) -> T:
@@ -171,6 +181,27 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         await self._run(lambda: self.guarded.compensate(step, request.payload))
         return pb.CompensateResponse()
 
+    async def deliver_answer(self, request: pb.DeliverRequest) -> pb.DeliverResponse:
+        message = branch_context(request)
+        await self._run(lambda: self.guarded.deliver(message, request.payload))
+        return pb.DeliverResponse()
+
+    async def check_message_answer(
+        self, request: pb.CheckMessageRequest
+    ) -> pb.CheckMessageResponse:
+        message_id = request.transaction_id
+        if not 1 <= len(message_id.encode()) <= MAX_MESSAGE_ID:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"transaction_id must be the message's id (1 to {MAX_MESSAGE_ID} bytes)",
+            )
+        found = await self._run(lambda: self.guarded.check_message(message_id))
+        return pb.CheckMessageResponse(
+            result=pb.CheckMessageResponse.RESULT_COMMITTED
+            if found == "committed"
+            else pb.CheckMessageResponse.RESULT_ROLLED_BACK
+        )
+
     # The single RPCs.
 
     async def Prepare(  # noqa: N802 (the RPC's name)
@@ -202,6 +233,16 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         self, request: pb.CompensateRequest, context: Context
     ) -> pb.CompensateResponse:
         return await _single(context, self.compensate_answer(request))
+
+    async def Deliver(  # noqa: N802
+        self, request: pb.DeliverRequest, context: Context
+    ) -> pb.DeliverResponse:
+        return await _single(context, self.deliver_answer(request))
+
+    async def CheckMessage(  # noqa: N802
+        self, request: pb.CheckMessageRequest, context: Context
+    ) -> pb.CheckMessageResponse:
+        return await _single(context, self.check_message_answer(request))
 
     async def Batch(  # noqa: N802
         self, request: pb.BatchRequest, context: Context
@@ -255,9 +296,7 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         if kind == "compensate":
             return self.compensate_answer(call.compensate)
         if kind == "deliver":
-            raise Refused(
-                grpc.StatusCode.UNIMPLEMENTED, "this participant does not support transactional messages"
-            )
+            return self.deliver_answer(call.deliver)
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "a batch entry names no call")
 
 
