@@ -102,6 +102,15 @@ impl Browser {
         browser
     }
 
+    /// Opens the console's list page at `console` and waits until it is
+    /// loaded (an empty queue) and following changes live.
+    async fn open(&self, console: &str) {
+        self.page().goto(console).await.expect("open the console");
+        self.wait_for_text("#attention-body", "Nothing needs attention.")
+            .await;
+        self.wait_for_text("#live", "live").await;
+    }
+
     fn page(&self) -> &Client {
         self.client.as_ref().expect("a session")
     }
@@ -143,6 +152,32 @@ fn quick(attempts: u32) -> RetryPolicy {
     RetryPolicy::attempts(attempts, Duration::from_millis(20))
 }
 
+/// A saga whose hotel refuses and whose flight cannot be cancelled (its
+/// compensation keeps failing): it gets stuck, NEEDS_ATTENTION.
+fn stuck_trip(description: &str, steps: &str) -> Saga {
+    Saga::new()
+        .description(description)
+        .step(
+            Step::new("flight", steps)
+                .action("ok")
+                .compensation("stuck")
+                .retry(quick(2)),
+        )
+        .step(
+            Step::new("hotel", steps)
+                .action("refuse")
+                .compensation("ok")
+                .after(["flight"]),
+        )
+}
+
+/// A saga that goes well.
+fn good_trip(description: impl Into<String>, steps: &str) -> Saga {
+    Saga::new()
+        .description(description)
+        .step(Step::new("flight", steps).action("ok").compensation("ok"))
+}
+
 #[tokio::test]
 async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browser() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -166,46 +201,19 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     let steps = StepParticipant::start(dir.path(), "steps").await;
     // A few transactions that went well, for the list and the chart.
     for _ in 0..3 {
-        Saga::new()
-            .description("trip for the list")
-            .step(
-                Step::new("flight", &steps.url)
-                    .action("ok")
-                    .compensation("ok"),
-            )
+        good_trip("trip for the list", &steps.url)
             .run(&client)
             .await
             .expect("saga");
     }
 
     let browser = Browser::start().await;
-    browser
-        .page()
-        .goto(&console)
-        .await
-        .expect("open the console");
-    browser
-        .wait_for_text("#attention-body", "Nothing needs attention.")
-        .await;
-    browser.wait_for_text("#live", "live").await;
+    browser.open(&console).await;
     browser.wait_for_text("#mode", "read-only").await;
 
     // While the page is open: a saga whose hotel refuses, and whose flight
     // cannot be cancelled (its compensation keeps failing).
-    let stuck = Saga::new()
-        .description("trip to Lisbon")
-        .step(
-            Step::new("flight", &steps.url)
-                .action("ok")
-                .compensation("stuck")
-                .retry(quick(2)),
-        )
-        .step(
-            Step::new("hotel", &steps.url)
-                .action("refuse")
-                .compensation("ok")
-                .after(["flight"]),
-        )
+    let stuck = stuck_trip("trip to Lisbon", &steps.url)
         .submit(&client)
         .await
         .expect("saga")
@@ -399,46 +407,19 @@ async fn the_console_of_one_group_shows_every_groups_transactions_and_a_group_th
     // of the node they reach).
     for node in [&g1, &g2] {
         let client = CoordinatorClient::connect(node.url()).expect("client");
-        Saga::new()
-            .description(format!("trip booked through {}", node.url()))
-            .step(
-                Step::new("flight", &steps.url)
-                    .action("ok")
-                    .compensation("ok"),
-            )
+        good_trip(format!("trip booked through {}", node.url()), &steps.url)
             .run(&client)
             .await
             .expect("saga");
     }
 
     let browser = Browser::start().await;
-    browser
-        .page()
-        .goto(&console)
-        .await
-        .expect("open the console");
-    browser
-        .wait_for_text("#attention-body", "Nothing needs attention.")
-        .await;
-    browser.wait_for_text("#live", "live").await;
+    browser.open(&console).await;
     browser.wait_for_text("#transactions", "g2").await;
 
     // While the page is open, a saga gets stuck in g2.
     let g2_client = CoordinatorClient::connect(g2.url()).expect("client");
-    let stuck = Saga::new()
-        .description("trip to Porto")
-        .step(
-            Step::new("flight", &steps.url)
-                .action("ok")
-                .compensation("stuck")
-                .retry(quick(2)),
-        )
-        .step(
-            Step::new("hotel", &steps.url)
-                .action("refuse")
-                .compensation("ok")
-                .after(["flight"]),
-        )
+    let stuck = stuck_trip("trip to Porto", &steps.url)
         .submit(&g2_client)
         .await
         .expect("saga")

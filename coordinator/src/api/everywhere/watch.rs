@@ -163,15 +163,20 @@ pub fn own_group(
         Some((group, changes)),
         |state| async move {
             let (group, mut changes) = state?;
-            let event = match changes.recv().await? {
-                Ok(change) => {
+            let event = match changes.recv().await {
+                Some(Ok(change)) => {
                     let cursor = change.cursor;
                     Event::Change(convert::change(change), cursor)
                 }
-                Err(end) => {
+                Some(Err(end)) => {
                     let resume = end.resume();
                     Event::End(convert::watch_end(end), resume)
                 }
+                // The watch's task ended without a word: the node is
+                // stopping and the end did not fit the full buffer. The
+                // whole stream ends with it (the other groups' too), or
+                // the server's stop would wait on it.
+                None => Event::End(Status::unavailable("the node is shutting down"), None),
             };
             let ended = matches!(event, Event::End(..));
             let item = (group.clone(), event);

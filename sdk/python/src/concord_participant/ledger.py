@@ -368,17 +368,8 @@ class SqliteLedger(Ledger[sqlite3.Connection]):
 
     def local(self, branch: BranchContext, work: Callable[[sqlite3.Connection], T]) -> T:
         del branch  # SQLite has one writer: BEGIN IMMEDIATE serialises all.
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            if db.in_transaction:
-                db.execute("COMMIT")
-            return result
+        with self.transaction() as db:
+            return work(db)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -485,17 +476,9 @@ class PostgresLedger(Ledger["psycopg.Connection[Any]"]):
         )
 
     def local(self, branch: BranchContext, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._connection() as db:
-            db.execute("BEGIN")
-            try:
-                self._lock_branch(db, branch)
-                result = work(db)
-            except BaseException:
-                if not db.closed:
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
+        with self.transaction() as db:
+            self._lock_branch(db, branch)
+            return work(db)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
