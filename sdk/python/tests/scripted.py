@@ -4,10 +4,15 @@ what each handler does; sdk/ledger-cases.json), as the Rust tests' own
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Any
 
 from concord_participant import BranchContext, StepResult, Unavailable, Vote
+
+#: A PostgreSQL database for the PostgreSQL ledger's runs: the Rust test
+#: that runs this suite (tests/tests/python) starts a server and sets it.
+POSTGRES = os.environ.get("CONCORD_TEST_POSTGRES_URL", "")
 
 EFFECTS = (
     "CREATE TABLE IF NOT EXISTS effects "
@@ -21,6 +26,20 @@ def effect(tx: Any, branch: BranchContext, op: str) -> None:
     if not isinstance(tx, sqlite3.Connection):
         sql = sql.replace("?", "%s")
     tx.execute(sql, (branch.transaction_id, branch.branch, op))
+
+
+def read(ledger: Any, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    """Rows of `sql` (written with `?`) from the ledger's database, read
+    apart from the service."""
+    from concord_participant import SqliteLedger
+
+    if isinstance(ledger, SqliteLedger):
+        with sqlite3.connect(ledger.path) as db:
+            return db.execute(sql, args).fetchall()
+    import psycopg
+
+    with psycopg.connect(POSTGRES) as db:
+        return db.execute(sql.replace("?", "%s"), args).fetchall()
 
 
 def install_sqlite(path: str) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,21 +15,16 @@ from typing import Any
 import grpc
 import pytest
 
-from concord_participant import Ledger, ParticipantService, PostgresLedger, SqliteLedger, serve
+from concord_participant import Ledger, ParticipantService, serve
 from concord_participant._proto.concord.v1 import participant_pb2 as pb
 from concord_participant._proto.concord.v1 import participant_pb2_grpc as pb_grpc
 from concord_participant._proto.concord.v1 import types_pb2 as types
 
-from scripted import Inbox, Scripted, Steps, install_postgres, install_sqlite
+from scripted import Inbox, Scripted, Steps, read
 
 CASES = json.loads(
     (pathlib.Path(__file__).resolve().parents[2] / "ledger-cases.json").read_text()
 )["cases"]
-
-
-#: A PostgreSQL database for the PostgreSQL ledger's runs: the Rust test
-#: that runs this suite (tests/tests/python) starts a server and sets it.
-POSTGRES = os.environ.get("CONCORD_TEST_POSTGRES_URL", "")
 
 
 class Service:
@@ -41,44 +34,23 @@ class Service:
         self.ledger = ledger
         self.stub = stub
 
-    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        if isinstance(self.ledger, SqliteLedger):
-            with sqlite3.connect(self.ledger.path) as db:
-                return db.execute(sql, args).fetchall()
-        import psycopg
-
-        with psycopg.connect(POSTGRES) as db:
-            return db.execute(sql.replace("?", "%s"), args).fetchall()
-
     def effects(self, txn: str) -> list[str]:
-        rows = self._read("SELECT op FROM effects WHERE txn_id = ? ORDER BY seq", (txn,))
+        rows = read(self.ledger, "SELECT op FROM effects WHERE txn_id = ? ORDER BY seq", (txn,))
         return [op for (op,) in rows]
 
     def ledger_rows(self, txn: str) -> list[str]:
-        rows = self._read("SELECT op, result FROM concord_ledger WHERE txn_id = ?", (txn,))
+        rows = read(self.ledger, "SELECT op, result FROM concord_ledger WHERE txn_id = ?", (txn,))
         return sorted(f"{op}={result}" for op, result in rows)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def service(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Service]:
-    ledger: Ledger[Any]
-    if request.param == "sqlite":
-        db = str(tmp_path / "participant.db")
-        install_sqlite(db)
-        ledger = SqliteLedger(db)
-    else:
-        if not POSTGRES:
-            pytest.skip("CONCORD_TEST_POSTGRES_URL is not set (cargo test sets it)")
-        install_postgres(POSTGRES)
-        ledger = PostgresLedger(POSTGRES)
+@pytest.fixture
+async def service(ledger: Ledger[Any]) -> AsyncIterator[Service]:
     serving = await serve(
         ParticipantService(ledger, Scripted(), Steps(), Inbox()), "127.0.0.1:0", resolver=None
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
         yield Service(ledger, pb_grpc.ParticipantStub(channel))  # type: ignore[no-untyped-call]
     await serving.stop()
-    if isinstance(ledger, PostgresLedger):
-        ledger.close()
 
 
 VOTES = {types.VOTE_COMMIT: "COMMIT", types.VOTE_ABORT: "ABORT", types.VOTE_READ_ONLY: "READ_ONLY"}
@@ -145,7 +117,7 @@ async def test_malformed_branches_are_refused_and_change_nothing(service: Servic
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (refused.value.details() or "")
     kept = "SELECT COUNT(*) FROM concord_ledger WHERE txn_id IN ('', 't', ?)"
-    assert service._read(kept, ("t" * 65,)) == [(0,)]
+    assert read(service.ledger, kept, ("t" * 65,)) == [(0,)]
 
 
 async def test_a_batch_takes_each_call_through_the_ledger_once_and_fails_only_the_bad_ones(

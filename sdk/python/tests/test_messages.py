@@ -26,7 +26,6 @@ from concord_participant import (
     Message,
     MessageDropped,
     ParticipantService,
-    PostgresLedger,
     PreparedMessage,
     SqliteLedger,
     serve,
@@ -34,43 +33,14 @@ from concord_participant import (
 from concord_participant._proto.concord.v1 import types_pb2 as types
 from concord_participant.ledger import BranchContext
 
-from scripted import Inbox, effect, install_postgres, install_sqlite
+from scripted import Inbox, effect, install_sqlite, read
 
 COORDINATOR = os.environ.get("CONCORD_TEST_COORDINATOR_URL", "")
-POSTGRES = os.environ.get("CONCORD_TEST_POSTGRES_URL", "")
-
-
-def read(ledger: Ledger[Any], sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
-    if isinstance(ledger, SqliteLedger):
-        with sqlite3.connect(ledger.path) as db:
-            return db.execute(sql, args).fetchall()
-    import psycopg
-
-    with psycopg.connect(POSTGRES) as db:
-        return db.execute(sql.replace("?", "%s"), args).fetchall()
 
 
 def changes(ledger: Ledger[Any], txn: str) -> list[str]:
     """The business changes the producer's local transactions committed."""
     return [op for (op,) in read(ledger, "SELECT op FROM effects WHERE txn_id = ?", (txn,))]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Any:
-    made: Ledger[Any]
-    if request.param == "sqlite":
-        db = str(tmp_path / "producer.db")
-        install_sqlite(db)
-        made = SqliteLedger(db)
-    else:
-        if not POSTGRES:
-            pytest.skip("CONCORD_TEST_POSTGRES_URL is not set (cargo test sets it)")
-        install_postgres(POSTGRES)
-        made = PostgresLedger(POSTGRES)
-    made.install()
-    yield made
-    if isinstance(made, PostgresLedger):
-        made.close()
 
 
 def change_and_publish(ledger: Ledger[Any], message: PreparedMessage) -> None:
