@@ -41,7 +41,7 @@ mod tls;
 
 /// The console's state, shared by every request.
 struct Console {
-    service: CoordinatorService,
+    service: Arc<CoordinatorService>,
     stats: Arc<stats::Stats>,
     /// Whether Retry and Resolve need the admin token.
     token_required: bool,
@@ -58,10 +58,15 @@ pub async fn serve(
     access: Access,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let stats = stats::Stats::follow(runtime.clone(), stop.clone());
+    let service = Arc::new(CoordinatorService::new(
+        runtime,
+        limits,
+        access.admin_token.clone(),
+    ));
+    let stats = stats::Stats::follow(Arc::clone(&service), stop.clone());
     let console = Arc::new(Console {
         token_required: access.admin_token.is_some(),
-        service: CoordinatorService::new(runtime, limits, access.admin_token.clone()),
+        service,
         stats,
         stop: stop.clone(),
     });

@@ -1,19 +1,23 @@
 //! The console's chart: transactions ended per second (committed, aborted,
 //! compensated) over the last minutes, and the p50/p99 of how long they
 //! took, from their first change in the log to their last. Fed by a watch
-//! of every change, so that on a cluster it counts every node's
-//! transactions; bounded in memory whatever the load.
+//! of every change (the API's, as a client's), so that on a cluster it
+//! counts every node's transactions and with several groups every group's;
+//! bounded in memory whatever the load.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use concord_proto::v1 as pb;
+use concord_proto::v1::coordinator_server::Coordinator;
+use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tonic::Request;
 
-use crate::model::{Cursor, TxnId, TxnState};
-use crate::runtime::Runtime;
-use crate::runtime::watch::{WatchFilter, WatchStart};
+use crate::api::{CoordinatorService, convert};
+use crate::model::{TxnId, TxnState};
 
 /// Seconds the chart shows.
 pub const WINDOW_SECONDS: usize = 300;
@@ -61,24 +65,27 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Starts following the log's changes until `stop`.
-    pub fn follow(runtime: Runtime, stop: CancellationToken) -> Arc<Self> {
+    /// Starts following the log's changes (every group's, in a deployment
+    /// of several) until `stop`.
+    pub fn follow(service: Arc<CoordinatorService>, stop: CancellationToken) -> Arc<Self> {
         let stats = Arc::new(Self {
             tally: Mutex::new(Tally::default()),
         });
         let fed = Arc::clone(&stats);
         tokio::spawn(async move {
             tokio::select! {
-                () = fed.feed(runtime) => {}
+                () = fed.feed(&service) => {}
                 () = stop.cancelled() => {}
             }
         });
         stats
     }
 
-    /// Watches every change from now on, and again from where it ended
-    /// whenever its watch ends (it fell behind, the log failed to read).
-    async fn feed(&self, runtime: Runtime) {
+    /// Watches every change from now on through the service (as a client's
+    /// WatchTransactions: every group's when there are several), and again
+    /// from where it ended whenever its watch ends (it fell behind, the log
+    /// or a group could not be read).
+    async fn feed(&self, service: &CoordinatorService) {
         use backon::BackoffBuilder;
         let retry = || {
             backon::ExponentialBuilder::default()
@@ -89,33 +96,55 @@ impl Stats {
                 .build()
         };
         let mut backoff = retry();
-        let mut start = WatchStart::Next;
+        // Empty: from the next change.
+        let mut cursor = String::new();
         loop {
-            let mut changes = match runtime.watch(WatchFilter::default(), start).await {
-                Ok(changes) => changes,
-                Err(error) => {
-                    tracing::warn!(%error, "console chart: cannot watch the log; retrying");
+            let request = pb::WatchTransactionsRequest {
+                cursor: cursor.clone(),
+                ..Default::default()
+            };
+            let mut changes = match service.watch_transactions(Request::new(request)).await {
+                Ok(changes) => changes.into_inner(),
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), reason = status.message(),
+                        "console chart: cannot watch the log; retrying");
                     tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
                     continue;
                 }
             };
-            let mut last: Option<Cursor> = None;
-            while let Some(item) = changes.recv().await {
+            while let Some(item) = changes.next().await {
                 match item {
                     Ok(change) => {
                         backoff = retry();
-                        last = Some(change.cursor);
-                        self.note(change.id, change.from, change.to, change.at_ms);
+                        cursor.clone_from(&change.cursor);
+                        self.note_wire(&change);
                     }
-                    Err(end) => {
-                        last = end.resume().or(last);
+                    Err(status) => {
+                        if let Some(resume) = status
+                            .metadata()
+                            .get(convert::RESUME_CURSOR)
+                            .and_then(|value| value.to_str().ok())
+                        {
+                            resume.clone_into(&mut cursor);
+                        }
                         break;
                     }
                 }
             }
-            start = last.map_or(WatchStart::Next, WatchStart::After);
             tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
         }
+    }
+
+    /// A change as the API streams it.
+    fn note_wire(&self, change: &pb::TransactionChange) {
+        let (Ok(id), Some(to)) = (
+            change.transaction_id.parse::<TxnId>(),
+            convert::state_from_wire(change.new_state),
+        ) else {
+            return; // a start mark, or a state this build does not know
+        };
+        let from = convert::state_from_wire(change.old_state);
+        self.note(id, from, to, change.at_ms);
     }
 
     fn note(&self, id: TxnId, from: Option<TxnState>, to: TxnState, at_ms: u64) {

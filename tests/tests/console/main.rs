@@ -443,6 +443,26 @@ async fn the_console_of_one_group_shows_every_groups_transactions_and_a_group_th
         .screenshot(shots, "console-groups-transaction")
         .await;
 
+    // The chart counts g2's transactions too: a trip that ends there shows
+    // in g1's console's tally.
+    let ended = |stats: &serde_json::Value| -> u64 {
+        stats["seconds"]
+            .as_array()
+            .expect("seconds")
+            .iter()
+            .map(|second| second["committed"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = ended(&http_get_json(&console, "/api/stats").await);
+    good_trip("a trip that ends in g2", &steps.url)
+        .run(&g2_client)
+        .await
+        .expect("saga");
+    eventually("g2's trip in g1's chart", || async {
+        (ended(&http_get_json(&console, "/api/stats").await) > before).then_some(())
+    })
+    .await;
+
     // g2's node stops: g1's transactions are listed, and the page says g2's
     // are missing.
     g2.shutdown().await.expect("g2 stops");
@@ -482,13 +502,25 @@ async fn the_console_of_one_group_shows_every_groups_transactions_and_a_group_th
 
 /// A bare HTTP/1.1 POST, answered as text (status line, headers, body).
 async fn http_post(base: &str, path: &str, headers: &str, body: &str) -> String {
+    http("POST", base, path, headers, body).await
+}
+
+/// The JSON body of a GET of the console's API.
+async fn http_get_json(base: &str, path: &str) -> serde_json::Value {
+    let answer = http("GET", base, path, "", "").await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    serde_json::from_str(body).expect("JSON")
+}
+
+async fn http(method: &str, base: &str, path: &str, headers: &str, body: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
         .expect("connect to the console");
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
