@@ -130,6 +130,8 @@ pub enum MapError {
         at_ms: u64,
         last_ms: u64,
     },
+    #[error("shard {shard} is not moving: its last change, to group {group:?}, is in the past")]
+    NotMoving { shard: u16, group: String },
     #[error("shard {shard}'s owners are not in order from the founding: {why}")]
     BadHistory { shard: u16, why: String },
     #[error(
@@ -349,6 +351,41 @@ impl ShardMap {
         Ok(next)
     }
 
+    /// The next version, in which the move of `shard` still ahead at
+    /// `now_ms` is called off: the shard goes back to the group it leaves
+    /// one millisecond after the switch. A version may only add to the
+    /// past ([`ShardMap::extends`]), and a switch another group may already
+    /// have acted on cannot be taken back safely, so the move is answered
+    /// by a move: the group it was going to owns the shard for that one
+    /// millisecond, in which it begins nothing keyed (the keys are not
+    /// handed over yet) and at most a keyless transaction or two, which
+    /// stay its own.
+    pub fn with_cancelled_move(&self, shard: Shard, now_ms: u64) -> Result<Self, MapError> {
+        let history = self
+            .owners
+            .get(usize::from(shard.0))
+            .ok_or(MapError::NoSuchShard {
+                shard: shard.0,
+                shards: self.shards,
+            })?;
+        let (last, before) = match history.as_slice() {
+            [.., before, last] if last.from_ms > now_ms => (last, before),
+            [.., last] => {
+                return Err(MapError::NotMoving {
+                    shard: shard.0,
+                    group: last.group.clone(),
+                });
+            }
+            [] => {
+                return Err(MapError::BadHistory {
+                    shard: shard.0,
+                    why: "no owner".into(),
+                });
+            }
+        };
+        self.with_move(shard, &before.group, last.from_ms + 1)
+    }
+
     /// Ok when this map, a later version, keeps everything `held` says
     /// about the past: the same shards and founding, every group still
     /// there (its node addresses may change), and each shard's owners as
@@ -494,6 +531,33 @@ mod tests {
         ShardMap::new(256, group("g1"), FOUNDED)
             .and_then(|map| map.with_group(group("g2")))
             .expect("a valid map")
+    }
+
+    #[test]
+    fn a_cancelled_move_gives_the_shard_back_a_millisecond_after_its_switch() {
+        let map = ShardMap::split(16, vec![group("g1"), group("g2")], 1_000).expect("a map");
+        let at = 10_000;
+        let moving = map.with_move(Shard(3), "g2", at).expect("a move");
+        let cancelled = moving
+            .with_cancelled_move(Shard(3), at - 5_000)
+            .expect("cancelled ahead of its switch");
+        assert_eq!(cancelled.extends(&moving), Ok(()));
+        assert_eq!(cancelled.owner_at(Shard(3), at - 1), "g1");
+        assert_eq!(cancelled.owner_at(Shard(3), at), "g2");
+        assert_eq!(cancelled.owner_at(Shard(3), at + 1), "g1");
+        assert_eq!(cancelled.owner_at(Shard(3), u64::MAX), "g1");
+        // Not once it switched, nor for a shard that is not moving.
+        assert_eq!(
+            moving.with_cancelled_move(Shard(3), at),
+            Err(MapError::NotMoving {
+                shard: 3,
+                group: "g2".into()
+            })
+        );
+        assert!(matches!(
+            map.with_cancelled_move(Shard(4), at),
+            Err(MapError::NotMoving { shard: 4, .. })
+        ));
     }
 
     #[test]

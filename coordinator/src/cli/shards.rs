@@ -74,6 +74,16 @@ enum ShardsCommand {
         #[arg(long, default_value_t = 5_000)]
         switch_in_ms: u64,
     },
+    /// Calls off the moves of shards whose switch time has not come: each
+    /// goes back to the group it was leaving one millisecond after its
+    /// switch (a version may only add to the map), so the group it was
+    /// going to never takes its keys. At least 4000 ms before the switch,
+    /// or the move must happen and be moved back.
+    Cancel {
+        /// The moving shards.
+        #[arg(required = true)]
+        shards: Vec<u16>,
+    },
     /// Writes the newest map any group holds to every group, and finishes
     /// any handover of keys a move left undone.
     Sync,
@@ -127,6 +137,10 @@ pub async fn run(args: ShardsArgs) -> anyhow::Result<()> {
         } => {
             let deployment = Deployment::read(&args.remote, &auth).await?;
             deployment.move_shards(&shards, &to, switch_in_ms).await
+        }
+        ShardsCommand::Cancel { shards } => {
+            let deployment = Deployment::read(&args.remote, &auth).await?;
+            deployment.cancel_moves(&shards).await
         }
         ShardsCommand::Sync => {
             let deployment = Deployment::read(&args.remote, &auth).await?;
@@ -349,6 +363,84 @@ impl<'a> Deployment<'a> {
             moved.hand_over(Shard(shard), switch_ms, to).await?;
         }
         Ok(())
+    }
+
+    /// Calls off the moves of `shards` (`ShardMap::with_cancelled_move`):
+    /// the next version, written to every group, the groups the shards
+    /// were going to first (so that, were the others not reached, the
+    /// shards wait for `concord shards sync` rather than two groups taking
+    /// them); then, once both switches passed, the keys handed over both
+    /// ways (there are none to hand the second way: the group the shards
+    /// were going to took none).
+    async fn cancel_moves(&self, shards: &[u16]) -> anyhow::Result<()> {
+        // On the clocks of the groups that would take the shards: they
+        // must read the cancelled version before their switch.
+        let mut next = self.map.clone();
+        let mut takers: Vec<String> = Vec::new();
+        let mut switches = Vec::new();
+        for &shard in shards {
+            let last = self
+                .map
+                .owners
+                .get(usize::from(shard))
+                .and_then(|history| history.last())
+                .with_context(|| {
+                    format!(
+                        "shard {shard} does not exist (the map has {})",
+                        self.map.shards
+                    )
+                })?;
+            let held = self
+                .ask(self.group(&last.group)?, "reading the clock", get_map)
+                .await?;
+            if last.from_ms > held.now_ms
+                && last.from_ms < held.now_ms.saturating_add(MIN_SWITCH_DELAY_MS)
+            {
+                anyhow::bail!(
+                    "shard {shard} switches to group {:?} {}: too close to call off safely \
+                     (at least {MIN_SWITCH_DELAY_MS} ms ahead); let it happen, then move it back",
+                    last.group,
+                    moment(last.from_ms, held.now_ms)
+                );
+            }
+            next = next
+                .with_cancelled_move(Shard(shard), held.now_ms)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !takers.contains(&last.group) {
+                takers.push(last.group.clone());
+            }
+            switches.push((Shard(shard), last.from_ms, last.group.clone()));
+        }
+        next.version = self.map.version + 1;
+        let first: Vec<&str> = takers.iter().map(String::as_str).collect();
+        if let Err(error) = self.push(&next, &first).await {
+            return Err(error.context(format!(
+                "map version {} (the moves of shards {shards:?} called off) did not reach every \
+                 group; once they are reachable, run `concord shards sync`: keyed requests of \
+                 the shards wait until it does",
+                next.version
+            )));
+        }
+        for (shard, at_ms, to) in &switches {
+            let back = &next.owners[usize::from(shard.0)];
+            let home = back.last().map_or("", |o| o.group.as_str());
+            println!(
+                "map version {}: the move of shard {} to group {to:?} at {} is called off; \
+                 the shard stays with group {home:?} (back 1 ms after that switch)",
+                next.version,
+                shard.0,
+                moment(*at_ms, now_ms())
+            );
+        }
+        let cancelled = Self {
+            remote: self.remote,
+            auth: self.auth,
+            map: next,
+        };
+        let last_switch = switches.iter().map(|(_, at, _)| *at + 1).max().unwrap_or(0);
+        let wait = (last_switch + MARGIN_MS).saturating_sub(now_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        cancelled.finish_handovers().await
     }
 
     /// Hands over the keys of every switch into a group that has not got

@@ -321,6 +321,121 @@ async fn a_shard_moved_to_another_group_keeps_its_transactions_and_its_keys() {
 /// transactions still begin, commit and answer through it, which a client
 /// forwarded by g1's node could not do.
 #[tokio::test]
+async fn a_move_called_off_before_its_switch_leaves_the_shard_and_its_keys_where_they_were() {
+    let g = two_groups().await;
+    let g1 = client(&g.g1);
+    let shard = (0..)
+        .map(|i| g.map.shard_for_key(&format!("stay-{i}")))
+        .find(|shard| g.map.owner_at(*shard, now_ms()) == "g1")
+        .expect("a key of g1's");
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("stay-{i}"))
+        .filter(|key| g.map.shard_for_key(key) == shard)
+        .take(2)
+        .collect();
+    let keyed = |key: &str| BeginOptions {
+        idempotency_key: Some(key.to_owned()),
+        branches: vec![BranchSpec {
+            participant: g.a.url.clone(),
+            payload: b"commit".to_vec(),
+            name: Some("a".into()),
+        }],
+        ..BeginOptions::default()
+    };
+    let (before, _) = g1
+        .begin_and_commit(keyed(&keys[0]))
+        .await
+        .expect("a transfer before the move");
+
+    // A move 8 s ahead, running (it waits for its switch to hand the keys
+    // over), called off while it waits.
+    let moving = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["shards", "--coordinator", &g.g1.url(), "move"])
+        .arg(shard.0.to_string())
+        .args(["--to", "g2", "--switch-in-ms", "8000"])
+        .output();
+    let moving = tokio::spawn(moving);
+    let version = g.map.version + 1;
+    eventually("the move is written to both groups", || async {
+        let held = |node: &Node| {
+            let mut raw = super::client(node).raw();
+            async move {
+                raw.get_shard_map(pb::GetShardMapRequest {})
+                    .await
+                    .ok()
+                    .and_then(|held| held.into_inner().map)
+                    .map(|map| map.version)
+            }
+        };
+        (held(&g.g1).await == Some(version) && held(&g.g2).await == Some(version)).then_some(())
+    })
+    .await;
+    let called_off = shards(&["--coordinator", &g.g2.url(), "cancel", &shard.0.to_string()]).await;
+    assert!(
+        called_off.contains(&format!("the move of shard {} to group \"g2\"", shard.0))
+            && called_off.contains("the shard stays with group \"g1\""),
+        "{called_off}"
+    );
+    let moved = moving
+        .await
+        .expect("the move's task")
+        .expect("concord shards move");
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+
+    // Both groups follow the version that calls it off, owe no keys, and
+    // the shard is g1's now and from now on.
+    for node in [&g.g1, &g.g2] {
+        let held = super::client(node)
+            .raw()
+            .get_shard_map(pb::GetShardMapRequest {})
+            .await
+            .expect("the map")
+            .into_inner();
+        assert!(held.pending.is_empty(), "{:?}", held.pending);
+        let map = ShardMap::from_wire(held.map.expect("a map")).expect("a valid map");
+        assert_eq!(map.version, version + 1);
+        assert_eq!(map.owner_at(shard, now_ms()), "g1");
+        assert_eq!(map.owner_at(shard, u64::MAX), "g1");
+    }
+    // The key used before finds its transaction through either group; a
+    // new key of the shard begins in g1.
+    for node in [&g.g2, &g.g1] {
+        let again = super::client(node)
+            .begin(keyed(&keys[0]))
+            .await
+            .expect("the key again");
+        assert_eq!(
+            (&again.transaction_id, again.created),
+            (&before.transaction_id, false)
+        );
+    }
+    let (after, _) = client(&g.g2)
+        .begin_and_commit(keyed(&keys[1]))
+        .await
+        .expect("a transfer after");
+    until_logged(&g.log("g1"), &after.transaction_id, "committed").await;
+    assert_eq!(
+        coordinator_state(&g.log("g2"), &after.transaction_id).await,
+        None
+    );
+
+    // Nothing is moving now: there is nothing to call off.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["shards", "--coordinator", &g.g1.url(), "cancel"])
+        .arg(shard.0.to_string())
+        .output()
+        .await
+        .expect("run concord shards cancel");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not moving"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_client_that_reads_the_map_sends_each_call_to_its_group_itself() {
     let Groups {
         dir: _dir,
