@@ -132,6 +132,18 @@ pub enum MapError {
     },
     #[error("shard {shard} is not moving: its last change, to group {group:?}, is in the past")]
     NotMoving { shard: u16, group: String },
+    #[error(
+        "shard {shard} would leave group {group:?} at {at_ms} ms, and it is {now_ms} ms there: \
+         the group may have begun transactions of the shard since, which the map would then \
+         give to another group; a switch must be at least {MARGIN_MS} ms ahead on the clock \
+         of the group the shard leaves (concord shards move sets it so)"
+    )]
+    LateSwitch {
+        shard: u16,
+        group: String,
+        at_ms: u64,
+        now_ms: u64,
+    },
     #[error("shard {shard}'s owners are not in order from the founding: {why}")]
     BadHistory { shard: u16, why: String },
     #[error(
@@ -418,6 +430,62 @@ impl ShardMap {
         Ok(())
     }
 
+    /// Ok unless this map, a later version than `held`, adds a switch that
+    /// takes a shard away from `group` less than [`MARGIN_MS`] after
+    /// `now_ms` (the group's clock): until `group` reads it, the group
+    /// keeps beginning transactions of the shard, and those begun after
+    /// the switch time would be placed in the group the shard goes to,
+    /// whose log does not hold them (DESIGN §11). A switch into `group`,
+    /// or between two other groups, may be in the past: the group begins
+    /// nothing of a shard it does not own.
+    pub fn departs_in_time(
+        &self,
+        held: &ShardMap,
+        group: &str,
+        now_ms: u64,
+    ) -> Result<(), MapError> {
+        for (shard, (new, old)) in (0u16..).zip(self.owners.iter().zip(&held.owners)) {
+            for (i, switch) in new.iter().enumerate().skip(old.len().max(1)) {
+                let leaves = new[i - 1].group == group && switch.group != group;
+                if leaves && switch.from_ms < now_ms.saturating_add(MARGIN_MS) {
+                    return Err(MapError::LateSwitch {
+                        shard,
+                        group: group.to_owned(),
+                        at_ms: switch.from_ms,
+                        now_ms,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The switches this map, a later version than `held`, adds into
+    /// `group` at a time less than [`MARGIN_MS`] after `now_ms`: `(shard,
+    /// the group it comes from, the switch time)`. The group may take them
+    /// only once the group the shard leaves holds them, or both would
+    /// begin transactions of the shard (DESIGN §11).
+    pub fn late_arrivals(
+        &self,
+        held: &ShardMap,
+        group: &str,
+        now_ms: u64,
+    ) -> Vec<(Shard, String, u64)> {
+        let mut late = Vec::new();
+        for (shard, (new, old)) in (0u16..).zip(self.owners.iter().zip(&held.owners)) {
+            for (i, switch) in new.iter().enumerate().skip(old.len().max(1)) {
+                let from = &new[i - 1].group;
+                if switch.group == group
+                    && from != group
+                    && switch.from_ms < now_ms.saturating_add(MARGIN_MS)
+                {
+                    late.push((Shard(shard), from.clone(), switch.from_ms));
+                }
+            }
+        }
+        late
+    }
+
     /// Of two copies of the map, the one to believe: the higher version.
     pub fn newest(self, other: Self) -> Self {
         if other.version > self.version {
@@ -531,6 +599,31 @@ mod tests {
         ShardMap::new(256, group("g1"), FOUNDED)
             .and_then(|map| map.with_group(group("g2")))
             .expect("a valid map")
+    }
+
+    #[test]
+    fn a_switch_out_of_a_group_must_be_ahead_of_its_clock() {
+        let map = ShardMap::split(16, vec![group("g1"), group("g2")], 1_000).expect("a map");
+        let now = 50_000;
+        let ahead = map.with_move(Shard(3), "g2", now + 5_000).expect("a move");
+        assert_eq!(ahead.departs_in_time(&map, "g1", now), Ok(()));
+        let past = map.with_move(Shard(3), "g2", now - 1).expect("a move");
+        assert!(matches!(
+            past.departs_in_time(&map, "g1", now),
+            Err(MapError::LateSwitch { shard: 3, .. })
+        ));
+        // The group taking it, and a group it never was in, may learn late.
+        assert_eq!(past.departs_in_time(&map, "g2", now), Ok(()));
+        assert_eq!(past.departs_in_time(&map, "g3", now), Ok(()));
+        // A switch the held version had already is not judged again.
+        assert_eq!(past.departs_in_time(&past, "g1", now + 60_000), Ok(()));
+        // The group taking it late must hear it from the group it leaves.
+        assert_eq!(
+            past.late_arrivals(&map, "g2", now),
+            vec![(Shard(3), "g1".to_owned(), now - 1)]
+        );
+        assert!(ahead.late_arrivals(&map, "g2", now).is_empty());
+        assert!(past.late_arrivals(&map, "g1", now).is_empty());
     }
 
     #[test]

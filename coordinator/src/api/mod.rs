@@ -111,6 +111,84 @@ impl CoordinatorService {
     }
 }
 
+impl CoordinatorService {
+    /// DESIGN §11: a version that gives this group a shard from a time
+    /// already (nearly) passed is taken only when the group the shard
+    /// leaves holds that switch too (`concord shards` writes the leaving
+    /// group first), asked now; otherwise both groups would begin
+    /// transactions of the shard, each placing the other's in itself.
+    async fn confirm_late_arrivals(
+        &self,
+        hop: &forward::Hop,
+        map: &crate::shard::ShardMap,
+    ) -> Result<(), Status> {
+        let Some(sharding) = self.runtime.sharding() else {
+            return Ok(());
+        };
+        let now = self.runtime.config().clock.now_ms();
+        let mut held_by: std::collections::HashMap<String, crate::shard::ShardMap> =
+            std::collections::HashMap::new();
+        for (shard, from, at_ms) in map.late_arrivals(&sharding.map, &sharding.group, now) {
+            if !held_by.contains_key(&from) {
+                let answer = self
+                    .forward
+                    .group(map.nodes_of_group(&from))?
+                    .call(|mut node| {
+                        let call = hop.to_group(pb::GetShardMapRequest {}, CONFIRM_DEADLINE);
+                        async move { node.get_shard_map(call).await }
+                    })
+                    .await
+                    .map_err(|status| {
+                        Status::unavailable(format!(
+                            "shard {} comes to group {:?} at {at_ms} ms, already past here, and \
+                             group {from:?}, which it leaves, could not be asked whether it \
+                             holds that switch ({}); retry once it answers",
+                            shard.0,
+                            sharding.group,
+                            status.message()
+                        ))
+                    })?
+                    .into_inner();
+                let theirs = answer
+                    .map
+                    .ok_or_else(|| Status::internal(format!("group {from:?} sent no map")))
+                    .and_then(|wire| {
+                        crate::shard::ShardMap::from_wire(wire).map_err(|e| {
+                            Status::internal(format!(
+                                "group {from:?} sent a map that is not one: {e}"
+                            ))
+                        })
+                    })?;
+                held_by.insert(from.clone(), theirs);
+            }
+            let holds = held_by.get(&from).is_some_and(|theirs| {
+                theirs
+                    .owners
+                    .get(usize::from(shard.0))
+                    .is_some_and(|history| {
+                        history
+                            .iter()
+                            .any(|o| o.group == sharding.group && o.from_ms == at_ms)
+                    })
+            });
+            if !holds {
+                return Err(Status::failed_precondition(format!(
+                    "shard {} would come to group {:?} at {at_ms} ms, already past here, but \
+                     group {from:?}, which it leaves, does not hold that switch: write the \
+                     version to group {from:?} first (concord shards does), or both groups \
+                     would begin transactions of the shard",
+                    shard.0, sharding.group
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long PutShardMap waits for another group's map when it must confirm
+/// a switch with it.
+const CONFIRM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A watch that could not start: the log could not be read.
 fn store_status(error: crate::store::StoreError) -> Status {
     convert::status(error.into())
@@ -885,7 +963,9 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::PutShardMapRequest>,
     ) -> Result<Response<pb::PutShardMapResponse>, Status> {
         self.admin("PutShardMap", &request)?;
+        let hop = forward::Hop::of(&request);
         let map = validate::shard_map(request.into_inner().map)?;
+        self.confirm_late_arrivals(&hop, &map).await?;
         let version = self
             .runtime
             .put_shard_map(map)

@@ -290,6 +290,11 @@ impl Runtime {
         if map.version > now.map.version {
             map.extends(&now.map)
                 .map_err(|e| Error::Sharding(e.to_string()))?;
+            // A shard taken from this group at a time already (nearly)
+            // passed here would take with it the transactions this group
+            // began in it meanwhile.
+            map.departs_in_time(&now.map, &now.group, self.shared.config.clock.now_ms())
+                .map_err(|e| Error::Sharding(e.to_string()))?;
         } else if map.version == now.map.version && map != *now.map {
             return Err(Error::Sharding(format!(
                 "group {:?} holds another map of version {}: read the newest (concord shards \

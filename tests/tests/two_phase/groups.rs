@@ -433,6 +433,47 @@ async fn a_move_called_off_before_its_switch_leaves_the_shard_and_its_keys_where
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not moving"), "{stderr}");
+
+    // A version that takes a shard from g1 at a time already past is
+    // refused by both groups, and neither map changes: by g1, which may
+    // have begun transactions of the shard since; by g2, because g1 does
+    // not hold that switch.
+    let held = |node: &Node| {
+        let mut raw = super::client(node).raw();
+        async move {
+            let wire = raw
+                .get_shard_map(pb::GetShardMapRequest {})
+                .await
+                .expect("the map")
+                .into_inner()
+                .map
+                .expect("a map");
+            ShardMap::from_wire(wire).expect("a valid map")
+        }
+    };
+    let now_map = held(&g.g1).await;
+    let other = (0..16)
+        .map(concord_coordinator::shard::Shard)
+        .find(|s| *s != shard && now_map.owner_at(*s, u64::MAX) == "g1")
+        .expect("another shard of g1's");
+    let late = now_map
+        .with_move(other, "g2", now_ms() - 10_000)
+        .expect("a map");
+    for (node, says) in [
+        (&g.g1, "would leave group \"g1\""),
+        (&g.g2, "does not hold that switch"),
+    ] {
+        let refused = super::client(node)
+            .raw()
+            .put_shard_map(pb::PutShardMapRequest {
+                map: Some(late.to_wire()),
+            })
+            .await
+            .expect_err("a switch in the past");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains(says), "{}", refused.message());
+        assert_eq!(held(node).await, now_map);
+    }
 }
 
 #[tokio::test]
