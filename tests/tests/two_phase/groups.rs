@@ -477,6 +477,70 @@ async fn a_move_called_off_before_its_switch_leaves_the_shard_and_its_keys_where
 }
 
 #[tokio::test]
+async fn a_move_that_reached_only_the_group_it_leaves_is_finished_by_sync_after_its_switch() {
+    let g = two_groups().await;
+    let g1 = client(&g.g1);
+    let shard = (0..)
+        .map(|i| g.map.shard_for_key(&format!("late-{i}")))
+        .find(|shard| g.map.owner_at(*shard, now_ms()) == "g1")
+        .expect("a key of g1's");
+    let key = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|key| g.map.shard_for_key(key) == shard)
+        .expect("a key of the shard");
+    let keyed = || BeginOptions {
+        idempotency_key: Some(key.clone()),
+        branches: vec![BranchSpec {
+            participant: g.a.url.clone(),
+            payload: b"commit".to_vec(),
+            name: Some("a".into()),
+        }],
+        ..BeginOptions::default()
+    };
+    let (first, _) = g1.begin_and_commit(keyed()).await.expect("a transfer");
+    // The move reaches g1 (as `concord shards move` writes it first) and
+    // not g2; its switch passes.
+    let switch = now_ms() + 2_000;
+    let moved = g.map.with_move(shard, "g2", switch).expect("a move");
+    super::client(&g.g1)
+        .raw()
+        .put_shard_map(pb::PutShardMapRequest {
+            map: Some(moved.to_wire()),
+        })
+        .await
+        .expect("g1 takes the move");
+    tokio::time::sleep(std::time::Duration::from_millis(
+        (switch + 1_500).saturating_sub(now_ms()),
+    ))
+    .await;
+    // `sync` writes it to g2, whose switch is past: g2 asks g1, which
+    // holds it, and takes it; the keys are handed over.
+    let synced = shards(&["--coordinator", &g.g1.url(), "sync"]).await;
+    assert!(
+        synced.contains(&format!(
+            "shard {}: 1 idempotency key handed over from group \"g1\" to group \"g2\"",
+            shard.0
+        )),
+        "{synced}"
+    );
+    let version = super::client(&g.g2)
+        .raw()
+        .get_shard_map(pb::GetShardMapRequest {})
+        .await
+        .expect("g2's map")
+        .into_inner()
+        .map
+        .map(|map| map.version);
+    assert_eq!(version, Some(moved.version));
+    // The key finds its transaction through g2, which now owns the shard.
+    let again = client(&g.g2).begin(keyed()).await.expect("the key again");
+    assert_eq!(
+        (&again.transaction_id, again.created),
+        (&first.transaction_id, false)
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_reads_the_map_sends_each_call_to_its_group_itself() {
     let Groups {
         dir: _dir,
