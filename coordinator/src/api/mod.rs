@@ -521,7 +521,8 @@ impl Coordinator for CoordinatorService {
                         self.forward
                             .group(sharding.map.nodes_of_group(group))?
                             .call(|mut node| {
-                                let call = hop.request(request.clone());
+                                let call =
+                                    hop.to_group(request.clone(), everywhere::GROUP_DEADLINE);
                                 async move { node.list_transactions(call).await }
                             }),
                     )
@@ -705,7 +706,7 @@ impl Coordinator for CoordinatorService {
         };
         let others = (sharding.map.groups.iter())
             .filter(|g| g.name != *own)
-            .map(|g| {
+            .map(|g| async {
                 let start = watch::start_of(&g.name, resumed.as_ref(), fresh);
                 let stream = watch::other_group(
                     watch::OtherGroup {
@@ -717,10 +718,20 @@ impl Coordinator for CoordinatorService {
                     },
                     start,
                 );
-                watch::started(stream)
+                (g.name.clone(), watch::started(stream).await)
             });
         let mut groups = vec![watch::own_group(own.clone(), changes)];
-        groups.extend(futures::future::join_all(others).await);
+        for (group, (stream, start)) in futures::future::join_all(others).await {
+            // Where each group's stream starts is in the watch's cursors
+            // from the first (the start mark's included), so that a client
+            // resuming before any change of that group misses none of it.
+            if let Some(start) = start
+                && positions.get(&group).is_none()
+            {
+                positions.set(&group, start);
+            }
+            groups.push(stream);
+        }
         let mark = request.mark_start.then(|| {
             Ok(pb::TransactionChange {
                 cursor: positions.encode(),

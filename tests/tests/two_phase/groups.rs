@@ -942,10 +942,25 @@ async fn one_watch_follows_every_group_across_an_outage_and_resumes_from_its_cur
     };
     let mut watch = client
         .raw()
-        .watch_transactions(committed_only())
+        .watch_transactions(pb::WatchTransactionsRequest {
+            mark_start: true,
+            ..committed_only()
+        })
         .await
         .expect("watch")
         .into_inner();
+    // Its start mark already holds where it starts in each group's log.
+    let mark = watch
+        .message()
+        .await
+        .expect("the stream")
+        .expect("a start mark");
+    assert!(mark.transaction_id.is_empty(), "{mark:?}");
+    assert!(
+        mark.cursor.starts_with('*') && mark.cursor.contains("g1=") && mark.cursor.contains("g2="),
+        "{}",
+        mark.cursor
+    );
     let transfer = |key: Option<String>| {
         let client = client.clone();
         let a = g.a.url.clone();

@@ -27,7 +27,7 @@ pub mod watch;
 
 /// How long another group's page may take when the client set no deadline
 /// (a listing is interactive: a group this slow is reported as skipped).
-const GROUP_DEADLINE: Duration = Duration::from_secs(10);
+pub const GROUP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One group's answer: its transactions, newest first, and where its next
 /// page starts (None: nothing below).

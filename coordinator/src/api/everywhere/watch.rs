@@ -304,13 +304,16 @@ pub fn other_group(group: OtherGroup, start: WatchStart) -> GroupStream {
 
 /// Waits (at most [`START_WAIT`]) for another group's stream to mark its
 /// start, so that a watch of the next change sees every change that group
-/// records after the call, as it does this node's; the stream is given
-/// back with that first event in front. A group none of whose nodes
+/// records after the call, as it does this node's. The stream is given
+/// back with where it starts (`Some(None)`: from the oldest change kept),
+/// for the watch's first cursor; or, when its first event was something
+/// else, with that event back in front. A group none of whose nodes
 /// answers is not waited for.
-pub async fn started(mut stream: GroupStream) -> GroupStream {
+pub async fn started(mut stream: GroupStream) -> (GroupStream, Option<Option<Cursor>>) {
     match tokio::time::timeout(START_WAIT, stream.next()).await {
-        Ok(Some(first)) => Box::pin(futures::stream::iter([first]).chain(stream)),
-        Ok(None) | Err(_) => stream,
+        Ok(Some((_, Event::Start(start)))) => (stream, Some(start)),
+        Ok(Some(first)) => (Box::pin(futures::stream::iter([first]).chain(stream)), None),
+        Ok(None) | Err(_) => (stream, None),
     }
 }
 
