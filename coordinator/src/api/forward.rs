@@ -1,5 +1,6 @@
 //! Forwarding between coordinator nodes that share one store (DESIGN §6),
-//! and to the nodes of another group (§11).
+//! and to the nodes of another group (§11), and the calls a node makes to
+//! other groups on a client's behalf ([`Hop::to_group`]).
 //!
 //! A client may call any node. A call about a transaction that another live
 //! node owns (Enlist, Commit, Rollback, GetOutcome), or that belongs to
@@ -119,8 +120,9 @@ impl Forwarder {
         }
     }
 
-    /// The nodes of another group, to try in turn (a listing of every
-    /// group asks each, `super::everywhere`).
+    /// The nodes of another group, to try in turn (for a call routed
+    /// there, and for the calls this node makes to every group itself:
+    /// listings and watches of every group, `super::everywhere`).
     pub fn group(&self, nodes: &[String]) -> Result<Owners, tonic::Status> {
         nodes
             .iter()
