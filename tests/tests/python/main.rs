@@ -12,6 +12,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_coordinator::runtime::{RuntimeConfig, Sharding};
+use concord_coordinator::shard::{Group, ShardMap};
 use concord_example_bank::Movement;
 use concord_example_travel::{Booking, Kind};
 use concord_participant::saga::{Saga, SagaState, Step};
@@ -410,11 +413,38 @@ async fn the_python_sdk_passes_its_own_tests_and_type_checks() {
     let url = postgres.database("python_sdk").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    // And a deployment of two groups (one node each, SQLite), for the
+    // client that routes by the shard map.
+    let (addr1, addr2) = (free_addr(), free_addr());
+    let group = |name: &str, addr: std::net::SocketAddr| Group {
+        name: name.into(),
+        nodes: vec![format!("http://{addr}")],
+    };
+    let map = ShardMap::split(16, vec![group("g1", addr1), group("g2", addr2)], 0).expect("a map");
+    let mut groups = Vec::new();
+    for (name, addr) in [("g1", addr1), ("g2", addr2)] {
+        let sharding = Sharding::new(map.clone(), name.into()).expect("a group");
+        groups.push(
+            Node::start(NodeConfig {
+                runtime: RuntimeConfig {
+                    sharding: Some(sharding),
+                    ..quick_config()
+                },
+                ..NodeConfig::new(addr, StoreLocation::DataDir(dir.path().join(name)))
+            })
+            .await
+            .expect("a group's node starts"),
+        );
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-python-sdk.sh");
     let output = tokio::process::Command::new("bash")
         .arg(&script)
         .env("CONCORD_TEST_POSTGRES_URL", &url)
         .env("CONCORD_TEST_COORDINATOR_URL", node.url())
+        .env(
+            "CONCORD_TEST_GROUP_URLS",
+            format!("http://{addr1},http://{addr2}"),
+        )
         .output()
         .await
         .expect("run scripts/test-python-sdk.sh");

@@ -18,7 +18,10 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
   them, once each.
 - `crash`: crash points for tests (`CONCORD_PARTICIPANT_CRASH`).
 - `client`: `CoordinatorClient`, the coordinator's client (grpc.aio), and
-  `SyncCoordinatorClient` for code without an event loop.
+  `SyncCoordinatorClient` for code without an event loop;
+  `CoordinatorClient.for_groups` routes each call by the shard map
+  (`groups`, `shard`: the map's rules, pinned with the Rust crate's by
+  `sdk/shard-cases.json`).
 
 The gRPC stubs are generated from the repository's proto files when the
 package is built (`pip install ./sdk/python`).

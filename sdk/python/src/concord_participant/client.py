@@ -1,6 +1,7 @@
 """A client for the coordinator (grpc.aio): begin, enlist, commit, roll
 back, submit a saga, prepare and submit a transactional message, ask an
-outcome. Every call has a deadline; a call that
+outcome; in a deployment of several groups, each call sent to its group
+(`CoordinatorClient.for_groups`, `concord_participant.groups`). Every call has a deadline; a call that
 is safe to repeat is retried on UNAVAILABLE with exponential backoff, full
 jitter and a cap (a keyless Begin is not: it could begin twice).
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
 from ._proto.concord.v1 import coordinator_pb2 as pb
-from ._proto.concord.v1 import coordinator_pb2_grpc as pb_grpc
 from ._proto.concord.v1 import types_pb2 as types
+from .groups import Router, To, connect_failed
 
 T = TypeVar("T")
 
@@ -64,14 +65,27 @@ class CoordinatorError(Exception):
 
 class CoordinatorClient:
     """One coordinator node (any node of a cluster: calls are forwarded to
-    the transaction's owner). Use as `async with CoordinatorClient(url)`."""
+    the transaction's owner). Use as `async with CoordinatorClient(url)`.
+    In a deployment of several groups, `CoordinatorClient.for_groups`
+    sends each call to a node of the group that owns it itself."""
 
     def __init__(self, address: str, timeout_s: float = 30.0, retry: Retry = Retry()) -> None:
-        target = address.removeprefix("http://")
-        self._channel = grpc.aio.insecure_channel(target)
-        self._stub = pb_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self._router = Router([address], follow_map=False)
         self.timeout_s = timeout_s
         self.retry = retry
+
+    @classmethod
+    def for_groups(
+        cls, addresses: list[str], timeout_s: float = 30.0, retry: Retry = Retry()
+    ) -> CoordinatorClient:
+        """A client of a deployment of several groups (docs/design.md §11):
+        it reads the shard map from any of `addresses` (any nodes of any
+        groups) and sends each call to a node of the group that owns it,
+        the group's next node when one refuses the connection. Without a
+        map (one group), calls spread over `addresses`."""
+        client = cls(addresses[0] if addresses else "", timeout_s, retry)
+        client._router = Router(list(addresses), follow_map=True)
+        return client
 
     async def __aenter__(self) -> CoordinatorClient:
         return self
@@ -80,21 +94,34 @@ class CoordinatorClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._router.close()
 
-    async def _call(self, send: Callable[[float], Awaitable[T]], repeatable: bool) -> T:
+    async def _call(
+        self, to: To, send: Callable[[Any, float], Awaitable[T]], repeatable: bool
+    ) -> T:
         attempt = 0
         while True:
-            try:
-                return await send(self.timeout_s)
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                if repeatable and code == grpc.StatusCode.UNAVAILABLE:
-                    attempt += 1
-                    if attempt < self.retry.attempts:
-                        await asyncio.sleep(self.retry.delay(attempt))
-                        continue
-                raise CoordinatorError(code, error.details() or "") from error
+            failed: grpc.aio.AioRpcError | None = None
+            for stub in await self._router.stubs_for(to):
+                try:
+                    return await send(stub, self.timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    failed = error
+                    # A node that refused the connection never saw the
+                    # call: the group's next node may take it.
+                    if not connect_failed(error):
+                        break
+            if failed is None:
+                raise CoordinatorError(
+                    grpc.StatusCode.UNAVAILABLE, "no coordinator node to send the call to"
+                )
+            code = failed.code()
+            if repeatable and code == grpc.StatusCode.UNAVAILABLE:
+                attempt += 1
+                if attempt < self.retry.attempts:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+            raise CoordinatorError(code, failed.details() or "") from failed
 
     async def begin(
         self,
@@ -115,7 +142,9 @@ class CoordinatorClient:
             ],
         )
         answer = await self._call(
-            lambda t: self._stub.Begin(request, timeout=t), repeatable=bool(idempotency_key)
+            To.new(idempotency_key),
+            lambda stub, t: stub.Begin(request, timeout=t),
+            repeatable=bool(idempotency_key),
         )
         return Begun(answer.transaction_id, answer.created, list(answer.branches))
 
@@ -129,7 +158,9 @@ class CoordinatorClient:
             branch=branch.name,
         )
         answer = await self._call(
-            lambda t: self._stub.Enlist(request, timeout=t), repeatable=bool(branch.name)
+            To.txn(transaction_id),
+            lambda stub, t: stub.Enlist(request, timeout=t),
+            repeatable=bool(branch.name),
         )
         return str(answer.branch)
 
@@ -139,29 +170,38 @@ class CoordinatorClient:
         request = pb.CommitRequest(
             transaction_id=transaction_id, wait_for_completion=wait_for_completion
         )
-        answer = await self._call(lambda t: self._stub.Commit(request, timeout=t), True)
+        answer = await self._call(
+            To.txn(transaction_id), lambda stub, t: stub.Commit(request, timeout=t), True
+        )
         return _outcome_name(answer.outcome)
 
     async def rollback(self, transaction_id: str, reason: str = "") -> None:
         request = pb.RollbackRequest(transaction_id=transaction_id, reason=reason)
-        await self._call(lambda t: self._stub.Rollback(request, timeout=t), True)
+        await self._call(
+            To.txn(transaction_id), lambda stub, t: stub.Rollback(request, timeout=t), True
+        )
 
     async def outcome(self, transaction_id: str) -> str:
         """"committed", "aborted" (presumed for an unknown id) or
         "undecided"."""
         request = pb.GetOutcomeRequest(transaction_id=transaction_id)
-        answer = await self._call(lambda t: self._stub.GetOutcome(request, timeout=t), True)
+        answer = await self._call(
+            To.txn(transaction_id), lambda stub, t: stub.GetOutcome(request, timeout=t), True
+        )
         return _outcome_name(answer.outcome)
 
     async def transaction(self, transaction_id: str) -> types.Transaction:
         request = pb.GetTransactionRequest(transaction_id=transaction_id)
-        return await self._call(lambda t: self._stub.GetTransaction(request, timeout=t), True)
+        return await self._call(
+            To.txn(transaction_id), lambda stub, t: stub.GetTransaction(request, timeout=t), True
+        )
 
     async def submit_saga(self, request: pb.SubmitSagaRequest) -> pb.SubmitSagaResponse:
         """Submits a saga; retried on UNAVAILABLE only with an idempotency
         key."""
         return await self._call(
-            lambda t: self._stub.SubmitSaga(request, timeout=t),
+            To.new(request.idempotency_key),
+            lambda stub, t: stub.SubmitSaga(request, timeout=t),
             repeatable=bool(request.idempotency_key),
         )
 
@@ -170,7 +210,8 @@ class CoordinatorClient:
         which builds the request); retried on UNAVAILABLE only with an
         idempotency key."""
         answer = await self._call(
-            lambda t: self._stub.PrepareMessage(request, timeout=t),
+            To.new(request.idempotency_key),
+            lambda stub, t: stub.PrepareMessage(request, timeout=t),
             repeatable=bool(request.idempotency_key),
         )
         return PreparedAnswer(answer.transaction_id, answer.created, _message_state(answer.state))
@@ -180,7 +221,9 @@ class CoordinatorClient:
         "delivering", or with `wait` "delivered" once every destination
         acknowledged. Safe to repeat."""
         request = pb.SubmitMessageRequest(transaction_id=transaction_id, wait=wait)
-        answer = await self._call(lambda t: self._stub.SubmitMessage(request, timeout=t), True)
+        answer = await self._call(
+            To.txn(transaction_id), lambda stub, t: stub.SubmitMessage(request, timeout=t), True
+        )
         return _message_state(answer.state)
 
 
@@ -218,9 +261,12 @@ def _outcome_name(outcome: int) -> str:
 class SyncCoordinatorClient:
     """`CoordinatorClient` for code without an event loop: each method
     blocks until its call ends. It owns a thread running its own loop,
-    ended by `close()` (or leaving `with`)."""
+    ended by `close()` (or leaving `with`). Given a list of addresses, it
+    routes by the shard map as `CoordinatorClient.for_groups` does."""
 
-    def __init__(self, address: str, timeout_s: float = 30.0, retry: Retry = Retry()) -> None:
+    def __init__(
+        self, address: str | list[str], timeout_s: float = 30.0, retry: Retry = Retry()
+    ) -> None:
         import threading
 
         self._loop = asyncio.new_event_loop()
@@ -231,8 +277,10 @@ class SyncCoordinatorClient:
         self._client: CoordinatorClient = self._wait(self._make(address, timeout_s, retry))
 
     @staticmethod
-    async def _make(address: str, timeout_s: float, retry: Retry) -> CoordinatorClient:
+    async def _make(address: str | list[str], timeout_s: float, retry: Retry) -> CoordinatorClient:
         # grpc.aio channels belong to the loop they are made on.
+        if isinstance(address, list):
+            return CoordinatorClient.for_groups(address, timeout_s, retry)
         return CoordinatorClient(address, timeout_s, retry)
 
     def _wait(self, call: Awaitable[T]) -> T:
