@@ -324,19 +324,24 @@ impl ShardMap {
         Ok(next)
     }
 
+    /// `shard`'s owners by switch time, the last the current or coming one.
+    pub fn history(&self, shard: Shard) -> Result<&[Owner], MapError> {
+        self.owners
+            .get(usize::from(shard.0))
+            .map(Vec::as_slice)
+            .ok_or(MapError::NoSuchShard {
+                shard: shard.0,
+                shards: self.shards,
+            })
+    }
+
     /// The next version, in which `shard` belongs to `to` from `at_ms` on:
     /// every id of the shard minted before `at_ms` keeps its group (a move
     /// moves no transaction), and `at_ms` must come after the shard's last
     /// change.
     pub fn with_move(&self, shard: Shard, to: &str, at_ms: u64) -> Result<Self, MapError> {
         self.group(to)?;
-        let history = self
-            .owners
-            .get(usize::from(shard.0))
-            .ok_or(MapError::NoSuchShard {
-                shard: shard.0,
-                shards: self.shards,
-            })?;
+        let history = self.history(shard)?;
         let last = history.last().ok_or_else(|| MapError::BadHistory {
             shard: shard.0,
             why: "no owner".into(),
@@ -373,14 +378,7 @@ impl ShardMap {
     /// handed over yet) and at most a keyless transaction or two, which
     /// stay its own.
     pub fn with_cancelled_move(&self, shard: Shard, now_ms: u64) -> Result<Self, MapError> {
-        let history = self
-            .owners
-            .get(usize::from(shard.0))
-            .ok_or(MapError::NoSuchShard {
-                shard: shard.0,
-                shards: self.shards,
-            })?;
-        let (last, before) = match history.as_slice() {
+        let (last, before) = match self.history(shard)? {
             [.., before, last] if last.from_ms > now_ms => (last, before),
             [.., last] => {
                 return Err(MapError::NotMoving {

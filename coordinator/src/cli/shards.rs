@@ -304,17 +304,7 @@ impl<'a> Deployment<'a> {
         }
         let mut from_groups: Vec<String> = Vec::new();
         for &shard in shards {
-            let owner = self
-                .map
-                .owners
-                .get(usize::from(shard))
-                .and_then(|history| history.last())
-                .with_context(|| {
-                    format!(
-                        "shard {shard} does not exist (the map has {})",
-                        self.map.shards
-                    )
-                })?;
+            let owner = self.last_owner(shard)?;
             if owner.from_ms > now_ms() {
                 anyhow::bail!("shard {shard} is already moving (to {:?})", owner.group);
             }
@@ -365,6 +355,16 @@ impl<'a> Deployment<'a> {
         Ok(())
     }
 
+    /// `shard`'s last owner in the map read: its owner now, or the group
+    /// it is moving to.
+    fn last_owner(&self, shard: u16) -> anyhow::Result<&Owner> {
+        self.map
+            .history(Shard(shard))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .last()
+            .with_context(|| format!("shard {shard} has no owner in the map"))
+    }
+
     /// Calls off the moves of `shards` (`ShardMap::with_cancelled_move`):
     /// the next version, written to every group, the groups the shards
     /// were going to first (so that, were the others not reached, the
@@ -379,17 +379,7 @@ impl<'a> Deployment<'a> {
         let mut takers: Vec<String> = Vec::new();
         let mut switches = Vec::new();
         for &shard in shards {
-            let last = self
-                .map
-                .owners
-                .get(usize::from(shard))
-                .and_then(|history| history.last())
-                .with_context(|| {
-                    format!(
-                        "shard {shard} does not exist (the map has {})",
-                        self.map.shards
-                    )
-                })?;
+            let last = self.last_owner(shard)?;
             let held = self
                 .ask(self.group(&last.group)?, "reading the clock", get_map)
                 .await?;
