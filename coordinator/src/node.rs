@@ -90,6 +90,38 @@ pub enum NodeError {
     LogLost(String),
 }
 
+/// `url` with its password, if any, replaced by `***`: for errors and logs,
+/// which other people read (DESIGN §12).
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    // libpq also takes the password as a parameter: `?password=...`.
+    let path = match path.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
 /// A running node.
 pub struct Node {
     addr: SocketAddr,
@@ -137,7 +169,7 @@ impl Node {
                 };
                 Arc::new(PostgresStore::open(url, membership).await?)
             }
-            StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(url.clone())),
+            StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(redacted(url))),
         };
         // Bound before anything starts, so that a console port already in
         // use fails the start instead of leaving a node without it.
@@ -262,5 +294,24 @@ impl Node {
             () = lease_lost.cancelled() => Err(NodeError::LeaseLost),
             error = log_lost => Err(NodeError::LogLost(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_database_urls_password_is_never_shown() {
+        assert_eq!(
+            redacted("postgres://concord:s3cret@db:5432/log"),
+            "postgres://concord:***@db:5432/log"
+        );
+        assert_eq!(
+            redacted("postgres://concord@db/log?sslmode=require&password=s3cret"),
+            "postgres://concord@db/log?sslmode=require&password=***"
+        );
+        assert_eq!(redacted("mysql://x"), "mysql://x");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 }

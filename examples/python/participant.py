@@ -11,10 +11,16 @@ answer; an Abort or Compensate that arrives before its Prepare or Execute
 leaves a tombstone, and the late call is refused. Its resolver asks the
 coordinator about a branch left prepared across a restart.
 
+It obeys only calls signed by the coordinator's key (`--coordinator-key
+FILE`: the public key, PEM, as `concord keys public` prints it; a file may
+hold several keys), or, with `--accept-unsigned-calls`, anyone who reaches
+its port (warned at every start). Given neither, it does not start.
+
 Payload: JSON {"account": "ada", "delta": -5} (points; negative spends).
 
     ./setup.sh
-    .venv/bin/python participant.py --listen 127.0.0.1:7601 --db points.db --open ada=100
+    .venv/bin/python participant.py --listen 127.0.0.1:7601 --db points.db --open ada=100 \
+        --coordinator http://127.0.0.1:7400 --coordinator-key ../../concord-data/signing.key.pub
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sqlite3
 import sys
@@ -30,9 +37,11 @@ from concord_participant import (
     BranchContext,
     InvalidPayload,
     ParticipantService,
+    KeyFileError,
     ResolverConfig,
     SqliteLedger,
     StepResult,
+    TrustedKeys,
     Vote,
     serve,
 )
@@ -109,7 +118,31 @@ class Points:
         tx.execute("UPDATE accounts SET balance = balance - ? WHERE name = ?", (delta, account))
 
 
+def callers(key_file: str | None, accept_unsigned: bool) -> TrustedKeys | None:
+    """Whose calls to obey: the keys in `key_file`, or anyone (None) when
+    --accept-unsigned-calls was typed; exits saying what to give when
+    neither or both were (DESIGN §12: an open door is a flag someone
+    typed)."""
+    if key_file and accept_unsigned:
+        sys.exit("--coordinator-key and --accept-unsigned-calls contradict each other: give one")
+    if accept_unsigned:
+        return None
+    if not key_file:
+        sys.exit(
+            "whose calls should this participant obey? Give --coordinator-key FILE (the "
+            "coordinator's public key: `concord keys public`), or --accept-unsigned-calls to "
+            "obey anyone who reaches its port"
+        )
+    try:
+        return TrustedKeys.from_file(key_file)
+    except OSError as error:
+        sys.exit(f"cannot read the coordinator key file {key_file}: {error}")
+    except KeyFileError as error:
+        sys.exit(str(error))
+
+
 async def main() -> None:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:7601")
     parser.add_argument("--db", default="points.db")
@@ -118,7 +151,18 @@ async def main() -> None:
         "--coordinator", default="", help="where to ask about branches left in doubt"
     )
     parser.add_argument("--in-doubt-after", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--coordinator-key",
+        metavar="FILE",
+        help="obey only calls signed by these coordinator keys (PEM, PUBLIC KEY blocks)",
+    )
+    parser.add_argument(
+        "--accept-unsigned-calls",
+        action="store_true",
+        help="obey anyone who reaches the port (a network only the coordinator reaches)",
+    )
     args = parser.parse_args()
+    trusted = callers(args.coordinator_key, args.accept_unsigned_calls)
     db = sqlite3.connect(args.db)
     db.executescript(SCHEMA)
     for opening in args.open:
@@ -130,7 +174,13 @@ async def main() -> None:
     db.close()
     points = Points()
     serving = await serve(
-        ParticipantService(SqliteLedger(args.db), points, points),
+        ParticipantService(
+            SqliteLedger(args.db),
+            points,
+            points,
+            trusted_keys=trusted,
+            accept_unsigned=trusted is None,
+        ),
         args.listen,
         ResolverConfig(coordinator=args.coordinator, in_doubt_after_s=args.in_doubt_after),
     )

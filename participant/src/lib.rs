@@ -46,9 +46,10 @@ pub use client::{
     BeginOptions, Begun, BranchSpec, ClientError, ClientTls, CommitOptions, CoordinatorClient,
     MessageState, Outcome,
 };
+pub use concord_proto::signature::TrustedKeys;
 pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;
 pub use server::{
-    BranchContext, MAX_BATCH_CALLS, MessageDestination, ParticipantError, ParticipantService,
-    SagaStep, StepResult, TwoPhaseParticipant, Unsupported, Vote,
+    BranchContext, Callers, CallersError, MAX_BATCH_CALLS, MessageDestination, ParticipantError,
+    ParticipantService, SagaStep, ServeError, StepResult, TwoPhaseParticipant, Unsupported, Vote,
 };

@@ -1,8 +1,9 @@
 //! In-doubt resolution (DESIGN §4): a branch that voted COMMIT has promised
 //! to wait for the coordinator's decision. When it has waited too long — or
 //! the participant restarted and phase 2 may have come and gone — the
-//! resolver asks `Coordinator.GetOutcome` (at the address the prepare
-//! carried), with backoff per branch, until it knows; then applies the
+//! resolver asks `Coordinator.GetOutcome` (of the coordinator it was
+//! configured with, never an address a call named: DESIGN §12), with
+//! backoff per branch, until it knows; then applies the
 //! outcome through the same ledger-guarded path as a delivered Commit or
 //! Abort, so it takes effect exactly once whichever arrives first.
 //!
@@ -22,7 +23,9 @@ use crate::ledger::{self, LedgerDb};
 /// How the resolver behaves.
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
-    /// Where to ask when a prepare carried no coordinator address.
+    /// The coordinator to ask about in-doubt branches: the only one asked
+    /// (any node of the deployment will do; it forwards to the owner). The
+    /// address a prepare carries is never used (DESIGN §12).
     pub coordinator: Option<String>,
     /// A branch prepared by this process waits this long for phase 2 before
     /// asking on its own. Branches prepared before the process started are
@@ -116,15 +119,20 @@ impl Resolver {
     /// Asks the coordinator about one branch. None means "not yet": asked
     /// again after a backoff.
     pub(crate) async fn ask(&mut self, branch: &ledger::InDoubt) -> Option<Resolution> {
-        let url = branch
+        // DESIGN §12: only the coordinator this service was configured
+        // with. The address a prepare carried is not covered by its
+        // signature, and a resolver that asked it would let whoever wrote
+        // it answer COMMITTED or ABORTED for the real coordinator.
+        let answer = match self
+            .config
             .coordinator
             .clone()
             .filter(|url| !url.is_empty())
-            .or_else(|| self.config.coordinator.clone());
-        let answer = match url {
+        {
             None => {
                 tracing::warn!(txn = %branch.txn_id, branch = %branch.branch,
-                    "in-doubt branch has no coordinator address to ask; set ResolverConfig::coordinator");
+                    "in-doubt branch, and no coordinator to ask: set ResolverConfig::coordinator \
+                     (the examples' --coordinator)");
                 None
             }
             Some(url) => match self.client(&url) {

@@ -9,11 +9,14 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC
 //!   reflection.
 //! - [`codec`]: the protobuf codec every generated client and server uses.
+//! - [`signature`]: the signature the coordinator puts on every call to a
+//!   participant, and how a participant checks it (DESIGN §12).
 //! - [`connect_failed`]: whether a failed call never left the caller, so
 //!   that another node may be sent it (the coordinator's forwarding and the
 //!   SDK's routing both ask).
 
 pub mod codec;
+pub mod signature;
 
 /// Generated code for `concord.v1`.
 pub mod v1 {

@@ -315,6 +315,15 @@ pub fn status(error: Error) -> tonic::Status {
         Error::NoSuchBranch { .. } => tonic::Status::not_found(message),
         Error::CannotResolve(_) | Error::Sharding(_) => tonic::Status::failed_precondition(message),
         Error::TooManyBranches { .. } => tonic::Status::resource_exhausted(message),
+        Error::TooManyInFlight { .. } => {
+            let mut status = tonic::Status::resource_exhausted(message);
+            // gRPC's retry pushback: a client that retries waits this long.
+            status.metadata_mut().insert(
+                "grpc-retry-pushback-ms",
+                tonic::metadata::MetadataValue::from(200u32),
+            );
+            status
+        }
         Error::Unavailable(_)
         | Error::ShuttingDown
         | Error::Draining

@@ -304,7 +304,11 @@ impl Coordinator for CoordinatorService {
             idempotency_key: validate::idempotency_key(&request.idempotency_key)?,
             request_digest,
             description: validate::text("description", &request.description)?,
-            branches: validate::begin_branches(&self.limits, request.branches)?,
+            branches: validate::begin_branches(
+                &self.limits,
+                self.runtime.config().max_branches,
+                request.branches,
+            )?,
         };
         let prepare_timeout = validate::optional_ms(
             "prepare_timeout_ms",

@@ -10,6 +10,21 @@ use tonic::transport::server::TcpIncoming;
 use super::*;
 use crate::runtime::log::LogHealth;
 
+/// Streams one client connection may hold open at once: far more than a
+/// client with a pool of connections needs, and a bound on what one
+/// connection can make this node hold (each stream is a handler's state).
+/// A client past it waits for a stream to end (HTTP/2 flow control): it
+/// is slowed, never refused.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+
+/// The deadline of a call that carries none (no `grpc-timeout`): without
+/// one a client that never finishes sending its request, or a call that
+/// waits on something that never comes, holds its handler forever. Long
+/// enough for any unary call, a Commit waiting for phase 2 included; a
+/// watch's stream is not cut by it (it bounds the wait for the response's
+/// start, which a stream sends at once).
+const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Serves the Coordinator service, gRPC health and reflection on `listener`
 /// until `shutdown` resolves, then stops accepting and lets in-flight calls
 /// finish.
@@ -92,6 +107,8 @@ where
     }
     let mut router = server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .timeout(DEFAULT_CALL_DEADLINE)
         .add_service(health_service)
         .add_service(coordinator);
     if let Some((v1, v1alpha)) = reflection {

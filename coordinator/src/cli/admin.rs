@@ -385,6 +385,32 @@ pub(super) fn moment(ms: u64, now: u64) -> String {
     }
 }
 
+/// Text a client or participant supplied, as a terminal may show it: a
+/// control character (a newline that forges a line, an escape sequence
+/// that rewrites the screen) or a bidirectional override is printed as
+/// its escape (`\n`, `\u{1b}`), never acted on (DESIGN §12).
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if hidden(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
     // The GROUP column only in a deployment of several groups (DESIGN §11).
     let grouped = page.transactions.iter().any(|txn| !txn.group.is_empty());
@@ -417,7 +443,7 @@ fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
             span(now.saturating_sub(txn.created_at_ms)),
             parts,
             if txn.needs_attention { "yes" } else { "-" },
-            txn.reason
+            shown(&txn.reason)
         ));
     }
     if page.transactions.is_empty() {
@@ -426,7 +452,8 @@ fn list_text(page: &pb::ListTransactionsResponse, now: u64) -> String {
     for skipped in &page.skipped_groups {
         out.push_str(&format!(
             "missing: group {} did not answer ({}); its transactions are not listed\n",
-            skipped.group, skipped.reason
+            shown(&skipped.group),
+            shown(&skipped.reason)
         ));
     }
     if !page.next_page_token.is_empty() {
@@ -468,13 +495,13 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
     if !txn.group.is_empty() {
         field("group", format!("{} (shard {})", txn.group, txn.shard));
     }
-    field("producer", txn.producer.clone());
-    field("ordering key", txn.ordering_key.clone());
+    field("producer", shown(&txn.producer).into_owned());
+    field("ordering key", shown(&txn.ordering_key).into_owned());
     field("decided", moment(txn.decided_at_ms, now));
     field("ended", moment(txn.ended_at_ms, now));
-    field("reason", txn.reason.clone());
-    field("description", txn.description.clone());
-    field("idempotency key", txn.idempotency_key.clone());
+    field("reason", shown(&txn.reason).into_owned());
+    field("description", shown(&txn.description).into_owned());
+    field("idempotency key", shown(&txn.idempotency_key).into_owned());
     if txn.read_only {
         field("read only", "yes".into());
     }
@@ -504,16 +531,27 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
             if message {
                 out.push_str(&format!(
                     "  {:<16}{:<12} attempts {:<4} {}\n",
-                    branch.name, state, branch.attempts, branch.participant
+                    shown(&branch.name),
+                    state,
+                    branch.attempts,
+                    shown(&branch.participant)
                 ));
             } else {
                 out.push_str(&format!(
                     "  {:<16}{:<12} vote {:<9} attempts {:<4} {}\n",
-                    branch.name, state, vote, branch.attempts, branch.participant
+                    shown(&branch.name),
+                    state,
+                    vote,
+                    branch.attempts,
+                    shown(&branch.participant)
                 ));
             }
             if !branch.last_error.is_empty() {
-                out.push_str(&format!("  {:<16}last error: {}\n", "", branch.last_error));
+                out.push_str(&format!(
+                    "  {:<16}last error: {}\n",
+                    "",
+                    shown(&branch.last_error)
+                ));
             }
         }
     }
@@ -522,12 +560,12 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
         for action in &txn.operator_actions {
             out.push_str(&format!(
                 "  {:<16}{} by {} at {}\n  {:<16}reason: {}\n",
-                action.branch,
+                shown(&action.branch),
                 resolution_name(action.outcome),
-                action.operator,
+                shown(&action.operator),
                 moment(action.at_ms, now),
                 "",
-                action.reason
+                shown(&action.reason)
             ));
         }
     }
@@ -550,10 +588,19 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
                 .unwrap_or_default();
             out.push_str(&format!(
                 "  {:<16}{:<14} {:<13} attempts {:<4} compensations {:<4} {}\n",
-                step.name, state, kind, step.attempts, step.compensation_attempts, step.participant
+                shown(&step.name),
+                state,
+                kind,
+                step.attempts,
+                step.compensation_attempts,
+                shown(&step.participant)
             ));
             if !step.last_error.is_empty() {
-                out.push_str(&format!("  {:<16}last error: {}\n", "", step.last_error));
+                out.push_str(&format!(
+                    "  {:<16}last error: {}\n",
+                    "",
+                    shown(&step.last_error)
+                ));
             }
         }
     }
@@ -563,6 +610,26 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_text_cannot_forge_lines_or_drive_the_terminal() {
+        assert_eq!(shown("paid 20.00"), "paid 20.00");
+        assert_eq!(
+            shown("ok\nstate COMMITTED\u{1b}[2J"),
+            "ok\\nstate COMMITTED\\u{1b}[2J"
+        );
+        assert_eq!(shown("a\u{202e}b"), "a\\u{202e}b");
+        let txn = pb::Transaction {
+            id: "t".into(),
+            description: "x\n  state           COMMITTED".into(),
+            ..Default::default()
+        };
+        let text = show_text(&txn, 0);
+        assert!(
+            !text.lines().any(|line| line.starts_with("  state") && line.ends_with("COMMITTED")),
+            "a forged line: {text}"
+        );
+    }
 
     #[test]
     fn ages_read_the_way_operators_write_them() {

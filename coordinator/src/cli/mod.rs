@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod admin;
 pub mod bench;
+pub mod keys;
 pub mod shards;
 
 use crate::api::Limits;
@@ -41,6 +42,9 @@ enum Command {
     /// A deployment of several groups: its shard map, and moving shards
     /// between groups.
     Shards(shards::ShardsArgs),
+    /// The key every call to a participant is signed with: make one, print
+    /// its public half.
+    Keys(keys::KeysArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,7 +66,7 @@ struct ServeArgs {
     /// Database URL overriding --data-dir: sqlite:///var/lib/concord/log.db,
     /// or postgres://user:password@host/db (several nodes may share one
     /// PostgreSQL database: see --node-name and --lease-ms).
-    #[arg(long, env = "CONCORD_DATABASE_URL")]
+    #[arg(long, env = "CONCORD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
     /// On PostgreSQL: this node's name among the nodes sharing the database;
@@ -153,6 +157,20 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     drain_timeout_ms: u64,
 
+    /// The private key every call to a participant is signed with (PEM;
+    /// `concord keys generate`); the same on every node of a deployment.
+    /// Default on the SQLite data directory: its `signing.key`, made at
+    /// the first start. Required with --database-url.
+    #[arg(long, env = "CONCORD_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+
+    /// Serve on an address other hosts can reach with neither
+    /// --admin-token nor mutual TLS (--tls-client-ca): anyone who reaches
+    /// the port may then resolve, retry and reshard. Refused without this
+    /// flag (protected mode).
+    #[arg(long, env = "CONCORD_ALLOW_UNPROTECTED")]
+    allow_unprotected: bool,
+
     /// The URL participants reach this node at, sent with every call so they
     /// know whom to ask about in-doubt branches. Default: http://<listen>.
     #[arg(long, env = "CONCORD_ADVERTISE_URL")]
@@ -216,10 +234,18 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     max_payload_bytes: u64,
 
-    /// Most steps one saga may have.
+    /// Most steps one saga may have (at most 1,000: checking a saga's
+    /// shape costs the square of its steps).
     #[arg(long, env = "CONCORD_MAX_SAGA_STEPS", default_value_t = 256,
-          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+          value_parser = clap::value_parser!(u64).range(1..=1_000))]
     max_saga_steps: u64,
+
+    /// Most transactions this node holds live at once (2PC, sagas and
+    /// messages together; about 13 KiB each): past it a new one is refused
+    /// RESOURCE_EXHAUSTED, to retry after a backoff.
+    #[arg(long, env = "CONCORD_MAX_IN_FLIGHT", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_in_flight: u64,
 
     /// Most branches one transaction may have.
     #[arg(long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
@@ -246,7 +272,7 @@ pub fn main() -> anyhow::Result<()> {
                 service_name: args.otlp_service_name.clone(),
                 instance: args.node_name.clone(),
             }),
-            Command::Bench(_) | Command::Txn(_) | Command::Shards(_) => None,
+            Command::Bench(_) | Command::Txn(_) | Command::Shards(_) | Command::Keys(_) => None,
         };
         let telemetry = crate::telemetry::init(otlp)?;
         let result = match cli.command {
@@ -254,6 +280,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Txn(args) => admin::run(args).await,
             Command::Shards(args) => shards::run(args).await,
+            Command::Keys(args) => keys::run(args),
         };
         telemetry.shutdown().await;
         result
@@ -278,7 +305,58 @@ fn sharding(
     Ok(Some(sharding))
 }
 
+/// Protected mode: a node that other hosts can reach serves its operator
+/// calls to anyone only when told so by name.
+fn protected(args: &ServeArgs) -> anyhow::Result<()> {
+    let exposed: Vec<SocketAddr> = std::iter::once(args.listen)
+        .chain(args.console_listen)
+        .filter(|addr| !addr.ip().is_loopback())
+        .collect();
+    let guarded =
+        args.admin_token.as_ref().is_some_and(|t| !t.is_empty()) || args.tls_client_ca.is_some();
+    if exposed.is_empty() || guarded {
+        return Ok(());
+    }
+    let listed: Vec<String> = exposed.iter().map(ToString::to_string).collect();
+    if args.allow_unprotected {
+        tracing::warn!(addrs = %listed.join(", "),
+            "serving unprotected (--allow-unprotected): anyone who reaches these ports can \
+             resolve, retry and reshard");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {} unprotected: other hosts could resolve, retry and reshard \
+         transactions. Give --admin-token (or CONCORD_ADMIN_TOKEN), or mutual TLS \
+         (--tls-cert, --tls-key, --tls-client-ca), or listen on 127.0.0.1; \
+         --allow-unprotected if the open door is deliberate",
+        listed.join(" and ")
+    )
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    protected(&args)?;
+    if args.database_url.as_deref().is_some_and(is_postgres)
+        && args.node_name.is_none()
+        && args.advertise_url.is_none()
+    {
+        // Two hosts started with default flags would both be
+        // http://127.0.0.1:7400 and take each other for a restart.
+        anyhow::bail!(
+            "on PostgreSQL each node needs a name of its own among the nodes sharing the \
+             database: give --node-name (or --advertise-url, the address participants reach \
+             it at)"
+        );
+    }
+    let signer = match (&args.signing_key, &args.database_url) {
+        (Some(path), _) => keys::load(path)?,
+        (None, None) => keys::load_or_create(None, &args.data_dir)?,
+        (None, Some(_)) => anyhow::bail!(
+            "give --signing-key FILE: every node of a deployment signs its participant calls \
+             with one key (make one with `concord keys generate --out FILE`, and give \
+             participants FILE.pub)"
+        ),
+    };
+    tracing::info!(key = %signer.key_id(), "signing participant calls");
     let ms = Duration::from_millis;
     let runtime = RuntimeConfig::with_retry(
         ms(args.retry_min_ms),
@@ -290,11 +368,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             batch_calls: args.batch_calls,
             log_write_attempts: args.log_write_attempts,
             max_branches: usize::try_from(args.max_branches).unwrap_or(usize::MAX),
+            max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
             advertised_url: args.advertise_url.clone().unwrap_or_default(),
             peer_tls: peer_tls(&args.peer_tls_ca, &args.peer_tls_cert, &args.peer_tls_key)?,
             retention: (args.retention_days > 0)
                 .then(|| Duration::from_secs(args.retention_days * 86_400)),
             sharding: sharding(args.shard_map.as_deref(), args.group.as_deref())?,
+            signer: Some(std::sync::Arc::new(signer)),
             ..RuntimeConfig::default()
         },
     );
@@ -339,6 +419,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Reads the peer TLS files named by the flags, if any.

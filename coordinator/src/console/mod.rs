@@ -8,8 +8,11 @@
 //! Retry and Resolve go through the same validation, forwarding, admin
 //! token check and audit record as `concord txn` and gRPC callers do. It
 //! serves TLS exactly when the gRPC port does, with the same certificate and
-//! client-certificate rule; without the admin token (when the node has
-//! one) it is read-only.
+//! client-certificate rule. It steers (Retry, Resolve) only for a
+//! browser that sent the node's admin token; a node without one has a
+//! read-only console (DESIGN §12). It answers only requests addressed to
+//! it by a name it serves under ([`addressed_here`]): a page of another
+//! site that rebinds its own name to this address gets nothing.
 //!
 //! - [`json`]: the service's answers as the page reads them.
 //! - [`stats`]: the chart: ends per second and latency percentiles.
@@ -43,8 +46,12 @@ mod tls;
 struct Console {
     service: Arc<CoordinatorService>,
     stats: Arc<stats::Stats>,
-    /// Whether Retry and Resolve need the admin token.
+    /// Whether the node has an admin token: without one the console is
+    /// read-only.
     token_required: bool,
+    /// The port it listens on, and whether on loopback only: what
+    /// [`addressed_here`] checks a request's Host against.
+    listen: SocketAddr,
     /// Ends the live feeds when the node stops, so that the server's
     /// graceful stop does not wait on them.
     stop: CancellationToken,
@@ -64,8 +71,10 @@ pub async fn serve(
         access.admin_token.clone(),
     ));
     let stats = stats::Stats::follow(Arc::clone(&service), stop.clone());
+    let listen = listener.local_addr()?;
     let console = Arc::new(Console {
         token_required: access.admin_token.is_some(),
+        listen,
         service,
         stats,
         stop: stop.clone(),
@@ -81,6 +90,10 @@ pub async fn serve(
         .route("/api/transactions/{id}/resolve", post(resolve))
         .route("/api/changes", get(changes))
         .route("/api/stats", get(chart))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&console),
+            addressed_here,
+        ))
         .with_state(console);
     let shutdown = stop.clone().cancelled_owned();
     match access.tls {
@@ -194,13 +207,68 @@ fn answer<T>(
     }
 }
 
-/// Whether this browser may steer: no token needed, or the one it sent is
-/// right, by the same rule as the operator's RPCs.
+/// DNS rebinding: a page of another site whose name its owner points at
+/// this address afterwards reaches the console as its own origin, past
+/// every browser rule. A console on loopback answers only requests whose
+/// Host names loopback (`localhost`, `127.x`, `[::1]`); one on other
+/// addresses is behind the admin token or mutual TLS (protected mode).
+/// Anything else is 421 Misdirected Request.
+async fn addressed_here(
+    State(console): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    if host_serves(host, console.listen) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        Json(serde_json::json!({
+            "code": "Misdirected",
+            "message": format!(
+                "this console on {} answers requests for localhost, 127.0.0.1 or [::1], not \
+                 {host:?}",
+                console.listen
+            ),
+        })),
+    )
+        .into_response()
+}
+
+/// Whether `host` (a Host header: `name[:port]`) names the console at
+/// `listen`. The name is what a rebinding page cannot fake (its own name
+/// is in the Host its victim's browser sends); the port says nothing more.
+fn host_serves(host: &str, listen: SocketAddr) -> bool {
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    if !listen.ip().is_loopback() {
+        return true;
+    }
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether this browser may steer: the node has an admin token and the
+/// browser sent it, by the same rule as the operator's RPCs.
 async fn info(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let operator = console
-        .service
-        .admits("the console", request(&headers, ()).metadata())
-        .is_ok();
+    let operator = console.token_required
+        && console
+            .service
+            .admits("the console", request(&headers, ()).metadata())
+            .is_ok();
     Json(serde_json::json!({
         "token_required": console.token_required,
         "operator": operator,
@@ -319,8 +387,16 @@ async fn transaction(
 /// browser that is logged in here retry or resolve anything.
 const FROM_THE_PAGE: &str = "x-concord-console";
 
-/// The refusal of a request that did not come from the page, if it did not.
-fn not_from_the_page(headers: &HeaderMap) -> Option<Response> {
+/// The refusal of an operator action the console does not take: one not
+/// from the page, or on a node without an admin token (read-only).
+fn not_from_the_page(console: &Console, headers: &HeaderMap) -> Option<Response> {
+    if !console.token_required {
+        return Some(failure(tonic::Status::permission_denied(
+            "this node has no admin token, so its console is read-only: start it with \
+             --admin-token (or CONCORD_ADMIN_TOKEN) to retry and resolve here, or use \
+             `concord txn retry` / `concord txn resolve`",
+        )));
+    }
     if headers.contains_key(FROM_THE_PAGE) {
         return None;
     }
@@ -334,7 +410,7 @@ async fn retry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(refused) = not_from_the_page(&headers) {
+    if let Some(refused) = not_from_the_page(&console, &headers) {
         return refused;
     }
     let message = pb::RetryTransactionRequest { transaction_id: id };
@@ -370,7 +446,7 @@ async fn resolve(
     Path(id): Path<String>,
     Json(form): Json<Resolve>,
 ) -> Response {
-    if let Some(refused) = not_from_the_page(&headers) {
+    if let Some(refused) = not_from_the_page(&console, &headers) {
         return refused;
     }
     let outcome = match form.outcome.as_str() {

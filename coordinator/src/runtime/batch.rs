@@ -24,6 +24,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use concord_proto::signature::{BATCH_METHOD, CallSigner, SignedCall, batch_payload_of};
 use concord_proto::v1::{self as pb, participant_client::ParticipantClient};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -128,6 +129,9 @@ pub struct Sender {
     pub client: ParticipantClient<Channel>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Signs each batch as a whole (DESIGN §12): one signature for all of
+    /// its calls.
+    pub signer: Option<Arc<CallSigner>>,
 }
 
 impl Queue {
@@ -195,9 +199,11 @@ impl Queue {
         loop {
             while in_flight.len() < MAX_IN_FLIGHT {
                 let Some(batch) = self.take() else { break };
-                in_flight.push(Box::pin(
-                    Arc::clone(&self).run(sender.client.clone(), batch),
-                ));
+                in_flight.push(Box::pin(Arc::clone(&self).run(
+                    sender.client.clone(),
+                    sender.signer.clone(),
+                    batch,
+                )));
             }
             if in_flight.is_empty() {
                 let mut state = self.lock();
@@ -239,7 +245,12 @@ impl Queue {
     }
 
     /// Sends one batch and hands each answer to its caller as it arrives.
-    async fn run(self: Arc<Self>, mut client: ParticipantClient<Channel>, batch: Vec<Waiting>) {
+    async fn run(
+        self: Arc<Self>,
+        mut client: ParticipantClient<Channel>,
+        signer: Option<Arc<CallSigner>>,
+        batch: Vec<Waiting>,
+    ) {
         let now = Instant::now();
         let mut answers: Vec<Option<(Answer, Duration)>> = Vec::with_capacity(batch.len());
         let mut calls = Vec::with_capacity(batch.len());
@@ -259,8 +270,21 @@ impl Queue {
             .unwrap_or_default();
         metrics::call_batch(calls.len());
         let span = tracing::debug_span!("participant_batch", calls = calls.len());
+        // DESIGN §12: one signature over every call, in order.
+        let signature = signer.map(|signer| {
+            signer.sign(
+                &SignedCall {
+                    method: BATCH_METHOD,
+                    transaction_id: "",
+                    branch: "",
+                    payload: &batch_payload_of(&calls),
+                },
+                longest,
+            )
+        });
         let mut request = tonic::Request::new(pb::BatchRequest { calls });
         request.set_timeout(longest);
+        let request = super::participants::signed(request, signature);
         let streamed = async {
             let mut stream = client
                 .batch(request)

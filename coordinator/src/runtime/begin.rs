@@ -176,6 +176,7 @@ impl Runtime {
             return Err(Error::Draining);
         }
         let Some(key) = key else {
+            self.room_for_one_more()?;
             return Ok(KeyClaim::Free(None));
         };
         // DESIGN §11: a key of another group's shard is looked up all the
@@ -196,7 +197,25 @@ impl Runtime {
         if let Some(elsewhere) = self.handed_over(key, digest).await? {
             return Err(elsewhere);
         }
+        // A retry of a request already taken is answered above, at the
+        // cap or not: only a new transaction is refused.
+        self.room_for_one_more()?;
         Ok(KeyClaim::Free(Some(guard)))
+    }
+
+    /// DESIGN §12: a node holds at most `max_in_flight` live transactions
+    /// (2PC, sagas and messages together), each some kilobytes of memory
+    /// and a share of its participants' calls; past it a new one is
+    /// refused (RESOURCE_EXHAUSTED, to retry later) instead of the node
+    /// running out of memory under a flood.
+    fn room_for_one_more(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let limit = shared.config.max_in_flight;
+        let live = shared.live.len() + shared.sagas.len() + shared.messages.len();
+        if live >= limit {
+            return Err(Error::TooManyInFlight { limit });
+        }
+        Ok(())
     }
 
     /// The transaction or saga begun with `key`, and its state. Called with

@@ -18,6 +18,12 @@ pub enum Error {
     BranchConflict { name: String },
     #[error("the transaction already has {limit} branches, the limit (--max-branches)")]
     TooManyBranches { limit: usize },
+    /// DESIGN §12: the node holds as many live transactions as it may.
+    #[error(
+        "this node has {limit} transactions in flight, its limit (--max-in-flight); retry after \
+         a backoff, or on another node"
+    )]
+    TooManyInFlight { limit: usize },
     #[error("{0}")]
     Unavailable(String),
     #[error(

@@ -125,6 +125,9 @@ pub struct RuntimeConfig {
     pub sweep_interval: Duration,
     /// Branches per transaction at most.
     pub max_branches: usize,
+    /// Live transactions (2PC, sagas, messages) this node holds at most;
+    /// a new one past it is refused RESOURCE_EXHAUSTED (DESIGN §12).
+    pub max_in_flight: usize,
     /// Recovered transactions driven at once after a restart.
     pub recovery_concurrency: usize,
     /// The address participants can reach this coordinator at, sent with
@@ -153,6 +156,10 @@ pub struct RuntimeConfig {
     /// if newer than the copy there, and the newest followed. None: one
     /// group, every transaction this node's group's.
     pub sharding: Option<Sharding>,
+    /// Signs every call to a participant with the deployment's key (DESIGN
+    /// §12). None: calls go unsigned, which only a participant told to
+    /// accept anyone obeys.
+    pub signer: Option<Arc<concord_proto::signature::CallSigner>>,
 }
 
 impl Default for RuntimeConfig {
@@ -170,6 +177,9 @@ impl Default for RuntimeConfig {
                 retry: ExponentialBuilder::default(),
                 sweep_interval: Duration::from_millis(100),
                 max_branches: 64,
+                // About 13 KiB each (docs/performance.md): a little over
+                // a gigabyte at the cap.
+                max_in_flight: 100_000,
                 recovery_concurrency: 256,
                 advertised_url: String::new(),
                 clock: Arc::new(SystemClock),
@@ -180,6 +190,7 @@ impl Default for RuntimeConfig {
                 log_write_attempts: 6,
                 watch_buffer: watch::WATCH_BUFFER,
                 sharding: None,
+                signer: None,
             },
         )
     }
@@ -340,6 +351,7 @@ impl Runtime {
             config.dialer.clone(),
             config.peer_tls.clone(),
         )
+        .with_signer(config.signer.clone())
         .with_batching(config.batch_calls, tasks.clone(), shutdown.clone());
         let watches_end = shutdown.child_token();
         let shared = Arc::new(Shared {

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::signature::{CallSigner, SIGNATURE_HEADER, SignedCall};
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::{self as pb, BranchRef};
 use dashmap::DashMap;
@@ -111,11 +112,17 @@ impl std::fmt::Debug for Dialer {
 
 /// Where [`Participants::route`] put a call: queued for a batch (with the
 /// request kept, boxed, while the participant has not yet shown it takes
-/// batches), to go alone (boxed: endpoint and request), or refused.
+/// batches), to go alone (boxed), or refused.
 enum Routed<Q> {
-    Batched(batch::Pending, Option<Box<(String, Q)>>),
-    Alone(Box<(String, Q)>),
+    Batched(batch::Pending, Option<Box<Alone<Q>>>),
+    Alone(Box<Alone<Q>>),
     Refused(CallError),
+}
+
+/// A call to send alone: where, and what.
+struct Alone<Q> {
+    endpoint: String,
+    request: Q,
 }
 
 /// A participant that took batches before stopped (an older version
@@ -144,6 +151,10 @@ pub struct Participants {
     coordinator_url: String,
     /// TLS for https:// participants.
     tls: Option<PeerTls>,
+    /// Signs every call (DESIGN §12), so that a participant can tell its
+    /// coordinator's calls from a stranger's. None: calls go unsigned, and
+    /// only a participant that accepts anyone obeys them.
+    signer: Option<Arc<CallSigner>>,
 }
 
 impl Participants {
@@ -161,7 +172,21 @@ impl Participants {
             connect_timeout,
             coordinator_url,
             tls,
+            signer: None,
         }
+    }
+
+    /// Signs every call with `signer` (DESIGN §12).
+    pub fn with_signer(mut self, signer: Option<Arc<CallSigner>>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// The signature of one call, when this node signs.
+    fn signature(&self, call: SignedCall<'_>, deadline: Duration) -> Option<String> {
+        self.signer
+            .as_ref()
+            .map(|signer| signer.sign(&call, deadline))
     }
 
     /// Coalesces calls into `Batch` calls when `on`, with senders on
@@ -215,19 +240,16 @@ impl Participants {
                     }
                 }
             };
-            let (endpoint, request) = *alone;
+            let Alone { endpoint, request } = *alone;
             let client = self.client(&endpoint)?;
+            // DESIGN §12: a call alone carries its own signature; a batched
+            // one is covered by its batch's (`batch::Queue::run`).
+            let signature = self.signature(R::signed(&request), deadline);
+            let request = signed(request_with(request, deadline, &span), signature);
             // Boxed, the tonic call (R::send) and the whole path of a call
             // sent alone: inline, they would size every call's future,
             // batched or not.
-            Box::pin(
-                with_deadline(
-                    deadline,
-                    R::send(client, request_with(request, deadline, &span)),
-                )
-                .instrument(span),
-            )
-            .await
+            Box::pin(with_deadline(deadline, R::send(client, request)).instrument(span)).await
         }
     }
 
@@ -261,13 +283,14 @@ impl Participants {
         });
         let known = queue.as_ref().and_then(|(queue, ..)| queue.takes_batches());
         let (Some((queue, tasks, shutdown)), Some(proven)) = (queue, known) else {
-            return Routed::Alone(Box::new((endpoint, request)));
+            return Routed::Alone(Box::new(Alone { endpoint, request }));
         };
         let sender = || {
             Ok(batch::Sender {
                 client: self.client(&endpoint)?,
                 tasks: tasks.clone(),
                 shutdown: shutdown.clone(),
+                signer: self.signer.clone(),
             })
         };
         // Until the participant has shown it takes batches, keep the
@@ -277,13 +300,18 @@ impl Participants {
         } else {
             (
                 R::wrap(request.clone()),
-                Some(Box::new((endpoint.clone(), request))),
+                Some(Box::new(Alone {
+                    endpoint: endpoint.clone(),
+                    request,
+                })),
             )
         };
         let batched = pb::BatchCall {
             call: Some(wrapped),
             timeout_ms: 0,
             traceparent: crate::telemetry::traceparent(span),
+            // Covered by the batch's own signature.
+            signature: String::new(),
         };
         match queue.enqueue(batched, deadline, sender) {
             Some(pending) => Routed::Batched(pending, kept),
@@ -477,12 +505,24 @@ impl Participants {
             participant = producer
         );
         let mut client = self.client(producer)?;
-        let request = request_with(
-            pb::CheckMessageRequest {
-                transaction_id: message_id,
+        let signature = self.signature(
+            SignedCall {
+                method: "CheckMessage",
+                transaction_id: &message_id,
+                branch: "",
+                payload: b"",
             },
             deadline,
-            &span,
+        );
+        let request = signed(
+            request_with(
+                pb::CheckMessageRequest {
+                    transaction_id: message_id,
+                },
+                deadline,
+                &span,
+            ),
+            signature,
         );
         let answer = with_deadline(
             deadline,
@@ -517,6 +557,20 @@ fn request_with<T>(message: T, deadline: Duration, span: &tracing::Span) -> toni
     request.set_timeout(deadline);
     // The participant's spans join this call's trace (when exported).
     crate::telemetry::inject(&mut request, span);
+    request
+}
+
+/// `request` with its signature in the metadata (DESIGN §12).
+pub(super) fn signed<T>(
+    mut request: tonic::Request<T>,
+    signature: Option<String>,
+) -> tonic::Request<T> {
+    if let Some(signature) = signature {
+        let value = signature
+            .parse()
+            .expect("a signature is ASCII: hex, digits and base64url");
+        request.metadata_mut().insert(SIGNATURE_HEADER, value);
+    }
     request
 }
 

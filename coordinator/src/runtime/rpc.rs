@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use concord_proto::signature::SignedCall;
 use concord_proto::v1::batch_answer::Answer;
 use concord_proto::v1::batch_call::Call;
 use concord_proto::v1::participant_client::ParticipantClient;
@@ -74,11 +75,15 @@ pub type Sent<A> = std::pin::Pin<
 pub trait BranchRpc {
     /// The operation's name in spans and metrics.
     const NAME: &'static str;
+    /// The RPC's name in the proto, which its signature names (DESIGN §12).
+    const METHOD: &'static str;
     type Request: Clone + Send + 'static;
     type Answer: Send + 'static;
 
     /// The request for `branch`, carrying `payload`.
     fn request(branch: BranchRef, payload: Vec<u8>) -> Self::Request;
+    /// What the request's signature covers (DESIGN §12).
+    fn signed(request: &Self::Request) -> SignedCall<'_>;
     /// Sends the request alone, outside any batch.
     fn send(
         client: ParticipantClient<Channel>,
@@ -100,11 +105,21 @@ macro_rules! branch_rpcs {
 
         impl BranchRpc for $op {
             const NAME: &'static str = $name;
+            const METHOD: &'static str = stringify!($op);
             type Request = pb::$request;
             type Answer = pb::$answer;
 
             fn request(branch: BranchRef, payload: Vec<u8>) -> Self::Request {
                 pb::$request { branch: Some(branch), payload }
+            }
+
+            fn signed(request: &Self::Request) -> SignedCall<'_> {
+                SignedCall {
+                    method: Self::METHOD,
+                    transaction_id: request.branch.as_ref().map_or("", |b| b.transaction_id.as_str()),
+                    branch: request.branch.as_ref().map_or("", |b| b.branch.as_str()),
+                    payload: &request.payload,
+                }
             }
 
             fn send(

@@ -836,6 +836,8 @@ pub async fn operator_actions_are_kept_in_order_and_recovered(open: Open) {
         action("b0", 4_000),
     ];
     // A restart sees them with the unfinished transaction, in order...
+    // One log, one writer: the first store goes before the reopening.
+    drop(store);
     let store = open().await;
     let unfinished = store.unfinished().await.expect("unfinished");
     let recovered = unfinished
@@ -1136,6 +1138,8 @@ pub async fn the_change_feed_holds_every_change_in_order_and_resumes(open: Open)
     );
     assert!(ended[1].needs_attention, "{ended:?}");
     // A page at a time, from any cursor, and the same after reopening.
+    // One log, one writer: the first store goes before the reopening.
+    drop(store);
     let store = open().await;
     let page = store.changes(Some(all[2].cursor), 3).await.expect("page");
     assert_eq!(seen(&page), expected[3..6].to_vec());
@@ -1204,6 +1208,8 @@ pub async fn the_shard_tables_keep_the_newest_map_and_the_keys_handed_over(open:
         .await
         .expect_err("a rival");
     assert!(refused.is_refused_record(), "{refused}");
+    // One log, one writer: the first store goes before the reopening.
+    drop(store);
     let store = open().await;
     let held = store.shard_map().await.expect("read").expect("a map");
     assert_eq!((held.group.as_str(), &held.map), ("g1", &second));
@@ -1282,6 +1288,8 @@ pub async fn the_shard_tables_keep_the_newest_map_and_the_keys_handed_over(open:
         .adopt_shard_keys(Shard(3), switch_ms, &[], true)
         .await
         .expect("the last page");
+    // One log, one writer: the first store goes before the reopening.
+    drop(store);
     let store = open().await;
     assert_eq!(
         store

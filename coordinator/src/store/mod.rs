@@ -259,6 +259,12 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// Another process serves this SQLite log (one log, one writer).
+    #[error(
+        "the log {log} is in use by another coordinator (pid {holder}); one log has one \
+         writer: stop that node, or give this one its own --data-dir"
+    )]
+    InUse { log: String, holder: String },
     #[error("the store holds a value it cannot read: {0}")]
     Corrupt(String),
     /// A record broke one of the store's rules (a key or id already taken,

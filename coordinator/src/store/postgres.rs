@@ -95,8 +95,12 @@ impl PostgresStore {
             .after_connect(move |connection, _| {
                 let idle_limit = idle_limit.clone();
                 Box::pin(async move {
+                    // R1: a decision is durable when its commit returns,
+                    // whatever the server's default for synchronous_commit
+                    // (`off` would acknowledge commits not yet flushed).
                     sqlx::query(
-                        "SELECT set_config('idle_in_transaction_session_timeout', $1, false)",
+                        "SELECT set_config('idle_in_transaction_session_timeout', $1, false), \
+                                set_config('synchronous_commit', 'on', false)",
                     )
                     .bind(idle_limit)
                     .execute(connection)

@@ -46,6 +46,55 @@ pub struct SqliteStore {
     /// its cache outdated by the others' writes, dropped it and read the
     /// pages again (about a tenth of SQLite's time under load, `perf`).
     writer: WriterThread,
+    /// One log, one writer: held for the store's lifetime, so a second
+    /// node on the same file refuses to start instead of deciding the same
+    /// transactions beside this one.
+    _lock: LogLock,
+}
+
+/// An exclusive OS lock (`flock`) on `<log file>.lock`, which also holds
+/// the pid of the process that took it, to name it in the refusal. The
+/// kernel releases it when the process dies, however it dies: a SIGKILLed
+/// node leaves no stale lock behind.
+#[derive(Debug)]
+struct LogLock {
+    _held: std::fs::File,
+}
+
+impl LogLock {
+    fn take(log: &Path) -> Result<Self, StoreError> {
+        use std::io::{Read, Seek, Write};
+        let mut path = log.as_os_str().to_owned();
+        path.push(".lock");
+        let path = std::path::PathBuf::from(path);
+        let failed = |source| StoreError::DataDir {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(StoreError::InUse {
+                    log: log.display().to_string(),
+                    holder: holder.trim().to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(failed(source)),
+        }
+        file.set_len(0).map_err(failed)?;
+        file.rewind().map_err(failed)?;
+        writeln!(file, "{}", std::process::id()).map_err(failed)?;
+        Ok(Self { _held: file })
+    }
 }
 
 impl SqliteStore {
@@ -77,6 +126,9 @@ impl SqliteStore {
     }
 
     async fn open(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        // Before anything touches the file: a second node must not even
+        // run migrations beside the first.
+        let lock = LogLock::take(options.get_filename())?;
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             // R1: a commit returns only after the WAL is fsynced.
@@ -92,7 +144,11 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let writer = WriterThread::start(options.get_filename(), BUSY_TIMEOUT).await?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            _lock: lock,
+        })
     }
 
     /// The underlying pool, for tests that inspect the file directly.

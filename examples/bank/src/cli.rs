@@ -2,7 +2,8 @@
 //! balances, serving the Concord Participant gRPC service.
 //!
 //! ```text
-//! account-service serve --listen 127.0.0.1:7501 --db bank-a.db --open alice=10000
+//! account-service serve --listen 127.0.0.1:7501 --db bank-a.db --open alice=10000 \
+//!     --coordinator-key concord-data/signing.pub
 //! account-service balances --db bank-a.db
 //! ```
 //!
@@ -37,6 +38,19 @@ enum Command {
         /// Open (or reset) accounts before serving: NAME=CENTS, repeatable.
         #[arg(long = "open", value_parser = parse_opening)]
         open: Vec<(String, i64)>,
+        /// The coordinator's public key (PEM, from `concord keys public`):
+        /// only calls it signed are obeyed. A file of several keys trusts
+        /// each (rotation).
+        #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
+        coordinator_key: Option<PathBuf>,
+        /// Obey any call that reaches the port, signed or not: only where
+        /// nothing but the coordinator can reach it. Warned at each start.
+        #[arg(long)]
+        accept_unsigned_calls: bool,
+        /// The coordinator to ask about branches left in doubt (after a
+        /// restart): any node of the deployment. Only this one is asked.
+        #[arg(long, env = "CONCORD_COORDINATOR")]
+        coordinator: Option<String>,
     },
     /// Print every account's balance and held amount.
     Balances {
@@ -79,7 +93,19 @@ async fn run() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, db, open } => {
+        Command::Serve {
+            listen,
+            db,
+            open,
+            coordinator_key,
+            accept_unsigned_calls,
+            coordinator,
+        } => {
+            // Before anything is opened: whom to obey (DESIGN §12).
+            let callers = concord_participant::Callers::from_flags(
+                coordinator_key.as_deref(),
+                accept_unsigned_calls,
+            )?;
             let pool = crate::open_db(&db)
                 .await
                 .with_context(|| format!("opening {}", db.display()))?;
@@ -90,7 +116,11 @@ async fn run() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             tracing::info!(%listen, db = %db.display(), "account service serving");
-            crate::serve(pool, listener, async {
+            let resolver = concord_participant::ResolverConfig {
+                coordinator,
+                ..Default::default()
+            };
+            crate::serve(pool, callers, resolver, listener, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await

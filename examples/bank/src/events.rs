@@ -93,13 +93,15 @@ impl MessageDestination for EventLog {
 /// `shutdown` resolves.
 pub async fn serve_events(
     pool: SqlitePool,
+    callers: concord_participant::Callers,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let service =
         concord_participant::ParticipantService::new(concord_participant::Unsupported, pool)
             .await?
-            .with_messages(EventLog);
+            .with_messages(EventLog)
+            .obeying(callers);
     service.serve(listener, shutdown).await?;
     Ok(())
 }

@@ -211,6 +211,31 @@ macro_rules! bank_on {
                             )),
                         });
                     }
+                    if movement.delta > 0 {
+                        // A credit whose commit would overflow the balance
+                        // (with the credits already promised) is refused
+                        // now: once voted COMMIT it would fail forever (R3).
+                        let room: Option<(i64, i64)> = sqlx::query_as(
+                            "SELECT balance, CAST(COALESCE((SELECT SUM(delta) FROM holds
+                                 WHERE holds.account = accounts.name AND delta > 0), 0)
+                                 AS BIGINT)
+                             FROM accounts WHERE name = $1",
+                        )
+                        .bind(&movement.account)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        if let Some((balance, promised)) = room
+                            && balance
+                                .checked_add(promised)
+                                .and_then(|due| due.checked_add(movement.delta))
+                                .is_none()
+                        {
+                            return Ok(Vote::Abort(format!(
+                                "a credit of {} would overflow {}'s balance",
+                                movement.delta, movement.account
+                            )));
+                        }
+                    }
                     // The hold, for an account that exists: one statement.
                     let held = sqlx::query(
                         "INSERT INTO holds (txn_id, branch, account, delta)
@@ -304,10 +329,15 @@ pub async fn open_pg_db(url: &str) -> Result<sqlx::PgPool, sqlx::Error> {
 /// `listener` until `shutdown` resolves.
 pub async fn serve_pg(
     pool: sqlx::PgPool,
+    callers: concord_participant::Callers,
+    resolver: concord_participant::ResolverConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let service = concord_participant::ParticipantService::new(Bank, pool).await?;
+    let service = concord_participant::ParticipantService::new(Bank, pool)
+        .await?
+        .obeying(callers)
+        .with_resolver(resolver);
     service.serve(listener, shutdown).await?;
     Ok(())
 }
@@ -359,13 +389,19 @@ pub async fn transfer(
 }
 
 /// Serves the account service for the database `pool` on `listener` until
-/// `shutdown` resolves.
+/// `shutdown` resolves, obeying `callers` (DESIGN §12) and asking the
+/// coordinator `resolver` names about branches left in doubt.
 pub async fn serve(
     pool: SqlitePool,
+    callers: concord_participant::Callers,
+    resolver: concord_participant::ResolverConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let service = concord_participant::ParticipantService::new(Bank, pool).await?;
+    let service = concord_participant::ParticipantService::new(Bank, pool)
+        .await?
+        .obeying(callers)
+        .with_resolver(resolver);
     service.serve(listener, shutdown).await?;
     Ok(())
 }

@@ -37,6 +37,19 @@ struct Args {
     /// Fail the first N attempts of every call transiently (shows retries).
     #[arg(long, default_value_t = 0)]
     flaky: u32,
+    /// The coordinator's public key (PEM, from `concord keys public`):
+    /// only calls it signed are obeyed. A file of several keys trusts
+    /// each (rotation).
+    #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
+    coordinator_key: Option<PathBuf>,
+    /// Obey any call that reaches the port, signed or not: only where
+    /// nothing but the coordinator can reach it. Warned at each start.
+    #[arg(long)]
+    accept_unsigned_calls: bool,
+    /// The coordinator to ask about branches left in doubt (after a
+    /// restart): any node of the deployment. Only this one is asked.
+    #[arg(long, env = "CONCORD_COORDINATOR")]
+    coordinator: Option<String>,
 }
 
 fn pair(value: &str) -> Result<(String, i64), String> {
@@ -71,6 +84,11 @@ async fn run() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Before anything is opened: whom to obey (DESIGN §12).
+    let callers = concord_participant::Callers::from_flags(
+        args.coordinator_key.as_deref(),
+        args.accept_unsigned_calls,
+    )?;
     let pool = crate::open_db(&args.db)
         .await
         .with_context(|| format!("opening {}", args.db.display()))?;
@@ -84,8 +102,20 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(kind = ?args.kind, listen = %args.listen, "travel service serving");
-    crate::serve(args.kind, args.flaky, pool, listener, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    let resolver = concord_participant::ResolverConfig {
+        coordinator: args.coordinator.clone(),
+        ..Default::default()
+    };
+    crate::serve(
+        args.kind,
+        args.flaky,
+        pool,
+        callers,
+        resolver,
+        listener,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
     .await
 }

@@ -228,6 +228,13 @@ impl SagaStep for TravelService {
             }
             Kind::Payment => {
                 let charge: Charge = parse(payload)?;
+                // A negative charge would pay the traveller.
+                if charge.amount <= 0 {
+                    return Ok(StepResult::Refused(format!(
+                        "a charge of {} cents: the amount must be positive",
+                        charge.amount
+                    )));
+                }
                 let paid = sqlx::query(
                     "UPDATE cards SET balance = balance - ?2 WHERE card = ?1 AND balance >= ?2",
                 )
@@ -393,17 +400,23 @@ pub fn trip_saga(services: &Services, trip: &Trip) -> Saga {
         )
 }
 
-/// Serves one travel service for `pool` on `listener` until `shutdown`.
+/// Serves one travel service for `pool` on `listener` until `shutdown`,
+/// obeying `callers` (DESIGN §12) and asking the coordinator `resolver`
+/// names about steps left in doubt.
 pub async fn serve(
     kind: Kind,
     flaky: u32,
     pool: SqlitePool,
+    callers: concord_participant::Callers,
+    resolver: concord_participant::ResolverConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let service =
         concord_participant::ParticipantService::saga(TravelService::new(kind, flaky), pool)
-            .await?;
+            .await?
+            .obeying(callers)
+            .with_resolver(resolver);
     service.serve(listener, shutdown).await?;
     Ok(())
 }

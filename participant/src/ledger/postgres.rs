@@ -38,11 +38,17 @@ impl LedgerDb for Postgres {
     }
 
     async fn lock(tx: &mut LocalTxOf<Self>, branch: &BranchContext) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-            .bind(&branch.transaction_id)
-            .bind(&branch.branch)
-            .execute(&mut **tx)
-            .await?;
+        // And synchronous_commit on for this transaction, in the same
+        // round trip: a vote or an applied decision must be durable when
+        // its answer leaves (DESIGN §4), whatever the server's default.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0)), \
+                    set_config('synchronous_commit', 'on', true)",
+        )
+        .bind(&branch.transaction_id)
+        .bind(&branch.branch)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 

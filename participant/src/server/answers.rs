@@ -110,6 +110,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     pub(super) async fn check_message_answer(
         &self,
         request: pb::CheckMessageRequest,
+        signature: Option<&str>,
     ) -> Result<pb::CheckMessageResponse, Status> {
         use pb::check_message_response::Result as Answer;
         if request.transaction_id.is_empty() || request.transaction_id.len() > 128 {
@@ -117,6 +118,17 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                 "transaction_id must be the message's id (1 to 128 bytes)",
             ));
         }
+        // DESIGN §12: a check-back answered to a stranger leaves a
+        // tombstone that can roll back the producer's own transaction.
+        self.trust.check_call(
+            &concord_proto::signature::SignedCall {
+                method: "CheckMessage",
+                transaction_id: &request.transaction_id,
+                branch: "",
+                payload: b"",
+            },
+            signature,
+        )?;
         let result = match self.check_message(&request.transaction_id).await? {
             crate::outbox::Checked::Committed => Answer::Committed,
             crate::outbox::Checked::RolledBack => Answer::RolledBack,
@@ -127,50 +139,71 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     }
 
     /// One entry of a `Batch`: handled as its own call, its failure its own.
-    pub(super) async fn batch_call(&self, call: pb::BatchCall) -> pb::BatchAnswer {
+    /// `vouched`: whether the batch's own signature covers it (DESIGN §12).
+    pub(super) async fn batch_call(
+        &self,
+        call: pb::BatchCall,
+        vouched: Result<(), Status>,
+    ) -> pb::BatchAnswer {
         use pb::batch_answer::Answer;
         use pb::batch_call::Call;
         let traceparent = trace_context(call.traceparent);
+        // DESIGN §12: vouched for by the batch's signature, or by its own;
+        // checked before its work.
+        let trusted = |method, branch: &BranchContext, payload: &[u8]| match &vouched {
+            Ok(()) => Ok(()),
+            Err(refused) if call.signature.is_empty() => Err(refused.clone()),
+            Err(_) => self
+                .trust
+                .check(method, branch, payload, Some(call.signature.as_str())),
+        };
         let run = async {
             match call.call {
                 Some(Call::Prepare(request)) => {
                     let branch = context(request.branch, traceparent)?;
+                    trusted("Prepare", &branch, &request.payload)?;
                     self.prepare_answer(&branch, &request.payload)
                         .await
                         .map(Answer::Prepare)
                 }
                 Some(Call::Commit(request)) => {
                     let branch = context(request.branch, traceparent)?;
+                    trusted("Commit", &branch, &request.payload)?;
                     self.commit_answer(&branch, &request.payload)
                         .await
                         .map(Answer::Commit)
                 }
                 Some(Call::Abort(request)) => {
                     let branch = context(request.branch, traceparent)?;
+                    trusted("Abort", &branch, &request.payload)?;
                     self.abort_answer(&branch, &request.payload)
                         .await
                         .map(Answer::Abort)
                 }
                 Some(Call::CommitOnePhase(request)) => {
                     let branch = context(request.branch, traceparent)?;
+                    trusted("CommitOnePhase", &branch, &request.payload)?;
                     self.commit_one_phase_answer(branch, &request.payload)
                         .await
                         .map(Answer::CommitOnePhase)
                 }
                 Some(Call::Execute(request)) => {
                     let step = context(request.branch, traceparent)?;
+                    trusted("Execute", &step, &request.payload)?;
                     self.execute_answer(&step, &request.payload)
                         .await
                         .map(Answer::Execute)
                 }
                 Some(Call::Compensate(request)) => {
                     let step = context(request.branch, traceparent)?;
+                    trusted("Compensate", &step, &request.payload)?;
                     self.compensate_answer(&step, &request.payload)
                         .await
                         .map(Answer::Compensate)
                 }
                 Some(Call::Deliver(request)) => {
                     let message = context(request.branch, traceparent)?;
+                    trusted("Deliver", &message, &request.payload)?;
                     self.deliver_answer(&message, &request.payload)
                         .await
                         .map(Answer::Deliver)

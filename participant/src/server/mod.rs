@@ -27,6 +27,10 @@ use crate::resolver::{Resolution, Resolver, ResolverConfig};
 mod answers;
 mod grpc;
 mod guarded;
+mod trust;
+
+use trust::Trust;
+pub use trust::{Callers, CallersError};
 
 pub use crate::branch::BranchContext;
 pub use answers::MAX_BATCH_CALLS;
@@ -178,6 +182,16 @@ impl<DB: LedgerDb, M: MessageDestination<DB>> DeliverDyn<DB> for M {
     }
 }
 
+/// Why [`ParticipantService::serve`] stopped or did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Told neither whose calls to obey nor to obey anyone.
+    #[error("{}", trust::NOT_CONFIGURED)]
+    NoCoordinatorKey,
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Stands in for the protocol a participant does not implement.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unsupported;
@@ -238,6 +252,8 @@ pub struct ParticipantService<P, S = Unsupported, DB: Database = Sqlite> {
     destination: Option<Arc<dyn DeliverDyn<DB>>>,
     pool: Pool<DB>,
     resolver: ResolverConfig,
+    /// Whose calls it obeys (DESIGN §12).
+    trust: Trust,
 }
 
 /// Shares the handlers and the pool: a `Batch`'s answers are a stream that
@@ -250,6 +266,7 @@ impl<P, S, DB: Database> Clone for ParticipantService<P, S, DB> {
             destination: self.destination.clone(),
             pool: self.pool.clone(),
             resolver: self.resolver.clone(),
+            trust: self.trust.clone(),
         }
     }
 }
@@ -265,6 +282,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>> ParticipantService<P, Unsupported
             destination: None,
             pool,
             resolver: ResolverConfig::default(),
+            trust: Trust::Unset,
         })
     }
 }
@@ -280,6 +298,7 @@ impl<DB: LedgerDb, S: SagaStep<DB>> ParticipantService<Unsupported, S, DB> {
             destination: None,
             pool,
             resolver: ResolverConfig::default(),
+            trust: Trust::Unset,
         })
     }
 }
@@ -293,6 +312,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
             destination: self.destination,
             pool: self.pool,
             resolver: self.resolver,
+            trust: self.trust,
         }
     }
 
@@ -302,6 +322,29 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     /// [`crate::outbox::publish`] wrote in this service's database.
     pub fn with_messages(mut self, destination: impl MessageDestination<DB>) -> Self {
         self.destination = Some(Arc::new(destination));
+        self
+    }
+
+    /// Obeys `callers` (DESIGN §12): what [`Callers::from_flags`] read from
+    /// a command line.
+    pub fn obeying(mut self, callers: Callers) -> Self {
+        self.trust = callers.into();
+        self
+    }
+
+    /// Obeys only calls signed by one of `keys`: the public keys of the
+    /// coordinators of its deployment (`concord keys public`; a file may
+    /// hold several, for rotation). DESIGN §12.
+    pub fn with_coordinator_keys(mut self, keys: concord_proto::signature::TrustedKeys) -> Self {
+        self.trust = Trust::Keys(keys);
+        self
+    }
+
+    /// Obeys any call that reaches its port, signed or not: for a
+    /// participant only its coordinator can reach (a private network, or
+    /// mutual TLS). Logged as a warning at every start.
+    pub fn accept_unsigned_calls(mut self) -> Self {
+        self.trust = Trust::Anyone;
         self
     }
 
@@ -319,12 +362,13 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     }
 
     /// Serves on `listener`, and resolves in-doubt branches and prunes the
-    /// ledger beside it, until `shutdown` resolves.
+    /// ledger beside it, until `shutdown` resolves. Refuses to start
+    /// ([`ServeError::NoCoordinatorKey`]) unless told whose calls to obey.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
+    ) -> Result<(), ServeError> {
         self.serve_tls(listener, None, shutdown).await
     }
 
@@ -337,7 +381,18 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         listener: TcpListener,
         tls: Option<tonic::transport::ServerTlsConfig>,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
+    ) -> Result<(), ServeError> {
+        match &self.trust {
+            Trust::Unset => return Err(ServeError::NoCoordinatorKey),
+            Trust::Anyone => tracing::warn!(
+                addr = ?listener.local_addr().ok(),
+                "this participant obeys unsigned calls: anyone who reaches its port can \
+                 prepare, commit or abort its branches (accept_unsigned_calls)"
+            ),
+            Trust::Keys(keys) => {
+                tracing::info!(keys = ?keys, "obeying calls signed by these coordinator keys")
+            }
+        }
         let service = Arc::new(self);
         let stop = tokio_util::sync::CancellationToken::new();
         let mut builder = tonic::transport::Server::builder();
@@ -356,7 +411,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                 }
             });
         let (served, ()) = tokio::join!(server, service.maintain(stop.clone().cancelled_owned()));
-        served
+        Ok(served?)
     }
 
     /// The resolver's loop: every check interval, asks about in-doubt

@@ -1,8 +1,9 @@
 """The coordinator client against a real coordinator (the Rust test that
 runs this suite, tests/tests/python, starts one and sets
 CONCORD_TEST_COORDINATOR_URL), with this SDK's scripted participant served
-on 127.0.0.1:0: every answer checked, then what the participant's
-database says happened."""
+on 127.0.0.1:0, trusting that coordinator's key (the harness sets
+CONCORD_TEST_COORDINATOR_PUBLIC_KEY): every answer checked, then what the
+participant's database says happened."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from concord_participant import (
 from concord_participant._proto.concord.v1 import types_pb2 as types
 
 from scripted import Scripted, Steps, install_sqlite
+from signing import coordinator_keys
 
 COORDINATOR = os.environ.get("CONCORD_TEST_COORDINATOR_URL", "")
 
@@ -54,7 +56,11 @@ async def world(tmp_path: pathlib.Path) -> AsyncIterator[World]:
     db = str(tmp_path / "participant.db")
     install_sqlite(db)
     serving = await serve(
-        ParticipantService(SqliteLedger(db), Scripted(), Steps()), "127.0.0.1:0", resolver=None
+        ParticipantService(
+            SqliteLedger(db), Scripted(), Steps(), trusted_keys=coordinator_keys()
+        ),
+        "127.0.0.1:0",
+        resolver=None,
     )
     async with CoordinatorClient(COORDINATOR, timeout_s=20) as client:
         yield World(client, f"http://127.0.0.1:{serving.port}", db)

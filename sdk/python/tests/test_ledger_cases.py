@@ -1,7 +1,9 @@
 """The ledger's anomaly cases shared with the Rust SDK (sdk/ledger-cases.json),
 each against a real Python participant served over gRPC on 127.0.0.1:0:
 every expected answer, then the handler runs and the ledger rows in the
-service's database."""
+service's database. Every call is signed with the test run's coordinator
+key, as the coordinator signs its own (tests/test_trust.py refuses the
+others)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from concord_participant._proto.concord.v1 import participant_pb2_grpc as pb_grp
 from concord_participant._proto.concord.v1 import types_pb2 as types
 
 from scripted import Inbox, Scripted, Steps, read
+from signing import TEST_KEY, SignedStub
 
 CASES = json.loads(
     (pathlib.Path(__file__).resolve().parents[2] / "ledger-cases.json").read_text()
@@ -46,10 +49,13 @@ class Service:
 @pytest.fixture
 async def service(ledger: Ledger[Any]) -> AsyncIterator[Service]:
     serving = await serve(
-        ParticipantService(ledger, Scripted(), Steps(), Inbox()), "127.0.0.1:0", resolver=None
+        ParticipantService(ledger, Scripted(), Steps(), Inbox(), trusted_keys=TEST_KEY.trusted()),
+        "127.0.0.1:0",
+        resolver=None,
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{serving.port}") as channel:
-        yield Service(ledger, pb_grpc.ParticipantStub(channel))  # type: ignore[no-untyped-call]
+        stub = pb_grpc.ParticipantStub(channel)  # type: ignore[no-untyped-call]
+        yield Service(ledger, SignedStub(stub, TEST_KEY))
     await serving.stop()
 
 
@@ -125,13 +131,13 @@ async def test_a_batch_takes_each_call_through_the_ledger_once_and_fails_only_th
 ) -> None:
     txn = str(uuid.uuid4())
     branch = pb.BranchRef(transaction_id=txn, branch="b1")
-    prepare = pb.BatchCall(prepare=pb.PrepareRequest(branch=branch, payload=b"commit"))
+    prepare = TEST_KEY.batch_call(prepare=pb.PrepareRequest(branch=branch, payload=b"commit"))
     calls = [
         prepare,
         prepare,
-        pb.BatchCall(prepare=pb.PrepareRequest(payload=b"commit")),  # no branch
+        TEST_KEY.batch_call(prepare=pb.PrepareRequest(payload=b"commit")),  # no branch
         pb.BatchCall(),  # no call
-        pb.BatchCall(
+        TEST_KEY.batch_call(
             execute=pb.ExecuteRequest(
                 branch=pb.BranchRef(transaction_id=txn, branch="s1"), payload=b"ok"
             )

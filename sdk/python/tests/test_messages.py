@@ -4,7 +4,9 @@ agree), and a Python producer and destination against a real coordinator
 (the Rust test that runs this suite starts one): a submitted message is
 delivered once; one published but never submitted is delivered after the
 coordinator's check-back; one never published is dropped, and its late
-publish rolls back its local transaction."""
+publish rolls back its local transaction. The producer and the
+destination trust the real coordinator's key: its check-backs and
+deliveries are signed."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from concord_participant._proto.concord.v1 import types_pb2 as types
 from concord_participant.ledger import BranchContext
 
 from scripted import Inbox, effect, install_sqlite, read
+from signing import coordinator_keys
 
 COORDINATOR = os.environ.get("CONCORD_TEST_COORDINATOR_URL", "")
 
@@ -99,10 +102,15 @@ async def world(tmp_path: pathlib.Path) -> AsyncIterator[tuple[World, SqliteLedg
     install_sqlite(producer_db)
     install_sqlite(inbox_db)
     producer_ledger = SqliteLedger(producer_db)
+    keys = coordinator_keys()
     # The producer answers check-backs; the destination takes deliveries.
-    producer = await serve(ParticipantService(producer_ledger), "127.0.0.1:0", resolver=None)
+    producer = await serve(
+        ParticipantService(producer_ledger, trusted_keys=keys), "127.0.0.1:0", resolver=None
+    )
     destination = await serve(
-        ParticipantService(SqliteLedger(inbox_db), messages=Inbox()), "127.0.0.1:0", resolver=None
+        ParticipantService(SqliteLedger(inbox_db), messages=Inbox(), trusted_keys=keys),
+        "127.0.0.1:0",
+        resolver=None,
     )
     async with CoordinatorClient(COORDINATOR, timeout_s=20) as client:
         yield (

@@ -22,6 +22,7 @@ from concord_participant.groups import To
 from concord_participant.shard import ShardMap
 
 from scripted import Scripted, Steps, install_sqlite
+from signing import coordinator_keys
 
 CASES = json.loads(
     (pathlib.Path(__file__).resolve().parents[2] / "shard-cases.json").read_text()
@@ -63,18 +64,20 @@ def test_an_ids_shard_and_group_are_the_rust_crates(case: dict[str, Any]) -> Non
 
 @pytest.fixture
 async def participant(tmp_path: pathlib.Path) -> AsyncIterator[str]:
+    if not GROUPS:
+        pytest.skip("CONCORD_TEST_GROUP_URLS is not set (cargo test sets it)")
     db = str(tmp_path / "participant.db")
     install_sqlite(db)
-    serving = await serve(
-        ParticipantService(SqliteLedger(db), Scripted(), Steps()), "127.0.0.1:0", resolver=None
+    # Called by the groups' coordinators, which sign with the harness's key.
+    service = ParticipantService(
+        SqliteLedger(db), Scripted(), Steps(), trusted_keys=coordinator_keys()
     )
+    serving = await serve(service, "127.0.0.1:0", resolver=None)
     yield f"http://127.0.0.1:{serving.port}"
     await serving.stop(1.0)
 
 
 async def test_a_client_routing_by_the_map_sends_each_call_to_its_group(participant: str) -> None:
-    if not GROUPS:
-        pytest.skip("CONCORD_TEST_GROUP_URLS is not set (cargo test sets it)")
     # Given g1's node only, it learns both groups from the map.
     async with CoordinatorClient.for_groups(GROUPS[:1], timeout_s=20) as client:
         placed: dict[str, int] = {}

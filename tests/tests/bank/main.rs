@@ -38,9 +38,15 @@ async fn start_bank(
     let served = pool.clone();
     let stop = stop.clone().cancelled_owned();
     tokio::spawn(async move {
-        concord_example_bank::serve(served, listener, stop)
-            .await
-            .expect("bank serves");
+        concord_example_bank::serve(
+            served,
+            support::keys::callers(),
+            Default::default(),
+            listener,
+            stop,
+        )
+        .await
+        .expect("bank serves");
     });
     Bank { url, pool }
 }
@@ -97,6 +103,23 @@ async fn transfers_commit_or_abort_with_correct_balances() {
         (balance(&a, "alice").await, balance(&b, "bob").await),
         (7_000, 8_000)
     );
+
+    // A credit that would overflow the balance is refused at prepare, not
+    // voted COMMIT and then failed forever in phase 2 (issue 31).
+    open_account(&b.pool, "full", i64::MAX - 50)
+        .await
+        .expect("open account");
+    let overflow = transfer(&client, &a.url, "alice", &b.url, "full", 100)
+        .await
+        .expect("transfer");
+    assert!(
+        matches!(&overflow.outcome, Outcome::Aborted { reason } if reason.contains("overflow")),
+        "{:?}",
+        overflow.outcome
+    );
+    until_ended(&client, &overflow.transaction_id).await;
+    assert_eq!(balance(&b, "full").await, i64::MAX - 50);
+    assert_eq!(balance(&a, "alice").await, 7_000);
 
     let nobody = transfer(&client, &a.url, "alice", &b.url, "carol", 100)
         .await
@@ -229,7 +252,7 @@ async fn a_payments_event_reaches_each_service_once_and_a_refused_ones_never() {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (served, stop) = (pool.clone(), stop.clone().cancelled_owned());
         tokio::spawn(async move {
-            events::serve_events(served, listener, stop)
+            events::serve_events(served, support::keys::callers(), listener, stop)
                 .await
                 .expect("event service serves");
         });
@@ -329,7 +352,17 @@ async fn banks_on_postgres_commit_abort_and_never_overdraw() {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (served, stop) = (pool.clone(), stop.clone().cancelled_owned());
-        tokio::spawn(async move { serve_pg(served, listener, stop).await.expect("serves") });
+        tokio::spawn(async move {
+            serve_pg(
+                served,
+                support::keys::callers(),
+                Default::default(),
+                listener,
+                stop,
+            )
+            .await
+            .expect("serves")
+        });
         banks.push((url, pool));
     }
     let balance = |pool: sqlx::PgPool, name: &'static str| async move {
@@ -383,4 +416,130 @@ async fn banks_on_postgres_commit_abort_and_never_overdraw() {
     assert_eq!(balance(a_pool.clone(), "alice").await, (0, 0));
     assert_eq!(balance(b_pool.clone(), "bob").await, (15_000, 0));
     stop.cancel();
+}
+
+/// The attack of issue 31 (DESIGN §12): a stranger who reaches a bank's
+/// port sends it a `CommitOnePhase` crediting alice a million, no
+/// coordinator involved. Unsigned, signed by another key, signed for
+/// another payload or branch, or expired: each is refused UNAUTHENTICATED
+/// with what was wrong, and nothing changes in the bank's database; the
+/// coordinator's own transfer still goes through.
+#[tokio::test]
+async fn a_stranger_cannot_move_money_by_calling_a_bank_directly() {
+    use concord_proto::signature::{CallSigner, SignedCall};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let a = start_bank(dir.path(), "bank-a", &[("alice", 10_000)], &stop).await;
+    let mut stranger = pb::participant_client::ParticipantClient::connect(a.url.clone())
+        .await
+        .expect("connect");
+    let txn = "019a0d3c-5e1f-7c44-9a8b-2f3e4d5c6b7a";
+    let theft = br#"{"account":"alice","delta":1000000}"#.to_vec();
+    let call = |signature: Option<String>| {
+        let mut request = tonic::Request::new(pb::CommitOnePhaseRequest {
+            branch: Some(pb::BranchRef {
+                transaction_id: txn.into(),
+                branch: "credit".into(),
+                coordinator: String::new(),
+            }),
+            payload: theft.clone(),
+        });
+        if let Some(signature) = signature {
+            request.metadata_mut().insert(
+                concord_proto::signature::SIGNATURE_HEADER,
+                signature.parse().expect("ASCII"),
+            );
+        }
+        request
+    };
+    let signed_for =
+        |branch: &str, payload: &[u8]| support::keys::sign("CommitOnePhase", txn, branch, payload);
+    let other_key = CallSigner::generate().expect("a key").sign(
+        &SignedCall {
+            method: "CommitOnePhase",
+            transaction_id: txn,
+            branch: "credit",
+            payload: &theft,
+        },
+        std::time::Duration::from_secs(60),
+    );
+    let expired = support::keys::signer().sign_until(
+        &SignedCall {
+            method: "CommitOnePhase",
+            transaction_id: txn,
+            branch: "credit",
+            payload: &theft,
+        },
+        1_000,
+    );
+    let attempts = [
+        (None, "not signed"),
+        (Some(other_key), "does not trust"),
+        (
+            Some(signed_for("credit", br#"{"account":"alice","delta":1}"#)),
+            "does not match",
+        ),
+        (Some(signed_for("debit", &theft)), "does not match"),
+        (Some(expired), "expired"),
+        (Some("v1.garbage".into()), "malformed"),
+    ];
+    for (signature, why) in attempts {
+        let status = stranger
+            .commit_one_phase(call(signature))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(why), "{why}: {status:?}");
+    }
+    assert_eq!(balance(&a, "alice").await, 10_000, "nothing moved");
+    let (ledger,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM concord_ledger")
+        .fetch_one(&a.pool)
+        .await
+        .expect("ledger");
+    assert_eq!(ledger, 0, "not even a ledger row");
+
+    // The coordinator's own calls, signed, are obeyed.
+    let node_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&node_dir, quick_config()).await;
+    let client = support::client(&node);
+    let b = start_bank(dir.path(), "bank-b", &[("bob", 5_000)], &stop).await;
+    let done = transfer(&client, &a.url, "alice", &b.url, "bob", 3_000)
+        .await
+        .expect("transfer");
+    assert_eq!(
+        until_ended(&client, &done.transaction_id).await,
+        pb::TransactionState::Committed
+    );
+    assert_eq!(balance(&a, "alice").await, 7_000);
+    assert_eq!(balance(&b, "bob").await, 8_000);
+    stop.cancel();
+}
+
+/// A participant told neither whose calls to obey nor to obey anyone
+/// refuses to start, naming both ways to fix it.
+#[tokio::test]
+async fn a_bank_without_a_coordinator_key_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = open_db(&dir.path().join("bank.db")).await.expect("db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let service = concord_participant::ParticipantService::new(concord_example_bank::Bank, pool)
+        .await
+        .expect("ledger");
+    let error = service
+        .serve(listener, std::future::pending())
+        .await
+        .expect_err("refuses");
+    let message = error.to_string();
+    assert!(
+        message.contains("with_coordinator_keys") && message.contains("accept_unsigned_calls"),
+        "{message}"
+    );
+    let error = concord_participant::Callers::from_flags(None, false).expect_err("neither");
+    assert!(
+        error.to_string().contains("--coordinator-key")
+            && error.to_string().contains("--accept-unsigned-calls"),
+        "{error}"
+    );
 }

@@ -87,6 +87,11 @@ impl World {
             "--db".into(),
             self.db(bank).display().to_string(),
         ];
+        args.extend(support::keys::coordinator_key_args());
+        args.extend([
+            "--coordinator".into(),
+            format!("http://{}", self.coordinator_addr),
+        ]);
         if first_start {
             for owner in owners {
                 args.extend(["--open".into(), format!("{owner}={OPENING}")]);

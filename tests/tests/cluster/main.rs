@@ -249,6 +249,7 @@ fn node_args(node: usize, addr: SocketAddr, url: &str, lease_ms: u64) -> Vec<Str
     .map(String::from)
     .to_vec();
     args.extend(support::processes::QUICK_FLAGS.map(String::from));
+    args.extend(support::keys::signing_key_args());
     args
 }
 
@@ -279,6 +280,7 @@ async fn start_bank(
         "--open".into(),
         opening,
     ];
+    let args = [args, support::keys::coordinator_key_args().to_vec()].concat();
     let exe = env!("CARGO_BIN_EXE_account-service-failpoints");
     Proc::start(&format!("bank-{bank}"), exe, &args, failpoint, addr).await
 }
@@ -723,10 +725,24 @@ async fn the_link_to_postgres_under_faults_loses_nothing_and_decides_nothing_twi
     eprintln!("PostgreSQL link faults: {report:?}");
     assert!(report.committed > 0, "{report:?}");
     for (node, process) in nodes.iter_mut().enumerate() {
-        assert!(
-            process.running(),
-            "node {node} kept running through the link faults"
-        );
+        if !process.running() {
+            // Why it stopped is in its log, which goes with the temp dir.
+            let log = std::fs::read_to_string(cluster.log(node)).unwrap_or_default();
+            // A node whose renewals the faults held past its lease (CI runs
+            // this beside seven other clusters on two cores) is declared
+            // gone and stops, and the others finish its transactions: the
+            // design's answer (LEASE_MS), checked by `verify` above. Any
+            // other stop is a defect.
+            if log.contains("declared gone") {
+                eprintln!("node {node} was declared gone under the faults and stopped");
+                continue;
+            }
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "node {node} stopped during the link faults; the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 

@@ -413,6 +413,34 @@ async fn the_console_of_one_group_shows_every_groups_transactions_and_a_group_th
             .expect("saga");
     }
 
+    // DESIGN §12: a node without an admin token has a read-only console,
+    // and the console answers only requests addressed to it by a loopback
+    // name (DNS rebinding: another site's name pointed at 127.0.0.1).
+    let resolve = "/api/transactions/x/resolve";
+    let body = r#"{"branch":"b","outcome":"committed","reason":"x","operator":"y"}"#;
+    let refused = http_post(&console, resolve, "X-Concord-Console: 1\r\n", body).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("read-only"), "{refused}");
+    let info = http_get_json(&console, "/api/info").await;
+    assert_eq!(info["operator"], false, "{info}");
+    let port = g1.console_addr().expect("a console").port();
+    for (host, served) in [
+        (format!("localhost:{port}"), true),
+        (format!("127.0.0.1:{port}"), true),
+        (format!("evil.example:{port}"), false),
+        ("127.0.0.1.evil.example".to_string(), false),
+    ] {
+        let answer = http_to(&console, &host, "GET /api/info").await;
+        assert_eq!(
+            answer.starts_with("HTTP/1.1 200"),
+            served,
+            "{host}: {answer}"
+        );
+        if !served {
+            assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
+        }
+    }
+
     let browser = Browser::start().await;
     browser.open(&console).await;
     browser.wait_for_text("#transactions", "g2").await;
@@ -498,6 +526,20 @@ async fn the_console_of_one_group_shows_every_groups_transactions_and_a_group_th
         let _ = client.clone().close().await;
     }
     g1.shutdown().await.expect("shutdown");
+}
+
+/// `request_line` (`GET /path`) sent to the console at `base` with `Host:
+/// host`, answered as text.
+async fn http_to(base: &str, host: &str, request_line: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .expect("connect to the console");
+    let request = format!("{request_line} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
 }
 
 /// A bare HTTP/1.1 POST, answered as text (status line, headers, body).

@@ -33,9 +33,9 @@ struct Call {
 
 /// The call's answer, written as the cases write expectations.
 async fn answer(
-    two_phase: &mut ParticipantClient<Channel>,
-    steps: &mut ParticipantClient<Channel>,
-    messages: &mut ParticipantClient<Channel>,
+    two_phase: &mut SignedClient,
+    steps: &mut SignedClient,
+    messages: &mut SignedClient,
     txn: &str,
     call: &Call,
 ) -> String {

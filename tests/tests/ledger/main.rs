@@ -12,10 +12,9 @@ mod outbox;
 mod postgres;
 
 use concord_proto::v1 as pb;
-use concord_proto::v1::participant_client::ParticipantClient;
 use support::TestParticipant;
+use support::keys::SignedClient;
 use support::saga::StepParticipant;
-use tonic::transport::Channel;
 
 fn branch(txn: &str, name: &str) -> Option<pb::BranchRef> {
     Some(pb::BranchRef {
@@ -25,13 +24,13 @@ fn branch(txn: &str, name: &str) -> Option<pb::BranchRef> {
     })
 }
 
-async fn connect(url: &str) -> ParticipantClient<Channel> {
-    ParticipantClient::connect(url.to_owned())
+async fn connect(url: &str) -> SignedClient {
+    SignedClient::connect(url.to_owned())
         .await
         .expect("connect")
 }
 
-async fn prepare(client: &mut ParticipantClient<Channel>, txn: &str) -> pb::Vote {
+async fn prepare(client: &mut SignedClient, txn: &str) -> pb::Vote {
     let answer = client
         .prepare(pb::PrepareRequest {
             branch: branch(txn, "b1"),
@@ -43,7 +42,7 @@ async fn prepare(client: &mut ParticipantClient<Channel>, txn: &str) -> pb::Vote
     pb::Vote::try_from(answer.vote).expect("vote")
 }
 
-async fn commit(client: &mut ParticipantClient<Channel>, txn: &str) -> Result<(), tonic::Status> {
+async fn commit(client: &mut SignedClient, txn: &str) -> Result<(), tonic::Status> {
     client
         .commit(pb::CommitBranchRequest {
             branch: branch(txn, "b1"),
@@ -53,7 +52,7 @@ async fn commit(client: &mut ParticipantClient<Channel>, txn: &str) -> Result<()
         .map(|_| ())
 }
 
-async fn abort(client: &mut ParticipantClient<Channel>, txn: &str) -> pb::AbortBranchResponse {
+async fn abort(client: &mut SignedClient, txn: &str) -> pb::AbortBranchResponse {
     client
         .abort(pb::AbortBranchRequest {
             branch: branch(txn, "b1"),
@@ -228,7 +227,7 @@ async fn malformed_branch_references_are_refused() {
 
 /// Sends one `Batch` and returns its answers in the order of `calls`.
 async fn batch(
-    client: &mut ParticipantClient<Channel>,
+    client: &mut SignedClient,
     calls: Vec<Option<pb::batch_call::Call>>,
 ) -> Result<Vec<pb::BatchAnswer>, tonic::Status> {
     let count = calls.len();
@@ -237,7 +236,7 @@ async fn batch(
         .map(|call| pb::BatchCall {
             call,
             timeout_ms: 5_000,
-            traceparent: String::new(),
+            ..Default::default()
         })
         .collect();
     let mut stream = client.batch(pb::BatchRequest { calls }).await?.into_inner();
@@ -351,4 +350,133 @@ async fn a_batch_takes_each_call_through_the_ledger_once_and_fails_only_the_bad_
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
     assert!(p.effects("t3").await.is_empty());
+}
+
+/// DESIGN §12 in a `Batch`: each entry carries its own signature and is
+/// judged alone. An entry signed for another branch is refused
+/// UNAUTHENTICATED and leaves nothing; the genuine entry beside it is
+/// applied as usual.
+#[tokio::test]
+async fn a_forged_entry_in_a_batch_is_refused_and_its_neighbour_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let (good, forged) = (
+        "01890a5d-ac96-774b-bcce-0000000000a1",
+        "01890a5d-ac96-774b-bcce-0000000000a2",
+    );
+    let prepare = |txn: &str| {
+        Some(pb::batch_call::Call::Prepare(pb::PrepareRequest {
+            branch: branch(txn, "b1"),
+            payload: b"commit".to_vec(),
+        }))
+    };
+    let calls = vec![
+        pb::BatchCall {
+            call: prepare(good),
+            signature: support::keys::sign("Prepare", good, "b1", b"commit"),
+            ..Default::default()
+        },
+        pb::BatchCall {
+            call: prepare(forged),
+            // A genuine signature, lifted from another branch's call.
+            signature: support::keys::sign("Prepare", forged, "b2", b"commit"),
+            ..Default::default()
+        },
+    ];
+    let mut stream = client
+        .raw()
+        .batch(pb::BatchRequest { calls })
+        .await
+        .expect("batch")
+        .into_inner();
+    let mut answers = Vec::new();
+    while let Some(answer) = stream.message().await.expect("answer") {
+        answers.push(answer);
+    }
+    answers.sort_by_key(|answer| answer.index);
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].code, 0, "{:?}", answers[0]);
+    assert_eq!(answers[1].code, tonic::Code::Unauthenticated as i32);
+    assert!(
+        answers[1].message.contains("does not match"),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(p.effects(good).await, ["prepare"]);
+    assert!(p.effects(forged).await.is_empty());
+    assert!(p.ledger(forged).await.is_empty(), "no ledger row either");
+    // And alone, unsigned, the same call is refused too.
+    let status = client
+        .raw()
+        .prepare(pb::PrepareRequest {
+            branch: branch(forged, "b1"),
+            payload: b"commit".to_vec(),
+        })
+        .await
+        .expect_err("unsigned");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(p.ledger(forged).await.is_empty());
+}
+
+/// DESIGN §12: the coordinator signs a `Batch` as a whole. Entries changed
+/// after signing (a payload swapped, as a man in the middle would) break
+/// it: every entry without a signature of its own is refused
+/// UNAUTHENTICATED, and nothing is applied.
+#[tokio::test]
+async fn a_batch_whose_entries_were_changed_after_signing_is_refused_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let mut client = connect(&p.url).await;
+    let txns = [
+        "01890a5d-ac96-774b-bcce-0000000000b1",
+        "01890a5d-ac96-774b-bcce-0000000000b2",
+    ];
+    let prepare = |txn: &str, payload: &[u8]| pb::BatchCall {
+        call: Some(pb::batch_call::Call::Prepare(pb::PrepareRequest {
+            branch: branch(txn, "b1"),
+            payload: payload.to_vec(),
+        })),
+        ..Default::default()
+    };
+    let signed =
+        support::keys::batch_signature(&[prepare(txns[0], b"commit"), prepare(txns[1], b"commit")]);
+    let changed = vec![prepare(txns[0], b"commit"), prepare(txns[1], b"abort")];
+    let mut request = tonic::Request::new(pb::BatchRequest { calls: changed });
+    request.metadata_mut().insert(
+        concord_proto::signature::SIGNATURE_HEADER,
+        signed.parse().expect("ASCII"),
+    );
+    let mut stream = client
+        .raw()
+        .batch(request)
+        .await
+        .expect("batch")
+        .into_inner();
+    let mut refused = 0;
+    while let Some(answer) = stream.message().await.expect("answer") {
+        assert_eq!(
+            answer.code,
+            tonic::Code::Unauthenticated as i32,
+            "{answer:?}"
+        );
+        assert!(answer.message.contains("does not match"), "{answer:?}");
+        refused += 1;
+    }
+    assert_eq!(refused, 2);
+    for txn in txns {
+        assert!(p.ledger(txn).await.is_empty(), "nothing applied");
+    }
+    // Signed as sent, the same batch is served.
+    let answers = batch(
+        &mut client,
+        vec![
+            prepare(txns[0], b"commit").call,
+            prepare(txns[1], b"commit").call,
+        ],
+    )
+    .await
+    .expect("batch");
+    assert!(answers.iter().all(|a| a.code == 0), "{answers:?}");
+    assert_eq!(p.effects(txns[0]).await, ["prepare"]);
 }

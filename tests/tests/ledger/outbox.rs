@@ -164,6 +164,7 @@ async fn a_destination_applies_each_message_once_and_a_producer_answers_its_chec
                 .await
                 .expect("bind");
             let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let service = service.with_coordinator_keys(crate::support::keys::trusted());
             tokio::spawn(service.serve(listener, stop.cancelled_owned()));
             url
         }

@@ -6,10 +6,10 @@ use concord_participant::{
     SagaStep, StepResult, TwoPhaseParticipant, Vote,
 };
 use concord_proto::v1 as pb;
-use concord_proto::v1::participant_client::ParticipantClient;
 use sqlx::{PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 
+use super::support::keys::SignedClient;
 use super::support::postgres::Postgres as Server;
 use super::support::{TestParticipant, eventually, quick_config, start_coordinator};
 use super::{branch, connect};
@@ -101,6 +101,11 @@ struct PgParticipant {
 
 impl PgParticipant {
     async fn start(database_url: &str) -> Self {
+        Self::start_resolving(database_url, None).await
+    }
+
+    /// [`PgParticipant::start`], its resolver asking `coordinator`.
+    async fn start_resolving(database_url: &str, coordinator: Option<String>) -> Self {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
             .connect(database_url)
@@ -113,7 +118,12 @@ impl PgParticipant {
         let service = ParticipantService::new(PgScripted, pool.clone())
             .await
             .expect("ledger")
-            .with_saga(PgScripted);
+            .with_saga(PgScripted)
+            .with_coordinator_keys(super::support::keys::trusted())
+            .with_resolver(concord_participant::ResolverConfig {
+                coordinator,
+                ..Default::default()
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -291,17 +301,12 @@ async fn a_postgres_participant_resolves_its_in_doubt_branch_after_a_restart() {
     let url = server.database("ledger").await;
     let p = PgParticipant::start(&url).await;
     let txn = "01890a5d-ac96-774b-bcce-000000000301";
-    let mut client = ParticipantClient::connect(p.url.clone())
-        .await
-        .expect("connect");
-    let mut request = prepare(txn);
-    if let Some(branch) = request.branch.as_mut() {
-        branch.coordinator = node.url();
-    }
-    client.prepare(request).await.expect("prepare");
+    let mut client = SignedClient::connect(p.url.clone()).await.expect("connect");
+    client.prepare(prepare(txn)).await.expect("prepare");
     drop(p);
-    // Restarted, it finds the branch nobody decided and asks: aborted.
-    let p = PgParticipant::start(&url).await;
+    // Restarted, it finds the branch nobody decided and asks the
+    // coordinator it was given (never one a call named): aborted.
+    let p = PgParticipant::start_resolving(&url, Some(node.url())).await;
     eventually("the in-doubt branch is aborted", || async {
         (p.effects(txn).await == ["prepare", "abort"]).then_some(())
     })

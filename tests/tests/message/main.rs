@@ -16,6 +16,7 @@ use concord_participant::message::{Destination, Message, PreparedMessage};
 use concord_participant::outbox::PublishError;
 use concord_participant::{ClientError, CoordinatorClient, MessageState};
 use concord_proto::v1 as pb;
+use support::keys::SignedClient;
 use support::message::{MessageParticipant, debit_and_publish};
 use support::processes::{free_addr, start_coordinator as start_process};
 use support::{client, eventually, quick_config, start_coordinator};
@@ -127,7 +128,7 @@ async fn a_submitted_message_takes_effect_once_at_every_destination() {
     );
     // A delivery made again (a redelivery after a crash, a duplicate on the
     // wire) has no second effect (M4).
-    let mut raw = pb::participant_client::ParticipantClient::connect(s.audit.url.clone())
+    let mut raw = SignedClient::connect(s.audit.url.clone())
         .await
         .expect("connect");
     raw.deliver(pb::DeliverRequest {

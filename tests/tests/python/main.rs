@@ -83,6 +83,8 @@ async fn start_bank(
     let bank_url = format!("http://{}", listener.local_addr().expect("addr"));
     let bank = tokio::spawn(concord_example_bank::serve(
         bank_db.clone(),
+        support::keys::callers(),
+        Default::default(),
         listener,
         stop.clone().cancelled_owned(),
     ));
@@ -116,6 +118,8 @@ async fn a_python_participant_takes_part_in_two_phase_commit_and_sagas() {
         Kind::Hotel,
         0,
         hotel_db.clone(),
+        support::keys::callers(),
+        Default::default(),
         listener,
         stop.clone().cancelled_owned(),
     ));
@@ -258,6 +262,7 @@ async fn python_points(
         "--coordinator".into(),
         coordinator.into(),
     ];
+    let args = [args, support::keys::coordinator_key_args().to_vec()].concat();
     let env: Vec<(&str, &str)> = crash
         .map(|point| vec![("CONCORD_PARTICIPANT_CRASH", point)])
         .unwrap_or_default();
@@ -441,6 +446,12 @@ async fn the_python_sdk_passes_its_own_tests_and_type_checks() {
         .arg(&script)
         .env("CONCORD_TEST_POSTGRES_URL", &url)
         .env("CONCORD_TEST_COORDINATOR_URL", node.url())
+        // The coordinators above sign their calls with the tests' key
+        // (DESIGN §12); the SDK's participants trust it.
+        .env(
+            "CONCORD_TEST_COORDINATOR_PUBLIC_KEY",
+            &support::keys::files().1,
+        )
         .env(
             "CONCORD_TEST_GROUP_URLS",
             format!("http://{addr1},http://{addr2}"),

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod boundary;
 mod disk;
 mod matrix;
 mod process;
@@ -13,7 +14,7 @@ mod traces;
 
 use concord_participant::{BeginOptions, Outcome};
 use concord_proto::v1 as pb;
-use concord_proto::v1::participant_client::ParticipantClient;
+use support::keys::SignedClient;
 use support::{TestParticipant, client, eventually, quick_config, start_coordinator};
 
 #[tokio::test]
@@ -45,7 +46,9 @@ async fn a_restarted_participant_learns_the_commit_it_missed() {
     assert_eq!(a.effects(&id).await, ["prepare"]);
     a.stop().await;
 
-    let a = TestParticipant::restart_healthy(dir.path(), "a", None, "127.0.0.1:0").await;
+    let a =
+        TestParticipant::restart_healthy(dir.path(), "a", None, "127.0.0.1:0", Some(&node.url()))
+            .await;
     // The resolver finds the prepared branch, asks GetOutcome, commits once.
     eventually("a resolves its in-doubt branch", || async {
         (a.effects(&id).await == ["prepare", "commit"]).then_some(())
@@ -62,9 +65,7 @@ async fn a_prepared_branch_the_coordinator_never_decided_is_presumed_aborted() {
     // A prepare for a transaction the coordinator has no record of (its
     // Begin was lost, say): the participant must not hold it forever.
     let id = "01890a5d-ac96-774b-bcce-00000000abcd";
-    let mut raw = ParticipantClient::connect(a.url.clone())
-        .await
-        .expect("connect");
+    let mut raw = SignedClient::connect(a.url.clone()).await.expect("connect");
     let vote = raw
         .prepare(pb::PrepareRequest {
             branch: Some(pb::BranchRef {
@@ -80,7 +81,9 @@ async fn a_prepared_branch_the_coordinator_never_decided_is_presumed_aborted() {
         .vote;
     assert_eq!(vote, pb::Vote::Commit as i32);
     a.stop().await;
-    let a = TestParticipant::restart_healthy(dir.path(), "a", None, "127.0.0.1:0").await;
+    let a =
+        TestParticipant::restart_healthy(dir.path(), "a", None, "127.0.0.1:0", Some(&node.url()))
+            .await;
     eventually("a aborts the branch nobody decided", || async {
         (a.effects(id).await == ["prepare", "abort"]).then_some(())
     })

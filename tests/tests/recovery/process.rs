@@ -118,6 +118,11 @@ impl Banks {
             "--db".into(),
             self.db(bank).display().to_string(),
         ];
+        args.extend(super::support::keys::coordinator_key_args());
+        args.extend([
+            "--coordinator".into(),
+            format!("http://{}", self.coordinator_addr),
+        ]);
         if first_start {
             args.extend(["--open".to_string(), opening.to_string()]);
         }
@@ -698,6 +703,11 @@ impl Travel {
                 "payment" => args.extend(["--card".into(), "ada=100000".into()]),
                 _ => {}
             }
+            args.extend(super::support::keys::coordinator_key_args());
+            args.extend([
+                "--coordinator".into(),
+                format!("http://{}", self.coordinator_addr),
+            ]);
             let exe = env!("CARGO_BIN_EXE_travel-service-failpoints");
             Proc::start(kind, exe, &args, failpoint, addr).await
         }

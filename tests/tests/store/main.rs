@@ -484,3 +484,32 @@ async fn the_postgres_log_refuses_another_groups_transactions() {
         .await
         .expect("keyless, before the switch");
 }
+
+/// DESIGN §12, S5: a database whose default is `synchronous_commit = off`
+/// (a commit acknowledged before it reaches the disk) cannot make the
+/// coordinator's decisions non-durable: every session of its pool turns
+/// it back on.
+#[tokio::test]
+async fn the_coordinators_sessions_commit_synchronously_whatever_the_servers_default() {
+    let server = Postgres::start().await;
+    let url = server.database("sync_off").await;
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query("ALTER DATABASE sync_off SET synchronous_commit = off")
+        .execute(&admin)
+        .await
+        .expect("turn it off");
+    let fresh = sqlx::PgPool::connect(&url).await.expect("connect");
+    let (default,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+        .fetch_one(&fresh)
+        .await
+        .expect("show");
+    assert_eq!(default, "off", "the database's default for new sessions");
+    let store = PostgresStore::open_url(&url).await.expect("open store");
+    for _ in 0..3 {
+        let (setting,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+            .fetch_one(store.pool())
+            .await
+            .expect("show");
+        assert_eq!(setting, "on");
+    }
+}

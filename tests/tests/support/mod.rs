@@ -29,6 +29,7 @@ pub fn quick_config() -> RuntimeConfig {
         RuntimeConfig {
             sweep_interval: Duration::from_millis(20),
             delivery_timeout: Duration::from_secs(2),
+            signer: Some(keys::signer()),
             ..RuntimeConfig::default()
         },
     )
@@ -213,6 +214,7 @@ where
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
+    let service = service.with_coordinator_keys(keys::trusted());
     let task = tokio::spawn(async move {
         service
             .serve(listener, shutdown)
@@ -282,17 +284,20 @@ impl TestParticipant {
 
     /// Restarts a participant on `addr` (`127.0.0.1:0` for a new port) with
     /// its old database, repaired: it no longer fails commits on purpose.
+    /// Its resolver asks the coordinator at `resolver` about branches left
+    /// in doubt, when given.
     pub async fn restart_healthy(
         dir: &Path,
         name: &str,
         coordinator_db: Option<&Path>,
         addr: &str,
+        resolver: Option<&str>,
     ) -> Self {
-        Self::start_with(dir, name, coordinator_db, addr, true).await
+        Self::start_with(dir, name, coordinator_db, addr, true, resolver).await
     }
 
     async fn start_on(dir: &Path, name: &str, coordinator_db: Option<&Path>, addr: &str) -> Self {
-        Self::start_with(dir, name, coordinator_db, addr, false).await
+        Self::start_with(dir, name, coordinator_db, addr, false, None).await
     }
 
     /// A scripted participant serving TLS (mutual TLS when `tls` names a
@@ -311,7 +316,8 @@ impl TestParticipant {
         };
         let service = ParticipantService::new(handler, pool.clone())
             .await
-            .expect("ledger");
+            .expect("ledger")
+            .with_coordinator_keys(keys::trusted());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -341,6 +347,7 @@ impl TestParticipant {
         coordinator_db: Option<&Path>,
         addr: &str,
         healthy: bool,
+        resolver: Option<&str>,
     ) -> Self {
         let pool = participant_db(
             dir,
@@ -355,7 +362,11 @@ impl TestParticipant {
         };
         let service = ParticipantService::new(handler, pool.clone())
             .await
-            .expect("ledger");
+            .expect("ledger")
+            .with_resolver(concord_participant::ResolverConfig {
+                coordinator: resolver.map(str::to_owned),
+                ..Default::default()
+            });
         let (url, stop, task) = serve_participant(service, addr).await;
         Self {
             url,
@@ -365,8 +376,6 @@ impl TestParticipant {
         }
     }
 
-    /// The handler runs for one transaction, in order: "prepare", "commit",
-    /// "abort".
     /// Effects of every transaction.
     pub async fn effect_count(&self) -> i64 {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM effects")
@@ -376,6 +385,8 @@ impl TestParticipant {
         count
     }
 
+    /// The handler runs for one transaction, in order: "prepare", "commit",
+    /// "abort".
     pub async fn effects(&self, txn_id: &str) -> Vec<String> {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT op FROM effects WHERE txn_id = ?1 ORDER BY rowid")
@@ -415,6 +426,7 @@ impl TestParticipant {
     }
 }
 pub mod faulty_store;
+pub mod keys;
 pub mod message;
 pub mod postgres;
 pub mod processes;

@@ -240,6 +240,7 @@ pub fn coordinator_args(addr: SocketAddr, data: &Path) -> Vec<String> {
     .map(String::from)
     .to_vec();
     args.extend(QUICK_FLAGS.map(String::from));
+    args.extend(super::keys::signing_key_args());
     args
 }
 

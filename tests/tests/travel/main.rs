@@ -28,9 +28,17 @@ async fn service(
     let served = pool.clone();
     let stop = stop.clone().cancelled_owned();
     tokio::spawn(async move {
-        concord_example_travel::serve(kind, flaky, served, listener, stop)
-            .await
-            .expect("serves");
+        concord_example_travel::serve(
+            kind,
+            flaky,
+            served,
+            support::keys::callers(),
+            Default::default(),
+            listener,
+            stop,
+        )
+        .await
+        .expect("serves");
     });
     (url, pool)
 }
@@ -134,5 +142,23 @@ async fn trips_book_compensate_and_survive_a_flaky_service() {
             .expect("read"),
         ["booked"]
     );
+
+    // A trip with a negative price would pay the traveller: the payment
+    // refuses it, and the saga gives everything back (issue 31).
+    stock(&cars, "compact", 1).await.expect("restock");
+    let before = balance(&payments, "ada").await.expect("read");
+    let refund = trip_saga(
+        &services,
+        &Trip {
+            price: -1_000_000,
+            ..trip("ada")
+        },
+    )
+    .run(&client)
+    .await
+    .expect("saga");
+    assert_eq!(refund.state, SagaState::Compensated, "{}", refund.reason);
+    assert!(refund.reason.contains("must be positive"), "{}", refund.reason);
+    assert_eq!(balance(&payments, "ada").await.expect("read"), before);
     stop.cancel();
 }

@@ -39,7 +39,10 @@ async fn an_operator_finds_a_stuck_transaction_sees_why_and_retries_it_now() {
     let config = RuntimeConfig::with_retry(
         Duration::from_secs(60),
         Duration::from_secs(120),
-        RuntimeConfig::default(),
+        RuntimeConfig {
+            signer: Some(super::support::keys::signer()),
+            ..RuntimeConfig::default()
+        },
     );
     let node = start_coordinator(&coordinator_dir, config).await;
     let url = node.url();

@@ -572,7 +572,8 @@ async fn a_committed_decision_is_redelivered_after_a_restart() {
     let b_addr = b.url.trim_start_matches("http://").to_owned();
     b.stop().await;
     let b =
-        TestParticipant::restart_healthy(dir.path(), "b", Some(&coordinator_dir), &b_addr).await;
+        TestParticipant::restart_healthy(dir.path(), "b", Some(&coordinator_dir), &b_addr, None)
+            .await;
     let node = start_coordinator(&coordinator_dir, quick_config()).await;
     let client = support::client(&node);
     // R3: the restarted coordinator finishes phase 2.

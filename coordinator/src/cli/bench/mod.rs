@@ -132,6 +132,11 @@ pub struct BenchArgs {
     /// count calls, not the batches that carry them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub batch_calls: bool,
+    /// The in-process coordinator signs every participant call, as
+    /// `concord serve` does (DESIGN §12); `false` measures what signing
+    /// costs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub sign_calls: bool,
     /// The bench's own participants answer every Prepare only after this
     /// long (e.g. 2s), so that each client's transaction stays in flight:
     /// for measuring the coordinator's memory per in-flight transaction
@@ -597,6 +602,12 @@ async fn start_groups(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result
         })
         .transpose()
         .map_err(|e| anyhow::anyhow!("the shard map: {e}"))?;
+    // One deployment key, as its nodes would share.
+    let signer = if args.sign_calls {
+        Some(Arc::new(concord_proto::signature::CallSigner::generate()?))
+    } else {
+        None
+    };
     let mut nodes = Vec::with_capacity(groups);
     for (i, addr) in addresses.into_iter().enumerate() {
         let store = match args.database_urls.get(i) {
@@ -616,6 +627,7 @@ async fn start_groups(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result
         let node = Node::start(NodeConfig {
             runtime: RuntimeConfig {
                 batch_calls: args.batch_calls,
+                signer: signer.clone(),
                 advertised_url: if groups > 1 {
                     format!("http://{addr}")
                 } else {

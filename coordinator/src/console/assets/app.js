@@ -115,7 +115,7 @@ async function checkToken() {
     const info = await api("/api/info");
     operator = info.operator;
     if (!info.token_required) {
-      mode.textContent = "operator (no token needed)";
+      mode.textContent = "read-only (this node has no admin token)";
     } else {
       mode.textContent = operator ? "operator" : (token ? "token refused: read-only" : "read-only");
     }

@@ -149,21 +149,38 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Concord: a coordinator and an account service per database.
     let dir = tempfile::tempdir()?;
-    let node = Node::start(NodeConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        StoreLocation::DataDir(dir.path().join("coordinator")),
-    ))
+    // Signed calls, as in production (DESIGN §12): their cost is measured.
+    let signer = concord_proto::signature::CallSigner::generate()?;
+    let callers = concord_participant::Callers::SignedBy(signer.trusted());
+    let node = Node::start(NodeConfig {
+        runtime: concord_coordinator::runtime::RuntimeConfig {
+            signer: Some(std::sync::Arc::new(signer)),
+            ..Default::default()
+        },
+        ..NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
     .await
     .context("starting the coordinator")?;
     let stop = CancellationToken::new();
+    let node_url = node.url();
+    let resolver = || concord_participant::ResolverConfig {
+        coordinator: Some(node_url.clone()),
+        ..Default::default()
+    };
     let mut banks = Vec::new();
     let mut services = Vec::new();
     for pool in &pools {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         banks.push(format!("http://{}", listener.local_addr()?));
-        let (pool, stop) = (pool.clone(), stop.clone());
+        let (pool, stop, callers) = (pool.clone(), stop.clone(), callers.clone());
+        let resolver = resolver();
         services.push(tokio::spawn(async move {
-            if let Err(error) = serve_pg(pool, listener, stop.cancelled_owned()).await {
+            if let Err(error) =
+                serve_pg(pool, callers, resolver, listener, stop.cancelled_owned()).await
+            {
                 eprintln!("account service stopped: {error:#}");
             }
         }));

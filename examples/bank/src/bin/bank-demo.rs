@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
 use concord_example_bank::events;
-use concord_participant::{CoordinatorClient, Outcome};
+use concord_participant::{Callers, CoordinatorClient, Outcome};
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,8 @@ async fn start_bank(
     name: &'static str,
     dir: &std::path::Path,
     accounts: &[(&str, i64)],
+    callers: &Callers,
+    coordinator: &str,
     stop: &CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> anyhow::Result<BankProcess> {
@@ -43,9 +45,15 @@ async fn start_bank(
     let url = format!("http://{}", listener.local_addr()?);
     let stop = stop.clone();
     let served = pool.clone();
+    let callers = callers.clone();
+    let resolver = concord_participant::ResolverConfig {
+        coordinator: Some(coordinator.to_owned()),
+        ..Default::default()
+    };
     tasks.spawn(async move {
         if let Err(error) =
-            concord_example_bank::serve(served, listener, stop.cancelled_owned()).await
+            concord_example_bank::serve(served, callers, resolver, listener, stop.cancelled_owned())
+                .await
         {
             eprintln!("{name} stopped: {error:#}");
         }
@@ -63,6 +71,7 @@ struct EventService {
 async fn start_events(
     name: &'static str,
     dir: &std::path::Path,
+    callers: &Callers,
     stop: &CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> anyhow::Result<EventService> {
@@ -71,8 +80,11 @@ async fn start_events(
     let url = format!("http://{}", listener.local_addr()?);
     let stop = stop.clone();
     let served = pool.clone();
+    let callers = callers.clone();
     tasks.spawn(async move {
-        if let Err(error) = events::serve_events(served, listener, stop.cancelled_owned()).await {
+        if let Err(error) =
+            events::serve_events(served, callers, listener, stop.cancelled_owned()).await
+        {
             eprintln!("{name} stopped: {error:#}");
         }
     });
@@ -107,8 +119,13 @@ async fn print_balances(banks: &[&BankProcess]) -> anyhow::Result<()> {
 #[derive(Debug, clap::Parser)]
 struct Args {
     /// Run through this coordinator instead of starting one.
-    #[arg(long, env = "CONCORD_COORDINATOR")]
+    #[arg(long, env = "CONCORD_COORDINATOR", requires = "coordinator_key")]
     coordinator: Option<String>,
+    /// With --coordinator: that coordinator's public key (its data
+    /// directory's `signing.pub`), so that the services this demo starts
+    /// obey its calls and no one else's.
+    #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
+    coordinator_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -118,28 +135,51 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
 
-    let (node, coordinator) = match args.coordinator {
-        Some(url) => (None, url),
+    // DESIGN §12: the services obey only the coordinator's signed calls.
+    let (node, coordinator, callers) = match args.coordinator {
+        Some(url) => {
+            let callers = Callers::from_flags(args.coordinator_key.as_deref(), false)?;
+            (None, url, callers)
+        }
         None => {
-            let node = Node::start(NodeConfig::new(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                StoreLocation::DataDir(dir.path().join("coordinator")),
-            ))
+            let signer = concord_proto::signature::CallSigner::generate()?;
+            let callers = Callers::SignedBy(signer.trusted());
+            let node = Node::start(NodeConfig {
+                runtime: concord_coordinator::runtime::RuntimeConfig {
+                    signer: Some(std::sync::Arc::new(signer)),
+                    ..Default::default()
+                },
+                ..NodeConfig::new(
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    StoreLocation::DataDir(dir.path().join("coordinator")),
+                )
+            })
             .await
             .context("starting the coordinator")?;
             let url = node.url();
-            (Some(node), url)
+            (Some(node), url, callers)
         }
     };
     let bank_a = start_bank(
         "bank-a",
         dir.path(),
         &[("alice", 10_000), ("carol", 0)],
+        &callers,
+        &coordinator,
         &stop,
         &tasks,
     )
     .await?;
-    let bank_b = start_bank("bank-b", dir.path(), &[("bob", 5_000)], &stop, &tasks).await?;
+    let bank_b = start_bank(
+        "bank-b",
+        dir.path(),
+        &[("bob", 5_000)],
+        &callers,
+        &coordinator,
+        &stop,
+        &tasks,
+    )
+    .await?;
     println!(
         "coordinator {coordinator}  bank-a {}  bank-b {}",
         bank_a.url, bank_b.url
@@ -181,8 +221,8 @@ async fn main() -> anyhow::Result<()> {
         print_balances(&[&bank_a, &bank_b]).await?;
     }
 
-    let audit = start_events("audit", dir.path(), &stop, &tasks).await?;
-    let notify = start_events("notify", dir.path(), &stop, &tasks).await?;
+    let audit = start_events("audit", dir.path(), &callers, &stop, &tasks).await?;
+    let notify = start_events("notify", dir.path(), &callers, &stop, &tasks).await?;
     let services = [
         (audit.name, audit.url.as_str()),
         (notify.name, notify.url.as_str()),

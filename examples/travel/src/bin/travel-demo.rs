@@ -16,27 +16,42 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
 use concord_example_travel::{Kind, Services, Trip, available, trip_saga};
-use concord_participant::CoordinatorClient;
+use concord_participant::{Callers, CoordinatorClient};
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// What every service of the demo shares: where its database goes, whom
+/// it obeys and asks (its coordinator), and what stops it.
+struct Ground<'a> {
+    dir: &'a std::path::Path,
+    callers: Callers,
+    coordinator: String,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
 
 async fn start(
     kind: Kind,
     flaky: u32,
     name: &str,
-    dir: &std::path::Path,
-    stop: &CancellationToken,
-    tasks: &TaskTracker,
+    ground: &Ground<'_>,
 ) -> anyhow::Result<(String, SqlitePool)> {
-    let pool = concord_example_travel::open_db(&dir.join(format!("{name}.db"))).await?;
+    let pool = concord_example_travel::open_db(&ground.dir.join(format!("{name}.db"))).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let served = pool.clone();
-    let stop = stop.clone().cancelled_owned();
+    let stop = ground.stop.clone().cancelled_owned();
     let name = name.to_owned();
-    tasks.spawn(async move {
-        if let Err(error) = concord_example_travel::serve(kind, flaky, served, listener, stop).await
+    let callers = ground.callers.clone();
+    let resolver = concord_participant::ResolverConfig {
+        coordinator: Some(ground.coordinator.clone()),
+        ..Default::default()
+    };
+    ground.tasks.spawn(async move {
+        if let Err(error) =
+            concord_example_travel::serve(kind, flaky, served, callers, resolver, listener, stop)
+                .await
         {
             eprintln!("{name} stopped: {error:#}");
         }
@@ -48,8 +63,13 @@ async fn start(
 #[derive(Debug, clap::Parser)]
 struct Args {
     /// Book through this coordinator instead of starting one.
-    #[arg(long, env = "CONCORD_COORDINATOR")]
+    #[arg(long, env = "CONCORD_COORDINATOR", requires = "coordinator_key")]
     coordinator: Option<String>,
+    /// With --coordinator: that coordinator's public key (its data
+    /// directory's `signing.pub`), so that the services this demo starts
+    /// obey its calls and no one else's.
+    #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
+    coordinator_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -58,24 +78,35 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let (node, coordinator) = match args.coordinator {
-        Some(url) => (None, url),
+    // DESIGN §12: the services obey only the coordinator's signed calls.
+    let (node, coordinator, callers) = match args.coordinator {
+        Some(url) => {
+            let callers = Callers::from_flags(args.coordinator_key.as_deref(), false)?;
+            (None, url, callers)
+        }
         None => {
-            let node = start_coordinator(dir.path()).await?;
+            let signer = concord_proto::signature::CallSigner::generate()?;
+            let callers = Callers::SignedBy(signer.trusted());
+            let node = start_coordinator(dir.path(), signer).await?;
             let url = node.url();
-            (Some(node), url)
+            (Some(node), url, callers)
         }
     };
-    let client = CoordinatorClient::connect(coordinator)?;
+    let client = CoordinatorClient::connect(coordinator.clone())?;
 
-    let d = dir.path();
-    let (flight, flights) = start(Kind::Flight, 0, "flight", d, &stop, &tasks).await?;
-    let (hotel, hotels) = start(Kind::Hotel, 0, "hotel", d, &stop, &tasks).await?;
-    let (flaky_hotel, flaky_hotels) =
-        start(Kind::Hotel, 2, "flaky-hotel", d, &stop, &tasks).await?;
-    let (car, cars) = start(Kind::Car, 0, "car", d, &stop, &tasks).await?;
-    let (payment, payments) = start(Kind::Payment, 0, "payment", d, &stop, &tasks).await?;
-    let (email, _) = start(Kind::Email, 0, "email", d, &stop, &tasks).await?;
+    let ground = Ground {
+        dir: dir.path(),
+        callers,
+        coordinator,
+        stop: stop.clone(),
+        tasks: tasks.clone(),
+    };
+    let (flight, flights) = start(Kind::Flight, 0, "flight", &ground).await?;
+    let (hotel, hotels) = start(Kind::Hotel, 0, "hotel", &ground).await?;
+    let (flaky_hotel, flaky_hotels) = start(Kind::Hotel, 2, "flaky-hotel", &ground).await?;
+    let (car, cars) = start(Kind::Car, 0, "car", &ground).await?;
+    let (payment, payments) = start(Kind::Payment, 0, "payment", &ground).await?;
+    let (email, _) = start(Kind::Email, 0, "email", &ground).await?;
     concord_example_travel::stock(&flights, "LH123", 10).await?;
     concord_example_travel::stock(&hotels, "grand-hotel", 5).await?;
     concord_example_travel::stock(&flaky_hotels, "grand-hotel", 5).await?;
@@ -167,11 +198,20 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_coordinator(dir: &std::path::Path) -> anyhow::Result<Node> {
-    Node::start(NodeConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        StoreLocation::DataDir(dir.join("coordinator")),
-    ))
+async fn start_coordinator(
+    dir: &std::path::Path,
+    signer: concord_proto::signature::CallSigner,
+) -> anyhow::Result<Node> {
+    Node::start(NodeConfig {
+        runtime: concord_coordinator::runtime::RuntimeConfig {
+            signer: Some(std::sync::Arc::new(signer)),
+            ..Default::default()
+        },
+        ..NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(dir.join("coordinator")),
+        )
+    })
     .await
     .context("starting the coordinator")
 }

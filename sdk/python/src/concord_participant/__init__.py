@@ -9,8 +9,15 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
 - `guarded`: the ledger-guarded path each call takes.
 - `server`: `ParticipantService`, the `concord.v1.Participant` gRPC service
   (grpc.aio, with `Batch`), and `serve`, which runs it with the resolver.
-- `resolver`: asks the coordinator about branches left in doubt (after a
-  restart, or a long wait) and applies the answer once.
+  It obeys only calls its coordinator signed (`trusted_keys`), or anyone
+  when told so by name (`accept_unsigned=True`).
+- `signature`: checking a call's signature against the coordinator keys
+  trusted (`TrustedKeys`, `SignatureError`), pinned with the Rust crate's
+  format by `sdk/signature-cases.json`.
+- `tls`: TLS settings, the server's (`ServerTls`, mutual with a client CA)
+  and the client's for `https://` coordinators (`ClientTls`).
+- `resolver`: asks the configured coordinator about branches left in doubt
+  (after a restart, or a long wait) and applies the answer once.
 - `saga`: build a saga's step graph (`Saga`, `Step`) and submit it.
 - `message`, `outbox`: transactional messages (`Message`, `Destination`,
   `PreparedMessage`): prepared at the coordinator, published in your local
@@ -56,22 +63,27 @@ from .message import Destination, Message, PreparedMessage
 from .outbox import AlreadyPublished, MessageDropped
 from .resolver import ResolverConfig
 from .saga import Saga, SagaStatus, Step
-from .server import ParticipantService, Serving, serve
+from .server import NoCoordinatorKey, ParticipantService, Serving, serve
+from .signature import KeyFileError, SignatureError, TrustedKeys
+from .tls import ClientTls, ServerTls
 
 __all__ = [
     "AlreadyPublished",
     "Begun",
     "Branch",
     "BranchContext",
+    "ClientTls",
     "CoordinatorClient",
     "CoordinatorError",
     "Destination",
     "FailedPrecondition",
     "InvalidPayload",
+    "KeyFileError",
     "Ledger",
     "Message",
     "MessageDestination",
     "MessageDropped",
+    "NoCoordinatorKey",
     "ParticipantError",
     "PostgresLedger",
     "PreparedAnswer",
@@ -82,11 +94,14 @@ __all__ = [
     "Saga",
     "SagaStatus",
     "SagaStep",
+    "ServerTls",
     "Serving",
+    "SignatureError",
     "SqliteLedger",
     "Step",
     "StepResult",
     "SyncCoordinatorClient",
+    "TrustedKeys",
     "TwoPhaseParticipant",
     "Unavailable",
     "Unsupported",

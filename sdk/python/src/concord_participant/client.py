@@ -3,7 +3,10 @@ back, submit a saga, prepare and submit a transactional message, ask an
 outcome; in a deployment of several groups, each call sent to its group
 (`CoordinatorClient.for_groups`, `concord_participant.groups`). Every call has a deadline; a call that
 is safe to repeat is retried on UNAVAILABLE with exponential backoff, full
-jitter and a cap (a keyless Begin is not: it could begin twice).
+jitter and a cap (a keyless Begin is not: it could begin twice). An
+`https://` coordinator is dialled over TLS with `tls=ClientTls(...)`
+(`concord_participant.tls`); without it such a URL is refused when the
+client is made.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import grpc
 from ._proto.concord.v1 import coordinator_pb2 as pb
 from ._proto.concord.v1 import types_pb2 as types
 from .groups import Router, To, connect_failed
+from .tls import ClientTls
 
 T = TypeVar("T")
 
@@ -67,24 +71,35 @@ class CoordinatorClient:
     """One coordinator node (any node of a cluster: calls are forwarded to
     the transaction's owner). Use as `async with CoordinatorClient(url)`.
     In a deployment of several groups, `CoordinatorClient.for_groups`
-    sends each call to a node of the group that owns it itself."""
+    sends each call to a node of the group that owns it itself. `tls`
+    dials `https://` nodes (mutual TLS when it holds a certificate)."""
 
-    def __init__(self, address: str, timeout_s: float = 30.0, retry: Retry = Retry()) -> None:
-        self._router = Router([address], follow_map=False)
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 30.0,
+        retry: Retry = Retry(),
+        tls: ClientTls | None = None,
+    ) -> None:
+        self._router = Router([address], follow_map=False, tls=tls)
         self.timeout_s = timeout_s
         self.retry = retry
 
     @classmethod
     def for_groups(
-        cls, addresses: list[str], timeout_s: float = 30.0, retry: Retry = Retry()
+        cls,
+        addresses: list[str],
+        timeout_s: float = 30.0,
+        retry: Retry = Retry(),
+        tls: ClientTls | None = None,
     ) -> CoordinatorClient:
         """A client of a deployment of several groups (docs/design.md §11):
         it reads the shard map from any of `addresses` (any nodes of any
         groups) and sends each call to a node of the group that owns it,
         the group's next node when one refuses the connection. Without a
         map (one group), calls spread over `addresses`."""
-        client = cls(addresses[0] if addresses else "", timeout_s, retry)
-        client._router = Router(list(addresses), follow_map=True)
+        client = cls(addresses[0] if addresses else "", timeout_s, retry, tls)
+        client._router = Router(list(addresses), follow_map=True, tls=tls)
         return client
 
     async def __aenter__(self) -> CoordinatorClient:
@@ -265,7 +280,11 @@ class SyncCoordinatorClient:
     routes by the shard map as `CoordinatorClient.for_groups` does."""
 
     def __init__(
-        self, address: str | list[str], timeout_s: float = 30.0, retry: Retry = Retry()
+        self,
+        address: str | list[str],
+        timeout_s: float = 30.0,
+        retry: Retry = Retry(),
+        tls: ClientTls | None = None,
     ) -> None:
         import threading
 
@@ -274,14 +293,25 @@ class SyncCoordinatorClient:
             target=self._loop.run_forever, name="concord-client", daemon=True
         )
         self._thread.start()
-        self._client: CoordinatorClient = self._wait(self._make(address, timeout_s, retry))
+        try:
+            self._client: CoordinatorClient = self._wait(
+                self._make(address, timeout_s, retry, tls)
+            )
+        except BaseException:
+            # An address it cannot dial: the loop's thread ends with it.
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            raise
 
     @staticmethod
-    async def _make(address: str | list[str], timeout_s: float, retry: Retry) -> CoordinatorClient:
+    async def _make(
+        address: str | list[str], timeout_s: float, retry: Retry, tls: ClientTls | None
+    ) -> CoordinatorClient:
         # grpc.aio channels belong to the loop they are made on.
         if isinstance(address, list):
-            return CoordinatorClient.for_groups(address, timeout_s, retry)
-        return CoordinatorClient(address, timeout_s, retry)
+            return CoordinatorClient.for_groups(address, timeout_s, retry, tls)
+        return CoordinatorClient(address, timeout_s, retry, tls)
 
     def _wait(self, call: Awaitable[T]) -> T:
         async def run() -> T:

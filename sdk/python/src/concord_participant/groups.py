@@ -10,7 +10,8 @@ SubmitSaga or PrepareMessage to the owner of its key's shard now; a keyless
 one to any node (it stays in the group it reaches). A map read before a
 shard moved only costs a forwarded call until the next read: nodes forward
 what reaches the wrong group. A deployment of one group (no map) has its
-calls spread over the addresses given.
+calls spread over the addresses given. An `https://` node is dialled over
+TLS with the client's `ClientTls` (`concord_participant.tls`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import grpc
 from ._proto.concord.v1 import coordinator_pb2 as pb
 from ._proto.concord.v1 import coordinator_pb2_grpc as pb_grpc
 from .shard import ShardMap, rand_a
+from .tls import ClientTls, check_url, dial
 
 #: How long a map read is followed before it is read again.
 REFRESH_S = 5.0
@@ -63,11 +65,15 @@ class Router:
     """The channels to every node named, and the map when the deployment
     has one."""
 
-    def __init__(self, seeds: list[str], follow_map: bool) -> None:
+    def __init__(self, seeds: list[str], follow_map: bool, tls: ClientTls | None = None) -> None:
         if not seeds:
             raise ValueError("at least one coordinator address is needed")
+        for seed in seeds:
+            # Said when the client is made, not at its first call.
+            check_url(seed, tls)
         self._seeds = seeds
         self._follow_map = follow_map
+        self._tls = tls
         self._channels: dict[str, tuple[grpc.aio.Channel, Any]] = {}
         #: (the map, or None for one group; when it was read)
         self._known: tuple[ShardMap | None, float] | None = None
@@ -80,9 +86,11 @@ class Router:
             await channel.close()
 
     def stub(self, address: str) -> Any:
-        """The stub for `address`, its channel made once and reused."""
+        """The stub for `address`, its channel made once and reused
+        (ValueError for an `https://` address when the client has no TLS
+        settings)."""
         if address not in self._channels:
-            channel = grpc.aio.insecure_channel(address.removeprefix("http://"))
+            channel = dial(address, self._tls)
             self._channels[address] = (channel, pb_grpc.CoordinatorStub(channel))  # type: ignore[no-untyped-call]
         return self._channels[address][1]
 

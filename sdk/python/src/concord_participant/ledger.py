@@ -445,6 +445,10 @@ class PostgresLedger(Ledger["psycopg.Connection[Any]"]):
             db = self._psycopg.connect(
                 self.url, autocommit=True, connect_timeout=self.connect_timeout_s
             )
+            # A vote or an applied decision is durable when its answer
+            # leaves (design §4, §12), whatever the server's default: with
+            # `off` it would answer before the commit reached the disk.
+            db.execute("SET synchronous_commit = on")
         healthy = False
         try:
             yield db

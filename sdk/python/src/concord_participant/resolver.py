@@ -2,11 +2,17 @@
 (participant/src/resolver.rs): a branch that voted COMMIT has promised to
 wait for the coordinator's decision. When it has waited too long, or the
 participant restarted and phase 2 may have come and gone, the resolver asks
-`Coordinator.GetOutcome` (at the address the prepare carried), with backoff
-per branch, until it knows; then applies the outcome through the same
-ledger-guarded path as a delivered Commit or Abort, so it takes effect
-exactly once whichever arrives first. The same loop prunes ledger rows of
-transactions finished longer ago than the retention.
+`Coordinator.GetOutcome`, with backoff per branch, until it knows; then
+applies the outcome through the same ledger-guarded path as a delivered
+Commit or Abort, so it takes effect exactly once whichever arrives first.
+The same loop prunes ledger rows of transactions finished longer ago than
+the retention.
+
+It asks only the coordinator it was configured with
+(`ResolverConfig.coordinator`), never the address a prepare carried
+(`BranchRef.coordinator`): that address is not signed, and a stranger who
+named its own "coordinator" there could have it answer COMMITTED for a
+transaction the real one aborted.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 from .client import CoordinatorClient, CoordinatorError, Retry
 from .guarded import Guarded
 from .ledger import BranchContext, InDoubt, Ledger, now_ms
+from .tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +36,14 @@ log = logging.getLogger(__name__)
 class ResolverConfig:
     """How the resolver behaves."""
 
-    #: Where to ask when a prepare carried no coordinator address.
-    coordinator: str = ""
+    #: The only coordinator asked about branches in doubt: a node's URL, or
+    #: several (any nodes of any groups: the questions are then routed by
+    #: the shard map, `CoordinatorClient.for_groups`). Without one, an
+    #: in-doubt branch waits for phase 2 from the coordinator itself, and a
+    #: warning says so.
+    coordinator: str | tuple[str, ...] = ""
+    #: How to dial an `https://` coordinator.
+    tls: ClientTls | None = None
     #: A branch prepared by this process waits this long for phase 2 before
     #: asking on its own; branches prepared before the process started are
     #: asked about at once.
@@ -60,7 +73,9 @@ class Resolver:
         self.started_at_ms = now_ms()
         # (transaction, branch) -> (when to ask next, questions asked)
         self._pending: dict[tuple[str, str], tuple[float, int]] = {}
-        self._clients: dict[str, CoordinatorClient] = {}
+        # Made here so that an address it cannot dial is said at the start
+        # (its channels are made at the first question, on the loop).
+        self._client = _client(config)
         self._last_prune = 0.0
 
     async def run(self) -> None:
@@ -73,8 +88,12 @@ class Resolver:
                     log.exception("in-doubt check failed; trying again")
                 await asyncio.sleep(self.config.check_interval_s)
         finally:
-            for client in self._clients.values():
-                await client.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Closes the client of the coordinator (`run` does when cancelled)."""
+        if self._client is not None:
+            await self._client.close()
 
     async def check(self) -> int:
         """Resolves every in-doubt branch whose turn has come; returns how
@@ -102,21 +121,16 @@ class Resolver:
         return resolved
 
     async def _resolve(self, branch: InDoubt) -> bool:
-        address = branch.coordinator or self.config.coordinator
-        if not address:
+        client = self._client
+        if client is None:
             log.warning(
-                "branch %s of %s is in doubt and names no coordinator to ask; set "
-                "ResolverConfig.coordinator",
+                "branch %s of %s is in doubt and no coordinator is configured to ask "
+                "(ResolverConfig.coordinator); it waits for the coordinator's phase 2. The "
+                "address its prepare named is never asked: it is not signed",
                 branch.branch,
                 branch.transaction_id,
             )
             return False
-        client = self._clients.get(address)
-        if client is None:
-            client = CoordinatorClient(
-                address, timeout_s=self.config.call_timeout_s, retry=Retry(attempts=1)
-            )
-            self._clients[address] = client
         try:
             outcome = await client.outcome(branch.transaction_id)
         except CoordinatorError as error:
@@ -132,3 +146,15 @@ class Resolver:
             await asyncio.to_thread(self.guarded.abort, context, payload)
         log.info("in-doubt branch %s of %s: %s", branch.branch, branch.transaction_id, outcome)
         return True
+
+
+def _client(config: ResolverConfig) -> CoordinatorClient | None:
+    """The client of the configured coordinator; None without one."""
+    address = config.coordinator
+    if not address:
+        return None
+    # One attempt a question: the resolver's own backoff paces the next.
+    timeout, retry = config.call_timeout_s, Retry(attempts=1)
+    if isinstance(address, str):
+        return CoordinatorClient(address, timeout, retry, config.tls)
+    return CoordinatorClient.for_groups(list(address), timeout, retry, config.tls)

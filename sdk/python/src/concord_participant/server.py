@@ -4,20 +4,34 @@ against your database and serve them with `ParticipantService` (`serve`
 starts the server and the in-doubt resolver together). Every service
 answers check-backs about the messages it produced from its outbox.
 
+A participant obeys only its coordinator: each call must carry a signature
+by a coordinator key it trusts (`trusted_keys`; `concord_participant.
+signature`), or the service must have been told by name to obey anyone who
+reaches its port (`accept_unsigned=True`, warned at every start). `serve`
+refuses to start a service told neither.
+
 Each call is checked (a missing or malformed branch is INVALID_ARGUMENT and
-changes nothing), then taken through the ledger-guarded path
+changes nothing), its signature verified (UNAUTHENTICATED, saying why, and
+nothing done), then taken through the ledger-guarded path
 (`concord_participant.guarded`) on a worker thread, in a local transaction
 of its own. A handler's `ParticipantError` is answered with its status
 (UNAVAILABLE for a passing failure: the coordinator retries); a database
 error is UNAVAILABLE. `Batch` carries many calls in one RPC: each entry
 takes the same path as the single call, concurrently, and is answered as
-soon as it is done, with its own status.
+soon as it is done, with its own status. A Batch is signed once, as a whole
+(its `concord-signature` metadata, checked once before any entry's work):
+when that signature verifies, every entry is obeyed; when it does not, each
+entry stands on a signature of its own (`BatchCall.signature`), and an
+entry without one is refused UNAUTHENTICATED, saying why the batch's was,
+while the others are served. `serve(..., tls=ServerTls(...))` serves over
+TLS (mutual TLS with a client CA).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 import grpc
@@ -37,8 +51,12 @@ from .ledger import (
     Tx,
 )
 from .resolver import Resolver, ResolverConfig
+from .signature import SIGNATURE_HEADER, SignatureError, TrustedKeys
+from .tls import ServerTls
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -73,6 +91,46 @@ Branched = (
     | pb.CompensateRequest
     | pb.DeliverRequest
 )
+
+
+#: Why a service told neither whose calls to obey nor to obey anyone refuses
+#: every call and will not be served: what to do about it.
+NOT_CONFIGURED = (
+    "this participant trusts no coordinator key: give it the coordinator's public key "
+    "(ParticipantService(..., trusted_keys=TrustedKeys.from_file(path)); `concord keys "
+    "public` prints it), or accept unsigned calls explicitly (ParticipantService(..., "
+    "accept_unsigned=True))"
+)
+
+
+class NoCoordinatorKey(ValueError):
+    """`serve` was given a service told neither whose calls to obey
+    (`trusted_keys`) nor to obey anyone (`accept_unsigned=True`)."""
+
+    def __init__(self) -> None:
+        super().__init__(NOT_CONFIGURED)
+
+
+class BatchSigned:
+    """How a Batch entry's caller is known when it is not by a signature of
+    its own: by its Batch's signature, checked once for every entry.
+    `refusal` is None when that signature verified (the entry is obeyed),
+    else why it did not (the entry, carrying no signature of its own, is
+    refused for it)."""
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, refusal: SignatureError | None) -> None:
+        self.refusal = refusal
+
+    def __repr__(self) -> str:
+        return f"BatchSigned({'verified' if self.refusal is None else self.refusal.kind})"
+
+
+#: What a call's caller is known by: the signature it carries (the
+#: metadata's, or a Batch entry's own; None or "" when there is none), or,
+#: for a Batch entry, its Batch's (`BatchSigned`).
+Caller = str | None | BatchSigned
 
 
 class Refused(Exception):
@@ -112,7 +170,13 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
     connection as their local transaction. With `messages` it receives
     transactional messages (`Deliver`); it answers the coordinator's
     check-backs about messages it produced (`CheckMessage`, from its
-    outbox) whatever it serves."""
+    outbox) whatever it serves.
+
+    It obeys only calls signed by one of `trusted_keys` (the public keys of
+    its deployment's coordinators: `TrustedKeys.from_file(path)`), or, with
+    `accept_unsigned=True`, anyone who reaches its port: for a participant
+    only its coordinator can reach (a private network, or mutual TLS).
+    Told neither, it refuses every call, and `serve` will not start it."""
 
     def __init__(
         self,
@@ -120,10 +184,51 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         two_phase: TwoPhaseParticipant[Tx] | None = None,
         steps: SagaStep[Tx] | None = None,
         messages: MessageDestination[Tx] | None = None,
+        trusted_keys: TrustedKeys | None = None,
+        accept_unsigned: bool = False,
     ) -> None:
+        if trusted_keys is not None and accept_unsigned:
+            # Checking signatures while obeying unsigned calls would only
+            # make a forger leave the signature off.
+            raise ValueError("give trusted_keys or accept_unsigned=True, not both")
         ledger.install()
         self.ledger = ledger
         self.guarded = Guarded(ledger, two_phase, steps, messages)
+        self.trusted_keys = trusted_keys
+        self.accept_unsigned = accept_unsigned
+
+    def check_caller(
+        self,
+        method: str,
+        transaction_id: str,
+        branch: str,
+        payload: bytes,
+        signature: Caller,
+    ) -> None:
+        """Whether the call may be obeyed (DESIGN §12): Refused with
+        UNAUTHENTICATED, saying why, when it may not. Checked before any
+        handler or ledger work. A Batch entry known by its Batch's signature
+        (`BatchSigned`) is obeyed when that verified, and refused with its
+        refusal's message otherwise."""
+        if self.accept_unsigned:
+            return
+        if self.trusted_keys is None:
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, NOT_CONFIGURED)
+        if isinstance(signature, BatchSigned):
+            # Checked (and any forgery logged) once for the whole Batch.
+            if signature.refusal is None:
+                return
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, signature.refusal.message)
+        try:
+            self.trusted_keys.verify(method, transaction_id, branch, payload, signature)
+        except SignatureError as error:
+            if error.kind != "missing":
+                # A call that claims to be the coordinator's and is not:
+                # worth an operator's eye.
+                log.warning(
+                    "refused %s on branch %r of %r: %s", method, branch, transaction_id, error
+                )
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, error.message) from error
 
     @staticmethod
     async def _run(call: Callable[[], T]) -> T:
@@ -138,27 +243,64 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
             # vote); nothing of the call was kept.
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"{type(error).__name__}: {error}") from error
 
-    # The answer to each call, shared by the single RPCs and Batch entries.
+    def batch_caller(
+        self, calls: Sequence[pb.BatchCall], signature: str | None
+    ) -> BatchSigned | None:
+        """What a Batch's own signature (its metadata's) says of its
+        entries, checked once for them all: None when there is nothing to
+        check (a service that obeys anyone, or trusts no key: each entry is
+        answered as a call alone would be)."""
+        if self.accept_unsigned or self.trusted_keys is None:
+            return None
+        try:
+            self.trusted_keys.verify_batch(calls, signature)
+        except SignatureError as error:
+            if error.kind != "missing":
+                log.warning("refused the signature of a Batch of %d calls: %s", len(calls), error)
+            return BatchSigned(error)
+        return BatchSigned(None)
 
-    async def prepare_answer(self, request: pb.PrepareRequest) -> pb.PrepareResponse:
-        branch = branch_context(request)
+    # The answer to each call, shared by the single RPCs and Batch entries:
+    # each given the call's caller (the metadata's signature, the entry's
+    # own, or its Batch's).
+
+    def _trusted(
+        self, method: str, request: Branched, signature: Caller, one_phase: bool = False
+    ) -> BranchContext:
+        """The call's branch, checked, once its signature is: the branch's
+        shape first (as the Rust SDK does: nothing is done either way),
+        then the caller."""
+        branch = branch_context(request, one_phase)
+        self.check_caller(
+            method, branch.transaction_id, branch.branch, request.payload, signature
+        )
+        return branch
+
+    async def prepare_answer(
+        self, request: pb.PrepareRequest, signature: Caller
+    ) -> pb.PrepareResponse:
+        branch = self._trusted("Prepare", request, signature)
         vote = await self._run(lambda: self.guarded.prepare(branch, request.payload))
         return pb.PrepareResponse(vote=_VOTES[vote.kind], reason=vote.reason)
 
-    async def commit_answer(self, request: pb.CommitBranchRequest) -> pb.CommitBranchResponse:
-        branch = branch_context(request)
+    async def commit_answer(
+        self, request: pb.CommitBranchRequest, signature: Caller
+    ) -> pb.CommitBranchResponse:
+        branch = self._trusted("Commit", request, signature)
         await self._run(lambda: self.guarded.commit(branch, request.payload))
         return pb.CommitBranchResponse()
 
-    async def abort_answer(self, request: pb.AbortBranchRequest) -> pb.AbortBranchResponse:
-        branch = branch_context(request)
+    async def abort_answer(
+        self, request: pb.AbortBranchRequest, signature: Caller
+    ) -> pb.AbortBranchResponse:
+        branch = self._trusted("Abort", request, signature)
         committed = await self._run(lambda: self.guarded.abort(branch, request.payload))
         return pb.AbortBranchResponse(already_committed=committed)
 
     async def commit_one_phase_answer(
-        self, request: pb.CommitOnePhaseRequest
+        self, request: pb.CommitOnePhaseRequest, signature: Caller
     ) -> pb.CommitOnePhaseResponse:
-        branch = branch_context(request, one_phase=True)
+        branch = self._trusted("CommitOnePhase", request, signature, one_phase=True)
         done = await self._run(lambda: self.guarded.commit_one_phase(branch, request.payload))
         return pb.CommitOnePhaseResponse(
             outcome=types.OUTCOME_COMMITTED if done.committed else types.OUTCOME_ABORTED,
@@ -166,8 +308,10 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
             read_only=done.read_only,
         )
 
-    async def execute_answer(self, request: pb.ExecuteRequest) -> pb.ExecuteResponse:
-        step = branch_context(request)
+    async def execute_answer(
+        self, request: pb.ExecuteRequest, signature: Caller
+    ) -> pb.ExecuteResponse:
+        step = self._trusted("Execute", request, signature)
         result = await self._run(lambda: self.guarded.execute(step, request.payload))
         return pb.ExecuteResponse(
             result=pb.ExecuteResponse.RESULT_SUCCEEDED
@@ -176,18 +320,22 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
             reason=result.reason,
         )
 
-    async def compensate_answer(self, request: pb.CompensateRequest) -> pb.CompensateResponse:
-        step = branch_context(request)
+    async def compensate_answer(
+        self, request: pb.CompensateRequest, signature: Caller
+    ) -> pb.CompensateResponse:
+        step = self._trusted("Compensate", request, signature)
         await self._run(lambda: self.guarded.compensate(step, request.payload))
         return pb.CompensateResponse()
 
-    async def deliver_answer(self, request: pb.DeliverRequest) -> pb.DeliverResponse:
-        message = branch_context(request)
+    async def deliver_answer(
+        self, request: pb.DeliverRequest, signature: Caller
+    ) -> pb.DeliverResponse:
+        message = self._trusted("Deliver", request, signature)
         await self._run(lambda: self.guarded.deliver(message, request.payload))
         return pb.DeliverResponse()
 
     async def check_message_answer(
-        self, request: pb.CheckMessageRequest
+        self, request: pb.CheckMessageRequest, signature: Caller
     ) -> pb.CheckMessageResponse:
         message_id = request.transaction_id
         if not 1 <= len(message_id.encode()) <= MAX_MESSAGE_ID:
@@ -195,6 +343,9 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"transaction_id must be the message's id (1 to {MAX_MESSAGE_ID} bytes)",
             )
+        # A check-back answered to a stranger leaves a tombstone that rolls
+        # back the producer's own transaction when it publishes.
+        self.check_caller("CheckMessage", message_id, "", b"", signature)
         found = await self._run(lambda: self.guarded.check_message(message_id))
         return pb.CheckMessageResponse(
             result=pb.CheckMessageResponse.RESULT_COMMITTED
@@ -207,54 +358,57 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
     async def Prepare(  # noqa: N802 (the RPC's name)
         self, request: pb.PrepareRequest, context: Context
     ) -> pb.PrepareResponse:
-        return await _single(context, self.prepare_answer(request))
+        return await _single(context, self.prepare_answer(request, _signature(context)))
 
     async def Commit(  # noqa: N802
         self, request: pb.CommitBranchRequest, context: Context
     ) -> pb.CommitBranchResponse:
-        return await _single(context, self.commit_answer(request))
+        return await _single(context, self.commit_answer(request, _signature(context)))
 
     async def Abort(  # noqa: N802
         self, request: pb.AbortBranchRequest, context: Context
     ) -> pb.AbortBranchResponse:
-        return await _single(context, self.abort_answer(request))
+        return await _single(context, self.abort_answer(request, _signature(context)))
 
     async def CommitOnePhase(  # noqa: N802
         self, request: pb.CommitOnePhaseRequest, context: Context
     ) -> pb.CommitOnePhaseResponse:
-        return await _single(context, self.commit_one_phase_answer(request))
+        return await _single(context, self.commit_one_phase_answer(request, _signature(context)))
 
     async def Execute(  # noqa: N802
         self, request: pb.ExecuteRequest, context: Context
     ) -> pb.ExecuteResponse:
-        return await _single(context, self.execute_answer(request))
+        return await _single(context, self.execute_answer(request, _signature(context)))
 
     async def Compensate(  # noqa: N802
         self, request: pb.CompensateRequest, context: Context
     ) -> pb.CompensateResponse:
-        return await _single(context, self.compensate_answer(request))
+        return await _single(context, self.compensate_answer(request, _signature(context)))
 
     async def Deliver(  # noqa: N802
         self, request: pb.DeliverRequest, context: Context
     ) -> pb.DeliverResponse:
-        return await _single(context, self.deliver_answer(request))
+        return await _single(context, self.deliver_answer(request, _signature(context)))
 
     async def CheckMessage(  # noqa: N802
         self, request: pb.CheckMessageRequest, context: Context
     ) -> pb.CheckMessageResponse:
-        return await _single(context, self.check_message_answer(request))
+        return await _single(context, self.check_message_answer(request, _signature(context)))
 
     async def Batch(  # noqa: N802
         self, request: pb.BatchRequest, context: Context
     ) -> AsyncIterator[pb.BatchAnswer]:
-        """Every call of the batch at once, each answered when done."""
+        """Every call of the batch at once, each answered when done; the
+        batch's own signature checked once, before any entry's work."""
         if len(request.calls) > MAX_BATCH_CALLS:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"calls holds {len(request.calls)}; at most {MAX_BATCH_CALLS} a batch",
             )
+        # Checked once, before any entry's work.
+        batch = self.batch_caller(request.calls, _signature(context))
         tasks = [
-            asyncio.ensure_future(self._entry(index, call))
+            asyncio.ensure_future(self._entry(index, call, _entry_caller(call, batch)))
             for index, call in enumerate(request.calls)
         ]
         try:
@@ -264,11 +418,11 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
             for task in tasks:
                 task.cancel()
 
-    async def _entry(self, index: int, call: pb.BatchCall) -> pb.BatchAnswer:
+    async def _entry(self, index: int, call: pb.BatchCall, caller: Caller) -> pb.BatchAnswer:
         kind = call.WhichOneof("call")
         answer = pb.BatchAnswer(index=index)
         try:
-            work = self._dispatch(call, kind)
+            work = self._dispatch(call, kind, caller)
             timeout = call.timeout_ms / 1000 if call.timeout_ms else None
             response = await asyncio.wait_for(work, timeout)
         except Refused as refused:
@@ -282,22 +436,44 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         getattr(answer, str(kind)).CopyFrom(response)
         return answer
 
-    def _dispatch(self, call: pb.BatchCall, kind: str | None) -> Awaitable[Message]:
+    def _dispatch(
+        self, call: pb.BatchCall, kind: str | None, caller: Caller
+    ) -> Awaitable[Message]:
         if kind == "prepare":
-            return self.prepare_answer(call.prepare)
+            return self.prepare_answer(call.prepare, caller)
         if kind == "commit":
-            return self.commit_answer(call.commit)
+            return self.commit_answer(call.commit, caller)
         if kind == "abort":
-            return self.abort_answer(call.abort)
+            return self.abort_answer(call.abort, caller)
         if kind == "commit_one_phase":
-            return self.commit_one_phase_answer(call.commit_one_phase)
+            return self.commit_one_phase_answer(call.commit_one_phase, caller)
         if kind == "execute":
-            return self.execute_answer(call.execute)
+            return self.execute_answer(call.execute, caller)
         if kind == "compensate":
-            return self.compensate_answer(call.compensate)
+            return self.compensate_answer(call.compensate, caller)
         if kind == "deliver":
-            return self.deliver_answer(call.deliver)
+            return self.deliver_answer(call.deliver, caller)
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "a batch entry names no call")
+
+
+def _entry_caller(call: pb.BatchCall, batch: BatchSigned | None) -> Caller:
+    """Whom a Batch entry is checked as coming from: its Batch's signer
+    when the Batch's signature verified (its own is not looked at), else
+    its own signature when it carries one, else its Batch's refusal."""
+    if batch is None:
+        return call.signature
+    if batch.refusal is None or not call.signature:
+        return batch
+    return call.signature
+
+
+def _signature(context: Context) -> str | None:
+    """The signature a call carries in its metadata, a Batch's too (the
+    first, should it carry several)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SIGNATURE_HEADER:
+            return value if isinstance(value, str) else None
+    return None
 
 
 async def _single(context: Context, answer: Awaitable[T]) -> T:
@@ -332,16 +508,36 @@ async def serve(
     service: ParticipantService[Any],
     listen: str,
     resolver: ResolverConfig | None = ResolverConfig(),
+    tls: ServerTls | None = None,
 ) -> Serving:
     """Serves `service` on `listen` (`host:port`; port 0 picks one) and,
     unless `resolver` is None, runs the in-doubt resolver beside it: a
     branch prepared before this start is asked about at once (phase 2 may
-    have come and gone while the process was down)."""
+    have come and gone while the process was down). With `tls`, over TLS
+    only (mutual TLS when it names a client CA).
+
+    Raises NoCoordinatorKey when the service was told neither whose calls
+    to obey nor to obey anyone; warns at every start of a service that
+    obeys anyone."""
+    if service.trusted_keys is None and not service.accept_unsigned:
+        raise NoCoordinatorKey()
+    # Before the port opens: a resolver that cannot dial its coordinator
+    # (an https:// URL without TLS settings) stops the start.
+    in_doubt = None if resolver is None else Resolver(service.ledger, service.guarded, resolver)
     server = grpc.aio.server()
     pb_grpc.add_ParticipantServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port(listen)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, tls.credentials())
     await server.start()
-    task = None
-    if resolver is not None:
-        task = asyncio.ensure_future(Resolver(service.ledger, service.guarded, resolver).run())
+    if service.accept_unsigned:
+        log.warning(
+            "this participant on port %d obeys unsigned calls: anyone who reaches its port "
+            "can prepare, commit or abort its branches (accept_unsigned=True)",
+            port,
+        )
+    else:
+        log.info("port %d obeys calls signed by coordinator keys %s", port, service.trusted_keys)
+    task = asyncio.ensure_future(in_doubt.run()) if in_doubt is not None else None
     return Serving(server, port, task)
