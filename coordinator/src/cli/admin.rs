@@ -626,7 +626,9 @@ mod tests {
         };
         let text = show_text(&txn, 0);
         assert!(
-            !text.lines().any(|line| line.starts_with("  state") && line.ends_with("COMMITTED")),
+            !text
+                .lines()
+                .any(|line| line.starts_with("  state") && line.ends_with("COMMITTED")),
             "a forged line: {text}"
         );
     }

@@ -158,7 +158,11 @@ async fn trips_book_compensate_and_survive_a_flaky_service() {
     .await
     .expect("saga");
     assert_eq!(refund.state, SagaState::Compensated, "{}", refund.reason);
-    assert!(refund.reason.contains("must be positive"), "{}", refund.reason);
+    assert!(
+        refund.reason.contains("must be positive"),
+        "{}",
+        refund.reason
+    );
     assert_eq!(balance(&payments, "ada").await.expect("read"), before);
     stop.cancel();
 }
