@@ -60,9 +60,14 @@ impl std::fmt::Debug for ServerTls {
 }
 
 /// The `concord.v1.Coordinator` service.
+/// The stream of a WatchTransactions call.
+type WatchStream = futures::stream::BoxStream<'static, Result<pb::TransactionChange, Status>>;
+
 pub struct CoordinatorService {
     runtime: Runtime,
     limits: Limits,
+    /// One permit per watch served at once (DESIGN §12, `max_watches`).
+    watches: std::sync::Arc<tokio::sync::Semaphore>,
     forward: std::sync::Arc<forward::Forwarder>,
     /// When set, RetryTransaction and ResolveBranch require it
     /// (`authorization: Bearer <token>`).
@@ -70,11 +75,165 @@ pub struct CoordinatorService {
 }
 
 impl CoordinatorService {
+    /// WatchTransactions past its admission ([`Coordinator::watch_transactions`]).
+    async fn watch_unbounded(
+        &self,
+        request: Request<pb::WatchTransactionsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let hop = forward::Hop::of(&request);
+        let request = request.into_inner();
+        let filter = WatchFilter {
+            states: validate::states(&request.states)?,
+            kind: validate::kind(request.kind)?,
+            needs_attention: request.needs_attention,
+            id_prefix: validate::id_prefix(&request.id_prefix)?,
+        };
+        let sharding = self.runtime.sharding();
+        let group = validate::group(sharding.as_deref(), &request.group)?;
+        if let (Some(sharding), Some(group)) = (&sharding, group)
+            && group != sharding.group
+        {
+            if !hop.may_forward_to_group() {
+                return Err(Status::unavailable(format!(
+                    "a watch of group {group:?} reached group {:?}: the nodes' shard \
+                     maps disagree for now; retry",
+                    sharding.group
+                )));
+            }
+            // One group's watch, asked of another: its stream, as it is.
+            let stream = Box::pin(
+                self.forward
+                    .group(sharding.map.nodes_of_group(group))?
+                    .call(|mut node| {
+                        let call = hop.to_group_stream(request.clone());
+                        async move { node.watch_transactions(call).await }
+                    }),
+            )
+            .await?;
+            return Ok(Response::new(Box::pin(stream.into_inner())));
+        }
+        let fresh = if request.from_oldest {
+            WatchStart::Oldest
+        } else {
+            WatchStart::Next
+        };
+        let every_group = sharding
+            .as_ref()
+            .filter(|_| group.is_none() && hop.may_forward_to_group());
+        let Some(sharding) = every_group else {
+            // This node's group only (or no groups at all).
+            let start = match request.cursor.as_str() {
+                "" => fresh,
+                cursor => WatchStart::After(validate::watch_cursor(cursor)?),
+            };
+            let start = self
+                .runtime
+                .watch_start(start)
+                .await
+                .map_err(store_status)?;
+            let changes = self
+                .runtime
+                .watch(filter, start)
+                .await
+                .map_err(store_status)?;
+            let stream = futures::stream::unfold(changes, |mut changes| async move {
+                let item = changes.recv().await?;
+                Some((
+                    item.map(convert::change).map_err(convert::watch_end),
+                    changes,
+                ))
+            });
+            let mark = request.mark_start.then(|| {
+                Ok(pb::TransactionChange {
+                    cursor: match start {
+                        WatchStart::After(cursor) => cursor.to_string(),
+                        WatchStart::Oldest | WatchStart::Next => String::new(),
+                    },
+                    ..Default::default()
+                })
+            });
+            return Ok(Response::new(Box::pin(
+                futures::stream::iter(mark).chain(stream),
+            )));
+        };
+        // DESIGN §11: every group's changes, merged here.
+        let resumed = match request.cursor.as_str() {
+            "" => None,
+            cursor => Some(validate::watch_positions(&sharding.map, cursor)?),
+        };
+        let own = &sharding.group;
+        let start = watch::start_of(own, resumed.as_ref(), fresh);
+        let start = self
+            .runtime
+            .watch_start(start)
+            .await
+            .map_err(store_status)?;
+        let mut positions = resumed.clone().unwrap_or_default();
+        positions.set(
+            own,
+            match start {
+                WatchStart::After(cursor) => Some(cursor),
+                WatchStart::Oldest | WatchStart::Next => None,
+            },
+        );
+        let changes = self
+            .runtime
+            .watch(filter, start)
+            .await
+            .map_err(store_status)?;
+        let metadata = watch::metadata(&hop);
+        let filters = pb::WatchTransactionsRequest {
+            cursor: String::new(),
+            from_oldest: false,
+            group: String::new(),
+            mark_start: false,
+            ..request.clone()
+        };
+        let others = (sharding.map.groups.iter())
+            .filter(|g| g.name != *own)
+            .map(|g| async {
+                let start = watch::start_of(&g.name, resumed.as_ref(), fresh);
+                let stream = watch::other_group(
+                    watch::OtherGroup {
+                        forward: std::sync::Arc::clone(&self.forward),
+                        name: g.name.clone(),
+                        nodes: g.nodes.clone(),
+                        request: filters.clone(),
+                        metadata: metadata.clone(),
+                    },
+                    start,
+                );
+                (g.name.clone(), watch::started(stream).await)
+            });
+        let mut groups = vec![watch::own_group(own.clone(), changes)];
+        for (group, (stream, start)) in futures::future::join_all(others).await {
+            // Where each group's stream starts is in the watch's cursors
+            // from the first (the start mark's included), so that a client
+            // resuming before any change of that group misses none of it.
+            if let Some(start) = start
+                && positions.get(&group).is_none()
+            {
+                positions.set(&group, start);
+            }
+            groups.push(stream);
+        }
+        let mark = request.mark_start.then(|| {
+            Ok(pb::TransactionChange {
+                cursor: positions.encode(),
+                ..Default::default()
+            })
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::iter(mark).chain(watch::merge(groups, positions)),
+        )))
+    }
+
     pub fn new(runtime: Runtime, limits: Limits, admin_token: Option<String>) -> Self {
         Self {
             forward: std::sync::Arc::new(forward::Forwarder::new(
                 runtime.config().peer_tls.clone(),
             )),
+            watches: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_watches)),
             runtime,
             limits,
             admin_token,
@@ -592,159 +751,34 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    type WatchTransactionsStream =
-        futures::stream::BoxStream<'static, Result<pb::TransactionChange, Status>>;
+    type WatchTransactionsStream = WatchStream;
 
     async fn watch_transactions(
         &self,
         request: Request<pb::WatchTransactionsRequest>,
     ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
-        let hop = forward::Hop::of(&request);
-        let request = request.into_inner();
-        let filter = WatchFilter {
-            states: validate::states(&request.states)?,
-            kind: validate::kind(request.kind)?,
-            needs_attention: request.needs_attention,
-            id_prefix: validate::id_prefix(&request.id_prefix)?,
-        };
-        let sharding = self.runtime.sharding();
-        let group = validate::group(sharding.as_deref(), &request.group)?;
-        if let (Some(sharding), Some(group)) = (&sharding, group)
-            && group != sharding.group
-        {
-            if !hop.may_forward_to_group() {
-                return Err(Status::unavailable(format!(
-                    "a watch of group {group:?} reached group {:?}: the nodes' shard \
-                     maps disagree for now; retry",
-                    sharding.group
-                )));
-            }
-            // One group's watch, asked of another: its stream, as it is.
-            let stream = Box::pin(
-                self.forward
-                    .group(sharding.map.nodes_of_group(group))?
-                    .call(|mut node| {
-                        let call = hop.to_group_stream(request.clone());
-                        async move { node.watch_transactions(call).await }
-                    }),
-            )
-            .await?;
-            return Ok(Response::new(Box::pin(stream.into_inner())));
-        }
-        let fresh = if request.from_oldest {
-            WatchStart::Oldest
-        } else {
-            WatchStart::Next
-        };
-        let every_group = sharding
-            .as_ref()
-            .filter(|_| group.is_none() && hop.may_forward_to_group());
-        let Some(sharding) = every_group else {
-            // This node's group only (or no groups at all).
-            let start = match request.cursor.as_str() {
-                "" => fresh,
-                cursor => WatchStart::After(validate::watch_cursor(cursor)?),
-            };
-            let start = self
-                .runtime
-                .watch_start(start)
-                .await
-                .map_err(store_status)?;
-            let changes = self
-                .runtime
-                .watch(filter, start)
-                .await
-                .map_err(store_status)?;
-            let stream = futures::stream::unfold(changes, |mut changes| async move {
-                let item = changes.recv().await?;
-                Some((
-                    item.map(convert::change).map_err(convert::watch_end),
-                    changes,
+        // DESIGN §12: each watch holds a stream, its buffer and a tail of
+        // the log on this node for as long as its client stays; a node
+        // serves at most `max_watches` at once (the console's own service
+        // has a count of its own).
+        let permit = std::sync::Arc::clone(&self.watches)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this node serves {} watches, its limit (--max-watches); retry after a \
+                     backoff, or watch another node",
+                    self.limits.max_watches
                 ))
-            });
-            let mark = request.mark_start.then(|| {
-                Ok(pb::TransactionChange {
-                    cursor: match start {
-                        WatchStart::After(cursor) => cursor.to_string(),
-                        WatchStart::Oldest | WatchStart::Next => String::new(),
-                    },
-                    ..Default::default()
-                })
-            });
-            return Ok(Response::new(Box::pin(
-                futures::stream::iter(mark).chain(stream),
-            )));
-        };
-        // DESIGN §11: every group's changes, merged here.
-        let resumed = match request.cursor.as_str() {
-            "" => None,
-            cursor => Some(validate::watch_positions(&sharding.map, cursor)?),
-        };
-        let own = &sharding.group;
-        let start = watch::start_of(own, resumed.as_ref(), fresh);
-        let start = self
-            .runtime
-            .watch_start(start)
-            .await
-            .map_err(store_status)?;
-        let mut positions = resumed.clone().unwrap_or_default();
-        positions.set(
-            own,
-            match start {
-                WatchStart::After(cursor) => Some(cursor),
-                WatchStart::Oldest | WatchStart::Next => None,
-            },
-        );
-        let changes = self
-            .runtime
-            .watch(filter, start)
-            .await
-            .map_err(store_status)?;
-        let metadata = watch::metadata(&hop);
-        let filters = pb::WatchTransactionsRequest {
-            cursor: String::new(),
-            from_oldest: false,
-            group: String::new(),
-            mark_start: false,
-            ..request.clone()
-        };
-        let others = (sharding.map.groups.iter())
-            .filter(|g| g.name != *own)
-            .map(|g| async {
-                let start = watch::start_of(&g.name, resumed.as_ref(), fresh);
-                let stream = watch::other_group(
-                    watch::OtherGroup {
-                        forward: std::sync::Arc::clone(&self.forward),
-                        name: g.name.clone(),
-                        nodes: g.nodes.clone(),
-                        request: filters.clone(),
-                        metadata: metadata.clone(),
-                    },
-                    start,
-                );
-                (g.name.clone(), watch::started(stream).await)
-            });
-        let mut groups = vec![watch::own_group(own.clone(), changes)];
-        for (group, (stream, start)) in futures::future::join_all(others).await {
-            // Where each group's stream starts is in the watch's cursors
-            // from the first (the start mark's included), so that a client
-            // resuming before any change of that group misses none of it.
-            if let Some(start) = start
-                && positions.get(&group).is_none()
-            {
-                positions.set(&group, start);
-            }
-            groups.push(stream);
-        }
-        let mark = request.mark_start.then(|| {
-            Ok(pb::TransactionChange {
-                cursor: positions.encode(),
-                ..Default::default()
-            })
-        });
-        Ok(Response::new(Box::pin(
-            futures::stream::iter(mark).chain(watch::merge(groups, positions)),
-        )))
+            })?;
+        let response = self.watch_unbounded(request).await?;
+        Ok(response.map(|stream| {
+            // The permit goes when the stream does.
+            let held: Self::WatchTransactionsStream = Box::pin(stream.map(move |change| {
+                let _held = &permit;
+                change
+            }));
+            held
+        }))
     }
 
     async fn submit_saga(

@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Steps per saga (--max-saga-steps).
     pub max_saga_steps: usize,
+    /// WatchTransactions streams served at once (--max-watches).
+    pub max_watches: usize,
 }
 
 impl Default for Limits {
@@ -29,9 +31,14 @@ impl Default for Limits {
         Self {
             max_payload_bytes: 1024 * 1024,
             max_saga_steps: 256,
+            max_watches: DEFAULT_MAX_WATCHES,
         }
     }
 }
+
+/// Watches one node serves at once by default: each is a stream, a
+/// buffer of up to 1,024 changes and a share of the tailer's work.
+pub const DEFAULT_MAX_WATCHES: usize = 1_024;
 
 pub const DEFAULT_ATTEMPT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_ATTEMPT_TIMEOUT_MS: u64 = 600_000;

@@ -247,6 +247,13 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_in_flight: u64,
 
+    /// Most WatchTransactions streams this node serves at once (and as
+    /// many again for its console's live pages): past it a new watch is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONCORD_MAX_WATCHES", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_watches: u64,
+
     /// Most branches one transaction may have.
     #[arg(long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -389,6 +396,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_payload_bytes: usize::try_from(args.max_payload_bytes).unwrap_or(usize::MAX),
             max_saga_steps: usize::try_from(args.max_saga_steps).unwrap_or(usize::MAX),
+            max_watches: usize::try_from(args.max_watches).unwrap_or(usize::MAX),
         },
         node_name: args.node_name,
         lease: ms(args.lease_ms),

@@ -446,3 +446,50 @@ async fn a_watch_of_what_comes_next_misses_nothing_when_its_connection_breaks_be
     let first = take(&mut watch, 1).await;
     assert_eq!(seen(&first[0]), (after, NEW, ACTIVE), "not {earlier}");
 }
+
+/// DESIGN §12: a node serves at most `--max-watches` watches at once;
+/// past it a new one is RESOURCE_EXHAUSTED naming the flag, and once a
+/// client goes, its place is free again.
+#[tokio::test]
+async fn past_max_watches_a_new_watch_is_refused_until_one_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Node::start(NodeConfig {
+        runtime: quick_config(),
+        limits: concord_coordinator::api::Limits {
+            max_watches: 2,
+            ..Default::default()
+        },
+        ..NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
+    .await
+    .expect("node");
+    let client = support::client(&node);
+    let mut raw = client.raw();
+    let first = raw
+        .watch_transactions(from_oldest())
+        .await
+        .expect("first watch");
+    let _second = raw
+        .watch_transactions(from_oldest())
+        .await
+        .expect("second watch");
+    let refused = raw
+        .watch_transactions(from_oldest())
+        .await
+        .expect_err("a third");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("--max-watches"), "{refused:?}");
+    drop(first);
+    support::eventually("a place for a new watch", || {
+        let mut raw = raw.clone();
+        async move { raw.watch_transactions(from_oldest()).await.ok() }
+    })
+    .await;
+}
