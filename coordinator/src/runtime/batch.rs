@@ -42,6 +42,14 @@ use crate::metrics;
 /// Most calls in one batch: the participant's limit (participant.proto).
 pub const MAX_BATCH_CALLS: usize = 1024;
 
+/// Bytes of calls in one batch at most, encoded: under the 4 MiB a gRPC
+/// server decodes by default (tonic's, grpcio's, so both SDKs'), with room
+/// for the envelope. A batch past what its participant decodes fails
+/// whole, and every call in it would be retried into the same batch again
+/// (DESIGN §12). The first call of a batch goes whatever its size: a call
+/// the participant cannot take alone fails alone.
+pub const MAX_BATCH_BYTES: usize = 3 * 1024 * 1024;
+
 /// Batches out at once to one participant. More than one, so that a batch
 /// stuck on a slow call does not hold up the calls queued after it; few, so
 /// that under load calls wait for a free slot and share it.
@@ -226,8 +234,9 @@ impl Queue {
         }
     }
 
-    /// The next batch: what waits, up to the limit, less the calls whose
-    /// caller gave up (its deadline passed, or its driver stopped).
+    /// The next batch: what waits, up to [`MAX_BATCH_CALLS`] calls and
+    /// [`MAX_BATCH_BYTES`], less the calls whose caller gave up (its
+    /// deadline passed, or its driver stopped).
     fn take(&self) -> Option<Vec<Waiting>> {
         let mut state = self.lock();
         if state.unsupported() {
@@ -240,7 +249,17 @@ impl Queue {
         if state.waiting.is_empty() {
             return None;
         }
-        let take = state.waiting.len().min(MAX_BATCH_CALLS);
+        let mut bytes = 0;
+        let take = state
+            .waiting
+            .iter()
+            .take(MAX_BATCH_CALLS)
+            .take_while(|waiting| {
+                bytes += prost::Message::encoded_len(&waiting.call);
+                bytes <= MAX_BATCH_BYTES
+            })
+            .count()
+            .max(1);
         Some(state.waiting.drain(..take).collect())
     }
 

@@ -315,3 +315,41 @@ async fn a_participant_without_batch_is_sent_single_calls_with_the_same_outcomes
     assert!(seen.batch_sizes.is_empty());
     assert_eq!(seen.single_calls, expected_calls(12));
 }
+
+/// DESIGN §12: a batch never exceeds what a participant decodes (4 MiB by
+/// default in both SDKs). Sixteen 700 KB calls piled up for one SDK
+/// participant would make one 11 MB batch, which it refuses whole, and
+/// every prepare in it would count as an ABORT vote; split by bytes, every
+/// transaction commits, and each branch took effect once.
+#[tokio::test]
+async fn calls_with_large_payloads_are_batched_under_what_the_participant_decodes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = client(&node);
+    let p = super::support::TestParticipant::start(dir.path(), "p", None).await;
+    let payload = "x".repeat(700_000);
+    let runs = (0..8).map(|_| {
+        let (client, url, payload) = (client.clone(), p.url.clone(), payload.clone());
+        async move {
+            let id = client
+                .begin(BeginOptions::default())
+                .await
+                .expect("begin")
+                .transaction_id;
+            for branch in ["left", "right"] {
+                client
+                    .enlist(&id, &url, payload.clone(), Some(branch))
+                    .await
+                    .expect("enlist");
+            }
+            (client.commit(&id).await.expect("commit"), id)
+        }
+    });
+    for (outcome, id) in futures::future::join_all(runs).await {
+        assert_eq!(outcome, Outcome::Committed { read_only: false }, "{id}");
+    }
+    eventually("every branch prepared and committed once", || async {
+        (p.effect_count().await == 8 * 2 * 2).then_some(())
+    })
+    .await;
+}
