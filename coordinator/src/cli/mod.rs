@@ -168,7 +168,9 @@ struct ServeArgs {
     /// --admin-token nor mutual TLS (--tls-client-ca): anyone who reaches
     /// the port may then resolve, retry and reshard. Refused without this
     /// flag (protected mode).
-    #[arg(long, env = "CONCORD_ALLOW_UNPROTECTED")]
+    #[arg(long, env = "CONCORD_ALLOW_UNPROTECTED", action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", default_value_t = false,
+          value_name = "BOOL")]
     allow_unprotected: bool,
 
     /// The URL participants reach this node at, sent with every call so they
@@ -584,6 +586,21 @@ mod tests {
         assert_eq!(args.node_name.as_deref(), Some("coord-1"), "from the file");
         assert_eq!(args.listen.to_string(), "127.0.0.1:7401", "the flag wins");
         assert_eq!(args.drain_timeout_ms, 10_000, "the built-in default");
+    }
+
+    #[test]
+    fn the_open_door_is_a_flag_or_a_setting_typed_on_purpose() {
+        assert!(!parse("", &[]).expect("parse").allow_unprotected);
+        assert!(
+            parse("", &["--allow-unprotected"])
+                .expect("parse")
+                .allow_unprotected
+        );
+        assert!(
+            parse("allow_unprotected = true\n", &[])
+                .expect("parse")
+                .allow_unprotected
+        );
     }
 
     #[test]
