@@ -50,6 +50,7 @@ pub use concord_proto::signature::TrustedKeys;
 pub use ledger::{LedgerDb, LocalTx, LocalTxOf};
 pub use resolver::ResolverConfig;
 pub use server::{
-    BranchContext, Callers, CallersError, MAX_BATCH_CALLS, MessageDestination, ParticipantError,
-    ParticipantService, SagaStep, ServeError, StepResult, TwoPhaseParticipant, Unsupported, Vote,
+    BranchContext, Callers, CallersError, DEFAULT_MAX_CALL_BYTES, MAX_BATCH_CALLS,
+    MessageDestination, ParticipantError, ParticipantService, SagaStep, ServeError, StepResult,
+    TwoPhaseParticipant, Unsupported, Vote,
 };

@@ -254,7 +254,15 @@ pub struct ParticipantService<P, S = Unsupported, DB: Database = Sqlite> {
     resolver: ResolverConfig,
     /// Whose calls it obeys (DESIGN §12).
     trust: Trust,
+    /// The largest call it decodes, in bytes ([`DEFAULT_MAX_CALL_BYTES`]).
+    max_call_bytes: usize,
 }
+
+/// The largest call a participant decodes unless told otherwise: gRPC's
+/// usual 4 MiB. The coordinator keeps its batches under it; a single call
+/// larger than this (a payload near a `--max-payload-bytes` set above 4
+/// MiB) needs [`ParticipantService::with_max_call_bytes`].
+pub const DEFAULT_MAX_CALL_BYTES: usize = 4 * 1024 * 1024;
 
 /// Shares the handlers and the pool: a `Batch`'s answers are a stream that
 /// outlives the call that returned it, so each of its calls holds a clone.
@@ -267,6 +275,7 @@ impl<P, S, DB: Database> Clone for ParticipantService<P, S, DB> {
             pool: self.pool.clone(),
             resolver: self.resolver.clone(),
             trust: self.trust.clone(),
+            max_call_bytes: self.max_call_bytes,
         }
     }
 }
@@ -283,6 +292,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>> ParticipantService<P, Unsupported
             pool,
             resolver: ResolverConfig::default(),
             trust: Trust::Unset,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
         })
     }
 }
@@ -299,6 +309,7 @@ impl<DB: LedgerDb, S: SagaStep<DB>> ParticipantService<Unsupported, S, DB> {
             pool,
             resolver: ResolverConfig::default(),
             trust: Trust::Unset,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
         })
     }
 }
@@ -313,6 +324,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
             pool: self.pool,
             resolver: self.resolver,
             trust: self.trust,
+            max_call_bytes: self.max_call_bytes,
         }
     }
 
@@ -348,6 +360,17 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         self
     }
 
+    /// Decodes calls of up to `bytes` (default [`DEFAULT_MAX_CALL_BYTES`]):
+    /// set it to the coordinator's `--max-payload-bytes` and 64 KiB more
+    /// when that is above 4 MiB, or such a call is refused before it is
+    /// looked at (OUT_OF_RANGE), a prepare counting as an ABORT vote.
+    /// A larger limit lets anyone who reaches the port make the service
+    /// read that much before the call's signature is checked.
+    pub fn with_max_call_bytes(mut self, bytes: usize) -> Self {
+        self.max_call_bytes = bytes;
+        self
+    }
+
     /// Sets how in-doubt branches are resolved and the ledger is pruned.
     pub fn with_resolver(mut self, config: ResolverConfig) -> Self {
         self.resolver = config;
@@ -358,7 +381,8 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     /// Run [`ParticipantService::maintain`] beside it (as
     /// [`ParticipantService::serve`] does) to resolve in-doubt branches.
     pub fn into_server(self) -> ParticipantServer<Self> {
-        ParticipantServer::new(self)
+        let limit = self.max_call_bytes;
+        ParticipantServer::new(self).max_decoding_message_size(limit)
     }
 
     /// Serves on `listener`, and resolves in-doubt branches and prunes the
@@ -402,7 +426,10 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
         // TCP_NODELAY on each accepted connection (the builder's flag only
         // covers listeners tonic binds itself): no 40 ms Nagle stalls.
         let server = builder
-            .add_service(ParticipantServer::from_arc(Arc::clone(&service)))
+            .add_service(
+                ParticipantServer::from_arc(Arc::clone(&service))
+                    .max_decoding_message_size(service.max_call_bytes),
+            )
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
                 let stop = stop.clone();
                 async move {

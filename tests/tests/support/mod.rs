@@ -293,11 +293,18 @@ impl TestParticipant {
         addr: &str,
         resolver: Option<&str>,
     ) -> Self {
-        Self::start_with(dir, name, coordinator_db, addr, true, resolver).await
+        Self::start_with(dir, name, coordinator_db, addr, true, resolver, None).await
     }
 
     async fn start_on(dir: &Path, name: &str, coordinator_db: Option<&Path>, addr: &str) -> Self {
-        Self::start_with(dir, name, coordinator_db, addr, false, None).await
+        Self::start_with(dir, name, coordinator_db, addr, false, None, None).await
+    }
+
+    /// A scripted participant that decodes calls of up to `max_call_bytes`
+    /// (`ParticipantService::with_max_call_bytes`).
+    pub async fn start_taking(dir: &Path, name: &str, max_call_bytes: usize) -> Self {
+        let addr = processes::free_addr().to_string();
+        Self::start_with(dir, name, None, &addr, false, None, Some(max_call_bytes)).await
     }
 
     /// A scripted participant serving TLS (mutual TLS when `tls` names a
@@ -348,6 +355,7 @@ impl TestParticipant {
         addr: &str,
         healthy: bool,
         resolver: Option<&str>,
+        max_call_bytes: Option<usize>,
     ) -> Self {
         let pool = participant_db(
             dir,
@@ -366,7 +374,10 @@ impl TestParticipant {
             .with_resolver(concord_participant::ResolverConfig {
                 coordinator: resolver.map(str::to_owned),
                 ..Default::default()
-            });
+            })
+            .with_max_call_bytes(
+                max_call_bytes.unwrap_or(concord_participant::DEFAULT_MAX_CALL_BYTES),
+            );
         let (url, stop, task) = serve_participant(service, addr).await;
         Self {
             url,

@@ -353,3 +353,66 @@ async fn calls_with_large_payloads_are_batched_under_what_the_participant_decode
     })
     .await;
 }
+
+/// A call larger than gRPC's usual 4 MiB (a coordinator whose
+/// `--max-payload-bytes` allows it) is refused by a participant at its
+/// default, before its signature or its ledger is looked at, so the
+/// prepare counts as an ABORT vote; a participant told to take calls that
+/// large (`with_max_call_bytes`) commits it.
+#[tokio::test]
+async fn a_participant_takes_calls_as_large_as_it_was_told_to() {
+    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Node::start(NodeConfig {
+        runtime: quick_config(),
+        limits: concord_coordinator::api::Limits {
+            max_payload_bytes: 5 * 1024 * 1024,
+            ..Default::default()
+        },
+        ..NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
+    .await
+    .expect("node");
+    let client = client(&node);
+    let usual = super::support::TestParticipant::start(dir.path(), "usual", None).await;
+    let told = super::support::TestParticipant::start_taking(dir.path(), "told", 6 << 20).await;
+    let payload = "x".repeat(4_500_000);
+    let commit = |url: String| {
+        let (client, payload) = (client.clone(), payload.clone());
+        async move {
+            let id = client
+                .begin(BeginOptions::default())
+                .await
+                .expect("begin")
+                .transaction_id;
+            // Two branches, so that the large one is prepared (a refused
+            // one-phase commit would leave the outcome unknown).
+            client
+                .enlist(&id, &url, payload, Some("large"))
+                .await
+                .expect("enlist");
+            client
+                .enlist(&id, &url, "commit", Some("small"))
+                .await
+                .expect("enlist");
+            (client.commit(&id).await.expect("commit"), id)
+        }
+    };
+    let (refused, refused_id) = commit(usual.url.clone()).await;
+    assert!(
+        matches!(&refused, Outcome::Aborted { reason } if reason.contains("too large")),
+        "{refused:?}"
+    );
+    // The small branch was prepared and is rolled back; nothing commits.
+    let effects = usual.effects(&refused_id).await;
+    assert!(!effects.contains(&"commit".to_string()), "{effects:?}");
+    let (taken, taken_id) = commit(told.url.clone()).await;
+    assert_eq!(taken, Outcome::Committed { read_only: false });
+    eventually("both branches committed", || async {
+        (told.effects(&taken_id).await == ["prepare", "prepare", "commit", "commit"]).then_some(())
+    })
+    .await;
+}
