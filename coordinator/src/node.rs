@@ -88,6 +88,8 @@ pub enum NodeError {
     /// node stops and a restart recovers from what the log holds.
     #[error("{0}")]
     LogLost(String),
+    #[error("cannot make a signing key: {0}")]
+    Key(#[from] concord_proto::signature::KeyError),
 }
 
 /// `url` with its password, if any, replaced by `***`: for errors and logs,
@@ -133,6 +135,29 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node for a deployment that lives in one process (a demo, a
+    /// benchmark): on 127.0.0.1 at a free port, its SQLite log in
+    /// `data_dir`, signing its participant calls with a key made now
+    /// (DESIGN §12). Returns the keys its participants must trust.
+    pub async fn start_local(
+        data_dir: &std::path::Path,
+    ) -> Result<(Self, concord_proto::signature::TrustedKeys), NodeError> {
+        let signer = concord_proto::signature::CallSigner::generate()?;
+        let trusted = signer.trusted();
+        let node = Self::start(NodeConfig {
+            runtime: RuntimeConfig {
+                signer: Some(Arc::new(signer)),
+                ..RuntimeConfig::default()
+            },
+            ..NodeConfig::new(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                StoreLocation::DataDir(data_dir.to_path_buf()),
+            )
+        })
+        .await?;
+        Ok((node, trusted))
+    }
+
     /// Opens the store (applying migrations), recovers unfinished
     /// transactions, binds the listener and starts serving.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {

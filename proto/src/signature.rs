@@ -195,6 +195,20 @@ impl KeyId {
     }
 }
 
+impl KeyId {
+    /// A key id as signatures write it: 16 hex digits.
+    fn parse(hex: &str) -> Option<Self> {
+        if hex.len() != 16 {
+            return None;
+        }
+        let mut id = [0; 8];
+        for (byte, pair) in id.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(Self(id))
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for byte in self.0 {
@@ -422,11 +436,13 @@ impl TrustedKeys {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| SignatureError::Malformed("signature is not base64url"))?;
+        let unknown = || SignatureError::UnknownKey(key_id.chars().take(16).collect());
+        let wanted = KeyId::parse(key_id).ok_or_else(unknown)?;
         let (_, public_key) = self
             .keys
             .iter()
-            .find(|(id, _)| id.to_string() == key_id)
-            .ok_or_else(|| SignatureError::UnknownKey(key_id.chars().take(16).collect()))?;
+            .find(|(id, _)| *id == wanted)
+            .ok_or_else(unknown)?;
         // The expiry is checked only once the signature is known good: an
         // old genuine call says "expired", a forged one "does not match".
         UnparsedPublicKey::new(&ED25519, public_key)

@@ -20,12 +20,11 @@
 //! money was made or lost. `scripts/bench-xa.sh` starts a PostgreSQL for
 //! it and runs it in one command.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_coordinator::node::Node;
 use concord_example_bank::{Movement, open_pg_db, serve_pg};
 use concord_participant::{BeginOptions, BranchSpec, CoordinatorClient, Outcome};
 use sqlx::{Connection, PgConnection};
@@ -150,20 +149,10 @@ async fn main() -> anyhow::Result<()> {
     // 1. Concord: a coordinator and an account service per database.
     let dir = tempfile::tempdir()?;
     // Signed calls, as in production (DESIGN §12): their cost is measured.
-    let signer = concord_proto::signature::CallSigner::generate()?;
-    let callers = concord_participant::Callers::SignedBy(signer.trusted());
-    let node = Node::start(NodeConfig {
-        runtime: concord_coordinator::runtime::RuntimeConfig {
-            signer: Some(std::sync::Arc::new(signer)),
-            ..Default::default()
-        },
-        ..NodeConfig::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
-    })
-    .await
-    .context("starting the coordinator")?;
+    let (node, trusted) = Node::start_local(&dir.path().join("coordinator"))
+        .await
+        .context("starting the coordinator")?;
+    let callers = concord_participant::Callers::SignedBy(trusted);
     let stop = CancellationToken::new();
     let node_url = node.url();
     let resolver = || concord_participant::ResolverConfig {

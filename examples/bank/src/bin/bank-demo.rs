@@ -13,10 +13,8 @@
 //! (`concord serve --console-listen 127.0.0.1:7480`), to watch them appear
 //! there.
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
-use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_coordinator::node::Node;
 use concord_example_bank::events;
 use concord_participant::{Callers, CoordinatorClient, Outcome};
 use sqlx::SqlitePool;
@@ -142,22 +140,11 @@ async fn main() -> anyhow::Result<()> {
             (None, url, callers)
         }
         None => {
-            let signer = concord_proto::signature::CallSigner::generate()?;
-            let callers = Callers::SignedBy(signer.trusted());
-            let node = Node::start(NodeConfig {
-                runtime: concord_coordinator::runtime::RuntimeConfig {
-                    signer: Some(std::sync::Arc::new(signer)),
-                    ..Default::default()
-                },
-                ..NodeConfig::new(
-                    SocketAddr::from(([127, 0, 0, 1], 0)),
-                    StoreLocation::DataDir(dir.path().join("coordinator")),
-                )
-            })
-            .await
-            .context("starting the coordinator")?;
+            let (node, trusted) = Node::start_local(&dir.path().join("coordinator"))
+                .await
+                .context("starting the coordinator")?;
             let url = node.url();
-            (Some(node), url, callers)
+            (Some(node), url, Callers::SignedBy(trusted))
         }
     };
     let bank_a = start_bank(

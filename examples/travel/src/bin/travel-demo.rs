@@ -11,10 +11,8 @@
 //! (`concord serve --console-listen 127.0.0.1:7480`), to watch the trips
 //! appear there.
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
-use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+use concord_coordinator::node::Node;
 use concord_example_travel::{Kind, Services, Trip, available, trip_saga};
 use concord_participant::{Callers, CoordinatorClient};
 use sqlx::SqlitePool;
@@ -85,11 +83,11 @@ async fn main() -> anyhow::Result<()> {
             (None, url, callers)
         }
         None => {
-            let signer = concord_proto::signature::CallSigner::generate()?;
-            let callers = Callers::SignedBy(signer.trusted());
-            let node = start_coordinator(dir.path(), signer).await?;
+            let (node, trusted) = Node::start_local(&dir.path().join("coordinator"))
+                .await
+                .context("starting the coordinator")?;
             let url = node.url();
-            (Some(node), url, callers)
+            (Some(node), url, Callers::SignedBy(trusted))
         }
     };
     let client = CoordinatorClient::connect(coordinator.clone())?;
@@ -196,22 +194,4 @@ async fn main() -> anyhow::Result<()> {
         node.shutdown().await?;
     }
     Ok(())
-}
-
-async fn start_coordinator(
-    dir: &std::path::Path,
-    signer: concord_proto::signature::CallSigner,
-) -> anyhow::Result<Node> {
-    Node::start(NodeConfig {
-        runtime: concord_coordinator::runtime::RuntimeConfig {
-            signer: Some(std::sync::Arc::new(signer)),
-            ..Default::default()
-        },
-        ..NodeConfig::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            StoreLocation::DataDir(dir.join("coordinator")),
-        )
-    })
-    .await
-    .context("starting the coordinator")
 }
