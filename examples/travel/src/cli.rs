@@ -4,8 +4,10 @@
 //! same program with the SDK's fail points on.
 //!
 //! ```text
-//! travel-service --kind flight --listen 127.0.0.1:7601 --db flight.db --stock LH123=10
-//! travel-service --kind payment --listen 127.0.0.1:7604 --db payment.db --card ada=100000
+//! travel-service --kind flight --listen 127.0.0.1:7601 --db flight.db --stock LH123=10 \
+//!     --coordinator-key concord-data/signing.key.pub
+//! travel-service --kind payment --listen 127.0.0.1:7604 --db payment.db --card ada=100000 \
+//!     --coordinator-key concord-data/signing.key.pub
 //! ```
 
 use std::net::SocketAddr;
