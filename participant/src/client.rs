@@ -27,6 +27,9 @@ pub enum ClientError {
     /// The TLS settings could not be used.
     #[error("TLS settings for {url:?} cannot be used: {reason}")]
     BadTls { url: String, reason: String },
+    /// The client token cannot be sent in a header.
+    #[error("the client token cannot be sent: {0}")]
+    BadToken(String),
     /// The request was refused as malformed; fix it, do not retry.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -47,6 +50,10 @@ pub enum ClientError {
     /// (with the same idempotency key) is safe.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The coordinator requires a token this client did not send, or sent
+    /// wrong ([`CoordinatorClient::with_token`]); retrying will not help.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// No answer in time; the outcome may still be decided — ask
     /// [`CoordinatorClient::transaction`].
     #[error("deadline exceeded: {0}")]
@@ -65,6 +72,7 @@ impl From<tonic::Status> for ClientError {
             tonic::Code::AlreadyExists => Self::AlreadyExists(message),
             tonic::Code::ResourceExhausted => Self::ResourceExhausted(message),
             tonic::Code::Unavailable => Self::Unavailable(message),
+            tonic::Code::Unauthenticated => Self::Unauthenticated(message),
             // tonic reports a broken connection as UNKNOWN "transport
             // error": the coordinator may be fine, the call can be retried.
             tonic::Code::Unknown if message.contains("transport error") => {
@@ -160,7 +168,13 @@ pub struct CoordinatorClient {
     raw: RawClient<Channel>,
     timeout: Duration,
     router: Option<Arc<Router>>,
+    /// `Bearer <token>`, sent with every call when the coordinator
+    /// requires a client token ([`CoordinatorClient::with_token`]).
+    token: Option<Bearer>,
 }
+
+/// The value of an `authorization` header.
+pub(crate) type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 impl std::fmt::Debug for CoordinatorClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +239,7 @@ impl CoordinatorClient {
             raw: RawClient::new(channel(&url, tls)?),
             timeout: DEFAULT_CALL_TIMEOUT,
             router: None,
+            token: None,
         })
     }
 
@@ -271,7 +286,19 @@ impl CoordinatorClient {
         self
     }
 
-    /// The generated client, for calls this wrapper does not cover.
+    /// Sends `token` with every call (`authorization: Bearer <token>`): a
+    /// coordinator started with `--client-token` refuses calls without
+    /// one (docs/security.md).
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let bearer = format!("Bearer {token}").parse().map_err(|_| {
+            ClientError::BadToken("a token is printable ASCII, without spaces at its ends".into())
+        })?;
+        self.token = Some(bearer);
+        Ok(self)
+    }
+
+    /// The generated client, for calls this wrapper does not cover (they
+    /// carry no token: add the `authorization` header yourself).
     pub fn raw(&self) -> RawClient<Channel> {
         self.raw.clone()
     }
@@ -279,6 +306,11 @@ impl CoordinatorClient {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         request
     }
 
@@ -315,7 +347,7 @@ impl CoordinatorClient {
                 .call(rpc(self.raw.clone(), self.request(request)))
                 .await;
         };
-        let mut nodes = router.nodes_for(to).await;
+        let mut nodes = router.nodes_for(to, self.token.as_ref()).await;
         let last = nodes.pop().unwrap_or_else(|| self.raw.clone());
         for node in nodes {
             match tokio::time::timeout(self.timeout, rpc(node, self.request(request.clone()))).await
@@ -526,6 +558,7 @@ impl CoordinatorClient {
             show_mark,
             raw: self.raw.clone(),
             timeout: self.timeout,
+            token: self.token.clone(),
             request,
             open: None,
             backoff: backoff(),
@@ -757,6 +790,7 @@ struct Watching<B> {
     show_mark: bool,
     raw: RawClient<Channel>,
     timeout: Duration,
+    token: Option<Bearer>,
     /// With the cursor of the last change handed out, once there is one.
     request: pb::WatchTransactionsRequest,
     open: Option<tonic::Streaming<pb::TransactionChange>>,
@@ -768,7 +802,12 @@ impl<B: Iterator<Item = Duration>> Watching<B> {
     async fn connect(&mut self) -> Result<tonic::Streaming<pb::TransactionChange>, tonic::Status> {
         // No grpc-timeout: the stream lasts as long as the watch does; only
         // waiting for its first answer is bounded.
-        let request = tonic::Request::new(self.request.clone());
+        let mut request = tonic::Request::new(self.request.clone());
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         match tokio::time::timeout(self.timeout, self.raw.watch_transactions(request)).await {
             Ok(answer) => answer.map(tonic::Response::into_inner),
             Err(_) => Err(tonic::Status::unavailable("no answer within the deadline")),

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient as RawClient;
+
+use crate::client::Bearer;
 use concord_shard::{ShardMap, ShardedId};
 use tonic::transport::Channel;
 
@@ -77,8 +79,12 @@ impl Router {
     /// The nodes to send a call about `to` to, in the order to try them: a
     /// node that refuses the connection never saw the call, so the next
     /// may take it.
-    pub(crate) async fn nodes_for(&self, to: To<'_>) -> Vec<RawClient<Channel>> {
-        let addresses = match self.known().await {
+    pub(crate) async fn nodes_for(
+        &self,
+        to: To<'_>,
+        token: Option<&Bearer>,
+    ) -> Vec<RawClient<Channel>> {
+        let addresses = match self.known(token).await {
             Some(map) => self.owners(&map, to),
             None => self.rotated(&self.seeds),
         };
@@ -141,7 +147,7 @@ impl Router {
     /// group. When no node answers, the map held is kept (another read is
     /// tried [`REFRESH`] later); with none held, calls go to the addresses
     /// given, which forward them.
-    async fn known(&self) -> Option<Arc<ShardMap>> {
+    async fn known(&self, token: Option<&Bearer>) -> Option<Arc<ShardMap>> {
         if let Some(known) = self.fresh() {
             return known;
         }
@@ -154,7 +160,7 @@ impl Router {
         if let Some(map) = &held {
             sources.extend(map.groups.iter().flat_map(|g| g.nodes.iter().cloned()));
         }
-        let read = self.read(&sources).await;
+        let read = self.read(&sources, token).await;
         let known = match (read, held) {
             // A node that has not followed a newer version yet answers an
             // older one: the higher version wins (§11).
@@ -175,13 +181,18 @@ impl Router {
 
     /// The map from the first of `sources` that gives one, or says it has
     /// none.
-    async fn read(&self, sources: &[String]) -> Option<Known> {
+    async fn read(&self, sources: &[String], token: Option<&Bearer>) -> Option<Known> {
         for source in sources {
             let Some(mut client) = self.client(source) else {
                 continue;
             };
             let mut request = tonic::Request::new(pb::GetShardMapRequest {});
             request.set_timeout(READ_TIMEOUT);
+            if let Some(token) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.clone());
+            }
             match tokio::time::timeout(READ_TIMEOUT, client.get_shard_map(request)).await {
                 Ok(Ok(answer)) => {
                     if let Some(Ok(map)) = answer.into_inner().map.map(ShardMap::from_wire) {

@@ -18,6 +18,7 @@ use crate::runtime::{
 };
 use forward::Route;
 
+mod access;
 pub mod convert;
 mod everywhere;
 use everywhere::watch;
@@ -25,39 +26,9 @@ pub mod forward;
 mod server;
 pub mod validate;
 
+pub use access::{Access, Credentials, ServerTls};
 pub use server::{serve, serve_incoming};
 pub use validate::Limits;
-
-/// Who may call, and how: the admin token and TLS.
-#[derive(Clone, Debug, Default)]
-pub struct Access {
-    /// When set, RetryTransaction and ResolveBranch require it
-    /// (`authorization: Bearer <token>`).
-    pub admin_token: Option<String>,
-    /// When set, the node serves gRPC over TLS only.
-    pub tls: Option<ServerTls>,
-}
-
-/// The node's TLS identity and, for mutual TLS, the clients' CA.
-#[derive(Clone)]
-pub struct ServerTls {
-    /// PEM: the node's certificate chain.
-    pub cert_pem: Vec<u8>,
-    /// PEM: its private key.
-    pub key_pem: Vec<u8>,
-    /// PEM: when set, every client must present a certificate this CA
-    /// signed (mutual TLS).
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for ServerTls {
-    // Never print the key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("mutual", &self.client_ca_pem.is_some())
-            .finish_non_exhaustive()
-    }
-}
 
 /// The `concord.v1.Coordinator` service.
 /// The stream of a WatchTransactions call.
@@ -69,9 +40,9 @@ pub struct CoordinatorService {
     /// One permit per watch served at once (DESIGN §12, `max_watches`).
     watches: std::sync::Arc<tokio::sync::Semaphore>,
     forward: std::sync::Arc<forward::Forwarder>,
-    /// When set, RetryTransaction and ResolveBranch require it
-    /// (`authorization: Bearer <token>`).
-    admin_token: Option<String>,
+    /// The tokens the operator's calls are checked against (client calls
+    /// are checked before they reach the service: `access::Guarded`).
+    credentials: std::sync::Arc<Credentials>,
 }
 
 impl CoordinatorService {
@@ -228,7 +199,7 @@ impl CoordinatorService {
         )))
     }
 
-    pub fn new(runtime: Runtime, limits: Limits, admin_token: Option<String>) -> Self {
+    pub fn new(runtime: Runtime, limits: Limits, credentials: std::sync::Arc<Credentials>) -> Self {
         Self {
             forward: std::sync::Arc::new(forward::Forwarder::new(
                 runtime.config().peer_tls.clone(),
@@ -236,7 +207,7 @@ impl CoordinatorService {
             watches: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_watches)),
             runtime,
             limits,
-            admin_token,
+            credentials,
         }
     }
 
@@ -248,25 +219,13 @@ impl CoordinatorService {
     /// Whether `metadata` carries the admin token this node requires (Ok
     /// when it requires none): the rule of the operator's RPCs, for the
     /// console to tell a browser whether it may steer.
+    /// The tokens this node checks callers against.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     pub fn admits(&self, rpc: &str, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let Some(expected) = &self.admin_token else {
-            return Ok(());
-        };
-        let given = metadata
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match given {
-            None => Err(Status::unauthenticated(format!(
-                "{rpc} is an operator's call and this coordinator requires an admin token: \
-                 send `authorization: Bearer <token>` (concord txn --token, or \
-                 CONCORD_ADMIN_TOKEN)"
-            ))),
-            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::unauthenticated(format!(
-                "{rpc}: the admin token does not match this coordinator's"
-            ))),
-        }
+        self.credentials.operator(rpc, metadata.as_ref())
     }
 }
 
@@ -351,16 +310,6 @@ const CONFIRM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10)
 /// A watch that could not start: the log could not be read.
 fn store_status(error: crate::store::StoreError) -> Status {
     convert::status(error.into())
-}
-
-/// Compares without stopping at the first difference, so that the time
-/// taken says nothing about how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut differ = a.len() ^ b.len();
-    for (x, y) in a.iter().zip(b.iter()) {
-        differ |= usize::from(x ^ y);
-    }
-    differ == 0
 }
 
 impl CoordinatorService {

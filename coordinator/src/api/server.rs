@@ -1,6 +1,7 @@
 //! The gRPC server: the Coordinator service with gRPC health (following
 //! the log's health and a graceful drain) and reflection (v1 and v1alpha),
-//! over TLS when configured, until shutdown.
+//! over TLS when configured, with the client-token check in front of
+//! the Coordinator service ([`access::Guarded`]), until shutdown.
 
 use std::time::Duration;
 
@@ -73,9 +74,18 @@ where
         .max(4 * 1024 * 1024);
     let draining = runtime.draining();
     let mut log_health = runtime.log_health();
-    let coordinator =
-        CoordinatorServer::new(CoordinatorService::new(runtime, limits, access.admin_token))
-            .max_decoding_message_size(max_message);
+    let credentials = std::sync::Arc::new(Credentials::of(&access));
+    // DESIGN §12 (S2): with client tokens, a call without one is refused
+    // before its request is decoded.
+    let coordinator = access::Guarded::new(
+        CoordinatorServer::new(CoordinatorService::new(
+            runtime,
+            limits,
+            std::sync::Arc::clone(&credentials),
+        ))
+        .max_decoding_message_size(max_message),
+        credentials,
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()

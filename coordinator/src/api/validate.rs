@@ -199,32 +199,15 @@ pub fn endpoint(field: &str, value: &str) -> Result<String, Status> {
 
 /// Why the coordinator will never dial `host`, if it will not (DESIGN
 /// §12): a caller must not make it reach what only the coordinator's own
-/// host may reach. Link-local addresses are where cloud metadata services
-/// answer (169.254.169.254 hands out credentials); an unspecified address
-/// is no participant's.
+/// host may reach (`runtime::dial`). Names are checked where they resolve,
+/// as each connection is made.
 fn never_dialled(host: &str) -> Option<&'static str> {
     let ip: std::net::IpAddr = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .parse()
         .ok()?;
-    let ip = match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    let link_local = match ip {
-        std::net::IpAddr::V4(v4) => v4.is_link_local(),
-        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    };
-    if link_local {
-        Some("a link-local address (where cloud metadata services answer) is never dialled")
-    } else if ip.is_unspecified() {
-        Some("an unspecified address (0.0.0.0, ::) names no participant")
-    } else {
-        None
-    }
+    crate::runtime::dial::never_dialled(ip)
 }
 
 pub fn payload(limits: &Limits, value: &[u8]) -> Result<(), Status> {

@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::model::now_ms;
 
-/// How to reach a coordinator: the node to ask, its admin token, TLS.
+/// How to reach a coordinator: the node to ask, the token to show, TLS.
 #[derive(clap::Args, Debug)]
 pub struct Remote {
     /// The coordinator to ask: any node of a cluster.
@@ -24,7 +24,9 @@ pub struct Remote {
     )]
     pub(super) coordinator: String,
 
-    /// The coordinator's admin token, if it requires one (retry, resolve).
+    /// The token to send: the coordinator's admin token for retry,
+    /// resolve and the shard map's writes; for reads, a client token does
+    /// when the coordinator requires one (--client-token).
     #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
     pub(super) token: Option<String>,
 

@@ -89,6 +89,20 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 
+    /// When set, every client call (Begin, Commit, SubmitSaga, messages,
+    /// reads, watches; all but GetOutcome) must carry one of these tokens
+    /// or the admin token (`authorization: Bearer <token>`).
+    /// Comma-separated: give the new token beside the old one while
+    /// clients move to it.
+    #[arg(
+        long,
+        env = "CONCORD_CLIENT_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "TOKEN"
+    )]
+    client_token: Vec<String>,
+
     /// Serve gRPC over TLS with this certificate chain (PEM); needs
     /// --tls-key.
     #[arg(long, env = "CONCORD_TLS_CERT", requires = "tls_key")]
@@ -164,10 +178,11 @@ struct ServeArgs {
     #[arg(long, env = "CONCORD_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
 
-    /// Serve on an address other hosts can reach with neither
-    /// --admin-token nor mutual TLS (--tls-client-ca): anyone who reaches
-    /// the port may then resolve, retry and reshard. Refused without this
-    /// flag (protected mode).
+    /// Serve on an address other hosts can reach without both
+    /// --admin-token and --client-token, and without mutual TLS
+    /// (--tls-client-ca): anyone who reaches the port may then begin and
+    /// commit, or resolve, retry and reshard. Refused without this flag
+    /// (protected mode).
     #[arg(long, env = "CONCORD_ALLOW_UNPROTECTED", action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", default_value_t = false,
           value_name = "BOOL")]
@@ -256,6 +271,19 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_watches: u64,
 
+    /// The only networks and host names participants may be at
+    /// (comma-separated): `10.0.0.0/8,bank.internal,*.svc.cluster.local`.
+    /// A listed name is dialled wherever it resolves; another name only
+    /// where it resolves inside a listed network. Empty: anywhere. Never,
+    /// list or not: link-local addresses (cloud metadata) and 0.0.0.0.
+    #[arg(
+        long,
+        env = "CONCORD_ALLOWED_PARTICIPANTS",
+        value_delimiter = ',',
+        value_name = "NETWORK|HOST"
+    )]
+    allowed_participants: Vec<String>,
+
     /// Most branches one transaction may have.
     #[arg(long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -314,31 +342,40 @@ fn sharding(
     Ok(Some(sharding))
 }
 
-/// Protected mode: a node that other hosts can reach serves its operator
-/// calls to anyone only when told so by name.
+/// Protected mode (DESIGN §12, S2): a node that other hosts can reach
+/// serves only callers it can authenticate, unless told by name to serve
+/// anyone. Both kinds of caller: whoever may Begin and Commit makes this
+/// node sign calls to the participants, and whoever may Resolve decides.
 fn protected(args: &ServeArgs) -> anyhow::Result<()> {
     let exposed: Vec<SocketAddr> = std::iter::once(args.listen)
         .chain(args.console_listen)
         .filter(|addr| !addr.ip().is_loopback())
         .collect();
-    let guarded =
-        args.admin_token.as_ref().is_some_and(|t| !t.is_empty()) || args.tls_client_ca.is_some();
-    if exposed.is_empty() || guarded {
+    let mutual_tls = args.tls_client_ca.is_some();
+    let mut missing = Vec::new();
+    if args.admin_token.as_ref().is_none_or(|t| t.is_empty()) {
+        missing.push("--admin-token (or CONCORD_ADMIN_TOKEN) for the operator's calls");
+    }
+    if args.client_token.iter().all(String::is_empty) {
+        missing.push("--client-token (or CONCORD_CLIENT_TOKEN) for every other call");
+    }
+    if exposed.is_empty() || mutual_tls || missing.is_empty() {
         return Ok(());
     }
     let listed: Vec<String> = exposed.iter().map(ToString::to_string).collect();
     if args.allow_unprotected {
         tracing::warn!(addrs = %listed.join(", "),
             "serving unprotected (--allow-unprotected): anyone who reaches these ports can \
-             resolve, retry and reshard");
+             begin and commit transactions, or resolve, retry and reshard them");
         return Ok(());
     }
     anyhow::bail!(
-        "refusing to serve {} unprotected: other hosts could resolve, retry and reshard \
-         transactions. Give --admin-token (or CONCORD_ADMIN_TOKEN), or mutual TLS \
-         (--tls-cert, --tls-key, --tls-client-ca), or listen on 127.0.0.1; \
-         --allow-unprotected if the open door is deliberate",
-        listed.join(" and ")
+        "refusing to serve {} unprotected: other hosts could begin and commit transactions \
+         (which this node signs for its participants), or resolve, retry and reshard them. \
+         Give {}; or mutual TLS (--tls-cert, --tls-key, --tls-client-ca); or listen on \
+         127.0.0.1; --allow-unprotected if the open door is deliberate",
+        listed.join(" and "),
+        missing.join(", and ")
     )
 }
 
@@ -384,6 +421,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .then(|| Duration::from_secs(args.retention_days * 86_400)),
             sharding: sharding(args.shard_map.as_deref(), args.group.as_deref())?,
             signer: Some(std::sync::Arc::new(signer)),
+            dialer: crate::runtime::participants::Dialer::tcp(
+                crate::runtime::dial::DialPolicy::parse(&args.allowed_participants)
+                    .map_err(|why| anyhow::anyhow!("--allowed-participants: {why}"))?,
+            ),
             ..RuntimeConfig::default()
         },
     );
@@ -404,6 +445,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lease: ms(args.lease_ms),
         access: crate::api::Access {
             admin_token: args.admin_token.filter(|token| !token.is_empty()),
+            client_tokens: args.client_token,
             tls: server_tls(&args.tls_cert, &args.tls_key, &args.tls_client_ca)?,
         },
         console: args.console_listen,

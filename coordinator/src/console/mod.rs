@@ -35,7 +35,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Access, CoordinatorService, Limits};
+use crate::api::{Access, CoordinatorService, Credentials, Limits};
 use crate::runtime::Runtime;
 
 pub mod json;
@@ -46,9 +46,10 @@ mod tls;
 struct Console {
     service: Arc<CoordinatorService>,
     stats: Arc<stats::Stats>,
-    /// Whether the node has an admin token: without one the console is
-    /// read-only.
-    token_required: bool,
+    /// The node's tokens: without an admin token the console is
+    /// read-only; with client tokens, it shows nothing to a browser that
+    /// sent none of them ([`reader`]).
+    credentials: Arc<Credentials>,
     /// The port it listens on, and whether on loopback only: what
     /// [`addressed_here`] checks a request's Host against.
     listen: SocketAddr,
@@ -65,31 +66,40 @@ pub async fn serve(
     access: Access,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let credentials = Arc::new(Credentials::of(&access));
     let service = Arc::new(CoordinatorService::new(
         runtime,
         limits,
-        access.admin_token.clone(),
+        Arc::clone(&credentials),
     ));
     let stats = stats::Stats::follow(Arc::clone(&service), stop.clone());
     let listen = listener.local_addr()?;
     let console = Arc::new(Console {
-        token_required: access.admin_token.is_some(),
+        credentials,
         listen,
         service,
         stats,
         stop: stop.clone(),
     });
-    let router = Router::new()
-        .route("/", get(page))
-        .route("/app.js", get(script))
-        .route("/style.css", get(style))
-        .route("/api/info", get(info))
+    // What shows transactions needs a client token when the node has
+    // them (DESIGN §12, S2), as the same reads over gRPC do.
+    let reads = Router::new()
         .route("/api/transactions", get(list))
         .route("/api/transactions/{id}", get(transaction))
         .route("/api/transactions/{id}/retry", post(retry))
         .route("/api/transactions/{id}/resolve", post(resolve))
         .route("/api/changes", get(changes))
         .route("/api/stats", get(chart))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&console),
+            reader,
+        ));
+    let router = Router::new()
+        .route("/", get(page))
+        .route("/app.js", get(script))
+        .route("/style.css", get(style))
+        .route("/api/info", get(info))
+        .merge(reads)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&console),
             addressed_here,
@@ -224,17 +234,52 @@ async fn addressed_here(
         .and_then(|host| host.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default();
-    if host_serves(host, console.listen) {
-        return next.run(request).await;
+    if !host_serves(host, console.listen) {
+        return misdirected(host, console.listen);
     }
+    // A page of another site that sends a request here says so in its
+    // Origin (browsers send it with every POST and cross-site fetch): what
+    // it asks is refused whatever cookie or token the browser holds.
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|origin| origin.to_str().ok());
+    if let Some(origin) = origin
+        && !same_origin(origin, host)
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({
+                "code": "CrossOrigin",
+                "message": format!(
+                    "a request from the page of {origin:?} is not the console's own (it \
+                     serves {host:?})"
+                ),
+            })),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether an Origin header (`scheme://host[:port]`, or `null`) names the
+/// same host and port as the request's Host.
+fn same_origin(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+}
+
+/// The answer to a request addressed to a name this console does not
+/// serve under.
+fn misdirected(host: &str, listen: SocketAddr) -> Response {
     (
         StatusCode::MISDIRECTED_REQUEST,
         Json(serde_json::json!({
             "code": "Misdirected",
             "message": format!(
-                "this console on {} answers requests for localhost, 127.0.0.1 or [::1], not \
-                 {host:?}",
-                console.listen
+                "this console on {listen} answers requests for localhost, 127.0.0.1 or \
+                 [::1], not {host:?}"
             ),
         })),
     )
@@ -263,17 +308,35 @@ fn host_serves(host: &str, listen: SocketAddr) -> bool {
 
 /// Whether this browser may steer: the node has an admin token and the
 /// browser sent it, by the same rule as the operator's RPCs.
+/// And whether it may read at all: the node requires no client token, or
+/// the browser sent one (or the admin token).
 async fn info(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let operator = console.token_required
+    let token_required = console.credentials.admin_required();
+    let operator = token_required
         && console
             .service
             .admits("the console", request(&headers, ()).metadata())
             .is_ok();
     Json(serde_json::json!({
-        "token_required": console.token_required,
+        "token_required": token_required,
         "operator": operator,
+        "client_token_required": console.credentials.client_required(),
+        "reader": console.credentials.client(&headers).is_ok(),
     }))
     .into_response()
+}
+
+/// The client-token check of every read (DESIGN §12, S2): 401 with what
+/// to send, before any work.
+async fn reader(
+    State(console): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match console.credentials.client(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(status) => failure(status),
+    }
 }
 
 /// The listing's filters, as the page's query string gives them.
@@ -390,7 +453,7 @@ const FROM_THE_PAGE: &str = "x-concord-console";
 /// The refusal of an operator action the console does not take: one not
 /// from the page, or on a node without an admin token (read-only).
 fn not_from_the_page(console: &Console, headers: &HeaderMap) -> Option<Response> {
-    if !console.token_required {
+    if !console.credentials.admin_required() {
         return Some(failure(tonic::Status::permission_denied(
             "this node has no admin token, so its console is read-only: start it with \
              --admin-token (or CONCORD_ADMIN_TOKEN) to retry and resolve here, or use \

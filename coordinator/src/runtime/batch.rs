@@ -151,6 +151,13 @@ impl Queue {
         (!state.unsupported()).then_some(state.takes_batches)
     }
 
+    /// Whether calls wait here or a sender drains it: a queue that is not
+    /// busy may be dropped (its endpoint's channel was let go).
+    pub fn busy(&self) -> bool {
+        let state = self.lock();
+        state.sending || !state.waiting.is_empty()
+    }
+
     /// Queues `call`, to be answered within `deadline`, starting a sender
     /// (made by `sender`) if none drains the queue. Returns what to wait on
     /// for its answer; None when the participant is taken not to implement

@@ -66,6 +66,7 @@ pub use crate::store::ListQuery;
 pub mod batch;
 pub mod clock;
 pub mod crash;
+pub mod dial;
 pub mod driver;
 pub mod lease;
 pub mod live;

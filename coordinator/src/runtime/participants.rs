@@ -5,8 +5,13 @@
 //! that does not implement `Batch`; the branch RPCs share one path
 //! ([`rpc::BranchRpc`]) and differ only in how their answer is read. A
 //! message's check-back (`CheckMessage`) goes alone.
+//!
+//! A channel no call has used for [`IDLE_CHANNEL`] is let go (its
+//! connection closes), so that the endpoints clients once named do not
+//! each hold a connection and its pings forever (DESIGN §12, S3).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use concord_proto::signature::{CallSigner, SIGNATURE_HEADER, SignedCall};
@@ -20,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::batch;
+use super::dial::DialPolicy;
 pub use super::rpc::CallError;
 use super::rpc::{self, BranchRpc};
 
@@ -48,10 +54,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a channel to a participant is made from its endpoint. By default,
-/// over TCP; a simulation supplies a dialer over its simulated network.
-/// Channels connect lazily and reconnect by themselves.
+/// over TCP, to the addresses a [`DialPolicy`] allows; a simulation
+/// supplies a dialer over its simulated network. Channels connect lazily
+/// and reconnect by themselves.
 #[derive(Clone, Default)]
-pub struct Dialer(Option<Arc<DialFn>>);
+pub struct Dialer {
+    custom: Option<Arc<DialFn>>,
+    policy: Arc<DialPolicy>,
+}
 
 /// TLS for the coordinator's own calls: to https:// participants and to
 /// other nodes. The CA that signed their certificates and, for peers that
@@ -89,20 +99,31 @@ type DialFn = dyn Fn(Endpoint) -> Channel + Send + Sync;
 impl Dialer {
     /// A dialer that makes channels with `dial`.
     pub fn custom(dial: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Self {
-        Self(Some(Arc::new(dial)))
+        Self {
+            custom: Some(Arc::new(dial)),
+            policy: Arc::default(),
+        }
+    }
+
+    /// Over TCP, only to the addresses `policy` allows (DESIGN §12, S3).
+    pub fn tcp(policy: DialPolicy) -> Self {
+        Self {
+            custom: None,
+            policy: Arc::new(policy),
+        }
     }
 
     fn channel(&self, endpoint: Endpoint) -> Channel {
-        match &self.0 {
+        match &self.custom {
             Some(dial) => dial(endpoint),
-            None => endpoint.connect_lazy(),
+            None => super::dial::channel(endpoint, Arc::clone(&self.policy)),
         }
     }
 }
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.custom.is_some() {
             "Dialer(custom)"
         } else {
             "Dialer(tcp)"
@@ -135,9 +156,25 @@ fn stopped_batching() -> CallError {
     }
 }
 
+/// How long a participant's channel is kept with no call on it.
+pub const IDLE_CHANNEL: Duration = Duration::from_secs(300);
+
+/// A channel to one participant, and when a call last took it.
+struct Kept {
+    channel: Channel,
+    /// Milliseconds since [`Participants::started`].
+    used_ms: AtomicU64,
+}
+
 /// The channels to participants, shared by every transaction.
 pub struct Participants {
-    channels: DashMap<String, Channel>,
+    channels: DashMap<String, Kept>,
+    /// Channels unused for this long are let go ([`IDLE_CHANNEL`]).
+    idle_after: Duration,
+    /// What `Kept::used_ms` counts from.
+    started: tokio::time::Instant,
+    /// When idle channels were last looked for.
+    swept_ms: AtomicU64,
     /// Per endpoint, the calls waiting to go out in a `Batch`; empty when
     /// batching is off.
     batches: DashMap<String, Arc<batch::Queue>>,
@@ -166,6 +203,9 @@ impl Participants {
     ) -> Self {
         Self {
             channels: DashMap::new(),
+            idle_after: IDLE_CHANNEL,
+            started: tokio::time::Instant::now(),
+            swept_ms: AtomicU64::new(0),
             batches: DashMap::new(),
             batching: None,
             dialer,
@@ -174,6 +214,43 @@ impl Participants {
             tls,
             signer: None,
         }
+    }
+
+    /// Lets go of channels unused for `idle` ([`IDLE_CHANNEL`] unless
+    /// told otherwise).
+    pub fn with_idle_release(mut self, idle: Duration) -> Self {
+        self.idle_after = idle;
+        self
+    }
+
+    /// Channels held now, to participants called within the idle time.
+    pub fn open_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Lets go of the channels no call has taken for the idle time, and of
+    /// the batch queues of their endpoints that hold nothing. Looked for at
+    /// most every quarter of the idle time, by whichever call comes then:
+    /// no task of its own, and nothing to do while no call comes.
+    fn release_idle(&self, now: u64) {
+        let idle = u64::try_from(self.idle_after.as_millis()).unwrap_or(u64::MAX);
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < (idle / 4).max(1)
+            || self
+                .swept_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.channels
+            .retain(|_, kept| now.saturating_sub(kept.used_ms.load(Ordering::Relaxed)) < idle);
+        self.batches
+            .retain(|endpoint, queue| self.channels.contains_key(endpoint) || queue.busy());
     }
 
     /// Signs every call with `signer` (DESIGN §12).
@@ -323,14 +400,32 @@ impl Participants {
     }
 
     fn client(&self, endpoint: &str) -> Result<ParticipantClient<Channel>, CallError> {
-        if let Some(channel) = self.channels.get(endpoint) {
-            return Ok(ParticipantClient::new(channel.clone()));
+        let now = self.now_ms();
+        let held = self.channels.get(endpoint).map(|kept| {
+            kept.used_ms.store(now, Ordering::Relaxed);
+            kept.channel.clone()
+        });
+        self.release_idle(now);
+        if let Some(channel) = held {
+            return Ok(ParticipantClient::new(channel));
         }
-        let settings = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| CallError::Undialable {
+        let settings =
+            Endpoint::from_shared(endpoint.to_owned()).map_err(|e| CallError::Undialable {
                 endpoint: endpoint.to_owned(),
                 reason: e.to_string(),
-            })?
+            })?;
+        // An address the rule refuses is known now: the call is never sent.
+        if let Some(why) = settings
+            .uri()
+            .host()
+            .and_then(|host| self.dialer.policy.refuses_host(host))
+        {
+            return Err(CallError::BadEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason: why,
+            });
+        }
+        let settings = settings
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             // A connection whose peer vanished (host lost, partition that
@@ -361,7 +456,11 @@ impl Participants {
         let channel = self
             .channels
             .entry(endpoint.to_owned())
-            .or_insert(channel)
+            .or_insert(Kept {
+                channel,
+                used_ms: AtomicU64::new(now),
+            })
+            .channel
             .clone();
         Ok(ParticipantClient::new(channel))
     }
@@ -582,5 +681,44 @@ async fn with_deadline<T>(
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(CallError::from_status(status, deadline)),
         Err(_) => Err(CallError::DeadlineExceeded(deadline)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DESIGN §12 (S3): the endpoints a client once named do not each
+    /// keep a channel: past the idle time, the next call lets go of every
+    /// channel no call took meanwhile, and keeps the one in use.
+    #[tokio::test]
+    async fn channels_no_call_took_for_the_idle_time_are_let_go() {
+        let idle = Duration::from_millis(100);
+        let participants = Participants::new(
+            Duration::from_secs(1),
+            "http://127.0.0.1:7400".into(),
+            Dialer::default(),
+            None,
+        )
+        .with_idle_release(idle);
+        for port in 1..=3 {
+            participants
+                .client(&format!("http://127.0.0.1:{port}"))
+                .expect("a channel");
+        }
+        assert_eq!(participants.open_channels(), 3);
+        tokio::time::sleep(idle * 2).await;
+        participants
+            .client("http://127.0.0.1:4")
+            .expect("a channel");
+        assert_eq!(participants.open_channels(), 1, "the three idle ones go");
+        // One in use stays, however long it has been held.
+        for _ in 0..4 {
+            tokio::time::sleep(idle / 2).await;
+            participants
+                .client("http://127.0.0.1:4")
+                .expect("a channel");
+        }
+        assert_eq!(participants.open_channels(), 1);
     }
 }

@@ -515,6 +515,107 @@ async fn a_stranger_cannot_move_money_by_calling_a_bank_directly() {
     stop.cancel();
 }
 
+/// DESIGN §12 (S2): a coordinator signs what its clients ask it to send,
+/// so a stranger who may Begin and Commit moves money past every
+/// signature. With client tokens, a call without one (or with a wrong one)
+/// is refused before anything happens: no transaction, no call to the
+/// bank, alice's balance as it was. A client with a token (the old one or
+/// the new, during a rotation) transfers; a client token is not the admin
+/// token; GetOutcome, a participant's question, needs none.
+#[tokio::test]
+async fn a_stranger_cannot_move_money_through_a_coordinator_that_requires_a_client_token() {
+    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let a = start_bank(dir.path(), "bank-a", &[("alice", 10_000)], &stop).await;
+    let b = start_bank(dir.path(), "bank-b", &[("bob", 5_000)], &stop).await;
+    let node = Node::start(NodeConfig {
+        runtime: quick_config(),
+        access: concord_coordinator::api::Access {
+            admin_token: Some("ops-token".into()),
+            client_tokens: vec!["old-app-token".into(), "app-token".into()],
+            tls: None,
+        },
+        ..NodeConfig::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
+    .await
+    .expect("coordinator starts");
+    let url = node.url();
+
+    let stranger = CoordinatorClient::connect(url.clone()).expect("client");
+    let guessed = CoordinatorClient::connect(url.clone())
+        .expect("client")
+        .with_token("app-tokem")
+        .expect("token");
+    for (who, client) in [("no token", &stranger), ("a wrong token", &guessed)] {
+        let refused = transfer(client, &a.url, "bob", &b.url, "alice", 1_000_000)
+            .await
+            .expect_err(who);
+        assert!(
+            matches!(&refused, concord_participant::ClientError::Unauthenticated(m)
+                if m.contains("client token")),
+            "{who}: {refused:?}"
+        );
+        let listed = client
+            .transaction("019a0d3c-5e1f-7c44-9a8b-2f3e4d5c6b7a")
+            .await
+            .expect_err("reads need a token too");
+        assert!(
+            matches!(listed, concord_participant::ClientError::Unauthenticated(_)),
+            "{listed:?}"
+        );
+    }
+    assert_eq!(balance(&a, "alice").await, 10_000, "nothing moved");
+    let (ledger,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM concord_ledger")
+        .fetch_one(&a.pool)
+        .await
+        .expect("ledger");
+    assert_eq!(ledger, 0, "the bank was never called");
+
+    for token in ["old-app-token", "app-token"] {
+        let client = CoordinatorClient::connect(url.clone())
+            .expect("client")
+            .with_token(token)
+            .expect("token");
+        let done = transfer(&client, &a.url, "alice", &b.url, "bob", 1_000)
+            .await
+            .expect("a client with a token transfers");
+        assert_eq!(
+            until_ended(&client, &done.transaction_id).await,
+            pb::TransactionState::Committed
+        );
+        // A participant asks about its branch without a token.
+        let mut raw = stranger.raw();
+        let outcome = raw
+            .get_outcome(pb::GetOutcomeRequest {
+                transaction_id: done.transaction_id.clone(),
+            })
+            .await
+            .expect("GetOutcome needs no token")
+            .into_inner();
+        assert_eq!(outcome.outcome(), pb::Outcome::Committed);
+        // A client token is no operator's.
+        let mut request = tonic::Request::new(pb::RetryTransactionRequest {
+            transaction_id: done.transaction_id.clone(),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ASCII"),
+        );
+        let status = raw
+            .retry_transaction(request)
+            .await
+            .expect_err("not an operator");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    }
+    assert_eq!(balance(&a, "alice").await, 8_000);
+    assert_eq!(balance(&b, "bob").await, 7_000);
+    stop.cancel();
+}
+
 /// A participant told neither whose calls to obey nor to obey anyone
 /// refuses to start, naming both ways to fix it.
 #[tokio::test]

@@ -186,6 +186,7 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
         runtime: quick_config(),
         access: concord_coordinator::api::Access {
             admin_token: Some(TOKEN.into()),
+            client_tokens: Vec::new(),
             tls: None,
         },
         console: Some(loopback),
@@ -221,7 +222,9 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     // Its row appears in the queue without reloading the page.
     let row = format!("#attention tr[data-id=\"{stuck}\"]");
     browser.wait_for(&row).await;
-    browser.wait_for_text("#transactions", &stuck[..8]).await;
+    browser
+        .wait_for(&format!("#transactions tr[data-id=\"{stuck}\"]"))
+        .await;
     let shots = dir.path();
     browser.screenshot(shots, "console-list").await;
 
@@ -361,6 +364,116 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     assert!(bad.contains("outcome"), "{bad}");
     let after = client.transaction(&stuck).await.expect("get");
     assert_eq!(after.operator_actions.len(), 1, "nothing more was recorded");
+
+    if let Some(client) = browser.client.as_ref() {
+        let _ = client.clone().close().await;
+    }
+    node.shutdown().await.expect("shutdown");
+}
+
+/// DESIGN §12 (S2): on a node with client tokens the console shows
+/// nothing to a browser that gave none: its API answers 401 naming the
+/// token, its page asks for one. With a client token the page lists the
+/// transactions and follows new ones live (the feed carries the token),
+/// read-only. A request another site's page sends is refused by its
+/// Origin, token or not.
+#[tokio::test]
+async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
+    const READER: &str = "console-reader-token";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let node = Node::start(NodeConfig {
+        runtime: quick_config(),
+        access: concord_coordinator::api::Access {
+            admin_token: Some(TOKEN.into()),
+            client_tokens: vec![READER.into()],
+            tls: None,
+        },
+        console: Some(loopback),
+        ..NodeConfig::new(
+            loopback,
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
+    .await
+    .expect("coordinator starts");
+    let console = format!("http://{}", node.console_addr().expect("a console"));
+    let client = CoordinatorClient::connect(node.url())
+        .expect("client")
+        .with_token(READER)
+        .expect("token");
+    let steps = StepParticipant::start(dir.path(), "steps").await;
+    let first = good_trip("trip before the page", &steps.url)
+        .run(&client)
+        .await
+        .expect("saga")
+        .transaction_id;
+
+    for path in ["/api/transactions", "/api/changes", "/api/stats"] {
+        let anonymous = http("GET", &console, path, "", "").await;
+        assert!(anonymous.starts_with("HTTP/1.1 401"), "{path}: {anonymous}");
+        assert!(anonymous.contains("client token"), "{path}: {anonymous}");
+    }
+    let reader = format!("Authorization: Bearer {READER}\r\n");
+    let listed = http("GET", &console, "/api/transactions", &reader, "").await;
+    assert!(
+        listed.starts_with("HTTP/1.1 200") && listed.contains(&first),
+        "{listed}"
+    );
+    // Another site's page, even in a browser that holds the admin token.
+    let foreign = format!(
+        "Origin: http://evil.example\r\nX-Concord-Console: 1\r\nAuthorization: Bearer {TOKEN}\r\n"
+    );
+    let retry = format!("/api/transactions/{first}/retry");
+    let crossed = http("POST", &console, &retry, &foreign, "").await;
+    assert!(crossed.starts_with("HTTP/1.1 403"), "{crossed}");
+    assert!(crossed.contains("evil.example"), "{crossed}");
+
+    let browser = Browser::start().await;
+    browser
+        .page()
+        .goto(&console)
+        .await
+        .expect("open the console");
+    browser.wait_for_text("#mode", "token required").await;
+    browser.wait_for_text("#main", "client token").await;
+    assert!(
+        browser
+            .page()
+            .find(Locator::Css("#transactions"))
+            .await
+            .is_err(),
+        "no list without a token"
+    );
+    let shots = dir.path();
+    browser.screenshot(shots, "console-token-required").await;
+    browser
+        .wait_for("#token")
+        .await
+        .send_keys(READER)
+        .await
+        .expect("type the token");
+    browser
+        .wait_for("#token-use")
+        .await
+        .click()
+        .await
+        .expect("use it");
+    browser.wait_for_text("#mode", "read-only").await;
+    browser
+        .wait_for(&format!("#transactions tr[data-id=\"{first}\"]"))
+        .await;
+    browser.wait_for_text("#live", "live").await;
+    // Live: a saga that ends after the page opened shows up in the list.
+    let later = good_trip("trip after the page", &steps.url)
+        .run(&client)
+        .await
+        .expect("saga")
+        .transaction_id;
+    browser
+        .wait_for(&format!("#transactions tr[data-id=\"{later}\"]"))
+        .await;
+    browser.screenshot(shots, "console-client-token").await;
 
     if let Some(client) = browser.client.as_ref() {
         let _ = client.clone().close().await;

@@ -1,6 +1,6 @@
 //! The trust boundary at a node's start (DESIGN §12), with the real
 //! binaries: one log has one writer, and a node that other hosts can reach
-//! does not serve its operator calls to anyone unless told so by name.
+//! does not serve anyone it cannot authenticate unless told so by name.
 
 use std::time::Duration;
 
@@ -51,9 +51,9 @@ async fn a_second_node_on_one_data_directory_exits_naming_the_first() {
 }
 
 /// Protected mode: `concord serve` on an address other hosts can reach,
-/// with neither an admin token nor mutual TLS, refuses to start and names
-/// the flags that fix it; with a token, or with --allow-unprotected, it
-/// serves.
+/// without both an admin and a client token and without mutual TLS,
+/// refuses to start and names the flags that fix it; with both tokens, or
+/// with --allow-unprotected, it serves.
 #[tokio::test]
 async fn a_node_reachable_from_other_hosts_needs_a_token_or_an_explicit_open_door() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -70,6 +70,7 @@ async fn a_node_reachable_from_other_hosts_needs_a_token_or_an_explicit_open_doo
     assert!(!status.success());
     for named in [
         "--admin-token",
+        "--client-token",
         "--tls-client-ca",
         "--allow-unprotected",
         "0.0.0.0:",
@@ -84,9 +85,20 @@ async fn a_node_reachable_from_other_hosts_needs_a_token_or_an_explicit_open_doo
         !status.success() && stderr.contains("--admin-token"),
         "{stderr}"
     );
-    // With a token, or the open door asked for by name, it serves.
+    // An admin token alone leaves client calls open: whoever may Begin
+    // and Commit has the node sign calls to the participants.
+    let (_, mut args) = exposed("admin-only");
+    args.extend(["--admin-token".into(), "s3cret".into()]);
+    let (status, stderr) = run(CONCORD, &args).await;
+    assert!(
+        !status.success()
+            && stderr.contains("--client-token")
+            && !stderr.contains("--admin-token ("),
+        "{stderr}"
+    );
+    // With both tokens, or the open door asked for by name, it serves.
     for extra in [
-        &["--admin-token", "s3cret"][..],
+        &["--admin-token", "s3cret", "--client-token", "app"][..],
         &["--allow-unprotected"][..],
     ] {
         let (addr, mut args) = exposed(extra[0]);

@@ -313,6 +313,7 @@ async fn with_an_admin_token_configured_the_operators_calls_need_it() {
         lease: concord_coordinator::node::DEFAULT_LEASE,
         access: concord_coordinator::api::Access {
             admin_token: Some("s3cret-token".into()),
+            client_tokens: Vec::new(),
             tls: None,
         },
         console: None,

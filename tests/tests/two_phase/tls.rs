@@ -63,6 +63,7 @@ async fn tls_node_with_console(
         lease: concord_coordinator::node::DEFAULT_LEASE,
         access: Access {
             admin_token: None,
+            client_tokens: Vec::new(),
             tls: Some(ServerTls {
                 cert_pem,
                 key_pem,

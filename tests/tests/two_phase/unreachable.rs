@@ -388,3 +388,74 @@ async fn a_recovered_branch_at_an_address_no_one_can_dial_does_not_keep_its_tran
         p.ledger(&id.to_string()).await
     );
 }
+
+/// DESIGN §12 (S3): with `--allowed-participants`, a participant outside
+/// the list is never called, by address or by a name that resolves
+/// outside it: the transaction aborts naming the rule, and the
+/// participant's database holds nothing. Listed (by network or by name),
+/// the same participant commits.
+#[tokio::test]
+async fn a_participant_outside_the_allowed_networks_is_never_called() {
+    use concord_coordinator::runtime::RuntimeConfig;
+    use concord_coordinator::runtime::dial::DialPolicy;
+    use concord_coordinator::runtime::participants::Dialer;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = TestParticipant::start(dir.path(), "p", None).await;
+    let by_name = p.url.replace("127.0.0.1", "localhost");
+    let node_with = |name: &str, allowed: &[&str]| {
+        let policy = DialPolicy::parse(&allowed.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            .expect("a rule");
+        let data = dir.path().join(name);
+        async move {
+            start_coordinator(
+                &data,
+                RuntimeConfig {
+                    dialer: Dialer::tcp(policy),
+                    ..quick_config()
+                },
+            )
+            .await
+        }
+    };
+    let commit = |node: &concord_coordinator::node::Node, url: String| {
+        let client = client(node);
+        async move {
+            let begin = BeginOptions {
+                branches: vec![branch(&url, "commit", "b")],
+                ..BeginOptions::default()
+            };
+            let (begun, outcome) = client.begin_and_commit(begin).await.expect("commit");
+            (begun.transaction_id, outcome)
+        }
+    };
+
+    let closed = node_with("closed", &["10.0.0.0/8", "bank.internal"]).await;
+    for url in [p.url.clone(), by_name.clone()] {
+        let (id, outcome) = commit(&closed, url.clone()).await;
+        assert!(
+            matches!(&outcome, Outcome::Aborted { reason } if reason.contains("--allowed-participants")),
+            "{url}: {outcome:?}"
+        );
+        assert!(
+            p.ledger(&id).await.is_empty(),
+            "{url}: the participant heard nothing"
+        );
+    }
+    assert_eq!(p.effect_count().await, 0);
+
+    for (name, allowed, url) in [
+        ("by-network", &["127.0.0.0/8"][..], p.url.clone()),
+        ("by-name", &["localhost"][..], by_name.clone()),
+    ] {
+        let open = node_with(name, allowed).await;
+        let (id, outcome) = commit(&open, url).await;
+        assert!(
+            matches!(outcome, Outcome::Committed { .. }),
+            "{name}: {outcome:?}"
+        );
+        assert!(
+            !p.effects(&id).await.is_empty(),
+            "{name}: committed at the participant"
+        );
+    }
+}

@@ -83,21 +83,68 @@ function confirmAction(title, text, ok) {
   });
 }
 
-// The live feed of the log's changes (server-sent events; the browser
-// resumes with Last-Event-ID after a drop, so nothing is missed).
+// The live feed of the log's changes: server-sent events, read with
+// fetch rather than EventSource so that it carries the token (a node with
+// client tokens shows nothing without one). After a drop it asks again,
+// with backoff and jitter, from the last change it saw (Last-Event-ID), so
+// nothing is missed.
 function feed(query, onChange) {
-  const source = new EventSource(`/api/changes${query ? "?" + query : ""}`);
-  source.addEventListener("open", () => {
-    live.textContent = "live";
-    live.className = "pill live";
-  });
-  source.addEventListener("error", () => {
+  const stop = new AbortController();
+  cleanups.push(() => stop.abort());
+  const url = `/api/changes${query ? "?" + query : ""}`;
+  let lastId = "";
+  let delay = 500;
+  const reconnecting = () => {
     live.textContent = "reconnecting…";
     live.className = "pill muted";
-  });
-  source.addEventListener("change", (event) => onChange(JSON.parse(event.data)));
-  cleanups.push(() => source.close());
-  return source;
+  };
+  const follow = async () => {
+    const headers = { "Accept": "text/event-stream", "X-Concord-Console": "1" };
+    if (token) headers["Authorization"] = `Bearer ${token}`;
+    if (lastId) headers["Last-Event-ID"] = lastId;
+    const response = await fetch(url, { headers, signal: stop.signal });
+    if (!response.ok || !response.body) throw new Error(`${response.status}`);
+    live.textContent = "live";
+    live.className = "pill live";
+    delay = 500;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (!line || line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let text = colon < 0 ? "" : line.slice(colon + 1);
+          if (text.startsWith(" ")) text = text.slice(1);
+          if (field === "event") event = text;
+          else if (field === "data") data.push(text);
+          else if (field === "id") lastId = text;
+        }
+        if (event === "change" && data.length) onChange(JSON.parse(data.join("\n")));
+      }
+    }
+  };
+  (async () => {
+    while (!stop.signal.aborted) {
+      try {
+        await follow();
+      } catch (error) {
+        if (stop.signal.aborted) return;
+      }
+      reconnecting();
+      await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random())));
+      delay = Math.min(delay * 2, 10000);
+    }
+  })();
 }
 
 function later(fn, ms) {
@@ -110,17 +157,29 @@ function later(fn, ms) {
 
 // ---- the admin token -----------------------------------------------------
 
+// Whether this browser may read at all: false on a node with client
+// tokens until one is given.
+let reader = true;
+
 async function checkToken() {
   try {
     const info = await api("/api/info");
     operator = info.operator;
-    if (!info.token_required) {
+    reader = info.reader;
+    if (!reader) {
+      mode.textContent = token ? "token refused" : "token required";
+    } else if (!info.token_required) {
       mode.textContent = "read-only (this node has no admin token)";
+    } else if (operator) {
+      mode.textContent = "operator";
     } else {
-      mode.textContent = operator ? "operator" : (token ? "token refused: read-only" : "read-only");
+      // A client token reads; only the admin token steers.
+      const refused = token && !info.client_token_required;
+      mode.textContent = refused ? "token refused: read-only" : "read-only";
     }
     mode.className = operator ? "pill operator" : "pill muted";
-    document.getElementById("token-form").hidden = !info.token_required;
+    document.getElementById("token-form").hidden =
+      !info.token_required && !info.client_token_required;
   } catch (error) {
     mode.textContent = "offline";
   }
@@ -501,6 +560,14 @@ async function route() {
   cleanups = [];
   const hash = location.hash.slice(1) || "/";
   const [path, query] = hash.split("?");
+  if (!reader) {
+    live.textContent = "not following";
+    live.className = "pill muted";
+    main.replaceChildren(message("error",
+      "This node shows its transactions only to callers with a token: enter a client " +
+      "token (or the admin token) above."));
+    return;
+  }
   const txn = path.match(/^\/txn\/([0-9a-f-]{36})$/);
   if (txn) await txnPage(txn[1]);
   else await listPage(new URLSearchParams(query || ""));

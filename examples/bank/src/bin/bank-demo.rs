@@ -124,6 +124,10 @@ struct Args {
     /// obey its calls and no one else's.
     #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
     coordinator_key: Option<std::path::PathBuf>,
+    /// With --coordinator: the client token it requires, if it was started
+    /// with --client-token.
+    #[arg(long, env = "CONCORD_CLIENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -171,7 +175,10 @@ async fn main() -> anyhow::Result<()> {
         "coordinator {coordinator}  bank-a {}  bank-b {}",
         bank_a.url, bank_b.url
     );
-    let client = CoordinatorClient::connect(coordinator)?;
+    let mut client = CoordinatorClient::connect(coordinator)?;
+    if let Some(token) = &args.token {
+        client = client.with_token(token)?;
+    }
 
     println!("\nbalances before:");
     print_balances(&[&bank_a, &bank_b]).await?;

@@ -14,6 +14,10 @@ use concord_participant::{CoordinatorClient, Outcome};
 struct Args {
     #[arg(long, env = "CONCORD_URL", default_value = "http://127.0.0.1:7400")]
     coordinator: String,
+    /// The client token the coordinator requires, if it was started with
+    /// --client-token.
+    #[arg(long, env = "CONCORD_CLIENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[arg(long)]
     from_bank: String,
     #[arg(long)]
@@ -30,7 +34,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = CoordinatorClient::connect(args.coordinator)?;
+    let mut client = CoordinatorClient::connect(args.coordinator)?;
+    if let Some(token) = &args.token {
+        client = client.with_token(token)?;
+    }
     let transfer = concord_example_bank::transfer(
         &client,
         &args.from_bank,

@@ -10,6 +10,10 @@ use concord_participant::CoordinatorClient;
 struct Args {
     #[arg(long, env = "CONCORD_URL", default_value = "http://127.0.0.1:7400")]
     coordinator: String,
+    /// The client token the coordinator requires, if it was started with
+    /// --client-token.
+    #[arg(long, env = "CONCORD_CLIENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[arg(long, default_value = "http://127.0.0.1:7601")]
     flight_url: String,
     #[arg(long, default_value = "http://127.0.0.1:7602")]
@@ -40,7 +44,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = CoordinatorClient::connect(args.coordinator)?;
+    let mut client = CoordinatorClient::connect(args.coordinator)?;
+    if let Some(token) = &args.token {
+        client = client.with_token(token)?;
+    }
     let services = Services {
         flight: args.flight_url,
         hotel: args.hotel_url,

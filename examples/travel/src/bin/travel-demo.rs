@@ -68,6 +68,10 @@ struct Args {
     /// obey its calls and no one else's.
     #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
     coordinator_key: Option<std::path::PathBuf>,
+    /// With --coordinator: the client token it requires, if it was started
+    /// with --client-token.
+    #[arg(long, env = "CONCORD_CLIENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -90,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
             (Some(node), url, Callers::SignedBy(trusted))
         }
     };
-    let client = CoordinatorClient::connect(coordinator.clone())?;
+    let mut client = CoordinatorClient::connect(coordinator.clone())?;
+    if let Some(token) = &args.token {
+        client = client.with_token(token)?;
+    }
 
     let ground = Ground {
         dir: dir.path(),
