@@ -1,4 +1,4 @@
-//! Who may call the Coordinator service (DESIGN §12, S2): the admin
+//! Who may call the Coordinator service (DESIGN §12, S3): the admin
 //! token of the operator's calls, the client tokens of every other call,
 //! and the TLS identity the node serves with.
 //!

@@ -75,7 +75,7 @@ where
     let draining = runtime.draining();
     let mut log_health = runtime.log_health();
     let credentials = std::sync::Arc::new(Credentials::of(&access));
-    // DESIGN §12 (S2): with client tokens, a call without one is refused
+    // DESIGN §12 (S3): with client tokens, a call without one is refused
     // before its request is decoded.
     let coordinator = access::Guarded::new(
         CoordinatorServer::new(CoordinatorService::new(

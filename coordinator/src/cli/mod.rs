@@ -342,7 +342,7 @@ fn sharding(
     Ok(Some(sharding))
 }
 
-/// Protected mode (DESIGN §12, S2): a node that other hosts can reach
+/// Protected mode (DESIGN §12, S3): a node that other hosts can reach
 /// serves only callers it can authenticate, unless told by name to serve
 /// anyone. Both kinds of caller: whoever may Begin and Commit makes this
 /// node sign calls to the participants, and whoever may Resolve decides.
@@ -572,8 +572,16 @@ fn parse_with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> 
             toml::Value::Integer(number) => number.to_string(),
             toml::Value::Float(number) => number.to_string(),
             toml::Value::Boolean(flag) => flag.to_string(),
+            // A list setting (client_token, allowed_participants) as an
+            // array of strings: the flag's comma-separated form.
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
+                .iter()
+                .filter_map(toml::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
             other => anyhow::bail!(
-                "{}: {key} is {}; give a string, a number or a boolean",
+                "{}: {key} is {}; give a string, a number, a boolean or (for a list) an \
+                 array of strings",
                 path.display(),
                 other.type_str()
             ),
@@ -643,6 +651,19 @@ mod tests {
                 .expect("parse")
                 .allow_unprotected
         );
+    }
+
+    #[test]
+    fn list_settings_take_commas_or_an_array_of_strings() {
+        let args = parse(
+            "client_token = [\"old\", \"new\"]\nallowed_participants = \"10.0.0.0/8,bank.internal\"\n",
+            &[],
+        )
+        .expect("parse");
+        assert_eq!(args.client_token, ["old", "new"]);
+        assert_eq!(args.allowed_participants, ["10.0.0.0/8", "bank.internal"]);
+        let flags = parse("", &["--client-token", "a,b", "--client-token", "c"]).expect("parse");
+        assert_eq!(flags.client_token, ["a", "b", "c"]);
     }
 
     #[test]

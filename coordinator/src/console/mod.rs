@@ -82,7 +82,7 @@ pub async fn serve(
         stop: stop.clone(),
     });
     // What shows transactions needs a client token when the node has
-    // them (DESIGN §12, S2), as the same reads over gRPC do.
+    // them (DESIGN §12, S3), as the same reads over gRPC do.
     let reads = Router::new()
         .route("/api/transactions", get(list))
         .route("/api/transactions/{id}", get(transaction))
@@ -326,7 +326,7 @@ async fn info(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
     .into_response()
 }
 
-/// The client-token check of every read (DESIGN §12, S2): 401 with what
+/// The client-token check of every read (DESIGN §12, S3): 401 with what
 /// to send, before any work.
 async fn reader(
     State(console): State<Arc<Console>>,

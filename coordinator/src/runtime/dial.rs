@@ -1,4 +1,4 @@
-//! Which addresses this node may call participants at (DESIGN §12, S3),
+//! Which addresses this node may call participants at (DESIGN §12, S6),
 //! and the TCP connector that holds every connection to it.
 //!
 //! Clients name participants; the node dials them, from inside the

@@ -8,7 +8,7 @@
 //!
 //! A channel no call has used for [`IDLE_CHANNEL`] is let go (its
 //! connection closes), so that the endpoints clients once named do not
-//! each hold a connection and its pings forever (DESIGN §12, S3).
+//! each hold a connection and its pings forever (DESIGN §12, S4).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,7 +105,7 @@ impl Dialer {
         }
     }
 
-    /// Over TCP, only to the addresses `policy` allows (DESIGN §12, S3).
+    /// Over TCP, only to the addresses `policy` allows (DESIGN §12, S6).
     pub fn tcp(policy: DialPolicy) -> Self {
         Self {
             custom: None,
@@ -688,7 +688,7 @@ async fn with_deadline<T>(
 mod tests {
     use super::*;
 
-    /// DESIGN §12 (S3): the endpoints a client once named do not each
+    /// DESIGN §12 (S4): the endpoints a client once named do not each
     /// keep a channel: past the idle time, the next call lets go of every
     /// channel no call took meanwhile, and keeps the one in use.
     #[tokio::test]

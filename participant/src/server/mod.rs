@@ -348,7 +348,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
     /// coordinators of its deployment (`concord keys public`; a file may
     /// hold several, for rotation). DESIGN §12.
     pub fn with_coordinator_keys(mut self, keys: concord_proto::signature::TrustedKeys) -> Self {
-        self.trust = Trust::Keys(keys);
+        self.trust = Trust::Keys(keys, Default::default());
         self
     }
 
@@ -413,7 +413,7 @@ impl<DB: LedgerDb, P: TwoPhaseParticipant<DB>, S: SagaStep<DB>> ParticipantServi
                 "this participant obeys unsigned calls: anyone who reaches its port can \
                  prepare, commit or abort its branches (accept_unsigned_calls)"
             ),
-            Trust::Keys(keys) => {
+            Trust::Keys(keys, _) => {
                 tracing::info!(keys = ?keys, "obeying calls signed by these coordinator keys")
             }
         }

@@ -77,16 +77,49 @@ pub(crate) enum Trust {
     /// Not configured: every call is refused, and `serve` will not start.
     #[default]
     Unset,
-    /// Calls signed by one of these keys.
-    Keys(TrustedKeys),
+    /// Calls signed by one of these keys; the forged ones counted for the
+    /// log.
+    Keys(TrustedKeys, std::sync::Arc<Refusals>),
     /// Anyone who reaches the port (`accept_unsigned_calls`).
     Anyone,
+}
+
+/// How often at most a participant warns of refused calls: one forged
+/// call is worth an operator's eye, a flood of them must not flood the log
+/// (nor cost a log write each).
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The refused calls not yet warned of.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals(std::sync::Mutex<RefusalsState>);
+
+#[derive(Debug, Default)]
+struct RefusalsState {
+    last_warned: Option<std::time::Instant>,
+    unwarned: u64,
+}
+
+impl Refusals {
+    /// Counts a refusal at `now`; Some(how many refusals the warning due
+    /// now stands for) when one is due: the first at once, then at most
+    /// one per [`WARN_EVERY`].
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.unwarned += 1;
+        match state.last_warned {
+            Some(at) if now.saturating_duration_since(at) < WARN_EVERY => None,
+            _ => {
+                state.last_warned = Some(now);
+                Some(std::mem::take(&mut state.unwarned))
+            }
+        }
+    }
 }
 
 impl From<Callers> for Trust {
     fn from(callers: Callers) -> Self {
         match callers {
-            Callers::SignedBy(keys) => Self::Keys(keys),
+            Callers::SignedBy(keys) => Self::Keys(keys, Default::default()),
             Callers::Anyone => Self::Anyone,
         }
     }
@@ -124,7 +157,7 @@ impl Trust {
         match self {
             Self::Anyone => Ok(()),
             Self::Unset => Err(Status::unauthenticated(NOT_CONFIGURED)),
-            Self::Keys(_) => self.check_call(
+            Self::Keys(..) => self.check_call(
                 &SignedCall {
                     method: concord_proto::signature::BATCH_METHOD,
                     transaction_id: "",
@@ -144,12 +177,16 @@ impl Trust {
         match self {
             Self::Anyone => Ok(()),
             Self::Unset => Err(Status::unauthenticated(NOT_CONFIGURED)),
-            Self::Keys(keys) => keys.verify(call, signature).map_err(|error| {
-                if !matches!(error, SignatureError::Missing) {
-                    // A call that claims to be the coordinator's and is not:
-                    // worth an operator's eye.
+            Self::Keys(keys, refusals) => keys.verify(call, signature).map_err(|error| {
+                // A call that claims to be the coordinator's and is not:
+                // worth an operator's eye, once in a while.
+                if !matches!(error, SignatureError::Missing)
+                    && let Some(refused) = refusals.note(std::time::Instant::now())
+                {
                     tracing::warn!(method = call.method, txn = call.transaction_id,
-                        branch = call.branch, %error, "refused a call");
+                        branch = call.branch, %error, refused,
+                        "refused calls whose signature is not the coordinator's (this one, \
+                         and the count since the last such warning; one a 10 s at most)");
                 }
                 Status::unauthenticated(error.to_string())
             }),
@@ -161,3 +198,28 @@ impl Trust {
 pub(crate) const NOT_CONFIGURED: &str = "this participant trusts no coordinator key: give it the \
      coordinator's public key (ParticipantService::with_coordinator_keys; `concord keys public`), \
      or accept unsigned calls explicitly (ParticipantService::accept_unsigned_calls)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn refused_calls_are_warned_of_once_then_at_most_every_ten_seconds_with_a_count() {
+        let refusals = Refusals::default();
+        let start = Instant::now();
+        assert_eq!(refusals.note(start), Some(1), "the first at once");
+        for i in 1..=99 {
+            assert_eq!(refusals.note(start + Duration::from_millis(i * 50)), None);
+        }
+        assert_eq!(
+            refusals.note(start + WARN_EVERY),
+            Some(100),
+            "the next warning counts every refusal since the last"
+        );
+        assert_eq!(
+            refusals.note(start + WARN_EVERY + Duration::from_secs(1)),
+            None
+        );
+    }
+}

@@ -515,7 +515,7 @@ async fn a_stranger_cannot_move_money_by_calling_a_bank_directly() {
     stop.cancel();
 }
 
-/// DESIGN §12 (S2): a coordinator signs what its clients ask it to send,
+/// DESIGN §12 (S3): a coordinator signs what its clients ask it to send,
 /// so a stranger who may Begin and Commit moves money past every
 /// signature. With client tokens, a call without one (or with a wrong one)
 /// is refused before anything happens: no transaction, no call to the

@@ -371,7 +371,7 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     node.shutdown().await.expect("shutdown");
 }
 
-/// DESIGN §12 (S2): on a node with client tokens the console shows
+/// DESIGN §12 (S3): on a node with client tokens the console shows
 /// nothing to a browser that gave none: its API answers 401 naming the
 /// token, its page asks for one. With a client token the page lists the
 /// transactions and follows new ones live (the feed carries the token),

@@ -405,6 +405,9 @@ async fn a_python_participant_killed_after_voting_commit_ends_as_the_coordinator
     let _ = bank.await;
 }
 
+/// The client token of the guarded coordinator the Python SDK's tests get.
+const PYTHON_CLIENT_TOKEN: &str = "python-sdk-client-token";
+
 /// The Python participant SDK (`sdk/python`) passes its own tests — the
 /// ledger cases shared with the Rust SDK (`sdk/ledger-cases.json`), Batch,
 /// malformed calls, concurrent duplicates, each on SQLite and on a real
@@ -441,6 +444,20 @@ async fn the_python_sdk_passes_its_own_tests_and_type_checks() {
             .expect("a group's node starts"),
         );
     }
+    // And one that requires a client token (DESIGN §12, S3).
+    let guarded = Node::start(NodeConfig {
+        runtime: quick_config(),
+        access: concord_coordinator::api::Access {
+            client_tokens: vec![PYTHON_CLIENT_TOKEN.into()],
+            ..Default::default()
+        },
+        ..NodeConfig::new(
+            free_addr(),
+            StoreLocation::DataDir(dir.path().join("guarded")),
+        )
+    })
+    .await
+    .expect("the guarded node starts");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-python-sdk.sh");
     let output = tokio::process::Command::new("bash")
         .arg(&script)
@@ -452,6 +469,8 @@ async fn the_python_sdk_passes_its_own_tests_and_type_checks() {
             "CONCORD_TEST_COORDINATOR_PUBLIC_KEY",
             &support::keys::files().1,
         )
+        .env("CONCORD_TEST_GUARDED_COORDINATOR_URL", guarded.url())
+        .env("CONCORD_TEST_CLIENT_TOKEN", PYTHON_CLIENT_TOKEN)
         .env(
             "CONCORD_TEST_GROUP_URLS",
             format!("http://{addr1},http://{addr2}"),

@@ -389,7 +389,7 @@ async fn a_recovered_branch_at_an_address_no_one_can_dial_does_not_keep_its_tran
     );
 }
 
-/// DESIGN §12 (S3): with `--allowed-participants`, a participant outside
+/// DESIGN §12 (S6): with `--allowed-participants`, a participant outside
 /// the list is never called, by address or by a name that resolves
 /// outside it: the transaction aborts naming the rule, and the
 /// participant's database holds nothing. Listed (by network or by name),
