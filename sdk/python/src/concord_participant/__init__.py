@@ -10,7 +10,10 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
 - `server`: `ParticipantService`, the `concord.v1.Participant` gRPC service
   (grpc.aio, with `Batch`), and `serve`, which runs it with the resolver.
   It obeys only calls its coordinator signed (`trusted_keys`), or anyone
-  when told so by name (`accept_unsigned=True`).
+  when told so by name (`accept_unsigned=True`), and decodes calls of up
+  to `max_call_bytes` (4 MiB unless told).
+- `refusals`: the warnings of refused signatures, at most one per reason
+  every 10 s, with a count.
 - `signature`: checking a call's signature against the coordinator keys
   trusted (`TrustedKeys`, `SignatureError`), pinned with the Rust crate's
   format by `sdk/signature-cases.json`.
@@ -29,6 +32,8 @@ with the same guarantees as the Rust SDK (docs/design.md §4).
   `CoordinatorClient.for_groups` routes each call by the shard map
   (`groups`, `shard`: the map's rules, pinned with the Rust crate's by
   `sdk/shard-cases.json`).
+- `client_token`: the client token (`token=...`) a coordinator started
+  with `--client-token` requires, sent with every call the client makes.
 
 The gRPC stubs are generated from the repository's proto files when the
 package is built (`pip install ./sdk/python`).

@@ -6,7 +6,10 @@ is safe to repeat is retried on UNAVAILABLE with exponential backoff, full
 jitter and a cap (a keyless Begin is not: it could begin twice). An
 `https://` coordinator is dialled over TLS with `tls=ClientTls(...)`
 (`concord_participant.tls`); without it such a URL is refused when the
-client is made.
+client is made. A coordinator started with `--client-token` is called with
+`token=...`: every call the client makes carries it
+(`concord_participant.client_token`); a refusal of it (UNAUTHENTICATED) is
+never retried, for the same token would be refused again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import grpc
 
 from ._proto.concord.v1 import coordinator_pb2 as pb
 from ._proto.concord.v1 import types_pb2 as types
+from .client_token import BearerToken, bearer
 from .groups import Router, To, connect_failed
 from .tls import ClientTls
 
@@ -59,7 +63,10 @@ class Begun:
 class CoordinatorError(Exception):
     """A call the coordinator refused or could not answer: `code` says
     what the caller can do (INVALID_ARGUMENT: fix the request; UNAVAILABLE:
-    retry; DEADLINE_EXCEEDED: ask the transaction's state)."""
+    retry; DEADLINE_EXCEEDED: ask the transaction's state; UNAUTHENTICATED:
+    the coordinator requires a client token this client did not send, or
+    sent wrong: give the client one of its `--client-token`s, `token=...`;
+    retrying will not help)."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
@@ -72,7 +79,10 @@ class CoordinatorClient:
     the transaction's owner). Use as `async with CoordinatorClient(url)`.
     In a deployment of several groups, `CoordinatorClient.for_groups`
     sends each call to a node of the group that owns it itself. `tls`
-    dials `https://` nodes (mutual TLS when it holds a certificate)."""
+    dials `https://` nodes (mutual TLS when it holds a certificate).
+    `token` is sent with every call (`authorization: Bearer <token>`), for
+    a coordinator started with `--client-token`; ValueError when it is not
+    printable ASCII or has whitespace at its ends."""
 
     def __init__(
         self,
@@ -80,8 +90,10 @@ class CoordinatorClient:
         timeout_s: float = 30.0,
         retry: Retry = Retry(),
         tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
-        self._router = Router([address], follow_map=False, tls=tls)
+        self._token = None if token is None else BearerToken(token)
+        self._router = Router([address], follow_map=False, tls=tls, token=self._token)
         self.timeout_s = timeout_s
         self.retry = retry
 
@@ -92,14 +104,16 @@ class CoordinatorClient:
         timeout_s: float = 30.0,
         retry: Retry = Retry(),
         tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> CoordinatorClient:
         """A client of a deployment of several groups (docs/design.md §11):
         it reads the shard map from any of `addresses` (any nodes of any
         groups) and sends each call to a node of the group that owns it,
         the group's next node when one refuses the connection. Without a
-        map (one group), calls spread over `addresses`."""
-        client = cls(addresses[0] if addresses else "", timeout_s, retry, tls)
-        client._router = Router(list(addresses), follow_map=True, tls=tls)
+        map (one group), calls spread over `addresses`. `token` goes with
+        every call, the map's reads too."""
+        client = cls(addresses[0] if addresses else "", timeout_s, retry, tls, token)
+        client._router = Router(list(addresses), follow_map=True, tls=tls, token=client._token)
         return client
 
     async def __aenter__(self) -> CoordinatorClient:
@@ -131,12 +145,27 @@ class CoordinatorClient:
                     grpc.StatusCode.UNAVAILABLE, "no coordinator node to send the call to"
                 )
             code = failed.code()
+            # Only UNAVAILABLE is a passing failure; UNAUTHENTICATED above
+            # all is not: the same token would be refused again, and a
+            # caller told at once fixes its configuration sooner.
             if repeatable and code == grpc.StatusCode.UNAVAILABLE:
                 attempt += 1
                 if attempt < self.retry.attempts:
                     await asyncio.sleep(self.retry.delay(attempt))
                     continue
-            raise CoordinatorError(code, failed.details() or "") from failed
+            message = failed.details() or ""
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                message = f"{message} ({self._token_refused()})"
+            raise CoordinatorError(code, message) from failed
+
+    def _token_refused(self) -> str:
+        """What this client can do about a refusal of its token."""
+        if self._token is None:
+            return "this client sends no token: CoordinatorClient(..., token=...)"
+        return (
+            "the token this client sends was refused: give it one of the coordinator's "
+            "--client-token values"
+        )
 
     async def begin(
         self,
@@ -277,7 +306,8 @@ class SyncCoordinatorClient:
     """`CoordinatorClient` for code without an event loop: each method
     blocks until its call ends. It owns a thread running its own loop,
     ended by `close()` (or leaving `with`). Given a list of addresses, it
-    routes by the shard map as `CoordinatorClient.for_groups` does."""
+    routes by the shard map as `CoordinatorClient.for_groups` does.
+    `token` as `CoordinatorClient`'s."""
 
     def __init__(
         self,
@@ -285,9 +315,13 @@ class SyncCoordinatorClient:
         timeout_s: float = 30.0,
         retry: Retry = Retry(),
         tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
         import threading
 
+        if token is not None:
+            # Refused here, before a thread is started for nothing.
+            bearer(token)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="concord-client", daemon=True
@@ -295,7 +329,7 @@ class SyncCoordinatorClient:
         self._thread.start()
         try:
             self._client: CoordinatorClient = self._wait(
-                self._make(address, timeout_s, retry, tls)
+                self._make(address, timeout_s, retry, tls, token)
             )
         except BaseException:
             # An address it cannot dial: the loop's thread ends with it.
@@ -306,12 +340,16 @@ class SyncCoordinatorClient:
 
     @staticmethod
     async def _make(
-        address: str | list[str], timeout_s: float, retry: Retry, tls: ClientTls | None
+        address: str | list[str],
+        timeout_s: float,
+        retry: Retry,
+        tls: ClientTls | None,
+        token: str | None,
     ) -> CoordinatorClient:
         # grpc.aio channels belong to the loop they are made on.
         if isinstance(address, list):
-            return CoordinatorClient.for_groups(address, timeout_s, retry, tls)
-        return CoordinatorClient(address, timeout_s, retry, tls)
+            return CoordinatorClient.for_groups(address, timeout_s, retry, tls, token)
+        return CoordinatorClient(address, timeout_s, retry, tls, token)
 
     def _wait(self, call: Awaitable[T]) -> T:
         async def run() -> T:

@@ -11,7 +11,10 @@ one to any node (it stays in the group it reaches). A map read before a
 shard moved only costs a forwarded call until the next read: nodes forward
 what reaches the wrong group. A deployment of one group (no map) has its
 calls spread over the addresses given. An `https://` node is dialled over
-TLS with the client's `ClientTls` (`concord_participant.tls`).
+TLS with the client's `ClientTls` (`concord_participant.tls`), and every
+channel with the client's token when it has one
+(`concord_participant.client_token`): the map's reads carry it as the calls
+do, for a coordinator that requires one refuses GetShardMap without it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import grpc
 
 from ._proto.concord.v1 import coordinator_pb2 as pb
 from ._proto.concord.v1 import coordinator_pb2_grpc as pb_grpc
+from .client_token import BearerToken
 from .shard import ShardMap, rand_a
 from .tls import ClientTls, check_url, dial
 
@@ -65,7 +69,13 @@ class Router:
     """The channels to every node named, and the map when the deployment
     has one."""
 
-    def __init__(self, seeds: list[str], follow_map: bool, tls: ClientTls | None = None) -> None:
+    def __init__(
+        self,
+        seeds: list[str],
+        follow_map: bool,
+        tls: ClientTls | None = None,
+        token: BearerToken | None = None,
+    ) -> None:
         if not seeds:
             raise ValueError("at least one coordinator address is needed")
         for seed in seeds:
@@ -74,6 +84,7 @@ class Router:
         self._seeds = seeds
         self._follow_map = follow_map
         self._tls = tls
+        self._interceptors = token.interceptors() if token is not None else []
         self._channels: dict[str, tuple[grpc.aio.Channel, Any]] = {}
         #: (the map, or None for one group; when it was read)
         self._known: tuple[ShardMap | None, float] | None = None
@@ -90,7 +101,7 @@ class Router:
         (ValueError for an `https://` address when the client has no TLS
         settings)."""
         if address not in self._channels:
-            channel = dial(address, self._tls)
+            channel = dial(address, self._tls, self._interceptors)
             self._channels[address] = (channel, pb_grpc.CoordinatorStub(channel))  # type: ignore[no-untyped-call]
         return self._channels[address][1]
 

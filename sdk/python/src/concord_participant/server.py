@@ -23,8 +23,12 @@ soon as it is done, with its own status. A Batch is signed once, as a whole
 when that signature verifies, every entry is obeyed; when it does not, each
 entry stands on a signature of its own (`BatchCall.signature`), and an
 entry without one is refused UNAUTHENTICATED, saying why the batch's was,
-while the others are served. `serve(..., tls=ServerTls(...))` serves over
-TLS (mutual TLS with a client CA).
+while the others are served. A refused signature other than a missing one
+is warned of, at most once per reason every 10 s with a count
+(`concord_participant.refusals`). `serve(..., tls=ServerTls(...))` serves
+over TLS (mutual TLS with a client CA). A call larger than the service's
+`max_call_bytes` (4 MiB unless told) is refused by gRPC before it is
+decoded (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from .ledger import (
     TwoPhaseParticipant,
     Tx,
 )
+from .refusals import Refusals
 from .resolver import Resolver, ResolverConfig
 from .signature import SIGNATURE_HEADER, SignatureError, TrustedKeys
 from .tls import ServerTls
@@ -68,6 +73,13 @@ MAX_BRANCH = 128
 MAX_MESSAGE_ID = 128
 #: Most calls one Batch may carry (participant.proto).
 MAX_BATCH_CALLS = 1024
+#: The largest call a participant decodes unless told otherwise: gRPC's
+#: usual 4 MiB, as the Rust SDK's DEFAULT_MAX_CALL_BYTES. The coordinator
+#: keeps its batches under it; a single call larger than this (a payload
+#: near a `--max-payload-bytes` set above 4 MiB) needs `max_call_bytes`.
+DEFAULT_MAX_CALL_BYTES = 4 * 1024 * 1024
+#: The most gRPC's message-length options can hold (a C int).
+_MAX_GRPC_LENGTH = 2**31 - 1
 
 _CODES = {
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
@@ -176,7 +188,15 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
     its deployment's coordinators: `TrustedKeys.from_file(path)`), or, with
     `accept_unsigned=True`, anyone who reaches its port: for a participant
     only its coordinator can reach (a private network, or mutual TLS).
-    Told neither, it refuses every call, and `serve` will not start it."""
+    Told neither, it refuses every call, and `serve` will not start it.
+
+    `max_call_bytes` is the largest call `serve` lets gRPC decode (4 MiB,
+    `DEFAULT_MAX_CALL_BYTES`): set it to the coordinator's
+    `--max-payload-bytes` and 64 KiB more when that is above 4 MiB, or such
+    a call is refused before it is looked at (RESOURCE_EXHAUSTED), a
+    prepare counting as an ABORT vote. A larger limit lets anyone who
+    reaches the port make the service read that much before the call's
+    signature is checked."""
 
     def __init__(
         self,
@@ -186,16 +206,28 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         messages: MessageDestination[Tx] | None = None,
         trusted_keys: TrustedKeys | None = None,
         accept_unsigned: bool = False,
+        max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
     ) -> None:
         if trusted_keys is not None and accept_unsigned:
             # Checking signatures while obeying unsigned calls would only
             # make a forger leave the signature off.
             raise ValueError("give trusted_keys or accept_unsigned=True, not both")
+        if (
+            isinstance(max_call_bytes, bool)
+            or not isinstance(max_call_bytes, int)
+            or not 0 < max_call_bytes <= _MAX_GRPC_LENGTH
+        ):
+            raise ValueError(
+                f"max_call_bytes must be a whole number of bytes from 1 to {_MAX_GRPC_LENGTH}, "
+                f"not {max_call_bytes!r}"
+            )
         ledger.install()
         self.ledger = ledger
         self.guarded = Guarded(ledger, two_phase, steps, messages)
         self.trusted_keys = trusted_keys
         self.accept_unsigned = accept_unsigned
+        self.max_call_bytes = max_call_bytes
+        self.refusals = Refusals(log)
 
     def check_caller(
         self,
@@ -224,9 +256,10 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
         except SignatureError as error:
             if error.kind != "missing":
                 # A call that claims to be the coordinator's and is not:
-                # worth an operator's eye.
-                log.warning(
-                    "refused %s on branch %r of %r: %s", method, branch, transaction_id, error
+                # worth an operator's eye, once in a while.
+                self.refusals.refused(
+                    error.kind,
+                    f"refused {method} on branch {branch!r} of {transaction_id!r}: {error}",
                 )
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, error.message) from error
 
@@ -256,7 +289,9 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
             self.trusted_keys.verify_batch(calls, signature)
         except SignatureError as error:
             if error.kind != "missing":
-                log.warning("refused the signature of a Batch of %d calls: %s", len(calls), error)
+                self.refusals.refused(
+                    error.kind, f"refused the signature of a Batch of {len(calls)} calls: {error}"
+                )
             return BatchSigned(error)
         return BatchSigned(None)
 
@@ -524,7 +559,14 @@ async def serve(
     # Before the port opens: a resolver that cannot dial its coordinator
     # (an https:// URL without TLS settings) stops the start.
     in_doubt = None if resolver is None else Resolver(service.ledger, service.guarded, resolver)
-    server = grpc.aio.server()
+    # Answers are small (a vote, an acknowledgement): the send limit
+    # matches so that one number bounds every message on this port.
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", service.max_call_bytes),
+            ("grpc.max_send_message_length", service.max_call_bytes),
+        ]
+    )
     pb_grpc.add_ParticipantServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     if tls is None:
         port = server.add_insecure_port(listen)

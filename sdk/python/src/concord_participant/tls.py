@@ -12,6 +12,7 @@ TLS settings is an error, never a quiet fall back to plaintext.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -99,15 +100,24 @@ def check_url(address: str, tls: ClientTls | None) -> None:
         raise _needs_tls(address)
 
 
-def dial(address: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
+def dial(
+    address: str,
+    tls: ClientTls | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
     """A channel to `address` (`https://host:port` over TLS with `tls`,
-    `http://host:port` or `host:port` in plaintext). Made on the running
-    event loop, which it belongs to."""
+    `http://host:port` or `host:port` in plaintext), every call on it
+    passing through `interceptors` (the client token's,
+    `concord_participant.client_token`). Made on the running event loop,
+    which it belongs to."""
+    chain = list(interceptors) or None
     if not address.startswith("https://"):
-        return grpc.aio.insecure_channel(address.removeprefix("http://"))
+        return grpc.aio.insecure_channel(address.removeprefix("http://"), interceptors=chain)
     if tls is None:
         raise _needs_tls(address)
-    return grpc.aio.secure_channel(address.removeprefix("https://"), tls.credentials())
+    return grpc.aio.secure_channel(
+        address.removeprefix("https://"), tls.credentials(), interceptors=chain
+    )
 
 
 def _needs_tls(address: str) -> ValueError:
