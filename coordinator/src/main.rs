@@ -7,6 +7,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    concord_coordinator::cli::main()
+fn main() -> std::process::ExitCode {
+    concord_coordinator::cli::exit(concord_coordinator::cli::main())
 }

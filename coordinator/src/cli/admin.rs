@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::model::now_ms;
@@ -22,31 +23,47 @@ pub struct Remote {
         env = "CONCORD_COORDINATOR",
         default_value = "http://127.0.0.1:7400"
     )]
+    #[arg(global = true)]
     pub(super) coordinator: String,
 
     /// The token to send: the coordinator's admin token for retry,
     /// resolve and the shard map's writes; for reads, a client token does
     /// when the coordinator requires one (--client-token).
-    #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CONCORD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub(super) token: Option<String>,
 
     /// For an https:// coordinator: the CA (PEM) that signed its
     /// certificate.
-    #[arg(long, env = "CONCORD_TXN_TLS_CA")]
+    #[arg(long, env = "CONCORD_TXN_TLS_CA", global = true)]
     tls_ca: Option<std::path::PathBuf>,
 
     /// For a coordinator that requires mutual TLS: this client's
     /// certificate chain (PEM); needs --tls-key and --tls-ca.
-    #[arg(long, env = "CONCORD_TXN_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, env = "CONCORD_TXN_TLS_CERT", requires_all = ["tls_key", "tls_ca"], global = true)]
     tls_cert: Option<std::path::PathBuf>,
 
     /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "CONCORD_TXN_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "CONCORD_TXN_TLS_KEY",
+        requires = "tls_cert",
+        global = true
+    )]
     tls_key: Option<std::path::PathBuf>,
 
     /// The name to check the coordinator's certificate against, when it is
     /// not the URL's host.
-    #[arg(long, env = "CONCORD_TXN_TLS_DOMAIN", requires = "tls_ca")]
+    #[arg(
+        long,
+        env = "CONCORD_TXN_TLS_DOMAIN",
+        requires = "tls_ca",
+        global = true
+    )]
     tls_domain: Option<String>,
 }
 
@@ -87,11 +104,19 @@ enum TxnCommand {
         /// (default: every group's, gathered by the node called).
         #[arg(long)]
         group: Option<String>,
+        /// Print the page as one JSON object (`transactions`,
+        /// `next_page_token`), as the console's API gives it.
+        #[arg(long)]
+        json: bool,
     },
-    /// One transaction: its timeline, branches or steps, attempts, errors.
+    /// One transaction: its state, branches or steps, attempts, errors and
+    /// operators' decisions.
     Show {
         /// The transaction id.
         id: String,
+        /// Print it as one JSON object, as the console's API gives it.
+        #[arg(long)]
+        json: bool,
     },
     /// Makes every retry of the transaction that is waiting out its backoff
     /// (phase-2 deliveries, saga steps, compensations) now.
@@ -127,8 +152,9 @@ enum TxnCommand {
 }
 
 pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.remote, &args.remote.coordinator)?;
-    let auth = Auth::new(args.remote.token.as_deref())?;
+    let url = args.remote.url();
+    let explain = asking(&url);
+    let mut client = connect(&args.remote, &url)?;
     match args.command {
         TxnCommand::List {
             states,
@@ -138,6 +164,7 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
             limit,
             page_token,
             group,
+            json,
         } => {
             let page = client
                 .list_transactions(pb::ListTransactionsRequest {
@@ -152,15 +179,24 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            print!("{}", list_text(&page, now_ms()));
+            if json {
+                println!("{}", crate::console::json::page(page));
+            } else {
+                print!("{}", list_text(&page, now_ms()));
+            }
         }
-        TxnCommand::Show { id } => {
+        TxnCommand::Show { id, json } => {
+            let id = find_id(&mut client, &id, &explain).await?;
             let txn = client
                 .get_transaction(pb::GetTransactionRequest { transaction_id: id })
                 .await
                 .map_err(explain)?
                 .into_inner();
-            print!("{}", show_text(&txn, now_ms()));
+            if json {
+                println!("{}", crate::console::json::transaction(&txn));
+            } else {
+                print!("{}", show_text(&txn, now_ms()));
+            }
         }
         TxnCommand::Resolve {
             id,
@@ -169,18 +205,19 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
             reason,
             operator,
         } => {
+            let id = find_id(&mut client, &id, &explain).await?;
             let operator = operator
                 .or_else(|| std::env::var("USER").ok())
                 .filter(|name| !name.is_empty())
                 .context("say who you are: --operator NAME (or set CONCORD_OPERATOR)")?;
             let answer = client
-                .resolve_branch(auth.request(pb::ResolveBranchRequest {
+                .resolve_branch(pb::ResolveBranchRequest {
                     transaction_id: id.clone(),
                     branch: branch.clone(),
                     outcome: outcome.into(),
                     reason,
                     operator: operator.clone(),
-                }))
+                })
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -191,10 +228,11 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
             );
         }
         TxnCommand::Retry { id } => {
+            let id = find_id(&mut client, &id, &explain).await?;
             let answer = client
-                .retry_transaction(auth.request(pb::RetryTransactionRequest {
+                .retry_transaction(pb::RetryTransactionRequest {
                     transaction_id: id.clone(),
-                }))
+                })
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -209,8 +247,125 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin token as request metadata.
+/// Most ids a prefix is looked up among: more matches than this ask for
+/// more of the id.
+const PREFIX_MATCHES: u32 = 20;
+
+/// The transaction `given` names: a whole id, in any case, or a unique
+/// prefix of one, also as the console shortens ids (`01a2525d…0dd3`: a
+/// prefix and an ending). Ids are time-ordered (UUIDv7) and listed newest
+/// first below a page token, so the ids with a prefix are the first ones
+/// below the highest id that has it.
+async fn find_id(
+    client: &mut Client,
+    given: &str,
+    explain: &impl Fn(tonic::Status) -> anyhow::Error,
+) -> anyhow::Result<String> {
+    let text = given.trim().to_ascii_lowercase();
+    if uuid::Uuid::parse_str(&text).is_ok() {
+        return Ok(text);
+    }
+    let (head, tail) = text
+        .split_once('…')
+        .or_else(|| text.split_once("..."))
+        .unwrap_or((&text, ""));
+    let digits = |part: &str| -> Option<String> {
+        let hex: String = part.chars().filter(|c| *c != '-').collect();
+        hex.chars().all(|c| c.is_ascii_hexdigit()).then_some(hex)
+    };
+    let (Some(head), Some(tail)) = (digits(head), digits(tail)) else {
+        anyhow::bail!(
+            "{given:?} is not a transaction id (hex digits and dashes, e.g. as `concord txn list` prints them)"
+        );
+    };
+    if head.len() < 4 || head.len() + tail.len() > 32 {
+        anyhow::bail!(
+            "{given:?} is not a transaction id nor enough of one: give at least its first 4 \
+             digits"
+        );
+    }
+    let highest = format!("{head:f<32}");
+    let below = uuid::Uuid::parse_str(&highest)
+        .map_err(|e| anyhow::anyhow!("{given:?}: {e}"))?
+        .hyphenated()
+        .to_string();
+    let page = client
+        .list_transactions(pb::ListTransactionsRequest {
+            page_size: PREFIX_MATCHES + 1,
+            page_token: below.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    // (An id of exactly `below`, every digit after the prefix an f, is
+    // below no page token: 2^-74 of the ids a prefix could name.)
+    let prefixed: Vec<String> = page
+        .transactions
+        .into_iter()
+        .map(|txn| txn.id)
+        .filter(|id| id.replace('-', "").starts_with(&head))
+        .collect();
+    let crowded = prefixed.len() > PREFIX_MATCHES as usize;
+    let ids: Vec<&String> = prefixed
+        .iter()
+        .filter(|id| id.replace('-', "").ends_with(&tail))
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok((*id).clone()),
+        [] if !crowded => anyhow::bail!("no transaction's id starts with {given:?}"),
+        _ if crowded => anyhow::bail!(
+            "more than {PREFIX_MATCHES} transactions' ids start with {given:?}; give more of it"
+        ),
+        many => anyhow::bail!(
+            "{} transactions' ids start with {given:?}; give more of it:\n  {}",
+            many.len(),
+            many.iter()
+                .map(|id| id.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+    }
+}
+
+/// The token as request metadata: the admin token, or a client token for
+/// reads on a node that requires one. Sent with every call
+/// ([`Client`]).
+#[derive(Clone)]
 pub(super) struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client of one node that sends the token with every call.
+pub(super) type Client = CoordinatorClient<InterceptedService<Channel, Auth>>;
+
+impl Remote {
+    /// The node's URL; `host:port` without a scheme is taken as http://.
+    pub(super) fn url(&self) -> String {
+        with_scheme(&self.coordinator)
+    }
+}
+
+/// `url`, with `http://` in front when it names no scheme.
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
 
 impl Auth {
     pub(super) fn new(token: Option<&str>) -> anyhow::Result<Self> {
@@ -235,9 +390,10 @@ impl Auth {
     }
 }
 
-/// A client for the node at `url`, with `args`' TLS settings.
-pub(super) fn connect(args: &Remote, url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
+/// A client for the node at `url`, with `args`' TLS settings and token.
+pub(super) fn connect(args: &Remote, url: &str) -> anyhow::Result<Client> {
+    let url = with_scheme(url);
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("{url:?} is not a coordinator's URL"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
@@ -258,12 +414,64 @@ pub(super) fn connect(args: &Remote, url: &str) -> anyhow::Result<CoordinatorCli
         }
         endpoint = endpoint.tls_config(tls).context("TLS settings")?;
     }
-    Ok(CoordinatorClient::new(endpoint.connect_lazy()))
+    Ok(CoordinatorClient::with_interceptor(
+        endpoint.connect_lazy(),
+        Auth::new(args.token.as_deref())?,
+    ))
 }
 
 /// A gRPC failure as the one line an operator needs.
 pub(super) fn explain(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+/// [`explain`] for a call to the node at `url`: a node that could not be
+/// reached, or that is not a coordinator's gRPC port, is named with what
+/// to check.
+pub(super) fn asking(url: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
+    move |status| match unreached(&status) {
+        Some(check) => anyhow::anyhow!(
+            "cannot ask the coordinator at {url}: {check} ({:?}: {})",
+            status.code(),
+            status.message()
+        ),
+        None => explain(status),
+    }
+}
+
+/// What to check when `status` says the node was not reached, or is not a
+/// coordinator.
+fn unreached(status: &tonic::Status) -> Option<&'static str> {
+    let mut text = status.message().to_ascii_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        text.push_str(&error.to_string().to_ascii_lowercase());
+        source = error.source();
+    }
+    if text.contains("grpc-status header missing") || text.contains("http status code") {
+        Some(
+            "that port answers HTTP but is not a coordinator's gRPC port (the console's or the \
+             metrics' port?); give the address `concord serve --listen` serves",
+        )
+    } else if text.contains("connection refused") || text.contains("tcp connect error") {
+        Some(
+            "nothing listens there; is `concord serve` running, and is this its --listen \
+             address? (--coordinator or CONCORD_COORDINATOR; default http://127.0.0.1:7400)",
+        )
+    } else if text.contains("dns error") || text.contains("failed to lookup") {
+        Some("the host name does not resolve")
+    } else if text.contains("timed out") || text.contains("deadline") {
+        Some("no answer in time; is the address right, and does a firewall drop it?")
+    } else if text.contains("https without tls") {
+        Some("an https:// coordinator needs --tls-ca, the CA that signed its certificate")
+    } else if status.code() == tonic::Code::Unknown && text.contains("transport error") {
+        Some(
+            "the connection failed: a port that does not speak gRPC (the metrics' port?), or a \
+             TLS port asked over http:// (give https:// and --tls-ca)?",
+        )
+    } else {
+        None
+    }
 }
 
 fn parse_state(value: &str) -> Result<pb::TransactionState, String> {

@@ -37,7 +37,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Measure throughput and latency against this machine's floor.
     Bench(bench::BenchArgs),
-    /// Operator tools: list, show and retry transactions.
+    /// Operator tools: list, show, retry and resolve transactions.
     Txn(admin::TxnArgs),
     /// A deployment of several groups: its shard map, and moving shards
     /// between groups.
@@ -52,33 +52,48 @@ struct ServeArgs {
     /// A TOML file of settings: `key = value` for any flag below, named as
     /// the flag without its dashes (`lease_ms = 5000` or `lease-ms = 5000`).
     /// Flags and environment variables override it.
-    #[arg(long, env = "CONCORD_CONFIG")]
+    #[arg(help_heading = "Serving", long, env = "CONCORD_CONFIG")]
     config: Option<PathBuf>,
 
     /// Address to serve gRPC on.
-    #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7400")]
+    #[arg(
+        help_heading = "Serving",
+        long,
+        env = "CONCORD_LISTEN",
+        default_value = "127.0.0.1:7400"
+    )]
     listen: SocketAddr,
 
     /// Directory of the embedded SQLite log (created if missing).
-    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./concord-data")]
+    #[arg(
+        help_heading = "The log",
+        long,
+        env = "CONCORD_DATA_DIR",
+        default_value = "./concord-data"
+    )]
     data_dir: PathBuf,
 
     /// Database URL overriding --data-dir: sqlite:///var/lib/concord/log.db,
     /// or postgres://user:password@host/db (several nodes may share one
     /// PostgreSQL database: see --node-name and --lease-ms).
-    #[arg(long, env = "CONCORD_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        help_heading = "The log",
+        long,
+        env = "CONCORD_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
 
     /// On PostgreSQL: this node's name among the nodes sharing the database;
     /// a restart under the same name takes over the previous start's
     /// transactions at once. Default: the advertised URL.
-    #[arg(long, env = "CONCORD_NODE_NAME")]
+    #[arg(help_heading = "The log", long, env = "CONCORD_NODE_NAME")]
     node_name: Option<String>,
 
     /// On PostgreSQL: how long a node's lease lasts without renewal, in ms
     /// (renewed every third of it). A node silent for longer is declared
     /// gone and its transactions are taken over. Same value on every node.
-    #[arg(long, env = "CONCORD_LEASE_MS", default_value_t = 10_000,
+    #[arg(help_heading = "The log", long, env = "CONCORD_LEASE_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(300..=600_000))]
     lease_ms: u64,
 
@@ -86,7 +101,12 @@ struct ServeArgs {
     /// must carry this token (`authorization: Bearer <token>`). Prefer the
     /// environment variable or the config file to the command line, which
     /// other local users can read.
-    #[arg(long, env = "CONCORD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     admin_token: Option<String>,
 
     /// When set, every client call (Begin, Commit, SubmitSaga, messages,
@@ -95,6 +115,7 @@ struct ServeArgs {
     /// Comma-separated: give the new token beside the old one while
     /// clients move to it.
     #[arg(
+        help_heading = "Who may call, and whom it calls",
         long,
         env = "CONCORD_CLIENT_TOKEN",
         hide_env_values = true,
@@ -105,69 +126,98 @@ struct ServeArgs {
 
     /// Serve gRPC over TLS with this certificate chain (PEM); needs
     /// --tls-key.
-    #[arg(long, env = "CONCORD_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_TLS_CERT",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "CONCORD_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_TLS_KEY",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
 
     /// Mutual TLS: accept only clients whose certificate this CA (PEM)
     /// signed. Needs --tls-cert.
-    #[arg(long, env = "CONCORD_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
     tls_client_ca: Option<PathBuf>,
 
     /// TLS for this node's own calls to https:// participants and to other
     /// nodes: the CA (PEM) that signed their certificates.
-    #[arg(long, env = "CONCORD_PEER_TLS_CA")]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_PEER_TLS_CA"
+    )]
     peer_tls_ca: Option<PathBuf>,
 
     /// The certificate chain (PEM) this node presents to https://
     /// participants and nodes that require mutual TLS; needs
     /// --peer-tls-key and --peer-tls-ca.
-    #[arg(long, env = "CONCORD_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    #[arg(help_heading = "Who may call, and whom it calls", long, env = "CONCORD_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
     peer_tls_cert: Option<PathBuf>,
 
     /// The private key of --peer-tls-cert (PEM).
-    #[arg(long, env = "CONCORD_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_PEER_TLS_KEY",
+        requires = "peer_tls_cert"
+    )]
     peer_tls_key: Option<PathBuf>,
 
     /// Remove finished transactions from the log this many days after they
     /// ended (checked every minute; each removal is logged and counted).
     /// Never those an operator resolved a branch of, nor those flagged
     /// NEEDS_ATTENTION. 0 keeps everything.
-    #[arg(long, env = "CONCORD_RETENTION_DAYS", default_value_t = 0,
+    #[arg(help_heading = "The log", long, env = "CONCORD_RETENTION_DAYS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=36_500))]
     retention_days: u64,
 
     /// Serve Prometheus metrics at http://<this address>/metrics (off when
     /// not given), e.g. 0.0.0.0:9464.
-    #[arg(long, env = "CONCORD_METRICS_LISTEN")]
+    #[arg(help_heading = "Serving", long, env = "CONCORD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
     /// Serve the web console here (e.g. 127.0.0.1:7480): transactions, the
     /// NEEDS_ATTENTION queue, live updates, Retry and Resolve. Off unless
     /// given. TLS and the admin token as on the gRPC port; without the
     /// token it is read-only.
-    #[arg(long, env = "CONCORD_CONSOLE_LISTEN")]
+    #[arg(help_heading = "Serving", long, env = "CONCORD_CONSOLE_LISTEN")]
     console_listen: Option<SocketAddr>,
 
     /// Export every span (each transaction's, and each participant call's
     /// under it) to this OpenTelemetry collector over OTLP/gRPC, e.g.
     /// http://127.0.0.1:4317, and send participants the W3C `traceparent`.
     /// Needs a build with the `otlp` cargo feature.
-    #[arg(long, env = "CONCORD_OTLP_ENDPOINT")]
+    #[arg(help_heading = "Serving", long, env = "CONCORD_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
 
     /// The `service.name` of exported spans.
-    #[arg(long, env = "CONCORD_OTLP_SERVICE_NAME", default_value = "concord")]
+    #[arg(
+        help_heading = "Serving",
+        long,
+        env = "CONCORD_OTLP_SERVICE_NAME",
+        default_value = "concord"
+    )]
     otlp_service_name: String,
 
     /// On SIGTERM or SIGINT: how long to keep serving the transactions in
     /// flight until they have decided, in ms (health reports NOT_SERVING and
     /// new transactions are refused meanwhile). What is left is finished by
     /// the next start.
-    #[arg(long, env = "CONCORD_DRAIN_TIMEOUT_MS", default_value_t = 10_000,
+    #[arg(help_heading = "Serving", long, env = "CONCORD_DRAIN_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     drain_timeout_ms: u64,
 
@@ -175,7 +225,11 @@ struct ServeArgs {
     /// `concord keys generate`); the same on every node of a deployment.
     /// Default on the SQLite data directory: its `signing.key`, made at
     /// the first start. Required with --database-url.
-    #[arg(long, env = "CONCORD_SIGNING_KEY")]
+    #[arg(
+        help_heading = "Who may call, and whom it calls",
+        long,
+        env = "CONCORD_SIGNING_KEY"
+    )]
     signing_key: Option<PathBuf>,
 
     /// Serve on an address other hosts can reach without both
@@ -183,40 +237,51 @@ struct ServeArgs {
     /// (--tls-client-ca): anyone who reaches the port may then begin and
     /// commit, or resolve, retry and reshard. Refused without this flag
     /// (protected mode).
-    #[arg(long, env = "CONCORD_ALLOW_UNPROTECTED", action = clap::ArgAction::Set,
+    #[arg(help_heading = "Who may call, and whom it calls", long, env = "CONCORD_ALLOW_UNPROTECTED", action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", default_value_t = false,
           value_name = "BOOL")]
     allow_unprotected: bool,
 
     /// The URL participants reach this node at, sent with every call so they
     /// know whom to ask about in-doubt branches. Default: http://<listen>.
-    #[arg(long, env = "CONCORD_ADVERTISE_URL")]
+    #[arg(help_heading = "Serving", long, env = "CONCORD_ADVERTISE_URL")]
     advertise_url: Option<String>,
 
     /// A deployment of several groups of nodes, each group its own database
     /// (DESIGN §11): the shard map, a JSON file (`shard::ShardMap`), the
-    /// same on every node. Needs --group. As built, the map is read at
-    /// start and must not change under running nodes (moving shards is not
-    /// built yet).
-    #[arg(long, env = "CONCORD_SHARD_MAP", requires = "group")]
+    /// same on every node at its start. Needs --group. Running nodes
+    /// follow newer versions of it themselves; change it with `concord
+    /// shards` (add-group, move, cancel), never by editing the file under
+    /// running nodes.
+    #[arg(
+        help_heading = "The log",
+        long,
+        env = "CONCORD_SHARD_MAP",
+        requires = "group"
+    )]
     shard_map: Option<PathBuf>,
 
     /// This node's group in the shard map (--shard-map).
-    #[arg(long, env = "CONCORD_GROUP", requires = "shard_map")]
+    #[arg(
+        help_heading = "The log",
+        long,
+        env = "CONCORD_GROUP",
+        requires = "shard_map"
+    )]
     group: Option<String>,
 
     /// Timeout of a transaction whose Begin names none, in ms.
-    #[arg(long, env = "CONCORD_TXN_TIMEOUT_MS", default_value_t = 30_000,
+    #[arg(help_heading = "Transactions", long, env = "CONCORD_TXN_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     txn_timeout_ms: u64,
 
     /// Prepare deadline when Commit names none, in ms (R5).
-    #[arg(long, env = "CONCORD_PREPARE_TIMEOUT_MS", default_value_t = 5_000,
+    #[arg(help_heading = "Transactions", long, env = "CONCORD_PREPARE_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     prepare_timeout_ms: u64,
 
     /// Deadline of each phase-2 Commit/Abort delivery attempt, in ms.
-    #[arg(long, env = "CONCORD_DELIVERY_TIMEOUT_MS", default_value_t = 5_000,
+    #[arg(help_heading = "Transactions", long, env = "CONCORD_DELIVERY_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     delivery_timeout_ms: u64,
 
@@ -224,7 +289,7 @@ struct ServeArgs {
     /// to it are in flight into one `Participant.Batch` call (no added
     /// delay; participants that do not implement Batch get single calls).
     /// `false`: every call alone.
-    #[arg(long, env = "CONCORD_BATCH_CALLS", default_value_t = true,
+    #[arg(help_heading = "Transactions", long, env = "CONCORD_BATCH_CALLS", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     batch_calls: bool,
 
@@ -232,42 +297,42 @@ struct ServeArgs {
     /// answers its waiting client UNAVAILABLE with the store's error; the
     /// node goes on writing it with capped backoff, since a decision
     /// cannot be dropped, and reports NOT_SERVING until a write succeeds.
-    #[arg(long, env = "CONCORD_LOG_WRITE_ATTEMPTS", default_value_t = 6,
+    #[arg(help_heading = "The log", long, env = "CONCORD_LOG_WRITE_ATTEMPTS", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     log_write_attempts: u32,
 
     /// First retry delay of phase-2 deliveries, in ms; doubles with jitter.
-    #[arg(long, env = "CONCORD_RETRY_MIN_MS", default_value_t = 50,
+    #[arg(help_heading = "Transactions", long, env = "CONCORD_RETRY_MIN_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     retry_min_ms: u64,
 
     /// Cap on the phase-2 retry delay, in ms.
-    #[arg(long, env = "CONCORD_RETRY_MAX_MS", default_value_t = 10_000,
+    #[arg(help_heading = "Transactions", long, env = "CONCORD_RETRY_MAX_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     retry_max_ms: u64,
 
     /// Largest branch payload accepted, in bytes.
-    #[arg(long, env = "CONCORD_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024,
+    #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     max_payload_bytes: u64,
 
     /// Most steps one saga may have (at most 1,000: checking a saga's
     /// shape costs the square of its steps).
-    #[arg(long, env = "CONCORD_MAX_SAGA_STEPS", default_value_t = 256,
+    #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_SAGA_STEPS", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=1_000))]
     max_saga_steps: u64,
 
     /// Most transactions this node holds live at once (2PC, sagas and
     /// messages together; about 13 KiB each): past it a new one is refused
     /// RESOURCE_EXHAUSTED, to retry after a backoff.
-    #[arg(long, env = "CONCORD_MAX_IN_FLIGHT", default_value_t = 100_000,
+    #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_IN_FLIGHT", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_in_flight: u64,
 
     /// Most WatchTransactions streams this node serves at once (and as
     /// many again for its console's live pages): past it a new watch is
     /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CONCORD_MAX_WATCHES", default_value_t = 1_024,
+    #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_WATCHES", default_value_t = 1_024,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_watches: u64,
 
@@ -277,6 +342,7 @@ struct ServeArgs {
     /// where it resolves inside a listed network. Empty: anywhere. Never,
     /// list or not: link-local addresses (cloud metadata) and 0.0.0.0.
     #[arg(
+        help_heading = "Who may call, and whom it calls",
         long,
         env = "CONCORD_ALLOWED_PARTICIPANTS",
         value_delimiter = ',',
@@ -285,9 +351,24 @@ struct ServeArgs {
     allowed_participants: Vec<String>,
 
     /// Most branches one transaction may have.
-    #[arg(long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
+    #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     max_branches: u64,
+}
+
+/// How a command-line program ends: on an error, its reasons in one line
+/// each (`Error: what: why`) and exit status 1; a usage error as clap
+/// prints it (status 2). Never a stack trace, whatever `RUST_BACKTRACE`
+/// says: an operator's mistake is not a crash.
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    let Err(error) = result else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    if let Some(usage) = error.downcast_ref::<clap::Error>() {
+        usage.exit();
+    }
+    eprintln!("Error: {error:#}");
+    std::process::ExitCode::FAILURE
 }
 
 /// Runs the command line; returns when the command is done.

@@ -12,10 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::BackoffBuilder;
 use concord_proto::v1 as pb;
-use concord_proto::v1::coordinator_client::CoordinatorClient;
-use tonic::transport::Channel;
 
-use super::admin::{Auth, Remote, connect, explain, moment};
+use super::admin::{Auth, Client, Remote, asking, connect, explain, moment};
 use crate::model::now_ms;
 use crate::shard::{DEFAULT_SHARDS, Group, MARGIN_MS, MIN_SWITCH_DELAY_MS, Owner, Shard, ShardMap};
 
@@ -48,7 +46,12 @@ enum ShardsCommand {
         out: Option<std::path::PathBuf>,
     },
     /// The map the node at --coordinator follows.
-    Show,
+    Show {
+        /// Print one JSON object: `group` (the node's), `now_ms` and `map`
+        /// (as `concord shards init` writes it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Adds a group that owns no shard yet; then start its nodes with the
     /// map written to --out and `--group NAME`, and move shards to it.
     AddGroup {
@@ -104,14 +107,24 @@ pub async fn run(args: ShardsArgs) -> anyhow::Result<()> {
                 ShardMap::split(shards, groups, now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
             write_map(&map, out.as_deref())
         }
-        ShardsCommand::Show => {
-            let mut client = connect(&args.remote, &args.remote.coordinator)?;
+        ShardsCommand::Show { json } => {
+            let url = args.remote.url();
+            let mut client = connect(&args.remote, &url)?;
             let held = client
                 .get_shard_map(pb::GetShardMapRequest {})
                 .await
-                .map_err(explain)?
+                .map_err(asking(&url))?
                 .into_inner();
-            print!("{}", show_text(&held)?);
+            if json {
+                let shown = serde_json::json!({
+                    "group": held.group,
+                    "now_ms": held.now_ms,
+                    "map": from_wire(held.map)?,
+                });
+                println!("{shown}");
+            } else {
+                print!("{}", show_text(&held)?);
+            }
             Ok(())
         }
         ShardsCommand::AddGroup { name, nodes, out } => {
@@ -190,11 +203,12 @@ impl<'a> Deployment<'a> {
     /// Reads the map from --coordinator, then from a node of every group
     /// it names, and keeps the newest.
     async fn read(remote: &'a Remote, auth: &'a Auth) -> anyhow::Result<Self> {
-        let mut client = connect(remote, &remote.coordinator)?;
+        let url = remote.url();
+        let mut client = connect(remote, &url)?;
         let first = client
             .get_shard_map(pb::GetShardMapRequest {})
             .await
-            .map_err(explain)?
+            .map_err(asking(&url))?
             .into_inner();
         let mut deployment = Self {
             remote,
@@ -227,7 +241,7 @@ impl<'a> Deployment<'a> {
     /// [`PATIENCE`]; any other answer is final.
     async fn ask<T, F, Fut>(&self, group: &Group, what: &str, mut call: F) -> anyhow::Result<T>
     where
-        F: FnMut(CoordinatorClient<Channel>, &'a Auth) -> Fut,
+        F: FnMut(Client, &'a Auth) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let mut delays = backon::ExponentialBuilder::default()
@@ -254,7 +268,7 @@ impl<'a> Deployment<'a> {
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
                 }
                 Err(status) => {
-                    return Err(explain(status))
+                    return Err(asking(node)(status))
                         .with_context(|| format!("{what} on group {:?} ({node})", group.name));
                 }
             }
@@ -507,7 +521,7 @@ impl<'a> Deployment<'a> {
 }
 
 async fn get_map(
-    mut client: CoordinatorClient<Channel>,
+    mut client: Client,
     _auth: &Auth,
 ) -> Result<pb::GetShardMapResponse, tonic::Status> {
     client

@@ -1,6 +1,6 @@
 //! The `travel-service` program built with the SDK's fail points on, for
 //! crash tests: the same `concord_example_travel::cli::main`.
 
-fn main() -> anyhow::Result<()> {
-    concord_example_travel::cli::main()
+fn main() -> std::process::ExitCode {
+    concord_coordinator::cli::exit(concord_example_travel::cli::main())
 }

@@ -126,7 +126,7 @@ async fn an_operator_finds_a_stuck_transaction_sees_why_and_retries_it_now() {
     assert!(!typo.status.success());
     let stderr = String::from_utf8_lossy(&typo.stderr);
     assert!(
-        stderr.contains("InvalidArgument") && stderr.contains("transaction_id"),
+        stderr.contains("\"not-an-id\" is not a transaction id"),
         "{stderr}"
     );
 }
@@ -428,4 +428,85 @@ async fn with_a_retention_finished_transactions_leave_the_log_and_unfinished_one
         (state == pb::TransactionState::Aborting as i32).then_some(())
     })
     .await;
+}
+
+/// A newcomer's `concord txn`: an id in any case, a unique prefix of one,
+/// or the console's short form finds the transaction; an ambiguous prefix
+/// lists the candidates; `--json` prints what a script reads; the
+/// node's address without a scheme, and the flags after the subcommand,
+/// work; a node that is not there is named with what to check, in one
+/// line, never with a stack trace (RUST_BACKTRACE set or not).
+#[tokio::test]
+async fn concord_txn_finds_ids_as_people_type_them_and_says_what_to_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start_coordinator(&dir.path().join("coordinator"), quick_config()).await;
+    let client = client(&node);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            client
+                .begin(BeginOptions::default())
+                .await
+                .expect("begin")
+                .transaction_id,
+        );
+    }
+    let url = node.url();
+    let bare = url.trim_start_matches("http://");
+    let id = &ids[1];
+    let short = format!("{}…{}", &id[..8], &id[id.len() - 4..]);
+    for given in [
+        id.to_ascii_uppercase(),
+        id[..id.len() - 4].to_owned(),
+        short.clone(),
+    ] {
+        let shown = txn(bare, &["show", &given]).await;
+        assert!(
+            shown.contains(&format!("transaction {id}")),
+            "{given}: {shown}"
+        );
+    }
+    // Both ids begin with the same milliseconds' digits.
+    let common: String = ids[0]
+        .chars()
+        .zip(ids[1].chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    if common.len() >= 4 {
+        let ambiguous = txn_fails(&url, &["show", &common]).await;
+        assert!(
+            ambiguous.contains(&ids[0]) && ambiguous.contains(&ids[1]),
+            "{ambiguous}"
+        );
+    }
+    // Flags after the subcommand, and JSON.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["txn", "show", id, "--json", "--coordinator", bare])
+        .output()
+        .await
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["state"], "active");
+    let listed: serde_json::Value =
+        serde_json::from_str(&txn(&url, &["list", "--json"]).await).expect("JSON");
+    assert_eq!(listed["transactions"].as_array().map(Vec::len), Some(2));
+
+    let nothing = super::support::processes::free_addr();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord-failpoints"))
+        .args(["txn", "list", "--coordinator", &nothing.to_string()])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("http://{nothing}")) && stderr.contains("concord serve"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
