@@ -148,7 +148,11 @@ pub async fn pay(
     .unwrap_or_default();
     let mut message = Message::new(bank_url)
         .ordering_key(from)
-        .description(format!("transfer completed: {amount} from {from} to {to}"));
+        .description(format!("transfer completed: {amount} from {from} to {to}"))
+        // A refused payment never submits its message: the coordinator
+        // asks the bank after this long (the least it takes) and drops it
+        // (M2), so the message does not wait on a producer that is gone.
+        .check_after(std::time::Duration::from_secs(1));
     for (name, url) in services {
         message = message.to(Destination::new(*name, *url).payload(event.clone()));
     }

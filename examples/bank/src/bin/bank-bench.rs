@@ -98,8 +98,13 @@ fn accounts(rng: &mut fastrand::Rng, count: u64) -> (String, String) {
     )
 }
 
+fn main() -> std::process::ExitCode {
+    // An error in one line, never a stack trace (`cli::exit`).
+    concord_coordinator::cli::exit(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let (base, _) = args
         .postgres

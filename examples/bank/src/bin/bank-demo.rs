@@ -130,8 +130,13 @@ struct Args {
     token: Option<String>,
 }
 
+fn main() -> std::process::ExitCode {
+    // An error in one line, never a stack trace (`cli::exit`).
+    concord_coordinator::cli::exit(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let stop = CancellationToken::new();
@@ -247,10 +252,24 @@ pay {label} from alice to carol within bank-a, telling audit and notify:"
                 }
                 println!("  committed; message {message_id} is {}", state_name(state));
             }
-            events::Payment::Refused { message_id } => println!(
-                "  refused (not enough money): rolled back, so message {message_id} is never \
-                 delivered (the coordinator's check-back finds no outbox row and drops it)"
-            ),
+            events::Payment::Refused { message_id } => {
+                // The check-back settles it; wait, so that a coordinator
+                // that outlives this demo is left nothing to ask a bank
+                // that is gone.
+                let mut state = 0;
+                for _ in 0..250 {
+                    state = client.transaction(&message_id).await?.state;
+                    if state == concord_proto::v1::TransactionState::Dropped as i32 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                println!(
+                    "  refused (not enough money): rolled back, so message {message_id} is never \
+                     delivered: the coordinator's check-back found no outbox row; it is {}",
+                    state_name(state)
+                );
+            }
         }
         print_balances(&[&bank_a]).await?;
         println!("events received so far:");

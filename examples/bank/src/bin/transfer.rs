@@ -31,8 +31,13 @@ struct Args {
     amount: i64,
 }
 
+fn main() -> std::process::ExitCode {
+    // An error in one line, never a stack trace (`cli::exit`).
+    concord_coordinator::cli::exit(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut client = CoordinatorClient::connect(args.coordinator)?;
     if let Some(token) = &args.token {

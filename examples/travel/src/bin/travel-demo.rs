@@ -74,8 +74,13 @@ struct Args {
     token: Option<String>,
 }
 
+fn main() -> std::process::ExitCode {
+    // An error in one line, never a stack trace (`cli::exit`).
+    concord_coordinator::cli::exit(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let stop = CancellationToken::new();
