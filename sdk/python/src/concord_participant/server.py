@@ -273,7 +273,12 @@ class ParticipantService(pb_grpc.ParticipantServicer, Generic[Tx]):
             # The database failed (sqlite3.Error, psycopg.Error), or the
             # handler did unexpectedly: a passing failure as far as the
             # coordinator can tell, which it retries (or counts as an ABORT
-            # vote); nothing of the call was kept.
+            # vote); nothing of the call was kept. Logged here with its
+            # traceback: the coordinator sees only the message, and a
+            # handler's bug (a missing table, a typo) must not be silent
+            # where it happened.
+            log.warning("a call failed; nothing of it was kept: %s: %s",
+                        type(error).__name__, error, exc_info=True)
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"{type(error).__name__}: {error}") from error
 
     def batch_caller(
