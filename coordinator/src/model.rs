@@ -11,6 +11,78 @@ use uuid::Uuid;
 pub use crate::protocol::message::Via as MessageVia;
 pub use crate::protocol::saga::{StepKind, StepStatus};
 
+/// Ids as people type them (`concord txn`, the console's search): a whole
+/// id in any case, a prefix of one, or the console's short form, a prefix
+/// and an ending (`01a2525d…0dd3`, or `...`). Ids are time-ordered and
+/// listed newest first below a page token, so the ids a pattern matches
+/// are the first ones listed below [`IdPattern::upper_bound`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdPattern {
+    /// Hex digits the id begins with (no dashes, lowercase).
+    head: String,
+    /// Hex digits it ends with.
+    tail: String,
+}
+
+impl IdPattern {
+    /// Reads `text`; at least 4 leading digits, so that a pattern never
+    /// asks for every id.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim().to_ascii_lowercase();
+        let (head, tail) = text
+            .split_once('…')
+            .or_else(|| text.split_once("..."))
+            .unwrap_or((&text, ""));
+        let digits = |part: &str| -> Option<String> {
+            let hex: String = part.chars().filter(|c| *c != '-').collect();
+            hex.chars().all(|c| c.is_ascii_hexdigit()).then_some(hex)
+        };
+        let (Some(head), Some(tail)) = (digits(head), digits(tail)) else {
+            return Err(format!(
+                "{text:?} is not a transaction id (hex digits and dashes, as ids are printed)"
+            ));
+        };
+        if head.len() < 4 || head.len() + tail.len() > 32 {
+            return Err(format!(
+                "{text:?} is not a transaction id nor enough of one: give at least its first 4 \
+                 digits"
+            ));
+        }
+        Ok(Self { head, tail })
+    }
+
+    /// The whole id (hyphenated, lowercase), when the pattern is one.
+    pub fn whole(&self) -> Option<String> {
+        (self.head.len() == 32)
+            .then(|| Uuid::parse_str(&self.head).ok())
+            .flatten()
+            .map(|id| id.hyphenated().to_string())
+    }
+
+    /// The highest id the pattern could match, as a page token: every id it
+    /// matches but this one lists below it (one in 2^74 of a prefix's ids).
+    pub fn upper_bound(&self) -> String {
+        let digits = format!("{:f<32}", self.head);
+        Uuid::parse_str(&digits)
+            .map(|id| id.hyphenated().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether `id` begins with the pattern's head (the ids below the
+    /// upper bound that do not have passed it: no later one will).
+    pub fn within(&self, id: &str) -> bool {
+        id.replace('-', "")
+            .to_ascii_lowercase()
+            .starts_with(&self.head)
+    }
+
+    /// Whether `id` matches: its head and its ending.
+    pub fn matches(&self, id: &str) -> bool {
+        let hex = id.replace('-', "").to_ascii_lowercase();
+        hex.starts_with(&self.head) && hex.ends_with(&self.tail)
+    }
+}
+
 /// A transaction id: a UUIDv7, so ids sort by creation time (R7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxnId(Uuid);
@@ -613,5 +685,36 @@ mod tests {
         let b = TxnId::mint();
         assert!(a < b);
         assert!(a.to_string() < b.to_string());
+    }
+}
+
+#[cfg(test)]
+mod id_pattern_tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_found_as_people_type_them() {
+        let id = "01a2525d-5e1f-7c44-9a8b-2f3e4d5c6b7a";
+        let whole = IdPattern::parse(&id.to_ascii_uppercase()).expect("whole");
+        assert_eq!(whole.whole().as_deref(), Some(id));
+        for typed in [
+            "01a2525d",
+            "01A2-525d-5e",
+            "01a2525d…6b7a",
+            "01a2525d...6b7a",
+        ] {
+            let pattern = IdPattern::parse(typed).expect(typed);
+            assert!(pattern.matches(id), "{typed}");
+            assert!(pattern.whole().is_none(), "{typed}");
+            assert!(pattern.upper_bound().as_str() > id, "{typed}");
+        }
+        assert!(!IdPattern::parse("01a2525d…6b7b").expect("p").matches(id));
+        assert_eq!(
+            IdPattern::parse("01a2").expect("p").upper_bound(),
+            "01a2ffff-ffff-ffff-ffff-ffffffffffff"
+        );
+        for bad in ["01a", "zz12", "", "01a2525d-5e1f-7c44-9a8b-2f3e4d5c6b7a0"] {
+            assert!(IdPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -252,65 +252,34 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
 const PREFIX_MATCHES: u32 = 20;
 
 /// The transaction `given` names: a whole id, in any case, or a unique
-/// prefix of one, also as the console shortens ids (`01a2525d…0dd3`: a
-/// prefix and an ending). Ids are time-ordered (UUIDv7) and listed newest
-/// first below a page token, so the ids with a prefix are the first ones
-/// below the highest id that has it.
+/// prefix of one, also as the console shortens ids (`01a2525d…0dd3`; see
+/// [`crate::model::IdPattern`]).
 async fn find_id(
     client: &mut Client,
     given: &str,
     explain: &impl Fn(tonic::Status) -> anyhow::Error,
 ) -> anyhow::Result<String> {
-    let text = given.trim().to_ascii_lowercase();
-    if uuid::Uuid::parse_str(&text).is_ok() {
-        return Ok(text);
+    let pattern = crate::model::IdPattern::parse(given).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(id) = pattern.whole() {
+        return Ok(id);
     }
-    let (head, tail) = text
-        .split_once('…')
-        .or_else(|| text.split_once("..."))
-        .unwrap_or((&text, ""));
-    let digits = |part: &str| -> Option<String> {
-        let hex: String = part.chars().filter(|c| *c != '-').collect();
-        hex.chars().all(|c| c.is_ascii_hexdigit()).then_some(hex)
-    };
-    let (Some(head), Some(tail)) = (digits(head), digits(tail)) else {
-        anyhow::bail!(
-            "{given:?} is not a transaction id (hex digits and dashes, e.g. as `concord txn list` prints them)"
-        );
-    };
-    if head.len() < 4 || head.len() + tail.len() > 32 {
-        anyhow::bail!(
-            "{given:?} is not a transaction id nor enough of one: give at least its first 4 \
-             digits"
-        );
-    }
-    let highest = format!("{head:f<32}");
-    let below = uuid::Uuid::parse_str(&highest)
-        .map_err(|e| anyhow::anyhow!("{given:?}: {e}"))?
-        .hyphenated()
-        .to_string();
     let page = client
         .list_transactions(pb::ListTransactionsRequest {
             page_size: PREFIX_MATCHES + 1,
-            page_token: below.clone(),
+            page_token: pattern.upper_bound(),
             ..Default::default()
         })
         .await
         .map_err(explain)?
         .into_inner();
-    // (An id of exactly `below`, every digit after the prefix an f, is
-    // below no page token: 2^-74 of the ids a prefix could name.)
-    let prefixed: Vec<String> = page
+    let within: Vec<String> = page
         .transactions
         .into_iter()
         .map(|txn| txn.id)
-        .filter(|id| id.replace('-', "").starts_with(&head))
+        .filter(|id| pattern.within(id))
         .collect();
-    let crowded = prefixed.len() > PREFIX_MATCHES as usize;
-    let ids: Vec<&String> = prefixed
-        .iter()
-        .filter(|id| id.replace('-', "").ends_with(&tail))
-        .collect();
+    let crowded = within.len() > PREFIX_MATCHES as usize;
+    let ids: Vec<&String> = within.iter().filter(|id| pattern.matches(id)).collect();
     match ids.as_slice() {
         [id] => Ok((*id).clone()),
         [] if !crowded => anyhow::bail!("no transaction's id starts with {given:?}"),

@@ -361,6 +361,16 @@ struct Filters {
     /// The watch only: transactions whose id starts with this.
     #[serde(default)]
     id_prefix: String,
+    /// The list only: ids as people type them (`model::IdPattern`): a
+    /// prefix, or the page's short form.
+    #[serde(default)]
+    search: String,
+    /// The list only: transactions begun before this moment (Unix ms).
+    #[serde(default)]
+    before_ms: u64,
+    /// The list only: transactions begun at or after this moment.
+    #[serde(default)]
+    after_ms: u64,
     /// The watch only: resume after this change.
     #[serde(default)]
     cursor: String,
@@ -406,13 +416,35 @@ async fn list(
     headers: HeaderMap,
     Query(filters): Query<Filters>,
 ) -> Response {
+    let search = match filters.search.trim() {
+        "" => None,
+        text => match crate::model::IdPattern::parse(text) {
+            Ok(pattern) => Some(pattern),
+            Err(why) => return failure(tonic::Status::invalid_argument(why)),
+        },
+    };
+    // Ids are UUIDv7, time-ordered, listed newest first below the page
+    // token: a search and a time range start the list at their highest
+    // id, and end it at the first id past them.
+    let before = (filters.before_ms > 0)
+        .then(|| crate::model::TxnId::from_parts(filters.before_ms, 0).to_string());
+    let page_token = match (filters.page_token.as_str(), &search, before) {
+        ("", None, None) => String::new(),
+        ("", pattern, before) => pattern
+            .iter()
+            .map(crate::model::IdPattern::upper_bound)
+            .chain(before)
+            .min()
+            .unwrap_or_default(),
+        (token, ..) => token.to_owned(),
+    };
     let built = filters.states().and_then(|states| {
         Ok(pb::ListTransactionsRequest {
             states,
             kind: filters.kind()?,
             needs_attention: filters.needs_attention,
             page_size: filters.limit,
-            page_token: filters.page_token.clone(),
+            page_token,
             min_age_ms: 0,
             group: filters.group.clone(),
         })
@@ -421,15 +453,33 @@ async fn list(
         Ok(message) => message,
         Err(status) => return failure(status),
     };
-    answer(
-        within(
-            console
-                .service
-                .list_transactions(request(&headers, message)),
-        )
-        .await,
-        json::page,
+    let answered = within(
+        console
+            .service
+            .list_transactions(request(&headers, message)),
     )
+    .await
+    .map(|response| {
+        response.map(|mut page| {
+            let after = filters.after_ms;
+            let passed = |txn: &pb::Transaction| {
+                search.as_ref().is_some_and(|p| !p.within(&txn.id))
+                    || (after > 0
+                        && txn
+                            .id
+                            .parse::<crate::model::TxnId>()
+                            .is_ok_and(|id| id.unix_ms() < after))
+            };
+            if page.transactions.iter().any(passed) {
+                // Every later page is further past.
+                page.next_page_token.clear();
+            }
+            page.transactions
+                .retain(|txn| !passed(txn) && search.as_ref().is_none_or(|p| p.matches(&txn.id)));
+            page
+        })
+    });
+    answer(answered, json::page)
 }
 
 async fn transaction(

@@ -481,6 +481,135 @@ async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
     node.shutdown().await.expect("shutdown");
 }
 
+/// The console for investigation (issue 32): on a fresh node its chart
+/// says it has no data rather than `0 ms`; an id's first digits, or the
+/// list's short form of it, find the one transaction; a whole id opens
+/// it; a time range narrows the list; the timeline says how long each
+/// change came after the one before. When the node goes away, a banner
+/// says so over the page and marks what it shows as possibly stale.
+#[tokio::test]
+async fn an_operator_finds_a_transaction_by_its_digits_and_sees_when_the_node_is_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let node = Node::start(NodeConfig {
+        runtime: quick_config(),
+        console: Some(loopback),
+        ..NodeConfig::new(
+            loopback,
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
+    .await
+    .expect("coordinator starts");
+    let console = format!("http://{}", node.console_addr().expect("a console"));
+    let browser = Browser::start().await;
+    browser.open(&console).await;
+    browser.wait_for_text("#percentiles", "no data").await;
+    let shots = dir.path();
+
+    let client = CoordinatorClient::connect(node.url()).expect("client");
+    let steps = StepParticipant::start(dir.path(), "steps").await;
+    let started_ms = concord_coordinator::model::now_ms();
+    let mut ids = Vec::new();
+    for trip in ["trip to Porto", "trip to Faro", "trip to Braga"] {
+        ids.push(
+            good_trip(trip, &steps.url)
+                .run(&client)
+                .await
+                .expect("saga")
+                .transaction_id,
+        );
+    }
+    let row = |id: &str| format!("#transactions tr[data-id=\"{id}\"]");
+    for id in &ids {
+        browser.wait_for(&row(id)).await;
+    }
+    let rows = || async {
+        browser
+            .page()
+            .find_all(Locator::Css("#transactions tbody tr[data-id]"))
+            .await
+            .expect("rows")
+            .len()
+    };
+
+    // The list's short form of the second trip's id finds it alone.
+    let wanted = &ids[1];
+    let short = format!("{}…{}", &wanted[..8], &wanted[wanted.len() - 4..]);
+    let search = browser.wait_for("#filter-search").await;
+    search
+        .send_keys(&format!("{short}\u{E007}"))
+        .await
+        .expect("search");
+    browser.wait_for_text("#live", "live").await;
+    eventually("only the trip searched for is listed", || async {
+        (rows().await == 1).then_some(())
+    })
+    .await;
+    browser.wait_for(&row(wanted)).await;
+    browser.screenshot(shots, "console-search").await;
+
+    // A time range before any of them lists none; one from before them,
+    // all three.
+    browser
+        .page()
+        .goto(&format!("{console}/#/?before_ms={}", started_ms - 60_000))
+        .await
+        .expect("range");
+    browser
+        .wait_for_text("#list-body", "No transaction matches.")
+        .await;
+    browser
+        .page()
+        .goto(&format!("{console}/#/?after_ms={}", started_ms - 1_000))
+        .await
+        .expect("range");
+    for id in &ids {
+        browser.wait_for(&row(id)).await;
+    }
+
+    // A whole id, typed in capitals, opens its page; its timeline says how
+    // long each change took.
+    let search = browser.wait_for("#filter-search").await;
+    search
+        .send_keys(&format!("{}\u{E007}", ids[2].to_ascii_uppercase()))
+        .await
+        .expect("search");
+    browser.wait_for_text("#txn-body", &ids[2]).await;
+    browser.wait_for_text("#timeline", " in)").await;
+    browser.wait_for_text("#timeline", "completed").await;
+    let timeline = browser
+        .wait_for("#timeline")
+        .await
+        .text()
+        .await
+        .expect("text");
+    let (cause, effect) = (timeline.find("succeeded"), timeline.find("completed"));
+    assert!(
+        cause.is_some() && cause < effect,
+        "the step's success is shown before the saga's completion: {timeline}"
+    );
+    browser.screenshot(shots, "console-timeline").await;
+
+    // The node goes away: the page says so.
+    node.shutdown().await.expect("shutdown");
+    browser.wait_for_text("#banner", "does not answer").await;
+    assert!(
+        browser
+            .wait_for("main#main")
+            .await
+            .attr("class")
+            .await
+            .expect("class")
+            .is_some_and(|class| class.contains("stale")),
+        "what the page shows is marked stale"
+    );
+    browser.screenshot(shots, "console-node-gone").await;
+    if let Some(client) = browser.client.as_ref() {
+        let _ = client.clone().close().await;
+    }
+}
+
 /// Two groups (DESIGN §11), the console on group g1's node: a saga stuck
 /// in group g2 arrives live in g1's queue, labelled with its group, and
 /// opens from there; with g2's node down the list says g2's transactions

@@ -9,6 +9,7 @@ mod admin;
 mod bad_input;
 mod batch;
 mod decision;
+mod docs;
 mod fuzz;
 mod groups;
 mod log_failures;

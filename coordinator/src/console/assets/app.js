@@ -50,13 +50,39 @@ function short(id) {
   return id.slice(0, 8) + "…" + id.slice(-4);
 }
 
+// When the node stops answering, say so over the whole page, and mark
+// what it shows as possibly out of date, until it answers again.
+let downSince = null;
+function nodeDown() {
+  if (downSince) return;
+  downSince = new Date();
+  const banner = document.getElementById("banner");
+  banner.textContent = `The node does not answer (since ${downSince.toLocaleTimeString()}): ` +
+    "what this page shows may be out of date. It reconnects by itself.";
+  banner.hidden = false;
+  main.classList.add("stale");
+}
+function nodeUp() {
+  if (!downSince) return;
+  downSince = null;
+  document.getElementById("banner").hidden = true;
+  main.classList.remove("stale");
+}
+
 async function api(path, options) {
   const headers = Object.assign({}, (options && options.headers) || {});
   if (token) headers["Authorization"] = `Bearer ${token}`;
   // The server takes operator actions only with this header, which no
   // other site's page can send.
   headers["X-Concord-Console"] = "1";
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (error) {
+    nodeDown();
+    throw new Error("the node does not answer");
+  }
+  nodeUp();
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = new Error(body.message || `${response.status} ${response.statusText}`);
@@ -98,19 +124,34 @@ function feed(query, onChange) {
     live.textContent = "reconnecting…";
     live.className = "pill muted";
   };
+  const lost = () => { if (!stop.signal.aborted) nodeDown(); };
   const follow = async () => {
     const headers = { "Accept": "text/event-stream", "X-Concord-Console": "1" };
     if (token) headers["Authorization"] = `Bearer ${token}`;
     if (lastId) headers["Last-Event-ID"] = lastId;
-    const response = await fetch(url, { headers, signal: stop.signal });
+    let response;
+    try {
+      response = await fetch(url, { headers, signal: stop.signal });
+    } catch (error) {
+      lost();
+      throw error;
+    }
     if (!response.ok || !response.body) throw new Error(`${response.status}`);
+    nodeUp();
     live.textContent = "live";
     live.className = "pill live";
     delay = 500;
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
-      const { value, done } = await reader.read();
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        lost();
+        throw error;
+      }
+      const { value, done } = chunk;
       if (done) return;
       buffer += value.replace(/\r\n?/g, "\n");
       let end;
@@ -237,6 +278,9 @@ async function listPage(params) {
     kind: params.get("kind") || "",
     needs_attention: params.get("needs_attention") === "true",
     page_token: params.get("page_token") || "",
+    search: params.get("search") || "",
+    after_ms: params.get("after_ms") || "",
+    before_ms: params.get("before_ms") || "",
   };
   const attention = el("section", { class: "card attention", id: "attention-card" },
     el("h2", {}, "Needs attention"),
@@ -257,17 +301,36 @@ async function listPage(params) {
   const kindSelect = el("select", { id: "filter-kind", "aria-label": "Kind" },
     [["", "every kind"], ["2pc", "2PC"], ["saga", "sagas"], ["message", "messages"]].map(([v, t]) => el("option", { value: v, selected: v === filters.kind }, t)));
   const flagged = el("input", { type: "checkbox", id: "filter-attention", checked: filters.needs_attention });
+  // An id (whole: open it; a prefix, or the short form shown in the list:
+  // search) and a time range, in the browser's time zone.
+  const search = el("input", { type: "search", id: "filter-search", value: filters.search,
+    placeholder: "id or its first digits", "aria-label": "Transaction id or prefix",
+    title: "A whole id opens it; its first digits (at least 4) or the list's short form 01a2525d…0dd3 find it" });
+  const local = (ms) => ms ? new Date(Number(ms) - new Date(Number(ms)).getTimezoneOffset() * 60000).toISOString().slice(0, 16) : "";
+  const after = el("input", { type: "datetime-local", id: "filter-after", value: local(filters.after_ms), "aria-label": "Begun after" });
+  const before = el("input", { type: "datetime-local", id: "filter-before", value: local(filters.before_ms), "aria-label": "Begun before" });
+  const whole = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
   const apply = () => {
+    const wanted = search.value.trim().toLowerCase();
+    if (whole.test(wanted)) {
+      location.hash = `#/txn/${wanted}`;
+      return;
+    }
     const next = new URLSearchParams();
     if (stateSelect.value) next.set("states", stateSelect.value);
     if (kindSelect.value) next.set("kind", kindSelect.value);
     if (flagged.checked) next.set("needs_attention", "true");
+    if (wanted) next.set("search", wanted);
+    if (after.value) next.set("after_ms", String(new Date(after.value).getTime()));
+    if (before.value) next.set("before_ms", String(new Date(before.value).getTime()));
     location.hash = `#/?${next}`;
   };
-  [stateSelect, kindSelect, flagged].forEach((input) => input.addEventListener("change", apply));
+  [stateSelect, kindSelect, flagged, after, before].forEach((input) => input.addEventListener("change", apply));
+  search.addEventListener("keydown", (event) => { if (event.key === "Enter") apply(); });
   const all = el("section", { class: "card" },
     el("div", { class: "row" }, el("h2", {}, "Transactions"), el("span", { class: "spacer" }), el("span", { class: "muted small" }, "newest first, live")),
-    el("div", { class: "filters" }, stateSelect, kindSelect, el("label", {}, flagged, " needs attention only")),
+    el("div", { class: "filters" }, search, stateSelect, kindSelect, el("label", {}, flagged, " needs attention only")),
+    el("div", { class: "filters" }, el("label", {}, "begun after ", after), el("label", {}, "before ", before)),
     el("div", { id: "list-body" }, "loading…"),
     el("div", { class: "row", id: "paging" }));
   main.replaceChildren(attention, chart, all);
@@ -278,6 +341,8 @@ async function listPage(params) {
       document.getElementById("attention-body").replaceChildren(...skipped(page),
         table("attention", page.transactions.map(txnRow), "Nothing needs attention."));
     } catch (error) {
+      // While the node is away the banner says so; what was shown stays.
+      if (downSince) return;
       document.getElementById("attention-body").replaceChildren(message("error", error.message));
     }
   };
@@ -286,7 +351,11 @@ async function listPage(params) {
   if (filters.kind) query.set("kind", filters.kind);
   if (filters.needs_attention) query.set("needs_attention", "true");
   if (filters.page_token) query.set("page_token", filters.page_token);
+  if (filters.search) query.set("search", filters.search);
+  if (filters.after_ms) query.set("after_ms", filters.after_ms);
+  if (filters.before_ms) query.set("before_ms", filters.before_ms);
   query.set("limit", "50");
+  const narrowed = filters.search || filters.after_ms || filters.before_ms;
   const loadList = async () => {
     try {
       const page = await api(`/api/transactions?${query}`);
@@ -305,6 +374,8 @@ async function listPage(params) {
         paging.append(el("span", { class: "spacer" }), el("a", { href: `#/?${next}`, id: "older" }, "older →"));
       }
     } catch (error) {
+      // While the node is away the banner says so; what was shown stays.
+      if (downSince) return;
       document.getElementById("list-body").replaceChildren(message("error", error.message));
     }
   };
@@ -321,7 +392,7 @@ async function listPage(params) {
       row.querySelector("td.state").replaceChildren(pill(change.new_state),
         change.needs_attention ? [" ", el("span", { class: "pill flag" }, "needs attention")] : []);
       row.classList.remove("flash"); void row.offsetWidth; row.classList.add("flash");
-    } else if (!change.old_state && !filters.page_token) {
+    } else if (!change.old_state && !filters.page_token && !narrowed) {
       refreshList();
     }
   });
@@ -364,9 +435,12 @@ function chartDraw(stats) {
   }
   const last = stats.seconds.slice(-10);
   const rate = last.reduce((n, s) => n + s.committed + s.aborted + s.compensated, 0) / 10;
+  // Percentiles of nothing are not 0 ms: after a restart, say so.
+  const timed = stats.samples > 0;
   document.getElementById("percentiles").replaceChildren(
-    el("div", {}, el("b", {}, `${stats.p50_ms} ms`), "p50, begun to ended"),
-    el("div", {}, el("b", {}, `${stats.p99_ms} ms`), `p99 (${stats.samples} timed)`));
+    el("div", {}, el("b", {}, timed ? `${stats.p50_ms} ms` : "no data"), "p50, begun to ended"),
+    el("div", {}, el("b", {}, timed ? `${stats.p99_ms} ms` : "no data"),
+      timed ? `p99 (${stats.samples} timed)` : "nothing ended since this node started"));
   document.getElementById("chart-note").textContent = `${rate.toFixed(1)} ended/s over the last 10 s`;
 }
 
@@ -395,11 +469,17 @@ async function txnPage(id) {
         if (!on && stale) { stale = false; load(); }
       }));
     } catch (error) {
+      // While the node is away the banner says so; what was shown stays.
+      if (downSince) return;
       body.replaceChildren(message("error", error.message));
     }
   };
   await load();
   const reload = later(load, 200);
+  // Each entry says how long after the one before it came, and after the
+  // first: where the time went.
+  let first = null;
+  const since = (ms) => ms < 1000 ? `${ms} ms` : ms < 60000 ? `${(ms / 1000).toFixed(2)} s` : `${(ms / 60000).toFixed(1)} min`;
   feed(`id_prefix=${encodeURIComponent(id)}&from_oldest=true`, (change) => {
     const what = change.subject
       ? [el("b", {}, change.subject), ": ", change.detail]
@@ -409,9 +489,29 @@ async function txnPage(id) {
           ? [el("span", { class: "pill flag" }, change.detail)]
           : [pill(change.old_state), " → ", pill(change.new_state), change.detail ? ` ${change.detail}` : ""];
     const at = new Date(change.at_ms).toISOString();
-    timeline.append(el("li", { "data-cursor": change.cursor },
+    if (first === null) first = change.at_ms;
+    const elapsed = el("span", { class: "muted small elapsed" });
+    const entry = el("li", { "data-cursor": change.cursor, "data-at": String(change.at_ms), "data-part": change.subject ? "1" : "" },
       el("span", { class: "muted mono", title: when(change.at_ms) }, `${at.slice(0, 10)} ${at.slice(11, 23)}`),
-      el("span", {}, what)));
+      el("span", {}, what, elapsed));
+    // Within one millisecond a part's change (a step succeeded) is the
+    // cause of the transaction's (completed), though the log may hold
+    // them the other way round: shown cause first. "Begun" stays first.
+    let before = null;
+    for (let prior = timeline.lastElementChild; prior; prior = prior.previousElementSibling) {
+      const movable = change.subject && prior.dataset.at === String(change.at_ms) &&
+        !prior.dataset.part && prior !== timeline.firstElementChild;
+      if (!movable) break;
+      before = prior;
+    }
+    timeline.insertBefore(entry, before);
+    for (const shown of [entry, entry.nextElementSibling]) {
+      const prior = shown && shown.previousElementSibling;
+      if (!prior) continue;
+      const ms = Number(shown.dataset.at);
+      const total = ms === first ? "" : ` (${since(ms - first)} in)`;
+      shown.querySelector(".elapsed").textContent = ` +${since(Math.max(0, ms - Number(prior.dataset.at)))}${total}`;
+    }
     reload();
   });
 }
