@@ -176,19 +176,34 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// branch it holds (see the module's documentation).
 const OPEN_PATHS: &[&str] = &["/concord.v1.Coordinator/GetOutcome"];
 
-/// A gRPC service behind the client-token check: a call without a token
-/// it accepts is answered UNAUTHENTICATED before its request is read.
+/// A gRPC service behind what a call must pass before its request is
+/// read: the client-token check (UNAUTHENTICATED without a token it
+/// accepts) and a place among the calls in flight (UNAVAILABLE with retry
+/// advice when every place is taken, DESIGN §12 S4: however many
+/// connections clients open, the node holds at most so many handlers).
+/// Health and reflection are outside it: a node at its limit still says
+/// how it is.
 #[derive(Clone)]
 pub struct Guarded<S> {
     inner: S,
     credentials: Arc<Credentials>,
+    calls: Arc<tokio::sync::Semaphore>,
+    max_calls: usize,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S, credentials: Arc<Credentials>) -> Self {
-        Self { inner, credentials }
+    pub fn new(inner: S, credentials: Arc<Credentials>, max_calls: usize) -> Self {
+        Self {
+            inner,
+            credentials,
+            calls: Arc::new(tokio::sync::Semaphore::new(max_calls)),
+            max_calls,
+        }
     }
 }
+
+/// How long a client refused for want of a place is advised to wait.
+const CALLS_PUSHBACK_MS: u64 = 100;
 
 impl<S: NamedService> NamedService for Guarded<S> {
     const NAME: &'static str = S::NAME;
@@ -212,7 +227,24 @@ where
         if !open && let Err(status) = self.credentials.client(request.headers()) {
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
-        Box::pin(self.inner.call(request))
+        let Ok(place) = Arc::clone(&self.calls).try_acquire_owned() else {
+            let mut status = Status::unavailable(format!(
+                "this node is serving {} calls, its limit (--max-calls): retry after a backoff",
+                self.max_calls
+            ));
+            status.metadata_mut().insert(
+                "grpc-retry-pushback-ms",
+                tonic::metadata::MetadataValue::from(CALLS_PUSHBACK_MS),
+            );
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await;
+            // Held until the answer starts (a watch's stream goes on without it).
+            drop(place);
+            answered
+        })
     }
 }
 

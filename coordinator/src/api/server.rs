@@ -75,6 +75,7 @@ where
     let draining = runtime.draining();
     let mut log_health = runtime.log_health();
     let credentials = std::sync::Arc::new(Credentials::of(&access));
+    let max_calls = limits.max_calls.max(1);
     // DESIGN §12 (S3): with client tokens, a call without one is refused
     // before its request is decoded.
     let coordinator = access::Guarded::new(
@@ -85,6 +86,7 @@ where
         ))
         .max_decoding_message_size(max_message),
         credentials,
+        max_calls,
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health

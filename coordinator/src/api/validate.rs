@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_saga_steps: usize,
     /// WatchTransactions streams served at once (--max-watches).
     pub max_watches: usize,
+    /// Calls on the Coordinator service in flight at once, every client's
+    /// together (--max-calls).
+    pub max_calls: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             max_saga_steps: 256,
             max_watches: DEFAULT_MAX_WATCHES,
+            max_calls: DEFAULT_MAX_CALLS,
         }
     }
 }
@@ -39,6 +43,11 @@ impl Default for Limits {
 /// Watches one node serves at once by default: each is a stream, a
 /// buffer of up to 1,024 changes and a share of the tailer's work.
 pub const DEFAULT_MAX_WATCHES: usize = 1_024;
+
+/// Calls one node serves at once by default (a watch counts only until its
+/// stream starts): each is a handler's state, and far more than the
+/// in-flight transactions a node can drive at its speed.
+pub const DEFAULT_MAX_CALLS: usize = 10_000;
 
 pub const DEFAULT_ATTEMPT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_ATTEMPT_TIMEOUT_MS: u64 = 600_000;

@@ -350,6 +350,13 @@ struct ServeArgs {
     )]
     allowed_participants: Vec<String>,
 
+    /// Most calls this node serves at once, every client's together (a
+    /// watch counts until its stream starts): past it a call is refused
+    /// UNAVAILABLE with retry advice. Health checks are not counted.
+    #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_CALLS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_calls: u64,
+
     /// Most branches one transaction may have.
     #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_BRANCHES", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -521,6 +528,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_payload_bytes: usize::try_from(args.max_payload_bytes).unwrap_or(usize::MAX),
             max_saga_steps: usize::try_from(args.max_saga_steps).unwrap_or(usize::MAX),
             max_watches: usize::try_from(args.max_watches).unwrap_or(usize::MAX),
+            max_calls: usize::try_from(args.max_calls).unwrap_or(usize::MAX),
         },
         node_name: args.node_name,
         lease: ms(args.lease_ms),

@@ -416,3 +416,98 @@ async fn a_participant_takes_calls_as_large_as_it_was_told_to() {
     })
     .await;
 }
+
+/// DESIGN §12 (S4): a node serves at most `max_calls` calls at once, every
+/// client's together, however many connections they open: past it a call
+/// is refused UNAVAILABLE at once, naming the flag, with retry advice, and
+/// nothing of it happens; health checks still answer. Once calls end,
+/// there is room again.
+#[tokio::test]
+async fn past_max_calls_a_call_is_refused_at_once_and_health_still_answers() {
+    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = CancellationToken::new();
+    let participant = Gated::new(false);
+    let url = serve(participant.clone(), stop.clone()).await;
+    let node = Node::start(NodeConfig {
+        runtime: quick_config(),
+        limits: concord_coordinator::api::Limits {
+            max_calls: 2,
+            ..Default::default()
+        },
+        ..NodeConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StoreLocation::DataDir(dir.path().join("coordinator")),
+        )
+    })
+    .await
+    .expect("coordinator starts");
+    // Two commits held at the participant's gate take both places, each
+    // on a connection of its own.
+    let held: Vec<_> = ["first", "second"]
+        .into_iter()
+        .map(|name| {
+            let client =
+                concord_participant::CoordinatorClient::connect(node.url()).expect("client");
+            // Two branches: a transaction of one would commit in one phase.
+            let branch = |part: &str| BranchSpec {
+                participant: url.clone(),
+                payload: b"commit".to_vec(),
+                name: Some(format!("{name}-{part}")),
+            };
+            let options = BeginOptions {
+                branches: vec![branch("a"), branch("b")],
+                ..Default::default()
+            };
+            tokio::spawn(async move { client.begin_and_commit(options).await })
+        })
+        .collect();
+    eventually("both commits' prepares reach the participant", || async {
+        let seen = participant.seen();
+        (seen.batch_sizes.iter().sum::<usize>() + seen.single_calls >= 4).then_some(())
+    })
+    .await;
+    let third = concord_participant::CoordinatorClient::connect(node.url()).expect("client");
+    let refused = third
+        .raw()
+        .begin(pb::BeginRequest::default())
+        .await
+        .expect_err("no place left");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("--max-calls"), "{refused:?}");
+    assert!(
+        refused.metadata().get("grpc-retry-pushback-ms").is_some(),
+        "{refused:?}"
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(node.url())
+            .expect("url")
+            .connect_lazy(),
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health answers at the limit")
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    participant.open();
+    for commit in held {
+        let (_, outcome) = commit.await.expect("task").expect("commit");
+        assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
+    }
+    let listed = third
+        .raw()
+        .list_transactions(pb::ListTransactionsRequest::default())
+        .await
+        .expect("room again")
+        .into_inner();
+    assert_eq!(
+        listed.transactions.len(),
+        2,
+        "the refused Begin began nothing"
+    );
+    stop.cancel();
+}
