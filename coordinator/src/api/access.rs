@@ -32,6 +32,9 @@ pub struct Access {
     pub client_tokens: Vec<String>,
     /// When set, the node serves gRPC over TLS only.
     pub tls: Option<ServerTls>,
+    /// Host names the console answers to besides loopback's when it
+    /// listens on loopback: a reverse proxy's (`--console-host`).
+    pub console_hosts: Vec<String>,
 }
 
 /// The node's TLS identity and, for mutual TLS, the clients' CA.
@@ -268,7 +271,7 @@ mod tests {
         let credentials = Credentials::of(&Access {
             admin_token: Some("admin".into()),
             client_tokens: vec!["old".into(), "new".into()],
-            tls: None,
+            ..Default::default()
         });
         assert!(credentials.client(&with(Some("old"))).is_ok());
         assert!(credentials.client(&with(Some("new"))).is_ok());
@@ -287,7 +290,7 @@ mod tests {
         let credentials = Credentials::of(&Access {
             admin_token: Some("admin".into()),
             client_tokens: vec![String::new()],
-            tls: None,
+            ..Default::default()
         });
         assert!(!credentials.client_required());
         assert!(credentials.client(&with(None)).is_ok());

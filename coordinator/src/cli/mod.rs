@@ -197,6 +197,19 @@ struct ServeArgs {
     #[arg(help_heading = "Serving", long, env = "CONCORD_CONSOLE_LISTEN")]
     console_listen: Option<SocketAddr>,
 
+    /// A console on loopback answers only requests addressed to a loopback
+    /// name (DNS rebinding); behind a reverse proxy on the same host, the
+    /// names it is reached by (comma-separated): `console.example.com`.
+    #[arg(
+        help_heading = "Serving",
+        long,
+        env = "CONCORD_CONSOLE_HOST",
+        value_delimiter = ',',
+        value_name = "NAME",
+        requires = "console_listen"
+    )]
+    console_host: Vec<String>,
+
     /// Export every span (each transaction's, and each participant call's
     /// under it) to this OpenTelemetry collector over OTLP/gRPC, e.g.
     /// http://127.0.0.1:4317, and send participants the W3C `traceparent`.
@@ -535,6 +548,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         access: crate::api::Access {
             admin_token: args.admin_token.filter(|token| !token.is_empty()),
             client_tokens: args.client_token,
+            console_hosts: args.console_host,
             tls: server_tls(&args.tls_cert, &args.tls_key, &args.tls_client_ca)?,
         },
         console: args.console_listen,

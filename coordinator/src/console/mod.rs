@@ -53,6 +53,9 @@ struct Console {
     /// The port it listens on, and whether on loopback only: what
     /// [`addressed_here`] checks a request's Host against.
     listen: SocketAddr,
+    /// The names it answers to besides loopback's (a reverse proxy's,
+    /// `--console-host`), lowercase.
+    hosts: Vec<String>,
     /// Ends the live feeds when the node stops, so that the server's
     /// graceful stop does not wait on them.
     stop: CancellationToken,
@@ -76,6 +79,12 @@ pub async fn serve(
     let listen = listener.local_addr()?;
     let console = Arc::new(Console {
         credentials,
+        hosts: access
+            .console_hosts
+            .iter()
+            .map(|host| host.trim().to_ascii_lowercase())
+            .filter(|host| !host.is_empty())
+            .collect(),
         listen,
         service,
         stats,
@@ -234,7 +243,7 @@ async fn addressed_here(
         .and_then(|host| host.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default();
-    if !host_serves(host, console.listen) {
+    if !host_serves(host, console.listen, &console.hosts) {
         return misdirected(host, console.listen);
     }
     // A page of another site that sends a request here says so in its
@@ -279,7 +288,7 @@ fn misdirected(host: &str, listen: SocketAddr) -> Response {
             "code": "Misdirected",
             "message": format!(
                 "this console on {listen} answers requests for localhost, 127.0.0.1 or \
-                 [::1], not {host:?}"
+                 [::1] (and the names given with --console-host), not {host:?}"
             ),
         })),
     )
@@ -289,7 +298,7 @@ fn misdirected(host: &str, listen: SocketAddr) -> Response {
 /// Whether `host` (a Host header: `name[:port]`) names the console at
 /// `listen`. The name is what a rebinding page cannot fake (its own name
 /// is in the Host its victim's browser sends); the port says nothing more.
-fn host_serves(host: &str, listen: SocketAddr) -> bool {
+fn host_serves(host: &str, listen: SocketAddr, also: &[String]) -> bool {
     let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
         return false;
     };
@@ -304,6 +313,7 @@ fn host_serves(host: &str, listen: SocketAddr) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+        || also.iter().any(|named| name.eq_ignore_ascii_case(named))
 }
 
 /// Whether this browser may steer: the node has an admin token and the

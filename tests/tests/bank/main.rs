@@ -534,7 +534,7 @@ async fn a_stranger_cannot_move_money_through_a_coordinator_that_requires_a_clie
         access: concord_coordinator::api::Access {
             admin_token: Some("ops-token".into()),
             client_tokens: vec!["old-app-token".into(), "app-token".into()],
-            tls: None,
+            ..Default::default()
         },
         ..NodeConfig::new(
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -187,7 +187,7 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
         access: concord_coordinator::api::Access {
             admin_token: Some(TOKEN.into()),
             client_tokens: Vec::new(),
-            tls: None,
+            ..Default::default()
         },
         console: Some(loopback),
         ..NodeConfig::new(
@@ -387,7 +387,9 @@ async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
         access: concord_coordinator::api::Access {
             admin_token: Some(TOKEN.into()),
             client_tokens: vec![READER.into()],
-            tls: None,
+            // Reached through a reverse proxy under this name too.
+            console_hosts: vec!["Console.Example.com".into()],
+            ..Default::default()
         },
         console: Some(loopback),
         ..NodeConfig::new(
@@ -414,6 +416,11 @@ async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
         assert!(anonymous.starts_with("HTTP/1.1 401"), "{path}: {anonymous}");
         assert!(anonymous.contains("client token"), "{path}: {anonymous}");
     }
+    // DNS rebinding stays refused; the proxy's name is answered.
+    let proxied = http_to(&console, "console.example.com:443", "GET /api/info").await;
+    assert!(proxied.starts_with("HTTP/1.1 200"), "{proxied}");
+    let rebound = http_to(&console, "evil.example", "GET /api/info").await;
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
     let reader = format!("Authorization: Bearer {READER}\r\n");
     let listed = http("GET", &console, "/api/transactions", &reader, "").await;
     assert!(

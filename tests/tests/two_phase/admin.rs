@@ -314,7 +314,7 @@ async fn with_an_admin_token_configured_the_operators_calls_need_it() {
         access: concord_coordinator::api::Access {
             admin_token: Some("s3cret-token".into()),
             client_tokens: Vec::new(),
-            tls: None,
+            ..Default::default()
         },
         console: None,
     })

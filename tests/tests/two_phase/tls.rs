@@ -64,6 +64,7 @@ async fn tls_node_with_console(
         access: Access {
             admin_token: None,
             client_tokens: Vec::new(),
+            console_hosts: Vec::new(),
             tls: Some(ServerTls {
                 cert_pem,
                 key_pem,
