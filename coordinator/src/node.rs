@@ -70,6 +70,12 @@ impl NodeConfig {
 pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot open the log at {at}: {source}")]
+    OpenLog {
+        at: String,
+        #[source]
+        source: StoreError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -176,10 +182,21 @@ impl Node {
         if runtime_config.advertised_url.is_empty() {
             runtime_config.advertised_url = format!("http://{addr}");
         }
+        // A log that cannot be opened is named (the path; the URL without
+        // its password) in the error, with why.
+        let log_at = |source: StoreError| NodeError::OpenLog {
+            at: match &config.store {
+                StoreLocation::DataDir(dir) => dir.display().to_string(),
+                StoreLocation::Url(url) => redacted(url),
+            },
+            source,
+        };
         let store: Arc<dyn Store> = match &config.store {
-            StoreLocation::DataDir(dir) => Arc::new(SqliteStore::open_dir(dir).await?),
+            StoreLocation::DataDir(dir) => {
+                Arc::new(SqliteStore::open_dir(dir).await.map_err(log_at)?)
+            }
             StoreLocation::Url(url) if url.starts_with("sqlite:") => {
-                Arc::new(SqliteStore::open_url(url).await?)
+                Arc::new(SqliteStore::open_url(url).await.map_err(log_at)?)
             }
             StoreLocation::Url(url)
                 if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
@@ -192,7 +209,7 @@ impl Node {
                     address: runtime_config.advertised_url.clone(),
                     lease: config.lease,
                 };
-                Arc::new(PostgresStore::open(url, membership).await?)
+                Arc::new(PostgresStore::open(url, membership).await.map_err(log_at)?)
             }
             StoreLocation::Url(url) => return Err(NodeError::UnsupportedUrl(redacted(url))),
         };

@@ -387,8 +387,26 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     if let Some(usage) = error.downcast_ref::<clap::Error>() {
         usage.exit();
     }
-    eprintln!("Error: {error:#}");
+    eprintln!("Error: {}", one_line(&error));
     std::process::ExitCode::FAILURE
+}
+
+/// `error` and its causes, `: `-separated, each cause left out when the
+/// text before already says it (an error that prints its source in its
+/// own message would otherwise say it twice).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Runs the command line; returns when the command is done.
@@ -645,6 +663,8 @@ fn parse_with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> 
         .find_subcommand("serve")
         .context("the serve command")?;
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    // (flag, key as written, value) of each setting the file gives.
+    let mut from_file: Vec<(String, String, String)> = Vec::new();
     for (key, value) in table {
         let flag = key.replace('_', "-");
         let arg = serve_command
@@ -690,12 +710,51 @@ fn parse_with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> 
             ),
         };
         extra.push(format!("--{flag}={value}").into());
+        from_file.push((flag, key, value));
     }
     // The file's settings go after the subcommand's own flags; none of them
     // was given there, so nothing is given twice.
     let mut argv = argv;
     argv.extend(extra);
-    let matches = command.try_get_matches_from(argv)?;
+    let matches = command.try_get_matches_from(argv).map_err(|error| {
+        // A bad value from the file is the file's: name it, its line, the
+        // key as written there, and what was expected (clap's reason).
+        let blamed = error
+            .get(clap::error::ContextKind::InvalidArg)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let Some((_, key, value)) = from_file
+            .iter()
+            .find(|(flag, ..)| blamed.split_whitespace().next() == Some(&format!("--{flag}")))
+        else {
+            return anyhow::Error::from(error);
+        };
+        let line = text
+            .lines()
+            .position(|line| {
+                line.trim_start()
+                    .strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map(|at| format!(", line {}", at + 1))
+            .unwrap_or_default();
+        let reason = std::error::Error::source(&error).map_or_else(
+            || {
+                error
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+                    .to_owned()
+            },
+            ToString::to_string,
+        );
+        anyhow::anyhow!(
+            "{}{line}: {key} = {value:?} cannot be used ({reason})",
+            path.display()
+        )
+    })?;
     Ok(Cli::from_arg_matches(&matches)?)
 }
 
@@ -777,8 +836,19 @@ mod tests {
             message.contains("unknown setting \"lease\"") && message.contains("lease_ms"),
             "{message}"
         );
-        let range = parse("lease_ms = 5\n", &[]).expect_err("out of range");
-        assert!(format!("{range:#}").contains("lease-ms"), "{range:#}");
+        let range = parse("# the lease\nlease_ms = 5\n", &[]).expect_err("out of range");
+        let range = format!("{range:#}");
+        assert!(
+            range.contains("concord.toml, line 2: lease_ms = \"5\"") && range.contains("300"),
+            "{range}"
+        );
+        let typed = parse("lease_ms = \"soon\"\n", &[]).expect_err("not a number");
+        let typed = format!("{typed:#}");
+        assert!(typed.contains("line 1: lease_ms = \"soon\""), "{typed}");
+        assert!(
+            !typed.contains("--lease-ms"),
+            "the file is blamed, not a flag: {typed}"
+        );
         let table = parse("listen = [1, 2]\n", &[]).expect_err("array");
         assert!(format!("{table:#}").contains("give a string"), "{table:#}");
         let syntax = parse("lease_ms = \n", &[]).expect_err("syntax");

@@ -89,6 +89,26 @@ impl PostgresStore {
         // a session after half a lease instead; the node's batch then fails
         // and, retried, is fenced.
         let idle_limit = format!("{}ms", (membership.lease / 2).as_millis().max(100));
+        // One connection first, alone: a server that refuses (no such
+        // host, wrong password, no such database) says why now, where the
+        // pool would wait out its acquire timeout and say only that.
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            <sqlx::PgConnection as sqlx::Connection>::connect(url),
+        )
+        .await
+        {
+            Ok(Ok(first)) => {
+                let _ = sqlx::Connection::close(first).await;
+            }
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from the PostgreSQL server within 10 s",
+                ))));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))

@@ -71,6 +71,18 @@ impl LogLock {
             path: path.display().to_string(),
             source,
         };
+        // The usual mistake, said plainly: a log in a directory not made.
+        if let Some(parent) = log.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::DataDir {
+                path: parent.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such directory: make it first, or give another path",
+                ),
+            });
+        }
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -551,7 +551,8 @@ async fn a_stranger_cannot_move_money_through_a_coordinator_that_requires_a_clie
         .with_token("app-tokem")
         .expect("token");
     for (who, client) in [("no token", &stranger), ("a wrong token", &guessed)] {
-        let refused = transfer(client, &a.url, "bob", &b.url, "alice", 1_000_000)
+        // All of bob's money to alice.
+        let refused = transfer(client, &b.url, "bob", &a.url, "alice", 5_000)
             .await
             .expect_err(who);
         assert!(
@@ -569,6 +570,7 @@ async fn a_stranger_cannot_move_money_through_a_coordinator_that_requires_a_clie
         );
     }
     assert_eq!(balance(&a, "alice").await, 10_000, "nothing moved");
+    assert_eq!(balance(&b, "bob").await, 5_000, "nothing moved");
     let (ledger,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM concord_ledger")
         .fetch_one(&a.pool)
         .await

@@ -133,3 +133,66 @@ async fn an_account_service_without_a_coordinator_key_exits_naming_the_flags() {
         "refused before anything was opened"
     );
 }
+
+/// A log that cannot be opened is named, with why and what to check, in
+/// one line: a SQLite path in a directory that does not exist; a
+/// PostgreSQL server that refuses the connection (its address, never the
+/// password, and at once, not after the pool's timeout). Never a stack
+/// trace, even with RUST_BACKTRACE set.
+#[tokio::test]
+async fn a_log_that_cannot_be_opened_is_named_with_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = super::support::keys::files().0.display().to_string();
+    let missing = dir.path().join("no-such-dir/log.db");
+    let closed = free_addr();
+    for (url, named, why) in [
+        (
+            format!("sqlite://{}", missing.display()),
+            format!("sqlite://{}", missing.display()),
+            "no such directory",
+        ),
+        (
+            format!("postgres://concord:s3cret@{closed}/concord"),
+            format!("postgres://concord:***@{closed}/concord"),
+            "Connection refused",
+        ),
+    ] {
+        let args: Vec<String> = [
+            "serve",
+            "--listen",
+            &free_addr().to_string(),
+            "--database-url",
+            &url,
+            "--node-name",
+            "n1",
+            "--signing-key",
+            &key,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(CONCORD)
+                .args(&args)
+                .env("RUST_BACKTRACE", "1")
+                .env("RUST_LOG", "error")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("exits")
+        .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains(&format!("cannot open the log at {named}")) && stderr.contains(why),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("s3cret") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
