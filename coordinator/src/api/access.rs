@@ -20,7 +20,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
 /// Who may call, and how: the tokens and TLS.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Access {
     /// When set, the operator's calls (RetryTransaction, ResolveBranch, the
     /// shard map's writes) require it (`authorization: Bearer <token>`).
@@ -35,6 +35,18 @@ pub struct Access {
     /// Host names the console answers to besides loopback's when it
     /// listens on loopback: a reverse proxy's (`--console-host`).
     pub console_hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for Access {
+    // Never print a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "[set]"))
+            .field("client_tokens", &self.client_tokens.len())
+            .field("tls", &self.tls)
+            .field("console_hosts", &self.console_hosts)
+            .finish()
+    }
 }
 
 /// The node's TLS identity and, for mutual TLS, the clients' CA.
@@ -110,9 +122,10 @@ impl Credentials {
 
     /// What this node shows on the calls it makes on no caller's behalf
     /// (its console's chart watching the other groups): a client token,
-    /// since the nodes of a deployment share them, else the admin token.
+    /// since the nodes of a deployment share them. Never the admin token:
+    /// a read needs no more, and a peer's address could be wrong.
     pub fn own_bearer(&self) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
-        let token = self.clients.first().or(self.admin.as_ref())?;
+        let token = self.clients.first()?;
         format!("Bearer {token}").parse().ok()
     }
 
@@ -165,12 +178,15 @@ impl Credentials {
     }
 }
 
-/// Compares without stopping at the first difference, so that the time
-/// taken says nothing about how much of a guessed token was right.
+/// Compares the tokens' SHA-256 digests without stopping at the first
+/// difference: the time taken says nothing about how much of a guessed
+/// token was right, nor how long the real one is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut differ = a.len() ^ b.len();
+    use sha2::Digest;
+    let (a, b) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
+    let mut differ = 0u8;
     for (x, y) in a.iter().zip(b.iter()) {
-        differ |= usize::from(x ^ y);
+        differ |= x ^ y;
     }
     differ == 0
 }
@@ -192,7 +208,17 @@ pub struct Guarded<S> {
     credentials: Arc<Credentials>,
     calls: Arc<tokio::sync::Semaphore>,
     max_calls: usize,
+    /// The places of the calls that need no token (GetOutcome), apart:
+    /// whoever may make them without a token must not take every place,
+    /// nor hold one by sending a request's body slowly.
+    open_calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Calls that need no token served at once ([`OPEN_PATHS`]), and how long
+/// each may take, its request's arrival included: a participant's
+/// question is answered from memory or one read of the log.
+const OPEN_CALLS: usize = 1_024;
+const OPEN_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<S> Guarded<S> {
     pub fn new(inner: S, credentials: Arc<Credentials>, max_calls: usize) -> Self {
@@ -201,6 +227,7 @@ impl<S> Guarded<S> {
             credentials,
             calls: Arc::new(tokio::sync::Semaphore::new(max_calls)),
             max_calls,
+            open_calls: Arc::new(tokio::sync::Semaphore::new(OPEN_CALLS)),
         }
     }
 }
@@ -229,6 +256,26 @@ where
         let open = OPEN_PATHS.contains(&request.uri().path());
         if !open && let Err(status) = self.credentials.client(request.headers()) {
             return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        if open {
+            let Ok(place) = Arc::clone(&self.open_calls).try_acquire_owned() else {
+                let status = Status::unavailable(format!(
+                    "this node is answering {OPEN_CALLS} GetOutcome calls; retry after a backoff"
+                ));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            };
+            let answer = self.inner.call(request);
+            return Box::pin(async move {
+                let answered = tokio::time::timeout(OPEN_CALL_DEADLINE, answer).await;
+                drop(place);
+                answered.unwrap_or_else(|_| {
+                    Ok(Status::deadline_exceeded(format!(
+                        "not answered within {} s",
+                        OPEN_CALL_DEADLINE.as_secs()
+                    ))
+                    .into_http())
+                })
+            });
         }
         let Ok(place) = Arc::clone(&self.calls).try_acquire_owned() else {
             let mut status = Status::unavailable(format!(

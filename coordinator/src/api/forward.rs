@@ -165,7 +165,13 @@ impl Forwarder {
                 .map_err(|e| tonic::Status::internal(format!("TLS towards {address}: {e}")))?,
             _ => endpoint,
         };
-        let client = CoordinatorClient::new(endpoint.connect_lazy());
+        // Peer nodes are named by the shard map and the leases, not by
+        // clients, but a call to one carries its caller's token: never to
+        // an address no node is at (`runtime::dial`, DESIGN §12 S6).
+        let client = CoordinatorClient::new(crate::runtime::dial::channel(
+            endpoint,
+            std::sync::Arc::default(),
+        ));
         clients.insert(address.to_owned(), client.clone());
         Ok(client)
     }

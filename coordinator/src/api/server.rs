@@ -26,6 +26,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
 /// start, which a stream sends at once).
 const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(300);
 
+/// Reflection calls served at once (grpcurl and the like, by hand).
+const REFLECTION_CALLS: usize = 64;
+
 /// Serves the Coordinator service, gRPC health and reflection on `listener`
 /// until `shutdown` resolves, then stops accepting and lets in-flight calls
 /// finish.
@@ -75,6 +78,7 @@ where
     let draining = runtime.draining();
     let mut log_health = runtime.log_health();
     let credentials = std::sync::Arc::new(Credentials::of(&access));
+    let reflection_credentials = std::sync::Arc::clone(&credentials);
     let max_calls = limits.max_calls.max(1);
     // DESIGN §12 (S3): with client tokens, a call without one is refused
     // before its request is decoded.
@@ -124,7 +128,19 @@ where
         .add_service(health_service)
         .add_service(coordinator);
     if let Some((v1, v1alpha)) = reflection {
-        router = router.add_service(v1).add_service(v1alpha);
+        // The API's schema is for the callers the node admits (the client
+        // token), and a few at a time.
+        router = router
+            .add_service(access::Guarded::new(
+                v1,
+                std::sync::Arc::clone(&reflection_credentials),
+                REFLECTION_CALLS,
+            ))
+            .add_service(access::Guarded::new(
+                v1alpha,
+                reflection_credentials,
+                REFLECTION_CALLS,
+            ));
     }
     // Load balancers stop sending work once a graceful shutdown begins, and
     // while the log takes no writes (a full disk, a database that refuses):

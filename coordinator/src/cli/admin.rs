@@ -321,18 +321,19 @@ impl tonic::service::Interceptor for Auth {
 pub(super) type Client = CoordinatorClient<InterceptedService<Channel, Auth>>;
 
 impl Remote {
-    /// The node's URL; `host:port` without a scheme is taken as http://.
+    /// The node's URL; `host:port` without a scheme is taken as https://
+    /// when TLS settings are given, http:// otherwise.
     pub(super) fn url(&self) -> String {
-        with_scheme(&self.coordinator)
+        with_scheme(&self.coordinator, self.tls_ca.is_some())
     }
 }
 
-/// `url`, with `http://` in front when it names no scheme.
-fn with_scheme(url: &str) -> String {
-    if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
+/// `url`, with a scheme in front when it names none.
+fn with_scheme(url: &str, tls: bool) -> String {
+    match (url.contains("://"), tls) {
+        (true, _) => url.to_owned(),
+        (false, true) => format!("https://{url}"),
+        (false, false) => format!("http://{url}"),
     }
 }
 
@@ -361,7 +362,14 @@ impl Auth {
 
 /// A client for the node at `url`, with `args`' TLS settings and token.
 pub(super) fn connect(args: &Remote, url: &str) -> anyhow::Result<Client> {
-    let url = with_scheme(url);
+    let url = with_scheme(url, args.tls_ca.is_some());
+    // tonic speaks TLS only to https:// URLs: TLS settings with http://
+    // would send the token in clear.
+    if args.tls_ca.is_some() && url.starts_with("http://") {
+        anyhow::bail!(
+            "{url} is not https:// but TLS settings (--tls-ca) were given: give https://"
+        );
+    }
     let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("{url:?} is not a coordinator's URL"))?
         .connect_timeout(Duration::from_secs(5))
@@ -789,6 +797,13 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_without_a_scheme_is_https_with_tls_settings_and_http_without() {
+        assert_eq!(with_scheme("coord:7400", false), "http://coord:7400");
+        assert_eq!(with_scheme("coord:7400", true), "https://coord:7400");
+        assert_eq!(with_scheme("http://coord:7400", true), "http://coord:7400");
+    }
 
     #[test]
     fn client_text_cannot_forge_lines_or_drive_the_terminal() {

@@ -461,6 +461,9 @@ fn sharding(
     Ok(Some(sharding))
 }
 
+/// Tokens shorter than this are warned of at start.
+const MIN_TOKEN_CHARS: usize = 16;
+
 /// Protected mode (DESIGN §12, S3): a node that other hosts can reach
 /// serves only callers it can authenticate, unless told by name to serve
 /// anyone. Both kinds of caller: whoever may Begin and Commit makes this
@@ -500,6 +503,19 @@ fn protected(args: &ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     protected(&args)?;
+    // A token is a password: a short one is guessed.
+    let short = args
+        .admin_token
+        .iter()
+        .chain(&args.client_token)
+        .filter(|token| !token.is_empty())
+        .any(|token| token.len() < MIN_TOKEN_CHARS);
+    if short {
+        tracing::warn!(
+            "a token of fewer than {MIN_TOKEN_CHARS} characters can be guessed: make one with \
+             `openssl rand -hex 24`"
+        );
+    }
     if args.database_url.as_deref().is_some_and(is_postgres)
         && args.node_name.is_none()
         && args.advertise_url.is_none()
@@ -750,8 +766,17 @@ fn parse_with_config_file(argv: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> 
             },
             ToString::to_string,
         );
+        // A secret's value is not repeated (a token, a URL's password).
+        let shown = if ["token", "url", "key"]
+            .iter()
+            .any(|secret| key.contains(secret))
+        {
+            "(hidden)".to_owned()
+        } else {
+            format!("{value:?}")
+        };
         anyhow::anyhow!(
-            "{}{line}: {key} = {value:?} cannot be used ({reason})",
+            "{}{line}: {key} = {shown} cannot be used ({reason})",
             path.display()
         )
     })?;

@@ -67,13 +67,34 @@ impl Network {
     }
 }
 
-/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the IPv4 one.
+/// An IPv4 address written as IPv6 is the IPv4 one: mapped
+/// (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`) or behind NAT64
+/// (`64:ff9b::a.b.c.d`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    let segments = v6.segments();
+    let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    let compatible =
+        segments[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified();
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if nat64 || compatible => {
+            let [.., a, b, c, d] = v6.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+        }
+        None => ip,
     }
 }
+
+/// Metadata services outside the link-local ranges: AWS's IPv6 one,
+/// Alibaba Cloud's, Azure's WireServer.
+const METADATA: [IpAddr; 3] = [
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
+];
 
 /// Why no caller may make this node connect to `ip`, if none may.
 pub fn never_dialled(ip: IpAddr) -> Option<&'static str> {
@@ -82,8 +103,11 @@ pub fn never_dialled(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     };
-    if link_local {
-        Some("a link-local address (where cloud metadata services answer) is never dialled")
+    if link_local || METADATA.contains(&ip) {
+        Some(
+            "a link-local or cloud metadata address (where metadata services hand out \
+             credentials) is never dialled",
+        )
     } else if ip.is_unspecified() {
         Some("an unspecified address (0.0.0.0, ::) names no participant")
     } else {
@@ -252,6 +276,11 @@ mod tests {
             "169.254.169.254",
             "fe80::1",
             "::ffff:169.254.169.254",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "168.63.129.16",
             "0.0.0.0",
             "::",
         ] {

@@ -136,6 +136,12 @@ function feed(query, onChange) {
       lost();
       throw error;
     }
+    if (response.status === 401 || response.status === 403) {
+      // Asking again will not help: the page says why.
+      stop.abort();
+      live.textContent = "not following";
+      return;
+    }
     if (!response.ok || !response.body) throw new Error(`${response.status}`);
     nodeUp();
     live.textContent = "live";
@@ -306,7 +312,11 @@ async function listPage(params) {
   const search = el("input", { type: "search", id: "filter-search", value: filters.search,
     placeholder: "id or its first digits", "aria-label": "Transaction id or prefix",
     title: "A whole id opens it; its first digits (at least 4) or the list's short form 01a2525d…0dd3 find it" });
-  const local = (ms) => ms ? new Date(Number(ms) - new Date(Number(ms)).getTimezoneOffset() * 60000).toISOString().slice(0, 16) : "";
+  const local = (ms) => {
+    const at = new Date(Number(ms));
+    if (!ms || Number.isNaN(at.getTime())) return "";
+    return new Date(at.getTime() - at.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  };
   const after = el("input", { type: "datetime-local", id: "filter-after", value: local(filters.after_ms), "aria-label": "Begun after" });
   const before = el("input", { type: "datetime-local", id: "filter-before", value: local(filters.before_ms), "aria-label": "Begun before" });
   const whole = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
