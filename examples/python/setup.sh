@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 sdk=../../sdk/python
-# Tests start several Python services at once, each running this script, and
-# scripts/test-python-sdk.sh builds the same package beside them: pip builds
-# it in its source tree (the stubs land in src/), so one build at a time, and
-# one virtualenv creation at a time.
-exec 9> "$sdk/.build.lock"
+# Tests start several Python services at once, each running this script:
+# one creates and fills .venv at a time, the others wait and find it ready.
+# The lock is this directory itself, so nothing is written to hold it. The
+# build writes nothing into sdk/python, so scripts/test-python-sdk.sh
+# building the same package into its own virtualenv meanwhile is no matter.
+exec 9< .
 flock 9
 stamp=.venv/.concord-ready
 want="$(find "$sdk/pyproject.toml" "$sdk/setup.py" "$sdk/src" ../../proto/proto -type f \
