@@ -70,11 +70,28 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
-/// The tokens a node checks callers against.
+/// The tokens a node checks callers against, kept as SHA-256 digests: a
+/// call's token is hashed once and compared with each without stopping at
+/// the first difference, so the time taken says nothing about how much of
+/// a guess was right, nor how long a token is. The first client token is
+/// kept as written, for the node's own calls ([`Credentials::own_bearer`]).
 #[derive(Default)]
 pub struct Credentials {
-    admin: Option<String>,
-    clients: Vec<String>,
+    admin: Option<Digest>,
+    clients: Vec<Digest>,
+    own: Option<String>,
+}
+
+type Digest = [u8; 32];
+
+fn digest(token: &str) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether two digests are equal, looking at every byte.
+fn same(a: &Digest, b: &Digest) -> bool {
+    a.iter().zip(b).fold(0u8, |differ, (x, y)| differ | (x ^ y)) == 0
 }
 
 impl std::fmt::Debug for Credentials {
@@ -97,14 +114,19 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 
 impl Credentials {
     pub fn of(access: &Access) -> Self {
+        let clients: Vec<&String> = access
+            .client_tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .collect();
         Self {
-            admin: access.admin_token.clone().filter(|t| !t.is_empty()),
-            clients: access
-                .client_tokens
-                .iter()
+            admin: access
+                .admin_token
+                .as_deref()
                 .filter(|t| !t.is_empty())
-                .cloned()
-                .collect(),
+                .map(digest),
+            clients: clients.iter().map(|t| digest(t)).collect(),
+            own: clients.first().map(|t| (*t).clone()),
         }
     }
 
@@ -125,7 +147,7 @@ impl Credentials {
     /// since the nodes of a deployment share them. Never the admin token:
     /// a read needs no more, and a peer's address could be wrong.
     pub fn own_bearer(&self) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
-        let token = self.clients.first()?;
+        let token = self.own.as_ref()?;
         format!("Bearer {token}").parse().ok()
     }
 
@@ -140,7 +162,7 @@ impl Credentials {
                  send `authorization: Bearer <token>` (concord txn --token, or \
                  CONCORD_ADMIN_TOKEN)"
             ))),
-            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(given) if same(&digest(given), expected) => Ok(()),
             Some(_) => Err(Status::unauthenticated(format!(
                 "{rpc}: the admin token does not match this coordinator's"
             ))),
@@ -161,13 +183,12 @@ impl Credentials {
         };
         // Every token is compared, so that the time taken does not say
         // which one came close.
+        let given = digest(given);
         let matched = self
             .clients
             .iter()
             .chain(self.admin.iter())
-            .fold(false, |matched, token| {
-                constant_time_eq(given.as_bytes(), token.as_bytes()) | matched
-            });
+            .fold(false, |matched, token| same(&given, token) | matched);
         if matched {
             Ok(())
         } else {
@@ -176,19 +197,6 @@ impl Credentials {
             ))
         }
     }
-}
-
-/// Compares the tokens' SHA-256 digests without stopping at the first
-/// difference: the time taken says nothing about how much of a guessed
-/// token was right, nor how long the real one is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use sha2::Digest;
-    let (a, b) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
-    let mut differ = 0u8;
-    for (x, y) in a.iter().zip(b.iter()) {
-        differ |= x ^ y;
-    }
-    differ == 0
 }
 
 /// The calls that need no client token: a participant's question about a
@@ -208,6 +216,8 @@ pub struct Guarded<S> {
     credentials: Arc<Credentials>,
     calls: Arc<tokio::sync::Semaphore>,
     max_calls: usize,
+    /// The flag that sets `max_calls`, named when a call is refused.
+    limit: &'static str,
     /// The places of the calls that need no token (GetOutcome), apart:
     /// whoever may make them without a token must not take every place,
     /// nor hold one by sending a request's body slowly.
@@ -221,12 +231,20 @@ const OPEN_CALLS: usize = 1_024;
 const OPEN_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S, credentials: Arc<Credentials>, max_calls: usize) -> Self {
+    /// `inner`, serving at most `max_calls` calls at once (`limit` says
+    /// what sets it).
+    pub fn new(
+        inner: S,
+        credentials: Arc<Credentials>,
+        max_calls: usize,
+        limit: &'static str,
+    ) -> Self {
         Self {
             inner,
             credentials,
             calls: Arc::new(tokio::sync::Semaphore::new(max_calls)),
             max_calls,
+            limit,
             open_calls: Arc::new(tokio::sync::Semaphore::new(OPEN_CALLS)),
         }
     }
@@ -279,8 +297,8 @@ where
         }
         let Ok(place) = Arc::clone(&self.calls).try_acquire_owned() else {
             let mut status = Status::unavailable(format!(
-                "this node is serving {} calls, its limit (--max-calls): retry after a backoff",
-                self.max_calls
+                "this node is serving {} calls, its limit ({}): retry after a backoff",
+                self.max_calls, self.limit
             ));
             status.metadata_mut().insert(
                 "grpc-retry-pushback-ms",

@@ -91,6 +91,7 @@ where
         .max_decoding_message_size(max_message),
         credentials,
         max_calls,
+        "--max-calls",
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -135,11 +136,13 @@ where
                 v1,
                 std::sync::Arc::clone(&reflection_credentials),
                 REFLECTION_CALLS,
+                "reflection's own",
             ))
             .add_service(access::Guarded::new(
                 v1alpha,
                 reflection_credentials,
                 REFLECTION_CALLS,
+                "reflection's own",
             ));
     }
     // Load balancers stop sending work once a graceful shutdown begins, and

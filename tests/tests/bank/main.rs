@@ -524,22 +524,18 @@ async fn a_stranger_cannot_move_money_by_calling_a_bank_directly() {
 /// token; GetOutcome, a participant's question, needs none.
 #[tokio::test]
 async fn a_stranger_cannot_move_money_through_a_coordinator_that_requires_a_client_token() {
-    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    use concord_coordinator::node::{Node, NodeConfig};
     let dir = tempfile::tempdir().expect("temp dir");
     let stop = CancellationToken::new();
     let a = start_bank(dir.path(), "bank-a", &[("alice", 10_000)], &stop).await;
     let b = start_bank(dir.path(), "bank-b", &[("bob", 5_000)], &stop).await;
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         access: concord_coordinator::api::Access {
             admin_token: Some("ops-token".into()),
             client_tokens: vec!["old-app-token".into(), "app-token".into()],
             ..Default::default()
         },
-        ..NodeConfig::new(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("coordinator starts");

@@ -125,6 +125,20 @@ impl Browser {
             .unwrap_or_else(|error| panic!("{css} never appeared: {error}"))
     }
 
+    /// Types `token` into the page's token form and uses it.
+    async fn use_token(&self, token: &str) {
+        self.wait_for("#token")
+            .await
+            .send_keys(token)
+            .await
+            .expect("type the token");
+        self.wait_for("#token-use")
+            .await
+            .click()
+            .await
+            .expect("use it");
+    }
+
     /// Waits until `css`'s text contains `text`.
     async fn wait_for_text(&self, css: &str, text: &str) {
         eventually(&format!("{css} says {text:?}"), || async {
@@ -183,17 +197,13 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     let dir = tempfile::tempdir().expect("temp dir");
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         access: concord_coordinator::api::Access {
             admin_token: Some(TOKEN.into()),
             client_tokens: Vec::new(),
             ..Default::default()
         },
         console: Some(loopback),
-        ..NodeConfig::new(
-            loopback,
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("coordinator starts");
@@ -250,18 +260,7 @@ async fn an_operator_sees_a_stuck_saga_arrive_live_and_resolves_it_in_the_browse
     browser.screenshot(shots, "console-transaction").await;
 
     // With the token: Resolve the flight as compensated by hand.
-    browser
-        .wait_for("#token")
-        .await
-        .send_keys(TOKEN)
-        .await
-        .expect("type the token");
-    browser
-        .wait_for("#token-use")
-        .await
-        .click()
-        .await
-        .expect("use it");
+    browser.use_token(TOKEN).await;
     browser.wait_for_text("#mode", "operator").await;
     browser
         .wait_for("#parts tr[data-name=\"flight\"] button.resolve-open")
@@ -383,7 +382,6 @@ async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
     let dir = tempfile::tempdir().expect("temp dir");
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         access: concord_coordinator::api::Access {
             admin_token: Some(TOKEN.into()),
             client_tokens: vec![READER.into()],
@@ -392,10 +390,7 @@ async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
             ..Default::default()
         },
         console: Some(loopback),
-        ..NodeConfig::new(
-            loopback,
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("coordinator starts");
@@ -454,18 +449,7 @@ async fn with_client_tokens_the_console_shows_nothing_until_one_is_given() {
     );
     let shots = dir.path();
     browser.screenshot(shots, "console-token-required").await;
-    browser
-        .wait_for("#token")
-        .await
-        .send_keys(READER)
-        .await
-        .expect("type the token");
-    browser
-        .wait_for("#token-use")
-        .await
-        .click()
-        .await
-        .expect("use it");
+    browser.use_token(READER).await;
     browser.wait_for_text("#mode", "read-only").await;
     browser
         .wait_for(&format!("#transactions tr[data-id=\"{first}\"]"))
@@ -499,12 +483,8 @@ async fn an_operator_finds_a_transaction_by_its_digits_and_sees_when_the_node_is
     let dir = tempfile::tempdir().expect("temp dir");
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         console: Some(loopback),
-        ..NodeConfig::new(
-            loopback,
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("coordinator starts");

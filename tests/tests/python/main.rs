@@ -446,15 +446,11 @@ async fn the_python_sdk_passes_its_own_tests_and_type_checks() {
     }
     // And one that requires a client token (DESIGN §12, S3).
     let guarded = Node::start(NodeConfig {
-        runtime: quick_config(),
         access: concord_coordinator::api::Access {
             client_tokens: vec![PYTHON_CLIENT_TOKEN.into()],
             ..Default::default()
         },
-        ..NodeConfig::new(
-            free_addr(),
-            StoreLocation::DataDir(dir.path().join("guarded")),
-        )
+        ..support::node_config(&dir.path().join("guarded"))
     })
     .await
     .expect("the guarded node starts");

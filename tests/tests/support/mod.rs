@@ -35,13 +35,23 @@ pub fn quick_config() -> RuntimeConfig {
     )
 }
 
-pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node {
-    Node::start(NodeConfig {
-        runtime,
+/// A node's settings for a test: loopback on a port the system picks, its
+/// log in `data_dir`, quick retries ([`quick_config`]); a test changes
+/// what it needs (`NodeConfig { limits, ..node_config(dir) }`).
+pub fn node_config(data_dir: &Path) -> NodeConfig {
+    NodeConfig {
+        runtime: quick_config(),
         ..NodeConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             StoreLocation::DataDir(data_dir.to_path_buf()),
         )
+    }
+}
+
+pub async fn start_coordinator(data_dir: &Path, runtime: RuntimeConfig) -> Node {
+    Node::start(NodeConfig {
+        runtime,
+        ..node_config(data_dir)
     })
     .await
     .expect("coordinator starts")

@@ -361,18 +361,14 @@ async fn calls_with_large_payloads_are_batched_under_what_the_participant_decode
 /// large (`with_max_call_bytes`) commits it.
 #[tokio::test]
 async fn a_participant_takes_calls_as_large_as_it_was_told_to() {
-    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    use concord_coordinator::node::{Node, NodeConfig};
     let dir = tempfile::tempdir().expect("temp dir");
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         limits: concord_coordinator::api::Limits {
             max_payload_bytes: 5 * 1024 * 1024,
             ..Default::default()
         },
-        ..NodeConfig::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..super::support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("node");
@@ -424,21 +420,17 @@ async fn a_participant_takes_calls_as_large_as_it_was_told_to() {
 /// there is room again.
 #[tokio::test]
 async fn past_max_calls_a_call_is_refused_at_once_and_health_still_answers() {
-    use concord_coordinator::node::{Node, NodeConfig, StoreLocation};
+    use concord_coordinator::node::{Node, NodeConfig};
     let dir = tempfile::tempdir().expect("temp dir");
     let stop = CancellationToken::new();
     let participant = Gated::new(false);
     let url = serve(participant.clone(), stop.clone()).await;
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         limits: concord_coordinator::api::Limits {
             max_calls: 2,
             ..Default::default()
         },
-        ..NodeConfig::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..super::support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("coordinator starts");

@@ -454,15 +454,11 @@ async fn a_watch_of_what_comes_next_misses_nothing_when_its_connection_breaks_be
 async fn past_max_watches_a_new_watch_is_refused_until_one_ends() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = Node::start(NodeConfig {
-        runtime: quick_config(),
         limits: concord_coordinator::api::Limits {
             max_watches: 2,
             ..Default::default()
         },
-        ..NodeConfig::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            StoreLocation::DataDir(dir.path().join("coordinator")),
-        )
+        ..super::support::node_config(&dir.path().join("coordinator"))
     })
     .await
     .expect("node");
