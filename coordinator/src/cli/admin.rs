@@ -26,9 +26,13 @@ pub struct Remote {
     #[arg(global = true)]
     pub(super) coordinator: String,
 
-    /// The token to send: the coordinator's admin token for retry,
-    /// resolve and the shard map's writes; for reads, a client token does
-    /// when the coordinator requires one (--client-token).
+    /// The token to send with every call.
+    ///
+    /// The coordinator's admin token for `concord txn retry` and `resolve`
+    /// and for `concord shards add-group`, `move`, `cancel` and `sync` (the
+    /// shard map's writes and the handover of shards' keys); for reads
+    /// (`concord txn list` and `show`, `concord shards show`), a client
+    /// token does when the coordinator requires one (--client-token).
     #[arg(
         long,
         env = "CONCORD_ADMIN_TOKEN",
@@ -39,28 +43,30 @@ pub struct Remote {
 
     /// For an https:// coordinator: the CA (PEM) that signed its
     /// certificate.
-    #[arg(long, env = "CONCORD_TXN_TLS_CA", global = true)]
+    #[arg(long, env = "CONCORD_CLI_TLS_CA", global = true)]
     tls_ca: Option<std::path::PathBuf>,
 
-    /// For a coordinator that requires mutual TLS: this client's
-    /// certificate chain (PEM); needs --tls-key and --tls-ca.
-    #[arg(long, env = "CONCORD_TXN_TLS_CERT", requires_all = ["tls_key", "tls_ca"], global = true)]
+    /// This client's certificate chain (PEM); needs --tls-key and --tls-ca.
+    ///
+    /// For a coordinator that requires mutual TLS.
+    #[arg(long, env = "CONCORD_CLI_TLS_CERT", requires_all = ["tls_key", "tls_ca"], global = true)]
     tls_cert: Option<std::path::PathBuf>,
 
     /// The private key of --tls-cert (PEM).
     #[arg(
         long,
-        env = "CONCORD_TXN_TLS_KEY",
+        env = "CONCORD_CLI_TLS_KEY",
         requires = "tls_cert",
         global = true
     )]
     tls_key: Option<std::path::PathBuf>,
 
-    /// The name to check the coordinator's certificate against, when it is
-    /// not the URL's host.
+    /// The name to check the coordinator's certificate against.
+    ///
+    /// Give it when that is not the URL's host.
     #[arg(
         long,
-        env = "CONCORD_TXN_TLS_DOMAIN",
+        env = "CONCORD_CLI_TLS_DOMAIN",
         requires = "tls_ca",
         global = true
     )]
@@ -80,9 +86,11 @@ pub struct TxnArgs {
 enum TxnCommand {
     /// Transactions newest first. Filters combine; --page-token continues.
     List {
-        /// Only this state (repeatable): active, preparing, committing,
-        /// aborting, committed, aborted, running, compensating, completed,
-        /// compensated, failed, prepared, delivering, delivered, dropped.
+        /// Only this state (repeatable).
+        ///
+        /// One of: active, preparing, committing, aborting, committed,
+        /// aborted, running, compensating, completed, compensated, failed,
+        /// prepared, delivering, delivered, dropped.
         #[arg(long = "state", value_parser = parse_state)]
         states: Vec<pb::TransactionState>,
         /// Only this kind: 2pc, saga or message.
@@ -95,22 +103,27 @@ enum TxnCommand {
         #[arg(long)]
         needs_attention: bool,
         /// At most this many (1 to 1000).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Where the previous page ended (printed under it).
         #[arg(long)]
         page_token: Option<String>,
-        /// With several groups (DESIGN §11): only this group's transactions
-        /// (default: every group's, gathered by the node called).
+        /// With several groups (DESIGN §11): only this group's transactions.
+        ///
+        /// Default: every group's, gathered by the node called.
         #[arg(long)]
         group: Option<String>,
-        /// Print the page as one JSON object (`transactions`,
-        /// `next_page_token`), as the console's API gives it.
+        /// Print the page as one JSON object.
+        ///
+        /// Its fields are `transactions` and `next_page_token`, as the
+        /// console's API gives the page.
         #[arg(long)]
         json: bool,
     },
-    /// One transaction: its state, branches or steps, attempts, errors and
-    /// operators' decisions.
+    /// One transaction, in detail.
+    ///
+    /// Its state, branches or steps, attempts, errors and operators'
+    /// decisions.
     Show {
         /// The transaction id.
         id: String,
@@ -118,25 +131,31 @@ enum TxnCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Makes every retry of the transaction that is waiting out its backoff
-    /// (phase-2 deliveries, saga steps, compensations) now.
+    /// Makes the transaction's waiting retries happen now.
+    ///
+    /// Every retry of the transaction that is waiting out its backoff:
+    /// phase-2 deliveries, saga steps, compensations.
     Retry {
         /// The transaction id.
         id: String,
     },
-    /// Records what you established happened at a participant that cannot
-    /// answer, so the transaction can finish: a 2PC branch in phase 2
-    /// (committed or aborted, as the transaction decided), a saga step
-    /// whose action (committed) or compensation (compensated) keeps
-    /// failing, a message's producer that cannot answer its check-back
+    /// Records what happened at a participant that cannot answer.
+    ///
+    /// What you established happened there, so that the transaction can
+    /// finish: a 2PC branch in phase 2 (committed or aborted, as the
+    /// transaction decided), a saga step whose action (committed) or
+    /// compensation (compensated) keeps failing, a message's producer
+    /// that cannot answer its check-back
     /// (`--branch producer`: committed to deliver, aborted to drop) or a
     /// message's destination that keeps failing (committed). Recorded with
     /// who, when and why; shown forever after.
     Resolve {
         /// The transaction id.
         id: String,
-        /// The branch, step or destination name, as `concord txn show`
-        /// prints it, or `producer` for a message's producer.
+        /// The branch, step or destination name, or `producer`.
+        ///
+        /// The name as `concord txn show` prints it; `producer` for a
+        /// message's producer.
         #[arg(long)]
         branch: String,
         /// committed, aborted or compensated.

@@ -18,17 +18,20 @@ pub struct KeysArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum KeysCommand {
-    /// Make a new signing key: FILE (private, mode 0600) and FILE.pub
-    /// (public, for participants: `--coordinator-key FILE.pub`). Every node
-    /// of a deployment signs with the same key (`concord serve
-    /// --signing-key FILE`).
+    /// Make a new signing key: FILE and FILE.pub.
+    ///
+    /// FILE is the private key (mode 0600); FILE.pub the public one, for
+    /// participants (`--coordinator-key FILE.pub`). Every node of a
+    /// deployment signs with the same key (`concord serve --signing-key
+    /// FILE`).
     Generate {
         /// Where to write the private key.
         #[arg(long)]
         out: PathBuf,
-        /// Replace a key already there (participants trusting only the old
-        /// key then refuse this coordinator's calls: see docs/security.md,
-        /// rotation).
+        /// Replace a key already there.
+        ///
+        /// Participants trusting only the old key then refuse this
+        /// coordinator's calls: see docs/security.md, rotation.
         #[arg(long)]
         force: bool,
     },

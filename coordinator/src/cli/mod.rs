@@ -39,19 +39,25 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Operator tools: list, show, retry and resolve transactions.
     Txn(admin::TxnArgs),
-    /// A deployment of several groups: its shard map, and moving shards
-    /// between groups.
+    /// Shard map of a multi-group deployment; moving shards between groups.
+    ///
+    /// For a deployment of several groups of nodes (DESIGN §11): print or
+    /// write its shard map, and move shards from one group to another.
     Shards(shards::ShardsArgs),
-    /// The key every call to a participant is signed with: make one, print
-    /// its public half.
+    /// Make or inspect the key that participant calls are signed with.
+    ///
+    /// Every call to a participant is signed with this key: `generate`
+    /// makes one, `public` prints its public half.
     Keys(keys::KeysArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// A TOML file of settings: `key = value` for any flag below, named as
-    /// the flag without its dashes (`lease_ms = 5000` or `lease-ms = 5000`).
-    /// Flags and environment variables override it.
+    /// A TOML file of settings for any flag below.
+    ///
+    /// Each setting as `key = value`, the key named as the flag without its
+    /// dashes (`lease_ms = 5000` or `lease-ms = 5000`). Flags and
+    /// environment variables override it.
     #[arg(help_heading = "Serving", long, env = "CONCORD_CONFIG")]
     config: Option<PathBuf>,
 
@@ -73,8 +79,10 @@ struct ServeArgs {
     )]
     data_dir: PathBuf,
 
-    /// Database URL overriding --data-dir: sqlite:///var/lib/concord/log.db,
-    /// or postgres://user:password@host/db (several nodes may share one
+    /// Database URL of the log, overriding --data-dir.
+    ///
+    /// E.g. sqlite:///var/lib/concord/log.db, or
+    /// postgres://user:password@host/db (several nodes may share one
     /// PostgreSQL database: see --node-name and --lease-ms).
     #[arg(
         help_heading = "The log",
@@ -84,21 +92,27 @@ struct ServeArgs {
     )]
     database_url: Option<String>,
 
-    /// On PostgreSQL: this node's name among the nodes sharing the database;
-    /// a restart under the same name takes over the previous start's
-    /// transactions at once. Default: the advertised URL.
+    /// On PostgreSQL: this node's name among the nodes sharing the database.
+    ///
+    /// A restart under the same name takes over the previous start's
+    /// transactions at once. Default: --advertise-url (one of the two is required on PostgreSQL).
     #[arg(help_heading = "The log", long, env = "CONCORD_NODE_NAME")]
     node_name: Option<String>,
 
-    /// On PostgreSQL: how long a node's lease lasts without renewal, in ms
-    /// (renewed every third of it). A node silent for longer is declared
-    /// gone and its transactions are taken over. Same value on every node.
+    /// On PostgreSQL: how long a node's lease lasts without renewal, in ms.
+    ///
+    /// The lease is renewed every third of it. A node silent for longer is
+    /// declared gone and its transactions are taken over. Same value on
+    /// every node.
     #[arg(help_heading = "The log", long, env = "CONCORD_LEASE_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(300..=600_000))]
     lease_ms: u64,
 
-    /// When set, the operator's calls (`concord txn retry` and `resolve`)
-    /// must carry this token (`authorization: Bearer <token>`). Prefer the
+    /// The token the operator's calls must carry, when set.
+    ///
+    /// The operator's calls (`concord txn retry` and `resolve`; `concord
+    /// shards` writing the shard map and handing shards' keys over) must
+    /// then carry this token (`authorization: Bearer <token>`). Prefer the
     /// environment variable or the config file to the command line, which
     /// other local users can read.
     #[arg(
@@ -109,11 +123,12 @@ struct ServeArgs {
     )]
     admin_token: Option<String>,
 
-    /// When set, every client call (Begin, Commit, SubmitSaga, messages,
-    /// reads, watches; all but GetOutcome) must carry one of these tokens
-    /// or the admin token (`authorization: Bearer <token>`).
-    /// Comma-separated: give the new token beside the old one while
-    /// clients move to it.
+    /// Client tokens: when set, every client call must carry one of them.
+    ///
+    /// Client calls are Begin, Commit, SubmitSaga, messages, reads and
+    /// watches: all but GetOutcome. The admin token is accepted too; either
+    /// is sent as `authorization: Bearer <token>`. Comma-separated: give
+    /// the new token beside the old one while clients move to it.
     #[arg(
         help_heading = "Who may call, and whom it calls",
         long,
@@ -143,8 +158,9 @@ struct ServeArgs {
     )]
     tls_key: Option<PathBuf>,
 
-    /// Mutual TLS: accept only clients whose certificate this CA (PEM)
-    /// signed. Needs --tls-cert.
+    /// Mutual TLS: accept only clients whose certificate this CA (PEM) signed.
+    ///
+    /// Needs --tls-cert.
     #[arg(
         help_heading = "Who may call, and whom it calls",
         long,
@@ -153,8 +169,10 @@ struct ServeArgs {
     )]
     tls_client_ca: Option<PathBuf>,
 
+    /// CA (PEM) that signed the certificates of the servers this node calls.
+    ///
     /// TLS for this node's own calls to https:// participants and to other
-    /// nodes: the CA (PEM) that signed their certificates.
+    /// nodes.
     #[arg(
         help_heading = "Who may call, and whom it calls",
         long,
@@ -162,8 +180,9 @@ struct ServeArgs {
     )]
     peer_tls_ca: Option<PathBuf>,
 
-    /// The certificate chain (PEM) this node presents to https://
-    /// participants and nodes that require mutual TLS; needs
+    /// Certificate chain (PEM) this node presents to the servers it calls.
+    ///
+    /// For https:// participants and nodes that require mutual TLS. Needs
     /// --peer-tls-key and --peer-tls-ca.
     #[arg(help_heading = "Who may call, and whom it calls", long, env = "CONCORD_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
     peer_tls_cert: Option<PathBuf>,
@@ -177,29 +196,35 @@ struct ServeArgs {
     )]
     peer_tls_key: Option<PathBuf>,
 
-    /// Remove finished transactions from the log this many days after they
-    /// ended (checked every minute; each removal is logged and counted).
+    /// Days to keep finished transactions in the log; 0 keeps everything.
+    ///
+    /// A finished transaction is removed from the log this many days after
+    /// it ended (checked every minute; each removal is logged and counted).
     /// Never those an operator resolved a branch of, nor those flagged
-    /// NEEDS_ATTENTION. 0 keeps everything.
+    /// NEEDS_ATTENTION.
     #[arg(help_heading = "The log", long, env = "CONCORD_RETENTION_DAYS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=36_500))]
     retention_days: u64,
 
-    /// Serve Prometheus metrics at http://<this address>/metrics (off when
-    /// not given), e.g. 0.0.0.0:9464.
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464.
+    ///
+    /// At http://<this address>/metrics. Off when not given.
     #[arg(help_heading = "Serving", long, env = "CONCORD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
-    /// Serve the web console here (e.g. 127.0.0.1:7480): transactions, the
-    /// NEEDS_ATTENTION queue, live updates, Retry and Resolve. Off unless
-    /// given. TLS and the admin token as on the gRPC port; without the
-    /// token it is read-only.
+    /// Serve the web console on this address, e.g. 127.0.0.1:7480.
+    ///
+    /// Transactions, the NEEDS_ATTENTION queue, live updates, Retry and
+    /// Resolve. Off unless given. TLS and the admin token as on the gRPC
+    /// port; without the token it is read-only.
     #[arg(help_heading = "Serving", long, env = "CONCORD_CONSOLE_LISTEN")]
     console_listen: Option<SocketAddr>,
 
+    /// Host names a loopback console answers to besides loopback's.
+    ///
     /// A console on loopback answers only requests addressed to a loopback
-    /// name (DNS rebinding); behind a reverse proxy on the same host, the
-    /// names it is reached by (comma-separated): `console.example.com`.
+    /// name (DNS rebinding); behind a reverse proxy on the same host, give
+    /// the names it is reached by (comma-separated): `console.example.com`.
     #[arg(
         help_heading = "Serving",
         long,
@@ -210,10 +235,12 @@ struct ServeArgs {
     )]
     console_host: Vec<String>,
 
-    /// Export every span (each transaction's, and each participant call's
-    /// under it) to this OpenTelemetry collector over OTLP/gRPC, e.g.
-    /// http://127.0.0.1:4317, and send participants the W3C `traceparent`.
-    /// Needs a build with the `otlp` cargo feature.
+    /// Export spans to this OpenTelemetry collector over OTLP/gRPC.
+    ///
+    /// Every span (each transaction's, and each participant call's under
+    /// it) is exported to it, e.g. http://127.0.0.1:4317, and participants
+    /// are sent the W3C `traceparent`. Needs a build with the `otlp` cargo
+    /// feature.
     #[arg(help_heading = "Serving", long, env = "CONCORD_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
 
@@ -226,18 +253,20 @@ struct ServeArgs {
     )]
     otlp_service_name: String,
 
-    /// On SIGTERM or SIGINT: how long to keep serving the transactions in
-    /// flight until they have decided, in ms (health reports NOT_SERVING and
-    /// new transactions are refused meanwhile). What is left is finished by
-    /// the next start.
+    /// On SIGTERM or SIGINT: how long to drain transactions in flight, in ms.
+    ///
+    /// The node keeps serving the transactions in flight until they have
+    /// decided (health reports NOT_SERVING and new transactions are refused
+    /// meanwhile). What is left is finished by the next start.
     #[arg(help_heading = "Serving", long, env = "CONCORD_DRAIN_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     drain_timeout_ms: u64,
 
-    /// The private key every call to a participant is signed with (PEM;
-    /// `concord keys generate`); the same on every node of a deployment.
-    /// Default on the SQLite data directory: its `signing.key`, made at
-    /// the first start. Required with --database-url.
+    /// The private key every call to a participant is signed with (PEM).
+    ///
+    /// Made by `concord keys generate`; the same on every node of a
+    /// deployment. Default on the SQLite data directory: its `signing.key`,
+    /// made at the first start. Required with --database-url.
     #[arg(
         help_heading = "Who may call, and whom it calls",
         long,
@@ -245,6 +274,8 @@ struct ServeArgs {
     )]
     signing_key: Option<PathBuf>,
 
+    /// Allow serving other hosts unprotected (protected mode off).
+    ///
     /// Serve on an address other hosts can reach without both
     /// --admin-token and --client-token, and without mutual TLS
     /// (--tls-client-ca): anyone who reaches the port may then begin and
@@ -255,17 +286,21 @@ struct ServeArgs {
           value_name = "BOOL")]
     allow_unprotected: bool,
 
-    /// The URL participants reach this node at, sent with every call so they
-    /// know whom to ask about in-doubt branches. Default: http://<listen>.
+    /// The URL participants reach this node at.
+    ///
+    /// Sent with every call so they know whom to ask about in-doubt
+    /// branches. Default: http://<listen>.
     #[arg(help_heading = "Serving", long, env = "CONCORD_ADVERTISE_URL")]
     advertise_url: Option<String>,
 
-    /// A deployment of several groups of nodes, each group its own database
-    /// (DESIGN §11): the shard map, a JSON file (`shard::ShardMap`), the
-    /// same on every node at its start. Needs --group. Running nodes
-    /// follow newer versions of it themselves; change it with `concord
-    /// shards` (add-group, move, cancel), never by editing the file under
-    /// running nodes.
+    /// Shard map (JSON) of a deployment of several groups; needs --group.
+    ///
+    /// For a deployment of several groups of nodes, each group its own
+    /// database (DESIGN §11): the map is a JSON file (`shard::ShardMap`),
+    /// the same on every node at its start. Running nodes follow newer
+    /// versions of it themselves; change it with `concord shards`
+    /// (add-group, move, cancel), never by editing the file under running
+    /// nodes.
     #[arg(
         help_heading = "The log",
         long,
@@ -298,14 +333,18 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     delivery_timeout_ms: u64,
 
-    /// Coalesce the calls that wait for one participant while earlier calls
-    /// to it are in flight into one `Participant.Batch` call (no added
-    /// delay; participants that do not implement Batch get single calls).
+    /// Coalesce waiting calls to a participant into one Batch call.
+    ///
+    /// The calls that wait for one participant while earlier calls to it
+    /// are in flight go in one `Participant.Batch` call (no added delay;
+    /// participants that do not implement Batch get single calls).
     /// `false`: every call alone.
     #[arg(help_heading = "Transactions", long, env = "CONCORD_BATCH_CALLS", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     batch_calls: bool,
 
+    /// Failed tries of a forced log write before its client gets UNAVAILABLE.
+    ///
     /// A forced log write (a decision, an end) that failed this many times
     /// answers its waiting client UNAVAILABLE with the store's error; the
     /// node goes on writing it with capped backoff, since a decision
@@ -329,31 +368,36 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     max_payload_bytes: u64,
 
-    /// Most steps one saga may have (at most 1,000: checking a saga's
-    /// shape costs the square of its steps).
+    /// Most steps one saga may have.
+    ///
+    /// At most 1,000: checking a saga's shape costs the square of its
+    /// steps.
     #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_SAGA_STEPS", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=1_000))]
     max_saga_steps: u64,
 
-    /// Most transactions this node holds live at once (2PC, sagas and
-    /// messages together; about 13 KiB each): past it a new one is refused
-    /// RESOURCE_EXHAUSTED, to retry after a backoff.
+    /// Most transactions this node holds live at once.
+    ///
+    /// 2PC, sagas and messages together; about 13 KiB each. Past it a new
+    /// one is refused RESOURCE_EXHAUSTED, to retry after a backoff.
     #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_IN_FLIGHT", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_in_flight: u64,
 
-    /// Most WatchTransactions streams this node serves at once (and as
-    /// many again for its console's live pages): past it a new watch is
+    /// Most WatchTransactions streams this node serves at once.
+    ///
+    /// As many again for its console's live pages. Past it a new watch is
     /// RESOURCE_EXHAUSTED.
     #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_WATCHES", default_value_t = 1_024,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_watches: u64,
 
-    /// The only networks and host names participants may be at
-    /// (comma-separated): `10.0.0.0/8,bank.internal,*.svc.cluster.local`.
-    /// A listed name is dialled wherever it resolves; another name only
-    /// where it resolves inside a listed network. Empty: anywhere. Never,
-    /// list or not: link-local addresses (cloud metadata) and 0.0.0.0.
+    /// The only networks and host names participants may be at.
+    ///
+    /// Comma-separated: `10.0.0.0/8,bank.internal,*.svc.cluster.local`. A
+    /// listed name is dialled wherever it resolves; another name only where
+    /// it resolves inside a listed network. Empty: anywhere. Never, list or
+    /// not: link-local addresses (cloud metadata) and 0.0.0.0.
     #[arg(
         help_heading = "Who may call, and whom it calls",
         long,
@@ -363,8 +407,9 @@ struct ServeArgs {
     )]
     allowed_participants: Vec<String>,
 
-    /// Most calls this node serves at once, every client's together (a
-    /// watch counts until its stream starts): past it a call is refused
+    /// Most calls this node serves at once, every client's together.
+    ///
+    /// A watch counts until its stream starts. Past it a call is refused
     /// UNAVAILABLE with retry advice. Health checks are not counted.
     #[arg(help_heading = "Limits", long, env = "CONCORD_MAX_CALLS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

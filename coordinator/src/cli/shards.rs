@@ -28,17 +28,22 @@ pub struct ShardsArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum ShardsCommand {
-    /// Writes the first map of a deployment: the shards split among the
-    /// groups from now on, the first group's first. Start each group's
-    /// nodes with `--shard-map FILE --group NAME`.
+    /// Writes the first map of a deployment.
+    ///
+    /// The shards are split among the groups from now on, the first
+    /// group's first. Start each group's nodes with `--shard-map FILE
+    /// --group NAME`.
     Init {
-        /// A group: its name and its nodes' addresses as clients and other
-        /// nodes reach them (their --advertise-url):
-        /// `g1=http://10.0.0.1:7400,http://10.0.0.2:7400`. Repeatable.
+        /// A group: its name and its nodes' addresses. Repeatable.
+        ///
+        /// The addresses as clients and other nodes reach them (their
+        /// --advertise-url): `g1=http://10.0.0.1:7400,http://10.0.0.2:7400`.
         #[arg(long = "group", required = true, value_parser = parse_group)]
         groups: Vec<Group>,
-        /// Shards: a power of two up to 4096, fixed for the deployment's
-        /// life. More shards let load move in smaller pieces.
+        /// Shards: a power of two up to 4096.
+        ///
+        /// Fixed for the deployment's life. More shards let load move in
+        /// smaller pieces.
         #[arg(long, default_value_t = DEFAULT_SHARDS)]
         shards: u16,
         /// Where to write the map (JSON); standard output without.
@@ -47,24 +52,32 @@ enum ShardsCommand {
     },
     /// The map the node at --coordinator follows.
     Show {
-        /// Print one JSON object: `group` (the node's), `now_ms` and `map`
-        /// (as `concord shards init` writes it).
+        /// Print one JSON object.
+        ///
+        /// Its fields: `group` (the node's), `now_ms` and `map` (as `concord
+        /// shards init` writes it).
         #[arg(long)]
         json: bool,
     },
-    /// Adds a group that owns no shard yet; then start its nodes with the
-    /// map written to --out and `--group NAME`, and move shards to it.
+    /// Adds a group that owns no shard yet.
+    ///
+    /// Then start its nodes with the map written to --out and `--group
+    /// NAME`, and move shards to it.
     AddGroup {
+        /// The new group's name, unique in the map.
         name: String,
+        /// A node of the new group, by the URL the others reach it at;
+        /// repeat for each.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
         /// Where to write the new version, for the new group's nodes.
         #[arg(long)]
         out: std::path::PathBuf,
     },
-    /// Moves shards to a group from a switch time a few seconds ahead: the
-    /// transactions minted before it finish where they are; the shards'
-    /// idempotency keys are handed over after it.
+    /// Moves shards to a group from a switch time a few seconds ahead.
+    ///
+    /// The transactions minted before the switch finish where they are;
+    /// the shards' idempotency keys are handed over after it.
     Move {
         /// The shards to move.
         #[arg(required = true)]
@@ -72,23 +85,26 @@ enum ShardsCommand {
         /// The group that takes them.
         #[arg(long)]
         to: String,
-        /// How far ahead the switch is, in milliseconds (at least 4000:
-        /// every node reads the new map first).
+        /// How far ahead the switch is, in milliseconds.
+        ///
+        /// At least 4000: every node reads the new map first.
         #[arg(long, default_value_t = 5_000)]
         switch_in_ms: u64,
     },
-    /// Calls off the moves of shards whose switch time has not come: each
-    /// goes back to the group it was leaving one millisecond after its
-    /// switch (a version may only add to the map), so the group it was
-    /// going to never takes its keys. At least 4000 ms before the switch,
-    /// or the move must happen and be moved back.
+    /// Calls off the moves of shards whose switch time has not come.
+    ///
+    /// Each shard goes back to the group it was leaving one millisecond
+    /// after its switch (a version may only add to the map), so the group
+    /// it was going to never takes its keys. At least 4000 ms before the
+    /// switch, or the move must happen and be moved back.
     Cancel {
         /// The moving shards.
         #[arg(required = true)]
         shards: Vec<u16>,
     },
-    /// Writes the newest map any group holds to every group, and finishes
-    /// any handover of keys a move left undone.
+    /// Writes the newest map any group holds to every group.
+    ///
+    /// Then finishes any handover of keys a move left undone.
     Sync,
 }
 

@@ -194,3 +194,53 @@ fn every_concord_command_the_docs_show_exists_with_its_flags() {
         "only {checked} flags found: is the extraction broken?"
     );
 }
+
+/// `-h` is the short help (one line a flag, the first of its text) and
+/// `--help` the long (issue 32): for every command with long texts, the
+/// short one is shorter, and lists the same flags.
+#[test]
+fn dash_h_is_the_short_help_of_the_same_flags() {
+    let flags = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .filter(|word| word.starts_with("--") && word.len() > 2)
+            .map(|word| word.trim_end_matches([',', '.', ')']).to_owned())
+            .filter(|word| {
+                word.chars()
+                    .skip(2)
+                    .all(|c| c.is_ascii_lowercase() || c == '-')
+            })
+            .collect()
+    };
+    for path in [
+        &["serve"][..],
+        &["bench"],
+        &["txn", "list"],
+        &["txn", "resolve"],
+        &["shards", "move"],
+        &["keys", "generate"],
+    ] {
+        let run = |help: &str| {
+            let output = std::process::Command::new(CONCORD)
+                .args(path)
+                .arg(help)
+                .output()
+                .expect("run concord");
+            assert!(output.status.success(), "concord {path:?} {help}");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        let (short, long) = (run("-h"), run("--help"));
+        assert!(
+            short.len() < long.len(),
+            "`concord {} -h` is no shorter than --help",
+            path.join(" ")
+        );
+        // Each flag the short help names heads a line of the long one.
+        let heads = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|line| line.trim_start().starts_with('-'))
+                .flat_map(|line| flags(line.split("  ").find(|p| !p.is_empty()).unwrap_or("")))
+                .collect()
+        };
+        assert_eq!(heads(&short), heads(&long), "concord {}", path.join(" "));
+    }
+}

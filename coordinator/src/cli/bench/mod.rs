@@ -72,6 +72,7 @@ impl Workload {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// What each client runs, over and over.
     #[arg(long, value_enum, default_value = "2pc")]
     pub workload: Workload,
     /// Participants per 2PC transaction, steps per saga, or destinations
@@ -87,65 +88,78 @@ pub struct BenchArgs {
     /// Stop after this many transactions instead.
     #[arg(long)]
     pub transactions: Option<u64>,
-    /// Coordinator store for the in-process coordinator (default: SQLite
-    /// in a temp dir, fsync on). With --groups, one per group, in order.
+    /// Coordinator store for the in-process coordinator.
+    ///
+    /// Default: SQLite in a temp dir, fsync on. With --groups, one per
+    /// group, in order.
     #[arg(long = "database-url")]
     pub database_urls: Vec<String>,
-    /// Run this many groups of one in-process node each, each on a log of
-    /// its own, with the shards split among them (DESIGN §11); the clients'
-    /// connections are spread over the nodes. Keyless transactions stay in
-    /// the group they reach, so no call is forwarded.
+    /// Run this many groups of one in-process node each.
+    ///
+    /// Each on a log of its own, with the shards split among them (DESIGN
+    /// §11); the clients' connections are spread over the nodes. Keyless
+    /// transactions stay in the group they reach, so no call is forwarded.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub groups: u64,
     /// Drive an external coordinator instead of starting one.
     #[arg(long)]
     pub coordinator: Option<String>,
-    /// External participant endpoints instead of in-process no-op ones
-    /// (repeat; used round-robin).
+    /// External participant endpoints instead of in-process no-op ones.
+    ///
+    /// Repeat the flag for several; they are used round-robin.
     #[arg(long = "participant")]
     pub participant_urls: Vec<String>,
-    /// Connections the clients share to the coordinator (0: one per
-    /// client). Fewer connections than clients multiplex calls over HTTP/2
-    /// streams, as real services do; per-connection buffers then stop
-    /// dominating the memory measured.
+    /// Connections the clients share to the coordinator (0: one per client).
+    ///
+    /// Fewer connections than clients multiplex calls over HTTP/2 streams,
+    /// as real services do; per-connection buffers then stop dominating
+    /// the memory measured.
     #[arg(long, default_value_t = 0)]
     pub connections: u64,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
-    /// Also draw the run as a standalone SVG at this path: throughput in
-    /// each second (with the floor) and the latency distribution, under a
-    /// summary line and the command.
+    /// Also draw the run as a standalone SVG at this path.
+    ///
+    /// Throughput in each second (with the floor) and the latency
+    /// distribution, under a summary line and the command.
     #[arg(long, value_name = "FILE.svg")]
     pub report: Option<std::path::PathBuf>,
-    /// 2PC: enlist each participant with its own Enlist call instead of
-    /// naming them in Begin (one more call and forced write per branch).
+    /// 2PC: enlist each participant with its own Enlist call.
+    ///
+    /// Instead of naming them in Begin: one more call and forced write per
+    /// branch.
     #[arg(long, conflicts_with = "one_call")]
     pub enlist_separately: bool,
     /// 2PC: begin and commit in one call (`BeginRequest.commit`), one round
     /// trip fewer.
     #[arg(long)]
     pub one_call: bool,
-    /// The in-process coordinator coalesces calls waiting for one
-    /// participant into `Participant.Batch` calls (`serve --batch-calls`);
+    /// Coalesce calls waiting for one participant (`serve --batch-calls`).
+    ///
+    /// The in-process coordinator puts them into `Participant.Batch` calls;
     /// `false` sends every call alone. Calls per transaction in the report
     /// count calls, not the batches that carry them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub batch_calls: bool,
-    /// The in-process coordinator signs every participant call, as
-    /// `concord serve` does (DESIGN §12); `false` measures what signing
-    /// costs.
+    /// Sign every participant call, as `concord serve` does (DESIGN §12).
+    ///
+    /// The in-process coordinator signs them; `false` measures what
+    /// signing costs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub sign_calls: bool,
-    /// The bench's own participants answer every Prepare only after this
-    /// long (e.g. 2s), so that each client's transaction stays in flight:
-    /// for measuring the coordinator's memory per in-flight transaction
+    /// The bench's own participants answer every Prepare only after this long.
+    ///
+    /// E.g. 2s, so that each client's transaction stays in flight: for
+    /// measuring the coordinator's memory per in-flight transaction
     /// (scripts/bench-memory.sh). Throughput is then bounded by it.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub hold: Duration,
-    /// Instead of a load: write this many decided-but-unfinished 2PC
-    /// transactions (COMMITTED, phase 2 not delivered) to the store, start
-    /// a coordinator on it, and time how soon it serves and how soon every
+    /// Instead of a load: time recovering this many unfinished transactions.
+    ///
+    /// Writes this many decided-but-unfinished 2PC transactions
+    /// (COMMITTED, phase 2 not delivered) to the store, starts a
+    /// coordinator on it, and times how soon it serves and how soon every
     /// one of them is finished.
     #[arg(long, value_name = "TRANSACTIONS")]
     pub recovery: Option<u64>,

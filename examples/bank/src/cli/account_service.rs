@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! account-service serve --listen 127.0.0.1:7501 --db bank-a.db --open alice=10000 \
-//!     --coordinator-key concord-data/signing.pub
+//!     --coordinator-key concord-data/signing.key.pub
 //! account-service balances --db bank-a.db
 //! ```
 //!

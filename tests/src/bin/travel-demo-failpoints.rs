@@ -1,0 +1,6 @@
+//! The `travel-demo` program built with the SDK's fail points on, for the tests
+//! that run the README's commands: the same `concord_example_travel::cli::demo::main`.
+
+fn main() -> std::process::ExitCode {
+    concord_coordinator::cli::exit(concord_example_travel::cli::demo::main())
+}
