@@ -385,6 +385,55 @@ pub struct StepView {
     pub attempts: u32,
     pub compensation_attempts: u32,
     pub last_error: Option<String>,
+    /// What the action is sent, and its compensation (empty without one).
+    pub action: Preview,
+    pub compensation: Preview,
+}
+
+/// A payload as an operator may see it: its size and its first
+/// [`Preview::LIMIT`] bytes (GetTransaction's `include_payloads`). The
+/// coordinator never interprets payloads; a view keeps only this much of
+/// one so reading a transaction of large payloads stays cheap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preview {
+    /// The whole payload's size in bytes.
+    pub bytes: u64,
+    /// Its first [`Preview::LIMIT`] bytes.
+    pub head: Vec<u8>,
+}
+
+/// A payload's head as an operator reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readable {
+    /// UTF-8 (a character cut at the end of the head left out).
+    Text(String),
+    /// Anything else, as lowercase hex.
+    Hex(String),
+}
+
+impl Readable {
+    pub fn of(head: &[u8]) -> Readable {
+        match std::str::from_utf8(head) {
+            Ok(text) => Readable::Text(text.to_owned()),
+            // Only the head's last character is cut: text all the same.
+            Err(cut) if cut.error_len().is_none() && head.len() - cut.valid_up_to() < 4 => {
+                Readable::Text(String::from_utf8_lossy(&head[..cut.valid_up_to()]).into_owned())
+            }
+            Err(_) => Readable::Hex(head.iter().map(|b| format!("{b:02x}")).collect()),
+        }
+    }
+}
+
+impl Preview {
+    /// How much of a payload a view keeps: 4 KiB.
+    pub const LIMIT: usize = 4096;
+
+    pub fn of(payload: &[u8]) -> Preview {
+        Preview {
+            bytes: payload.len() as u64,
+            head: payload[..payload.len().min(Self::LIMIT)].to_vec(),
+        }
+    }
 }
 
 /// A branch's state as operators see it.
@@ -512,7 +561,7 @@ pub struct BranchView {
     pub vote: Option<VoteKind>,
     pub attempts: u32,
     pub last_error: Option<String>,
-    pub payload_bytes: u64,
+    pub payload: Preview,
 }
 
 /// The SHA-256 (hex) of what a Begin or SubmitSaga asked for, less its
@@ -553,6 +602,21 @@ pub struct TxnView {
     pub producer: Option<String>,
     /// A message's ordering key (M5), if it has one.
     pub ordering_key: Option<String>,
+}
+
+impl TxnView {
+    /// Whether its description, its producer or a branch's, destination's
+    /// or step's endpoint contains `text`, regardless of ASCII case: the
+    /// text search of ListTransactions (the SQL stores say the same in
+    /// `store::reads`). Needs the view with its branches and steps.
+    pub fn mentions(&self, text: &str) -> bool {
+        let text = text.to_ascii_lowercase();
+        let has = |field: &str| field.to_ascii_lowercase().contains(&text);
+        self.description.as_deref().is_some_and(has)
+            || self.producer.as_deref().is_some_and(has)
+            || self.branches.iter().any(|branch| has(&branch.participant))
+            || self.steps.iter().any(|step| has(&step.participant))
+    }
 }
 
 /// The reason a message's decision is recorded with: how its producer's

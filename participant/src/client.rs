@@ -486,6 +486,8 @@ impl CoordinatorClient {
     pub async fn transaction(&self, transaction_id: &str) -> Result<pb::Transaction, ClientError> {
         let request = pb::GetTransactionRequest {
             transaction_id: transaction_id.to_owned(),
+            // Payloads are for operators (`concord txn show --payloads`).
+            include_payloads: false,
         };
         self.send(
             To::Txn(transaction_id),

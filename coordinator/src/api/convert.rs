@@ -61,6 +61,10 @@ fn step(view: StepView) -> pb::Step {
         attempts: view.attempts,
         compensation_attempts: view.compensation_attempts,
         last_error: view.last_error.unwrap_or_default(),
+        action_bytes: view.action.bytes,
+        action: view.action.head,
+        compensation_bytes: view.compensation.bytes,
+        compensation: view.compensation.head,
     }
 }
 
@@ -131,7 +135,8 @@ fn branch(view: BranchView) -> pb::Branch {
         vote: vote(view.vote).into(),
         attempts: view.attempts,
         last_error: view.last_error.unwrap_or_default(),
-        payload_bytes: view.payload_bytes,
+        payload_bytes: view.payload.bytes,
+        payload: view.payload.head,
     }
 }
 

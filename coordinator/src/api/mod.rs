@@ -587,7 +587,17 @@ impl Coordinator for CoordinatorService {
             }
             Route::Here(view) => view,
         };
-        Ok(Response::new(self.placed(view)))
+        let mut txn = self.placed(view);
+        if !request.include_payloads {
+            for branch in &mut txn.branches {
+                branch.payload.clear();
+            }
+            for step in &mut txn.steps {
+                step.action.clear();
+                step.compensation.clear();
+            }
+        }
+        Ok(Response::new(txn))
     }
 
     async fn list_transactions(
@@ -599,6 +609,7 @@ impl Coordinator for CoordinatorService {
         let states = validate::states(&request.states)?;
         let limit = validate::page_size(request.page_size)?;
         let kind = validate::kind(request.kind)?;
+        let text = validate::search_text(&request.text)?;
         let mut before = validate::page_token(&request.page_token)?;
         if let Some(age) = validate::min_age_ms(request.min_age_ms)? {
             // Ids are UUIDv7, ordered by the time they were minted: "begun
@@ -648,6 +659,7 @@ impl Coordinator for CoordinatorService {
             needs_attention: request.needs_attention,
             before,
             limit,
+            text,
         };
         // The other groups are asked for the page this node lists, its
         // cursor and age already made one id bound.

@@ -677,6 +677,17 @@ pub fn shard_map(map: Option<pb::ShardMap>) -> Result<crate::shard::ShardMap, St
     Ok(map)
 }
 
+/// A listing's text search: None when empty; at most 256 bytes.
+pub fn search_text(value: &str) -> Result<Option<String>, Status> {
+    match value.len() {
+        0 => Ok(None),
+        1..=256 => Ok(Some(value.to_owned())),
+        len => Err(Status::invalid_argument(format!(
+            "text is {len} bytes; at most 256"
+        ))),
+    }
+}
+
 /// The group a listing is restricted to: empty for every group, else a
 /// group of this node's map (or, on a node without one, refused).
 pub fn group<'a>(

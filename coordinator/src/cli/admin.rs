@@ -108,6 +108,14 @@ enum TxnCommand {
         /// Where the previous page ended (printed under it).
         #[arg(long)]
         page_token: Option<String>,
+        /// Only transactions whose description or a participant's endpoint
+        /// contains this text (any ASCII case).
+        ///
+        /// E.g. `--text bank-a` or `--text "trip for ada"`. The log is read
+        /// newest first until a page is found: on a large log, combine it
+        /// with --page-token or --older-than.
+        #[arg(long)]
+        text: Option<String>,
         /// With several groups (DESIGN §11): only this group's transactions.
         ///
         /// Default: every group's, gathered by the node called.
@@ -130,6 +138,12 @@ enum TxnCommand {
         /// Print it as one JSON object, as the console's API gives it.
         #[arg(long)]
         json: bool,
+        /// Also print each branch's payload and each step's action and
+        /// compensation.
+        ///
+        /// The first 4 KiB of each, as text when it is UTF-8, hex otherwise.
+        #[arg(long)]
+        payloads: bool,
     },
     /// Makes the transaction's waiting retries happen now.
     ///
@@ -182,6 +196,7 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
             needs_attention,
             limit,
             page_token,
+            text,
             group,
             json,
         } => {
@@ -194,6 +209,7 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
                     kind: kind.unwrap_or(pb::TransactionKind::Unspecified).into(),
                     min_age_ms: older_than.unwrap_or(0),
                     group: group.unwrap_or_default(),
+                    text: text.unwrap_or_default(),
                 })
                 .await
                 .map_err(explain)?
@@ -204,10 +220,13 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
                 print!("{}", list_text(&page, now_ms()));
             }
         }
-        TxnCommand::Show { id, json } => {
+        TxnCommand::Show { id, json, payloads } => {
             let id = find_id(&mut client, &id, &explain).await?;
             let txn = client
-                .get_transaction(pb::GetTransactionRequest { transaction_id: id })
+                .get_transaction(pb::GetTransactionRequest {
+                    transaction_id: id,
+                    include_payloads: payloads,
+                })
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -595,6 +614,26 @@ pub(super) fn moment(ms: u64, now: u64) -> String {
 /// control character (a newline that forges a line, an escape sequence
 /// that rewrites the screen) or a bidirectional override is printed as
 /// its escape (`\n`, `\u{1b}`), never acted on (DESIGN §12).
+/// A payload's line under its branch or step, when its head was asked for
+/// (`--payloads`): its text (control characters escaped, as [`shown`]
+/// does) or hex, and how much of it that is.
+fn payload_lines(what: &str, head: &[u8], bytes: u64) -> String {
+    if head.is_empty() {
+        return String::new();
+    }
+    let cut = if (head.len() as u64) < bytes {
+        format!(" (first {} of {bytes} bytes)", head.len())
+    } else {
+        String::new()
+    };
+    match crate::model::Readable::of(head) {
+        crate::model::Readable::Text(text) => {
+            format!("  {:<16}{what}{cut}: {}\n", "", shown(&text))
+        }
+        crate::model::Readable::Hex(hex) => format!("  {:<16}{what} (hex){cut}: {hex}\n", ""),
+    }
+}
+
 fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     let hidden = |c: char| {
         c.is_control()
@@ -759,6 +798,11 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
                     shown(&branch.last_error)
                 ));
             }
+            out.push_str(&payload_lines(
+                "payload",
+                &branch.payload,
+                branch.payload_bytes,
+            ));
         }
     }
     if !txn.operator_actions.is_empty() {
@@ -808,6 +852,12 @@ fn show_text(txn: &pb::Transaction, now: u64) -> String {
                     shown(&step.last_error)
                 ));
             }
+            out.push_str(&payload_lines("action", &step.action, step.action_bytes));
+            out.push_str(&payload_lines(
+                "compensation",
+                &step.compensation,
+                step.compensation_bytes,
+            ));
         }
     }
     out

@@ -67,6 +67,7 @@ pub fn transaction(txn: &pb::Transaction) -> Value {
             "vote": enum_name(b.vote, pb::Vote::as_str_name, "VOTE_"),
             "attempts": b.attempts,
             "last_error": b.last_error,
+            "payload": payload(&b.payload, b.payload_bytes),
         })).collect::<Vec<_>>(),
         "steps": txn.steps.iter().map(|s| json!({
             "name": s.name,
@@ -77,6 +78,8 @@ pub fn transaction(txn: &pb::Transaction) -> Value {
             "attempts": s.attempts,
             "compensation_attempts": s.compensation_attempts,
             "last_error": s.last_error,
+            "action": payload(&s.action, s.action_bytes),
+            "compensation": payload(&s.compensation, s.compensation_bytes),
         })).collect::<Vec<_>>(),
         "operator_actions": txn.operator_actions.iter().map(|a| json!({
             "branch": a.branch,
@@ -86,6 +89,20 @@ pub fn transaction(txn: &pb::Transaction) -> Value {
             "at_ms": a.at_ms,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A payload as the page shows it: its size, and when its head was asked
+/// for (GetTransaction's include_payloads), that head as `text` (UTF-8) or
+/// `hex`; `shown` says how many bytes of it that is.
+fn payload(head: &[u8], bytes: u64) -> Value {
+    if head.is_empty() {
+        return json!({ "bytes": bytes });
+    }
+    let (form, value) = match crate::model::Readable::of(head) {
+        crate::model::Readable::Text(text) => ("text", text),
+        crate::model::Readable::Hex(hex) => ("hex", hex),
+    };
+    json!({ "bytes": bytes, "shown": head.len(), form: value })
 }
 
 pub fn page(page: pb::ListTransactionsResponse) -> Value {

@@ -371,8 +371,10 @@ struct Filters {
     /// The watch only: transactions whose id starts with this.
     #[serde(default)]
     id_prefix: String,
-    /// The list only: ids as people type them (`model::IdPattern`): a
-    /// prefix, or the page's short form.
+    /// The list only: what the search box holds. Ids as people type them
+    /// (`model::IdPattern`: a prefix, or the page's short form); anything
+    /// else, or text in double quotes, is looked for in descriptions and
+    /// participants' endpoints (ListTransactions' `text`).
     #[serde(default)]
     search: String,
     /// The list only: transactions begun before this moment (Unix ms).
@@ -426,11 +428,14 @@ async fn list(
     headers: HeaderMap,
     Query(filters): Query<Filters>,
 ) -> Response {
-    let search = match filters.search.trim() {
-        "" => None,
-        text => match crate::model::IdPattern::parse(text) {
-            Ok(pattern) => Some(pattern),
-            Err(why) => return failure(tonic::Status::invalid_argument(why)),
+    let (search, text) = match filters.search.trim() {
+        "" => (None, String::new()),
+        quoted if quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"') => {
+            (None, quoted[1..quoted.len() - 1].to_owned())
+        }
+        typed => match crate::model::IdPattern::parse(typed) {
+            Ok(pattern) => (Some(pattern), String::new()),
+            Err(_) => (None, typed.to_owned()),
         },
     };
     // Ids are UUIDv7, time-ordered, listed newest first below the page
@@ -457,6 +462,7 @@ async fn list(
             page_token,
             min_age_ms: 0,
             group: filters.group.clone(),
+            text,
         })
     });
     let message = match built {
@@ -497,7 +503,12 @@ async fn transaction(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let message = pb::GetTransactionRequest { transaction_id: id };
+    // The page shows each payload's head on demand (docs/security.md: who
+    // may read a transaction may read its payloads).
+    let message = pb::GetTransactionRequest {
+        transaction_id: id,
+        include_payloads: true,
+    };
     answer(
         within(console.service.get_transaction(request(&headers, message))).await,
         |txn| json::transaction(&txn),

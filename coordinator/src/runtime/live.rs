@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::model::{
-    BranchState, BranchView, OperatorAction, RequestDigest, TxnId, TxnKind, TxnState, TxnView,
-    VoteKind,
+    BranchState, BranchView, OperatorAction, Preview, RequestDigest, TxnId, TxnKind, TxnState,
+    TxnView, VoteKind,
 };
 use crate::protocol::two_phase::{BranchPhase, Decision, Effect, Outcome, Phase, TwoPhase};
 use crate::store::{BranchEnd, Record};
@@ -254,7 +254,7 @@ impl LiveTxn {
                         vote: info.vote,
                         attempts: info.attempts,
                         last_error: info.last_error.clone(),
-                        payload_bytes: info.payload.len() as u64,
+                        payload: Preview::of(&info.payload),
                     })
                     .collect()
             } else {

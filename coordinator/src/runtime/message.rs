@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::metrics;
 use crate::model::{
-    BranchState, BranchView, Destination, MessageVia, OperatorAction, Resolution, TxnKind,
+    BranchState, BranchView, Destination, MessageVia, OperatorAction, Preview, Resolution, TxnKind,
     TxnState, TxnView, message_via_str,
 };
 use crate::protocol::message::{CheckAnswer, DestinationPhase, Effect, Event, Message, Phase};
@@ -202,7 +202,7 @@ impl LiveMessage {
                     vote: None,
                     attempts: inner.attempts[idx],
                     last_error: inner.last_errors[idx].clone(),
-                    payload_bytes: destination.payload.len() as u64,
+                    payload: Preview::of(&destination.payload),
                 })
                 .collect()
         } else {

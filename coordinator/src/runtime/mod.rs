@@ -426,6 +426,10 @@ impl Runtime {
         {
             tracing::warn!(%error, "could not give up the lease; the others take over once it expires");
         }
+        // Its tasks are done: nothing of this node writes again, and the
+        // log is free for the next start even while a connection's last
+        // clone of the runtime is still being dropped.
+        self.shared.store.close().await;
     }
 
     /// The first half of a graceful shutdown: takes no new transactions and

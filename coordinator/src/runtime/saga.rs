@@ -18,8 +18,8 @@ use tracing::Instrument;
 
 use crate::metrics;
 use crate::model::{
-    OperatorAction, Resolution, SagaStepDef, StepKind, StepStatus, StepView, TxnKind, TxnState,
-    TxnView,
+    OperatorAction, Preview, Resolution, SagaStepDef, StepKind, StepStatus, StepView, TxnKind,
+    TxnState, TxnView,
 };
 use crate::protocol::saga::{Effect, Event, Saga, SagaPhase};
 use crate::store::{Record, StepProgress};
@@ -167,6 +167,8 @@ impl LiveSaga {
                         attempts: progress.attempts,
                         compensation_attempts: progress.compensation_attempts,
                         last_error: progress.last_error,
+                        action: Preview::of(&def.action),
+                        compensation: Preview::of(def.compensation.as_deref().unwrap_or_default()),
                     }
                 })
                 .collect()

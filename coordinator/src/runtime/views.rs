@@ -86,20 +86,30 @@ impl Runtime {
                 && next.is_none_or(|oldest| id > oldest)
                 && !views.iter().any(|view| view.id == id)
         };
+        // A text search needs the endpoints: those views are made whole,
+        // matched, and cut back to a listing's.
+        let whole = query.text.is_some();
         let mut missing: Vec<TxnView> = self
             .shared
             .live
             .iter()
             .filter(|txn| in_page(txn.id))
-            .map(|txn| txn.view(false))
+            .map(|txn| txn.view(whole))
             .collect();
         missing.extend(
             self.shared
                 .sagas
                 .iter()
                 .filter(|saga| in_page(saga.header.id))
-                .map(|saga| saga.view(false)),
+                .map(|saga| saga.view(whole)),
         );
+        if let Some(text) = &query.text {
+            missing.retain(|view| view.mentions(text));
+            for view in &mut missing {
+                view.branches.clear();
+                view.steps.clear();
+            }
+        }
         if missing.is_empty() {
             return;
         }

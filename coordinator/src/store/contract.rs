@@ -55,6 +55,9 @@ pub const ALL: &[(&str, Test)] = &[
     ("listing_pages_newest_first_and_filters", |open| {
         Box::pin(listing_pages_newest_first_and_filters(open))
     }),
+    ("a_text_search_finds_descriptions_and_endpoints", |open| {
+        Box::pin(a_text_search_finds_descriptions_and_endpoints(open))
+    }),
     ("a_saga_keeps_its_definition_and_step_progress", |open| {
         Box::pin(a_saga_keeps_its_definition_and_step_progress(open))
     }),
@@ -102,6 +105,7 @@ macro_rules! store_contract {
             a_taken_idempotency_key_fails_the_batch,
             a_batch_failing_midway_applies_nothing_and_the_next_one_does,
             listing_pages_newest_first_and_filters,
+            a_text_search_finds_descriptions_and_endpoints,
             a_saga_keeps_its_definition_and_step_progress,
             a_message_keeps_its_destinations_decision_and_place,
             a_decision_applies_only_to_an_active_transaction,
@@ -157,6 +161,7 @@ fn list(
         needs_attention,
         before,
         limit,
+        text: None,
     }
 }
 
@@ -222,7 +227,10 @@ pub async fn an_ended_transaction_is_not_unfinished_and_keeps_its_branches(open:
     );
     assert_eq!(view.branches[0].vote, Some(VoteKind::Abort));
     assert_eq!(view.branches[0].state, BranchState::Aborted);
-    assert_eq!(view.branches[0].payload_bytes, 3);
+    assert_eq!(
+        view.branches[0].payload,
+        crate::model::Preview::of(&[1, 2, 3])
+    );
     assert_eq!(view.branch_count, 1);
     let by_key = store
         .by_idempotency_key("k1")
@@ -374,6 +382,91 @@ pub async fn listing_pages_newest_first_and_filters(open: Open) {
         .await
         .expect("list");
     assert_eq!(ids(&flagged), vec![ids_made[2]]);
+}
+
+pub async fn a_text_search_finds_descriptions_and_endpoints(open: Open) {
+    let store = open().await;
+    let described = |id: TxnId, description: &str| Record::Begun {
+        id,
+        created_at_ms: 1_000,
+        deadline_ms: 31_000,
+        idempotency_key: None,
+        request_digest: None,
+        description: Some(description.into()),
+    };
+    let [transfer, booking, odd, saga] = [(); 4].map(|()| TxnId::mint());
+    store
+        .append(&[
+            described(transfer, "Transfer 30.00 from Alice"),
+            Record::Enlisted {
+                id: transfer,
+                idx: 0,
+                name: "debit".into(),
+                participant: "http://bank-a.internal:7501".into(),
+                payload: b"{}".to_vec(),
+            },
+            described(booking, "trip for ada"),
+            described(odd, "100%_sure\\"),
+            Record::SagaSubmitted {
+                id: saga,
+                created_at_ms: 7,
+                idempotency_key: None,
+                request_digest: None,
+                description: None,
+                steps: vec![SagaStepDef {
+                    name: "car".into(),
+                    participant: "http://Cars.internal:7603".into(),
+                    kind: StepKind::Compensatable,
+                    action: b"book".to_vec(),
+                    compensation: Some(b"release".to_vec()),
+                    depends_on: vec![],
+                    attempt_timeout: std::time::Duration::from_millis(1_500),
+                    retry: RetryPolicy::default(),
+                }],
+            },
+        ])
+        .await
+        .expect("append");
+    let found = |text: &'static str| {
+        let store = &store;
+        async move {
+            let query = ListQuery {
+                text: Some(text.into()),
+                ..list(vec![], false, None, 10)
+            };
+            ids(&store.list(&query).await.expect("list"))
+        }
+    };
+    assert_eq!(
+        found("alice").await,
+        vec![transfer],
+        "a description, any case"
+    );
+    assert_eq!(found("BANK-A").await, vec![transfer], "a branch's endpoint");
+    assert_eq!(
+        found("cars.internal").await,
+        vec![saga],
+        "a step's endpoint"
+    );
+    assert_eq!(found(".internal").await, vec![saga, transfer]);
+    assert_eq!(found("%").await, vec![odd], "LIKE's wildcards are text");
+    assert_eq!(found("0%_s").await, vec![odd]);
+    assert_eq!(found("_").await, vec![odd]);
+    assert_eq!(found("\\").await, vec![odd]);
+    assert!(found("nobody").await.is_empty());
+    let listed = store
+        .list(&ListQuery {
+            text: Some("a".into()),
+            ..list(vec![], false, Some(odd), 10)
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&listed),
+        vec![booking, transfer],
+        "paged like any listing"
+    );
+    assert!(listed.iter().all(|view| view.branches.is_empty()));
 }
 
 pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {
@@ -689,7 +782,7 @@ pub async fn a_whole_life_in_one_batch_reads_as_if_written_record_by_record(open
     );
     assert_eq!(view.ended_at_ms, Some(20));
     assert_eq!(view.branches[0].state, BranchState::Committed);
-    assert_eq!(view.branches[0].payload_bytes, 0);
+    assert_eq!(view.branches[0].payload.bytes, 0);
     let unfinished = store.unfinished().await.expect("unfinished");
     assert_eq!(unfinished.len(), 1);
     assert_eq!(

@@ -30,8 +30,8 @@ mod feed;
 
 use super::{Appended, BranchEnd, ListQuery, Record, StepProgress, Store, StoreError, Unfinished};
 use crate::model::{
-    BranchState, BranchView, Change, Cursor, RequestDigest, SagaStepDef, StepStatus, StepView,
-    TxnId, TxnKind, TxnState, TxnView,
+    BranchState, BranchView, Change, Cursor, Preview, RequestDigest, SagaStepDef, StepStatus,
+    StepView, TxnId, TxnKind, TxnState, TxnView,
 };
 
 /// The in-memory log. Clones share the same contents.
@@ -357,7 +357,7 @@ impl State {
                 vote: None,
                 attempts: 0,
                 last_error: None,
-                payload_bytes: payload.len() as u64,
+                payload: Preview::of(payload),
             });
             row.view.branch_count += 1;
             row.payloads.push(payload.to_vec());
@@ -393,6 +393,8 @@ impl State {
                 attempts: 0,
                 compensation_attempts: 0,
                 last_error: None,
+                action: Preview::of(&def.action),
+                compensation: Preview::of(def.compensation.as_deref().unwrap_or_default()),
             })
             .collect();
         let view = TxnView {
@@ -534,6 +536,12 @@ impl Store for MemoryStore {
             .map(|(_, row)| row)
             .filter(|row| query.states.is_empty() || query.states.contains(&row.view.state))
             .filter(|row| !query.needs_attention || row.view.needs_attention)
+            .filter(|row| {
+                query
+                    .text
+                    .as_deref()
+                    .is_none_or(|text| row.view.mentions(text))
+            })
             .take(query.limit as usize)
             .map(State::summary)
             .collect();

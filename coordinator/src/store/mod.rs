@@ -223,6 +223,9 @@ pub struct ListQuery {
     /// Only ids older (smaller) than this one: the paging cursor.
     pub before: Option<TxnId>,
     pub limit: u32,
+    /// Only transactions whose description or a participant's endpoint
+    /// contains this, regardless of ASCII case ([`TxnView::mentions`]).
+    pub text: Option<String>,
 }
 
 /// Why the store failed. The runtime answers UNAVAILABLE: nothing was decided.
@@ -455,6 +458,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let _ = (shard, from_ms, keys, last);
         futures::future::ready(Err(no_shard_tables())).boxed()
+    }
+
+    /// The end of this node's writing (its shutdown): no batch is appended
+    /// after it returns, and whatever makes the log this node's alone
+    /// (the SQLite log's lock) is given up, so that another node — or this
+    /// one started again in the same process — may open it at once, even
+    /// while some clone of the store is still being dropped.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        futures::future::ready(()).boxed()
     }
 
     /// The key handed over to this group, if `key` is one.

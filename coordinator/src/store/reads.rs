@@ -70,15 +70,40 @@ const ID_BY_KEY: &str = "SELECT id FROM transactions WHERE idempotency_key = $1"
 /// Newest first, before the cursor. The state filter travels as one
 /// ",a,b," string so the statement stays static (no state name holds a
 /// LIKE wildcard); `needs_attention` is a boolean in PostgreSQL and 0/1 in
-/// SQLite, and `NOT $3 OR t.needs_attention` reads right in both.
+/// SQLite, and `NOT $3 OR t.needs_attention` reads right in both. `$5` is
+/// a text search's LIKE pattern ([`like_pattern`]), matched against the
+/// lowercased description, producer and every branch's (or destination's)
+/// and step's endpoint; `''` for none.
 const PAGE: &str = "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
                 + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
      FROM transactions t
      WHERE ($1 = '' OR $1 LIKE '%,' || t.state || ',%')
        AND ($2 = '' OR t.id < $2)
        AND (NOT $3 OR t.needs_attention)
+       AND ($5 = ''
+            OR LOWER(COALESCE(t.description, '')) LIKE $5 ESCAPE '\\'
+            OR LOWER(COALESCE(t.producer, '')) LIKE $5 ESCAPE '\\'
+            OR EXISTS (SELECT 1 FROM branches b
+                       WHERE b.txn_id = t.id AND LOWER(b.participant) LIKE $5 ESCAPE '\\')
+            OR EXISTS (SELECT 1 FROM saga_steps s
+                       WHERE s.txn_id = t.id AND LOWER(s.participant) LIKE $5 ESCAPE '\\'))
      ORDER BY t.id DESC
      LIMIT $4";
+
+/// The LIKE pattern of a text search: `text` lowercased (ASCII, as SQL's
+/// LOWER does on both databases), its wildcards and escape character
+/// escaped, between `%`s.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in text.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
 
 /// The reads, on one store's pool.
 pub(super) struct Reads<'p, DB: Database>(pub &'p Pool<DB>);
@@ -154,6 +179,7 @@ where
             .bind(before)
             .bind(query.needs_attention)
             .bind(i64::from(query.limit))
+            .bind(query.text.as_deref().map(like_pattern).unwrap_or_default())
             .fetch_all(self.0)
             .await?;
         rows.into_iter().map(TxnRow::into_view).collect()

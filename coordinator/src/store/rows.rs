@@ -9,8 +9,9 @@ use sqlx::FromRow;
 
 use super::StoreError;
 use crate::model::{
-    BranchState, BranchView, Change, Cursor, OperatorAction, Resolution, RetryPolicy, SagaStepDef,
-    StepView, TxnId, TxnKind, TxnState, TxnView, VoteKind, parse_step_kind, parse_step_status,
+    BranchState, BranchView, Change, Cursor, OperatorAction, Preview, Resolution, RetryPolicy,
+    SagaStepDef, StepView, TxnId, TxnKind, TxnState, TxnView, VoteKind, parse_step_kind,
+    parse_step_status,
 };
 
 pub(crate) fn duration_ms(duration: Duration) -> i64 {
@@ -114,7 +115,7 @@ impl BranchRow {
             vote,
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             last_error: self.last_error,
-            payload_bytes: self.payload.len() as u64,
+            payload: Preview::of(&self.payload),
         };
         Ok((view, self.payload))
     }
@@ -199,6 +200,8 @@ pub(crate) fn steps_from_rows(
             attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
             compensation_attempts: u32::try_from(row.compensation_attempts).unwrap_or(u32::MAX),
             last_error: row.last_error,
+            action: Preview::of(&def.action),
+            compensation: Preview::of(def.compensation.as_deref().unwrap_or_default()),
         });
     }
     Ok((defs, views))

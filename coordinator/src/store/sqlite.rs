@@ -46,10 +46,10 @@ pub struct SqliteStore {
     /// its cache outdated by the others' writes, dropped it and read the
     /// pages again (about a tenth of SQLite's time under load, `perf`).
     writer: WriterThread,
-    /// One log, one writer: held for the store's lifetime, so a second
-    /// node on the same file refuses to start instead of deciding the same
-    /// transactions beside this one.
-    _lock: LogLock,
+    /// One log, one writer: held until the store is closed (or dropped),
+    /// so a second node on the same file refuses to start instead of
+    /// deciding the same transactions beside this one.
+    lock: std::sync::Mutex<Option<LogLock>>,
 }
 
 /// An exclusive OS lock (`flock`) on `<log file>.lock`, which also holds
@@ -159,7 +159,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             writer,
-            _lock: lock,
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
@@ -220,6 +220,15 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn append<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<Appended, StoreError>> {
         self.append_batch(batch).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            // The writer first: the lock goes only once nothing can write.
+            self.writer.close().await;
+            drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
+        }
+        .boxed()
     }
 
     // transaction, by_idempotency_key, list, changes, newest_change: the
@@ -421,5 +430,34 @@ mod tests {
             let error = SqliteStore::open_url(url).await.expect_err(url);
             assert!(error.to_string().contains("in-memory"), "{url}: {error}");
         }
+    }
+
+    /// One log, one writer: a second store on the file is refused while
+    /// the first is open; once the first is closed — even before the last
+    /// clone of it is dropped — the file opens at once, and the closed
+    /// store writes nothing more.
+    #[tokio::test]
+    async fn a_closed_log_is_free_at_once_and_takes_no_more_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = SqliteStore::open_dir(dir.path()).await.expect("open");
+        let refused = SqliteStore::open_dir(dir.path()).await.expect_err("in use");
+        assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
+        first.close().await;
+        let second = SqliteStore::open_dir(dir.path())
+            .await
+            .expect("free once closed");
+        let id = TxnId::mint();
+        let begun = Record::Begun {
+            id,
+            created_at_ms: 1,
+            deadline_ms: 2,
+            idempotency_key: None,
+            request_digest: None,
+            description: None,
+        };
+        let late = first.append(std::slice::from_ref(&begun)).await;
+        assert!(matches!(late, Err(StoreError::WriterStopped)), "{late:?}");
+        second.append(&[begun]).await.expect("the new store writes");
+        assert!(second.transaction(&id).await.expect("read").is_some());
     }
 }

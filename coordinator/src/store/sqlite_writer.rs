@@ -11,8 +11,9 @@
 //! are, and each becomes a cached prepared statement with its values bound:
 //! no encoding, one hand-off there and one back per batch.
 //!
-//! The thread ends when the [`WriterThread`] handle is dropped (the store
-//! with it): it finishes the batch in hand and closes the connection.
+//! The thread ends when the [`WriterThread`] handle is closed or dropped
+//! (the store with it): it finishes the batch in hand and closes the
+//! connection; [`WriterThread::close`] also waits for that.
 //!
 //! A COMMIT that fails with an I/O error is the end of the thread: the
 //! fsync may have failed, and after a failed fsync the operating system
@@ -42,7 +43,9 @@ struct Job {
 /// A handle to the writing thread.
 #[derive(Debug)]
 pub(crate) struct WriterThread {
-    jobs: mpsc::Sender<Job>,
+    /// None once closed: every later batch is `WriterStopped`.
+    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl WriterThread {
@@ -52,7 +55,7 @@ impl WriterThread {
         let path = path.to_path_buf();
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (ready, opened) = oneshot::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("concord-sqlite".into())
             .spawn(move || {
                 let connection = match open(&path, busy_timeout) {
@@ -69,7 +72,10 @@ impl WriterThread {
             })
             .map_err(StoreError::WriterThread)?;
         match opened.await {
-            Ok(Ok(())) => Ok(Self { jobs }),
+            Ok(Ok(())) => Ok(Self {
+                jobs: std::sync::Mutex::new(Some(jobs)),
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
             Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(StoreError::WriterStopped),
         }
@@ -79,10 +85,25 @@ impl WriterThread {
     /// durable, or failed with nothing of it applied.
     pub(crate) async fn append(&self, batch: Vec<Record>) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
-        self.jobs
-            .send(Job { batch, done })
-            .map_err(|_| StoreError::WriterStopped)?;
+        let sent = match &*self.jobs.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(jobs) => jobs.send(Job { batch, done }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::WriterStopped);
+        }
         outcome.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Stops the thread and waits until it has closed its connection: the
+    /// batch in hand is finished, nothing is written after.
+    pub(crate) async fn close(&self) {
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            // A join blocks: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 }
 

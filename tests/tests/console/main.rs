@@ -536,6 +536,38 @@ async fn an_operator_finds_a_transaction_by_its_digits_and_sees_when_the_node_is
     browser.wait_for(&row(wanted)).await;
     browser.screenshot(shots, "console-search").await;
 
+    // Other text is looked for in descriptions and participants'
+    // endpoints: "FARO" finds the one trip, the steps service's address
+    // all three; a text nothing holds, none.
+    let text_search = |text: &str| format!("{console}/#/?search={text}");
+    browser
+        .page()
+        .goto(&text_search("FARO"))
+        .await
+        .expect("search");
+    eventually("only the trip to Faro is listed", || async {
+        (rows().await == 1).then_some(())
+    })
+    .await;
+    browser.wait_for(&row(wanted)).await;
+    let address = steps.url.trim_start_matches("http://");
+    browser
+        .page()
+        .goto(&text_search(address))
+        .await
+        .expect("search");
+    for id in &ids {
+        browser.wait_for(&row(id)).await;
+    }
+    browser
+        .page()
+        .goto(&text_search("nowhere-at-all"))
+        .await
+        .expect("search");
+    browser
+        .wait_for_text("#list-body", "No transaction matches.")
+        .await;
+
     // A time range before any of them lists none; one from before them,
     // all three.
     browser
@@ -563,6 +595,17 @@ async fn an_operator_finds_a_transaction_by_its_digits_and_sees_when_the_node_is
         .await
         .expect("search");
     browser.wait_for_text("#txn-body", &ids[2]).await;
+    // What the step was sent, unfolded on demand.
+    browser
+        .wait_for("tr.payloads details.payload summary")
+        .await
+        .click()
+        .await
+        .expect("unfold");
+    browser
+        .wait_for_text("tr.payloads", "action (2 bytes)")
+        .await;
+    browser.wait_for_text("tr.payloads pre", "ok").await;
     browser.wait_for_text("#timeline", " in)").await;
     browser.wait_for_text("#timeline", "completed").await;
     let timeline = browser

@@ -111,6 +111,10 @@ impl Store for FaultyStore {
         self.inner.transaction(id)
     }
 
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.close()
+    }
+
     fn by_idempotency_key<'a>(
         &'a self,
         key: &'a str,

@@ -510,3 +510,112 @@ async fn concord_txn_finds_ids_as_people_type_them_and_says_what_to_check() {
     assert!(!stderr.contains("backtrace"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// Issue 32: an operator investigating reads what each branch was sent (on
+/// request only, the first 4 KiB, text or hex) and finds transactions by
+/// their description or a participant's address — through the API and
+/// `concord txn`.
+#[tokio::test]
+async fn an_operator_reads_what_each_branch_was_sent_and_finds_transactions_by_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator_dir = dir.path().join("coordinator");
+    let node = start_coordinator(&coordinator_dir, quick_config()).await;
+    let url = node.url();
+    let client = client(&node);
+    let a = TestParticipant::start(dir.path(), "a", Some(&coordinator_dir)).await;
+    let refund = client
+        .begin(BeginOptions {
+            description: Some("Refund for Ada".into()),
+            ..BeginOptions::default()
+        })
+        .await
+        .expect("begin")
+        .transaction_id;
+    client
+        .enlist(&refund, &a.url, "commit", Some("text"))
+        .await
+        .expect("enlist");
+    let mut large = vec![0xff_u8, 0x00];
+    large.resize(5_000, 0xab);
+    client
+        .enlist(&refund, &a.url, large.clone(), Some("binary"))
+        .await
+        .expect("enlist");
+    let other = client
+        .begin(BeginOptions {
+            description: Some("payroll".into()),
+            ..BeginOptions::default()
+        })
+        .await
+        .expect("begin")
+        .transaction_id;
+
+    let mut api = pb::coordinator_client::CoordinatorClient::connect(url.clone())
+        .await
+        .expect("connect");
+    let read = |include_payloads: bool| pb::GetTransactionRequest {
+        transaction_id: refund.clone(),
+        include_payloads,
+    };
+    let plain = api
+        .get_transaction(read(false))
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(
+        plain.branches.iter().all(|b| b.payload.is_empty()),
+        "only on request"
+    );
+    assert_eq!(plain.branches[1].payload_bytes, 5_000);
+    let whole = api
+        .get_transaction(read(true))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(whole.branches[0].payload, b"commit");
+    assert_eq!(whole.branches[1].payload, large[..4096], "the first 4 KiB");
+    assert_eq!(whole.branches[1].payload_bytes, 5_000);
+
+    let shown = txn(&url, &["show", &refund, "--payloads"]).await;
+    assert!(shown.contains("payload: commit"), "{shown}");
+    assert!(
+        shown.contains("payload (hex) (first 4096 of 5000 bytes): ff00abab"),
+        "{shown}"
+    );
+    assert!(!txn(&url, &["show", &refund]).await.contains("payload"));
+
+    // By text: the description in any case, a participant's address.
+    let listed = |text: &str| {
+        let url = url.clone();
+        let text = text.to_owned();
+        async move { txn(&url, &["list", "--text", &text]).await }
+    };
+    let found = listed("refund for ADA").await;
+    assert!(
+        found.contains(refund.as_str()) && !found.contains(other.as_str()),
+        "{found}"
+    );
+    let address = a.url.trim_start_matches("http://").to_owned();
+    let found = listed(&address).await;
+    assert!(
+        found.contains(refund.as_str()) && !found.contains(other.as_str()),
+        "{found}"
+    );
+    let found = listed("nobody").await;
+    assert!(
+        !found.contains(refund.as_str()) && !found.contains(other.as_str()),
+        "{found}"
+    );
+    let refused = api
+        .list_transactions(pb::ListTransactionsRequest {
+            text: "x".repeat(257),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too long");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("at most 256"), "{refused:?}");
+    for id in [&refund, &other] {
+        client.rollback(id, "done").await.expect("rollback");
+    }
+}

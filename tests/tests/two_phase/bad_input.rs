@@ -207,6 +207,7 @@ async fn every_bad_field_is_refused_and_changes_nothing() {
     expect(
         raw.get_transaction(pb::GetTransactionRequest {
             transaction_id: "x".into(),
+            include_payloads: true,
         })
         .await,
         Code::InvalidArgument,

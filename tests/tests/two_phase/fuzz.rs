@@ -226,9 +226,10 @@ fn list() -> impl Strategy<Value = pb::ListTransactionsRequest> {
         any::<i32>(),
         millis(),
         text(16),
+        text(300),
     )
         .prop_map(
-            |(states, needs_attention, page_size, page_token, kind, min_age_ms, group)| {
+            |(states, needs_attention, page_size, page_token, kind, min_age_ms, group, text)| {
                 pb::ListTransactionsRequest {
                     states,
                     needs_attention,
@@ -237,6 +238,7 @@ fn list() -> impl Strategy<Value = pb::ListTransactionsRequest> {
                     kind,
                     min_age_ms,
                     group,
+                    text,
                 }
             },
         )
@@ -449,6 +451,7 @@ async fn any_request_to_any_rpc_gets_a_precise_answer_and_changes_nothing_decide
         }
         let get = pb::GetTransactionRequest {
             transaction_id: id.clone(),
+            include_payloads: true,
         };
         check(
             "GetTransaction",

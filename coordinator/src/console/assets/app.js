@@ -308,10 +308,12 @@ async function listPage(params) {
     [["", "every kind"], ["2pc", "2PC"], ["saga", "sagas"], ["message", "messages"]].map(([v, t]) => el("option", { value: v, selected: v === filters.kind }, t)));
   const flagged = el("input", { type: "checkbox", id: "filter-attention", checked: filters.needs_attention });
   // An id (whole: open it; a prefix, or the short form shown in the list:
-  // search) and a time range, in the browser's time zone.
+  // search), or text found in descriptions and participants' endpoints;
+  // and a time range, in the browser's time zone.
   const search = el("input", { type: "search", id: "filter-search", value: filters.search,
-    placeholder: "id or its first digits", "aria-label": "Transaction id or prefix",
-    title: "A whole id opens it; its first digits (at least 4) or the list's short form 01a2525d…0dd3 find it" });
+    placeholder: "id, first digits, or text", "aria-label": "Transaction id, prefix, or text",
+    title: "A whole id opens it; its first digits (at least 4) or the list's short form 01a2525d…0dd3 find it; " +
+      "other text is looked for in descriptions and participants' addresses (\"in quotes\" to look for digits as text)" });
   const local = (ms) => {
     const at = new Date(Number(ms));
     if (!ms || Number.isNaN(at.getTime())) return "";
@@ -553,7 +555,8 @@ function txnView(txn, reload, notes, setEditing) {
     ? [{ name: "producer", producer: true, state: "prepared", attempts: "—", participant: txn.producer, last_error: txn.reason }]
     : [];
   const parts = saga ? txn.steps : producer.concat(txn.branches);
-  const rows = parts.map((part) => {
+  const columns = saga || !msg ? 7 : 6;
+  const rows = parts.flatMap((part) => {
     const row = el("tr", { "data-name": part.name },
       el("td", {}, el("b", {}, part.name)),
       el("td", {}, pill(part.state)),
@@ -562,7 +565,15 @@ function txnView(txn, reload, notes, setEditing) {
       el("td", { class: "mono small" }, part.participant),
       el("td", { class: "error" }, part.last_error || ""),
       el("td", {}, operator && resolvable(txn, part) ? el("button", { class: "resolve-open", onclick: (e) => openResolve(e.target, txn, part, reload, notes, setEditing) }, "Resolve…") : null));
-    return row;
+    // What it was sent, folded: a step's action and compensation, a
+    // branch's or destination's payload.
+    const sent = saga
+      ? [["action", part.action], ["compensation", part.compensation]]
+      : [["payload", part.payload]];
+    const shown = sent.filter(([, p]) => p && (p.text !== undefined || p.hex !== undefined));
+    if (!shown.length) return [row];
+    return [row, el("tr", { class: "payloads", "data-name": part.name },
+      el("td", { colspan: String(columns) }, shown.map(([what, p]) => payloadView(`${txn.id}/${part.name}/${what}`, what, p))))];
   });
   const heads = saga
     ? ["step", "state", "kind", "attempts / compensations", "participant", "last error", ""]
@@ -578,6 +589,23 @@ function txnView(txn, reload, notes, setEditing) {
         el("b", {}, a.branch), ` recorded ${a.outcome} by `, el("b", {}, a.operator), ` at ${when(a.at_ms)}: `, a.reason)))
       : el("p", { class: "muted" }, "None."));
   return [facts, partsCard, actions];
+}
+
+// One payload, folded under its summary: its size, and its first bytes as
+// text (UTF-8) or hex, with how much of it that is.
+// The page redraws on every change: the payloads left open stay open.
+const openPayloads = new Set();
+
+function payloadView(key, what, payload) {
+  const hex = payload.text === undefined;
+  const cut = payload.shown < payload.bytes ? `, first ${payload.shown} shown` : "";
+  const toggled = (event) => {
+    if (event.target.open) openPayloads.add(key);
+    else openPayloads.delete(key);
+  };
+  return el("details", { class: "payload", open: openPayloads.has(key), ontoggle: toggled },
+    el("summary", {}, `${what} (${payload.bytes} bytes${hex ? ", hex" : ""}${cut})`),
+    el("pre", {}, hex ? payload.hex.replace(/(.{64})/g, "$1\n") : payload.text));
 }
 
 // Whether an operator may resolve this branch or step now (the server
