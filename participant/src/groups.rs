@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient as RawClient;
 
-use crate::client::Bearer;
 use concord_shard::{ShardMap, ShardedId};
 use tonic::transport::Channel;
 
-use crate::client::{ClientTls, channel};
+use crate::transport::{Bearer, ClientTls, channel};
 
 /// How long a map read is followed before it is read again.
 pub const REFRESH: Duration = Duration::from_secs(5);

@@ -4,7 +4,11 @@
 //! # Layout
 //!
 //! - [`client`]: [`CoordinatorClient`] — begin, enlist, commit, rollback,
-//!   outcome; typed errors.
+//!   outcome, sagas, messages, the watch (`client/options.rs`: what calls
+//!   take and answer; `error.rs`: typed errors; `watch.rs`: the watch's
+//!   reconnecting stream).
+//! - [`transport`]: the channel to a coordinator node, TLS, the token's
+//!   header; shared by the client and its router.
 //! - [`groups`]: the client's routing in a deployment of several groups of
 //!   coordinator nodes: each call to a node of the group that owns it.
 //! - [`server`]: implement [`TwoPhaseParticipant`] and/or [`SagaStep`] and
@@ -41,6 +45,7 @@ pub mod outbox;
 pub mod resolver;
 pub mod saga;
 pub mod server;
+pub mod transport;
 
 pub use client::{
     BeginOptions, Begun, BranchSpec, ClientError, ClientTls, CommitOptions, CoordinatorClient,

@@ -11,11 +11,15 @@
 //! - [`codec`]: the protobuf codec every generated client and server uses.
 //! - [`signature`]: the signature the coordinator puts on every call to a
 //!   participant, and how a participant checks it (DESIGN §12).
+//! - [`metadata`]: the names of the metadata calls and answers carry
+//!   (the owner of a transaction, the forwarding mark, a watch's resume
+//!   cursor, a reused key's transaction id).
 //! - [`connect_failed`]: whether a failed call never left the caller, so
 //!   that another node may be sent it (the coordinator's forwarding and the
 //!   SDK's routing both ask).
 
 pub mod codec;
+pub mod metadata;
 pub mod signature;
 
 /// Generated code for `concord.v1`.

@@ -257,8 +257,7 @@ pub fn change(change: Change) -> pb::TransactionChange {
     }
 }
 
-/// Trailer of a watch that ended: the cursor to reconnect with.
-pub const RESUME_CURSOR: &str = "concord-resume-cursor";
+use concord_proto::metadata::{RESUME_CURSOR, TRANSACTION_ID};
 
 /// Why a watch ended, as the status that ends its stream, saying how to
 /// resume without missing a change.
@@ -283,15 +282,13 @@ pub fn watch_end(end: WatchEnd) -> tonic::Status {
     status
 }
 
-/// Metadata of an ALREADY_EXISTS answer to a reused idempotency key: the
-/// id of the transaction the key began.
-pub const TRANSACTION_ID: &str = "concord-transaction-id";
-
 /// UNAVAILABLE, with where to send the call in the `concord-owner` header.
 fn owned_by(message: String, address: &str) -> tonic::Status {
     let mut status = tonic::Status::unavailable(message);
     if let Ok(owner) = address.parse() {
-        status.metadata_mut().insert(super::forward::OWNER, owner);
+        status
+            .metadata_mut()
+            .insert(concord_proto::metadata::OWNER, owner);
     }
     status
 }

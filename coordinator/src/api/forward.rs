@@ -23,17 +23,7 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-/// Marks a call one node forwarded to another: "1" within a group,
-/// [`ACROSS_GROUPS`] to a node of another group (DESIGN §11).
-pub const FORWARDED_BY: &str = "concord-forwarded-by";
-
-/// The [`FORWARDED_BY`] of a call sent to another group: the node it
-/// reaches may not own the transaction (a group's nodes share its log and
-/// own what they began), so it may forward once more, within its group.
-pub const ACROSS_GROUPS: &str = "group";
-
-/// On an UNAVAILABLE answer: where the transaction's owner is.
-pub const OWNER: &str = "concord-owner";
+use concord_proto::metadata::{ACROSS_GROUPS, FORWARDED_BY};
 
 /// Deadline of a forwarded call whose client set none: long enough for a
 /// Commit's prepare round (its own deadline is at most 10 minutes, but a

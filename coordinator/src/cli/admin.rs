@@ -133,7 +133,8 @@ enum TxnCommand {
     /// Its state, branches or steps, attempts, errors and operators'
     /// decisions.
     Show {
-        /// The transaction id.
+        /// The transaction: its id (any case), its first digits, or
+        /// FIRST…LAST (`01a2525d…0dd3`, `...` for `…`).
         id: String,
         /// Print it as one JSON object, as the console's API gives it.
         #[arg(long)]
@@ -150,7 +151,8 @@ enum TxnCommand {
     /// Every retry of the transaction that is waiting out its backoff:
     /// phase-2 deliveries, saga steps, compensations.
     Retry {
-        /// The transaction id.
+        /// The transaction: its id (any case), its first digits, or
+        /// FIRST…LAST (`01a2525d…0dd3`, `...` for `…`).
         id: String,
     },
     /// Records what happened at a participant that cannot answer.
@@ -164,7 +166,8 @@ enum TxnCommand {
     /// message's destination that keeps failing (committed). Recorded with
     /// who, when and why; shown forever after.
     Resolve {
-        /// The transaction id.
+        /// The transaction: its id (any case), its first digits, or
+        /// FIRST…LAST (`01a2525d…0dd3`, `...` for `…`).
         id: String,
         /// The branch, step or destination name, or `producer`.
         ///
@@ -322,10 +325,13 @@ async fn find_id(
         [id] => Ok((*id).clone()),
         [] if !crowded => anyhow::bail!("no transaction's id starts with {given:?}"),
         _ if crowded => anyhow::bail!(
-            "more than {PREFIX_MATCHES} transactions' ids start with {given:?}; give more of it"
+            "more than {PREFIX_MATCHES} transactions' ids start with {given:?}; give more of it, \
+             or its last digits too (FIRST…LAST, as the console shows ids): ids \
+             begun in the same minute share their first digits"
         ),
         many => anyhow::bail!(
-            "{} transactions' ids start with {given:?}; give more of it:\n  {}",
+            "{} transactions' ids start with {given:?}; give more of it, or its last digits \
+             too (FIRST…LAST):\n  {}",
             many.len(),
             many.iter()
                 .map(|id| id.as_str())
@@ -479,6 +485,11 @@ fn unreached(status: &tonic::Status) -> Option<&'static str> {
         Some("no answer in time; is the address right, and does a firewall drop it?")
     } else if text.contains("https without tls") {
         Some("an https:// coordinator needs --tls-ca, the CA that signed its certificate")
+    } else if status.code() == tonic::Code::Unimplemented {
+        Some(
+            "that port serves gRPC but not the Coordinator API (a participant's port?); give \
+             the address `concord serve --listen` serves",
+        )
     } else if status.code() == tonic::Code::Unknown && text.contains("transport error") {
         Some(
             "the connection failed: a port that does not speak gRPC (the metrics' port?), or a \
@@ -493,7 +504,13 @@ fn parse_state(value: &str) -> Result<pb::TransactionState, String> {
     let name = format!("TRANSACTION_STATE_{}", value.to_ascii_uppercase());
     pb::TransactionState::from_str_name(&name)
         .filter(|state| *state != pb::TransactionState::Unspecified)
-        .ok_or_else(|| format!("{value:?} is not a transaction state"))
+        .ok_or_else(|| {
+            format!(
+                "{value:?} is not a transaction state: active, preparing, committing, aborting, \
+                 committed, aborted, running, compensating, completed, compensated, failed, \
+                 prepared, delivering, delivered or dropped"
+            )
+        })
 }
 
 fn parse_resolution(value: &str) -> Result<pb::Resolution, String> {

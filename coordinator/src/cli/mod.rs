@@ -286,10 +286,13 @@ struct ServeArgs {
           value_name = "BOOL")]
     allow_unprotected: bool,
 
-    /// The URL participants reach this node at.
+    /// The URL other hosts reach this node at. Default: http://<listen>.
     ///
-    /// Sent with every call so they know whom to ask about in-doubt
-    /// branches. Default: http://<listen>.
+    /// The other nodes forward calls to it and clients are pointed at it
+    /// (`concord-owner`); on PostgreSQL it is the node's name unless
+    /// --node-name says otherwise. Participants are sent it too, but ask
+    /// only the coordinator they were configured with about an in-doubt
+    /// branch (DESIGN §12).
     #[arg(help_heading = "Serving", long, env = "CONCORD_ADVERTISE_URL")]
     advertise_url: Option<String>,
 

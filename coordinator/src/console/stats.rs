@@ -127,7 +127,7 @@ impl Stats {
                     Err(status) => {
                         if let Some(resume) = status
                             .metadata()
-                            .get(convert::RESUME_CURSOR)
+                            .get(concord_proto::metadata::RESUME_CURSOR)
                             .and_then(|value| value.to_str().ok())
                         {
                             resume.clone_into(&mut cursor);

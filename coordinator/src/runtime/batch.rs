@@ -310,7 +310,7 @@ impl Queue {
         });
         let mut request = tonic::Request::new(pb::BatchRequest { calls });
         request.set_timeout(longest);
-        let request = super::participants::signed(request, signature);
+        let request = super::rpc::signed(request, signature);
         let streamed = async {
             let mut stream = client
                 .batch(request)

@@ -131,8 +131,10 @@ pub struct RuntimeConfig {
     pub max_in_flight: usize,
     /// Recovered transactions driven at once after a restart.
     pub recovery_concurrency: usize,
-    /// The address participants can reach this coordinator at, sent with
-    /// every call so they know whom to ask about an in-doubt branch.
+    /// The address other hosts reach this node at: other nodes forward to
+    /// it, clients are pointed at it. Participants are sent it with every
+    /// call, but ask only the coordinator they were configured with
+    /// (DESIGN §12).
     pub advertised_url: String,
     /// The wall clock and id minting.
     pub clock: Arc<dyn Clock>,

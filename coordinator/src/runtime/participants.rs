@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use concord_proto::signature::{CallSigner, SIGNATURE_HEADER, SignedCall};
+use concord_proto::signature::{CallSigner, SignedCall};
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::{self as pb, BranchRef};
 use dashmap::DashMap;
@@ -27,7 +27,7 @@ use tracing::Instrument;
 use super::batch;
 use super::dial::DialPolicy;
 pub use super::rpc::CallError;
-use super::rpc::{self, BranchRpc};
+use super::rpc::{self, BranchRpc, signed};
 
 use crate::protocol::message::CheckAnswer;
 use crate::protocol::two_phase::{OnePhaseResult, Vote};
@@ -656,20 +656,6 @@ fn request_with<T>(message: T, deadline: Duration, span: &tracing::Span) -> toni
     request.set_timeout(deadline);
     // The participant's spans join this call's trace (when exported).
     crate::telemetry::inject(&mut request, span);
-    request
-}
-
-/// `request` with its signature in the metadata (DESIGN §12).
-pub(super) fn signed<T>(
-    mut request: tonic::Request<T>,
-    signature: Option<String>,
-) -> tonic::Request<T> {
-    if let Some(signature) = signature {
-        let value = signature
-            .parse()
-            .expect("a signature is ASCII: hex, digits and base64url");
-        request.metadata_mut().insert(SIGNATURE_HEADER, value);
-    }
     request
 }
 

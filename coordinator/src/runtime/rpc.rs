@@ -3,7 +3,8 @@
 //! into a `Batch` entry and taken out of a batch's answer, so
 //! [`Participants`](super::participants::Participants) and
 //! [`batch`](super::batch) have one path for all six. Also what a failed
-//! call counts as ([`CallError`]), which both of them need.
+//! call counts as ([`CallError`]) and how a call carries its signature
+//! ([`signed`]), which both of them need.
 
 use std::time::Duration;
 
@@ -13,6 +14,22 @@ use concord_proto::v1::batch_call::Call;
 use concord_proto::v1::participant_client::ParticipantClient;
 use concord_proto::v1::{self as pb, BranchRef};
 use tonic::transport::Channel;
+
+/// `request` with its signature in the metadata (DESIGN §12).
+pub(super) fn signed<T>(
+    mut request: tonic::Request<T>,
+    signature: Option<String>,
+) -> tonic::Request<T> {
+    if let Some(signature) = signature {
+        let value = signature
+            .parse()
+            .expect("a signature is ASCII: hex, digits and base64url");
+        request
+            .metadata_mut()
+            .insert(concord_proto::metadata::SIGNATURE, value);
+    }
+    request
+}
 
 /// Why a call to a participant did not get an answer we can use.
 #[derive(Debug, Clone, thiserror::Error)]

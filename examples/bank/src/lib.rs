@@ -82,16 +82,24 @@ pub async fn open_db(path: &Path) -> Result<SqlitePool, sqlx::Error> {
 }
 
 /// Opens an account with a starting balance, or resets it.
-pub async fn open_account(pool: &SqlitePool, name: &str, balance: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Opens account `name` with `balance` cents; true when it was opened
+/// now. An account that exists is left as it is: a service restarted
+/// with the same `--open` flags creates no money and keeps its holds.
+pub async fn open_account(
+    pool: &SqlitePool,
+    name: &str,
+    balance: i64,
+) -> Result<bool, sqlx::Error> {
+    let opened = sqlx::query(
         "INSERT INTO accounts (name, balance, held) VALUES (?1, ?2, 0)
-         ON CONFLICT (name) DO UPDATE SET balance = excluded.balance, held = 0",
+         ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
     .bind(balance)
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(opened == 1)
 }
 
 pub async fn accounts(pool: &SqlitePool) -> Result<Vec<Account>, sqlx::Error> {

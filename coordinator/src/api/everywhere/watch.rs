@@ -423,7 +423,9 @@ fn ended(group: &str, status: &Status, positions: &Positions) -> Status {
         format!("group {group:?}: {what}; reconnect with cursor \"{resume}\" to miss nothing"),
     );
     if let Ok(value) = resume.parse() {
-        ended.metadata_mut().insert(convert::RESUME_CURSOR, value);
+        ended
+            .metadata_mut()
+            .insert(concord_proto::metadata::RESUME_CURSOR, value);
     }
     ended
 }
@@ -561,7 +563,7 @@ mod tests {
         );
         let resume = status
             .metadata()
-            .get(convert::RESUME_CURSOR)
+            .get(concord_proto::metadata::RESUME_CURSOR)
             .and_then(|v| v.to_str().ok())
             .expect("a resume cursor");
         let resume = Positions::parse(resume).expect("parses");

@@ -35,7 +35,8 @@ enum Command {
         /// The bank's SQLite database (created if missing).
         #[arg(long, env = "BANK_DB")]
         db: PathBuf,
-        /// Open (or reset) accounts before serving: NAME=CENTS, repeatable.
+        /// Open accounts before serving: NAME=CENTS, repeatable. An account
+        /// that exists keeps its balance (a restart creates no money).
         #[arg(long = "open", value_parser = parse_opening)]
         open: Vec<(String, i64)>,
         /// The coordinator's public key (PEM, from `concord keys public`):
@@ -110,7 +111,9 @@ async fn run() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("opening {}", db.display()))?;
             for (name, cents) in open {
-                crate::open_account(&pool, &name, cents).await?;
+                if !crate::open_account(&pool, &name, cents).await? {
+                    tracing::info!(account = %name, "already open: its balance is kept");
+                }
             }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -112,14 +112,16 @@ async fn print_balances(banks: &[&BankProcess]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bank-demo [--coordinator URL]`.
+/// The whole bank example on loopback: a coordinator (or yours, with
+/// --coordinator), two banks, two transfers over 2PC, and two payments
+/// whose events are transactional messages.
 #[derive(Debug, clap::Parser)]
 struct Args {
     /// Run through this coordinator instead of starting one.
     #[arg(long, env = "CONCORD_COORDINATOR", requires = "coordinator_key")]
     coordinator: Option<String>,
     /// With --coordinator: that coordinator's public key (its data
-    /// directory's `signing.pub`), so that the services this demo starts
+    /// directory's `signing.key.pub`), so that the services this demo starts
     /// obey its calls and no one else's.
     #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
     coordinator_key: Option<std::path::PathBuf>,
@@ -175,9 +177,11 @@ async fn run() -> anyhow::Result<()> {
         &tasks,
     )
     .await?;
+    let audit = start_events("audit", dir.path(), &callers, &stop, &tasks).await?;
+    let notify = start_events("notify", dir.path(), &callers, &stop, &tasks).await?;
     println!(
-        "coordinator {coordinator}  bank-a {}  bank-b {}",
-        bank_a.url, bank_b.url
+        "coordinator {coordinator}  bank-a {}  bank-b {}  audit {}  notify {}",
+        bank_a.url, bank_b.url, audit.url, notify.url
     );
     let mut client = CoordinatorClient::connect(coordinator)?;
     if let Some(token) = &args.token {
@@ -212,8 +216,6 @@ async fn run() -> anyhow::Result<()> {
         print_balances(&[&bank_a, &bank_b]).await?;
     }
 
-    let audit = start_events("audit", dir.path(), &callers, &stop, &tasks).await?;
-    let notify = start_events("notify", dir.path(), &callers, &stop, &tasks).await?;
     let services = [
         (audit.name, audit.url.as_str()),
         (notify.name, notify.url.as_str()),

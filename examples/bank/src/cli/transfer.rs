@@ -14,7 +14,11 @@ use concord_participant::{CoordinatorClient, Outcome};
     about = "Transfer money between two banks over Concord 2PC"
 )]
 struct Args {
-    #[arg(long, env = "CONCORD_URL", default_value = "http://127.0.0.1:7400")]
+    #[arg(
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
     coordinator: String,
     /// The client token the coordinator requires, if it was started with
     /// --client-token.

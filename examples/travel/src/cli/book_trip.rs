@@ -8,7 +8,11 @@ use concord_participant::CoordinatorClient;
 #[derive(Parser, Debug)]
 #[command(name = "book-trip", about = "Book a trip as a Concord saga")]
 struct Args {
-    #[arg(long, env = "CONCORD_URL", default_value = "http://127.0.0.1:7400")]
+    #[arg(
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
     coordinator: String,
     /// The client token the coordinator requires, if it was started with
     /// --client-token.
@@ -37,8 +41,9 @@ struct Args {
     /// Price in cents.
     #[arg(long, default_value_t = 42_000)]
     price: i64,
-    #[arg(long, default_value = "ada@example.com")]
-    email: String,
+    /// Where the confirmation goes; default: TRAVELLER@example.com.
+    #[arg(long)]
+    email: Option<String>,
 }
 
 /// Runs the `book-trip` command line.
@@ -60,6 +65,7 @@ async fn run() -> anyhow::Result<()> {
         payment: args.payment_url,
         email: args.email_url,
     };
+    let email = (args.email.clone()).unwrap_or_else(|| format!("{}@example.com", args.traveller));
     let trip = Trip {
         traveller: args.traveller,
         flight: args.flight,
@@ -67,7 +73,7 @@ async fn run() -> anyhow::Result<()> {
         car: args.car,
         card: args.card,
         price: args.price,
-        email: args.email,
+        email,
     };
     let status = trip_saga(&services, &trip).run(&client).await?;
     println!(

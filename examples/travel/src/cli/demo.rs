@@ -56,14 +56,15 @@ async fn start(
     Ok((url, pool))
 }
 
-/// `travel-demo [--coordinator URL]`.
+/// The whole travel example on loopback: a coordinator (or yours, with
+/// --coordinator), five services, and three trips booked as sagas.
 #[derive(Debug, clap::Parser)]
 struct Args {
     /// Book through this coordinator instead of starting one.
     #[arg(long, env = "CONCORD_COORDINATOR", requires = "coordinator_key")]
     coordinator: Option<String>,
     /// With --coordinator: that coordinator's public key (its data
-    /// directory's `signing.pub`), so that the services this demo starts
+    /// directory's `signing.key.pub`), so that the services this demo starts
     /// obey its calls and no one else's.
     #[arg(long, env = "CONCORD_COORDINATOR_KEY")]
     coordinator_key: Option<std::path::PathBuf>,
@@ -154,7 +155,7 @@ async fn run() -> anyhow::Result<()> {
             0,
         ),
         (
-            "3. cy books through a flaky hotel service (its first 2 attempts fail)",
+            "3. a car is back in stock; cy books through a flaky hotel service (its first 2 attempts fail)",
             Services {
                 hotel: flaky_hotel,
                 ..services.clone()

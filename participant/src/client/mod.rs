@@ -1,6 +1,9 @@
 //! A client for the coordinator: begin, enlist, commit, rollback, and ask a
-//! transaction's outcome. Every call carries a deadline; errors are typed by
-//! what the caller can do about them ([`ClientError`]).
+//! transaction's outcome; sagas, messages and the watch. Every call carries
+//! a deadline; errors are typed by what the caller can do about them
+//! ([`ClientError`], in `error`). What calls take and answer is in
+//! `options`, the watch's reconnecting stream in `watch`, the channel and
+//! TLS in [`crate::transport`], routing by shard map in [`crate::groups`].
 
 use std::time::Duration;
 
@@ -8,156 +11,29 @@ use std::sync::Arc;
 
 use concord_proto::v1 as pb;
 use concord_proto::v1::coordinator_client::CoordinatorClient as RawClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use concord_proto::connect_failed;
 
 use crate::groups::{Router, To};
+pub use crate::transport::ClientTls;
+use crate::transport::{Bearer, channel};
 
 /// Deadline of each call unless [`CoordinatorClient::with_timeout`] says
 /// otherwise. Commit waits for every participant's vote, so it is generous.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why a call to the coordinator failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ClientError {
-    /// The coordinator URL could not be used.
-    #[error("invalid coordinator URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    /// The TLS settings could not be used.
-    #[error("TLS settings for {url:?} cannot be used: {reason}")]
-    BadTls { url: String, reason: String },
-    /// The client token cannot be sent in a header.
-    #[error("the client token cannot be sent: {0}")]
-    BadToken(String),
-    /// The request was refused as malformed; fix it, do not retry.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// No such transaction.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The transaction's state does not allow this (enlisting into a
-    /// committed transaction, rolling back a committed one).
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
-    /// A branch of that name exists with other content.
-    #[error("already exists: {0}")]
-    AlreadyExists(String),
-    /// A limit was reached (branches per transaction).
-    #[error("resource exhausted: {0}")]
-    ResourceExhausted(String),
-    /// The coordinator could not be reached or could not record; retrying
-    /// (with the same idempotency key) is safe.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The coordinator requires a token this client did not send, or sent
-    /// wrong ([`CoordinatorClient::with_token`]); retrying will not help.
-    #[error("unauthenticated: {0}")]
-    Unauthenticated(String),
-    /// No answer in time; the outcome may still be decided — ask
-    /// [`CoordinatorClient::transaction`].
-    #[error("deadline exceeded: {0}")]
-    DeadlineExceeded(String),
-    #[error("{code:?}: {message}")]
-    Other { code: tonic::Code, message: String },
-}
+mod error;
+mod options;
+mod watch;
 
-impl From<tonic::Status> for ClientError {
-    fn from(status: tonic::Status) -> Self {
-        let message = status.message().to_owned();
-        match status.code() {
-            tonic::Code::InvalidArgument => Self::InvalidArgument(message),
-            tonic::Code::NotFound => Self::NotFound(message),
-            tonic::Code::FailedPrecondition => Self::FailedPrecondition(message),
-            tonic::Code::AlreadyExists => Self::AlreadyExists(message),
-            tonic::Code::ResourceExhausted => Self::ResourceExhausted(message),
-            tonic::Code::Unavailable => Self::Unavailable(message),
-            tonic::Code::Unauthenticated => Self::Unauthenticated(message),
-            // tonic reports a broken connection as UNKNOWN "transport
-            // error": the coordinator may be fine, the call can be retried.
-            tonic::Code::Unknown if message.contains("transport error") => {
-                Self::Unavailable(message)
-            }
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                Self::DeadlineExceeded(message)
-            }
-            code => Self::Other { code, message },
-        }
-    }
-}
+pub use error::ClientError;
+pub use options::{
+    BeginOptions, Begun, BranchSpec, CommitOptions, MessageState, Outcome, SagaState, SagaStatus,
+};
 
-/// Options of [`CoordinatorClient::begin`].
-#[derive(Debug, Clone, Default)]
-pub struct BeginOptions {
-    /// How long the transaction may stay undecided; None for the
-    /// coordinator's default.
-    pub timeout: Option<Duration>,
-    /// Makes a retried Begin return the same transaction (R7).
-    pub idempotency_key: Option<String>,
-    pub description: Option<String>,
-    /// Branches to enlist with the Begin, in one durable write (saves an
-    /// Enlist call and a forced write per branch).
-    pub branches: Vec<BranchSpec>,
-}
-
-/// A branch to enlist: the participant's URI, its payload, and optionally
-/// its name.
-#[derive(Debug, Clone, Default)]
-pub struct BranchSpec {
-    pub participant: String,
-    pub payload: Vec<u8>,
-    pub name: Option<String>,
-}
-
-/// Options of [`CoordinatorClient::commit_with`].
-#[derive(Debug, Clone, Default)]
-pub struct CommitOptions {
-    /// Answer only once every participant acknowledged (R4).
-    pub wait_for_completion: bool,
-    /// Each participant's prepare deadline; None for the coordinator's.
-    pub prepare_timeout: Option<Duration>,
-}
-
-/// A transaction's decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Committed { read_only: bool },
-    Aborted { reason: String },
-    Undecided,
-}
-
-/// A transaction begun on the coordinator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Begun {
-    pub transaction_id: String,
-    /// False when the idempotency key found an earlier transaction.
-    pub created: bool,
-    /// Names of the branches enlisted with the Begin.
-    pub branches: Vec<String>,
-}
-
-/// TLS towards the coordinator.
-#[derive(Clone, Default)]
-pub struct ClientTls {
-    /// PEM: the CA that signed the coordinator's certificate.
-    pub ca_pem: Vec<u8>,
-    /// PEM certificate chain and private key of this client, for a
-    /// coordinator that requires mutual TLS.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-    /// The name the coordinator's certificate is checked against, when it
-    /// is not the URL's host (e.g. `localhost` for `https://127.0.0.1:7400`).
-    pub domain: Option<String>,
-}
-
-impl std::fmt::Debug for ClientTls {
-    // Never print the key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("mutual", &self.identity.is_some())
-            .field("domain", &self.domain)
-            .finish_non_exhaustive()
-    }
-}
+use options::{begin_request, outcome_of};
+use watch::{Watching, resumable};
 
 /// A cheap-to-clone client for one coordinator, or for a deployment of
 /// several groups ([`CoordinatorClient::connect_groups`]).
@@ -173,9 +49,6 @@ pub struct CoordinatorClient {
     token: Option<Bearer>,
 }
 
-/// The value of an `authorization` header.
-pub(crate) type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
-
 impl std::fmt::Debug for CoordinatorClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoordinatorClient")
@@ -183,41 +56,6 @@ impl std::fmt::Debug for CoordinatorClient {
             .field("routed", &self.router.is_some())
             .finish_non_exhaustive()
     }
-}
-
-/// A channel to the coordinator node at `url`, lazy: it connects on first
-/// use and reconnects by itself.
-pub(crate) fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
-    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ClientError::BadUrl {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if let Some(tls) = tls {
-        let mut config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
-        if let Some((cert, key)) = &tls.identity {
-            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
-        }
-        if let Some(domain) = &tls.domain {
-            config = config.domain_name(domain.clone());
-        }
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| ClientError::BadTls {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
-    }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        // A connection to a coordinator that vanished (host lost, a
-        // partition that swallowed its packets) is found dead by pings
-        // and dialled again, instead of failing every later call.
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
 }
 
 impl CoordinatorClient {
@@ -686,162 +524,4 @@ impl CoordinatorClient {
             _ => Outcome::Undecided,
         })
     }
-}
-
-fn begin_request(options: BeginOptions) -> pb::BeginRequest {
-    pb::BeginRequest {
-        timeout_ms: options
-            .timeout
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-        idempotency_key: options.idempotency_key.unwrap_or_default(),
-        description: options.description.unwrap_or_default(),
-        branches: options
-            .branches
-            .into_iter()
-            .map(|b| pb::BranchSpec {
-                participant: b.participant,
-                payload: b.payload,
-                branch: b.name.unwrap_or_default(),
-            })
-            .collect(),
-        commit: false,
-        prepare_timeout_ms: 0,
-    }
-}
-
-fn outcome_of(answer: &pb::CommitResponse) -> Outcome {
-    match pb::Outcome::try_from(answer.outcome) {
-        Ok(pb::Outcome::Committed) => Outcome::Committed {
-            read_only: answer.read_only,
-        },
-        Ok(pb::Outcome::Aborted) => Outcome::Aborted {
-            reason: answer.reason.clone(),
-        },
-        _ => Outcome::Undecided,
-    }
-}
-
-/// Where a saga is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SagaState {
-    Running,
-    Compensating,
-    Completed,
-    Compensated,
-    Failed,
-}
-
-impl SagaState {
-    pub fn from_wire(state: i32) -> Option<Self> {
-        match pb::TransactionState::try_from(state).ok()? {
-            pb::TransactionState::Running => Some(Self::Running),
-            pb::TransactionState::Compensating => Some(Self::Compensating),
-            pb::TransactionState::Completed => Some(Self::Completed),
-            pb::TransactionState::Compensated => Some(Self::Compensated),
-            pb::TransactionState::Failed => Some(Self::Failed),
-            _ => None,
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Compensated | Self::Failed)
-    }
-}
-
-/// Where a transactional message is (DESIGN §10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageState {
-    /// Recorded; its local transaction not yet seen to commit.
-    Prepared,
-    /// Its local transaction committed; being delivered.
-    Delivering,
-    /// Every destination acknowledged.
-    Delivered,
-    /// Its local transaction never committed; nothing was delivered.
-    Dropped,
-}
-
-impl MessageState {
-    pub fn from_wire(state: i32) -> Option<Self> {
-        match pb::TransactionState::try_from(state).ok()? {
-            pb::TransactionState::Prepared => Some(Self::Prepared),
-            pb::TransactionState::Delivering => Some(Self::Delivering),
-            pb::TransactionState::Delivered => Some(Self::Delivered),
-            pb::TransactionState::Dropped => Some(Self::Dropped),
-            _ => None,
-        }
-    }
-}
-
-/// The answer to a submitted saga.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SagaStatus {
-    pub transaction_id: String,
-    /// False when the idempotency key found an earlier saga.
-    pub created: bool,
-    pub state: SagaState,
-    /// Why it compensated or failed.
-    pub reason: String,
-}
-
-/// A [`CoordinatorClient::watch`] between changes.
-struct Watching<B> {
-    /// Whether the caller asked to see where the stream starts (the watch
-    /// always asks, to resume from there).
-    show_mark: bool,
-    raw: RawClient<Channel>,
-    timeout: Duration,
-    token: Option<Bearer>,
-    /// With the cursor of the last change handed out, once there is one.
-    request: pb::WatchTransactionsRequest,
-    open: Option<tonic::Streaming<pb::TransactionChange>>,
-    backoff: B,
-    ended: bool,
-}
-
-impl<B: Iterator<Item = Duration>> Watching<B> {
-    async fn connect(&mut self) -> Result<tonic::Streaming<pb::TransactionChange>, tonic::Status> {
-        // No grpc-timeout: the stream lasts as long as the watch does; only
-        // waiting for its first answer is bounded.
-        let mut request = tonic::Request::new(self.request.clone());
-        if let Some(token) = &self.token {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        match tokio::time::timeout(self.timeout, self.raw.watch_transactions(request)).await {
-            Ok(answer) => answer.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::unavailable("no answer within the deadline")),
-        }
-    }
-
-    /// Waits out the backoff before reconnecting; a watch the server ended
-    /// names the cursor to resume from (it may be past the last change
-    /// handed out: changes the filters left out).
-    async fn pause(&mut self, status: &tonic::Status) {
-        if let Some(cursor) = status
-            .metadata()
-            .get("concord-resume-cursor")
-            .and_then(|value| value.to_str().ok())
-        {
-            self.request.cursor = cursor.to_owned();
-        }
-        let delay = self.backoff.next().unwrap_or(Duration::from_secs(5));
-        tracing::debug!(code = ?status.code(), message = status.message(), ?delay, "watch resuming");
-        tokio::time::sleep(delay).await;
-    }
-}
-
-/// Whether a watch that ended with `status` resumes: the node or the
-/// connection went away, or the watch fell behind.
-fn resumable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-    )
 }
