@@ -8,7 +8,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use super::*;
+use concord_proto::v1::coordinator_server::CoordinatorServer;
+
+use super::{Access, CoordinatorService, Credentials, Limits, access};
+use crate::runtime::Runtime;
 use crate::runtime::log::LogHealth;
 
 /// Streams one client connection may hold open at once: far more than a
@@ -25,6 +28,11 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
 /// watch's stream is not cut by it (it bounds the wait for the response's
 /// start, which a stream sends at once).
 const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Headroom over the payload limit for the rest of a request, so that an
+/// oversized payload still decodes and gets the precise "payload is N bytes"
+/// answer rather than a generic one.
+const MESSAGE_OVERHEAD_BYTES: usize = 1024 * 1024;
 
 /// Reflection calls served at once (grpcurl and the like, by hand).
 const REFLECTION_CALLS: usize = 64;

@@ -330,8 +330,8 @@ pub fn watch_cursor(value: &str) -> Result<Cursor, Status> {
 pub fn watch_positions(
     map: &crate::shard::ShardMap,
     value: &str,
-) -> Result<super::watch::Positions, Status> {
-    let positions = super::watch::Positions::parse(value)
+) -> Result<super::everywhere::watch::Positions, Status> {
+    let positions = super::everywhere::watch::Positions::parse(value)
         .map_err(|error| invalid(format!("cursor: {error}")))?;
     if let Some(unknown) = positions
         .groups()

@@ -11,7 +11,7 @@
 //! client-certificate rule. It steers (Retry, Resolve) only for a
 //! browser that sent the node's admin token; a node without one has a
 //! read-only console (DESIGN §12). It answers only requests addressed to
-//! it by a name it serves under ([`addressed_here`]): a page of another
+//! it by a name it serves under (`addressed_here`): a page of another
 //! site that rebinds its own name to this address gets nothing.
 //!
 //! - [`json`]: the service's answers as the page reads them.

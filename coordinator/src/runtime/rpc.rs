@@ -4,7 +4,7 @@
 //! [`Participants`](super::participants::Participants) and
 //! [`batch`](super::batch) have one path for all six. Also what a failed
 //! call counts as ([`CallError`]) and how a call carries its signature
-//! ([`signed`]), which both of them need.
+//! (`signed`), which both of them need.
 
 use std::time::Duration;
 
