@@ -15,9 +15,20 @@
 //! ([`Runtime::shard_keys`], [`Runtime::adopt_shard_keys`]); a key handed
 //! over sends its retried request to the group that holds its transaction.
 
+use crate::runtime::error::Error;
+use crate::runtime::shared::Runtime;
+
+use crate::model::RequestDigest;
+use crate::model::TxnId;
+use crate::runtime::shared::Shared;
+use crate::store::Store;
+use crate::store::StoreError;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
 use std::sync::RwLock;
 
-use super::*;
 use crate::shard::{MARGIN_MS, REFRESH_MS, Shard, ShardMap};
 use crate::store::shards::{HandedKey, StoredShards};
 

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::store::Lease;
 
-use super::Shared;
 use super::recovery::adopt;
+use crate::runtime::shared::Shared;
 
 pub(super) async fn keep(shared: Arc<Shared>) {
     let Some(cluster) = shared.store.cluster() else {

@@ -2,7 +2,22 @@
 //! backoff short, and resolving a branch or step by hand through the same
 //! audited record (`OperatorResolved`, forced before it takes effect).
 
-use super::*;
+use crate::protocol::two_phase::Outcome;
+use crate::runtime::error::Error;
+use crate::runtime::log;
+use crate::runtime::message;
+use crate::runtime::shared::Runtime;
+
+use crate::model::OperatorAction;
+use crate::model::Resolution;
+use crate::model::StepStatus;
+use crate::model::TxnId;
+use crate::model::TxnState;
+use crate::protocol::two_phase::BranchPhase;
+use crate::runtime::shared::UNFINISHED;
+use crate::runtime::two_phase::live;
+use crate::store::Record;
+use std::sync::Arc;
 
 impl Runtime {
     /// Makes every retry of the transaction that is waiting out its backoff

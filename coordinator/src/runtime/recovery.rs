@@ -2,7 +2,30 @@
 //! is read from the log and driven to its end (R2, R3); on a shared store
 //! the same path adopts the transactions of nodes that are gone (DESIGN §6).
 
-use super::*;
+use crate::protocol::two_phase::Decision;
+use crate::runtime::message;
+use crate::runtime::saga;
+
+use crate::model::OperatorAction;
+use crate::model::StepStatus;
+use crate::model::TxnKind;
+use crate::model::TxnState;
+use crate::model::TxnView;
+use crate::protocol::saga as saga_protocol;
+use crate::protocol::saga::{Saga, StepShape};
+use crate::protocol::two_phase::TwoPhase;
+use crate::runtime::message::LiveMessage;
+use crate::runtime::requests::TxnHeader;
+use crate::runtime::saga::LiveSaga;
+use crate::runtime::shared::Shared;
+use crate::runtime::two_phase::driver;
+use crate::runtime::two_phase::live::BranchInfo;
+use crate::runtime::two_phase::live::LiveTxn;
+use crate::store::Unfinished;
+use std::sync::Arc;
+
+use backon::BackoffBuilder;
+use tokio::sync::Semaphore;
 
 /// The start-up recovery: reads every unfinished transaction this node must
 /// finish (retrying while the store fails) and adopts those not begun since

@@ -109,3 +109,14 @@ pub struct Committed {
     pub outcome: Outcome,
     pub state: TxnState,
 }
+
+/// What a transaction is born with and never changes.
+#[derive(Debug, Clone)]
+pub struct TxnHeader {
+    pub id: TxnId,
+    pub created_at_ms: u64,
+    pub deadline_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub request_digest: Option<RequestDigest>,
+    pub description: Option<String>,
+}

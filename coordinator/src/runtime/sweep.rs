@@ -3,7 +3,17 @@
 //! ambiguously are ended if the log holds them after all (R2), and ended
 //! transactions past the retention leave the log.
 
-use super::*;
+use crate::model::TxnId;
+use crate::model::TxnKind;
+use crate::model::TxnState;
+use crate::protocol::two_phase::Event;
+use crate::runtime::log::LogError;
+use crate::runtime::shared::Shared;
+use crate::runtime::two_phase::driver;
+use crate::runtime::two_phase::live::LiveTxn;
+use crate::store::Record;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How often the records of failed first writes are looked for.
 const DOUBTFUL_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -178,14 +188,14 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
         let expired: Vec<Arc<LiveTxn>> = shared
             .live
             .iter()
-            .filter(|txn| txn.deadline_ms <= now)
+            .filter(|txn| txn.header.deadline_ms <= now)
             .map(|txn| Arc::clone(&txn))
             .collect();
         for txn in expired {
             let mut inner = txn.lock();
             if let Ok(effects) = inner.machine.apply(Event::Expired) {
                 if !effects.is_empty() {
-                    tracing::info!(id = %txn.id, "transaction timed out before deciding; aborting");
+                    tracing::info!(id = %txn.header.id, "transaction timed out before deciding; aborting");
                 }
                 driver::dispatch(&shared, &txn, &mut inner, effects);
             }

@@ -2,7 +2,21 @@
 //! a participant asks for (R2), each from memory while the transaction is
 //! live and from the store after; and where one that is neither is driven.
 
-use super::*;
+use crate::protocol::two_phase::Decision;
+use crate::protocol::two_phase::Outcome;
+use crate::runtime::error::Error;
+use crate::runtime::requests::Committed;
+use crate::runtime::requests::Page;
+use crate::runtime::shared::Runtime;
+use crate::store::ListQuery;
+
+use crate::model::TxnId;
+use crate::model::TxnKind;
+use crate::model::TxnState;
+use crate::model::TxnView;
+use crate::runtime::shared::UNFINISHED;
+use crate::runtime::two_phase::live::LiveTxn;
+use std::sync::Arc;
 
 impl Runtime {
     /// Everything known about one transaction.
@@ -93,7 +107,7 @@ impl Runtime {
             .shared
             .live
             .iter()
-            .filter(|txn| in_page(txn.id))
+            .filter(|txn| in_page(txn.header.id))
             .map(|txn| txn.view(whole))
             .collect();
         missing.extend(

@@ -16,8 +16,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Runtime, Shared};
 use crate::model::{Change, Cursor, TxnKind, TxnState};
+use crate::runtime::shared::{Runtime, Shared};
 use crate::store::StoreError;
 
 /// Changes a watch may hold for a client that is slow to read them

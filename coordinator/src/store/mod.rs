@@ -22,6 +22,33 @@ use crate::model::{
 };
 
 pub(crate) mod batch;
+
+/// The states a transaction is stored in while unfinished, as an SQL list
+/// (the runtime's `UNFINISHED`): every statement that looks for unfinished
+/// transactions names them through this, so that the two SQL stores agree.
+macro_rules! unfinished_states {
+    () => {
+        "('active', 'committing', 'aborting', 'running', 'compensating', 'prepared', 'delivering')"
+    };
+}
+pub(crate) use unfinished_states;
+
+/// Those of them whose transactions have branches (2PC, messages).
+macro_rules! unfinished_branch_states {
+    () => {
+        "('active', 'committing', 'aborting', 'prepared', 'delivering')"
+    };
+}
+pub(crate) use unfinished_branch_states;
+
+/// Those of them a saga is in.
+macro_rules! unfinished_saga_states {
+    () => {
+        "('running', 'compensating')"
+    };
+}
+pub(crate) use unfinished_saga_states;
+
 pub mod memory;
 pub mod postgres;
 mod reads;

@@ -314,46 +314,52 @@ impl PostgresStore {
         connection: &mut PgConnection,
         only: Option<Vec<String>>,
     ) -> Result<Vec<Unfinished>, StoreError> {
-        let rows: Vec<TxnRow> = sqlx::query_as(
+        let rows: Vec<TxnRow> = sqlx::query_as(concat!(
             "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
                 + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
              FROM transactions t
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
-                             'prepared', 'delivering')
+             WHERE t.state IN ",
+            crate::store::unfinished_states!(),
+            "
                AND ($1::text[] IS NULL OR t.id = ANY($1))
-             ORDER BY t.id",
-        )
+             ORDER BY t.id"
+        ))
         .bind(&only)
         .fetch_all(&mut *connection)
         .await?;
-        let branches: Vec<OwnedBranchRow> = sqlx::query_as(
+        let branches: Vec<OwnedBranchRow> = sqlx::query_as(concat!(
             "SELECT b.txn_id, b.idx, b.name, b.participant, b.payload, b.state, b.vote,
                     b.attempts, b.last_error
              FROM branches b JOIN transactions t ON t.id = b.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting', 'prepared', 'delivering')
+             WHERE t.state IN ",
+            crate::store::unfinished_branch_states!(),
+            "
                AND ($1::text[] IS NULL OR t.id = ANY($1))
-             ORDER BY b.txn_id, b.idx",
-        )
+             ORDER BY b.txn_id, b.idx"
+        ))
         .bind(&only)
         .fetch_all(&mut *connection)
         .await?;
-        let steps: Vec<OwnedStepRow> = sqlx::query_as(
+        let steps: Vec<OwnedStepRow> = sqlx::query_as(concat!(
             "SELECT s.* FROM saga_steps s JOIN transactions t ON t.id = s.txn_id
-             WHERE t.state IN ('running', 'compensating')
+             WHERE t.state IN ",
+            crate::store::unfinished_saga_states!(),
+            "
                AND ($1::text[] IS NULL OR t.id = ANY($1))
-             ORDER BY s.txn_id, s.idx",
-        )
+             ORDER BY s.txn_id, s.idx"
+        ))
         .bind(&only)
         .fetch_all(&mut *connection)
         .await?;
         let mut unfinished = assemble_unfinished(rows, branches, steps)?;
-        let actions: Vec<ActionRow> = sqlx::query_as(
+        let actions: Vec<ActionRow> = sqlx::query_as(concat!(
             "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
-                             'prepared', 'delivering')
+             WHERE t.state IN ",
+            crate::store::unfinished_states!(),
+            "
                AND ($1::text[] IS NULL OR t.id = ANY($1))
-             ORDER BY a.at_ms, a.seq",
-        )
+             ORDER BY a.at_ms, a.seq"
+        ))
         .bind(&only)
         .fetch_all(&mut *connection)
         .await?;
@@ -546,26 +552,32 @@ const EXPIRE: &str = "
 
 // Gone nodes are kept for a day after their lease ended (operators read
 // them), then removed once they own nothing unfinished.
-const FORGET_GONE_NODES: &str = "
+const FORGET_GONE_NODES: &str = concat!(
+    "
     DELETE FROM nodes AS n
     WHERE n.state = 'gone'
       AND n.lease_expires_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint - 86400000
       AND NOT EXISTS (
           SELECT 1 FROM transactions t
           WHERE t.owner = n.id
-            AND t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
-                             'prepared', 'delivering'))";
+            AND t.state IN ",
+    crate::store::unfinished_states!(),
+    ")"
+);
 
 // Takeover: every unfinished transaction whose owner is not a live node.
 // Two nodes claiming at once: the second waits on the row locks, then
 // re-checks the row, now owned by the first (live) node, and skips it.
-const CLAIM: &str = "
+const CLAIM: &str = concat!(
+    "
     UPDATE transactions AS t SET owner = $1, epoch = t.epoch + 1
-    WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
-                             'prepared', 'delivering')
+    WHERE t.state IN ",
+    crate::store::unfinished_states!(),
+    "
       AND t.owner <> $1
       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = t.owner AND n.state = 'live')
-    RETURNING t.id, t.epoch";
+    RETURNING t.id, t.epoch"
+);
 
 /// Fences and writes one batch (`concord_append`,
 /// migrations/postgres/0005_append_by_key.sql): the node's id, the

@@ -177,39 +177,45 @@ impl SqliteStore {
 
     /// Three queries, whatever the number of unfinished transactions.
     async fn load_unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
-        let rows: Vec<TxnRow> = sqlx::query_as(
+        let rows: Vec<TxnRow> = sqlx::query_as(concat!(
             "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id = t.id)
                 + (SELECT COUNT(*) FROM saga_steps s WHERE s.txn_id = t.id)) AS branch_count
              FROM transactions t
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
-                             'prepared', 'delivering')
-             ORDER BY t.id",
-        )
+             WHERE t.state IN ",
+            crate::store::unfinished_states!(),
+            "
+             ORDER BY t.id"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        let branches: Vec<OwnedBranchRow> = sqlx::query_as(
+        let branches: Vec<OwnedBranchRow> = sqlx::query_as(concat!(
             "SELECT b.txn_id, b.idx, b.name, b.participant, b.payload, b.state, b.vote,
                     b.attempts, b.last_error
              FROM branches b JOIN transactions t ON t.id = b.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting', 'prepared', 'delivering')
-             ORDER BY b.txn_id, b.idx",
-        )
+             WHERE t.state IN ",
+            crate::store::unfinished_branch_states!(),
+            "
+             ORDER BY b.txn_id, b.idx"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        let steps: Vec<OwnedStepRow> = sqlx::query_as(
+        let steps: Vec<OwnedStepRow> = sqlx::query_as(concat!(
             "SELECT s.* FROM saga_steps s JOIN transactions t ON t.id = s.txn_id
-             WHERE t.state IN ('running', 'compensating')
-             ORDER BY s.txn_id, s.idx",
-        )
+             WHERE t.state IN ",
+            crate::store::unfinished_saga_states!(),
+            "
+             ORDER BY s.txn_id, s.idx"
+        ))
         .fetch_all(&self.pool)
         .await?;
         let mut unfinished = assemble_unfinished(rows, branches, steps)?;
-        let actions: Vec<ActionRow> = sqlx::query_as(
+        let actions: Vec<ActionRow> = sqlx::query_as(concat!(
             "SELECT a.* FROM operator_actions a JOIN transactions t ON t.id = a.txn_id
-             WHERE t.state IN ('active', 'committing', 'aborting', 'running', 'compensating',
-                             'prepared', 'delivering')
-             ORDER BY a.at_ms, a.rowid",
-        )
+             WHERE t.state IN ",
+            crate::store::unfinished_states!(),
+            "
+             ORDER BY a.at_ms, a.rowid"
+        ))
         .fetch_all(&self.pool)
         .await?;
         attach_actions(&mut unfinished, actions)?;

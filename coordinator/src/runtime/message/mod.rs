@@ -19,6 +19,7 @@
 //!   end means the deliveries are made again, and the destinations' ledgers
 //!   absorb them, M4).
 
+mod send;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,11 +39,11 @@ use crate::model::{
 use crate::protocol::message::{CheckAnswer, DestinationPhase, Effect, Event, Message, Phase};
 use crate::store::{BranchEnd, Record};
 
-use super::Shared;
-use super::driver::{Urgency, Written, write_until_durable_as};
-use super::live::TxnHeader;
-use super::log::Durable;
-use super::participants::BranchCall;
+use crate::runtime::durable::{Urgency, Written, write_until_durable_as};
+use crate::runtime::log::Durable;
+use crate::runtime::participants::BranchCall;
+use crate::runtime::requests::TxnHeader;
+use crate::runtime::shared::Shared;
 
 /// The name an operator gives a message's producer in `concord txn
 /// resolve` (a destination may not be called so).
@@ -95,7 +96,7 @@ pub struct LiveMessage {
     /// retried with its key be answered with it.
     pub recorded: AtomicBool,
     /// Its retry backoff, which an operator can cut short.
-    pub retries: super::wait::Retries,
+    pub retries: crate::runtime::wait::Retries,
 }
 
 impl LiveMessage {
@@ -131,7 +132,7 @@ impl LiveMessage {
             progress: watch::channel(0).0,
             taken_over: AtomicBool::new(false),
             recorded: AtomicBool::new(false),
-            retries: super::wait::Retries::default(),
+            retries: crate::runtime::wait::Retries::default(),
         }
     }
 

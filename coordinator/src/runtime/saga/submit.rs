@@ -1,10 +1,23 @@
 //! Submitting a saga: the definition durable before the answer (§3), a key
 //! found again answered with the first saga, and the answer once it ends
 //! when asked to wait. The saga in memory and its driver are in
-//! [`super::saga`].
+//! [`super`].
 
-use super::begin::KeyClaim;
-use super::*;
+use crate::model::TxnId;
+use crate::model::TxnKind;
+use crate::protocol::saga as saga_protocol;
+use crate::protocol::saga::Saga;
+use crate::protocol::saga::StepShape;
+use crate::runtime::error::Error;
+use crate::runtime::keys::KeyClaim;
+use crate::runtime::requests::SagaAccepted;
+use crate::runtime::requests::SubmitSaga;
+use crate::runtime::requests::TxnHeader;
+use crate::runtime::saga;
+use crate::runtime::saga::LiveSaga;
+use crate::runtime::shared::Runtime;
+use crate::store::Record;
+use std::sync::Arc;
 
 impl Runtime {
     /// Submits a saga: durable before the answer; with `wait`, answers once

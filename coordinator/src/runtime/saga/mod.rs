@@ -7,6 +7,7 @@
 //! touched only under the saga's lock; effects are queued for the saga's one
 //! driver, which runs the calls concurrently and feeds their answers back.
 
+mod submit;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,12 +25,12 @@ use crate::model::{
 use crate::protocol::saga::{Effect, Event, Saga, SagaPhase};
 use crate::store::{Record, StepProgress};
 
-use super::Shared;
-use super::crash;
-use super::driver::{Written, write_until_durable};
-use super::live::TxnHeader;
-use super::mailbox::{Delivery, Mailbox};
-use super::participants::{BranchCall, ExecuteAnswer};
+use crate::runtime::crash;
+use crate::runtime::durable::{Written, write_until_durable};
+use crate::runtime::mailbox::{Delivery, Mailbox};
+use crate::runtime::participants::{BranchCall, ExecuteAnswer};
+use crate::runtime::requests::TxnHeader;
+use crate::runtime::shared::Shared;
 
 /// Calls made to one step so far.
 #[derive(Debug, Clone, Default)]
@@ -69,7 +70,7 @@ pub struct LiveSaga {
     pub recorded: std::sync::atomic::AtomicBool,
     /// Its steps' and compensations' retry backoff, which an operator can
     /// cut short.
-    pub retries: super::wait::Retries,
+    pub retries: crate::runtime::wait::Retries,
 }
 
 impl LiveSaga {
@@ -93,7 +94,7 @@ impl LiveSaga {
             ended: watch::channel(false).0,
             taken_over: std::sync::atomic::AtomicBool::new(false),
             recorded: std::sync::atomic::AtomicBool::new(false),
-            retries: super::wait::Retries::default(),
+            retries: crate::runtime::wait::Retries::default(),
         }
     }
 

@@ -1,10 +1,22 @@
 //! PrepareMessage and SubmitMessage (DESIGN §10): a message durable before
 //! its id is handed out, a key found again answered with the first message
 //! (R7), and a submit that decides it. The message in memory and its
-//! driver are in [`super::message`].
+//! driver are in [`super`].
 
-use super::begin::KeyClaim;
-use super::*;
+use crate::model::TxnId;
+use crate::model::TxnKind;
+use crate::model::TxnState;
+use crate::runtime::error::Error;
+use crate::runtime::keys::KeyClaim;
+use crate::runtime::message;
+use crate::runtime::message::LiveMessage;
+use crate::runtime::requests::MessageAccepted;
+use crate::runtime::requests::PrepareMessage;
+use crate::runtime::requests::TxnHeader;
+use crate::runtime::shared::Runtime;
+use crate::store::Record;
+use std::sync::Arc;
+
 use crate::protocol::message::{Event as MessageEvent, Message};
 
 impl Runtime {

@@ -21,17 +21,18 @@ use crate::model::{TxnKind, TxnState, VoteKind};
 use crate::protocol::two_phase::{Decision, Effect, Event, OnePhaseResult, Outcome, Vote};
 use crate::store::Record;
 
-use super::Shared;
-use super::crash;
 use super::live::{Inner, LiveTxn};
-use super::log::LogError;
-use super::mailbox::Delivery;
-use super::participants::{AbortAnswer, CallError};
+use crate::runtime::crash;
+use crate::runtime::durable::{Urgency, Written, write_until_durable_as};
+use crate::runtime::log::LogError;
+use crate::runtime::mailbox::Delivery;
+use crate::runtime::participants::{AbortAnswer, CallError};
+use crate::runtime::shared::Shared;
 
 /// Hands `effects` to the transaction's driver, starting one if none runs.
 /// Called with the transaction's lock held, right after the machine produced
 /// the effects, so they are executed in protocol order.
-pub(super) fn dispatch(
+pub(in crate::runtime) fn dispatch(
     shared: &Arc<Shared>,
     txn: &Arc<LiveTxn>,
     inner: &mut Inner,
@@ -41,7 +42,7 @@ pub(super) fn dispatch(
         Delivery::Nothing => {}
         Delivery::WakeDriver => txn.wake.notify_one(),
         Delivery::StartDriver => {
-            let span = tracing::info_span!("txn", txn = %txn.id);
+            let span = tracing::info_span!("txn", txn = %txn.header.id);
             shared
                 .tasks
                 .spawn(drive(Arc::clone(shared), Arc::clone(txn)).instrument(span));
@@ -122,7 +123,10 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     crash::point("2pc-before-decision");
                     let at_ms = shared.config.clock.now_ms();
                     txn.lock().decided_at_ms = Some(at_ms);
-                    let record = Record::Decided { id: txn.id, at_ms };
+                    let record = Record::Decided {
+                        id: txn.header.id,
+                        at_ms,
+                    };
                     let started = std::time::Instant::now();
                     // R1: nothing goes further until the decision, and the
                     // Begun record it follows, are durable.
@@ -140,7 +144,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     txn.lock().decided_at_ms.get_or_insert(at_ms);
                     // R2: presumed abort; nobody waits for this record.
                     let durable = shared.log.submit_lazy(vec![Record::Aborting {
-                        id: txn.id,
+                        id: txn.header.id,
                         at_ms,
                         reason,
                     }]);
@@ -168,7 +172,7 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     let at_ms = shared.config.clock.now_ms();
                     txn.lock().ended_at_ms = Some(at_ms);
                     let record = Record::Ended {
-                        id: txn.id,
+                        id: txn.header.id,
                         state,
                         at_ms,
                         read_only: matches!(outcome, Outcome::Committed { read_only: true }),
@@ -182,8 +186,12 @@ async fn drive(shared: Arc<Shared>, txn: Arc<LiveTxn>) {
                     // Waited for, so that once the transaction leaves memory
                     // the store shows it ended; lazily, since no one else is
                     // held up by it (the outcome is announced already).
-                    let written =
-                        write_until_durable_as(&shared, vec![record], Urgency::Lazy, Some(&txn));
+                    let written = write_until_durable_as(
+                        &shared,
+                        vec![record],
+                        Urgency::Lazy,
+                        Some(txn.as_ref()),
+                    );
                     match Box::pin(written).await {
                         Written::Durable => {}
                         Written::Stopped => return stop(&txn),
@@ -221,7 +229,7 @@ fn stop(txn: &LiveTxn) {
 /// Lets go of a transaction another node took over (DESIGN §6): its write
 /// was refused, so this node must not act on it any further. Clients waiting
 /// here are told to ask for the outcome; the new owner finishes it.
-pub(super) fn taken_over(shared: &Shared, txn: &LiveTxn) {
+pub(in crate::runtime) fn taken_over(shared: &Shared, txn: &LiveTxn) {
     txn.lock().mailbox.stopped();
     tracing::warn!(
         "another coordinator node took this transaction over; this node's write was refused \
@@ -229,16 +237,6 @@ pub(super) fn taken_over(shared: &Shared, txn: &LiveTxn) {
     );
     shared.forget(txn);
     txn.mark_ended();
-}
-
-/// How [`write_until_durable`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Written {
-    Durable,
-    /// The coordinator is shutting down; recovery finishes the transaction.
-    Stopped,
-    /// Another node owns the transaction now; nothing was written.
-    Fenced,
 }
 
 /// Waits for the Begun record of a transaction committed in its own Begin
@@ -288,7 +286,7 @@ async fn write_decision_after_begin(
     shared: &Shared,
     txn: &LiveTxn,
     decided: Record,
-    begin_write: super::log::Durable,
+    begin_write: crate::runtime::log::Durable,
 ) -> Written {
     let decision_write = shared.log.submit(vec![decided.clone()]);
     let (begun, written) = tokio::select! {
@@ -307,73 +305,6 @@ async fn write_decision_after_begin(
             let mut records = txn.begin_records();
             records.push(decided);
             write_until_durable_as(shared, records, Urgency::Forced, Some(txn)).await
-        }
-    }
-}
-
-/// Writes `records`, retrying with capped backoff while the store fails.
-pub(super) async fn write_until_durable(shared: &Shared, records: Vec<Record>) -> Written {
-    write_until_durable_as(shared, records, Urgency::Forced, None).await
-}
-
-/// Whether anyone is held up until a write is durable (see
-/// [`LogWriter::submit_lazy`](super::log::LogWriter::submit_lazy)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Urgency {
-    Forced,
-    Lazy,
-}
-
-/// Writes `records` until they are durable: the decision or end of a
-/// transaction cannot be dropped (R1, R3), so a failing store is retried
-/// with capped backoff and jitter for as long as it fails. Not silently:
-/// each failure is counted (`concord_log_write_failures_total`) and makes
-/// the node NOT_SERVING (`LogWriter::health`), and after
-/// `log_write_attempts` failures the clients waiting on `txn` are answered
-/// UNAVAILABLE with the store's error (`LiveTxn::report_undurable`).
-pub(super) async fn write_until_durable_as(
-    shared: &Shared,
-    records: Vec<Record>,
-    urgency: Urgency,
-    txn: Option<&LiveTxn>,
-) -> Written {
-    let mut delays = shared.config.retry.build();
-    let mut failures: u32 = 0;
-    loop {
-        let attempt = match urgency {
-            Urgency::Forced => shared.log.submit(records.clone()),
-            Urgency::Lazy => shared.log.submit_lazy(records.clone()),
-        }
-        .wait();
-        let result = tokio::select! {
-            biased;
-            () = shared.shutdown.cancelled() => return Written::Stopped,
-            result = attempt => result,
-        };
-        match result {
-            Ok(()) => {
-                if let Some(txn) = txn.filter(|_| failures >= shared.config.log_write_attempts) {
-                    txn.undurable
-                        .store(false, std::sync::atomic::Ordering::SeqCst);
-                }
-                return Written::Durable;
-            }
-            Err(LogError::Fenced) => return Written::Fenced,
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                if failures == shared.config.log_write_attempts
-                    && let Some(txn) = txn
-                {
-                    txn.report_undurable(failures, &error.to_string());
-                }
-                metrics::retry("log_write");
-                let delay = delays.next().unwrap_or(shared.config.retry_max_delay);
-                tracing::warn!(%error, ?delay, "log write failed; retrying");
-                tokio::select! {
-                    () = shared.shutdown.cancelled() => return Written::Stopped,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
         }
     }
 }

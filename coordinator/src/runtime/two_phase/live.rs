@@ -13,14 +13,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::model::{
-    BranchState, BranchView, OperatorAction, Preview, RequestDigest, TxnId, TxnKind, TxnState,
-    TxnView, VoteKind,
+    BranchState, BranchView, OperatorAction, Preview, TxnKind, TxnState, TxnView, VoteKind,
 };
 use crate::protocol::two_phase::{BranchPhase, Decision, Effect, Outcome, Phase, TwoPhase};
 use crate::store::{BranchEnd, Record};
 
-use super::mailbox::Mailbox;
-use super::participants::BranchCall;
+use crate::runtime::mailbox::Mailbox;
+use crate::runtime::participants::BranchCall;
+use crate::runtime::requests::TxnHeader;
 
 /// What the machine does not know about a branch.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub struct Inner {
     /// durable leaves an id nobody knows, so aborted), and the decision
     /// counts only once it is durable too (the decision must follow it in
     /// the log, R1; `driver::write_decision`).
-    pub begin_write: Option<super::log::Durable>,
+    pub begin_write: Option<crate::runtime::log::Durable>,
     /// Loaded from the log by recovery or takeover: its deliveries may
     /// repeat ones a participant acknowledged before the restart, since
     /// acknowledgements are not logged (docs/decisions.md, "Redelivery").
@@ -70,24 +70,8 @@ pub struct Progress {
     pub ended: bool,
 }
 
-/// What a transaction is born with and never changes.
-#[derive(Debug, Clone)]
-pub struct TxnHeader {
-    pub id: TxnId,
-    pub created_at_ms: u64,
-    pub deadline_ms: u64,
-    pub idempotency_key: Option<String>,
-    pub request_digest: Option<RequestDigest>,
-    pub description: Option<String>,
-}
-
 pub struct LiveTxn {
-    pub id: TxnId,
-    pub created_at_ms: u64,
-    pub deadline_ms: u64,
-    pub idempotency_key: Option<String>,
-    pub request_digest: Option<RequestDigest>,
-    pub description: Option<String>,
+    pub header: TxnHeader,
     inner: Mutex<Inner>,
     /// Wakes the driver when effects land in its inbox.
     pub wake: Notify,
@@ -96,7 +80,7 @@ pub struct LiveTxn {
     /// held for the transaction's life: docs/performance.md, memory).
     pub progress: watch::Sender<Progress>,
     /// Its phase-2 retries' backoff, which an operator can cut short.
-    pub retries: super::wait::Retries,
+    pub retries: crate::runtime::wait::Retries,
     /// Set once a forced write of this transaction failed
     /// `log_write_attempts` times in a row (the reason is in
     /// `Inner::undurable`): its waiting clients are answered UNAVAILABLE
@@ -114,21 +98,8 @@ impl LiveTxn {
         branches: Vec<BranchInfo>,
         prepare_timeout: Duration,
     ) -> Self {
-        let TxnHeader {
-            id,
-            created_at_ms,
-            deadline_ms,
-            idempotency_key,
-            request_digest,
-            description,
-        } = header;
         Self {
-            id,
-            created_at_ms,
-            deadline_ms,
-            idempotency_key,
-            request_digest,
-            description,
+            header,
             inner: Mutex::new(Inner {
                 machine,
                 branches,
@@ -143,7 +114,7 @@ impl LiveTxn {
             }),
             wake: Notify::new(),
             progress: watch::channel(Progress::default()).0,
-            retries: super::wait::Retries::default(),
+            retries: crate::runtime::wait::Retries::default(),
             undurable: std::sync::atomic::AtomicBool::new(false),
             recorded: std::sync::atomic::AtomicBool::new(false),
         }
@@ -164,16 +135,16 @@ impl LiveTxn {
         let inner = self.lock();
         let mut records = Vec::with_capacity(1 + inner.branches.len());
         records.push(Record::Begun {
-            id: self.id,
-            created_at_ms: self.created_at_ms,
-            deadline_ms: self.deadline_ms,
-            idempotency_key: self.idempotency_key.clone(),
-            request_digest: self.request_digest.clone(),
-            description: self.description.clone(),
+            id: self.header.id,
+            created_at_ms: self.header.created_at_ms,
+            deadline_ms: self.header.deadline_ms,
+            idempotency_key: self.header.idempotency_key.clone(),
+            request_digest: self.header.request_digest.clone(),
+            description: self.header.description.clone(),
         });
         for (idx, branch) in inner.branches.iter().enumerate() {
             records.push(Record::Enlisted {
-                id: self.id,
+                id: self.header.id,
                 idx: u32::try_from(idx).unwrap_or(u32::MAX),
                 name: branch.name.clone(),
                 participant: branch.participant.clone(),
@@ -186,7 +157,7 @@ impl LiveTxn {
     pub fn call(&self, idx: usize) -> Option<BranchCall> {
         let inner = self.lock();
         inner.branches.get(idx).map(|b| BranchCall {
-            transaction_id: self.id.to_string(),
+            transaction_id: self.header.id.to_string(),
             branch: b.name.clone(),
             participant: b.participant.clone(),
             payload: b.payload.clone(),
@@ -229,17 +200,17 @@ impl LiveTxn {
             (state, _) => state,
         };
         TxnView {
-            id: self.id,
+            id: self.header.id,
             kind: TxnKind::TwoPhase,
             state,
-            created_at_ms: self.created_at_ms,
-            deadline_ms: self.deadline_ms,
+            created_at_ms: self.header.created_at_ms,
+            deadline_ms: self.header.deadline_ms,
             decided_at_ms: inner.decided_at_ms,
             ended_at_ms: inner.ended_at_ms,
             reason: machine.reason().map(str::to_owned),
-            idempotency_key: self.idempotency_key.clone(),
-            request_digest: self.request_digest.clone(),
-            description: self.description.clone(),
+            idempotency_key: self.header.idempotency_key.clone(),
+            request_digest: self.header.request_digest.clone(),
+            description: self.header.description.clone(),
             read_only: machine.read_only(),
             branch_count: u32::try_from(inner.branches.len()).unwrap_or(u32::MAX),
             branches: if with_branches {
@@ -298,7 +269,7 @@ impl LiveTxn {
             "the log could not record transaction {} after {attempts} attempts: {error}; \
              the coordinator keeps trying (participants that prepared wait in doubt): ask \
              GetTransaction for its outcome",
-            self.id
+            self.header.id
         ));
         self.undurable
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -372,5 +343,16 @@ pub fn branch_state(phase: BranchPhase) -> BranchState {
         BranchPhase::Delivering(_) => BranchState::Delivering,
         BranchPhase::Committed => BranchState::Committed,
         BranchPhase::Aborted => BranchState::Aborted,
+    }
+}
+
+impl crate::runtime::durable::Waiting for LiveTxn {
+    fn report_undurable(&self, failures: u32, error: &str) {
+        LiveTxn::report_undurable(self, failures, error);
+    }
+
+    fn durable_again(&self) {
+        self.undurable
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
