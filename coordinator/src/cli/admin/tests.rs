@@ -50,9 +50,11 @@ fn states_and_kinds_parse_by_their_short_names() {
         parse_state("committing"),
         Ok(pb::TransactionState::Committing)
     );
-    assert_eq!(
-        parse_state("NEEDS"),
-        Err("\"NEEDS\" is not a transaction state".into())
+    let refused = parse_state("NEEDS").expect_err("no such state");
+    assert!(
+        refused.starts_with("\"NEEDS\" is not a transaction state: active, ")
+            && refused.ends_with("delivered or dropped"),
+        "names the states: {refused}"
     );
     assert!(parse_state("unspecified").is_err());
     assert_eq!(parse_kind("saga"), Ok(pb::TransactionKind::Saga));
