@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::ClientError;
+use crate::client::error::ClientError;
 
 /// TLS towards the coordinator.
 #[derive(Clone, Default)]

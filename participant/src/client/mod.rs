@@ -23,7 +23,7 @@ use crate::transport::{Bearer, channel};
 /// otherwise. Commit waits for every participant's vote, so it is generous.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-mod error;
+pub(crate) mod error;
 mod options;
 mod watch;
 

@@ -448,3 +448,15 @@ async fn deliver(shared: Arc<Shared>, txn: Arc<LiveTxn>, idx: usize, decision: D
         }
     }
 }
+
+// The clients waiting on a 2PC transaction's forced writes (durable.rs).
+impl crate::runtime::durable::Waiting for LiveTxn {
+    fn report_undurable(&self, failures: u32, error: &str) {
+        LiveTxn::report_undurable(self, failures, error);
+    }
+
+    fn durable_again(&self) {
+        self.undurable
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

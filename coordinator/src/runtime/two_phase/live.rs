@@ -345,14 +345,3 @@ pub fn branch_state(phase: BranchPhase) -> BranchState {
         BranchPhase::Aborted => BranchState::Aborted,
     }
 }
-
-impl crate::runtime::durable::Waiting for LiveTxn {
-    fn report_undurable(&self, failures: u32, error: &str) {
-        LiveTxn::report_undurable(self, failures, error);
-    }
-
-    fn durable_again(&self) {
-        self.undurable
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
