@@ -1,7 +1,7 @@
 //! The `concord` command line: `concord serve` runs a coordinator node
 //! (`serve`), `concord txn` is the operator's tool ([`admin`]), `concord
 //! shards` edits a deployment's shard map ([`shards`]), `concord keys`
-//! makes the signing key ([`keys`]), `concord bench` measures ([`bench`]).
+//! makes the signing key ([`keys`]), `concord bench` measures ([`bench`](mod@bench)).
 //! Every flag also reads an environment variable (`CONCORD_*`), and
 //! `serve --config FILE` a TOML file of the same settings (here). The
 //! binary's `main` is [`main`]; it lives in the library so that tests can

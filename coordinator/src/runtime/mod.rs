@@ -20,8 +20,8 @@
 //! [`Runtime`] is what the API calls. Each protocol owns its live table,
 //! its driver and its entry points: [`two_phase`] (2PC), [`saga`],
 //! [`message`] (transactional messages). Below them, the machinery they
-//! share: [`shared`] (the state every part holds, and the runtime's start
-//! and shutdown), [`log`] (the group-commit writer), [`durable`] (a write retried until
+//! share: [`shared`] (the state every part holds, and the runtime's
+//! shutdown; `start` spawns its tasks), [`log`] (the group-commit writer), [`durable`] (a write retried until
 //! it is, R1), [`participants`],
 //! [`batch`] and [`rpc`] (calls to participants), [`dial`] (where calls
 //! may go), [`mailbox`] (effects handed to a transaction's one driver),
@@ -58,6 +58,7 @@ pub mod participants;
 pub mod rpc;
 pub mod saga;
 pub mod shared;
+mod start;
 pub mod two_phase;
 pub mod wait;
 pub mod watch;

@@ -1,27 +1,9 @@
 //! The runtime's state and its life: how it behaves ([`RuntimeConfig`]),
-//! what every part of it shares ([`Shared`]: the store and its log writer,
+//! what every part of it shares (`Shared`: the store and its log writer,
 //! the participants, the live tables of each protocol, the idempotency
 //! keys, the tasks and their cancellation, the watch feed, the shard map
 //! followed), and [`Runtime`] itself: started with every background task,
 //! drained and shut down.
-
-use crate::runtime::clock::Clock;
-use crate::runtime::clock::SystemClock;
-use crate::runtime::error::Error;
-use crate::runtime::groups::{self, Sharding};
-use crate::runtime::lease;
-use crate::runtime::log;
-use crate::runtime::log::LogWriter;
-use crate::runtime::message;
-use crate::runtime::message::LiveMessage;
-use crate::runtime::participants;
-use crate::runtime::participants::Dialer;
-use crate::runtime::participants::Participants;
-use crate::runtime::recovery;
-use crate::runtime::saga::LiveSaga;
-use crate::runtime::sweep;
-use crate::runtime::two_phase::live::LiveTxn;
-use crate::runtime::watch;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -33,7 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::{TxnId, TxnState};
-use crate::store::{Store, StoreError};
+use crate::runtime::clock::{Clock, SystemClock};
+use crate::runtime::error::Error;
+use crate::runtime::groups::placement::{Placement, Sharding};
+use crate::runtime::log::{LogHealth, LogWriter};
+use crate::runtime::message::live::{LiveMessage, Orders};
+use crate::runtime::participants::{Dialer, Participants, PeerTls};
+use crate::runtime::saga::live::LiveSaga;
+use crate::runtime::two_phase::live::LiveTxn;
+use crate::runtime::watch::feed::{Feed, WATCH_BUFFER};
+use crate::store::Store;
 
 /// How the runtime behaves; `concord serve` fills it from flags.
 #[derive(Clone, Debug)]
@@ -70,21 +61,21 @@ pub struct RuntimeConfig {
     /// How channels to participants connect.
     pub dialer: Dialer,
     /// TLS for calls to https:// participants and other nodes.
-    pub peer_tls: Option<participants::PeerTls>,
+    pub peer_tls: Option<PeerTls>,
     /// Finished transactions older than this are removed from the log
     /// (`Store::prune`); None keeps them forever.
     pub retention: Option<Duration>,
     /// Coalesce the calls waiting for one participant into `Batch` calls
-    /// ([`batch`]).
+    /// ([`batch`](crate::runtime::batch)).
     pub batch_calls: bool,
     /// Failed attempts of a forced log write after which the client waiting
     /// on it is answered UNAVAILABLE (the write goes on being retried).
     pub log_write_attempts: u32,
     /// Changes a WatchTransactions stream holds for a client slow to read
-    /// them before it ends the stream ([`watch::WATCH_BUFFER`]).
+    /// them before it ends the stream ([`WATCH_BUFFER`]).
     pub watch_buffer: usize,
     /// This node's group and the shard map it starts with, in a deployment
-    /// of several groups (DESIGN §11, [`groups`]): written to its database
+    /// of several groups (DESIGN §11, [`groups`](crate::runtime::groups)): written to its database
     /// if newer than the copy there, and the newest followed. None: one
     /// group, every transaction this node's group's.
     pub sharding: Option<Sharding>,
@@ -120,7 +111,7 @@ impl Default for RuntimeConfig {
                 retention: None,
                 batch_calls: true,
                 log_write_attempts: 6,
-                watch_buffer: watch::WATCH_BUFFER,
+                watch_buffer: WATCH_BUFFER,
                 sharding: None,
                 signer: None,
             },
@@ -171,7 +162,7 @@ pub(crate) struct Shared {
     pub(in crate::runtime) sagas: DashMap<TxnId, Arc<LiveSaga>, FixedHasher>,
     pub(in crate::runtime) messages: DashMap<TxnId, Arc<LiveMessage>, FixedHasher>,
     /// Each ordering key's unfinished messages, in order (M5).
-    pub(in crate::runtime) orders: message::Orders,
+    pub(in crate::runtime) orders: Orders,
     /// True once the start-up recovery has taken in what the log held: a
     /// keyed message decided before then could be placed ahead of a
     /// recovered one of its key (M5).
@@ -202,12 +193,12 @@ pub(crate) struct Shared {
     /// the read is taken in.
     pub(in crate::runtime) begun_while_recovering: Mutex<Option<HashSet<TxnId>>>,
     /// WatchTransactions' tailer and fan-out ([`watch`]).
-    pub(in crate::runtime) feed: watch::Feed,
+    pub(in crate::runtime) feed: Feed,
     /// Fired to end every watch (the server stopping, or shutdown).
     pub(in crate::runtime) watches_end: CancellationToken,
     /// The shard map this node follows, in a deployment of several groups
     /// (DESIGN §11, [`groups`]).
-    pub(in crate::runtime) placement: Option<groups::Placement>,
+    pub(in crate::runtime) placement: Option<Placement>,
 }
 
 impl Shared {
@@ -265,85 +256,6 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts the log writer and the sweeper, and loads every unfinished
-    /// transaction from the store in the background, finishing them while
-    /// new requests are served. Until a transaction is loaded, calls about it
-    /// are answered from the store (GetOutcome: its decision, or presumed
-    /// abort for one that never decided, which recovery will abort) or
-    /// UNAVAILABLE "not loaded yet; retry" (Enlist, Commit, Rollback).
-    pub async fn start(store: Arc<dyn Store>, config: RuntimeConfig) -> Result<Self, StoreError> {
-        // First, before any task is spawned: a database that refuses the
-        // node's group stops the start with nothing left running.
-        let placement = groups::settle(&*store, config.sharding.clone()).await?;
-        let tasks = TaskTracker::new();
-        let shutdown = CancellationToken::new();
-        let log = LogWriter::start(Arc::clone(&store), &tasks, shutdown.clone());
-        let participants = Participants::new(
-            config.connect_timeout,
-            config.advertised_url.clone(),
-            config.dialer.clone(),
-            config.peer_tls.clone(),
-        )
-        .with_signer(config.signer.clone())
-        .with_batching(config.batch_calls, tasks.clone(), shutdown.clone());
-        let watches_end = shutdown.child_token();
-        let shared = Arc::new(Shared {
-            config,
-            store,
-            log,
-            participants,
-            live: DashMap::default(),
-            sagas: DashMap::default(),
-            messages: DashMap::default(),
-            orders: message::Orders::default(),
-            recovered: tokio::sync::watch::channel(false).0,
-            keys: Mutex::new(HashMap::new()),
-            doubtful: Mutex::new(Vec::new()),
-            begin_keys: tokio::sync::Mutex::new(()),
-            tasks,
-            shutdown,
-            lease_lost: CancellationToken::new(),
-            draining: CancellationToken::new(),
-            recovery_backlog: std::sync::atomic::AtomicUsize::new(0),
-            begun_while_recovering: Mutex::new(Some(HashSet::new())),
-            feed: watch::Feed::default(),
-            watches_end,
-            placement,
-        });
-        let runtime = Self { shared };
-        runtime
-            .shared
-            .tasks
-            .spawn(recovery::recover(Arc::clone(&runtime.shared)));
-        runtime
-            .shared
-            .tasks
-            .spawn(sweep::sweep(Arc::clone(&runtime.shared)));
-        runtime
-            .shared
-            .tasks
-            .spawn(sweep::end_doubtful_writes(Arc::clone(&runtime.shared)));
-        if runtime.shared.config.retention.is_some() {
-            runtime
-                .shared
-                .tasks
-                .spawn(sweep::prune(Arc::clone(&runtime.shared)));
-        }
-        if runtime.shared.store.cluster().is_some() {
-            runtime
-                .shared
-                .tasks
-                .spawn(lease::keep(Arc::clone(&runtime.shared)));
-        }
-        if runtime.shared.placement.is_some() {
-            runtime
-                .shared
-                .tasks
-                .spawn(groups::follow(Arc::clone(&runtime.shared)));
-        }
-        Ok(runtime)
-    }
-
     /// Stops every task: drivers leave unfinished work to recovery, the log
     /// writer writes what is queued. Returns when all have ended. On a shared
     /// store the node then gives up its lease, so that the others take over
@@ -408,7 +320,7 @@ impl Runtime {
     }
 
     /// Follows whether the log takes writes (the node's health follows it).
-    pub fn log_health(&self) -> tokio::sync::watch::Receiver<log::LogHealth> {
+    pub fn log_health(&self) -> tokio::sync::watch::Receiver<LogHealth> {
         self.shared.log.health()
     }
 

@@ -16,112 +16,14 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::model::{Change, Cursor, TxnKind, TxnState};
+use crate::model::{Change, Cursor};
 use crate::runtime::shared::{Runtime, Shared};
 use crate::store::StoreError;
 
-/// Changes a watch may hold for a client that is slow to read them
-/// (`RuntimeConfig::watch_buffer`); past it, the watch ends with the cursor
-/// to resume from.
-pub const WATCH_BUFFER: usize = 1024;
+pub(crate) mod feed;
 
-/// Changes read from the log in one go.
-const PAGE: u32 = 512;
-
-/// Changes the tailer keeps for watches between their reads; one that
-/// falls further behind reads what it missed from the log.
-const FANOUT: usize = 4096;
-
-/// How often the tailer looks for changes other nodes wrote (a shared
-/// store), and at most how often it reads after this node's writes.
-const POLL_SHARED: Duration = Duration::from_millis(200);
-const POLL_OWN: Duration = Duration::from_secs(1);
-const READ_AT_MOST_EVERY: Duration = Duration::from_millis(20);
-
-/// Which changes a watch wants.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WatchFilter {
-    /// Changes leaving the transaction in one of these; empty: any.
-    pub states: Vec<TxnState>,
-    pub kind: Option<TxnKind>,
-    /// Only changes of transactions flagged NEEDS_ATTENTION.
-    pub needs_attention: bool,
-    /// Only ids starting with this.
-    pub id_prefix: String,
-}
-
-impl WatchFilter {
-    pub fn admits(&self, change: &Change) -> bool {
-        (self.states.is_empty() || self.states.contains(&change.to))
-            && self.kind.is_none_or(|kind| kind == change.kind)
-            && (!self.needs_attention || change.needs_attention)
-            && (self.id_prefix.is_empty()
-                || change.id.to_string().starts_with(self.id_prefix.as_str()))
-    }
-}
-
-/// Where a watch starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchStart {
-    /// After this change (a cursor from an earlier stream).
-    After(Cursor),
-    /// With the next change recorded.
-    Next,
-    /// With the oldest change the log keeps.
-    Oldest,
-}
-
-/// Why a watch ended. Each names the cursor to resume from: the last change
-/// the watch dealt with (handed to the client or filtered out), None when
-/// it dealt with none.
-#[derive(Debug, thiserror::Error)]
-pub enum WatchEnd {
-    #[error("the watch fell more than {buffer} changes behind its client")]
-    FellBehind {
-        buffer: usize,
-        resume: Option<Cursor>,
-    },
-    #[error("the node is shutting down")]
-    ShuttingDown { resume: Option<Cursor> },
-    #[error("the log could not be read: {error}")]
-    Store {
-        resume: Option<Cursor>,
-        error: StoreError,
-    },
-}
-
-impl WatchEnd {
-    pub fn resume(&self) -> Option<Cursor> {
-        match self {
-            Self::FellBehind { resume, .. }
-            | Self::ShuttingDown { resume }
-            | Self::Store { resume, .. } => *resume,
-        }
-    }
-}
-
-/// One change as the tailer hands it out, with the change the tailer read
-/// before it: a watch that has not seen that one may have missed some (the
-/// tailer started after the watch caught up), and reads the log again.
-struct Fed {
-    previous: Option<Cursor>,
-    change: Change,
-}
-
-/// The node's tailer: its fan-out, and whether it runs.
-pub(crate) struct Feed {
-    fanout: broadcast::Sender<Arc<Fed>>,
-    running: std::sync::Mutex<bool>,
-}
-
-impl Default for Feed {
-    fn default() -> Self {
-        Self {
-            fanout: broadcast::channel(FANOUT).0,
-            running: std::sync::Mutex::new(false),
-        }
-    }
-}
+use feed::{Fed, PAGE, POLL_OWN, POLL_SHARED, READ_AT_MOST_EVERY};
+pub use feed::{WATCH_BUFFER, WatchEnd, WatchFilter, WatchStart};
 
 impl Runtime {
     /// Starts a watch: the changes `filter` admits, from `start` on, then
