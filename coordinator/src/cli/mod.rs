@@ -85,6 +85,28 @@ fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
+/// Runs a service's `run` on a multi-threaded runtime with its logs on
+/// stderr (`RUST_LOG`, default `info`; colours only on a terminal, so that
+/// log files and collectors get plain text): how the examples' services
+/// (`account-service`, `travel-service`) start.
+pub fn run_service(run: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .try_init();
+        run.await
+    })
+}
+
 /// Runs the command line; returns when the command is done.
 pub fn main() -> anyhow::Result<()> {
     // Fail points (tests only): FAILPOINTS="2pc-after-decision=return"

@@ -68,23 +68,10 @@ fn pair(value: &str) -> Result<(String, i64), String> {
 /// Runs the `travel-service` command line.
 pub fn main() -> anyhow::Result<()> {
     let _failpoints = concord_participant::crash::arm_from_env();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(run())
+    concord_coordinator::cli::run_service(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    // Colours only on a terminal: log files and collectors get plain text.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
     // Before anything is opened: whom to obey (DESIGN §12).
     let callers = concord_participant::Callers::from_flags(
