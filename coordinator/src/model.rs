@@ -412,11 +412,17 @@ pub enum Readable {
 }
 
 impl Readable {
-    pub fn of(head: &[u8]) -> Readable {
+    /// `head`, the first bytes of a payload of `bytes` bytes.
+    pub fn of(head: &[u8], bytes: u64) -> Readable {
+        let cut_short = (head.len() as u64) < bytes;
         match std::str::from_utf8(head) {
             Ok(text) => Readable::Text(text.to_owned()),
-            // Only the head's last character is cut: text all the same.
-            Err(cut) if cut.error_len().is_none() && head.len() - cut.valid_up_to() < 4 => {
+            // Only the last character, cut where the head ends, is
+            // incomplete: text all the same. A whole payload that ends so
+            // is not text.
+            Err(cut)
+                if cut_short && cut.error_len().is_none() && head.len() - cut.valid_up_to() < 4 =>
+            {
                 Readable::Text(String::from_utf8_lossy(&head[..cut.valid_up_to()]).into_owned())
             }
             Err(_) => Readable::Hex(head.iter().map(|b| format!("{b:02x}")).collect()),
@@ -610,13 +616,28 @@ impl TxnView {
     /// text search of ListTransactions (the SQL stores say the same in
     /// `store::reads`). Needs the view with its branches and steps.
     pub fn mentions(&self, text: &str) -> bool {
-        let text = text.to_ascii_lowercase();
-        let has = |field: &str| field.to_ascii_lowercase().contains(&text);
-        self.description.as_deref().is_some_and(has)
-            || self.producer.as_deref().is_some_and(has)
-            || self.branches.iter().any(|branch| has(&branch.participant))
-            || self.steps.iter().any(|step| has(&step.participant))
+        any_mentions(
+            (self.description.iter().chain(&self.producer))
+                .map(String::as_str)
+                .chain(
+                    self.branches
+                        .iter()
+                        .map(|branch| branch.participant.as_str()),
+                )
+                .chain(self.steps.iter().map(|step| step.participant.as_str())),
+            text,
+        )
     }
+}
+
+/// Whether any of `fields` contains `text`, regardless of ASCII case: the
+/// rule of ListTransactions' text, for views and for transactions in
+/// memory alike.
+pub fn any_mentions<'a>(fields: impl IntoIterator<Item = &'a str>, text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    fields
+        .into_iter()
+        .any(|field| field.to_ascii_lowercase().contains(&text))
 }
 
 /// The reason a message's decision is recorded with: how its producer's
@@ -780,5 +801,29 @@ mod id_pattern_tests {
         for bad in ["01a", "zz12", "", "01a2525d-5e1f-7c44-9a8b-2f3e4d5c6b7a0"] {
             assert!(IdPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_reads_as_text_when_it_is_utf8_and_as_hex_otherwise() {
+        assert_eq!(
+            Readable::of(b"{\"a\":1}", 7),
+            Readable::Text("{\"a\":1}".into())
+        );
+        assert_eq!(Readable::of(&[0xff, 0x00], 2), Readable::Hex("ff00".into()));
+        // A head cut inside "é" (c3 a9) is text without its last character.
+        let preview = Preview::of(&[b"x".repeat(Preview::LIMIT - 1), "é".into()].concat());
+        assert_eq!(preview.head.len(), Preview::LIMIT);
+        assert_eq!(preview.bytes, Preview::LIMIT as u64 + 1);
+        assert_eq!(
+            Readable::of(&preview.head, preview.bytes),
+            Readable::Text("x".repeat(Preview::LIMIT - 1))
+        );
+        // A whole payload ending in half a character is not text.
+        assert_eq!(Readable::of(&[b'a', 0xc3], 2), Readable::Hex("61c3".into()));
     }
 }

@@ -19,6 +19,11 @@ pub(super) async fn get_transaction(
     service: &CoordinatorService,
     request: Request<pb::GetTransactionRequest>,
 ) -> Result<Response<pb::Transaction>, Status> {
+    // Payloads carry the business data itself (amounts, accounts, cards):
+    // only the admin token reads them (docs/security.md).
+    if request.get_ref().include_payloads {
+        service.admin("GetTransaction with include_payloads", &request)?;
+    }
     let hop = forward::Hop::of(&request);
     let request = request.into_inner();
     let id = validate::txn_id("transaction_id", &request.transaction_id)?;
@@ -37,17 +42,27 @@ pub(super) async fn get_transaction(
         Answer::Forwarded(answer) => return Ok(answer),
     };
     let mut txn = service.placed(view);
-    if !request.include_payloads {
-        for branch in &mut txn.branches {
-            branch.payload.clear();
-        }
-        for step in &mut txn.steps {
-            step.action.clear();
-            step.compensation.clear();
-        }
+    // Asked for: each payload's head, all of them within PAYLOADS_BYTES
+    // (a transaction of many branches or steps gets shorter heads) so that
+    // the answer stays far below what a client decodes (4 MiB by default).
+    let parts = txn.branches.len() + 2 * txn.steps.len();
+    let each = if request.include_payloads {
+        (PAYLOADS_BYTES / parts.max(1)).min(crate::model::Preview::LIMIT)
+    } else {
+        0
+    };
+    for branch in &mut txn.branches {
+        branch.payload.truncate(each);
+    }
+    for step in &mut txn.steps {
+        step.action.truncate(each);
+        step.compensation.truncate(each);
     }
     Ok(Response::new(txn))
 }
+
+/// The most payload bytes one GetTransaction answers with.
+const PAYLOADS_BYTES: usize = 1024 * 1024;
 
 /// ListTransactions: a page, newest first; every group's in a deployment of
 /// several.
@@ -111,6 +126,7 @@ pub(super) async fn list_transactions(
         before,
         limit,
         text,
+        since: None,
     };
     // The other groups are asked for the page this node lists, its
     // cursor and age already made one id bound.

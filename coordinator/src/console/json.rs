@@ -98,7 +98,7 @@ fn payload(head: &[u8], bytes: u64) -> Value {
     if head.is_empty() {
         return json!({ "bytes": bytes });
     }
-    let (form, value) = match crate::model::Readable::of(head) {
+    let (form, value) = match crate::model::Readable::of(head, bytes) {
         crate::model::Readable::Text(text) => ("text", text),
         crate::model::Readable::Hex(hex) => ("hex", hex),
     };

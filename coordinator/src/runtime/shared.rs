@@ -83,6 +83,10 @@ pub struct RuntimeConfig {
     /// §12). None: calls go unsigned, which only a participant told to
     /// accept anyone obeys.
     pub signer: Option<Arc<concord_proto::signature::CallSigner>>,
+    /// The most transactions one text search reads (ListTransactions'
+    /// `text`, which no index serves): past them a page comes back short,
+    /// with the window's end as its next page token (DESIGN §12).
+    pub text_scan_window: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -114,6 +118,7 @@ impl Default for RuntimeConfig {
                 watch_buffer: WATCH_BUFFER,
                 sharding: None,
                 signer: None,
+                text_scan_window: 10_000,
             },
         )
     }

@@ -46,6 +46,20 @@ impl Runtime {
         // record). So the store is asked for the requested states plus every
         // unfinished one, and the live state decides.
         let mut stored = query.clone();
+        // A text search cannot use an index: each call reads at most
+        // `text_scan_window` transactions below its cursor, and a short page
+        // then carries the window's end as its next page token (DESIGN §12:
+        // no request can make a node read its whole log).
+        let floor = match &query.text {
+            Some(_) => {
+                self.shared
+                    .store
+                    .id_floor(query.before, self.shared.config.text_scan_window)
+                    .await?
+            }
+            None => None,
+        };
+        stored.since = floor;
         if !stored.states.is_empty() {
             for state in UNFINISHED {
                 if !stored.states.contains(&state) {
@@ -58,7 +72,7 @@ impl Runtime {
         // filter below keeps.
         let next = match views.last() {
             Some(last) if views.len() as u32 == query.limit => Some(last.id),
-            _ => None,
+            _ => floor,
         };
         for view in &mut views {
             if let Some(txn) = self.shared.live.get(&view.id) {
@@ -100,30 +114,25 @@ impl Runtime {
                 && next.is_none_or(|oldest| id > oldest)
                 && !views.iter().any(|view| view.id == id)
         };
-        // A text search needs the endpoints: those views are made whole,
-        // matched, and cut back to a listing's.
-        let whole = query.text.is_some();
+        // A text search looks at each one's endpoints in place, and makes a
+        // view only of those that match.
+        let text = query.text.as_deref();
         let mut missing: Vec<TxnView> = self
             .shared
             .live
             .iter()
-            .filter(|txn| in_page(txn.header.id))
-            .map(|txn| txn.view(whole))
+            .filter(|txn| in_page(txn.header.id) && text.is_none_or(|text| txn.mentions(text)))
+            .map(|txn| txn.view(false))
             .collect();
         missing.extend(
             self.shared
                 .sagas
                 .iter()
-                .filter(|saga| in_page(saga.header.id))
-                .map(|saga| saga.view(whole)),
+                .filter(|saga| {
+                    in_page(saga.header.id) && text.is_none_or(|text| saga.mentions(text))
+                })
+                .map(|saga| saga.view(false)),
         );
-        if let Some(text) = &query.text {
-            missing.retain(|view| view.mentions(text));
-            for view in &mut missing {
-                view.branches.clear();
-                view.steps.clear();
-            }
-        }
         if missing.is_empty() {
             return;
         }

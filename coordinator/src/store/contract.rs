@@ -162,6 +162,7 @@ fn list(
         before,
         limit,
         text: None,
+        since: None,
     }
 }
 
@@ -406,7 +407,7 @@ pub async fn a_text_search_finds_descriptions_and_endpoints(open: Open) {
                 payload: b"{}".to_vec(),
             },
             described(booking, "trip for ada"),
-            described(odd, "100%_sure\\"),
+            described(odd, "100%_sure!\\"),
             Record::SagaSubmitted {
                 id: saga,
                 created_at_ms: 7,
@@ -453,6 +454,12 @@ pub async fn a_text_search_finds_descriptions_and_endpoints(open: Open) {
     assert_eq!(found("0%_s").await, vec![odd]);
     assert_eq!(found("_").await, vec![odd]);
     assert_eq!(found("\\").await, vec![odd]);
+    assert_eq!(
+        found("!").await,
+        vec![odd],
+        "the escape character is text too"
+    );
+    assert_eq!(found("e!").await, vec![odd]);
     assert!(found("nobody").await.is_empty());
     let listed = store
         .list(&ListQuery {
@@ -467,6 +474,44 @@ pub async fn a_text_search_finds_descriptions_and_endpoints(open: Open) {
         "paged like any listing"
     );
     assert!(listed.iter().all(|view| view.branches.is_empty()));
+
+    // A bounded scan (`id_floor`, `since`): the two newest ids are saga's
+    // and odd's; a search within them finds only what they hold.
+    assert_eq!(store.id_floor(None, 2).await.expect("floor"), Some(odd));
+    assert_eq!(
+        store.id_floor(Some(odd), 1).await.expect("floor"),
+        Some(booking)
+    );
+    assert_eq!(
+        store.id_floor(None, 5).await.expect("floor"),
+        None,
+        "only four"
+    );
+    assert_eq!(store.id_floor(None, 0).await.expect("floor"), None);
+    let windowed = store
+        .list(&ListQuery {
+            text: Some("a".into()),
+            since: Some(odd),
+            ..list(vec![], false, None, 10)
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&windowed),
+        vec![saga],
+        "Cars.internal, within the window"
+    );
+    let crossed = store
+        .list(&ListQuery {
+            since: Some(saga),
+            ..list(vec![], false, Some(odd), 10)
+        })
+        .await
+        .expect("list");
+    assert!(
+        crossed.is_empty(),
+        "a floor above the cursor leaves nothing"
+    );
 }
 
 pub async fn a_saga_keeps_its_definition_and_step_progress(open: Open) {

@@ -529,9 +529,18 @@ impl Store for MemoryStore {
             Some(before) => std::ops::Bound::Excluded(before),
             None => std::ops::Bound::Unbounded,
         };
+        let lower = match query.since {
+            // A floor at or above the cursor leaves nothing (and a range
+            // whose ends cross would panic).
+            Some(since) if query.before.is_some_and(|before| since >= before) => {
+                return futures::future::ready(Ok(Vec::new())).boxed();
+            }
+            Some(since) => std::ops::Bound::Included(since),
+            None => std::ops::Bound::Unbounded,
+        };
         let views = state
             .transactions
-            .range((std::ops::Bound::Unbounded, upper))
+            .range((lower, upper))
             .rev()
             .map(|(_, row)| row)
             .filter(|row| query.states.is_empty() || query.states.contains(&row.view.state))
@@ -599,6 +608,26 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         futures::future::ready(Ok(changes)).boxed()
+    }
+
+    fn id_floor(
+        &self,
+        before: Option<TxnId>,
+        n: u32,
+    ) -> BoxFuture<'_, Result<Option<TxnId>, StoreError>> {
+        let state = self.lock();
+        let upper = match before {
+            Some(before) => std::ops::Bound::Excluded(before),
+            None => std::ops::Bound::Unbounded,
+        };
+        let floor = n.checked_sub(1).and_then(|skip| {
+            (state.transactions)
+                .range((std::ops::Bound::Unbounded, upper))
+                .rev()
+                .nth(skip as usize)
+                .map(|(id, _)| *id)
+        });
+        futures::future::ready(Ok(floor)).boxed()
     }
 
     fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {

@@ -253,6 +253,9 @@ pub struct ListQuery {
     /// Only transactions whose description or a participant's endpoint
     /// contains this, regardless of ASCII case ([`TxnView::mentions`]).
     pub text: Option<String>,
+    /// Only ids at or above this one: the far end of a bounded scan
+    /// ([`Store::id_floor`]).
+    pub since: Option<TxnId>,
 }
 
 /// Why the store failed. The runtime answers UNAVAILABLE: nothing was decided.
@@ -433,6 +436,19 @@ pub trait Store: Send + Sync + 'static {
     /// The newest change's cursor, None before the first: a watch of what
     /// happens from now on starts after it.
     fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>>;
+
+    /// The `n`th id below `before` (below every id when None), newest
+    /// first; None when there are fewer. Bounds how much of the log one
+    /// listing that cannot use an index (a text search) reads: it reads
+    /// `n` transactions at most, from `before` down to this id.
+    fn id_floor(
+        &self,
+        before: Option<TxnId>,
+        n: u32,
+    ) -> BoxFuture<'_, Result<Option<TxnId>, StoreError>> {
+        let _ = (before, n);
+        futures::future::ready(Ok(None)).boxed()
+    }
 
     /// The unfinished transactions this node must finish: on a single-node
     /// backend every one ([`Store::unfinished`]); on a shared store those

@@ -65,6 +65,10 @@ const BRANCHES: &str = "SELECT idx, name, participant, payload, state, vote, att
 
 const STEPS: &str = "SELECT * FROM saga_steps WHERE txn_id = $1 ORDER BY idx";
 
+/// The `$2`th id below `$1` (0-based), newest first: by the primary key.
+const ID_FLOOR: &str =
+    "SELECT id FROM transactions WHERE ($1 = '' OR id < $1) ORDER BY id DESC LIMIT 1 OFFSET $2";
+
 const ID_BY_KEY: &str = "SELECT id FROM transactions WHERE idempotency_key = $1";
 
 /// Newest first, before the cursor. The state filter travels as one
@@ -80,24 +84,27 @@ const PAGE: &str = "SELECT t.*, ((SELECT COUNT(*) FROM branches b WHERE b.txn_id
      WHERE ($1 = '' OR $1 LIKE '%,' || t.state || ',%')
        AND ($2 = '' OR t.id < $2)
        AND (NOT $3 OR t.needs_attention)
+       AND ($6 = '' OR t.id >= $6)
        AND ($5 = ''
-            OR LOWER(COALESCE(t.description, '')) LIKE $5 ESCAPE '\\'
-            OR LOWER(COALESCE(t.producer, '')) LIKE $5 ESCAPE '\\'
+            OR LOWER(COALESCE(t.description, '')) LIKE $5 ESCAPE '!'
+            OR LOWER(COALESCE(t.producer, '')) LIKE $5 ESCAPE '!'
             OR EXISTS (SELECT 1 FROM branches b
-                       WHERE b.txn_id = t.id AND LOWER(b.participant) LIKE $5 ESCAPE '\\')
+                       WHERE b.txn_id = t.id AND LOWER(b.participant) LIKE $5 ESCAPE '!')
             OR EXISTS (SELECT 1 FROM saga_steps s
-                       WHERE s.txn_id = t.id AND LOWER(s.participant) LIKE $5 ESCAPE '\\'))
+                       WHERE s.txn_id = t.id AND LOWER(s.participant) LIKE $5 ESCAPE '!'))
      ORDER BY t.id DESC
      LIMIT $4";
 
-/// The LIKE pattern of a text search: `text` lowercased (ASCII, as SQL's
-/// LOWER does on both databases), its wildcards and escape character
-/// escaped, between `%`s.
+/// The LIKE pattern of a text search: `text` lowercased (ASCII; PostgreSQL's
+/// LOWER also folds other letters, so there a non-ASCII capital in the text
+/// finds nothing), its wildcards and the escape character escaped, between
+/// `%`s. The escape character is `!`, not a backslash, which PostgreSQL
+/// reads differently when `standard_conforming_strings` is off.
 fn like_pattern(text: &str) -> String {
     let mut pattern = String::from("%");
     for c in text.to_ascii_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            pattern.push('!');
         }
         pattern.push(c);
     }
@@ -180,6 +187,7 @@ where
             .bind(query.needs_attention)
             .bind(i64::from(query.limit))
             .bind(query.text.as_deref().map(like_pattern).unwrap_or_default())
+            .bind(query.since.map(|id| id.to_string()).unwrap_or_default())
             .fetch_all(self.0)
             .await?;
         rows.into_iter().map(TxnRow::into_view).collect()
@@ -199,6 +207,23 @@ where
             .fetch_all(self.0)
             .await?;
         rows.into_iter().map(ChangeRow::into_change).collect()
+    }
+
+    /// See [`Store::id_floor`](super::Store::id_floor).
+    pub async fn id_floor(
+        &self,
+        before: Option<TxnId>,
+        n: u32,
+    ) -> Result<Option<TxnId>, StoreError> {
+        let Some(offset) = n.checked_sub(1) else {
+            return Ok(None);
+        };
+        let id: Option<(String,)> = sqlx::query_as(ID_FLOOR)
+            .bind(before.map(|id| id.to_string()).unwrap_or_default())
+            .bind(i64::from(offset))
+            .fetch_optional(self.0)
+            .await?;
+        id.map(|(id,)| parse_id(&id)).transpose()
     }
 
     pub async fn newest_change(&self) -> Result<Option<Cursor>, StoreError> {
@@ -247,6 +272,14 @@ macro_rules! store_reads {
 
         fn newest_change(&self) -> BoxFuture<'_, Result<Option<Cursor>, StoreError>> {
             async move { Reads(&self.pool).newest_change().await }.boxed()
+        }
+
+        fn id_floor(
+            &self,
+            before: Option<TxnId>,
+            n: u32,
+        ) -> BoxFuture<'_, Result<Option<TxnId>, StoreError>> {
+            async move { Reads(&self.pool).id_floor(before, n).await }.boxed()
         }
     };
 }

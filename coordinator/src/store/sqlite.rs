@@ -45,11 +45,10 @@ pub struct SqliteStore {
     /// task, so the next batch often found it still away), and each found
     /// its cache outdated by the others' writes, dropped it and read the
     /// pages again (about a tenth of SQLite's time under load, `perf`).
+    /// Holds the log's lock ([`LogLock`]: one log, one writer) for as long
+    /// as it runs, so a second node on the same file refuses to start
+    /// instead of deciding the same transactions beside this one.
     writer: WriterThread,
-    /// One log, one writer: held until the store is closed (or dropped),
-    /// so a second node on the same file refuses to start instead of
-    /// deciding the same transactions beside this one.
-    lock: std::sync::Mutex<Option<LogLock>>,
 }
 
 /// An exclusive OS lock (`flock`) on `<log file>.lock`, which also holds
@@ -155,12 +154,8 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let writer = WriterThread::start(options.get_filename(), BUSY_TIMEOUT).await?;
-        Ok(Self {
-            pool,
-            writer,
-            lock: std::sync::Mutex::new(Some(lock)),
-        })
+        let writer = WriterThread::start(options.get_filename(), BUSY_TIMEOUT, lock).await?;
+        Ok(Self { pool, writer })
     }
 
     /// The underlying pool, for tests that inspect the file directly.
@@ -230,9 +225,10 @@ impl Store for SqliteStore {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
-            // The writer first: the lock goes only once nothing can write.
+            // The writer's thread takes the lock with it when it ends; the
+            // readers' connections go too (pruning writes through them).
             self.writer.close().await;
-            drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
+            self.pool.close().await;
         }
         .boxed()
     }

@@ -50,14 +50,21 @@ pub(crate) struct WriterThread {
 
 impl WriterThread {
     /// Opens `path` (an existing, migrated database) on a new thread and
-    /// returns once the connection is ready.
-    pub(crate) async fn start(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
+    /// returns once the connection is ready. The thread holds `held` (the
+    /// log's lock) until it ends, so the log is free exactly when nothing
+    /// of this process can write it any more.
+    pub(crate) async fn start(
+        path: &Path,
+        busy_timeout: Duration,
+        held: impl Send + 'static,
+    ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (ready, opened) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("concord-sqlite".into())
             .spawn(move || {
+                let _held = held;
                 let connection = match open(&path, busy_timeout) {
                     Ok(connection) => {
                         let _ = ready.send(Ok(()));
@@ -95,14 +102,28 @@ impl WriterThread {
         outcome.await.map_err(|_| StoreError::WriterStopped)?
     }
 
-    /// Stops the thread and waits until it has closed its connection: the
-    /// batch in hand is finished, nothing is written after.
+    /// Stops the thread and waits until it has closed its connection and
+    /// let go of what it holds: the batch in hand is finished, nothing is
+    /// written after.
     pub(crate) async fn close(&self) {
         drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
             // A join blocks: off the runtime's threads.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for WriterThread {
+    /// A store dropped without [`WriterThread::close`] (tests, an embedder):
+    /// the thread is stopped and waited for here, so that the log's lock is
+    /// free once the store is gone. Idle, it ends at once; in the middle of
+    /// a batch, once that batch's commit returns.
+    fn drop(&mut self) {
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
         }
     }
 }
@@ -340,12 +361,15 @@ fn apply(db: &Connection, record: &Record) -> rusqlite::Result<()> {
             reason,
             step,
         } => {
+            // The step first: the change feed (written by triggers, in
+            // statement order) then shows a step's outcome before the
+            // saga's state it caused, as the console's timeline reads them.
+            progress(db, id, step)?;
             db.prepare_cached(SAGA_STATE)?.execute(params![
                 id.to_string(),
                 saga_state.as_str(),
                 reason
             ])?;
-            progress(db, id, step)?;
         }
         Record::NeedsAttention { id } => {
             db.prepare_cached(NEEDS_ATTENTION)?

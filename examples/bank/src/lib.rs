@@ -81,7 +81,6 @@ pub async fn open_db(path: &Path) -> Result<SqlitePool, sqlx::Error> {
     Ok(pool)
 }
 
-/// Opens an account with a starting balance, or resets it.
 /// Opens account `name` with `balance` cents; true when it was opened
 /// now. An account that exists is left as it is: a service restarted
 /// with the same `--open` flags creates no money and keeps its holds.

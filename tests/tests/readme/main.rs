@@ -83,17 +83,38 @@ fn blocks_in(section: &str, info: &str) -> Vec<String> {
     found
 }
 
-/// The program a README command runs with `cargo run ... --bin NAME`: the
-/// same `main` as the tests build it.
-fn program(name: &str) -> &'static str {
+/// The program a README command runs with `cargo run ... --bin NAME`, the
+/// same `main` as the tests build it, and the package that binary is in.
+fn program(name: &str) -> (&'static str, &'static str) {
     match name {
-        "concord" => env!("CARGO_BIN_EXE_concord-failpoints"),
-        "account-service" => env!("CARGO_BIN_EXE_account-service-failpoints"),
-        "transfer" => env!("CARGO_BIN_EXE_transfer-failpoints"),
-        "bank-demo" => env!("CARGO_BIN_EXE_bank-demo-failpoints"),
-        "travel-service" => env!("CARGO_BIN_EXE_travel-service-failpoints"),
-        "book-trip" => env!("CARGO_BIN_EXE_book-trip-failpoints"),
-        "travel-demo" => env!("CARGO_BIN_EXE_travel-demo-failpoints"),
+        "concord" => (
+            env!("CARGO_BIN_EXE_concord-failpoints"),
+            "concord-coordinator",
+        ),
+        "account-service" => (
+            env!("CARGO_BIN_EXE_account-service-failpoints"),
+            "concord-example-bank",
+        ),
+        "transfer" => (
+            env!("CARGO_BIN_EXE_transfer-failpoints"),
+            "concord-example-bank",
+        ),
+        "bank-demo" => (
+            env!("CARGO_BIN_EXE_bank-demo-failpoints"),
+            "concord-example-bank",
+        ),
+        "travel-service" => (
+            env!("CARGO_BIN_EXE_travel-service-failpoints"),
+            "concord-example-travel",
+        ),
+        "book-trip" => (
+            env!("CARGO_BIN_EXE_book-trip-failpoints"),
+            "concord-example-travel",
+        ),
+        "travel-demo" => (
+            env!("CARGO_BIN_EXE_travel-demo-failpoints"),
+            "concord-example-travel",
+        ),
         other => panic!("the README runs `{other}`: add it to this test and to tests/src/bin"),
     }
 }
@@ -114,7 +135,18 @@ fn without_cargo(script: &str) -> String {
         let name_len = command[name_at..]
             .find(|c: char| c.is_whitespace() || c == '"')
             .unwrap_or(command.len() - name_at);
-        out.push_str(program(&command[name_at..name_at + name_len]));
+        let (path, package) = program(&command[name_at..name_at + name_len]);
+        // `-p PACKAGE` must name the package the binary is in, as cargo
+        // would insist.
+        let options: Vec<&str> = command[..name_at].split_whitespace().collect();
+        if let Some(named) = options
+            .windows(2)
+            .find(|pair| pair[0] == "-p" || pair[0] == "--package")
+            .map(|pair| pair[1])
+        {
+            assert_eq!(named, package, "`{}`", &command[..line_end]);
+        }
+        out.push_str(path);
         rest = &command[name_at + name_len..];
         // A `--` right after the name ends cargo's options, not the program's.
         if let Some(after) = rest.strip_prefix(" --")
@@ -192,7 +224,7 @@ fn shell(dir: &Path, script: &str) -> std::process::Command {
         .current_dir(dir);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        if key.starts_with("CONCORD_") || key.starts_with("BANK_") {
+        if key.starts_with("CONCORD_") || key.starts_with("BANK_") || key == "FAILPOINTS" {
             command.env_remove(&*key);
         }
     }

@@ -115,6 +115,14 @@ impl Store for FaultyStore {
         self.inner.close()
     }
 
+    fn id_floor(
+        &self,
+        before: Option<TxnId>,
+        n: u32,
+    ) -> BoxFuture<'_, Result<Option<TxnId>, StoreError>> {
+        self.inner.id_floor(before, n)
+    }
+
     fn by_idempotency_key<'a>(
         &'a self,
         key: &'a str,

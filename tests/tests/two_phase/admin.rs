@@ -351,8 +351,21 @@ async fn with_an_admin_token_configured_the_operators_calls_need_it() {
     )
     .await;
     assert!(resolve.contains("Unauthenticated"), "{resolve}");
-    // Reading needs no token.
+    // Reading needs no token; its payloads do (docs/security.md).
     assert!(txn(&url, &["show", &id]).await.contains(&id));
+    let payloads = txn_fails(&url, &["show", &id, "--payloads"]).await;
+    assert!(
+        payloads.contains("Unauthenticated") && payloads.contains("admin token"),
+        "{payloads}"
+    );
+    assert!(
+        txn(
+            &url,
+            &["--token", "s3cret-token", "show", &id, "--payloads"]
+        )
+        .await
+        .contains(&id)
+    );
     // The right token, on the command line or from the environment.
     assert!(
         txn(&url, &["--token", "s3cret-token", "retry", &id])
@@ -616,6 +629,69 @@ async fn an_operator_reads_what_each_branch_was_sent_and_finds_transactions_by_t
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("at most 256"), "{refused:?}");
     for id in [&refund, &other] {
+        client.rollback(id, "done").await.expect("rollback");
+    }
+}
+
+/// A text search reads a bounded window of the log per call (DESIGN §12:
+/// no request makes a node read its whole log): a page past the window
+/// comes back short, with the window's end as its token, and following the
+/// tokens finds what lies further back.
+#[tokio::test]
+async fn a_text_search_reads_a_window_of_the_log_per_call_and_pages_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = concord_coordinator::runtime::RuntimeConfig {
+        text_scan_window: 2,
+        ..quick_config()
+    };
+    let node = start_coordinator(&dir.path().join("coordinator"), config).await;
+    let client = client(&node);
+    let mut ids = Vec::new();
+    for description in ["find me", "other", "other", "other", "other"] {
+        let id = client
+            .begin(BeginOptions {
+                description: Some(description.into()),
+                ..BeginOptions::default()
+            })
+            .await
+            .expect("begin")
+            .transaction_id;
+        ids.push(id);
+    }
+    let mut api = pb::coordinator_client::CoordinatorClient::connect(node.url())
+        .await
+        .expect("connect");
+    let mut token = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let page = api
+            .list_transactions(pb::ListTransactionsRequest {
+                text: "FIND".into(),
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages.push(
+            page.transactions
+                .iter()
+                .map(|t| t.id.clone())
+                .collect::<Vec<_>>(),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages.len() < 10, "the pages end");
+    }
+    // Two windows of two "other"s, then the one that matches.
+    assert_eq!(
+        pages,
+        vec![vec![], vec![], vec![ids[0].clone()]],
+        "{pages:?}"
+    );
+    for id in &ids {
         client.rollback(id, "done").await.expect("rollback");
     }
 }

@@ -678,15 +678,25 @@ pub fn shard_map(map: Option<pb::ShardMap>) -> Result<crate::shard::ShardMap, St
 }
 
 /// A listing's text search: None when empty; at most 256 bytes.
+/// Control characters are refused: no description or endpoint holds one,
+/// and PostgreSQL refuses a NUL outright.
 pub fn search_text(value: &str) -> Result<Option<String>, Status> {
+    if value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "text holds a control character: give printable text",
+        ));
+    }
     match value.len() {
         0 => Ok(None),
-        1..=256 => Ok(Some(value.to_owned())),
+        1..=MAX_SEARCH_TEXT_BYTES => Ok(Some(value.to_owned())),
         len => Err(Status::invalid_argument(format!(
-            "text is {len} bytes; at most 256"
+            "text is {len} bytes; at most {MAX_SEARCH_TEXT_BYTES}"
         ))),
     }
 }
+
+/// The longest text a listing looks for.
+pub const MAX_SEARCH_TEXT_BYTES: usize = 256;
 
 /// The group a listing is restricted to: empty for every group, else a
 /// group of this node's map (or, on a node without one, refused).

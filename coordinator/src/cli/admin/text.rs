@@ -93,7 +93,7 @@ pub(super) fn payload_lines(what: &str, head: &[u8], bytes: u64) -> String {
     } else {
         String::new()
     };
-    match crate::model::Readable::of(head) {
+    match crate::model::Readable::of(head, bytes) {
         crate::model::Readable::Text(text) => {
             format!("  {:<16}{what}{cut}: {}\n", "", shown(&text))
         }

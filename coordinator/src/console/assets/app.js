@@ -323,9 +323,10 @@ async function listPage(params) {
   const before = el("input", { type: "datetime-local", id: "filter-before", value: local(filters.before_ms), "aria-label": "Begun before" });
   const whole = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
   const apply = () => {
-    const wanted = search.value.trim().toLowerCase();
-    if (whole.test(wanted)) {
-      location.hash = `#/txn/${wanted}`;
+    // Ids in any case; other text as typed (the server folds ASCII case).
+    const wanted = search.value.trim();
+    if (whole.test(wanted.toLowerCase())) {
+      location.hash = `#/txn/${wanted.toLowerCase()}`;
       return;
     }
     const next = new URLSearchParams();

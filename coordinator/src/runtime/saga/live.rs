@@ -58,6 +58,16 @@ pub struct LiveSaga {
 }
 
 impl LiveSaga {
+    /// Whether its description or a step's endpoint contains `text`
+    /// ([`crate::model::any_mentions`]), read without making a view.
+    pub fn mentions(&self, text: &str) -> bool {
+        crate::model::any_mentions(
+            (self.header.description.iter().map(String::as_str))
+                .chain(self.steps.iter().map(|step| step.participant.as_str())),
+            text,
+        )
+    }
+
     pub fn new(
         header: TxnHeader,
         steps: Vec<SagaStepDef>,

@@ -92,6 +92,17 @@ pub struct LiveTxn {
 }
 
 impl LiveTxn {
+    /// Whether its description or a branch's endpoint contains `text`
+    /// ([`crate::model::any_mentions`]), read without making a view.
+    pub fn mentions(&self, text: &str) -> bool {
+        let inner = self.lock();
+        crate::model::any_mentions(
+            (self.header.description.iter().map(String::as_str))
+                .chain(inner.branches.iter().map(|b| b.participant.as_str())),
+            text,
+        )
+    }
+
     pub fn new(
         header: TxnHeader,
         machine: TwoPhase,
