@@ -108,6 +108,40 @@ pub async fn stock(pool: &SqlitePool, item: &str, available: i64) -> Result<(), 
     Ok(())
 }
 
+/// Stocks `item` with `available` units unless it is stocked already; true
+/// when it was stocked now. A service restarted with the same `--stock`
+/// flags keeps what it has sold (the demo resets with [`stock`]).
+pub async fn stock_once(
+    pool: &SqlitePool,
+    item: &str,
+    available: i64,
+) -> Result<bool, sqlx::Error> {
+    let stocked = sqlx::query(
+        "INSERT INTO inventory (item, available) VALUES (?1, ?2) ON CONFLICT (item) DO NOTHING",
+    )
+    .bind(item)
+    .bind(available)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(stocked == 1)
+}
+
+/// Opens card `card` with `balance` cents unless it is open already; true
+/// when it was opened now (a restart with the same `--card` flags creates
+/// no money).
+pub async fn fund_once(pool: &SqlitePool, card: &str, balance: i64) -> Result<bool, sqlx::Error> {
+    let funded = sqlx::query(
+        "INSERT INTO cards (card, balance) VALUES (?1, ?2) ON CONFLICT (card) DO NOTHING",
+    )
+    .bind(card)
+    .bind(balance)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(funded == 1)
+}
+
 /// Sets a card's balance (payment service).
 pub async fn fund(pool: &SqlitePool, card: &str, balance: i64) -> Result<(), sqlx::Error> {
     sqlx::query(

@@ -627,6 +627,14 @@ async fn the_travel_example_by_hand_books_one_trip_and_gives_back_the_other() {
             .expect("read"),
         0
     );
+
+    // Terminal 2 run again: what was sold stays sold, no card is refilled.
+    drop(services);
+    let mut services = Terminal::start(dir.path(), "terminal-2-again", &parts[1]);
+    services.serving(&second).await;
+    assert_eq!(left(db("car").await, "compact-car").await, 0);
+    assert_eq!(left(db("flight").await, "LH123").await, 9);
+    assert_eq!(card("ada").await, 100_000 - 42_000);
     drop(services);
     drop(coordinator);
 }

@@ -30,10 +30,12 @@ struct Args {
     /// The service's SQLite database (created if missing).
     #[arg(long)]
     db: PathBuf,
-    /// Inventory: ITEM=UNITS, repeatable.
+    /// Inventory: ITEM=UNITS, repeatable. An item stocked already keeps
+    /// what is left (a restart sells nothing twice).
     #[arg(long = "stock", value_parser = pair)]
     stock: Vec<(String, i64)>,
-    /// Payment: CARD=CENTS, repeatable.
+    /// Payment: CARD=CENTS, repeatable. A card open already keeps its
+    /// balance (a restart creates no money).
     #[arg(long = "card", value_parser = pair)]
     cards: Vec<(String, i64)>,
     /// Fail the first N attempts of every call transiently (shows retries).
@@ -82,10 +84,14 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening {}", args.db.display()))?;
     for (item, units) in &args.stock {
-        crate::stock(&pool, item, *units).await?;
+        if !crate::stock_once(&pool, item, *units).await? {
+            tracing::info!(%item, "already stocked: what is left is kept");
+        }
     }
     for (card, cents) in &args.cards {
-        crate::fund(&pool, card, *cents).await?;
+        if !crate::fund_once(&pool, card, *cents).await? {
+            tracing::info!(%card, "already open: its balance is kept");
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
