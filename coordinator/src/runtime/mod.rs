@@ -19,19 +19,21 @@
 //!
 //! [`Runtime`] is what the API calls. Each protocol owns its live table,
 //! its driver and its entry points: [`two_phase`] (2PC), [`saga`],
-//! [`message`] (transactional messages). Below them, the machinery they
-//! share: [`shared`] (the state every part holds, and the runtime's
-//! shutdown; `start` spawns its tasks), [`log`] (the group-commit writer), [`durable`] (a write retried until
-//! it is, R1), [`participants`],
-//! [`batch`] and [`rpc`] (calls to participants), [`dial`] (where calls
-//! may go), [`mailbox`] (effects handed to a transaction's one driver),
-//! [`wait`], [`clock`], [`crash`], [`lease`] (a shared store's leases and
-//! takeover, DESIGN §6), [`groups`] (the shard map followed, DESIGN §11),
-//! [`watch`] (WatchTransactions' feed), `keys` (idempotency keys and
-//! admission, R7), `views` (what callers read), `operator` (retry and
-//! resolve by hand), `recovery` (finishing what the log holds at start),
-//! `sweep` (timeouts, gauges, doubtful writes, retention), `error` and
-//! `requests` (re-exported here).
+//! [`message`] (transactional messages), each with its data in memory in a
+//! `live` module that knows nothing of the shared state. Below them, the
+//! machinery they share: [`shared`] (the state every part holds, and the
+//! runtime's shutdown; `start`, on top, spawns its tasks), [`log`] (the
+//! group-commit writer), [`durable`] (a write retried until it is, R1),
+//! [`participants`], [`batch`] and [`rpc`] (calls to participants),
+//! [`dial`] (where calls may go), [`mailbox`] (effects handed to a
+//! transaction's one driver), [`wait`], [`clock`], [`crash`], [`lease`] (a
+//! shared store's leases and takeover, DESIGN §6), [`groups`] (the shard
+//! map followed, DESIGN §11), [`watch`] (WatchTransactions' feed), `keys`
+//! (idempotency keys and admission, R7), `views` (what callers read),
+//! `operator` (retry and resolve by hand), `recovery` (finishing what the
+//! log holds at start), `sweep` (timeouts, gauges, doubtful writes,
+//! retention), `error` and `requests` (re-exported here). No module imports
+//! this one, and none imports another in a circle.
 //!
 //! Every task it spawns is on one `TaskTracker` and stops on one
 //! `CancellationToken`: [`Runtime::shutdown`] ends them all.

@@ -2,8 +2,9 @@
 //! what every part of it shares (`Shared`: the store and its log writer,
 //! the participants, the live tables of each protocol, the idempotency
 //! keys, the tasks and their cancellation, the watch feed, the shard map
-//! followed), and [`Runtime`] itself: started with every background task,
-//! drained and shut down.
+//! followed), and [`Runtime`] itself: drained and shut down here, started
+//! by `start` (which spawns every background task). It imports only
+//! modules that hold no shared state, so that nothing runs in a circle.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
