@@ -80,18 +80,6 @@ async fn run() -> anyhow::Result<()> {
         "{} {:?} {}",
         status.transaction_id, status.state, status.reason
     );
-    for step in client.transaction(&status.transaction_id).await?.steps {
-        let state = concord_proto::v1::StepState::try_from(step.state)
-            .map(|s| {
-                s.as_str_name()
-                    .trim_start_matches("STEP_STATE_")
-                    .to_lowercase()
-            })
-            .unwrap_or_default();
-        println!(
-            "  {:<8} {:<12} attempts {}",
-            step.name, state, step.attempts
-        );
-    }
+    super::print_steps(&client, &status.transaction_id, 2).await?;
     Ok(())
 }
